@@ -1,0 +1,67 @@
+/**
+ * The one error catalog. Every failure coldstart reports carries one of these stable codes; callers
+ * (and users' automation) match on `code`, never on message text. docs/errors.md documents each code,
+ * and test/errors.test.ts fails if one is missing there.
+ */
+export const errorCodes = {
+  CS_CONFIG_INVALID:
+    "A configuration value, flag or environment variable is missing, unknown or out of range.",
+  CS_SOURCE_URI_INVALID: "The source is not of the form s3://BUCKET/PREFIX.",
+  CS_DEST_INVALID: "The destination directory cannot be used (not a directory, a symlink, or not writable).",
+  CS_DEST_LOCKED: "Another live coldstart process is staging into the same destination.",
+  CS_NO_OBJECTS: "The source prefix, after include/exclude filters, holds no objects.",
+  CS_KEY_UNSAFE:
+    "An object key would land outside the destination (.., absolute path, NUL, backslash, planted symlink).",
+  CS_S3_ACCESS_DENIED: "S3 refused the request (403): credentials or bucket policy.",
+  CS_S3_NOT_FOUND: "The bucket or object does not exist (404).",
+  CS_S3_REQUEST_FAILED: "S3 answered with an error that is not worth retrying.",
+  CS_S3_RESPONSE_INVALID:
+    "A response broke the protocol: wrong Content-Range or Content-Length, 200 where 206 was asked, short body.",
+  CS_RETRIES_EXHAUSTED: "A request kept failing with retryable errors until the retry budget was spent.",
+  CS_OBJECT_CHANGED: "The object changed during the download (ETag differs, or S3 answered 412 to If-Match).",
+  CS_SIZE_MISMATCH: "The staged file's size differs from the size S3 reported.",
+  CS_CHECKSUM_MISMATCH: "The staged bytes do not match the checksum S3 holds for the object or part.",
+  CS_SAFETENSORS_INVALID: "A .safetensors file's header is malformed or does not describe the file.",
+  CS_SAFETENSORS_INDEX_INVALID:
+    "model.safetensors.index.json is malformed or disagrees with the shards it names.",
+  CS_INSUFFICIENT_SPACE: "The files do not fit in the free space of the destination filesystem.",
+  CS_DISK_FULL: "The destination filesystem filled up (ENOSPC) during the download.",
+  CS_IO_ERROR: "A local filesystem operation failed.",
+  CS_ABORTED: "The operation was cancelled (signal or shutdown).",
+  CS_INTERNAL: "A bug: an invariant coldstart relies on did not hold.",
+} as const;
+
+export type ErrorCode = keyof typeof errorCodes;
+
+/** Context that makes an error actionable: which object, which field, which value. */
+export interface ErrorDetails {
+  /** S3 key the error concerns, when there is one. */
+  key?: string;
+  /** Config option or request field the error concerns. */
+  field?: string;
+  /** Offending value (stringified for display). */
+  value?: unknown;
+}
+
+export class ColdstartError extends Error {
+  override readonly name = "ColdstartError";
+  readonly code: ErrorCode;
+  readonly details: ErrorDetails;
+
+  constructor(code: ErrorCode, message: string, options: { cause?: unknown; details?: ErrorDetails } = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.code = code;
+    this.details = options.details ?? {};
+  }
+}
+
+export function isColdstartError(err: unknown, code?: ErrorCode): err is ColdstartError {
+  return err instanceof ColdstartError && (code === undefined || err.code === code);
+}
+
+/** Wraps anything thrown into a ColdstartError, keeping an existing code and chaining the cause. */
+export function toColdstartError(err: unknown, fallback: ErrorCode = "CS_INTERNAL"): ColdstartError {
+  if (err instanceof ColdstartError) return err;
+  const message = err instanceof Error ? err.message : String(err);
+  return new ColdstartError(fallback, message, { cause: err });
+}

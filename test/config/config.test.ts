@@ -1,0 +1,67 @@
+import { readFile } from "node:fs/promises";
+import { resolve } from "node:path";
+import { describe, expect, it } from "vitest";
+import { renderOptionsReference } from "../../src/config/docs.js";
+import { loadConfig } from "../../src/config/load.js";
+import { ColdstartError } from "../../src/errors.js";
+
+function codeOf(fn: () => unknown): string | undefined {
+  try {
+    fn();
+  } catch (e) {
+    return e instanceof ColdstartError ? `${e.code}: ${e.message}` : String(e);
+  }
+  return undefined;
+}
+
+describe("config", () => {
+  it("has sane defaults and freezes the result", () => {
+    const c = loadConfig({ env: {} });
+    expect(c.download.partSizeBytes).toBe(8 * 1024 * 1024);
+    expect(c.download.concurrency).toBe(32);
+    expect(Object.isFrozen(c.download)).toBe(true);
+  });
+
+  it("takes flag over env over default, and parses sizes with units", () => {
+    const env = { COLDSTART_PART_SIZE: "16MiB", COLDSTART_CONCURRENCY: "8" };
+    const c = loadConfig({ env, flags: new Map([["download.concurrency", "12"]]) });
+    expect(c.download.partSizeBytes).toBe(16 * 1024 * 1024);
+    expect(c.download.concurrency).toBe(12);
+  });
+
+  it("honours AWS_ENDPOINT_URL_S3 before AWS_ENDPOINT_URL", () => {
+    const c = loadConfig({ env: { AWS_ENDPOINT_URL: "http://a:1", AWS_ENDPOINT_URL_S3: "http://b:2" } });
+    expect(c.s3.endpoint).toBe("http://b:2");
+  });
+
+  it("splits list options from env and collects repeatable flags", () => {
+    const c = loadConfig({
+      env: { COLDSTART_INCLUDE: "*.json, *.safetensors" },
+      flags: new Map([["download.exclude", ["a/**", "b/**"]]]),
+    });
+    expect(c.download.include).toEqual(["*.json", "*.safetensors"]);
+    expect(c.download.exclude).toEqual(["a/**", "b/**"]);
+  });
+
+  it("names the option, the source and the value in errors", () => {
+    expect(codeOf(() => loadConfig({ flags: new Map([["download.partSizeBytes", "1KiB"]]) }))).toMatch(
+      /^CS_CONFIG_INVALID: download\.partSizeBytes \(from flag --part-size\) is invalid: .*got "1KiB"$/,
+    );
+    expect(codeOf(() => loadConfig({ env: { COLDSTART_CONCURRENCY: "0" } }))).toMatch(
+      /CS_CONFIG_INVALID: download\.concurrency \(from env COLDSTART_CONCURRENCY\)/,
+    );
+    expect(codeOf(() => loadConfig({ env: { COLDSTART_S3_ENDPOINT: "ftp://x" } }))).toMatch(/s3\.endpoint/);
+    expect(codeOf(() => loadConfig({ env: { COLDSTART_PART_SIZE: "lots" } }))).toMatch(/byte size/);
+  });
+
+  it("refuses unknown COLDSTART_ variables", () => {
+    expect(codeOf(() => loadConfig({ env: { COLDSTART_PARTSIZE: "8MiB" } }))).toMatch(
+      /CS_CONFIG_INVALID: unknown environment variable COLDSTART_PARTSIZE/,
+    );
+  });
+
+  it("is documented: docs/configuration.md holds the reference generated from the schema", async () => {
+    const doc = await readFile(resolve(import.meta.dirname, "../../docs/configuration.md"), "utf8");
+    expect(doc).toContain(`<!-- options:begin -->\n${renderOptionsReference()}<!-- options:end -->`);
+  });
+});
