@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs the test-only system dependencies: Ceph's RADOS Gateway (radosgw)
+# plus a single-node mon + osd, from Debian's own packages (Debian 12 /
+# bookworm ships Ceph 16.2). Needs root and apt. Idempotent: does nothing if
+# the binaries are already installed.
+set -euo pipefail
+
+PKGS=(radosgw ceph-mon ceph-osd ceph-common)
+BINS=(radosgw radosgw-admin ceph-mon ceph-osd ceph monmaptool ceph-authtool)
+
+have_all() {
+  local b
+  for b in "${BINS[@]}"; do
+    command -v "$b" >/dev/null 2>&1 || return 1
+  done
+  return 0
+}
+
+if have_all; then
+  echo "install-test-deps: Ceph RGW already installed ($(radosgw --version 2>/dev/null | head -n1 || echo radosgw))" >&2
+  exit 0
+fi
+
+die() { echo "install-test-deps: ERROR: $*" >&2; exit 1; }
+
+if [ "$(id -u)" -ne 0 ]; then
+  die "must run as root (apt-get install of ${PKGS[*]})"
+fi
+command -v apt-get >/dev/null 2>&1 || die "apt-get not found; this script supports Debian/Ubuntu only"
+
+export DEBIAN_FRONTEND=noninteractive
+echo "install-test-deps: apt-get update" >&2
+apt-get update -q >&2 || die "apt-get update failed"
+echo "install-test-deps: apt-get install ${PKGS[*]}" >&2
+apt-get install -y -q --no-install-recommends "${PKGS[@]}" >&2 \
+  || die "apt-get install -y --no-install-recommends ${PKGS[*]} failed"
+
+have_all || die "packages installed but some binaries are still missing (need: ${BINS[*]})"
+echo "install-test-deps: OK ($(radosgw --version 2>/dev/null | head -n1))" >&2

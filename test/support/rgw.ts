@@ -1,0 +1,165 @@
+// Starts/stops a throw-away Ceph RADOS Gateway (real S3 server) for tests.
+// Wraps test/support/rgw/start-rgw.sh and stop-rgw.sh; node built-ins only.
+import { spawn } from "node:child_process";
+import { accessSync, constants, mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { delimiter, join } from "node:path";
+import { fileURLToPath } from "node:url";
+
+export interface RgwServer {
+  endpoint: string;
+  accessKeyId: string;
+  secretAccessKey: string;
+  region: string;
+  stop(): Promise<void>;
+}
+
+const HERE = fileURLToPath(new URL(".", import.meta.url));
+const START_SCRIPT = join(HERE, "rgw", "start-rgw.sh");
+const STOP_SCRIPT = join(HERE, "rgw", "stop-rgw.sh");
+
+export const RGW_NOT_INSTALLED_MESSAGE =
+  "run `bash scripts/install-test-deps.sh` (as root) to install Ceph RGW";
+
+const REQUIRED_BINARIES = ["radosgw", "radosgw-admin", "ceph-mon", "ceph-osd", "ceph", "monmaptool"];
+
+function onPath(bin: string): boolean {
+  const dirs = (process.env.PATH ?? "").split(delimiter).filter(Boolean);
+  for (const d of [...dirs, "/usr/bin", "/usr/sbin", "/bin", "/sbin"]) {
+    try {
+      accessSync(join(d, bin), constants.X_OK);
+      return true;
+    } catch {
+      // keep looking
+    }
+  }
+  return false;
+}
+
+/** True if the Ceph binaries needed by start-rgw.sh are installed. */
+export function rgwAvailable(): boolean {
+  return REQUIRED_BINARIES.every(onPath);
+}
+
+interface RunResult {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+  timedOut: boolean;
+}
+
+function run(
+  cmd: string,
+  args: string[],
+  timeoutMs: number,
+  extraEnv: Record<string, string> = {},
+): Promise<RunResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, {
+      stdio: ["ignore", "pipe", "pipe"],
+      env: {
+        ...process.env,
+        RGW_START_TIMEOUT: String(Math.max(1, Math.ceil(timeoutMs / 1000))),
+        // the cluster is torn down by a watchdog if this process dies without stop()
+        RGW_WATCH_PID: String(process.pid),
+        ...extraEnv,
+      },
+    });
+    let stdout = "";
+    let stderr = "";
+    let timedOut = false;
+    child.stdout.setEncoding("utf8").on("data", (d: string) => (stdout += d));
+    child.stderr.setEncoding("utf8").on("data", (d: string) => (stderr += d));
+    // the script has its own deadline; this is a backstop
+    const timer = setTimeout(() => {
+      timedOut = true;
+      child.kill("SIGKILL");
+    }, timeoutMs + 15_000);
+    child.on("error", (err) => {
+      clearTimeout(timer);
+      reject(err);
+    });
+    child.on("close", (code, signal) => {
+      clearTimeout(timer);
+      resolve({ code, signal, stdout, stderr, timedOut });
+    });
+  });
+}
+
+function tail(s: string, lines = 60): string {
+  return s.trimEnd().split("\n").slice(-lines).join("\n");
+}
+
+/**
+ * Brings up mon + osd + radosgw on loopback with all state in `dir` (default: a
+ * fresh temp dir). Needs root and the Debian ceph packages.
+ */
+export async function startRgw(opts: { dir?: string; timeoutMs?: number } = {}): Promise<RgwServer> {
+  if (!rgwAvailable()) {
+    throw new Error(RGW_NOT_INSTALLED_MESSAGE);
+  }
+  const timeoutMs = opts.timeoutMs ?? 120_000;
+  const dir = opts.dir ?? mkdtempSync(join(tmpdir(), "coldstart-rgw-"));
+
+  let stopped: Promise<void> | undefined;
+  const stop = (): Promise<void> => {
+    stopped ??= run("bash", [STOP_SCRIPT, dir], 30_000).then((r) => {
+      if (r.code !== 0) {
+        throw new Error(`stop-rgw.sh ${dir} failed (exit ${r.code ?? r.signal}):\n${tail(r.stderr)}`);
+      }
+    });
+    return stopped;
+  };
+
+  let res: RunResult;
+  try {
+    res = await run("bash", [START_SCRIPT, dir], timeoutMs);
+  } catch (err) {
+    await stop().catch(() => undefined);
+    throw err;
+  }
+
+  const lastLine = res.stdout.trimEnd().split("\n").pop() ?? "";
+  let info: Partial<Omit<RgwServer, "stop">> | undefined;
+  if (res.code === 0) {
+    try {
+      info = JSON.parse(lastLine) as Partial<Omit<RgwServer, "stop">>;
+    } catch {
+      info = undefined;
+    }
+  }
+  if (
+    !info ||
+    typeof info.endpoint !== "string" ||
+    typeof info.accessKeyId !== "string" ||
+    typeof info.secretAccessKey !== "string" ||
+    typeof info.region !== "string"
+  ) {
+    // leave the directory (with its logs) in place only if the caller chose it
+    const keep = opts.dir !== undefined;
+    const why = res.timedOut
+      ? `timed out after ${timeoutMs} ms`
+      : res.code === 3
+        ? RGW_NOT_INSTALLED_MESSAGE
+        : `exit ${res.code ?? res.signal}`;
+    if (keep) {
+      // kill whatever was started but keep the logs for inspection
+      await run("bash", [STOP_SCRIPT, dir], 30_000, { RGW_KEEP_DIR: "1" }).catch(() => undefined);
+    } else {
+      await stop().catch(() => undefined);
+    }
+    throw new Error(
+      `start-rgw.sh failed (${why})${keep ? `; state and logs in ${dir}` : ""}:\n${tail(res.stderr)}` +
+        (res.stdout.trim() ? `\nstdout: ${tail(res.stdout, 5)}` : ""),
+    );
+  }
+
+  return {
+    endpoint: info.endpoint,
+    accessKeyId: info.accessKeyId,
+    secretAccessKey: info.secretAccessKey,
+    region: info.region,
+    stop,
+  };
+}
