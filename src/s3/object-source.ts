@@ -1,0 +1,62 @@
+import type { Readable } from "node:stream";
+
+/** One object from a listing. */
+export interface ObjectInfo {
+  key: string;
+  size: number;
+  /** Quoted ETag as S3 returns it, e.g. `"9b2cf535f27731c974343645a3985328-3"`. */
+  etag: string;
+}
+
+/** What S3 says about an object's integrity data (x-amz-checksum-*), when it has any. */
+export interface ObjectChecksum {
+  algorithm: "CRC32" | "CRC32C" | "CRC64NVME" | "SHA1" | "SHA256";
+  /** base64 value as sent, possibly with a composite "-N" suffix. */
+  value: string;
+  type: "FULL_OBJECT" | "COMPOSITE";
+}
+
+export interface ObjectHead {
+  size: number;
+  etag: string;
+  checksum?: ObjectChecksum;
+  /** Number of parts for a multipart object (only when asked with partNumber). */
+  partsCount?: number;
+}
+
+export interface GetOptions {
+  /** Inclusive byte range; absent means the whole object. */
+  range?: { start: number; end: number };
+  /** S3 answers 412 if the object's ETag differs. */
+  ifMatch?: string;
+  /** Ask S3 to return the checksum it holds for what is returned (whole object or whole part). */
+  checksumMode?: boolean;
+  signal?: AbortSignal;
+}
+
+export interface GetResponse {
+  /** HTTP status: 200 for a whole object, 206 for a range. */
+  statusCode: number;
+  contentLength: number | undefined;
+  contentRange: string | undefined;
+  etag: string | undefined;
+  checksum: ObjectChecksum | undefined;
+  /** Must be consumed or destroyed, or its socket stays busy. */
+  body: Readable;
+}
+
+/**
+ * The seam between the staging engine and an object store. The engine owns retries, ranges and
+ * verification; an implementation only speaks the protocol, one request per call, no retries.
+ * Errors are thrown as-is (with an HTTP status where there is one, see `statusOf`).
+ */
+export interface ObjectSource {
+  /** Every object under `prefix`, following pagination. */
+  list(bucket: string, prefix: string, signal?: AbortSignal): AsyncIterable<ObjectInfo>;
+  /** Size, ETag and (when the store has one) the object's checksum. */
+  head(bucket: string, key: string, signal?: AbortSignal): Promise<ObjectHead>;
+  /** One GET: the whole object or one range. */
+  get(bucket: string, key: string, options: GetOptions): Promise<GetResponse>;
+  /** Releases sockets. */
+  close(): void;
+}

@@ -1,0 +1,224 @@
+import { createHash } from "node:crypto";
+import { open } from "node:fs/promises";
+import { ColdstartError } from "../errors.js";
+import { createChecksum, type StreamingChecksum } from "../s3/checksum.js";
+import type { GetResponse, ObjectChecksum, ObjectSource } from "../s3/object-source.js";
+import { type RetryPolicy, TransientError, withRetry } from "../s3/retry.js";
+import type { JournalEntry } from "../store/journal.js";
+import { ioError } from "../store/paths.js";
+
+/** Bytes gathered from the socket before one positional write: fewer syscalls, bounded memory. */
+const WRITE_CHUNK = 1024 * 1024;
+
+export interface PartRequest {
+  bucket: string;
+  key: string;
+  etag: string;
+  size: number;
+  /** Absolute path of the temp file (already created at full size). */
+  tmpPath: string;
+  index: number;
+  start: number;
+  /** Exclusive. */
+  end: number;
+  /** The part is the whole object: GET without Range (S3 then returns the whole-object checksum). */
+  whole: boolean;
+  /** fdatasync before returning, so the caller may journal the part (not needed for single-part files). */
+  durable: boolean;
+  /** Algorithm whose value over this part's bytes the caller needs to combine into the object's. */
+  crcAlgorithm?: ObjectChecksum["algorithm"] | undefined;
+}
+
+export interface PartContext {
+  source: ObjectSource;
+  retry: RetryPolicy;
+  requestTimeoutMs: number;
+  signal: AbortSignal;
+  /** Called with every body byte count written to disk (progress). */
+  onBytes: (n: number) => void;
+  onRetry: (err: unknown, attempt: number) => void;
+}
+
+/**
+ * Downloads one part into its place in the temp file, retrying with backoff. A retry after a broken
+ * body resumes at the first byte not yet written (Range from there, If-Match the pinned ETag), and
+ * the running digests continue over the resumed bytes, so each byte is hashed exactly once.
+ * With `durable`, returns once the bytes are fdatasync'd: the caller may then journal the part.
+ */
+export async function downloadPart(req: PartRequest, ctx: PartContext): Promise<JournalEntry> {
+  const length = req.end - req.start;
+  const sha = createHash("sha256");
+  let sum: StreamingChecksum | undefined = req.crcAlgorithm ? createChecksum(req.crcAlgorithm) : undefined;
+  let written = 0;
+  let checksum: ObjectChecksum | undefined;
+
+  const fh = await open(req.tmpPath, "r+").catch((e) => {
+    throw ioError(e, `opening ${req.tmpPath}`, req.key);
+  });
+  try {
+    await withRetry(
+      ctx.retry,
+      { key: req.key, action: "GET" },
+      async () => {
+        const from = req.start + written;
+        const ranged = !(req.whole && written === 0);
+        const res = await ctx.source.get(req.bucket, req.key, {
+          ...(ranged ? { range: { start: from, end: req.end - 1 } } : {}),
+          ifMatch: req.etag,
+          checksumMode: !ranged,
+          signal: ctx.signal,
+        });
+        try {
+          checkResponse(req, res, from, ranged);
+          if (!ranged && res.checksum?.type === "FULL_OBJECT") {
+            checksum = res.checksum;
+            sum ??= createChecksum(checksum.algorithm);
+          }
+          await streamToFile(req, res, fh, from, req.end - from, ctx, {
+            digest: (chunk) => {
+              sha.update(chunk);
+              sum?.update(chunk);
+            },
+            wrote: (n) => {
+              written += n;
+              ctx.onBytes(n);
+            },
+          });
+        } finally {
+          if (!res.body.destroyed) res.body.destroy();
+        }
+        if (written !== length) {
+          throw new TransientError(`body ended after ${written} of ${length} bytes`);
+        }
+      },
+      { signal: ctx.signal, onRetry: ctx.onRetry },
+    );
+    if (req.durable) {
+      await fh.datasync().catch((e) => {
+        throw ioError(e, `syncing ${req.tmpPath}`, req.key);
+      });
+    }
+  } finally {
+    await fh.close().catch(() => {});
+  }
+  return {
+    p: req.index,
+    sha256: sha.digest("hex"),
+    ...(sum ? { sum: sum.digest().toString("base64") } : {}),
+    ...(checksum ? { checksum } : {}),
+  };
+}
+
+function checkResponse(req: PartRequest, res: GetResponse, from: number, ranged: boolean): void {
+  const invalid = (why: string) =>
+    new ColdstartError("CS_S3_RESPONSE_INVALID", `GET ${req.key}: ${why}`, { details: { key: req.key } });
+  if (res.etag !== undefined && res.etag !== "" && res.etag !== req.etag) {
+    throw new ColdstartError(
+      "CS_OBJECT_CHANGED",
+      `GET ${req.key}: ETag changed from ${req.etag} to ${res.etag} during download`,
+      { details: { key: req.key } },
+    );
+  }
+  if (!ranged) {
+    if (res.statusCode !== 200) throw invalid(`expected 200 for a whole-object GET, got ${res.statusCode}`);
+    if (res.contentLength !== req.size) {
+      throw new ColdstartError(
+        "CS_OBJECT_CHANGED",
+        `GET ${req.key}: Content-Length ${res.contentLength} differs from the listed size ${req.size}`,
+        { details: { key: req.key } },
+      );
+    }
+    return;
+  }
+  // A 200 to a ranged request means the server ignored Range: its body starts at byte 0, not `from`.
+  if (res.statusCode !== 206)
+    throw invalid(`expected 206 for Range bytes=${from}-${req.end - 1}, got ${res.statusCode}`);
+  const m = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(res.contentRange ?? "");
+  if (!m) throw invalid(`missing or malformed Content-Range ${JSON.stringify(res.contentRange)}`);
+  if (m[3] !== "*" && Number(m[3]) !== req.size) {
+    throw new ColdstartError(
+      "CS_OBJECT_CHANGED",
+      `GET ${req.key}: object size is now ${m[3]}, was ${req.size} when listed`,
+      { details: { key: req.key } },
+    );
+  }
+  if (Number(m[1]) !== from || Number(m[2]) !== req.end - 1) {
+    throw invalid(`asked bytes=${from}-${req.end - 1}, got Content-Range ${res.contentRange}`);
+  }
+  if (res.contentLength !== undefined && res.contentLength !== req.end - from) {
+    throw invalid(`Content-Length ${res.contentLength} does not match Content-Range ${res.contentRange}`);
+  }
+}
+
+/**
+ * Streams the body to `position…` of the file, at most `expected` bytes, reporting each write. Bytes received before a
+ * failure are still written (they are good bytes at known offsets), then the failure is rethrown as
+ * retryable so the next attempt resumes after them. A body silent for requestTimeoutMs is a stall.
+ */
+async function streamToFile(
+  req: PartRequest,
+  res: GetResponse,
+  fh: import("node:fs/promises").FileHandle,
+  position: number,
+  expected: number,
+  ctx: PartContext,
+  sink: { digest: (chunk: Buffer) => void; wrote: (n: number) => void },
+): Promise<void> {
+  const body = res.body;
+  let total = 0;
+  let pending: Buffer[] = [];
+  let pendingBytes = 0;
+
+  const flush = async () => {
+    if (pendingBytes === 0) return;
+    const buf = pending.length === 1 ? (pending[0] as Buffer) : Buffer.concat(pending, pendingBytes);
+    pending = [];
+    const at = position + total;
+    pendingBytes = 0;
+    let off = 0;
+    while (off < buf.length) {
+      const { bytesWritten } = await fh.write(buf, off, buf.length - off, at + off).catch((e) => {
+        throw ioError(e, `writing ${req.tmpPath}`, req.key);
+      });
+      off += bytesWritten;
+    }
+    total += buf.length;
+    sink.wrote(buf.length);
+  };
+
+  let timer: NodeJS.Timeout | undefined;
+  const arm = () => {
+    clearTimeout(timer);
+    timer = setTimeout(
+      () => body.destroy(new TransientError(`no bytes for ${ctx.requestTimeoutMs} ms (stall)`)),
+      ctx.requestTimeoutMs,
+    );
+  };
+  const onAbort = () => body.destroy(ctx.signal.reason);
+  ctx.signal.addEventListener("abort", onAbort, { once: true });
+  arm();
+  try {
+    for await (const chunk of body as AsyncIterable<Buffer>) {
+      arm();
+      if (total + pendingBytes + chunk.length > expected) {
+        throw new ColdstartError(
+          "CS_S3_RESPONSE_INVALID",
+          `GET ${req.key}: body is longer than the ${expected} bytes asked for`,
+          { details: { key: req.key } },
+        );
+      }
+      sink.digest(chunk);
+      pending.push(chunk);
+      pendingBytes += chunk.length;
+      if (pendingBytes >= WRITE_CHUNK) await flush();
+    }
+    await flush();
+  } catch (err) {
+    if (err instanceof ColdstartError) throw err;
+    await flush();
+    throw err;
+  } finally {
+    clearTimeout(timer);
+    ctx.signal.removeEventListener("abort", onAbort);
+  }
+}

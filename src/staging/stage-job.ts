@@ -1,0 +1,481 @@
+import { createHash } from "node:crypto";
+import { lstat, mkdir, open, readdir, readFile, realpath, rename, rm, stat } from "node:fs/promises";
+import { dirname, join, posix } from "node:path";
+import pLimit from "p-limit";
+import type { Logger } from "pino";
+import { ColdstartError, toColdstartError } from "../errors.js";
+import type { ObjectChecksum, ObjectSource } from "../s3/object-source.js";
+import { describe, type RetryPolicy, withRetry } from "../s3/retry.js";
+import { readSafetensorsHeader, type SafetensorsHeader } from "../safetensors/header.js";
+import { checkIndexAgainstShards, parseSafetensorsIndex } from "../safetensors/index-json.js";
+import { freeBytes } from "../store/disk.js";
+import { type JournalEntry, PartJournal } from "../store/journal.js";
+import { acquireLock } from "../store/lock.js";
+import { type ManifestFile, ManifestStore } from "../store/manifest.js";
+import { ioError, prepareTarget, STATE_DIR } from "../store/paths.js";
+import { downloadPart } from "./part-download.js";
+import { type FilePlan, type Filters, planJob } from "./plan.js";
+import { verifyChecksum } from "./verify.js";
+
+export interface StageJobOptions {
+  source: ObjectSource;
+  bucket: string;
+  prefix: string;
+  /** Destination directory (created if missing). */
+  dest: string;
+  partSizeBytes: number;
+  /** Ranged GETs (and HEADs) in flight at once across all files of the job. */
+  concurrency: number;
+  filters: Filters;
+  retry: RetryPolicy;
+  requestTimeoutMs: number;
+  signal?: AbortSignal;
+  logger?: Logger;
+}
+
+export interface StageProgress {
+  phase: "listing" | "downloading" | "done" | "failed";
+  filesTotal: number;
+  filesDone: number;
+  bytesTotal: number;
+  /** Bytes in place: downloaded this run plus resumed. */
+  bytesDone: number;
+  /** Bytes not fetched again because a journal or the manifest already had them. */
+  resumedBytes: number;
+  retries: number;
+  startedAt: number;
+}
+
+export interface StageResult {
+  files: number;
+  bytes: number;
+  seconds: number;
+  /** Bytes transferred this run per second of wall time (resumed bytes excluded). */
+  bytesPerSecond: number;
+  retries: number;
+  resumedBytes: number;
+}
+
+const INDEX_SUFFIX = ".safetensors.index.json";
+
+/**
+ * Stages every object under an S3 prefix into a directory: parallel ranged GETs under one
+ * concurrency budget, each file written to a temp file inside the destination, verified (size,
+ * ETag, S3 checksum where one applies, safetensors header, index consistency), fsynced and renamed
+ * into place. A journal of durable parts makes a restart after a crash fetch only what is missing.
+ */
+export class StageJob {
+  readonly #o: StageJobOptions;
+  readonly #p: StageProgress;
+  readonly #abort = new AbortController();
+  #root = "";
+  #tmpDir = "";
+
+  constructor(options: StageJobOptions) {
+    this.#o = options;
+    this.#p = {
+      phase: "listing",
+      filesTotal: 0,
+      filesDone: 0,
+      bytesTotal: 0,
+      bytesDone: 0,
+      resumedBytes: 0,
+      retries: 0,
+      startedAt: Date.now(),
+    };
+  }
+
+  /** A snapshot of the counters (cheap; poll it for progress display). */
+  progress(): StageProgress {
+    return { ...this.#p };
+  }
+
+  async run(): Promise<StageResult> {
+    const outer = this.#o.signal;
+    const onOuterAbort = () => this.#abort.abort(outer?.reason);
+    if (outer?.aborted) onOuterAbort();
+    outer?.addEventListener("abort", onOuterAbort, { once: true });
+    let release: (() => Promise<void>) | undefined;
+    try {
+      this.#root = await this.#prepareDest();
+      release = await acquireLock(join(this.#root, STATE_DIR, "lock"));
+      return await this.#stage();
+    } catch (err) {
+      this.#p.phase = "failed";
+      throw toColdstartError(err);
+    } finally {
+      outer?.removeEventListener("abort", onOuterAbort);
+      await release?.();
+    }
+  }
+
+  async #prepareDest(): Promise<string> {
+    const dest = this.#o.dest;
+    await mkdir(dest, { recursive: true }).catch((e) => {
+      throw new ColdstartError("CS_DEST_INVALID", `cannot create destination ${dest}: ${e.message}`, {
+        cause: e,
+        details: { field: "dest", value: dest },
+      });
+    });
+    const st = await lstat(dest);
+    if (!st.isDirectory()) {
+      throw new ColdstartError(
+        "CS_DEST_INVALID",
+        `destination ${dest} is ${st.isSymbolicLink() ? "a symlink" : "not a directory"}`,
+        { details: { field: "dest", value: dest } },
+      );
+    }
+    const root = await realpath(dest);
+    this.#tmpDir = join(root, STATE_DIR, "tmp");
+    await mkdir(this.#tmpDir, { recursive: true }).catch((e) => {
+      throw ioError(e, `creating ${this.#tmpDir}`);
+    });
+    return root;
+  }
+
+  async #stage(): Promise<StageResult> {
+    const o = this.#o;
+    const signal = this.#abort.signal;
+    const source = `s3://${o.bucket}/${o.prefix}`;
+    const files = await withRetry(
+      o.retry,
+      { key: source, action: "LIST" },
+      () => planJob(o.source, o.bucket, o.prefix, o.filters, o.partSizeBytes, signal),
+      { signal, onRetry: this.#onRetry(source) },
+    );
+    if (files.length === 0) {
+      throw new ColdstartError("CS_NO_OBJECTS", `no objects under ${source} match the filters`, {
+        details: { key: o.prefix },
+      });
+    }
+    this.#p.filesTotal = files.length;
+    this.#p.bytesTotal = files.reduce((n, f) => n + f.size, 0);
+
+    const manifest = await ManifestStore.open(this.#root, source);
+    const todo: FileState[] = [];
+    for (const f of files) {
+      if (await this.#alreadyStaged(f, manifest)) {
+        this.#p.filesDone++;
+        this.#p.bytesDone += f.size;
+        this.#p.resumedBytes += f.size;
+      } else {
+        todo.push(await this.#openFile(f));
+      }
+    }
+    await this.#checkSpace(todo);
+
+    this.#p.phase = "downloading";
+    const limit = pLimit(o.concurrency);
+    const headers = new Map<string, SafetensorsHeader>();
+    try {
+      const settled = await Promise.allSettled(
+        todo.map(async (fs) => {
+          if (fs.plan.relPath.endsWith(INDEX_SUFFIX)) return this.#download(fs, limit);
+          await this.#download(fs, limit);
+          await this.#commit(fs, manifest, headers);
+        }),
+      );
+      throwFirst(settled);
+      // Indexes last: they are checked against every shard's header before they become visible.
+      for (const fs of todo.filter((f) => f.plan.relPath.endsWith(INDEX_SUFFIX))) {
+        await this.#commit(fs, manifest, headers, files);
+      }
+    } catch (err) {
+      // Keep the manifest's appended entries: a rerun skips what was committed. Never mask `err`.
+      await manifest.close().catch(() => {});
+      throw err;
+    }
+    await manifest.close();
+    await this.#removeOrphans(files);
+
+    this.#p.phase = "done";
+    const seconds = (Date.now() - this.#p.startedAt) / 1000;
+    const transferred = this.#p.bytesTotal - this.#p.resumedBytes;
+    return {
+      files: files.length,
+      bytes: this.#p.bytesTotal,
+      seconds,
+      bytesPerSecond: seconds > 0 ? Math.round(transferred / seconds) : 0,
+      retries: this.#p.retries,
+      resumedBytes: this.#p.resumedBytes,
+    };
+  }
+
+  async #alreadyStaged(f: FilePlan, manifest: ManifestStore): Promise<boolean> {
+    const m = manifest.get(f.relPath);
+    if (!m || m.etag !== f.etag || m.size !== f.size) return false;
+    const st = await lstat(join(this.#root, ...f.segments)).catch(() => undefined);
+    return st?.isFile() === true && st.size === f.size;
+  }
+
+  /** Loads a valid journal (resume) or starts a fresh temp file and journal. */
+  async #openFile(plan: FilePlan): Promise<FileState> {
+    const id = createHash("sha256").update(plan.relPath).digest("hex").slice(0, 32);
+    const tmpPath = join(this.#tmpDir, `${id}.partial`);
+    const journalPath = join(this.#tmpDir, `${id}.journal`);
+    const header = { v: 1 as const, key: plan.key, size: plan.size, etag: plan.etag, bounds: plan.bounds };
+    const loaded = await PartJournal.load(journalPath, header);
+    const tmpSize = await stat(tmpPath).then(
+      (s) => s.size,
+      () => -1,
+    );
+    if (loaded && tmpSize === plan.size) {
+      for (const p of loaded.done.keys()) {
+        const n = (plan.bounds[p + 1] as number) - (plan.bounds[p] as number);
+        this.#p.resumedBytes += n;
+        this.#p.bytesDone += n;
+      }
+      return { plan, id, tmpPath, journal: loaded.journal, done: loaded.done };
+    }
+    const fh = await open(tmpPath, "w").catch((e) => {
+      throw ioError(e, `creating ${tmpPath}`, plan.key);
+    });
+    try {
+      await fh.truncate(plan.size);
+    } catch (e) {
+      throw ioError(e as NodeJS.ErrnoException, `sizing ${tmpPath}`, plan.key);
+    } finally {
+      await fh.close();
+    }
+    const journal = plan.bounds.length > 2 ? await PartJournal.create(journalPath, header) : undefined;
+    return { plan, id, tmpPath, journal, done: new Map() };
+  }
+
+  async #checkSpace(todo: FileState[]): Promise<void> {
+    let need = 0;
+    for (const fs of todo) {
+      need += fs.plan.size;
+      for (const p of fs.done.keys())
+        need -= (fs.plan.bounds[p + 1] as number) - (fs.plan.bounds[p] as number);
+    }
+    const free = await freeBytes(this.#root);
+    // Temp files are sparse: space is taken as parts land, so the whole remainder must fit.
+    if (need > free) {
+      throw new ColdstartError(
+        "CS_INSUFFICIENT_SPACE",
+        `${this.#root} has ${free} bytes free, the remaining files need ${need}`,
+        { details: { field: "dest", value: this.#root } },
+      );
+    }
+  }
+
+  async #download(fs: FileState, limit: ReturnType<typeof pLimit>): Promise<void> {
+    const o = this.#o;
+    const signal = this.#abort.signal;
+    const { plan } = fs;
+    const parts = plan.bounds.length - 1;
+    let crcAlgorithm: ObjectChecksum["algorithm"] | undefined;
+    if (parts > 1) {
+      // Ranged GETs get no checksum from S3; a full-object CRC can be rebuilt from the parts' CRCs.
+      const head = await limit(() =>
+        withRetry(
+          o.retry,
+          { key: plan.key, action: "HEAD" },
+          () => o.source.head(o.bucket, plan.key, signal),
+          {
+            signal,
+            onRetry: this.#onRetry(plan.key),
+          },
+        ),
+      );
+      if (head.etag !== plan.etag || head.size !== plan.size) {
+        throw new ColdstartError(
+          "CS_OBJECT_CHANGED",
+          `HEAD ${plan.key}: now ${head.size} bytes ETag ${head.etag}, listed as ${plan.size} bytes ETag ${plan.etag}`,
+          { details: { key: plan.key } },
+        );
+      }
+      if (head.checksum?.type === "FULL_OBJECT" && head.checksum.algorithm.startsWith("CRC")) {
+        fs.checksum = head.checksum;
+        crcAlgorithm = head.checksum.algorithm;
+      } else if (head.checksum) {
+        o.logger?.debug(
+          { key: plan.key, checksum: head.checksum },
+          "S3 checksum cannot be checked over ranges",
+        );
+      }
+    }
+    // A resumed file must keep its checksum plan: parts journaled without a CRC cannot be combined.
+    if (crcAlgorithm && [...fs.done.values()].some((e) => e.sum === undefined)) {
+      crcAlgorithm = undefined;
+      delete fs.checksum;
+    }
+    await Promise.all(
+      Array.from({ length: parts }, (_, p) => p)
+        .filter((p) => !fs.done.has(p))
+        .map((p) =>
+          limit(async () => {
+            if (signal.aborted) throw signal.reason;
+            const entry = await downloadPart(
+              {
+                bucket: o.bucket,
+                key: plan.key,
+                etag: plan.etag,
+                size: plan.size,
+                tmpPath: fs.tmpPath,
+                index: p,
+                start: plan.bounds[p] as number,
+                end: plan.bounds[p + 1] as number,
+                whole: parts === 1,
+                durable: fs.journal !== undefined,
+                crcAlgorithm,
+              },
+              {
+                source: o.source,
+                retry: o.retry,
+                requestTimeoutMs: o.requestTimeoutMs,
+                signal,
+                onBytes: (n) => {
+                  this.#p.bytesDone += n;
+                },
+                onRetry: this.#onRetry(plan.key),
+              },
+            );
+            await fs.journal?.record(entry, plan.key);
+            fs.done.set(p, entry);
+          }).catch((err) => {
+            // First failure stops the job: a model with a missing file is not usable anyway, and the
+            // journal keeps every finished part for the next run.
+            this.#abort.abort(err);
+            throw err;
+          }),
+        ),
+    );
+  }
+
+  #onRetry(key: string) {
+    return (err: unknown, attempt: number) => {
+      this.#p.retries++;
+      this.#o.logger?.warn({ key, attempt, err: describe(err) }, "retrying");
+    };
+  }
+
+  /** Verifies a fully downloaded temp file and renames it into place, then records it. */
+  async #commit(
+    fs: FileState,
+    manifest: ManifestStore,
+    headers: Map<string, SafetensorsHeader>,
+    allFiles?: FilePlan[],
+  ): Promise<void> {
+    const { plan } = fs;
+    const entries = Array.from({ length: plan.bounds.length - 1 }, (_, p) => fs.done.get(p));
+    if (entries.some((e) => e === undefined)) {
+      throw new ColdstartError("CS_INTERNAL", `${plan.key}: committing with parts missing`, {
+        details: { key: plan.key },
+      });
+    }
+    const done = entries as JournalEntry[];
+    const st = await stat(fs.tmpPath);
+    if (st.size !== plan.size) {
+      throw new ColdstartError(
+        "CS_SIZE_MISMATCH",
+        `${plan.key}: staged ${st.size} bytes, S3 lists ${plan.size}`,
+        {
+          details: { key: plan.key },
+        },
+      );
+    }
+    const checksum = fs.checksum ?? (done.length === 1 ? done[0]?.checksum : undefined);
+    if (checksum) verifyChecksum(plan, checksum, done);
+
+    if (plan.relPath.endsWith(".safetensors")) {
+      headers.set(plan.relPath, await readSafetensorsHeader(fs.tmpPath, plan.key));
+    } else if (plan.relPath.endsWith(INDEX_SUFFIX) && allFiles) {
+      await this.#checkIndex(fs, headers, allFiles);
+    }
+
+    const target = await prepareTarget(this.#root, plan.segments, plan.key);
+    try {
+      const fh = await open(fs.tmpPath, "r+");
+      try {
+        await fh.sync();
+      } finally {
+        await fh.close();
+      }
+      await rename(fs.tmpPath, target);
+      await syncDir(dirname(target));
+    } catch (e) {
+      throw ioError(e as NodeJS.ErrnoException, `committing ${target}`, plan.key);
+    }
+    await fs.journal?.remove();
+    const pieces = done.map((e) => e.sha256);
+    const entry: ManifestFile = {
+      key: plan.key,
+      size: plan.size,
+      etag: plan.etag,
+      bounds: plan.bounds,
+      pieces,
+      root: createHash("sha256")
+        .update(Buffer.concat(pieces.map((h) => Buffer.from(h, "hex"))))
+        .digest("hex"),
+      ...(checksum ? { checksum } : {}),
+      stagedAt: new Date().toISOString(),
+    };
+    await manifest.put(plan.relPath, entry);
+    this.#p.filesDone++;
+  }
+
+  async #checkIndex(
+    fs: FileState,
+    headers: Map<string, SafetensorsHeader>,
+    allFiles: FilePlan[],
+  ): Promise<void> {
+    const { plan } = fs;
+    const text = await readFileText(fs.tmpPath, plan.key);
+    const index = parseSafetensorsIndex(text, plan.key);
+    const dir = posix.dirname(plan.relPath);
+    const shards = new Map<string, SafetensorsHeader>();
+    const staged = new Set(allFiles.map((f) => f.relPath));
+    for (const shard of new Set(index.weightMap.values())) {
+      const rel = dir === "." ? shard : `${dir}/${shard}`;
+      let h = headers.get(rel);
+      if (!h && staged.has(rel)) {
+        h = await readSafetensorsHeader(join(this.#root, ...rel.split("/")), rel);
+        headers.set(rel, h);
+      }
+      if (h) shards.set(shard, h);
+    }
+    checkIndexAgainstShards(index, shards, plan.key);
+  }
+
+  /** Temp files of objects no longer in the source (or filtered out) would otherwise leak forever. */
+  async #removeOrphans(files: FilePlan[]): Promise<void> {
+    const keep = new Set(files.map((f) => createHash("sha256").update(f.relPath).digest("hex").slice(0, 32)));
+    for (const name of await readdir(this.#tmpDir).catch(() => [] as string[])) {
+      if (!keep.has(name.split(".")[0] ?? "")) await rm(join(this.#tmpDir, name), { force: true });
+    }
+  }
+}
+
+interface FileState {
+  plan: FilePlan;
+  id: string;
+  tmpPath: string;
+  /** Absent for single-part files: they either commit whole or are fetched again. */
+  journal: PartJournal | undefined;
+  done: Map<number, JournalEntry>;
+  /** The full-object checksum the parts' CRCs are combined into, when S3 has one. */
+  checksum?: ObjectChecksum;
+}
+
+async function readFileText(path: string, key: string): Promise<string> {
+  return readFile(path, "utf8").catch((e) => {
+    throw ioError(e, `reading ${path}`, key);
+  });
+}
+
+async function syncDir(dir: string): Promise<void> {
+  const fh = await open(dir, "r");
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+/** Rethrows the first real failure; CS_ABORTED from parts cancelled because of it comes second. */
+function throwFirst(results: PromiseSettledResult<unknown>[]): void {
+  const errors = results.flatMap((r) => (r.status === "rejected" ? [toColdstartError(r.reason)] : []));
+  if (errors.length === 0) return;
+  throw errors.find((e) => e.code !== "CS_ABORTED") ?? errors[0];
+}

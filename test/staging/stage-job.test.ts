@@ -1,0 +1,454 @@
+import { randomBytes } from "node:crypto";
+import { mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { PutObjectCommand, type S3Client } from "@aws-sdk/client-s3";
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, inject, it } from "vitest";
+import { ColdstartError } from "../../src/errors.js";
+import { buildSafetensors } from "../../src/safetensors/build.js";
+import type { ManifestFile } from "../../src/store/manifest.js";
+import { type FaultProxy, startFaultProxy } from "../support/fault-proxy.js";
+import { freshBucket, putFiles, putMultipart, seedClient } from "../support/s3.js";
+import { digests, expectedDigests, listTree, stage } from "../support/stage.js";
+import { file, sha256, syntheticModel } from "../support/synthetic-model.js";
+
+const s3 = inject("s3");
+const MiB = 1024 * 1024;
+let client: S3Client;
+let proxy: FaultProxy;
+let work: string;
+let dest: string;
+
+beforeAll(async () => {
+  client = seedClient(s3);
+  proxy = await startFaultProxy(s3.endpoint);
+});
+afterAll(async () => {
+  client.destroy();
+  await proxy.close();
+});
+beforeEach(async () => {
+  work = await mkdtemp(join(tmpdir(), "cs-stage-"));
+  dest = join(work, "dest");
+  proxy.clearRules();
+  proxy.resetStats();
+});
+afterEach(async () => {
+  await rm(work, { recursive: true, force: true });
+});
+
+async function expectCode(p: Promise<unknown>, code: string): Promise<ColdstartError> {
+  const err = await p.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  expect(err, `expected ${code}`).toBeInstanceOf(ColdstartError);
+  expect((err as ColdstartError).code, (err as Error).message).toBe(code);
+  return err as ColdstartError;
+}
+
+describe("staging a model from a real S3 server", () => {
+  it("stages a multi-shard model byte-identical, with a manifest of piece digests", async () => {
+    const files = syntheticModel({ shards: 4, shardBytes: 6 * MiB });
+    const bucket = await freshBucket(client);
+    await putFiles(client, bucket, "org/model/", files);
+
+    const result = await stage(s3, { bucket, prefix: "org/model/", dest, partSizeBytes: MiB });
+
+    expect(await digests(dest, files)).toEqual(expectedDigests(files));
+    expect(await listTree(dest)).toEqual(files.map((f) => f.relPath).sort());
+    expect(result).toMatchObject({ files: files.length, retries: 0, resumedBytes: 0 });
+    expect(result.bytes).toBe(files.reduce((n, f) => n + f.body.length, 0));
+    // No temp files or journals are left behind; the manifest names every file by piece digests.
+    expect(await readdir(join(dest, ".coldstart", "tmp"))).toEqual([]);
+    const manifest = await readManifest(dest);
+    const shard = files[0];
+    if (!shard) throw new Error("no shard");
+    expect([...manifest.keys()].sort()).toEqual(files.map((f) => f.relPath).sort());
+    const entry = manifest.get(shard.relPath);
+    expect(entry?.pieces).toHaveLength(Math.ceil(shard.body.length / MiB));
+    expect(entry?.pieces[0]).toBe(sha256(shard.body.subarray(0, MiB)));
+  });
+
+  it("stages a multipart-uploaded object (ETag with -N) intact", async () => {
+    const body = randomBytes(11 * MiB + 123);
+    const bucket = await freshBucket(client);
+    await putMultipart(client, bucket, "m/blob.bin", body, 5 * MiB);
+    await stage(s3, { bucket, prefix: "m/", dest, partSizeBytes: 2 * MiB });
+    expect(sha256(await readFile(join(dest, "blob.bin")))).toBe(sha256(body));
+  });
+
+  it("pages through more than 1000 keys, with zero-byte objects and unicode/space keys", async () => {
+    const bucket = await freshBucket(client);
+    const files = Array.from({ length: 1105 }, (_, i) =>
+      file(
+        `shard-${String(i).padStart(4, "0")}/piece.bin`,
+        i % 100 === 0 ? Buffer.alloc(0) : randomBytes(64),
+      ),
+    );
+    files.push(file("dir with spaces/naïve 模型 ✓.json", Buffer.from("{}")));
+    await putFiles(client, bucket, "many/", files, 16);
+
+    const result = await stage(s3, { bucket, prefix: "many/", dest, concurrency: 16 });
+
+    expect(result.files).toBe(files.length);
+    expect(await digests(dest, files)).toEqual(expectedDigests(files));
+  });
+
+  it("applies include and exclude globs to keys relative to the prefix", async () => {
+    const bucket = await freshBucket(client);
+    const files = syntheticModel({ shards: 2, shardBytes: 64 * 1024 });
+    files.push(file("original/consolidated.00.pth", randomBytes(100)));
+    await putFiles(client, bucket, "p/", files);
+
+    await stage(s3, {
+      bucket,
+      prefix: "p/",
+      dest,
+      include: ["*.safetensors", "*.json"],
+      exclude: ["original/**"],
+    });
+
+    expect(await listTree(dest)).toEqual(
+      files
+        .filter((f) => !f.relPath.startsWith("original/"))
+        .map((f) => f.relPath)
+        .sort(),
+    );
+  });
+
+  it("fails with CS_NO_OBJECTS when nothing matches", async () => {
+    const bucket = await freshBucket(client);
+    await putFiles(client, bucket, "p/", [file("a.txt", Buffer.from("a"))]);
+    await expectCode(stage(s3, { bucket, prefix: "p/", dest, include: ["*.bin"] }), "CS_NO_OBJECTS");
+  });
+
+  it("fails fast with CS_S3_NOT_FOUND for a missing bucket", async () => {
+    await expectCode(stage(s3, { bucket: "no-such-bucket-cs", prefix: "", dest }), "CS_S3_NOT_FOUND");
+  });
+});
+
+describe("path safety", () => {
+  it("refuses a key with .. and writes nothing, inside or outside DEST", async () => {
+    const bucket = await freshBucket(client);
+    await putFiles(client, bucket, "m/", [file("config.json", Buffer.from("{}"))]);
+    // The hostile key is served in the listing itself (a store could hold it; RGW normalises "..").
+    const outside = join(work, "escape.txt");
+    const err = await expectCode(
+      stage(s3, { bucket, prefix: "m/", dest, endpoint: await listingInjector(bucket, "m/../escape.txt") }),
+      "CS_KEY_UNSAFE",
+    );
+    expect(err.details.key).toBe("m/../escape.txt");
+    await expect(readFile(outside)).rejects.toThrow();
+    expect(await listTree(dest)).toEqual([]);
+    expect(proxy.requests.filter((r) => r.method === "GET" && !r.query.includes("list-type"))).toEqual([]);
+  });
+
+  it("refuses to write through a symlink planted in DEST", async () => {
+    const bucket = await freshBucket(client);
+    await putFiles(client, bucket, "m/", [file("sub/weights.bin", randomBytes(1000))]);
+    const outside = join(work, "outside");
+    await mkdir(outside);
+    await mkdir(dest);
+    await symlink(outside, join(dest, "sub"));
+
+    await expectCode(stage(s3, { bucket, prefix: "m/", dest }), "CS_KEY_UNSAFE");
+    expect(await readdir(outside)).toEqual([]);
+  });
+});
+
+describe("verification", () => {
+  it("refuses a malformed safetensors header and leaves nothing at the final name", async () => {
+    const bucket = await freshBucket(client);
+    const good = buildSafetensors([{ name: "w", dtype: "F16", shape: [4, 4] }]);
+    const bad = Buffer.from(good);
+    bad.writeBigUInt64LE(BigInt(good.length), 0); // header length beyond the file
+    await putFiles(client, bucket, "m/", [
+      file("model.safetensors", bad),
+      file("config.json", Buffer.from("{}")),
+    ]);
+
+    await expectCode(stage(s3, { bucket, prefix: "m/", dest }), "CS_SAFETENSORS_INVALID");
+    expect(await listTree(dest)).not.toContain("model.safetensors");
+  });
+
+  it("refuses an index.json that names a shard that is not there", async () => {
+    const bucket = await freshBucket(client);
+    const files = syntheticModel({ shards: 2, shardBytes: 64 * 1024 });
+    const staged = files.filter((f) => !f.relPath.startsWith("model-00002"));
+    await putFiles(client, bucket, "m/", staged);
+
+    await expectCode(stage(s3, { bucket, prefix: "m/", dest }), "CS_SAFETENSORS_INDEX_INVALID");
+    expect(await listTree(dest)).not.toContain("model.safetensors.index.json");
+  });
+
+  it("detects an object changed between parts (412 on If-Match) and never mixes versions", async () => {
+    const bucket = await freshBucket(client);
+    const v1 = randomBytes(8 * MiB);
+    await putFiles(client, bucket, "m/", [file("blob.bin", v1)]);
+    proxy.addRule({
+      match: { method: "GET", hasRange: true },
+      skip: 2,
+      times: 1,
+      action: {
+        kind: "hook",
+        fn: async () => {
+          await client.send(
+            new PutObjectCommand({ Bucket: bucket, Key: "m/blob.bin", Body: randomBytes(8 * MiB) }),
+          );
+        },
+      },
+    });
+
+    const err = await expectCode(
+      stage(s3, { bucket, prefix: "m/", dest, endpoint: proxy.url, concurrency: 1 }),
+      "CS_OBJECT_CHANGED",
+    );
+    expect(err.details.key).toBe("m/blob.bin");
+    expect(await listTree(dest)).toEqual([]);
+    // Every range after the listing carried If-Match with the pinned ETag.
+    const ranged = proxy.requests.filter((r) => r.headers.range);
+    expect(ranged.length).toBeGreaterThan(2);
+    for (const r of ranged) expect(r.headers["if-match"]).toMatch(/^"[0-9a-f]{32}"$/);
+  });
+
+  it("checks a whole-object checksum S3 returns, and fails on a mismatch", async () => {
+    const bucket = await freshBucket(client);
+    const body = randomBytes(300_000);
+    await putFiles(client, bucket, "m/", [file("tokenizer.json", body)]);
+    // RGW ignores x-amz-checksum-*: the proxy plays an S3 that returns them.
+    const { createChecksum } = await import("../../src/s3/checksum.js");
+    const good = createChecksum("CRC32C");
+    good.update(body);
+    proxy.addRule({
+      match: { method: "GET", path: "tokenizer.json", hasRange: false },
+      times: 1,
+      action: { kind: "headers", set: { "x-amz-checksum-crc32c": good.digest().toString("base64") } },
+    });
+    await stage(s3, { bucket, prefix: "m/", dest, endpoint: proxy.url });
+    const manifest = await readManifest(dest);
+    expect(manifest.get("tokenizer.json")?.checksum).toMatchObject({
+      algorithm: "CRC32C",
+      type: "FULL_OBJECT",
+    });
+
+    const dest2 = join(work, "dest2");
+    proxy.addRule({
+      match: { method: "GET", path: "tokenizer.json", hasRange: false },
+      times: 1,
+      action: { kind: "headers", set: { "x-amz-checksum-crc32c": "AAAAAA==" } },
+    });
+    await expectCode(
+      stage(s3, { bucket, prefix: "m/", dest: dest2, endpoint: proxy.url }),
+      "CS_CHECKSUM_MISMATCH",
+    );
+    expect(await listTree(dest2)).toEqual([]);
+  });
+
+  it("combines the parts' CRCs into the full-object CRC64NVME from HEAD", async () => {
+    const bucket = await freshBucket(client);
+    const body = randomBytes(5 * MiB + 17);
+    await putFiles(client, bucket, "m/", [file("w.bin", body)]);
+    const { createChecksum } = await import("../../src/s3/checksum.js");
+    const crc = createChecksum("CRC64NVME");
+    crc.update(body);
+    const value = crc.digest().toString("base64");
+    const headRule = (v: string) => ({
+      match: { method: "HEAD", path: "w.bin" },
+      times: 1,
+      action: {
+        kind: "headers" as const,
+        set: { "x-amz-checksum-crc64nvme": v, "x-amz-checksum-type": "FULL_OBJECT" },
+      },
+    });
+    proxy.addRule(headRule(value));
+    await stage(s3, { bucket, prefix: "m/", dest, endpoint: proxy.url, partSizeBytes: MiB });
+    expect(sha256(await readFile(join(dest, "w.bin")))).toBe(sha256(body));
+
+    proxy.addRule(headRule("AAAAAAAAAAA="));
+    await expectCode(
+      stage(s3, { bucket, prefix: "m/", dest: join(work, "d2"), endpoint: proxy.url, partSizeBytes: MiB }),
+      "CS_CHECKSUM_MISMATCH",
+    );
+  });
+});
+
+describe("faults at the network seam", () => {
+  it("survives a 503 SlowDown storm", async () => {
+    const bucket = await freshBucket(client);
+    const files = syntheticModel({ shards: 2, shardBytes: 3 * MiB });
+    await putFiles(client, bucket, "m/", files);
+    proxy.addRule({
+      match: { method: "GET" },
+      times: 25,
+      action: { kind: "status", status: 503, code: "SlowDown" },
+    });
+
+    const result = await stage(s3, { bucket, prefix: "m/", dest, endpoint: proxy.url, maxAttempts: 30 });
+
+    expect(result.retries).toBeGreaterThanOrEqual(25);
+    expect(await digests(dest, files)).toEqual(expectedDigests(files));
+  });
+
+  it("gives up with CS_RETRIES_EXHAUSTED when 503s never end", async () => {
+    const bucket = await freshBucket(client);
+    await putFiles(client, bucket, "m/", [file("a.bin", randomBytes(100))]);
+    proxy.addRule({ match: { method: "GET", path: "a.bin" }, action: { kind: "status", status: 503 } });
+    await expectCode(
+      stage(s3, { bucket, prefix: "m/", dest, endpoint: proxy.url, maxAttempts: 3 }),
+      "CS_RETRIES_EXHAUSTED",
+    );
+    expect(await listTree(dest)).toEqual([]);
+  });
+
+  it("fails fast on 403 without retrying", async () => {
+    const bucket = await freshBucket(client);
+    await putFiles(client, bucket, "m/", [file("a.bin", randomBytes(100))]);
+    proxy.addRule({
+      match: { method: "GET", path: "a.bin" },
+      action: { kind: "status", status: 403, code: "AccessDenied" },
+    });
+    await expectCode(stage(s3, { bucket, prefix: "m/", dest, endpoint: proxy.url }), "CS_S3_ACCESS_DENIED");
+    expect(proxy.requests.filter((r) => r.path.endsWith("a.bin"))).toHaveLength(1);
+  });
+
+  it("resumes parts broken by resets and truncation from the bytes already written", async () => {
+    const bucket = await freshBucket(client);
+    const body = randomBytes(8 * MiB);
+    await putFiles(client, bucket, "m/", [file("w.bin", body)]);
+    proxy.addRule({
+      match: { method: "GET", hasRange: true },
+      times: 3,
+      action: { kind: "reset", afterBytes: 300_000 },
+    });
+    proxy.addRule({
+      match: { method: "GET", hasRange: true },
+      times: 3,
+      action: { kind: "truncate", afterBytes: 500_000 },
+    });
+
+    const result = await stage(s3, {
+      bucket,
+      prefix: "m/",
+      dest,
+      endpoint: proxy.url,
+      partSizeBytes: 2 * MiB,
+    });
+
+    expect(sha256(await readFile(join(dest, "w.bin")))).toBe(sha256(body));
+    expect(result.retries).toBeGreaterThanOrEqual(6);
+    // Resumed requests start mid-part, and little more than the object crossed the wire.
+    const starts = proxy.requests.flatMap(
+      (r) => /bytes=(\d+)-/.exec(String(r.headers.range ?? ""))?.[1] ?? [],
+    );
+    expect(starts.map(Number).filter((s) => s % (2 * MiB) !== 0).length).toBeGreaterThanOrEqual(6);
+    expect(proxy.bytesServed().total).toBeLessThan(body.length + 6 * 600_000);
+  });
+
+  it("retries a stalled body on a fresh request", async () => {
+    const bucket = await freshBucket(client);
+    const body = randomBytes(3 * MiB);
+    await putFiles(client, bucket, "m/", [file("w.bin", body)]);
+    proxy.addRule({
+      match: { method: "GET", hasRange: true },
+      times: 1,
+      action: { kind: "stall", afterBytes: 1000, ms: 4000 },
+    });
+
+    const result = await stage(s3, {
+      bucket,
+      prefix: "m/",
+      dest,
+      endpoint: proxy.url,
+      requestTimeoutMs: 500,
+    });
+
+    expect(result.retries).toBeGreaterThanOrEqual(1);
+    expect(sha256(await readFile(join(dest, "w.bin")))).toBe(sha256(body));
+  });
+});
+
+describe("disk space", () => {
+  it("refuses before downloading when the files cannot fit (CS_INSUFFICIENT_SPACE)", async () => {
+    const mnt = await tmpfs(work, 4 * MiB);
+    try {
+      const bucket = await freshBucket(client);
+      await putFiles(client, bucket, "m/", [file("w.bin", randomBytes(6 * MiB))]);
+      await expectCode(
+        stage(s3, { bucket, prefix: "m/", dest: join(mnt, "d"), endpoint: proxy.url }),
+        "CS_INSUFFICIENT_SPACE",
+      );
+      expect(proxy.requests.filter((r) => r.method === "GET" && r.headers.range)).toEqual([]);
+    } finally {
+      await umount(mnt);
+    }
+  });
+
+  it("reports ENOSPC mid-way as CS_DISK_FULL, with nothing at a final name and the journal kept", async () => {
+    const mnt = await tmpfs(work, 8 * MiB);
+    try {
+      const bucket = await freshBucket(client);
+      await putFiles(client, bucket, "m/", [file("w.bin", randomBytes(6 * MiB))]);
+      // Once the download has started, something else fills the disk.
+      proxy.addRule({
+        match: { method: "GET", hasRange: true },
+        times: 1,
+        action: {
+          kind: "hook",
+          fn: () => writeFile(join(mnt, "filler"), Buffer.alloc(7 * MiB)).catch(() => {}),
+        },
+      });
+      const d = join(mnt, "d");
+      const err = await expectCode(
+        stage(s3, { bucket, prefix: "m/", dest: d, endpoint: proxy.url, concurrency: 2 }),
+        "CS_DISK_FULL",
+      );
+      expect(err.details.key).toBe("m/w.bin");
+      expect(await listTree(d)).toEqual([]);
+      expect((await readdir(join(d, ".coldstart", "tmp"))).some((n) => n.endsWith(".journal"))).toBe(true);
+    } finally {
+      await umount(mnt);
+    }
+  });
+});
+
+/** The manifest's entries by relative path (last line per path wins). */
+async function readManifest(dest: string): Promise<Map<string, ManifestFile>> {
+  const lines = (await readFile(join(dest, ".coldstart", "manifest.jsonl"), "utf8")).trim().split("\n");
+  const out = new Map<string, ManifestFile>();
+  for (const l of lines.slice(1).map((x) => JSON.parse(x))) out.set(l.path, l.file);
+  return out;
+}
+
+/** A tiny tmpfs so "disk full" is real (needs root, as CI has). */
+async function tmpfs(parent: string, size: number): Promise<string> {
+  const { execFileSync } = await import("node:child_process");
+  const mnt = join(parent, `mnt-${Math.random().toString(36).slice(2)}`);
+  await mkdir(mnt);
+  execFileSync("mount", ["-t", "tmpfs", "-o", `size=${size}`, "tmpfs", mnt]);
+  return mnt;
+}
+
+async function umount(mnt: string): Promise<void> {
+  const { execFileSync } = await import("node:child_process");
+  execFileSync("umount", [mnt]);
+}
+
+/** Makes the fault proxy answer this bucket's listing with one extra (hostile) key. */
+async function listingInjector(bucket: string, key: string): Promise<string> {
+  proxy.addRule({
+    match: { method: "GET", path: `/${bucket}`, predicate: (r) => r.query.includes("list-type=2") },
+    action: {
+      kind: "status",
+      status: 200,
+      body:
+        `<?xml version="1.0" encoding="UTF-8"?><ListBucketResult><Name>${bucket}</Name><Prefix>m/</Prefix>` +
+        `<KeyCount>2</KeyCount><MaxKeys>1000</MaxKeys><IsTruncated>false</IsTruncated>` +
+        `<Contents><Key>m/config.json</Key><Size>2</Size><ETag>"99914b932bd37a50b983c5e7c90ae93b"</ETag></Contents>` +
+        `<Contents><Key>${key}</Key><Size>5</Size><ETag>"0123456789abcdef0123456789abcdef"</ETag></Contents>` +
+        `</ListBucketResult>`,
+      headers: { "content-type": "application/xml" },
+    },
+  });
+  return proxy.url;
+}

@@ -1,0 +1,76 @@
+import { readdir, readFile } from "node:fs/promises";
+import { join, relative } from "node:path";
+import { S3ObjectSource } from "../../src/s3/s3-object-source.js";
+import { StageJob, type StageJobOptions, type StageResult } from "../../src/staging/stage-job.js";
+import type { S3Endpoint } from "./s3.js";
+import { type SyntheticFile, sha256 } from "./synthetic-model.js";
+
+export interface StageArgs {
+  bucket: string;
+  prefix: string;
+  dest: string;
+  /** Defaults to the S3 server itself; pass a fault proxy's URL to inject faults. */
+  endpoint?: string;
+  partSizeBytes?: number;
+  concurrency?: number;
+  include?: string[];
+  exclude?: string[];
+  maxAttempts?: number;
+  requestTimeoutMs?: number;
+  signal?: AbortSignal;
+}
+
+/** Runs the staging engine in-process (credentials from the environment, as in production). */
+export async function stage(s3: S3Endpoint, args: StageArgs): Promise<StageResult> {
+  process.env.AWS_ACCESS_KEY_ID = s3.accessKeyId;
+  process.env.AWS_SECRET_ACCESS_KEY = s3.secretAccessKey;
+  const concurrency = args.concurrency ?? 8;
+  const requestTimeoutMs = args.requestTimeoutMs ?? 5_000;
+  const source = new S3ObjectSource({
+    region: s3.region,
+    endpoint: args.endpoint ?? s3.endpoint,
+    pathStyle: true,
+    maxSockets: concurrency + 4,
+    requestTimeoutMs,
+  });
+  const options: StageJobOptions = {
+    source,
+    bucket: args.bucket,
+    prefix: args.prefix,
+    dest: args.dest,
+    partSizeBytes: args.partSizeBytes ?? 1024 * 1024,
+    concurrency,
+    filters: { include: args.include ?? [], exclude: args.exclude ?? [] },
+    retry: { maxAttempts: args.maxAttempts ?? 10, baseDelayMs: 5, maxDelayMs: 50 },
+    requestTimeoutMs,
+    ...(args.signal ? { signal: args.signal } : {}),
+  };
+  try {
+    return await new StageJob(options).run();
+  } finally {
+    source.close();
+  }
+}
+
+/** Every file under `dir` (relative paths), the state directory excluded unless asked. */
+export async function listTree(dir: string, withState = false): Promise<string[]> {
+  const out: string[] = [];
+  for (const e of await readdir(dir, { recursive: true, withFileTypes: true })) {
+    if (!e.isFile() && !e.isSymbolicLink()) continue;
+    const rel = relative(dir, join(e.parentPath, e.name));
+    if (!withState && rel.startsWith(".coldstart")) continue;
+    out.push(rel);
+  }
+  return out.sort();
+}
+
+/** Asserts helper: SHA-256 of every expected file under dest, keyed by relative path. */
+export async function digests(dest: string, files: SyntheticFile[]): Promise<Record<string, string>> {
+  const out: Record<string, string> = {};
+  for (const f of files) out[f.relPath] = sha256(await readFile(join(dest, f.relPath)));
+  return out;
+}
+
+export function expectedDigests(files: SyntheticFile[]): Record<string, string> {
+  return Object.fromEntries(files.map((f) => [f.relPath, f.sha256]));
+}
