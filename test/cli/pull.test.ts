@@ -1,0 +1,202 @@
+import { type ChildProcess, spawn } from "node:child_process";
+import { mkdtemp, readdir, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import type { S3Client } from "@aws-sdk/client-s3";
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, inject, it } from "vitest";
+import { type FaultProxy, startFaultProxy } from "../support/fault-proxy.js";
+import { freshBucket, putFiles, seedClient } from "../support/s3.js";
+import { digests, expectedDigests } from "../support/stage.js";
+import { syntheticModel } from "../support/synthetic-model.js";
+
+const s3 = inject("s3");
+const MiB = 1024 * 1024;
+const root = resolve(import.meta.dirname, "../..");
+let client: S3Client;
+let proxy: FaultProxy;
+let work: string;
+
+beforeAll(async () => {
+  client = seedClient(s3);
+  proxy = await startFaultProxy(s3.endpoint);
+});
+afterAll(async () => {
+  client.destroy();
+  await proxy.close();
+});
+beforeEach(async () => {
+  work = await mkdtemp(join(tmpdir(), "cs-cli-"));
+  proxy.clearRules();
+  proxy.resetStats();
+});
+afterEach(async () => {
+  await rm(work, { recursive: true, force: true });
+});
+
+/** The real `coldstart` command as a child process (TypeScript sources through tsx). */
+function coldstart(args: string[], env: Record<string, string> = {}): ChildProcess {
+  return spawn(process.execPath, ["--import", "tsx", join(root, "src/cli/bin.ts"), ...args], {
+    cwd: root,
+    env: {
+      PATH: process.env.PATH ?? "",
+      HOME: process.env.HOME ?? "/root",
+      AWS_ACCESS_KEY_ID: s3.accessKeyId,
+      AWS_SECRET_ACCESS_KEY: s3.secretAccessKey,
+      AWS_REGION: s3.region,
+      ...env,
+    },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+}
+
+interface Outcome {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+}
+
+function finish(child: ChildProcess): Promise<Outcome> {
+  let stdout = "";
+  let stderr = "";
+  child.stdout?.on("data", (d) => (stdout += d));
+  child.stderr?.on("data", (d) => (stderr += d));
+  return new Promise((done) => child.on("close", (code, signal) => done({ code, signal, stdout, stderr })));
+}
+
+const lastJson = (out: string) => JSON.parse(out.trim().split("\n").at(-1) ?? "null");
+
+describe("coldstart pull", () => {
+  it("stages a model, exits 0 and ends --json output with the summary", async () => {
+    const files = syntheticModel({ shards: 3, shardBytes: 2 * MiB });
+    const bucket = await freshBucket(client);
+    await putFiles(client, bucket, "m/", files);
+    const dest = join(work, "dest");
+
+    const out = await finish(
+      coldstart([`pull`, `s3://${bucket}/m`, "--dest", dest, "--path-style", "--json"], {
+        AWS_ENDPOINT_URL: s3.endpoint,
+      }),
+    );
+
+    expect(out.stderr).toBe("");
+    expect(out.code).toBe(0);
+    const summary = lastJson(out.stdout);
+    expect(Object.keys(summary).sort()).toEqual(
+      ["bytes", "bytesPerSecond", "files", "resumedBytes", "retries", "seconds"].sort(),
+    );
+    expect(summary.files).toBe(files.length);
+    expect(await digests(dest, files)).toEqual(expectedDigests(files));
+  });
+
+  it("exits 2 with CS_CONFIG_INVALID naming the option and value for a bad flag", async () => {
+    const out = await finish(coldstart(["pull", "s3://b/p/", "--dest", work, "--part-size", "1KiB"]));
+    expect(out.code).toBe(2);
+    expect(out.stderr).toMatch(
+      /^coldstart: CS_CONFIG_INVALID: download\.partSizeBytes \(from flag --part-size\).*"1KiB"/,
+    );
+    expect(out.stderr.trim().split("\n")).toHaveLength(1);
+  });
+
+  it("exits 2 with CS_CONFIG_INVALID for a misspelled COLDSTART_ variable", async () => {
+    const out = await finish(coldstart(["pull", "s3://b/p/", "--dest", work], { COLDSTART_CONCURENCY: "4" }));
+    expect(out.code).toBe(2);
+    expect(out.stderr).toContain("CS_CONFIG_INVALID");
+    expect(out.stderr).toContain("COLDSTART_CONCURENCY");
+  });
+
+  it("exits 2 with CS_SOURCE_URI_INVALID for a source that is not s3://", async () => {
+    const out = await finish(coldstart(["pull", "https://b/p/", "--dest", work]));
+    expect(out.code).toBe(2);
+    expect(out.stderr).toMatch(/^coldstart: CS_SOURCE_URI_INVALID: /);
+  });
+
+  it("exits 1 with one stderr line naming the code, the key and the reason", async () => {
+    const bucket = await freshBucket(client);
+    await putFiles(client, bucket, "m/", syntheticModel({ shards: 1, shardBytes: 64 * 1024 }));
+    proxy.addRule({
+      match: { method: "GET", path: "config.json" },
+      action: { kind: "status", status: 403, code: "AccessDenied" },
+    });
+    const out = await finish(
+      coldstart([
+        "pull",
+        `s3://${bucket}/m/`,
+        "--dest",
+        join(work, "d"),
+        "--path-style",
+        "--endpoint",
+        proxy.url,
+      ]),
+    );
+    expect(out.code).toBe(1);
+    expect(out.stderr.trim().split("\n")).toHaveLength(1);
+    expect(out.stderr).toMatch(/^coldstart: CS_S3_ACCESS_DENIED key="m\/config.json": .*access denied/);
+  });
+
+  it("after SIGKILL at ~50%, a restart fetches only the missing parts", async () => {
+    const files = syntheticModel({ shards: 4, shardBytes: 8 * MiB });
+    const total = files.reduce((n, f) => n + f.body.length, 0);
+    const bucket = await freshBucket(client);
+    await putFiles(client, bucket, "m/", files);
+    const dest = join(work, "dest");
+    const concurrency = 4;
+    const partSize = MiB;
+    // Slow each ranged GET down so the kill lands mid-job.
+    proxy.addRule({ match: { method: "GET", hasRange: true }, action: { kind: "delay", ms: 60 } });
+    const args = [
+      "pull",
+      `s3://${bucket}/m/`,
+      "--dest",
+      dest,
+      "--path-style",
+      "--endpoint",
+      proxy.url,
+      "--json",
+      "--concurrency",
+      String(concurrency),
+      "--part-size",
+      "1MiB",
+      "--progress-interval-ms",
+      "100",
+    ];
+
+    const first = coldstart(args);
+    let killedAt = 0;
+    first.stdout?.on("data", (d: Buffer) => {
+      for (const line of d.toString().split("\n")) {
+        if (!line.startsWith('{"event":"progress"')) continue;
+        const p = JSON.parse(line);
+        if (killedAt === 0 && p.bytesDone >= total / 2) {
+          killedAt = p.bytesDone;
+          first.kill("SIGKILL");
+        }
+      }
+    });
+    const killed = await finish(first);
+    expect(killed.signal).toBe("SIGKILL");
+    expect(killedAt).toBeGreaterThan(0);
+    // Object bytes only: listings are GETs too.
+    const objectBytes = () =>
+      [...proxy.bytesServed().byPath].reduce(
+        (n, [path, b]) => (path.startsWith(`/${bucket}/m/`) ? n + b : n),
+        0,
+      );
+    const servedBeforeKill = objectBytes();
+    expect(servedBeforeKill).toBeLessThan(total);
+    proxy.resetStats();
+    proxy.clearRules();
+
+    const second = await finish(coldstart(args));
+    expect(second.code, second.stderr).toBe(0);
+    const summary = lastJson(second.stdout);
+    const servedAfter = objectBytes();
+    const refetched = servedBeforeKill + servedAfter - total;
+    // Only parts in flight at the kill are fetched twice: at most concurrency × part size.
+    expect(refetched).toBeLessThanOrEqual(concurrency * partSize);
+    expect(summary.resumedBytes).toBeGreaterThan(0);
+    expect(summary.resumedBytes + servedAfter).toBe(total);
+    expect(await digests(dest, files)).toEqual(expectedDigests(files));
+    expect(await readdir(join(dest, ".coldstart", "tmp"))).toEqual([]);
+  });
+});
