@@ -1,37 +1,16 @@
 import { type ChildProcess, spawn } from "node:child_process";
-import { mkdtemp, readdir, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { readdir } from "node:fs/promises";
 import { join, resolve } from "node:path";
-import type { S3Client } from "@aws-sdk/client-s3";
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, inject, it } from "vitest";
-import { type FaultProxy, startFaultProxy } from "../support/fault-proxy.js";
-import { freshBucket, putFiles, seedClient } from "../support/s3.js";
+import { describe, expect, it } from "vitest";
+import { freshBucket, putFiles } from "../support/s3.js";
+import { useS3Fixture } from "../support/s3-fixture.js";
 import { digests, expectedDigests } from "../support/stage.js";
 import { syntheticModel } from "../support/synthetic-model.js";
 
-const s3 = inject("s3");
 const MiB = 1024 * 1024;
 const root = resolve(import.meta.dirname, "../..");
-let client: S3Client;
-let proxy: FaultProxy;
-let work: string;
-
-beforeAll(async () => {
-  client = seedClient(s3);
-  proxy = await startFaultProxy(s3.endpoint);
-});
-afterAll(async () => {
-  client.destroy();
-  await proxy.close();
-});
-beforeEach(async () => {
-  work = await mkdtemp(join(tmpdir(), "cs-cli-"));
-  proxy.clearRules();
-  proxy.resetStats();
-});
-afterEach(async () => {
-  await rm(work, { recursive: true, force: true });
-});
+const fx = useS3Fixture("cs-cli-");
+const { s3 } = fx;
 
 /** The real `coldstart` command as a child process (TypeScript sources through tsx). */
 function coldstart(args: string[], env: Record<string, string> = {}): ChildProcess {
@@ -69,9 +48,9 @@ const lastJson = (out: string) => JSON.parse(out.trim().split("\n").at(-1) ?? "n
 describe("coldstart pull", () => {
   it("stages a model, exits 0 and ends --json output with the summary", async () => {
     const files = syntheticModel({ shards: 3, shardBytes: 2 * MiB });
-    const bucket = await freshBucket(client);
-    await putFiles(client, bucket, "m/", files);
-    const dest = join(work, "dest");
+    const bucket = await freshBucket(fx.client);
+    await putFiles(fx.client, bucket, "m/", files);
+    const dest = join(fx.work, "dest");
 
     const out = await finish(
       coldstart([`pull`, `s3://${bucket}/m`, "--dest", dest, "--path-style", "--json"], {
@@ -90,7 +69,7 @@ describe("coldstart pull", () => {
   });
 
   it("exits 2 with CS_CONFIG_INVALID naming the option and value for a bad flag", async () => {
-    const out = await finish(coldstart(["pull", "s3://b/p/", "--dest", work, "--part-size", "1KiB"]));
+    const out = await finish(coldstart(["pull", "s3://b/p/", "--dest", fx.work, "--part-size", "1KiB"]));
     expect(out.code).toBe(2);
     expect(out.stderr).toMatch(
       /^coldstart: CS_CONFIG_INVALID: download\.partSizeBytes \(from flag --part-size\).*"1KiB"/,
@@ -99,22 +78,24 @@ describe("coldstart pull", () => {
   });
 
   it("exits 2 with CS_CONFIG_INVALID for a misspelled COLDSTART_ variable", async () => {
-    const out = await finish(coldstart(["pull", "s3://b/p/", "--dest", work], { COLDSTART_CONCURENCY: "4" }));
+    const out = await finish(
+      coldstart(["pull", "s3://b/p/", "--dest", fx.work], { COLDSTART_CONCURENCY: "4" }),
+    );
     expect(out.code).toBe(2);
     expect(out.stderr).toContain("CS_CONFIG_INVALID");
     expect(out.stderr).toContain("COLDSTART_CONCURENCY");
   });
 
   it("exits 2 with CS_SOURCE_URI_INVALID for a source that is not s3://", async () => {
-    const out = await finish(coldstart(["pull", "https://b/p/", "--dest", work]));
+    const out = await finish(coldstart(["pull", "https://b/p/", "--dest", fx.work]));
     expect(out.code).toBe(2);
     expect(out.stderr).toMatch(/^coldstart: CS_SOURCE_URI_INVALID: /);
   });
 
   it("exits 1 with one stderr line naming the code, the key and the reason", async () => {
-    const bucket = await freshBucket(client);
-    await putFiles(client, bucket, "m/", syntheticModel({ shards: 1, shardBytes: 64 * 1024 }));
-    proxy.addRule({
+    const bucket = await freshBucket(fx.client);
+    await putFiles(fx.client, bucket, "m/", syntheticModel({ shards: 1, shardBytes: 64 * 1024 }));
+    fx.proxy.addRule({
       match: { method: "GET", path: "config.json" },
       action: { kind: "status", status: 403, code: "AccessDenied" },
     });
@@ -123,10 +104,10 @@ describe("coldstart pull", () => {
         "pull",
         `s3://${bucket}/m/`,
         "--dest",
-        join(work, "d"),
+        join(fx.work, "d"),
         "--path-style",
         "--endpoint",
-        proxy.url,
+        fx.proxy.url,
       ]),
     );
     expect(out.code).toBe(1);
@@ -137,13 +118,13 @@ describe("coldstart pull", () => {
   it("after SIGKILL at ~50%, a restart fetches only the missing parts", async () => {
     const files = syntheticModel({ shards: 4, shardBytes: 8 * MiB });
     const total = files.reduce((n, f) => n + f.body.length, 0);
-    const bucket = await freshBucket(client);
-    await putFiles(client, bucket, "m/", files);
-    const dest = join(work, "dest");
+    const bucket = await freshBucket(fx.client);
+    await putFiles(fx.client, bucket, "m/", files);
+    const dest = join(fx.work, "dest");
     const concurrency = 4;
     const partSize = MiB;
     // Slow each ranged GET down so the kill lands mid-job.
-    proxy.addRule({ match: { method: "GET", hasRange: true }, action: { kind: "delay", ms: 60 } });
+    fx.proxy.addRule({ match: { method: "GET", hasRange: true }, action: { kind: "delay", ms: 60 } });
     const args = [
       "pull",
       `s3://${bucket}/m/`,
@@ -151,7 +132,7 @@ describe("coldstart pull", () => {
       dest,
       "--path-style",
       "--endpoint",
-      proxy.url,
+      fx.proxy.url,
       "--json",
       "--concurrency",
       String(concurrency),
@@ -178,14 +159,14 @@ describe("coldstart pull", () => {
     expect(killedAt).toBeGreaterThan(0);
     // Object bytes only: listings are GETs too.
     const objectBytes = () =>
-      [...proxy.bytesServed().byPath].reduce(
+      [...fx.proxy.bytesServed().byPath].reduce(
         (n, [path, b]) => (path.startsWith(`/${bucket}/m/`) ? n + b : n),
         0,
       );
     const servedBeforeKill = objectBytes();
     expect(servedBeforeKill).toBeLessThan(total);
-    proxy.resetStats();
-    proxy.clearRules();
+    fx.proxy.resetStats();
+    fx.proxy.clearRules();
 
     const second = await finish(coldstart(args));
     expect(second.code, second.stderr).toBe(0);

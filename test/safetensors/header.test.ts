@@ -2,7 +2,7 @@ import { mkdtemp, open, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { ColdstartError } from "../../src/errors.js";
+import type { ColdstartError } from "../../src/errors.js";
 import { buildSafetensors, buildSafetensorsHeader } from "../../src/safetensors/build.js";
 import {
   findDuplicateJsonKey,
@@ -11,6 +11,7 @@ import {
   SAFETENSORS_DTYPES,
   tensorByteLength,
 } from "../../src/safetensors/header.js";
+import { expectColdstartError, thrownBy } from "../support/expect-error.js";
 
 const FILE = "model-00001-of-00002.safetensors";
 
@@ -33,15 +34,7 @@ function parse(file: Buffer, fileSize = file.length) {
 
 /** Asserts CS_SAFETENSORS_INVALID with a message that names the file and matches `pattern`. */
 function expectInvalid(fn: () => unknown, pattern: RegExp): ColdstartError {
-  let caught: unknown;
-  try {
-    fn();
-  } catch (err) {
-    caught = err;
-  }
-  expect(caught).toBeInstanceOf(ColdstartError);
-  const err = caught as ColdstartError;
-  expect(err.code).toBe("CS_SAFETENSORS_INVALID");
+  const err = expectColdstartError(thrownBy(fn), "CS_SAFETENSORS_INVALID");
   expect(err.message.startsWith(`${FILE}: `)).toBe(true);
   expect(err.message).toMatch(pattern);
   expect(err.details.key).toBe(FILE);

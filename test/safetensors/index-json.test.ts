@@ -1,10 +1,11 @@
 import { describe, expect, it } from "vitest";
-import { ColdstartError } from "../../src/errors.js";
+import type { ColdstartError } from "../../src/errors.js";
 import { buildSafetensors } from "../../src/safetensors/build.js";
 import type { SafetensorsHeader } from "../../src/safetensors/header.js";
 import { parseSafetensorsHeader } from "../../src/safetensors/header.js";
 import type { SafetensorsIndex } from "../../src/safetensors/index-json.js";
 import { checkIndexAgainstShards, parseSafetensorsIndex } from "../../src/safetensors/index-json.js";
+import { expectColdstartError, thrownBy } from "../support/expect-error.js";
 
 const INDEX = "models/m/model.safetensors.index.json";
 const S1 = "model-00001-of-00002.safetensors";
@@ -37,15 +38,7 @@ function indexText(weightMap: Record<string, string>, totalSize: number | undefi
 const GOOD_MAP = { embed: S1, "layer.0": S1, lm_head: S2 };
 
 function expectInvalid(fn: () => unknown, pattern: RegExp): ColdstartError {
-  let caught: unknown;
-  try {
-    fn();
-  } catch (err) {
-    caught = err;
-  }
-  expect(caught).toBeInstanceOf(ColdstartError);
-  const err = caught as ColdstartError;
-  expect(err.code).toBe("CS_SAFETENSORS_INDEX_INVALID");
+  const err = expectColdstartError(thrownBy(fn), "CS_SAFETENSORS_INDEX_INVALID");
   expect(err.message.startsWith(`${INDEX}: `)).toBe(true);
   expect(err.message).toMatch(pattern);
   expect(err.details.key).toBe(INDEX);
