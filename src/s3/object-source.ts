@@ -55,6 +55,11 @@ export interface ObjectSource {
   list(bucket: string, prefix: string, signal?: AbortSignal): AsyncIterable<ObjectInfo>;
   /** Size, ETag and (when the store has one) the object's checksum. */
   head(bucket: string, key: string, signal?: AbortSignal): Promise<ObjectHead>;
+  /**
+   * Sizes of a multipart object's parts, in order (GetObjectAttributes ObjectParts), or undefined
+   * when the store cannot say (not implemented, not permitted, not multipart). Never guessed.
+   */
+  partSizes(bucket: string, key: string, signal?: AbortSignal): Promise<number[] | undefined>;
   /** One GET: the whole object or one range. */
   get(bucket: string, key: string, options: GetOptions): Promise<GetResponse>;
   /** Releases sockets. */

@@ -2,6 +2,7 @@ import { Agent as HttpAgent } from "node:http";
 import { Agent as HttpsAgent } from "node:https";
 import type { Readable } from "node:stream";
 import {
+  GetObjectAttributesCommand,
   GetObjectCommand,
   type GetObjectCommandOutput,
   HeadObjectCommand,
@@ -88,6 +89,38 @@ export class S3ObjectSource implements ObjectSource {
       ...(checksum ? { checksum } : {}),
       ...(out.PartsCount !== undefined ? { partsCount: out.PartsCount } : {}),
     };
+  }
+
+  async partSizes(bucket: string, key: string, signal?: AbortSignal): Promise<number[] | undefined> {
+    const sizes: number[] = [];
+    let marker: string | undefined;
+    try {
+      for (;;) {
+        const out = await this.client.send(
+          new GetObjectAttributesCommand({
+            Bucket: bucket,
+            Key: key,
+            ObjectAttributes: ["ObjectParts"],
+            MaxParts: 1000,
+            ...(marker ? { PartNumberMarker: marker } : {}),
+          }),
+          signal ? { abortSignal: signal } : {},
+        );
+        const parts = out.ObjectParts;
+        for (const p of parts?.Parts ?? []) {
+          if (p.PartNumber !== sizes.length + 1 || p.Size === undefined) return undefined;
+          sizes.push(p.Size);
+        }
+        if (!parts?.IsTruncated || !parts.NextPartNumberMarker) break;
+        marker = parts.NextPartNumberMarker;
+      }
+    } catch (err) {
+      if (signal?.aborted) throw err;
+      // Older S3-compatible stores lack the call, and it needs s3:GetObjectAttributes: either way
+      // the parts are unknown, which only means the per-part checksum cannot be checked.
+      return undefined;
+    }
+    return sizes.length > 0 ? sizes : undefined;
   }
 
   async get(bucket: string, key: string, options: GetOptions): Promise<GetResponse> {

@@ -40,6 +40,26 @@ export function partBounds(size: number, partSize: number): number[] {
 }
 
 /**
+ * Bounds that never cross an S3 part boundary: each part of `partSizes` is cut into ranges of at most
+ * `partSize` (or kept whole with `wholeParts`), so every part's checksum can be rebuilt from its ranges.
+ */
+export function alignedBounds(partSizes: readonly number[], partSize: number, wholeParts: boolean): number[] {
+  const bounds: number[] = [];
+  let at = 0;
+  for (const size of partSizes) {
+    const cut = wholeParts
+      ? [at]
+      : partBounds(size, partSize)
+          .slice(0, -1)
+          .map((b) => at + b);
+    bounds.push(...cut);
+    at += size;
+  }
+  bounds.push(at);
+  return bounds;
+}
+
+/**
  * Lists the prefix and turns every object that passes the filters into a FilePlan. Directory
  * markers (keys ending in "/" with no bytes) are skipped. Any unsafe key fails the whole plan before
  * a byte is written: a model with a file we refuse to place is not a model we can stage.

@@ -1,9 +1,11 @@
 import { createHash } from "node:crypto";
+import { setMaxListeners } from "node:events";
 import { lstat, mkdir, open, readdir, readFile, realpath, rename, rm, stat } from "node:fs/promises";
 import { dirname, join, posix } from "node:path";
 import pLimit from "p-limit";
 import type { Logger } from "pino";
 import { ColdstartError, toColdstartError } from "../errors.js";
+import { isCrcAlgorithm, parseChecksumHeader } from "../s3/checksum.js";
 import type { ObjectChecksum, ObjectSource } from "../s3/object-source.js";
 import { describe, type RetryPolicy, withRetry } from "../s3/retry.js";
 import { readSafetensorsHeader, type SafetensorsHeader } from "../safetensors/header.js";
@@ -14,7 +16,7 @@ import { acquireLock } from "../store/lock.js";
 import { type ManifestFile, ManifestStore } from "../store/manifest.js";
 import { ioError, prepareTarget, STATE_DIR } from "../store/paths.js";
 import { downloadPart } from "./part-download.js";
-import { type FilePlan, type Filters, planJob } from "./plan.js";
+import { alignedBounds, type FilePlan, type Filters, planJob } from "./plan.js";
 import { verifyChecksum } from "./verify.js";
 
 export interface StageJobOptions {
@@ -91,6 +93,8 @@ export class StageJob {
   }
 
   async run(): Promise<StageResult> {
+    // Every in-flight request listens on the job's signal (the SDK's and ours): that is not a leak.
+    setMaxListeners(4 * this.#o.concurrency + 16, this.#abort.signal);
     const outer = this.#o.signal;
     const onOuterAbort = () => this.#abort.abort(outer?.reason);
     if (outer?.aborted) onOuterAbort();
@@ -152,20 +156,21 @@ export class StageJob {
     this.#p.bytesTotal = files.reduce((n, f) => n + f.size, 0);
 
     const manifest = await ManifestStore.open(this.#root, source);
-    const todo: FileState[] = [];
+    const limit = pLimit(o.concurrency);
+    const pending: FilePlan[] = [];
     for (const f of files) {
       if (await this.#alreadyStaged(f, manifest)) {
         this.#p.filesDone++;
         this.#p.bytesDone += f.size;
         this.#p.resumedBytes += f.size;
-      } else {
-        todo.push(await this.#openFile(f));
-      }
+      } else pending.push(f);
     }
+    const opened = await Promise.allSettled(pending.map((f) => limit(() => this.#openFile(f))));
+    throwFirst(opened);
+    const todo = opened.map((r) => (r as PromiseFulfilledResult<FileState>).value);
     await this.#checkSpace(todo);
 
     this.#p.phase = "downloading";
-    const limit = pLimit(o.concurrency);
     const headers = new Map<string, SafetensorsHeader>();
     try {
       const settled = await Promise.allSettled(
@@ -208,12 +213,18 @@ export class StageJob {
     return st?.isFile() === true && st.size === f.size;
   }
 
-  /** Loads a valid journal (resume) or starts a fresh temp file and journal. */
-  async #openFile(plan: FilePlan): Promise<FileState> {
+  /**
+   * Decides how the file is cut and checked (see #checksumPlan), then loads a valid journal (resume)
+   * or starts a fresh temp file and journal.
+   */
+  async #openFile(listed: FilePlan): Promise<FileState> {
+    const check = listed.bounds.length > 2 ? await this.#checksumPlan(listed) : {};
+    const plan = check.bounds ? { ...listed, bounds: check.bounds } : listed;
     const id = createHash("sha256").update(plan.relPath).digest("hex").slice(0, 32);
     const tmpPath = join(this.#tmpDir, `${id}.partial`);
     const journalPath = join(this.#tmpDir, `${id}.journal`);
     const header = { v: 1 as const, key: plan.key, size: plan.size, etag: plan.etag, bounds: plan.bounds };
+    const base = { plan, id, tmpPath, checksum: check.checksum, partStarts: check.partStarts };
     const loaded = await PartJournal.load(journalPath, header);
     const tmpSize = await stat(tmpPath).then(
       (s) => s.size,
@@ -225,7 +236,7 @@ export class StageJob {
         this.#p.resumedBytes += n;
         this.#p.bytesDone += n;
       }
-      return { plan, id, tmpPath, journal: loaded.journal, done: loaded.done };
+      return { ...base, journal: loaded.journal, done: loaded.done };
     }
     const fh = await open(tmpPath, "w").catch((e) => {
       throw ioError(e, `creating ${tmpPath}`, plan.key);
@@ -238,7 +249,56 @@ export class StageJob {
       await fh.close();
     }
     const journal = plan.bounds.length > 2 ? await PartJournal.create(journalPath, header) : undefined;
-    return { plan, id, tmpPath, journal, done: new Map() };
+    return { ...base, journal, done: new Map() };
+  }
+
+  /**
+   * For a file fetched in several ranges (which carry no checksum from S3), asks HEAD for the
+   * object's checksum. A full-object CRC is rebuilt from the ranges' CRCs. A composite checksum
+   * (multipart, `…-N`) needs the real part sizes (GetObjectAttributes; never guessed): ranges are
+   * then aligned to part boundaries, and SHA parts kept whole since SHA values cannot be combined.
+   * Anything else is staged on size and ETag alone.
+   */
+  async #checksumPlan(
+    plan: FilePlan,
+  ): Promise<{ checksum?: ObjectChecksum; bounds?: number[]; partStarts?: number[] }> {
+    const o = this.#o;
+    const signal = this.#abort.signal;
+    const head = await withRetry(
+      o.retry,
+      { key: plan.key, action: "HEAD" },
+      () => o.source.head(o.bucket, plan.key, signal),
+      { signal, onRetry: this.#onRetry(plan.key) },
+    );
+    if (head.etag !== plan.etag || head.size !== plan.size) {
+      throw new ColdstartError(
+        "CS_OBJECT_CHANGED",
+        `HEAD ${plan.key}: now ${head.size} bytes ETag ${head.etag}, listed as ${plan.size} bytes ETag ${plan.etag}`,
+        { details: { key: plan.key } },
+      );
+    }
+    const checksum = head.checksum;
+    if (!checksum) return {};
+    if (checksum.type === "FULL_OBJECT") {
+      if (isCrcAlgorithm(checksum.algorithm)) return { checksum };
+      o.logger?.info(
+        { key: plan.key, checksum },
+        "a full-object SHA cannot be rebuilt from ranges; not checked",
+      );
+      return {};
+    }
+    const parts = parseChecksumHeader(checksum.value)?.parts;
+    const sizes = parts ? await o.source.partSizes(o.bucket, plan.key, signal) : undefined;
+    if (!sizes || sizes.length !== parts || sizes.reduce((a, b) => a + b, 0) !== plan.size) {
+      o.logger?.info(
+        { key: plan.key, checksum },
+        "part sizes unknown (GetObjectAttributes); composite checksum not checked",
+      );
+      return {};
+    }
+    const partStarts = sizes.map((_, i) => sizes.slice(0, i).reduce((a, b) => a + b, 0));
+    const bounds = alignedBounds(sizes, o.partSizeBytes, !isCrcAlgorithm(checksum.algorithm));
+    return { checksum, bounds, partStarts };
   }
 
   async #checkSpace(todo: FileState[]): Promise<void> {
@@ -264,40 +324,10 @@ export class StageJob {
     const signal = this.#abort.signal;
     const { plan } = fs;
     const parts = plan.bounds.length - 1;
-    let crcAlgorithm: ObjectChecksum["algorithm"] | undefined;
-    if (parts > 1) {
-      // Ranged GETs get no checksum from S3; a full-object CRC can be rebuilt from the parts' CRCs.
-      const head = await limit(() =>
-        withRetry(
-          o.retry,
-          { key: plan.key, action: "HEAD" },
-          () => o.source.head(o.bucket, plan.key, signal),
-          {
-            signal,
-            onRetry: this.#onRetry(plan.key),
-          },
-        ),
-      );
-      if (head.etag !== plan.etag || head.size !== plan.size) {
-        throw new ColdstartError(
-          "CS_OBJECT_CHANGED",
-          `HEAD ${plan.key}: now ${head.size} bytes ETag ${head.etag}, listed as ${plan.size} bytes ETag ${plan.etag}`,
-          { details: { key: plan.key } },
-        );
-      }
-      if (head.checksum?.type === "FULL_OBJECT" && head.checksum.algorithm.startsWith("CRC")) {
-        fs.checksum = head.checksum;
-        crcAlgorithm = head.checksum.algorithm;
-      } else if (head.checksum) {
-        o.logger?.debug(
-          { key: plan.key, checksum: head.checksum },
-          "S3 checksum cannot be checked over ranges",
-        );
-      }
-    }
-    // A resumed file must keep its checksum plan: parts journaled without a CRC cannot be combined.
-    if (crcAlgorithm && [...fs.done.values()].some((e) => e.sum === undefined)) {
-      crcAlgorithm = undefined;
+    let sumAlgorithm = fs.checksum?.algorithm;
+    // A resumed file must keep its checksum plan: parts journaled without a value cannot be combined.
+    if (sumAlgorithm && [...fs.done.values()].some((e) => e.sum === undefined)) {
+      sumAlgorithm = undefined;
       delete fs.checksum;
     }
     await Promise.all(
@@ -318,7 +348,7 @@ export class StageJob {
                 end: plan.bounds[p + 1] as number,
                 whole: parts === 1,
                 durable: fs.journal !== undefined,
-                crcAlgorithm,
+                sumAlgorithm,
               },
               {
                 source: o.source,
@@ -376,7 +406,7 @@ export class StageJob {
       );
     }
     const checksum = fs.checksum ?? (done.length === 1 ? done[0]?.checksum : undefined);
-    if (checksum) verifyChecksum(plan, checksum, done);
+    if (checksum) verifyChecksum(plan, checksum, done, fs.partStarts);
 
     if (plan.relPath.endsWith(".safetensors")) {
       headers.set(plan.relPath, await readSafetensorsHeader(fs.tmpPath, plan.key));
@@ -454,8 +484,10 @@ interface FileState {
   /** Absent for single-part files: they either commit whole or are fetched again. */
   journal: PartJournal | undefined;
   done: Map<number, JournalEntry>;
-  /** The full-object checksum the parts' CRCs are combined into, when S3 has one. */
-  checksum?: ObjectChecksum;
+  /** The object's checksum (full-object CRC, or composite) the ranges' values rebuild, if S3 has one. */
+  checksum?: ObjectChecksum | undefined;
+  /** For a composite checksum: where each S3 part starts. */
+  partStarts?: number[] | undefined;
 }
 
 async function readFileText(path: string, key: string): Promise<string> {

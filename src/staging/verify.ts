@@ -1,38 +1,59 @@
 import { ColdstartError } from "../errors.js";
-import { combineCrc, parseChecksumHeader } from "../s3/checksum.js";
+import { combineCrc, compositeOf, isCrcAlgorithm, parseChecksumHeader } from "../s3/checksum.js";
 import type { ObjectChecksum } from "../s3/object-source.js";
 import type { JournalEntry } from "../store/journal.js";
 import type { FilePlan } from "./plan.js";
 
 /**
- * Checks the staged bytes against the full-object checksum S3 holds: either the value of a single
- * whole-object GET, or the parts' CRCs combined in order (CRC(A‖B) from CRC(A), CRC(B), len(B)), so
- * the check costs no second read of the file.
+ * Checks the staged bytes against the checksum S3 holds, from the values computed over each range
+ * while it streamed in (no second read of the file):
+ * - FULL_OBJECT: the single whole-object GET's value, or the ranges' CRCs combined in order
+ *   (CRC(A‖B) from CRC(A), CRC(B) and len(B));
+ * - COMPOSITE (`…-N`): each S3 part's value (its ranges' CRCs combined, or its one SHA range), then
+ *   the checksum of the concatenated part values, as S3 computes it.
+ * Returns without judging when the values needed are missing (a resumed file journaled without them).
  */
-export function verifyChecksum(plan: FilePlan, checksum: ObjectChecksum, parts: JournalEntry[]): void {
+export function verifyChecksum(
+  plan: FilePlan,
+  checksum: ObjectChecksum,
+  ranges: JournalEntry[],
+  partStarts?: number[],
+): void {
   const expected = parseChecksumHeader(checksum.value);
-  if (!expected || expected.parts !== undefined) return;
+  if (!expected || ranges.some((r) => r.sum === undefined)) return;
+  const { algorithm } = checksum;
+  const rangeValue = (i: number): Buffer => Buffer.from(ranges[i]?.sum as string, "base64");
+  const rangeLength = (i: number) => (plan.bounds[i + 1] as number) - (plan.bounds[i] as number);
+
+  /** Value over ranges [from, to): one range as is, several combined (CRC only). */
+  const over = (from: number, to: number): Buffer | undefined => {
+    if (to - from === 1) return rangeValue(from);
+    if (!isCrcAlgorithm(algorithm)) return undefined;
+    let acc: Buffer = rangeValue(from);
+    for (let i = from + 1; i < to; i++) acc = combineCrc(algorithm, acc, rangeValue(i), rangeLength(i));
+    return acc;
+  };
+
   let actual: Buffer | undefined;
-  for (const [p, e] of parts.entries()) {
-    if (e.sum === undefined) return;
-    const value = Buffer.from(e.sum, "base64");
-    if (actual === undefined) {
-      actual = value;
-      continue;
+  if (checksum.type === "FULL_OBJECT") {
+    actual = over(0, ranges.length);
+  } else {
+    if (!partStarts || expected.parts !== partStarts.length) return;
+    const firstRange = partStarts.map((start) => plan.bounds.indexOf(start));
+    if (firstRange.some((i) => i < 0)) return;
+    const values: Buffer[] = [];
+    for (const [p, from] of firstRange.entries()) {
+      const v = over(from, firstRange[p + 1] ?? ranges.length);
+      if (!v) return;
+      values.push(v);
     }
-    if (
-      checksum.algorithm !== "CRC32" &&
-      checksum.algorithm !== "CRC32C" &&
-      checksum.algorithm !== "CRC64NVME"
-    )
-      return;
-    const len = (plan.bounds[p + 1] as number) - (plan.bounds[p] as number);
-    actual = combineCrc(checksum.algorithm, actual, value, len);
+    actual = compositeOf(algorithm, values);
   }
   if (actual && !actual.equals(expected.raw)) {
+    const shown = `${actual.toString("base64")}${checksum.type === "COMPOSITE" ? `-${expected.parts}` : ""}`;
     throw new ColdstartError(
       "CS_CHECKSUM_MISMATCH",
-      `${plan.key}: ${checksum.algorithm} of the staged bytes is ${actual.toString("base64")}, S3 holds ${checksum.value}`,
+      `${plan.key}: ${algorithm} of the staged bytes is ${shown}, S3 holds ${checksum.value}`,
       { details: { key: plan.key } },
     );
   }

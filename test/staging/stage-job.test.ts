@@ -1,57 +1,31 @@
 import { randomBytes } from "node:crypto";
-import { mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { mkdir, readdir, readFile, symlink, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { PutObjectCommand, type S3Client } from "@aws-sdk/client-s3";
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, inject, it } from "vitest";
-import { ColdstartError } from "../../src/errors.js";
+import { PutObjectCommand } from "@aws-sdk/client-s3";
+import { beforeEach, describe, expect, it } from "vitest";
 import { buildSafetensors } from "../../src/safetensors/build.js";
 import type { ManifestFile } from "../../src/store/manifest.js";
-import { type FaultProxy, startFaultProxy } from "../support/fault-proxy.js";
-import { freshBucket, putFiles, putMultipart, seedClient } from "../support/s3.js";
+import { expectRejection as expectCode } from "../support/expect-error.js";
+import { freshBucket, putFiles, putMultipart } from "../support/s3.js";
+import { useS3Fixture } from "../support/s3-fixture.js";
 import { digests, expectedDigests, listTree, stage } from "../support/stage.js";
 import { file, sha256, syntheticModel } from "../support/synthetic-model.js";
 
-const s3 = inject("s3");
 const MiB = 1024 * 1024;
-let client: S3Client;
-let proxy: FaultProxy;
-let work: string;
+const fx = useS3Fixture("cs-stage-");
+const { s3 } = fx;
 let dest: string;
-
-beforeAll(async () => {
-  client = seedClient(s3);
-  proxy = await startFaultProxy(s3.endpoint);
-});
-afterAll(async () => {
-  client.destroy();
-  await proxy.close();
-});
-beforeEach(async () => {
-  work = await mkdtemp(join(tmpdir(), "cs-stage-"));
+let work: string;
+beforeEach(() => {
+  work = fx.work;
   dest = join(work, "dest");
-  proxy.clearRules();
-  proxy.resetStats();
 });
-afterEach(async () => {
-  await rm(work, { recursive: true, force: true });
-});
-
-async function expectCode(p: Promise<unknown>, code: string): Promise<ColdstartError> {
-  const err = await p.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  expect(err, `expected ${code}`).toBeInstanceOf(ColdstartError);
-  expect((err as ColdstartError).code, (err as Error).message).toBe(code);
-  return err as ColdstartError;
-}
 
 describe("staging a model from a real S3 server", () => {
   it("stages a multi-shard model byte-identical, with a manifest of piece digests", async () => {
     const files = syntheticModel({ shards: 4, shardBytes: 6 * MiB });
-    const bucket = await freshBucket(client);
-    await putFiles(client, bucket, "org/model/", files);
+    const bucket = await freshBucket(fx.client);
+    await putFiles(fx.client, bucket, "org/model/", files);
 
     const result = await stage(s3, { bucket, prefix: "org/model/", dest, partSizeBytes: MiB });
 
@@ -72,14 +46,14 @@ describe("staging a model from a real S3 server", () => {
 
   it("stages a multipart-uploaded object (ETag with -N) intact", async () => {
     const body = randomBytes(11 * MiB + 123);
-    const bucket = await freshBucket(client);
-    await putMultipart(client, bucket, "m/blob.bin", body, 5 * MiB);
+    const bucket = await freshBucket(fx.client);
+    await putMultipart(fx.client, bucket, "m/blob.bin", body, 5 * MiB);
     await stage(s3, { bucket, prefix: "m/", dest, partSizeBytes: 2 * MiB });
     expect(sha256(await readFile(join(dest, "blob.bin")))).toBe(sha256(body));
   });
 
   it("pages through more than 1000 keys, with zero-byte objects and unicode/space keys", async () => {
-    const bucket = await freshBucket(client);
+    const bucket = await freshBucket(fx.client);
     const files = Array.from({ length: 1105 }, (_, i) =>
       file(
         `shard-${String(i).padStart(4, "0")}/piece.bin`,
@@ -87,7 +61,7 @@ describe("staging a model from a real S3 server", () => {
       ),
     );
     files.push(file("dir with spaces/naïve 模型 ✓.json", Buffer.from("{}")));
-    await putFiles(client, bucket, "many/", files, 16);
+    await putFiles(fx.client, bucket, "many/", files, 16);
 
     const result = await stage(s3, { bucket, prefix: "many/", dest, concurrency: 16 });
 
@@ -96,10 +70,10 @@ describe("staging a model from a real S3 server", () => {
   });
 
   it("applies include and exclude globs to keys relative to the prefix", async () => {
-    const bucket = await freshBucket(client);
+    const bucket = await freshBucket(fx.client);
     const files = syntheticModel({ shards: 2, shardBytes: 64 * 1024 });
     files.push(file("original/consolidated.00.pth", randomBytes(100)));
-    await putFiles(client, bucket, "p/", files);
+    await putFiles(fx.client, bucket, "p/", files);
 
     await stage(s3, {
       bucket,
@@ -118,8 +92,8 @@ describe("staging a model from a real S3 server", () => {
   });
 
   it("fails with CS_NO_OBJECTS when nothing matches", async () => {
-    const bucket = await freshBucket(client);
-    await putFiles(client, bucket, "p/", [file("a.txt", Buffer.from("a"))]);
+    const bucket = await freshBucket(fx.client);
+    await putFiles(fx.client, bucket, "p/", [file("a.txt", Buffer.from("a"))]);
     await expectCode(stage(s3, { bucket, prefix: "p/", dest, include: ["*.bin"] }), "CS_NO_OBJECTS");
   });
 
@@ -130,8 +104,8 @@ describe("staging a model from a real S3 server", () => {
 
 describe("path safety", () => {
   it("refuses a key with .. and writes nothing, inside or outside DEST", async () => {
-    const bucket = await freshBucket(client);
-    await putFiles(client, bucket, "m/", [file("config.json", Buffer.from("{}"))]);
+    const bucket = await freshBucket(fx.client);
+    await putFiles(fx.client, bucket, "m/", [file("config.json", Buffer.from("{}"))]);
     // The hostile key is served in the listing itself (a store could hold it; RGW normalises "..").
     const outside = join(work, "escape.txt");
     const err = await expectCode(
@@ -141,12 +115,12 @@ describe("path safety", () => {
     expect(err.details.key).toBe("m/../escape.txt");
     await expect(readFile(outside)).rejects.toThrow();
     expect(await listTree(dest)).toEqual([]);
-    expect(proxy.requests.filter((r) => r.method === "GET" && !r.query.includes("list-type"))).toEqual([]);
+    expect(fx.proxy.requests.filter((r) => r.method === "GET" && !r.query.includes("list-type"))).toEqual([]);
   });
 
   it("refuses to write through a symlink planted in DEST", async () => {
-    const bucket = await freshBucket(client);
-    await putFiles(client, bucket, "m/", [file("sub/weights.bin", randomBytes(1000))]);
+    const bucket = await freshBucket(fx.client);
+    await putFiles(fx.client, bucket, "m/", [file("sub/weights.bin", randomBytes(1000))]);
     const outside = join(work, "outside");
     await mkdir(outside);
     await mkdir(dest);
@@ -159,11 +133,11 @@ describe("path safety", () => {
 
 describe("verification", () => {
   it("refuses a malformed safetensors header and leaves nothing at the final name", async () => {
-    const bucket = await freshBucket(client);
+    const bucket = await freshBucket(fx.client);
     const good = buildSafetensors([{ name: "w", dtype: "F16", shape: [4, 4] }]);
     const bad = Buffer.from(good);
     bad.writeBigUInt64LE(BigInt(good.length), 0); // header length beyond the file
-    await putFiles(client, bucket, "m/", [
+    await putFiles(fx.client, bucket, "m/", [
       file("model.safetensors", bad),
       file("config.json", Buffer.from("{}")),
     ]);
@@ -173,27 +147,27 @@ describe("verification", () => {
   });
 
   it("refuses an index.json that names a shard that is not there", async () => {
-    const bucket = await freshBucket(client);
+    const bucket = await freshBucket(fx.client);
     const files = syntheticModel({ shards: 2, shardBytes: 64 * 1024 });
     const staged = files.filter((f) => !f.relPath.startsWith("model-00002"));
-    await putFiles(client, bucket, "m/", staged);
+    await putFiles(fx.client, bucket, "m/", staged);
 
     await expectCode(stage(s3, { bucket, prefix: "m/", dest }), "CS_SAFETENSORS_INDEX_INVALID");
     expect(await listTree(dest)).not.toContain("model.safetensors.index.json");
   });
 
   it("detects an object changed between parts (412 on If-Match) and never mixes versions", async () => {
-    const bucket = await freshBucket(client);
+    const bucket = await freshBucket(fx.client);
     const v1 = randomBytes(8 * MiB);
-    await putFiles(client, bucket, "m/", [file("blob.bin", v1)]);
-    proxy.addRule({
+    await putFiles(fx.client, bucket, "m/", [file("blob.bin", v1)]);
+    fx.proxy.addRule({
       match: { method: "GET", hasRange: true },
       skip: 2,
       times: 1,
       action: {
         kind: "hook",
         fn: async () => {
-          await client.send(
+          await fx.client.send(
             new PutObjectCommand({ Bucket: bucket, Key: "m/blob.bin", Body: randomBytes(8 * MiB) }),
           );
         },
@@ -201,31 +175,31 @@ describe("verification", () => {
     });
 
     const err = await expectCode(
-      stage(s3, { bucket, prefix: "m/", dest, endpoint: proxy.url, concurrency: 1 }),
+      stage(s3, { bucket, prefix: "m/", dest, endpoint: fx.proxy.url, concurrency: 1 }),
       "CS_OBJECT_CHANGED",
     );
     expect(err.details.key).toBe("m/blob.bin");
     expect(await listTree(dest)).toEqual([]);
     // Every range after the listing carried If-Match with the pinned ETag.
-    const ranged = proxy.requests.filter((r) => r.headers.range);
+    const ranged = fx.proxy.requests.filter((r) => r.headers.range);
     expect(ranged.length).toBeGreaterThan(2);
     for (const r of ranged) expect(r.headers["if-match"]).toMatch(/^"[0-9a-f]{32}"$/);
   });
 
   it("checks a whole-object checksum S3 returns, and fails on a mismatch", async () => {
-    const bucket = await freshBucket(client);
+    const bucket = await freshBucket(fx.client);
     const body = randomBytes(300_000);
-    await putFiles(client, bucket, "m/", [file("tokenizer.json", body)]);
-    // RGW ignores x-amz-checksum-*: the proxy plays an S3 that returns them.
+    await putFiles(fx.client, bucket, "m/", [file("tokenizer.json", body)]);
+    // RGW ignores x-amz-checksum-*: the fx.proxy plays an S3 that returns them.
     const { createChecksum } = await import("../../src/s3/checksum.js");
     const good = createChecksum("CRC32C");
     good.update(body);
-    proxy.addRule({
+    fx.proxy.addRule({
       match: { method: "GET", path: "tokenizer.json", hasRange: false },
       times: 1,
       action: { kind: "headers", set: { "x-amz-checksum-crc32c": good.digest().toString("base64") } },
     });
-    await stage(s3, { bucket, prefix: "m/", dest, endpoint: proxy.url });
+    await stage(s3, { bucket, prefix: "m/", dest, endpoint: fx.proxy.url });
     const manifest = await readManifest(dest);
     expect(manifest.get("tokenizer.json")?.checksum).toMatchObject({
       algorithm: "CRC32C",
@@ -233,22 +207,22 @@ describe("verification", () => {
     });
 
     const dest2 = join(work, "dest2");
-    proxy.addRule({
+    fx.proxy.addRule({
       match: { method: "GET", path: "tokenizer.json", hasRange: false },
       times: 1,
       action: { kind: "headers", set: { "x-amz-checksum-crc32c": "AAAAAA==" } },
     });
     await expectCode(
-      stage(s3, { bucket, prefix: "m/", dest: dest2, endpoint: proxy.url }),
+      stage(s3, { bucket, prefix: "m/", dest: dest2, endpoint: fx.proxy.url }),
       "CS_CHECKSUM_MISMATCH",
     );
     expect(await listTree(dest2)).toEqual([]);
   });
 
   it("combines the parts' CRCs into the full-object CRC64NVME from HEAD", async () => {
-    const bucket = await freshBucket(client);
+    const bucket = await freshBucket(fx.client);
     const body = randomBytes(5 * MiB + 17);
-    await putFiles(client, bucket, "m/", [file("w.bin", body)]);
+    await putFiles(fx.client, bucket, "m/", [file("w.bin", body)]);
     const { createChecksum } = await import("../../src/s3/checksum.js");
     const crc = createChecksum("CRC64NVME");
     crc.update(body);
@@ -261,67 +235,197 @@ describe("verification", () => {
         set: { "x-amz-checksum-crc64nvme": v, "x-amz-checksum-type": "FULL_OBJECT" },
       },
     });
-    proxy.addRule(headRule(value));
-    await stage(s3, { bucket, prefix: "m/", dest, endpoint: proxy.url, partSizeBytes: MiB });
+    fx.proxy.addRule(headRule(value));
+    await stage(s3, { bucket, prefix: "m/", dest, endpoint: fx.proxy.url, partSizeBytes: MiB });
     expect(sha256(await readFile(join(dest, "w.bin")))).toBe(sha256(body));
 
-    proxy.addRule(headRule("AAAAAAAAAAA="));
+    fx.proxy.addRule(headRule("AAAAAAAAAAA="));
     await expectCode(
-      stage(s3, { bucket, prefix: "m/", dest: join(work, "d2"), endpoint: proxy.url, partSizeBytes: MiB }),
+      stage(s3, { bucket, prefix: "m/", dest: join(work, "d2"), endpoint: fx.proxy.url, partSizeBytes: MiB }),
       "CS_CHECKSUM_MISMATCH",
     );
   });
 });
 
+describe("composite checksums of multipart objects", () => {
+  const MB5 = 5 * MiB;
+  const partsOf = (body: Buffer) => [
+    body.subarray(0, MB5),
+    body.subarray(MB5, 2 * MB5),
+    body.subarray(2 * MB5),
+  ];
+
+  /** The proxy plays an S3 that holds a composite checksum and answers GetObjectAttributes. */
+  function serveComposite(key: string, alg: "CRC32" | "SHA256", value: string, sizes: number[]) {
+    const header = `x-amz-checksum-${alg.toLowerCase()}`;
+    fx.proxy.addRule({
+      match: { method: "HEAD", path: key },
+      action: { kind: "headers", set: { [header]: value, "x-amz-checksum-type": "COMPOSITE" } },
+    });
+    const parts = sizes.map(
+      (size, i) => `<Part><PartNumber>${i + 1}</PartNumber><Size>${size}</Size></Part>`,
+    );
+    fx.proxy.addRule({
+      match: { method: "GET", path: key, predicate: (r) => r.query.includes("attributes") },
+      action: {
+        kind: "status",
+        status: 200,
+        headers: { "content-type": "application/xml" },
+        body:
+          `<?xml version="1.0" encoding="UTF-8"?><GetObjectAttributesResponse><ObjectParts>` +
+          `<IsTruncated>false</IsTruncated><MaxParts>1000</MaxParts><PartNumberMarker>0</PartNumberMarker>` +
+          `<NextPartNumberMarker>${sizes.length}</NextPartNumberMarker><PartsCount>${sizes.length}</PartsCount>` +
+          `${parts.join("")}</ObjectParts></GetObjectAttributesResponse>`,
+      },
+    });
+  }
+
+  async function composite(alg: "CRC32" | "SHA256", chunks: Buffer[]): Promise<string> {
+    const { createChecksum, compositeOf } = await import("../../src/s3/checksum.js");
+    const values = chunks.map((c) => {
+      const h = createChecksum(alg);
+      h.update(c);
+      return h.digest();
+    });
+    return `${compositeOf(alg, values).toString("base64")}-${chunks.length}`;
+  }
+
+  /** [start, end] of every ranged GET of `key` the proxy saw. */
+  const rangesOf = (key: string) =>
+    fx.proxy.requests
+      .filter((r) => r.path.endsWith(key) && r.headers.range)
+      .map((r) => (/bytes=(\d+)-(\d+)/.exec(String(r.headers.range)) ?? []).slice(1).map(Number));
+
+  it("checks a composite CRC32, with ranges cut inside part boundaries", async () => {
+    const bucket = await freshBucket(fx.client);
+    const body = randomBytes(2 * MB5 + MiB + 123);
+    await putMultipart(fx.client, bucket, "m/w.bin", body, MB5);
+    serveComposite(
+      "w.bin",
+      "CRC32",
+      await composite("CRC32", partsOf(body)),
+      partsOf(body).map((b) => b.length),
+    );
+
+    await stage(s3, { bucket, prefix: "m/", dest, endpoint: fx.proxy.url, partSizeBytes: 2 * MiB });
+
+    expect(sha256(await readFile(join(dest, "w.bin")))).toBe(sha256(body));
+    const ranges = rangesOf("w.bin");
+    expect(ranges.length).toBe(7); // MiB per range: 2+2+1 | 2+2+1 | 1.0001
+    for (const [start, end] of ranges)
+      expect(Math.floor((start as number) / MB5)).toBe(Math.floor((end as number) / MB5));
+  });
+
+  it("fails with CS_CHECKSUM_MISMATCH when a part differs from the composite", async () => {
+    const bucket = await freshBucket(fx.client);
+    const body = randomBytes(2 * MB5 + 1000);
+    await putMultipart(fx.client, bucket, "m/w.bin", body, MB5);
+    const wrong = partsOf(Buffer.from(body));
+    wrong[1] = Buffer.alloc(wrong[1]?.length ?? 0);
+    serveComposite(
+      "w.bin",
+      "CRC32",
+      await composite("CRC32", wrong),
+      partsOf(body).map((b) => b.length),
+    );
+
+    const err = await expectCode(
+      stage(s3, { bucket, prefix: "m/", dest, endpoint: fx.proxy.url, partSizeBytes: 2 * MiB }),
+      "CS_CHECKSUM_MISMATCH",
+    );
+    expect(err.message).toMatch(/CRC32 of the staged bytes is .*-3, S3 holds/);
+    expect(await listTree(dest)).toEqual([]);
+  });
+
+  it("keeps SHA256 parts whole (SHA values cannot be combined) and checks the composite", async () => {
+    const bucket = await freshBucket(fx.client);
+    const body = randomBytes(2 * MB5 + 777);
+    await putMultipart(fx.client, bucket, "m/w.bin", body, MB5);
+    serveComposite(
+      "w.bin",
+      "SHA256",
+      await composite("SHA256", partsOf(body)),
+      partsOf(body).map((b) => b.length),
+    );
+
+    await stage(s3, { bucket, prefix: "m/", dest, endpoint: fx.proxy.url, partSizeBytes: 2 * MiB });
+
+    expect(rangesOf("w.bin")).toEqual([
+      [0, MB5 - 1],
+      [MB5, 2 * MB5 - 1],
+      [2 * MB5, body.length - 1],
+    ]);
+  });
+
+  it("stages unverified (not failed) when the part sizes are unknown", async () => {
+    const bucket = await freshBucket(fx.client);
+    const body = randomBytes(2 * MB5 + 5);
+    await putMultipart(fx.client, bucket, "m/w.bin", body, MB5);
+    // HEAD claims a composite, but this RGW has no GetObjectAttributes.
+    fx.proxy.addRule({
+      match: { method: "HEAD", path: "w.bin" },
+      action: {
+        kind: "headers",
+        set: { "x-amz-checksum-crc32": "AAAAAA==-3", "x-amz-checksum-type": "COMPOSITE" },
+      },
+    });
+    await stage(s3, { bucket, prefix: "m/", dest, endpoint: fx.proxy.url, partSizeBytes: 2 * MiB });
+    expect(sha256(await readFile(join(dest, "w.bin")))).toBe(sha256(body));
+  });
+});
+
 describe("faults at the network seam", () => {
   it("survives a 503 SlowDown storm", async () => {
-    const bucket = await freshBucket(client);
+    const bucket = await freshBucket(fx.client);
     const files = syntheticModel({ shards: 2, shardBytes: 3 * MiB });
-    await putFiles(client, bucket, "m/", files);
-    proxy.addRule({
+    await putFiles(fx.client, bucket, "m/", files);
+    fx.proxy.addRule({
       match: { method: "GET" },
       times: 25,
       action: { kind: "status", status: 503, code: "SlowDown" },
     });
 
-    const result = await stage(s3, { bucket, prefix: "m/", dest, endpoint: proxy.url, maxAttempts: 30 });
+    const result = await stage(s3, { bucket, prefix: "m/", dest, endpoint: fx.proxy.url, maxAttempts: 30 });
 
     expect(result.retries).toBeGreaterThanOrEqual(25);
     expect(await digests(dest, files)).toEqual(expectedDigests(files));
   });
 
   it("gives up with CS_RETRIES_EXHAUSTED when 503s never end", async () => {
-    const bucket = await freshBucket(client);
-    await putFiles(client, bucket, "m/", [file("a.bin", randomBytes(100))]);
-    proxy.addRule({ match: { method: "GET", path: "a.bin" }, action: { kind: "status", status: 503 } });
+    const bucket = await freshBucket(fx.client);
+    await putFiles(fx.client, bucket, "m/", [file("a.bin", randomBytes(100))]);
+    fx.proxy.addRule({ match: { method: "GET", path: "a.bin" }, action: { kind: "status", status: 503 } });
     await expectCode(
-      stage(s3, { bucket, prefix: "m/", dest, endpoint: proxy.url, maxAttempts: 3 }),
+      stage(s3, { bucket, prefix: "m/", dest, endpoint: fx.proxy.url, maxAttempts: 3 }),
       "CS_RETRIES_EXHAUSTED",
     );
     expect(await listTree(dest)).toEqual([]);
   });
 
   it("fails fast on 403 without retrying", async () => {
-    const bucket = await freshBucket(client);
-    await putFiles(client, bucket, "m/", [file("a.bin", randomBytes(100))]);
-    proxy.addRule({
+    const bucket = await freshBucket(fx.client);
+    await putFiles(fx.client, bucket, "m/", [file("a.bin", randomBytes(100))]);
+    fx.proxy.addRule({
       match: { method: "GET", path: "a.bin" },
       action: { kind: "status", status: 403, code: "AccessDenied" },
     });
-    await expectCode(stage(s3, { bucket, prefix: "m/", dest, endpoint: proxy.url }), "CS_S3_ACCESS_DENIED");
-    expect(proxy.requests.filter((r) => r.path.endsWith("a.bin"))).toHaveLength(1);
+    await expectCode(
+      stage(s3, { bucket, prefix: "m/", dest, endpoint: fx.proxy.url }),
+      "CS_S3_ACCESS_DENIED",
+    );
+    expect(fx.proxy.requests.filter((r) => r.path.endsWith("a.bin"))).toHaveLength(1);
   });
 
   it("resumes parts broken by resets and truncation from the bytes already written", async () => {
-    const bucket = await freshBucket(client);
+    const bucket = await freshBucket(fx.client);
     const body = randomBytes(8 * MiB);
-    await putFiles(client, bucket, "m/", [file("w.bin", body)]);
-    proxy.addRule({
+    await putFiles(fx.client, bucket, "m/", [file("w.bin", body)]);
+    fx.proxy.addRule({
       match: { method: "GET", hasRange: true },
       times: 3,
       action: { kind: "reset", afterBytes: 300_000 },
     });
-    proxy.addRule({
+    fx.proxy.addRule({
       match: { method: "GET", hasRange: true },
       times: 3,
       action: { kind: "truncate", afterBytes: 500_000 },
@@ -331,25 +435,25 @@ describe("faults at the network seam", () => {
       bucket,
       prefix: "m/",
       dest,
-      endpoint: proxy.url,
+      endpoint: fx.proxy.url,
       partSizeBytes: 2 * MiB,
     });
 
     expect(sha256(await readFile(join(dest, "w.bin")))).toBe(sha256(body));
     expect(result.retries).toBeGreaterThanOrEqual(6);
     // Resumed requests start mid-part, and little more than the object crossed the wire.
-    const starts = proxy.requests.flatMap(
+    const starts = fx.proxy.requests.flatMap(
       (r) => /bytes=(\d+)-/.exec(String(r.headers.range ?? ""))?.[1] ?? [],
     );
     expect(starts.map(Number).filter((s) => s % (2 * MiB) !== 0).length).toBeGreaterThanOrEqual(6);
-    expect(proxy.bytesServed().total).toBeLessThan(body.length + 6 * 600_000);
+    expect(fx.proxy.bytesServed().total).toBeLessThan(body.length + 6 * 600_000);
   });
 
   it("retries a stalled body on a fresh request", async () => {
-    const bucket = await freshBucket(client);
+    const bucket = await freshBucket(fx.client);
     const body = randomBytes(3 * MiB);
-    await putFiles(client, bucket, "m/", [file("w.bin", body)]);
-    proxy.addRule({
+    await putFiles(fx.client, bucket, "m/", [file("w.bin", body)]);
+    fx.proxy.addRule({
       match: { method: "GET", hasRange: true },
       times: 1,
       action: { kind: "stall", afterBytes: 1000, ms: 4000 },
@@ -359,7 +463,7 @@ describe("faults at the network seam", () => {
       bucket,
       prefix: "m/",
       dest,
-      endpoint: proxy.url,
+      endpoint: fx.proxy.url,
       requestTimeoutMs: 500,
     });
 
@@ -372,13 +476,13 @@ describe("disk space", () => {
   it("refuses before downloading when the files cannot fit (CS_INSUFFICIENT_SPACE)", async () => {
     const mnt = await tmpfs(work, 4 * MiB);
     try {
-      const bucket = await freshBucket(client);
-      await putFiles(client, bucket, "m/", [file("w.bin", randomBytes(6 * MiB))]);
+      const bucket = await freshBucket(fx.client);
+      await putFiles(fx.client, bucket, "m/", [file("w.bin", randomBytes(6 * MiB))]);
       await expectCode(
-        stage(s3, { bucket, prefix: "m/", dest: join(mnt, "d"), endpoint: proxy.url }),
+        stage(s3, { bucket, prefix: "m/", dest: join(mnt, "d"), endpoint: fx.proxy.url }),
         "CS_INSUFFICIENT_SPACE",
       );
-      expect(proxy.requests.filter((r) => r.method === "GET" && r.headers.range)).toEqual([]);
+      expect(fx.proxy.requests.filter((r) => r.method === "GET" && r.headers.range)).toEqual([]);
     } finally {
       await umount(mnt);
     }
@@ -387,10 +491,10 @@ describe("disk space", () => {
   it("reports ENOSPC mid-way as CS_DISK_FULL, with nothing at a final name and the journal kept", async () => {
     const mnt = await tmpfs(work, 8 * MiB);
     try {
-      const bucket = await freshBucket(client);
-      await putFiles(client, bucket, "m/", [file("w.bin", randomBytes(6 * MiB))]);
+      const bucket = await freshBucket(fx.client);
+      await putFiles(fx.client, bucket, "m/", [file("w.bin", randomBytes(6 * MiB))]);
       // Once the download has started, something else fills the disk.
-      proxy.addRule({
+      fx.proxy.addRule({
         match: { method: "GET", hasRange: true },
         times: 1,
         action: {
@@ -400,7 +504,7 @@ describe("disk space", () => {
       });
       const d = join(mnt, "d");
       const err = await expectCode(
-        stage(s3, { bucket, prefix: "m/", dest: d, endpoint: proxy.url, concurrency: 2 }),
+        stage(s3, { bucket, prefix: "m/", dest: d, endpoint: fx.proxy.url, concurrency: 2 }),
         "CS_DISK_FULL",
       );
       expect(err.details.key).toBe("m/w.bin");
@@ -434,9 +538,9 @@ async function umount(mnt: string): Promise<void> {
   execFileSync("umount", [mnt]);
 }
 
-/** Makes the fault proxy answer this bucket's listing with one extra (hostile) key. */
+/** Makes the fault fx.proxy answer this bucket's listing with one extra (hostile) key. */
 async function listingInjector(bucket: string, key: string): Promise<string> {
-  proxy.addRule({
+  fx.proxy.addRule({
     match: { method: "GET", path: `/${bucket}`, predicate: (r) => r.query.includes("list-type=2") },
     action: {
       kind: "status",
@@ -450,5 +554,5 @@ async function listingInjector(bucket: string, key: string): Promise<string> {
       headers: { "content-type": "application/xml" },
     },
   });
-  return proxy.url;
+  return fx.proxy.url;
 }
