@@ -1,0 +1,235 @@
+import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
+
+/** Values of `operation` on the S3 metrics. */
+export const S3_OPERATIONS = ["list", "head", "get", "attributes"] as const;
+export type S3Operation = (typeof S3_OPERATIONS)[number];
+
+/** Values of `reason` on `coldstart_s3_retries_total`; see {@link retryReason}. */
+export const RETRY_REASONS = [
+  "slowdown",
+  "server_error",
+  "throttled",
+  "reset",
+  "truncated",
+  "stall",
+  "timeout",
+  "other",
+] as const;
+export type RetryReason = (typeof RETRY_REASONS)[number];
+
+/** Values of `stage` on `coldstart_stage_duration_seconds`. */
+export const STAGES = ["list", "download", "verify", "commit"] as const;
+export type Stage = (typeof STAGES)[number];
+
+/** Values of `state` on `coldstart_models`. */
+export const MODEL_STATES = ["pending", "staging", "verifying", "ready", "failed", "evicting"] as const;
+export type ModelState = (typeof MODEL_STATES)[number];
+
+/** Values of `reason` on `coldstart_evictions_total`. */
+export const EVICTION_REASONS = ["watermark", "budget", "api"] as const;
+export type EvictionReason = (typeof EVICTION_REASONS)[number];
+
+/** Values of `outcome` on `coldstart_handshake_waits_total`. */
+export const HANDSHAKE_OUTCOMES = ["ready", "failed", "timeout", "not_found"] as const;
+export type HandshakeOutcome = (typeof HANDSHAKE_OUTCOMES)[number];
+
+/** Buckets for stage durations: 10 ms (a commit rename) up to 1 h (a large model over a slow link). */
+export const STAGE_DURATION_BUCKETS: readonly number[] = [
+  0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600,
+];
+
+/** Buckets for handshake long-polls: an already-local model answers at once, a cold one waits minutes. */
+export const HANDSHAKE_WAIT_BUCKETS: readonly number[] = [
+  0.01, 0.1, 0.5, 1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600,
+];
+
+export interface MetricsOptions {
+  /** Also register prom-client's process_* and nodejs_* metrics into the registry. Default true. */
+  defaultMetrics?: boolean;
+}
+
+/**
+ * Every coldstart metric, defined once and registered into one registry (a fresh one unless given).
+ * Nothing here touches prom-client's global registry, so several instances can live in one process.
+ * Names and labels are documented in docs/metrics.md; a test keeps the two in step.
+ */
+export class Metrics {
+  readonly registry: Registry;
+
+  /** coldstart_download_bytes_total{source}: object bytes received from S3; `source` is the bucket name. */
+  readonly downloadBytes: Counter<"source">;
+  /** coldstart_s3_requests_total{operation,status}: completed S3 requests; status is the HTTP code or "error". */
+  readonly s3Requests: Counter<"operation" | "status">;
+  /** coldstart_s3_retries_total{operation,reason}: attempts that failed and were retried. */
+  readonly s3Retries: Counter<"operation" | "reason">;
+  /** coldstart_s3_requests_in_flight: S3 requests started and not yet finished. */
+  readonly s3InFlight: Gauge;
+  /** coldstart_stage_duration_seconds{stage}: wall time of each phase of staging one model. */
+  readonly stageDuration: Histogram<"stage">;
+  /** coldstart_models{state}: models known to the daemon, by state. */
+  readonly models: Gauge<"state">;
+  /** coldstart_staging_root_used_bytes: bytes of staged models under the staging root. */
+  readonly rootUsedBytes: Gauge;
+  /** coldstart_staging_root_free_bytes: free bytes on the staging root's file system (statfs). */
+  readonly rootFreeBytes: Gauge;
+  /** coldstart_evictions_total{reason}: models evicted. */
+  readonly evictions: Counter<"reason">;
+  /** coldstart_evicted_bytes_total: bytes freed by evictions. */
+  readonly evictedBytes: Counter;
+  /** coldstart_handshake_waits_total{outcome}: finished pod handshake long-polls, by outcome. */
+  readonly handshakeWaits: Counter<"outcome">;
+  /** coldstart_handshake_wait_duration_seconds: how long each handshake long-poll was held open. */
+  readonly handshakeWaitDuration: Histogram;
+  /** coldstart_http_requests_total{route,method,status}: API requests; `route` is the route pattern. */
+  readonly httpRequests: Counter<"route" | "method" | "status">;
+
+  constructor(registry?: Registry, options: MetricsOptions = {}) {
+    const { defaultMetrics = true } = options;
+    this.registry = registry ?? new Registry();
+    const registers = [this.registry];
+
+    if (defaultMetrics) collectDefaultMetrics({ register: this.registry });
+
+    this.downloadBytes = new Counter({
+      name: "coldstart_download_bytes_total",
+      help: "Object bytes received from S3, by bucket.",
+      labelNames: ["source"] as const,
+      registers,
+    });
+    this.s3Requests = new Counter({
+      name: "coldstart_s3_requests_total",
+      help: "Completed S3 requests by operation (list, head, get, attributes) and HTTP status or 'error'.",
+      labelNames: ["operation", "status"] as const,
+      registers,
+    });
+    this.s3Retries = new Counter({
+      name: "coldstart_s3_retries_total",
+      help: "S3 attempts that failed and were retried, by operation and reason.",
+      labelNames: ["operation", "reason"] as const,
+      registers,
+    });
+    this.s3InFlight = new Gauge({
+      name: "coldstart_s3_requests_in_flight",
+      help: "S3 requests started and not yet finished.",
+      registers,
+    });
+    this.stageDuration = new Histogram({
+      name: "coldstart_stage_duration_seconds",
+      help: "Wall time of each staging phase (list, download, verify, commit) for one model.",
+      labelNames: ["stage"] as const,
+      buckets: [...STAGE_DURATION_BUCKETS],
+      registers,
+    });
+    this.models = new Gauge({
+      name: "coldstart_models",
+      help: "Models known to the daemon, by state.",
+      labelNames: ["state"] as const,
+      registers,
+    });
+    this.rootUsedBytes = new Gauge({
+      name: "coldstart_staging_root_used_bytes",
+      help: "Bytes of staged models under the staging root.",
+      registers,
+    });
+    this.rootFreeBytes = new Gauge({
+      name: "coldstart_staging_root_free_bytes",
+      help: "Free bytes on the staging root's file system (statfs, available to unprivileged users).",
+      registers,
+    });
+    this.evictions = new Counter({
+      name: "coldstart_evictions_total",
+      help: "Models evicted from the staging root, by reason (watermark, budget, api).",
+      labelNames: ["reason"] as const,
+      registers,
+    });
+    this.evictedBytes = new Counter({
+      name: "coldstart_evicted_bytes_total",
+      help: "Bytes freed by evicting models.",
+      registers,
+    });
+    this.handshakeWaits = new Counter({
+      name: "coldstart_handshake_waits_total",
+      help: "Finished pod handshake waits, by outcome (ready, failed, timeout, not_found).",
+      labelNames: ["outcome"] as const,
+      registers,
+    });
+    this.handshakeWaitDuration = new Histogram({
+      name: "coldstart_handshake_wait_duration_seconds",
+      help: "How long each handshake long-poll was held open by the daemon.",
+      buckets: [...HANDSHAKE_WAIT_BUCKETS],
+      registers,
+    });
+    this.httpRequests = new Counter({
+      name: "coldstart_http_requests_total",
+      help: "Control API requests by route pattern, method and HTTP status.",
+      labelNames: ["route", "method", "status"] as const,
+      registers,
+    });
+
+    // Export every value of the small closed label sets from the start, so that rate() and absent-vs-zero
+    // alerts work before the first event (a series that appears late loses its first increase).
+    for (const state of MODEL_STATES) this.models.set({ state }, 0);
+    for (const reason of EVICTION_REASONS) this.evictions.inc({ reason }, 0);
+    for (const outcome of HANDSHAKE_OUTCOMES) this.handshakeWaits.inc({ outcome }, 0);
+  }
+}
+
+/** Names of all coldstart_* metrics registered by `m` (default process metrics left out). */
+export function metricNames(m: Metrics): string[] {
+  return m.registry
+    .getMetricsAsArray()
+    .map((metric) => metric.name)
+    .filter((name) => name.startsWith("coldstart_"));
+}
+
+const RESET_CODES = new Set([
+  "ECONNRESET",
+  "EPIPE",
+  "ECONNABORTED",
+  "UND_ERR_SOCKET",
+  "ERR_STREAM_PREMATURE_CLOSE",
+]);
+
+/**
+ * Classifies an error thrown by an S3 call or a body stream into the `reason` label of
+ * `coldstart_s3_retries_total`. Shapes are those of src/s3/retry.ts: SDK errors carry
+ * `$metadata.httpStatusCode` and `name`/`Code`; socket errors carry `code`; the engine's own
+ * `TransientError` says "stall" or "body ended after" in its message.
+ */
+export function retryReason(err: unknown): RetryReason {
+  const e = (typeof err === "object" && err !== null ? err : {}) as {
+    $metadata?: { httpStatusCode?: unknown };
+    name?: unknown;
+    Code?: unknown;
+    code?: unknown;
+    message?: unknown;
+  };
+  const name = typeof e.name === "string" ? e.name : "";
+  const sdkCode = typeof e.Code === "string" ? e.Code : name;
+  const code = typeof e.code === "string" ? e.code : "";
+  const message = typeof e.message === "string" ? e.message : typeof err === "string" ? err : "";
+  const status = typeof e.$metadata?.httpStatusCode === "number" ? e.$metadata.httpStatusCode : undefined;
+
+  if (status !== undefined) {
+    if (status === 503 && (sdkCode === "SlowDown" || name === "SlowDown")) return "slowdown";
+    if (status === 429) return "throttled";
+    if (status >= 500) return "server_error";
+    // 408, and S3's 400 RequestTimeout (the client was too slow to send).
+    if (status === 408 || sdkCode === "RequestTimeout") return "timeout";
+  }
+  if (name === "TransientError") {
+    if (message.includes("stall")) return "stall";
+    if (message.includes("body ended after")) return "truncated";
+  }
+  if (sdkCode === "SlowDown") return "slowdown";
+  if (name === "TimeoutError" || code === "ETIMEDOUT" || sdkCode === "RequestTimeout") return "timeout";
+  if (RESET_CODES.has(code)) return "reset";
+  // A user's cancel is an AbortError ("This operation was aborted"): never a retry, never "reset".
+  if (
+    name !== "AbortError" &&
+    /socket hang up|\baborted\b|premature close|other side closed/i.test(message)
+  ) {
+    return "reset";
+  }
+  return "other";
+}
