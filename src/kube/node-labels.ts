@@ -1,0 +1,405 @@
+import { createHash } from "node:crypto";
+import { existsSync } from "node:fs";
+import http from "node:http";
+import https from "node:https";
+import { join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import {
+  ApiException,
+  CoreV1Api,
+  createConfiguration,
+  KubeConfig,
+  PatchStrategy,
+  type PromiseHttpLibrary,
+  type RequestContext,
+  ResponseContext,
+  SelfDecodingBody,
+  ServerConfiguration,
+  setHeaderOptions,
+  wrapHttpLibrary,
+} from "@kubernetes/client-node";
+import { type Logger, pino } from "pino";
+import { ColdstartError } from "../errors.js";
+
+/** Prefix of every label and annotation coldstart owns on a Node. */
+export const LABEL_PREFIX = "coldstart.io/";
+/** Prefix of the per-model labels. The labeler touches no other label. */
+export const MODEL_LABEL_PREFIX = `${LABEL_PREFIX}model.`;
+/** JSON `{hash: id}` of the labelled models, so a reader can map a label back to its model id. */
+export const MODELS_ANNOTATION = "coldstart.io/models";
+/** Value of a model label: the model is staged, verified and ready to load on this node. */
+export const READY_VALUE = "ready";
+/**
+ * Hex characters of SHA-256 kept in a label key: 56 (224 bits), the most that fits, since the name
+ * part `model.<hash>` may hold at most 63 characters. At 224 bits an accidental collision among even
+ * 10^9 model ids has odds below 10^-49, and finding one on purpose costs about 2^112 hashes, so a
+ * label names exactly one model id without a registry of ids.
+ */
+export const MODEL_HASH_HEX_CHARS = 56;
+
+/** Standard in-pod location of the service account token and cluster CA. */
+export const SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/** Label-safe, stable hash of a model id: the first 56 lowercase hex digits of SHA-256 of its UTF-8 bytes. */
+export function modelHash(modelId: string): string {
+  return createHash("sha256").update(modelId, "utf8").digest("hex").slice(0, MODEL_HASH_HEX_CHARS);
+}
+
+/**
+ * The Node label key for a model: `coldstart.io/model.<hash>` (see {@link modelHash}). The name part
+ * is 62 characters of [a-z0-9.], starts with a letter and ends alphanumeric, so it is a valid label
+ * key for any id. Shell equivalent (docs/node-labels.md):
+ * `printf '%s' "$MODEL_ID" | sha256sum | cut -c1-56`.
+ */
+export function modelLabelKey(modelId: string): string {
+  return `${MODEL_LABEL_PREFIX}${modelHash(modelId)}`;
+}
+
+export interface NodeLabelerOptions {
+  /** Name of the Node this daemon runs on (the downward API's `spec.nodeName`). */
+  nodeName: string;
+  /** Where and how to reach the API server; see {@link loadKubeConfig}. */
+  kubeConfig: KubeConfig;
+  /** Parent logger; the labeler logs through a child with `component: "node-labels"`. Default: silent. */
+  logger?: Logger;
+  /** Backoff between failed attempts: doubles from `baseDelayMs` up to `maxDelayMs`, with jitter. Default 1 s, 60 s. */
+  retry?: { baseDelayMs: number; maxDelayMs: number };
+  /** Deadline for one request to the API server, after which it is abandoned and retried. Default 30 s. */
+  requestTimeoutMs?: number;
+}
+
+const DEFAULT_RETRY = { baseDelayMs: 1_000, maxDelayMs: 60_000 } as const;
+const DEFAULT_REQUEST_TIMEOUT_MS = 30_000;
+
+interface Waiter {
+  version: number;
+  resolve: () => void;
+  reject: (err: Error) => void;
+}
+
+/**
+ * Keeps this node's `coldstart.io/model.<hash>=ready` labels (and the `coldstart.io/models`
+ * annotation) equal to the set of models the daemon holds ready.
+ *
+ * Each sync GETs the Node and sends one JSON merge patch (RFC 7386) that sets missing desired labels
+ * to `ready`, sets every other `coldstart.io/model.*` label the Node carries to null, and rewrites the
+ * annotation; when the Node is already in step it sends nothing. Reading the Node each time, rather
+ * than remembering what was last applied, makes the sync self-healing: a restarted daemon, an older
+ * version's leftovers, a label someone deleted by hand or a Node object re-registered without its
+ * labels all converge on the next sync. Syncs are rare (a model became ready or was evicted), so the
+ * extra GET costs nothing that matters. The patch carries no resourceVersion: it names only keys this
+ * daemon owns, and a merge patch leaves every other key alone, so there is nothing to conflict with.
+ */
+export class NodeLabeler {
+  readonly #nodeName: string;
+  readonly #api: CoreV1Api;
+  readonly #log: Logger;
+  readonly #retry: { baseDelayMs: number; maxDelayMs: number };
+  readonly #closed = new AbortController();
+  /** hash → model id, sorted by hash so the annotation's JSON is stable. */
+  #desired: ReadonlyMap<string, string> = new Map();
+  #desiredVersion = 0;
+  #appliedVersion = 0;
+  #running = false;
+  #waiters: Waiter[] = [];
+
+  constructor(options: NodeLabelerOptions) {
+    this.#nodeName = options.nodeName;
+    this.#log = (options.logger ?? pino({ enabled: false })).child({
+      component: "node-labels",
+      node: options.nodeName,
+    });
+    this.#retry = options.retry ?? DEFAULT_RETRY;
+    this.#api = makeCoreApi(
+      options.kubeConfig,
+      options.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS,
+      this.#closed.signal,
+    );
+  }
+
+  /**
+   * Desired state: exactly these model ids labelled `coldstart.io/model.<hash>=ready`. Coalesces calls
+   * (latest wins), serialises patches, retries failures with backoff until a newer desired state
+   * supersedes; never throws to the caller.
+   */
+  set(readyModelIds: readonly string[]): void {
+    if (this.#closed.signal.aborted) {
+      this.#log.debug("set() after close ignored");
+      return;
+    }
+    const byHash = [...new Set(readyModelIds)].map((id) => [modelHash(id), id] as const);
+    byHash.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+    this.#desired = new Map(byHash);
+    this.#desiredVersion++;
+    if (!this.#running) {
+      this.#running = true;
+      // Start on a microtask so that a burst of synchronous set() calls costs one sync.
+      queueMicrotask(() => {
+        this.#run().catch((err: unknown) => this.#log.error({ err }, "node label loop failed"));
+      });
+    }
+  }
+
+  /** Resolves when the latest desired state has been applied (or rejects after close). For tests and shutdown. */
+  flush(): Promise<void> {
+    if (this.#closed.signal.aborted) return Promise.reject(closedError());
+    if (this.#appliedVersion >= this.#desiredVersion) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      this.#waiters.push({ version: this.#desiredVersion, resolve, reject });
+    });
+  }
+
+  /** Stops syncing: aborts an in-flight request and a pending retry, and rejects pending flush() calls. */
+  close(): void {
+    if (this.#closed.signal.aborted) return;
+    this.#closed.abort();
+    const waiters = this.#waiters;
+    this.#waiters = [];
+    for (const w of waiters) w.reject(closedError());
+  }
+
+  async #run(): Promise<void> {
+    let attempt = 0;
+    try {
+      while (!this.#closed.signal.aborted && this.#appliedVersion < this.#desiredVersion) {
+        try {
+          this.#appliedVersion = await this.#syncOnce();
+          attempt = 0;
+          this.#settle();
+        } catch (err) {
+          if (this.#closed.signal.aborted) return;
+          attempt++;
+          const delayMs = backoffMs(attempt, this.#retry);
+          this.#logFailure(err, attempt, delayMs);
+          try {
+            // A set() during this wait does not cut it short: the retry applies the newest state.
+            await sleep(delayMs, undefined, { signal: this.#closed.signal, ref: false });
+          } catch {
+            return;
+          }
+        }
+      }
+    } finally {
+      this.#running = false;
+    }
+  }
+
+  /** One GET and at most one PATCH; returns the desired-state version it applied. */
+  async #syncOnce(): Promise<number> {
+    const node = await this.#api.readNode({ name: this.#nodeName });
+    // Read the desired state after the GET, so that a set() during it is not applied one round late.
+    const version = this.#desiredVersion;
+    const desired = this.#desired;
+    const patch = planPatch(node.metadata?.labels ?? {}, node.metadata?.annotations ?? {}, desired);
+    if (patch === undefined) {
+      this.#log.debug({ models: desired.size }, "node labels already in step");
+      return version;
+    }
+    await this.#api.patchNode(
+      { name: this.#nodeName, body: patch.body },
+      setHeaderOptions("Content-Type", PatchStrategy.MergePatch),
+    );
+    this.#log.info(
+      { models: desired.size, added: patch.added, removed: patch.removed },
+      "node labels updated",
+    );
+    return version;
+  }
+
+  #settle(): void {
+    const done = this.#waiters.filter((w) => w.version <= this.#appliedVersion);
+    this.#waiters = this.#waiters.filter((w) => w.version > this.#appliedVersion);
+    for (const w of done) w.resolve();
+  }
+
+  #logFailure(err: unknown, attempt: number, retryInMs: number): void {
+    const status = err instanceof ApiException ? err.code : undefined;
+    const reason = reasonOf(err);
+    const hint =
+      status === 403 || status === 401
+        ? "; the service account needs get and patch on nodes, for its own node only (docs/node-labels.md)"
+        : "";
+    this.#log.warn(
+      { status, reason, attempt, retryInMs },
+      `updating labels of node ${this.#nodeName} failed (${status ?? "no response"}: ${reason})${hint}`,
+    );
+  }
+}
+
+interface PlannedPatch {
+  body: { metadata: { labels?: Record<string, string | null>; annotations?: Record<string, string | null> } };
+  added: number;
+  removed: number;
+}
+
+/** The merge patch that brings the Node's model labels and annotation to `desired`, or undefined if none is needed. */
+function planPatch(
+  labels: Readonly<Record<string, string>>,
+  annotations: Readonly<Record<string, string>>,
+  desired: ReadonlyMap<string, string>,
+): PlannedPatch | undefined {
+  const labelPatch: Record<string, string | null> = {};
+  let added = 0;
+  let removed = 0;
+  for (const hash of desired.keys()) {
+    const key = `${MODEL_LABEL_PREFIX}${hash}`;
+    if (labels[key] !== READY_VALUE) {
+      labelPatch[key] = READY_VALUE;
+      added++;
+    }
+  }
+  for (const key of Object.keys(labels)) {
+    if (key.startsWith(MODEL_LABEL_PREFIX) && !desired.has(key.slice(MODEL_LABEL_PREFIX.length))) {
+      labelPatch[key] = null;
+      removed++;
+    }
+  }
+  const annotation = desired.size === 0 ? null : JSON.stringify(Object.fromEntries(desired));
+  const annotationChanged = (annotations[MODELS_ANNOTATION] ?? null) !== annotation;
+  if (added === 0 && removed === 0 && !annotationChanged) return undefined;
+  const metadata: PlannedPatch["body"]["metadata"] = {};
+  if (added + removed > 0) metadata.labels = labelPatch;
+  if (annotationChanged) metadata.annotations = { [MODELS_ANNOTATION]: annotation };
+  return { body: { metadata }, added, removed };
+}
+
+/** Exponential backoff with equal jitter, so that a DaemonSet's pods do not retry in lockstep after an outage. */
+function backoffMs(attempt: number, retry: { baseDelayMs: number; maxDelayMs: number }): number {
+  const ceiling = Math.min(retry.maxDelayMs, retry.baseDelayMs * 2 ** Math.min(attempt - 1, 30));
+  return Math.round(ceiling / 2 + (Math.random() * ceiling) / 2);
+}
+
+function reasonOf(err: unknown): string {
+  if (err instanceof ApiException) {
+    const body: unknown = err.body;
+    if (typeof body === "string") {
+      try {
+        const message = (JSON.parse(body) as { message?: unknown }).message;
+        if (typeof message === "string") return message;
+      } catch {
+        // Not a Kubernetes Status object: fall through to the raw text.
+      }
+      return body.slice(0, 200) || "empty response body";
+    }
+    return String((body as { message?: unknown } | undefined)?.message ?? "no response body");
+  }
+  return err instanceof Error ? err.message : String(err);
+}
+
+function closedError(): ColdstartError {
+  return new ColdstartError("CS_ABORTED", "the node labeler was closed before the labels were applied");
+}
+
+/**
+ * A CoreV1Api like `kubeConfig.makeApiClient(CoreV1Api)`, but over a transport with a deadline per
+ * request and an abort on close. @kubernetes/client-node 1.x's default transport (node-fetch) takes no
+ * signal, so a request to an API server that never answers would stall the sync loop for good, and an
+ * abandoned PATCH could still land after a newer one.
+ */
+function makeCoreApi(kubeConfig: KubeConfig, requestTimeoutMs: number, closed: AbortSignal): CoreV1Api {
+  const cluster = kubeConfig.getCurrentCluster();
+  if (!cluster) {
+    throw new ColdstartError("CS_CONFIG_INVALID", "the kubeconfig names no current cluster", {
+      details: { field: "kubeConfig" },
+    });
+  }
+  return new CoreV1Api(
+    createConfiguration({
+      baseServer: new ServerConfiguration(cluster.server, {}),
+      authMethods: { default: kubeConfig },
+      httpApi: wrapHttpLibrary(deadlineHttpLibrary(requestTimeoutMs, closed)),
+    }),
+  );
+}
+
+function deadlineHttpLibrary(timeoutMs: number, closed: AbortSignal): PromiseHttpLibrary {
+  return {
+    send: (request: RequestContext) =>
+      new Promise<ResponseContext>((resolve, reject) => {
+        const url = new URL(request.getUrl());
+        const signal = AbortSignal.any([closed, AbortSignal.timeout(timeoutMs)]);
+        const body = request.getBody();
+        if (body !== undefined && typeof body !== "string" && !Buffer.isBuffer(body)) {
+          reject(new Error("node-labels transport sends only string or Buffer bodies"));
+          return;
+        }
+        const send = url.protocol === "https:" ? https.request : http.request;
+        const req = send(
+          url,
+          {
+            method: request.getHttpMethod(),
+            headers: { "User-Agent": "coldstart-node-labels", ...request.getHeaders() },
+            agent: request.getAgent(),
+            signal,
+          },
+          (res) => {
+            const chunks: Buffer[] = [];
+            res.on("data", (chunk: Buffer) => chunks.push(chunk));
+            res.on("error", reject);
+            res.on("end", () => {
+              const headers: Record<string, string> = {};
+              for (const [name, value] of Object.entries(res.headers)) {
+                if (value !== undefined) headers[name] = Array.isArray(value) ? value.join(", ") : value;
+              }
+              const bytes = Promise.resolve(Buffer.concat(chunks));
+              resolve(new ResponseContext(res.statusCode ?? 0, headers, new SelfDecodingBody(bytes)));
+            });
+          },
+        );
+        req.on("error", (err) => {
+          reject(
+            signal.aborted && !closed.aborted
+              ? new Error(`${request.getHttpMethod()} ${url.pathname} timed out after ${timeoutMs} ms`, {
+                  cause: err,
+                })
+              : err,
+          );
+        });
+        req.end(body);
+      }),
+  };
+}
+
+/**
+ * KubeConfig for the daemon, or undefined when there is none (node labels are then disabled).
+ *
+ * An explicit `kubeconfigPath` wins, as in client-go. Otherwise, inside a pod (KUBERNETES_SERVICE_HOST
+ * and KUBERNETES_SERVICE_PORT set, and a service account token and CA mounted under
+ * `serviceAccountDir`), the in-cluster config: https to that host and port, the CA file, and the
+ * token file, which client-node re-reads every minute so that rotated projected tokens are picked up.
+ * The environment is a parameter so that only src/config/ reads process.env.
+ */
+export function loadKubeConfig(
+  env: Readonly<Record<string, string | undefined>>,
+  kubeconfigPath?: string,
+  serviceAccountDir: string = SERVICE_ACCOUNT_DIR,
+): KubeConfig | undefined {
+  const kc = new KubeConfig();
+  if (kubeconfigPath !== undefined && kubeconfigPath !== "") {
+    try {
+      kc.loadFromFile(kubeconfigPath);
+    } catch (err) {
+      throw new ColdstartError("CS_CONFIG_INVALID", `kubeconfig ${kubeconfigPath} cannot be loaded`, {
+        cause: err,
+        details: { field: "kubeconfig", value: kubeconfigPath },
+      });
+    }
+    if (!kc.getCurrentCluster()) {
+      throw new ColdstartError("CS_CONFIG_INVALID", `kubeconfig ${kubeconfigPath} names no current cluster`, {
+        details: { field: "kubeconfig", value: kubeconfigPath },
+      });
+    }
+    return kc;
+  }
+  const host = env.KUBERNETES_SERVICE_HOST;
+  const port = env.KUBERNETES_SERVICE_PORT;
+  const tokenFile = join(serviceAccountDir, "token");
+  const caFile = join(serviceAccountDir, "ca.crt");
+  if (!host || !port || !existsSync(tokenFile) || !existsSync(caFile)) return undefined;
+  const serverHost = host.includes(":") ? `[${host}]` : host;
+  kc.loadFromClusterAndUser(
+    { name: "in-cluster", server: `https://${serverHost}:${port}`, caFile, skipTLSVerify: false },
+    { name: "in-cluster", authProvider: { name: "tokenFile", config: { tokenFile } } },
+  );
+  return kc;
+}
