@@ -99,27 +99,38 @@ export async function withRetry<T>(
   policy: RetryPolicy,
   what: { key: string; action: string },
   attempt: (n: number) => Promise<T>,
-  hooks: { signal?: AbortSignal; onRetry?: (err: unknown, n: number) => void } = {},
+  hooks: {
+    signal?: AbortSignal;
+    onRetry?: (err: unknown, n: number) => void;
+    /** A counter of work done (bytes written): an attempt that advanced it resets the budget. */
+    progress?: () => number;
+  } = {},
 ): Promise<T> {
-  for (let n = 0; ; n++) {
+  // `failed` counts consecutive attempts that made no progress; `n` every attempt (for backoff).
+  for (let n = 0, failed = 0; ; n++) {
+    const before = hooks.progress?.();
     try {
       return await attempt(n);
     } catch (err) {
       if (hooks.signal?.aborted) throw toS3Error(hooks.signal.reason ?? err, what.key, what.action);
       if (!isRetryable(err)) throw toS3Error(err, what.key, what.action);
-      if (n + 1 >= policy.maxAttempts) {
+      const advanced = hooks.progress !== undefined && hooks.progress() !== before;
+      failed = advanced ? 0 : failed + 1;
+      if (failed >= policy.maxAttempts) {
         throw new ColdstartError(
           "CS_RETRIES_EXHAUSTED",
-          `${what.action} ${what.key} failed ${policy.maxAttempts} times; last error: ${describe(err)}`,
+          `${what.action} ${what.key} failed ${policy.maxAttempts} times in a row without progress; last error: ${describe(err)}`,
           { cause: err, details: { key: what.key } },
         );
       }
       hooks.onRetry?.(err, n + 1);
-      await sleep(backoffDelayMs(policy, n), undefined, hooks.signal ? { signal: hooks.signal } : {}).catch(
-        () => {
-          throw toS3Error(hooks.signal?.reason, what.key, what.action);
-        },
-      );
+      await sleep(
+        backoffDelayMs(policy, failed),
+        undefined,
+        hooks.signal ? { signal: hooks.signal } : {},
+      ).catch(() => {
+        throw toS3Error(hooks.signal?.reason, what.key, what.action);
+      });
     }
   }
 }

@@ -12,6 +12,7 @@ import {
 } from "@aws-sdk/client-s3";
 import { NodeHttpHandler } from "@smithy/node-http-handler";
 import type { MiddlewareStack } from "@smithy/types";
+import type { Metrics, S3Operation } from "../metrics/metrics.js";
 import type {
   GetOptions,
   GetResponse,
@@ -20,6 +21,7 @@ import type {
   ObjectInfo,
   ObjectSource,
 } from "./object-source.js";
+import { statusOf } from "./retry.js";
 
 export interface S3SourceOptions {
   region: string;
@@ -29,6 +31,8 @@ export interface S3SourceOptions {
   maxSockets: number;
   /** Time to connect and to receive response headers. */
   requestTimeoutMs: number;
+  /** Counts requests by operation and status, and requests in flight. */
+  metrics?: Metrics | undefined;
 }
 
 /**
@@ -38,6 +42,7 @@ export interface S3SourceOptions {
 export class S3ObjectSource implements ObjectSource {
   readonly client: S3Client;
   readonly #agents: [HttpAgent, HttpsAgent];
+  readonly #metrics: Metrics | undefined;
 
   constructor(options: S3SourceOptions) {
     const agentOptions = {
@@ -46,6 +51,7 @@ export class S3ObjectSource implements ObjectSource {
       maxFreeSockets: options.maxSockets,
     };
     this.#agents = [new HttpAgent(agentOptions), new HttpsAgent(agentOptions)];
+    this.#metrics = options.metrics;
     this.client = new S3Client({
       region: options.region,
       ...(options.endpoint ? { endpoint: options.endpoint } : {}),
@@ -71,6 +77,10 @@ export class S3ObjectSource implements ObjectSource {
       { Bucket: bucket, Prefix: prefix },
     );
     for await (const page of pages) {
+      this.#metrics?.s3Requests.inc({
+        operation: "list",
+        status: String(page.$metadata.httpStatusCode ?? 200),
+      });
       for (const o of page.Contents ?? []) {
         if (o.Key === undefined) continue;
         yield { key: o.Key, size: o.Size ?? 0, etag: o.ETag ?? "" };
@@ -81,7 +91,7 @@ export class S3ObjectSource implements ObjectSource {
   async head(bucket: string, key: string, signal?: AbortSignal): Promise<ObjectHead> {
     const cmd = new HeadObjectCommand({ Bucket: bucket, Key: key });
     askForChecksum(cmd);
-    const out = await this.client.send(cmd, signal ? { abortSignal: signal } : {});
+    const out = await this.#count("head", () => this.client.send(cmd, signal ? { abortSignal: signal } : {}));
     const checksum = checksumOf(out);
     return {
       size: out.ContentLength ?? 0,
@@ -96,15 +106,17 @@ export class S3ObjectSource implements ObjectSource {
     let marker: string | undefined;
     try {
       for (;;) {
-        const out = await this.client.send(
-          new GetObjectAttributesCommand({
-            Bucket: bucket,
-            Key: key,
-            ObjectAttributes: ["ObjectParts"],
-            MaxParts: 1000,
-            ...(marker ? { PartNumberMarker: marker } : {}),
-          }),
-          signal ? { abortSignal: signal } : {},
+        const out = await this.#count("attributes", () =>
+          this.client.send(
+            new GetObjectAttributesCommand({
+              Bucket: bucket,
+              Key: key,
+              ObjectAttributes: ["ObjectParts"],
+              MaxParts: 1000,
+              ...(marker ? { PartNumberMarker: marker } : {}),
+            }),
+            signal ? { abortSignal: signal } : {},
+          ),
         );
         const parts = out.ObjectParts;
         for (const p of parts?.Parts ?? []) {
@@ -115,10 +127,15 @@ export class S3ObjectSource implements ObjectSource {
         marker = parts.NextPartNumberMarker;
       }
     } catch (err) {
-      if (signal?.aborted) throw err;
       // Older S3-compatible stores lack the call, and it needs s3:GetObjectAttributes: either way
-      // the parts are unknown, which only means the per-part checksum cannot be checked.
-      return undefined;
+      // the parts are unknown, which only means the per-part checksum cannot be checked. Anything
+      // else (503, reset, timeout) is thrown so the caller retries it.
+      const status = statusOf(err);
+      if (status === 400 || status === 403 || status === 405 || status === 501) return undefined;
+      if ((err as { name?: string }).name === "NotImplemented") return undefined;
+      // RGW 16.2 ignores ?attributes and answers 200 with the object itself: no XML to parse.
+      if (status !== undefined && status >= 200 && status < 300) return undefined;
+      throw err;
     }
     return sizes.length > 0 ? sizes : undefined;
   }
@@ -131,7 +148,9 @@ export class S3ObjectSource implements ObjectSource {
       ...(options.ifMatch ? { IfMatch: options.ifMatch } : {}),
     });
     if (options.checksumMode) askForChecksum(cmd);
-    const out = await this.client.send(cmd, options.signal ? { abortSignal: options.signal } : {});
+    const out = await this.#count("get", () =>
+      this.client.send(cmd, options.signal ? { abortSignal: options.signal } : {}),
+    );
     return {
       statusCode: out.$metadata.httpStatusCode ?? 0,
       contentLength: out.ContentLength,
@@ -140,6 +159,26 @@ export class S3ObjectSource implements ObjectSource {
       checksum: checksumOf(out),
       body: out.Body as Readable,
     };
+  }
+
+  /** Counts one request by operation and outcome (the status, or "error" without one). */
+  async #count<T extends { $metadata: { httpStatusCode?: number } }>(
+    op: S3Operation,
+    send: () => Promise<T>,
+  ): Promise<T> {
+    const m = this.#metrics;
+    if (!m) return send();
+    m.s3InFlight.inc();
+    try {
+      const out = await send();
+      m.s3Requests.inc({ operation: op, status: String(out.$metadata.httpStatusCode ?? "error") });
+      return out;
+    } catch (err) {
+      m.s3Requests.inc({ operation: op, status: String(statusOf(err) ?? "error") });
+      throw err;
+    } finally {
+      m.s3InFlight.dec();
+    }
   }
 
   close(): void {

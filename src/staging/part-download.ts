@@ -60,6 +60,9 @@ export async function downloadPart(req: PartRequest, ctx: PartContext): Promise<
       ctx.retry,
       { key: req.key, action: "GET" },
       async () => {
+        // Every byte arrived but the attempt still failed (e.g. the body errored after its end):
+        // nothing to fetch, and asking for bytes=end-(end-1) would be an inverted range.
+        if (length > 0 && written === length) return;
         const from = req.start + written;
         const ranged = !(req.whole && written === 0);
         const res = await ctx.source.get(req.bucket, req.key, {
@@ -91,7 +94,9 @@ export async function downloadPart(req: PartRequest, ctx: PartContext): Promise<
           throw new TransientError(`body ended after ${written} of ${length} bytes`);
         }
       },
-      { signal: ctx.signal, onRetry: ctx.onRetry },
+      // A retry that resumed forward is not a failure to give up on: only attempts that brought
+      // no new byte count against maxAttempts.
+      { signal: ctx.signal, onRetry: ctx.onRetry, progress: () => written },
     );
     if (req.durable) {
       await fh.datasync().catch((e) => {
@@ -212,8 +217,14 @@ async function streamToFile(
       sink.digest(chunk);
       pending.push(chunk);
       pendingBytes += chunk.length;
-      if (pendingBytes >= WRITE_CHUNK) await flush();
+      if (pendingBytes >= WRITE_CHUNK) {
+        // A slow disk is not a stalled socket: the inactivity timer does not run during writes.
+        clearTimeout(timer);
+        await flush();
+        arm();
+      }
     }
+    clearTimeout(timer);
     await flush();
   } catch (err) {
     if (err instanceof ColdstartError) throw err;

@@ -2,12 +2,12 @@ import { createHash } from "node:crypto";
 import { setMaxListeners } from "node:events";
 import { lstat, mkdir, open, readdir, readFile, realpath, rename, rm, stat } from "node:fs/promises";
 import { dirname, join, posix } from "node:path";
-import pLimit from "p-limit";
 import type { Logger } from "pino";
-import { ColdstartError, toColdstartError } from "../errors.js";
+import { ColdstartError, isColdstartError, toColdstartError } from "../errors.js";
+import { type Metrics, retryReason, type Stage } from "../metrics/metrics.js";
 import { isCrcAlgorithm, parseChecksumHeader } from "../s3/checksum.js";
 import type { ObjectChecksum, ObjectSource } from "../s3/object-source.js";
-import { describe, type RetryPolicy, withRetry } from "../s3/retry.js";
+import { describe, type RetryPolicy, toS3Error, withRetry } from "../s3/retry.js";
 import { readSafetensorsHeader, type SafetensorsHeader } from "../safetensors/header.js";
 import { checkIndexAgainstShards, parseSafetensorsIndex } from "../safetensors/index-json.js";
 import { freeBytes } from "../store/disk.js";
@@ -17,6 +17,7 @@ import { type ManifestFile, ManifestStore } from "../store/manifest.js";
 import { ioError, prepareTarget, STATE_DIR } from "../store/paths.js";
 import { downloadPart } from "./part-download.js";
 import { alignedBounds, type FilePlan, type Filters, planJob } from "./plan.js";
+import { SlotScheduler, type TaskOwner } from "./scheduler.js";
 import { verifyChecksum } from "./verify.js";
 
 export interface StageJobOptions {
@@ -26,17 +27,32 @@ export interface StageJobOptions {
   /** Destination directory (created if missing). */
   dest: string;
   partSizeBytes: number;
-  /** Ranged GETs (and HEADs) in flight at once across all files of the job. */
+  /**
+   * The download budget the job's ranged GETs and HEADs run under. The daemon shares one across all
+   * jobs; absent, the job makes its own of `concurrency` slots.
+   */
+  scheduler?: SlotScheduler;
+  /** Slots of the job's own scheduler when none is given. */
   concurrency: number;
+  /** Initial priority against other jobs on a shared scheduler (higher first); see `setPriority`. */
+  priority?: number;
+  /**
+   * Called before the free-space check with the bytes the job still needs and the bytes free: the
+   * daemon evicts least recently used models here (or throws CS_INSUFFICIENT_SPACE itself).
+   */
+  makeRoom?: (needBytes: number, freeBytes: number) => Promise<void>;
   filters: Filters;
   retry: RetryPolicy;
   requestTimeoutMs: number;
   signal?: AbortSignal;
   logger?: Logger;
+  /** Bytes received, retries by reason, and per-stage durations. */
+  metrics?: Metrics | undefined;
 }
 
 export interface StageProgress {
-  phase: "listing" | "downloading" | "done" | "failed";
+  /** downloading: parts in flight; verifying: every byte is in, last files being checked and committed. */
+  phase: "listing" | "downloading" | "verifying" | "done" | "failed";
   filesTotal: number;
   filesDone: number;
   bytesTotal: number;
@@ -66,15 +82,24 @@ const INDEX_SUFFIX = ".safetensors.index.json";
  * ETag, S3 checksum where one applies, safetensors header, index consistency), fsynced and renamed
  * into place. A journal of durable parts makes a restart after a crash fetch only what is missing.
  */
-export class StageJob {
+export class StageJob implements TaskOwner {
   readonly #o: StageJobOptions;
   readonly #p: StageProgress;
   readonly #abort = new AbortController();
+  readonly #scheduler: SlotScheduler;
+  #priority: number;
+  #partsLeft = 0;
+  #downloadStarted = 0;
+  /** Milliseconds spent verifying and committing files, observed once at the end. */
+  #verifyMs = 0;
+  #commitMs = 0;
   #root = "";
   #tmpDir = "";
 
   constructor(options: StageJobOptions) {
     this.#o = options;
+    this.#scheduler = options.scheduler ?? new SlotScheduler(options.concurrency);
+    this.#priority = options.priority ?? 0;
     this.#p = {
       phase: "listing",
       filesTotal: 0,
@@ -87,6 +112,31 @@ export class StageJob {
     };
   }
 
+  /** The job's priority on its scheduler (read whenever a slot frees). */
+  get priority(): number {
+    return this.#priority;
+  }
+
+  /** Raises or lowers the job's priority; takes effect for its parts still waiting for a slot. */
+  setPriority(priority: number): void {
+    this.#priority = priority;
+  }
+
+  /** Aborts the job: in-flight parts stop, journals keep what is durable. */
+  abort(reason?: unknown): void {
+    this.#abort.abort(reason);
+  }
+
+  #cancelQueued = () => {
+    const reason: unknown = this.#abort.signal.reason;
+    this.#scheduler.cancel(
+      this,
+      isColdstartError(reason)
+        ? reason
+        : new ColdstartError("CS_ABORTED", `cancelled: ${describe(reason)}`, { cause: reason }),
+    );
+  };
+
   /** A snapshot of the counters (cheap; poll it for progress display). */
   progress(): StageProgress {
     return { ...this.#p };
@@ -94,7 +144,9 @@ export class StageJob {
 
   async run(): Promise<StageResult> {
     // Every in-flight request listens on the job's signal (the SDK's and ours): that is not a leak.
-    setMaxListeners(4 * this.#o.concurrency + 16, this.#abort.signal);
+    setMaxListeners(4 * this.#scheduler.concurrency + 16, this.#abort.signal);
+    // Parts still waiting for a slot on a shared scheduler settle at once instead of when it frees.
+    this.#abort.signal.addEventListener("abort", this.#cancelQueued, { once: true });
     const outer = this.#o.signal;
     const onOuterAbort = () => this.#abort.abort(outer?.reason);
     if (outer?.aborted) onOuterAbort();
@@ -141,12 +193,14 @@ export class StageJob {
     const o = this.#o;
     const signal = this.#abort.signal;
     const source = `s3://${o.bucket}/${o.prefix}`;
+    const listStarted = Date.now();
     const files = await withRetry(
       o.retry,
       { key: source, action: "LIST" },
       () => planJob(o.source, o.bucket, o.prefix, o.filters, o.partSizeBytes, signal),
-      { signal, onRetry: this.#onRetry(source) },
+      { signal, onRetry: this.#onRetry(source, "list") },
     );
+    this.#observe("list", Date.now() - listStarted);
     if (files.length === 0) {
       throw new ColdstartError("CS_NO_OBJECTS", `no objects under ${source} match the filters`, {
         details: { key: o.prefix },
@@ -156,7 +210,7 @@ export class StageJob {
     this.#p.bytesTotal = files.reduce((n, f) => n + f.size, 0);
 
     const manifest = await ManifestStore.open(this.#root, source);
-    const limit = pLimit(o.concurrency);
+    const limit: Limit = (task) => this.#scheduler.run(this, task);
     const pending: FilePlan[] = [];
     for (const f of files) {
       if (await this.#alreadyStaged(f, manifest)) {
@@ -170,7 +224,9 @@ export class StageJob {
     const todo = opened.map((r) => (r as PromiseFulfilledResult<FileState>).value);
     await this.#checkSpace(todo);
 
-    this.#p.phase = "downloading";
+    this.#partsLeft = todo.reduce((n, f) => n + f.plan.bounds.length - 1 - f.done.size, 0);
+    this.#p.phase = this.#partsLeft > 0 ? "downloading" : "verifying";
+    this.#downloadStarted = Date.now();
     const headers = new Map<string, SafetensorsHeader>();
     try {
       const settled = await Promise.allSettled(
@@ -192,6 +248,8 @@ export class StageJob {
     }
     await manifest.close();
     await this.#removeOrphans(files);
+    this.#observe("verify", this.#verifyMs);
+    this.#observe("commit", this.#commitMs);
 
     this.#p.phase = "done";
     const seconds = (Date.now() - this.#p.startedAt) / 1000;
@@ -238,6 +296,9 @@ export class StageJob {
       }
       return { ...base, journal: loaded.journal, done: loaded.done };
     }
+    // The old journal goes first: a crash below must never leave it beside a fresh, zero-filled
+    // temp file whose size matches (a resume would trust zeros).
+    await rm(journalPath, { force: true });
     const fh = await open(tmpPath, "w").catch((e) => {
       throw ioError(e, `creating ${tmpPath}`, plan.key);
     });
@@ -268,7 +329,7 @@ export class StageJob {
       o.retry,
       { key: plan.key, action: "HEAD" },
       () => o.source.head(o.bucket, plan.key, signal),
-      { signal, onRetry: this.#onRetry(plan.key) },
+      { signal, onRetry: this.#onRetry(plan.key, "head") },
     );
     if (head.etag !== plan.etag || head.size !== plan.size) {
       throw new ColdstartError(
@@ -288,7 +349,14 @@ export class StageJob {
       return {};
     }
     const parts = parseChecksumHeader(checksum.value)?.parts;
-    const sizes = parts ? await o.source.partSizes(o.bucket, plan.key, signal) : undefined;
+    const sizes = parts
+      ? await withRetry(
+          o.retry,
+          { key: plan.key, action: "GetObjectAttributes" },
+          () => o.source.partSizes(o.bucket, plan.key, signal),
+          { signal, onRetry: this.#onRetry(plan.key, "head") },
+        )
+      : undefined;
     if (!sizes || sizes.length !== parts || sizes.reduce((a, b) => a + b, 0) !== plan.size) {
       o.logger?.info(
         { key: plan.key, checksum },
@@ -308,7 +376,11 @@ export class StageJob {
       for (const p of fs.done.keys())
         need -= (fs.plan.bounds[p + 1] as number) - (fs.plan.bounds[p] as number);
     }
-    const free = await freeBytes(this.#root);
+    let free = await freeBytes(this.#root);
+    if (this.#o.makeRoom) {
+      await this.#o.makeRoom(need, free);
+      free = await freeBytes(this.#root);
+    }
     // Temp files are sparse: space is taken as parts land, so the whole remainder must fit.
     if (need > free) {
       throw new ColdstartError(
@@ -319,7 +391,7 @@ export class StageJob {
     }
   }
 
-  async #download(fs: FileState, limit: ReturnType<typeof pLimit>): Promise<void> {
+  async #download(fs: FileState, limit: Limit): Promise<void> {
     const o = this.#o;
     const signal = this.#abort.signal;
     const { plan } = fs;
@@ -330,12 +402,14 @@ export class StageJob {
       sumAlgorithm = undefined;
       delete fs.checksum;
     }
-    await Promise.all(
+    // allSettled: a failed part must not let the job finish (and release its lock) while sibling
+    // parts of the file are still writing.
+    const settled = await Promise.allSettled(
       Array.from({ length: parts }, (_, p) => p)
         .filter((p) => !fs.done.has(p))
         .map((p) =>
           limit(async () => {
-            if (signal.aborted) throw signal.reason;
+            if (signal.aborted) throw toS3Error(signal.reason, plan.key, "GET");
             const entry = await downloadPart(
               {
                 bucket: o.bucket,
@@ -357,12 +431,17 @@ export class StageJob {
                 signal,
                 onBytes: (n) => {
                   this.#p.bytesDone += n;
+                  o.metrics?.downloadBytes.inc({ source: o.bucket }, n);
                 },
-                onRetry: this.#onRetry(plan.key),
+                onRetry: this.#onRetry(plan.key, "get"),
               },
             );
             await fs.journal?.record(entry, plan.key);
             fs.done.set(p, entry);
+            if (--this.#partsLeft === 0) {
+              this.#p.phase = "verifying";
+              this.#observe("download", Date.now() - this.#downloadStarted);
+            }
           }).catch((err) => {
             // First failure stops the job: a model with a missing file is not usable anyway, and the
             // journal keeps every finished part for the next run.
@@ -371,13 +450,20 @@ export class StageJob {
           }),
         ),
     );
+    throwFirst(settled);
   }
 
-  #onRetry(key: string) {
+  #onRetry(key: string, operation: "list" | "head" | "get") {
     return (err: unknown, attempt: number) => {
       this.#p.retries++;
-      this.#o.logger?.warn({ key, attempt, err: describe(err) }, "retrying");
+      const reason = retryReason(err);
+      this.#o.metrics?.s3Retries.inc({ operation, reason });
+      this.#o.logger?.warn({ key, attempt, reason, err: describe(err) }, "retrying");
     };
+  }
+
+  #observe(stage: Stage, ms: number): void {
+    this.#o.metrics?.stageDuration.observe({ stage }, ms / 1000);
   }
 
   /** Verifies a fully downloaded temp file and renames it into place, then records it. */
@@ -395,6 +481,7 @@ export class StageJob {
       });
     }
     const done = entries as JournalEntry[];
+    const verifyStarted = Date.now();
     const st = await stat(fs.tmpPath);
     if (st.size !== plan.size) {
       throw new ColdstartError(
@@ -405,8 +492,15 @@ export class StageJob {
         },
       );
     }
-    const checksum = fs.checksum ?? (done.length === 1 ? done[0]?.checksum : undefined);
-    if (checksum) verifyChecksum(plan, checksum, done, fs.partStarts);
+    const offered = fs.checksum ?? (done.length === 1 ? done[0]?.checksum : undefined);
+    // Only a checksum the bytes were actually checked against goes into the manifest.
+    const checksum = offered && verifyChecksum(plan, offered, done, fs.partStarts) ? offered : undefined;
+    if (offered && !checksum) {
+      this.#o.logger?.warn(
+        { key: plan.key, checksum: offered },
+        "S3 checksum could not be checked (values missing)",
+      );
+    }
 
     if (plan.relPath.endsWith(".safetensors")) {
       headers.set(plan.relPath, await readSafetensorsHeader(fs.tmpPath, plan.key));
@@ -414,6 +508,8 @@ export class StageJob {
       await this.#checkIndex(fs, headers, allFiles);
     }
 
+    const commitStarted = Date.now();
+    this.#verifyMs += commitStarted - verifyStarted;
     const target = await prepareTarget(this.#root, plan.segments, plan.key);
     try {
       const fh = await open(fs.tmpPath, "r+");
@@ -422,12 +518,13 @@ export class StageJob {
       } finally {
         await fh.close();
       }
+      // Journal before rename: a journal must never outlive its temp file (see #openFile).
+      await fs.journal?.remove();
       await rename(fs.tmpPath, target);
       await syncDir(dirname(target));
     } catch (e) {
       throw ioError(e as NodeJS.ErrnoException, `committing ${target}`, plan.key);
     }
-    await fs.journal?.remove();
     const pieces = done.map((e) => e.sha256);
     const entry: ManifestFile = {
       key: plan.key,
@@ -442,6 +539,7 @@ export class StageJob {
       stagedAt: new Date().toISOString(),
     };
     await manifest.put(plan.relPath, entry);
+    this.#commitMs += Date.now() - commitStarted;
     this.#p.filesDone++;
   }
 
@@ -476,6 +574,8 @@ export class StageJob {
     }
   }
 }
+
+type Limit = <T>(task: () => Promise<T>) => Promise<T>;
 
 interface FileState {
   plan: FilePlan;

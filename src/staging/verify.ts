@@ -11,16 +11,17 @@ import type { FilePlan } from "./plan.js";
  *   (CRC(A‖B) from CRC(A), CRC(B) and len(B));
  * - COMPOSITE (`…-N`): each S3 part's value (its ranges' CRCs combined, or its one SHA range), then
  *   the checksum of the concatenated part values, as S3 computes it.
- * Returns without judging when the values needed are missing (a resumed file journaled without them).
+ * Returns true when checked and equal, false when it could not judge (values missing: a resumed
+ * file journaled without them), and throws CS_CHECKSUM_MISMATCH when they differ.
  */
 export function verifyChecksum(
   plan: FilePlan,
   checksum: ObjectChecksum,
   ranges: JournalEntry[],
   partStarts?: number[],
-): void {
+): boolean {
   const expected = parseChecksumHeader(checksum.value);
-  if (!expected || ranges.some((r) => r.sum === undefined)) return;
+  if (!expected || ranges.some((r) => r.sum === undefined)) return false;
   const { algorithm } = checksum;
   const rangeValue = (i: number): Buffer => Buffer.from(ranges[i]?.sum as string, "base64");
   const rangeLength = (i: number) => (plan.bounds[i + 1] as number) - (plan.bounds[i] as number);
@@ -38,18 +39,19 @@ export function verifyChecksum(
   if (checksum.type === "FULL_OBJECT") {
     actual = over(0, ranges.length);
   } else {
-    if (!partStarts || expected.parts !== partStarts.length) return;
+    if (!partStarts || expected.parts !== partStarts.length) return false;
     const firstRange = partStarts.map((start) => plan.bounds.indexOf(start));
-    if (firstRange.some((i) => i < 0)) return;
+    if (firstRange.some((i) => i < 0)) return false;
     const values: Buffer[] = [];
     for (const [p, from] of firstRange.entries()) {
       const v = over(from, firstRange[p + 1] ?? ranges.length);
-      if (!v) return;
+      if (!v) return false;
       values.push(v);
     }
     actual = compositeOf(algorithm, values);
   }
-  if (actual && !actual.equals(expected.raw)) {
+  if (!actual) return false;
+  if (!actual.equals(expected.raw)) {
     const shown = `${actual.toString("base64")}${checksum.type === "COMPOSITE" ? `-${expected.parts}` : ""}`;
     throw new ColdstartError(
       "CS_CHECKSUM_MISMATCH",
@@ -57,4 +59,5 @@ export function verifyChecksum(
       { details: { key: plan.key } },
     );
   }
+  return true;
 }

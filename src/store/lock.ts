@@ -1,33 +1,96 @@
-import { open, readFile, rm } from "node:fs/promises";
+import { randomUUID } from "node:crypto";
+import { link, readFile, rename, rm, stat, utimes, writeFile } from "node:fs/promises";
+import { hostname } from "node:os";
 import { ColdstartError } from "../errors.js";
 import { ioError } from "./paths.js";
 
+/** A holder refreshes the lock's mtime this often… */
+const HEARTBEAT_MS = 5_000;
+/** …so a lock untouched for this long has no live holder anywhere (another pod, another pid namespace). */
+const STALE_MS = 30_000;
+
+interface LockInfo {
+  pid: number;
+  host: string;
+  nonce: string;
+}
+
+/** Locks held by this process: a second job on the same destination must not share its temp files. */
+const heldHere = new Set<string>();
+
 /**
- * An exclusive lock on a destination: a file holding the owner's pid, created with O_EXCL. A lock
- * left by a process that no longer exists (SIGKILL, crash) is taken over, so resume just works.
+ * An exclusive lock on a destination. The lock file is written whole under a temporary name and
+ * link()ed into place, so it never exists half-written and exactly one contender creates it. A lock
+ * is taken over when its holder is provably gone: the same host (pod) and a pid that no longer runs
+ * (a crash or SIGKILL: resume is immediate), or no heartbeat for STALE_MS (a holder we cannot see,
+ * e.g. a dead pod sharing the hostPath). Release removes the lock only if it is still ours.
  */
 export async function acquireLock(path: string): Promise<() => Promise<void>> {
-  for (let tries = 0; tries < 3; tries++) {
-    try {
-      const fh = await open(path, "wx");
-      await fh.writeFile(String(process.pid));
-      await fh.close();
-      return async () => {
-        await rm(path, { force: true });
-      };
-    } catch (e) {
-      const err = e as NodeJS.ErrnoException;
-      if (err.code !== "EEXIST") throw ioError(err, `creating lock ${path}`);
-      const pid = Number.parseInt(await readFile(path, "utf8").catch(() => ""), 10);
-      if (Number.isInteger(pid) && pid > 0 && pid !== process.pid && isAlive(pid)) {
-        throw new ColdstartError("CS_DEST_LOCKED", `another coldstart process (pid ${pid}) holds ${path}`, {
-          details: { value: pid },
-        });
-      }
-      await rm(path, { force: true });
-    }
+  if (heldHere.has(path)) {
+    throw new ColdstartError("CS_DEST_LOCKED", `${path} is held by another job in this process`, {
+      details: { value: path },
+    });
   }
-  throw new ColdstartError("CS_DEST_LOCKED", `could not take ${path}: it keeps reappearing`);
+  const me: LockInfo = { pid: process.pid, host: hostname(), nonce: randomUUID() };
+  const tmp = `${path}.${me.nonce}`;
+  await writeFile(tmp, JSON.stringify(me)).catch((e) => {
+    throw ioError(e, `creating lock ${path}`);
+  });
+  try {
+    for (let tries = 0; ; tries++) {
+      try {
+        await link(tmp, path);
+        break;
+      } catch (e) {
+        const err = e as NodeJS.ErrnoException;
+        if (err.code !== "EEXIST") throw ioError(err, `creating lock ${path}`);
+      }
+      const holder = await readHolder(path);
+      if (tries >= 3 || !(await isStale(path, holder))) {
+        throw new ColdstartError(
+          "CS_DEST_LOCKED",
+          holder
+            ? `another coldstart process (pid ${holder.pid} on ${holder.host}) holds ${path}`
+            : `${path} is held by another coldstart process`,
+          { details: { value: holder?.pid } },
+        );
+      }
+      // Move the stale lock aside atomically: of several contenders only one rename succeeds.
+      await rename(path, `${path}.stale.${me.nonce}`).catch(() => {});
+      await rm(`${path}.stale.${me.nonce}`, { force: true });
+    }
+  } finally {
+    await rm(tmp, { force: true });
+  }
+  heldHere.add(path);
+  const heartbeat = setInterval(() => {
+    const now = new Date();
+    utimes(path, now, now).catch(() => {});
+  }, HEARTBEAT_MS);
+  heartbeat.unref();
+  return async () => {
+    clearInterval(heartbeat);
+    heldHere.delete(path);
+    const holder = await readHolder(path);
+    if (holder?.nonce === me.nonce) await rm(path, { force: true });
+  };
+}
+
+async function readHolder(path: string): Promise<LockInfo | undefined> {
+  try {
+    return JSON.parse(await readFile(path, "utf8")) as LockInfo;
+  } catch {
+    return undefined;
+  }
+}
+
+async function isStale(path: string, holder: LockInfo | undefined): Promise<boolean> {
+  // Same host: a dead pid is a crashed holder; our own pid is a previous incarnation of this process
+  // (PID 1 of a restarted container), since locks this process holds are in heldHere.
+  if (holder && holder.host === hostname() && (holder.pid === process.pid || !isAlive(holder.pid)))
+    return true;
+  const st = await stat(path).catch(() => undefined);
+  return st === undefined || Date.now() - st.mtimeMs > STALE_MS;
 }
 
 function isAlive(pid: number): boolean {

@@ -350,7 +350,7 @@ describe("composite checksums of multipart objects", () => {
 
     await stage(s3, { bucket, prefix: "m/", dest, endpoint: fx.proxy.url, partSizeBytes: 2 * MiB });
 
-    expect(rangesOf("w.bin")).toEqual([
+    expect(rangesOf("w.bin").sort((a, b) => (a[0] as number) - (b[0] as number))).toEqual([
       [0, MB5 - 1],
       [MB5, 2 * MB5 - 1],
       [2 * MB5, body.length - 1],
@@ -469,6 +469,91 @@ describe("faults at the network seam", () => {
 
     expect(result.retries).toBeGreaterThanOrEqual(1);
     expect(sha256(await readFile(join(dest, "w.bin")))).toBe(sha256(body));
+  });
+});
+
+describe("regressions from review", () => {
+  it("a second job on the same destination is refused while the first runs (lock was not exclusive)", async () => {
+    const bucket = await freshBucket(fx.client);
+    const body = randomBytes(4 * MiB);
+    await putFiles(fx.client, bucket, "m/", [file("w.bin", body)]);
+    fx.proxy.addRule({ match: { method: "GET", hasRange: true }, action: { kind: "delay", ms: 200 } });
+    const first = stage(s3, { bucket, prefix: "m/", dest, endpoint: fx.proxy.url, concurrency: 1 });
+    await new Promise((r) => setTimeout(r, 100));
+    await expectCode(stage(s3, { bucket, prefix: "m/", dest, endpoint: fx.proxy.url }), "CS_DEST_LOCKED");
+    await first;
+    expect(sha256(await readFile(join(dest, "w.bin")))).toBe(sha256(body));
+  });
+
+  it("cancelling with parts still queued reports CS_ABORTED (was CS_INTERNAL)", async () => {
+    const bucket = await freshBucket(fx.client);
+    await putFiles(fx.client, bucket, "m/", [
+      file("a.bin", randomBytes(3 * MiB)),
+      file("b.bin", randomBytes(3 * MiB)),
+    ]);
+    fx.proxy.addRule({ match: { method: "GET", hasRange: true }, action: { kind: "delay", ms: 400 } });
+    const abort = new AbortController();
+    setTimeout(() => abort.abort(Object.assign(new Error("received SIGINT"), { name: "AbortError" })), 200);
+    await expectCode(
+      stage(s3, { bucket, prefix: "m/", dest, endpoint: fx.proxy.url, concurrency: 1, signal: abort.signal }),
+      "CS_ABORTED",
+    );
+    expect(await listTree(dest)).toEqual([]);
+  });
+
+  it("attempts that resumed forward do not exhaust the retry budget (a long part gave up)", async () => {
+    const bucket = await freshBucket(fx.client);
+    const body = randomBytes(4 * MiB);
+    await putFiles(fx.client, bucket, "m/", [file("w.bin", body)]);
+    fx.proxy.addRule({
+      match: { method: "GET", path: "w.bin" },
+      times: 3,
+      action: { kind: "reset", afterBytes: 300_000 },
+    });
+    const result = await stage(s3, {
+      bucket,
+      prefix: "m/",
+      dest,
+      endpoint: fx.proxy.url,
+      partSizeBytes: 4 * MiB,
+      maxAttempts: 3,
+    });
+    expect(result.retries).toBe(3);
+    expect(sha256(await readFile(join(dest, "w.bin")))).toBe(sha256(body));
+  });
+
+  it("one 503 on GetObjectAttributes is retried, not taken as 'no parts' (verification was skipped)", async () => {
+    const bucket = await freshBucket(fx.client);
+    const body = randomBytes(2 * 5 * MiB + 10);
+    await putMultipart(fx.client, bucket, "m/w.bin", body, 5 * MiB);
+    fx.proxy.addRule({
+      match: { method: "HEAD", path: "w.bin" },
+      action: {
+        kind: "headers",
+        set: { "x-amz-checksum-crc32": "AAAAAA==-3", "x-amz-checksum-type": "COMPOSITE" },
+      },
+    });
+    fx.proxy.addRule({
+      match: { method: "GET", path: "w.bin", predicate: (r) => r.query.includes("attributes") },
+      times: 1,
+      action: { kind: "status", status: 503, code: "SlowDown" },
+    });
+    const sizes = [5 * MiB, 5 * MiB, 10].map(
+      (n, i) => `<Part><PartNumber>${i + 1}</PartNumber><Size>${n}</Size></Part>`,
+    );
+    fx.proxy.addRule({
+      match: { method: "GET", path: "w.bin", predicate: (r) => r.query.includes("attributes") },
+      action: {
+        kind: "status",
+        status: 200,
+        headers: { "content-type": "application/xml" },
+        body: `<GetObjectAttributesResponse><ObjectParts><IsTruncated>false</IsTruncated>${sizes.join("")}</ObjectParts></GetObjectAttributesResponse>`,
+      },
+    });
+    await expectCode(
+      stage(s3, { bucket, prefix: "m/", dest, endpoint: fx.proxy.url, partSizeBytes: 2 * MiB }),
+      "CS_CHECKSUM_MISMATCH",
+    );
   });
 });
 
