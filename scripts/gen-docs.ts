@@ -1,9 +1,9 @@
-// Regenerates the options reference in docs/configuration.md from the config schema (`npm run docs`).
+// Regenerates the options reference in docs/config.md from the config schema (`npm run docs`).
 import { readFile, writeFile } from "node:fs/promises";
 import { resolve } from "node:path";
 import { renderOptionsReference } from "../src/config/docs.js";
 
-const path = resolve(import.meta.dirname, "../docs/configuration.md");
+const path = resolve(import.meta.dirname, "../docs/config.md");
 const doc = await readFile(path, "utf8");
 const [head, rest] = doc.split("<!-- options:begin -->");
 const tail = rest?.split("<!-- options:end -->")[1];

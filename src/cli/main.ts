@@ -1,7 +1,9 @@
 import { readFileSync } from "node:fs";
 import { Command, CommanderError } from "commander";
 import { ColdstartError, toColdstartError } from "../errors.js";
+import { daemonCommand } from "./daemon-command.js";
 import { pullCommand } from "./pull-command.js";
+import { waitCommand } from "./wait-command.js";
 
 /** Process exit codes: stable, documented in docs/cli.md. */
 export const EXIT = { ok: 0, failed: 1, usage: 2, interrupted: 130 } as const;
@@ -18,7 +20,12 @@ export async function run(argv: string[]): Promise<number> {
     .exitOverride()
     .showHelpAfterError("(run with --help for usage)");
   let code: number = EXIT.ok;
-  program.addCommand(pullCommand((c) => (code = c)));
+  const setExit = (c: number) => {
+    code = c;
+  };
+  program.addCommand(pullCommand(setExit));
+  program.addCommand(daemonCommand(setExit));
+  program.addCommand(waitCommand(setExit));
   try {
     await program.parseAsync(argv);
     return code;

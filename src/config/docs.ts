@@ -1,6 +1,6 @@
 import { listOptions } from "./load.js";
 
-/** The options reference in docs/configuration.md, generated from the schema so the two never drift. */
+/** The options reference in docs/config.md, generated from the schema so the two never drift. */
 export function renderOptionsReference(): string {
   let out = "";
   for (const { name, spec } of listOptions()) {

@@ -78,6 +78,11 @@ export function loadConfig(sources: ConfigSources = {}): Config {
   return deepFreeze(out) as Config;
 }
 
+/** The process environment, for code that must hand it to a library (in-cluster Kubernetes config). */
+export function environment(): Readonly<Record<string, string | undefined>> {
+  return process.env;
+}
+
 /** The one place that reads the process environment. */
 export function loadConfigFromProcess(flags?: ReadonlyMap<OptionName, unknown>): Config {
   return loadConfig({ env: process.env, ...(flags ? { flags } : {}) });

@@ -1,10 +1,11 @@
 import bytes from "bytes-iec";
+import ms from "ms";
 import { z } from "zod";
 
 /**
  * The one config schema. Each option lists, side by side, its type (a zod schema that also coerces
  * strings from env and flags), default, unit (in the name), environment variables (first set wins),
- * CLI flag and help. docs/configuration.md documents every option; a test keeps the two in step.
+ * CLI flag and help. docs/config.md documents every option; a test keeps the two in step.
  */
 export interface OptionSpec<S extends z.ZodType = z.ZodType> {
   /** Validates and coerces a raw value (string from env/flag, or a typed default). */
@@ -36,6 +37,24 @@ const byteSize = z.union([z.number(), z.string()]).transform((v, ctx) => {
   }
   return n;
 });
+
+/** A duration: milliseconds, or a string with a unit (`15m`, `30s`, `1h`). */
+const duration = z.union([z.number(), z.string()]).transform((v, ctx) => {
+  const n = typeof v === "number" ? v : /^\d+$/.test(v.trim()) ? Number(v) : ms(v.trim() as ms.StringValue);
+  if (n === undefined || !Number.isSafeInteger(n) || n < 0) {
+    ctx.addIssue({
+      code: "custom",
+      message: `expected a duration like 15m, 30s or 1500 (ms), got ${JSON.stringify(v)}`,
+    });
+    return z.NEVER;
+  }
+  return n;
+});
+
+/** host:port for a TCP listener. */
+const hostPort = z
+  .string()
+  .regex(/^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5}$/, "expected host:port, e.g. 127.0.0.1:8476");
 
 const boolish = z.union([z.boolean(), z.enum(["true", "false", "1", "0", "yes", "no"])]).transform((v) => {
   return typeof v === "boolean" ? v : v === "true" || v === "1" || v === "yes";
@@ -138,6 +157,177 @@ export const schema = {
       env: ["COLDSTART_RETRY_MAX_DELAY_MS"],
       flag: "--retry-max-delay-ms <ms>",
       help: "Cap of the backoff between attempts.",
+    }),
+  },
+  daemon: {
+    root: option({
+      schema: z.string().min(1).startsWith("/", "must be an absolute path"),
+      default: "/var/lib/coldstart",
+      env: ["COLDSTART_ROOT"],
+      flag: "--root <dir>",
+      help: "Staging root on the node's NVMe; models live at <root>/models/<id>/ (the same path on every node).",
+    }),
+    listen: option({
+      schema: hostPort,
+      default: "127.0.0.1:8476",
+      env: ["COLDSTART_LISTEN"],
+      flag: "--listen <host:port>",
+      help: "TCP listener of the HTTP API. Every /v1 call on it needs a bearer token (unless daemon.auth is none).",
+    }),
+    metricsListen: option({
+      schema: hostPort,
+      default: "127.0.0.1:9476",
+      env: ["COLDSTART_METRICS_LISTEN"],
+      flag: "--metrics-listen <host:port>",
+      help: "Separate listener serving only /metrics, /livez and /readyz (no auth; nothing to mutate).",
+    }),
+    socketPath: option({
+      schema: z.string().min(1).startsWith("/", "must be an absolute path"),
+      default: "/run/coldstart/coldstart.sock",
+      env: ["COLDSTART_SOCKET"],
+      flag: "--socket <path>",
+      help: "Unix socket for the node-local init-container handshake (mode 0660, directory created if missing).",
+    }),
+    auth: option({
+      schema: z.enum(["token", "none"]),
+      default: "token",
+      env: ["COLDSTART_AUTH"],
+      flag: "--auth <mode>",
+      help: "token: /v1 calls on TCP need `Authorization: Bearer <token>`; none: local demos only, refused on a non-loopback listener.",
+    }),
+    tokenFile: option({
+      schema: z.string().min(1).optional(),
+      default: undefined,
+      env: ["COLDSTART_TOKEN_FILE"],
+      flag: "--token-file <path>",
+      help: "File of accepted API tokens, one per line (a mounted Secret); reloaded when it changes.",
+    }),
+    bodyLimitBytes: option({
+      schema: byteSize.pipe(
+        z
+          .number()
+          .int()
+          .min(1024)
+          .max(1024 * 1024),
+      ),
+      default: 64 * 1024,
+      env: ["COLDSTART_BODY_LIMIT"],
+      flag: "--body-limit <size>",
+      help: "Largest accepted request body; larger ones are refused with 413.",
+    }),
+    shutdownGraceMs: option({
+      schema: duration,
+      default: 25_000,
+      env: ["COLDSTART_SHUTDOWN_GRACE"],
+      flag: "--shutdown-grace <duration>",
+      help: "On SIGTERM, how long in-flight parts may run to completion before the daemon aborts them (journals keep the rest).",
+    }),
+  },
+  sources: {
+    allow: option({
+      schema: stringList,
+      default: [],
+      env: ["COLDSTART_SOURCES_ALLOW"],
+      flag: "--allow-source <pattern>",
+      repeatable: true,
+      help: "Sources the daemon may fetch from, as globs on s3://bucket/prefix/ (e.g. s3://models/meta-llama/**). Empty: nothing is allowed.",
+    }),
+  },
+  eviction: {
+    maxBytes: option({
+      schema: byteSize.pipe(z.number().int().min(0)),
+      default: 0,
+      env: ["COLDSTART_EVICTION_MAX_BYTES"],
+      flag: "--max-bytes <size>",
+      help: "Byte budget for staged models (0: no budget, watermarks only).",
+    }),
+    highWatermarkPercent: option({
+      schema: int(1, 100),
+      default: 90,
+      env: ["COLDSTART_EVICTION_HIGH_WATERMARK"],
+      flag: "--high-watermark <percent>",
+      help: "Disk use of the staging filesystem above which least recently used models are evicted.",
+    }),
+    lowWatermarkPercent: option({
+      schema: int(0, 100),
+      default: 80,
+      env: ["COLDSTART_EVICTION_LOW_WATERMARK"],
+      flag: "--low-watermark <percent>",
+      help: "Eviction stops once disk use is back under this percentage.",
+    }),
+    inUseGraceMs: option({
+      schema: duration,
+      default: 10 * 60_000,
+      env: ["COLDSTART_IN_USE_GRACE"],
+      flag: "--in-use-grace <duration>",
+      help: "A model handed to a pod (coldstart wait) is not evicted for this long afterwards.",
+    }),
+  },
+  kube: {
+    nodeName: option({
+      schema: z.string().min(1).max(253).optional(),
+      default: undefined,
+      env: ["COLDSTART_NODE_NAME", "NODE_NAME"],
+      flag: "--node-name <name>",
+      help: "This node's name (downward API). With in-cluster credentials, enables node labels for ready models.",
+    }),
+    labels: option({
+      schema: z.enum(["auto", "on", "off"]),
+      default: "auto",
+      env: ["COLDSTART_NODE_LABELS"],
+      flag: "--node-labels <mode>",
+      help: "auto: label the node when a node name and Kubernetes credentials are present; on: refuse to start without them; off: never.",
+    }),
+    kubeconfig: option({
+      schema: z.string().min(1).optional(),
+      default: undefined,
+      env: ["COLDSTART_KUBECONFIG"],
+      flag: "--kubeconfig <path>",
+      help: "Kubeconfig to use instead of the in-cluster service account (outside a cluster, for tests).",
+    }),
+  },
+  wait: {
+    source: option({
+      schema: z.string().min(1).optional(),
+      default: undefined,
+      env: ["COLDSTART_WAIT_SOURCE"],
+      flag: "--source <uri>",
+      help: "s3://bucket/prefix/ of the model: stage it on demand if the daemon does not hold it.",
+    }),
+    socket: option({
+      schema: z.string().min(1).optional(),
+      default: undefined,
+      env: ["COLDSTART_WAIT_SOCKET"],
+      flag: "--socket <path>",
+      help: "The daemon's unix socket (default /run/coldstart/coldstart.sock unless --url is given).",
+    }),
+    url: option({
+      schema: z.url({ protocol: /^https?$/ }).optional(),
+      default: undefined,
+      env: ["COLDSTART_WAIT_URL"],
+      flag: "--url <url>",
+      help: "The daemon's TCP API instead of the socket (needs --token-file).",
+    }),
+    tokenFile: option({
+      schema: z.string().min(1).optional(),
+      default: undefined,
+      env: ["COLDSTART_WAIT_TOKEN_FILE"],
+      flag: "--token-file <path>",
+      help: "File whose first line is the bearer token for --url.",
+    }),
+    timeoutMs: option({
+      schema: duration,
+      default: 15 * 60_000,
+      env: ["COLDSTART_WAIT_TIMEOUT"],
+      flag: "--timeout <duration>",
+      help: "Give up (exit 3) if the model is not ready by then; also bounds retries while the daemon starts.",
+    }),
+    envFile: option({
+      schema: z.string().min(1).optional(),
+      default: undefined,
+      env: ["COLDSTART_WAIT_ENV_FILE"],
+      flag: "--env-file <path>",
+      help: "Write COLDSTART_MODEL_PATH=… there for the main container to source.",
     }),
   },
   log: {

@@ -1,47 +1,16 @@
-import { type ChildProcess, spawn } from "node:child_process";
 import { readdir } from "node:fs/promises";
-import { join, resolve } from "node:path";
+import { join } from "node:path";
 import { describe, expect, it } from "vitest";
+import { finish, coldstart as spawnColdstart } from "../support/processes.js";
 import { freshBucket, putFiles } from "../support/s3.js";
 import { useS3Fixture } from "../support/s3-fixture.js";
 import { digests, expectedDigests } from "../support/stage.js";
 import { syntheticModel } from "../support/synthetic-model.js";
 
 const MiB = 1024 * 1024;
-const root = resolve(import.meta.dirname, "../..");
 const fx = useS3Fixture("cs-cli-");
 const { s3 } = fx;
-
-/** The real `coldstart` command as a child process (TypeScript sources through tsx). */
-function coldstart(args: string[], env: Record<string, string> = {}): ChildProcess {
-  return spawn(process.execPath, ["--import", "tsx", join(root, "src/cli/bin.ts"), ...args], {
-    cwd: root,
-    env: {
-      PATH: process.env.PATH ?? "",
-      HOME: process.env.HOME ?? "/root",
-      AWS_ACCESS_KEY_ID: s3.accessKeyId,
-      AWS_SECRET_ACCESS_KEY: s3.secretAccessKey,
-      AWS_REGION: s3.region,
-      ...env,
-    },
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-}
-
-interface Outcome {
-  code: number | null;
-  signal: NodeJS.Signals | null;
-  stdout: string;
-  stderr: string;
-}
-
-function finish(child: ChildProcess): Promise<Outcome> {
-  let stdout = "";
-  let stderr = "";
-  child.stdout?.on("data", (d) => (stdout += d));
-  child.stderr?.on("data", (d) => (stderr += d));
-  return new Promise((done) => child.on("close", (code, signal) => done({ code, signal, stdout, stderr })));
-}
+const coldstart = (args: string[], env: Record<string, string> = {}) => spawnColdstart(args, s3, env);
 
 const lastJson = (out: string) => JSON.parse(out.trim().split("\n").at(-1) ?? "null");
 

@@ -60,8 +60,8 @@ describe("config", () => {
     );
   });
 
-  it("is documented: docs/configuration.md holds the reference generated from the schema", async () => {
-    const doc = await readFile(resolve(import.meta.dirname, "../../docs/configuration.md"), "utf8");
+  it("is documented: docs/config.md holds the reference generated from the schema", async () => {
+    const doc = await readFile(resolve(import.meta.dirname, "../../docs/config.md"), "utf8");
     expect(doc).toContain(`<!-- options:begin -->\n${renderOptionsReference()}<!-- options:end -->`);
   });
 });

@@ -1,0 +1,206 @@
+import Fastify, { type FastifyReply, type FastifyRequest } from "fastify";
+import type { Logger } from "pino";
+import { ColdstartError, isColdstartError, toColdstartError } from "../errors.js";
+import type { Metrics } from "../metrics/metrics.js";
+import type { ModelManager, ModelRequest } from "../models/model-manager.js";
+import type { TokenFile } from "./auth.js";
+import { fastifyCodes, httpStatusOf } from "./http-errors.js";
+
+/** Which listener an app serves: the authenticated TCP API, or the node-local handshake socket. */
+export type Surface = "tcp" | "socket";
+
+export interface AppDeps {
+  manager: ModelManager;
+  logger: Logger;
+  metrics?: Metrics;
+  /** Accepted bearer tokens; undefined means `daemon.auth: none` (local demos only). */
+  tokens: TokenFile | undefined;
+  bodyLimitBytes: number;
+  /** True once the store is loaded and the daemon is not draining. */
+  isReady: () => boolean;
+}
+
+const MAX_WAIT_SECONDS = 300;
+
+const modelBody = {
+  type: "object",
+  additionalProperties: false,
+  required: ["source"],
+  properties: {
+    source: { type: "string", minLength: 1, maxLength: 2048 },
+    include: { type: "array", maxItems: 100, items: { type: "string", minLength: 1, maxLength: 512 } },
+    exclude: { type: "array", maxItems: 100, items: { type: "string", minLength: 1, maxLength: 512 } },
+    pin: { type: "boolean" },
+  },
+} as const;
+
+const patchBody = {
+  type: "object",
+  additionalProperties: false,
+  required: ["pin"],
+  properties: { pin: { type: "boolean" } },
+} as const;
+
+/**
+ * The HTTP API v1 (docs/api.md), not listening: main.ts listens. Model ids may contain "/": in a path
+ * they are sent percent-encoded (`meta-llama%2FLlama-3.1-8B`) or raw; a trailing raw `/ready` is the
+ * long-poll, so a model whose last segment is "ready" must be addressed encoded.
+ */
+export function buildApp(deps: AppDeps, surface: Surface) {
+  const app = Fastify({
+    loggerInstance: deps.logger.child({ component: "api", surface }),
+    bodyLimit: deps.bodyLimitBytes,
+    // Strict bodies: unknown fields are an error, not silently dropped; no "true" -> true coercion.
+    ajv: {
+      customOptions: { removeAdditional: false, coerceTypes: false, useDefaults: false, allErrors: false },
+    },
+    return503OnClosing: true,
+    // close() must not wait out long-polls (up to 300 s): waiters reconnect to the next daemon.
+    forceCloseConnections: true,
+  });
+
+  // JSON only: anything else is 415, not a string handed to the schema.
+  app.removeContentTypeParser("text/plain");
+
+  app.setErrorHandler((err, req, reply) => {
+    const e = asCatalogError(err);
+    const status = httpStatusOf[e.code] ?? 500;
+    if (status >= 500) req.log.error({ code: e.code, err: e.message }, "request failed");
+    reply.code(status).send({ error: { code: e.code, message: e.message } });
+  });
+  app.setNotFoundHandler((req, reply) => {
+    reply.code(404).send({
+      error: { code: "CS_REQUEST_INVALID", message: `no route ${req.method} ${req.url.split("?")[0]}` },
+    });
+  });
+  app.addHook("onResponse", async (req, reply) => {
+    deps.metrics?.httpRequests.inc({
+      route: req.routeOptions.url ?? "unmatched",
+      method: req.method,
+      status: String(reply.statusCode),
+    });
+  });
+
+  // Authorization: every /v1 call on TCP needs a token; on the socket only the handshake is free.
+  app.addHook("onRequest", async (req) => {
+    if (!req.url.startsWith("/v1/")) return;
+    if (surface === "socket" && isHandshake(req)) return;
+    if (!deps.tokens) return;
+    const m = /^Bearer ([^\s]+)$/.exec(req.headers.authorization ?? "");
+    if (!m?.[1] || !deps.tokens.accepts(m[1])) {
+      throw new ColdstartError(
+        "CS_UNAUTHORIZED",
+        "missing or invalid bearer token (Authorization: Bearer <token>)",
+      );
+    }
+  });
+
+  app.get("/livez", async () => ({ status: "ok" }));
+  app.get("/readyz", async (_req, reply) => {
+    if (!deps.isReady()) return reply.code(503).send({ status: "not ready" });
+    return { status: "ok" };
+  });
+  app.get("/metrics", async (_req, reply) => {
+    if (!deps.metrics) return reply.code(404).send();
+    reply.header("content-type", deps.metrics.registry.contentType);
+    return deps.metrics.registry.metrics();
+  });
+
+  app.get("/v1/models", async () => ({ models: deps.manager.list() }));
+  app.get("/v1/node", async () => ({ disk: await deps.manager.disk() }));
+
+  app.put<{ Body: ModelRequest }>("/v1/models/*", { schema: { body: modelBody } }, async (req, reply) => {
+    const { id } = parseModelPath(req);
+    const { status, created } = await deps.manager.request(id, req.body, { waited: surface === "socket" });
+    return reply.code(status.state === "ready" && !created ? 200 : 202).send(status);
+  });
+
+  app.patch<{ Body: { pin: boolean } }>("/v1/models/*", { schema: { body: patchBody } }, async (req) => {
+    return deps.manager.setPin(parseModelPath(req).id, req.body.pin);
+  });
+
+  app.delete("/v1/models/*", async (req, reply) => {
+    await deps.manager.remove(parseModelPath(req).id);
+    return reply.code(204).send();
+  });
+
+  app.get("/v1/models/*", async (req, reply) => {
+    const { id, ready } = parseModelPath(req, true);
+    if (!ready) return deps.manager.get(id);
+    return longPoll(deps, req, reply, id);
+  });
+
+  return app;
+}
+
+async function longPoll(deps: AppDeps, req: FastifyRequest, reply: FastifyReply, id: string) {
+  const raw = (req.query as Record<string, unknown>).timeoutSeconds ?? "30";
+  const timeoutSeconds = Number(raw);
+  if (typeof raw !== "string" || !/^\d+$/.test(raw) || timeoutSeconds > MAX_WAIT_SECONDS) {
+    throw new ColdstartError(
+      "CS_REQUEST_INVALID",
+      `timeoutSeconds must be a whole number from 0 to ${MAX_WAIT_SECONDS}, got ${JSON.stringify(raw)}`,
+      { details: { field: "timeoutSeconds", value: raw } },
+    );
+  }
+  const started = Date.now();
+  // The client going away ends the wait (and lowers the model's priority again).
+  const gone = new AbortController();
+  req.raw.socket.once("close", () => gone.abort());
+  const { outcome, status } = await deps.manager.waitReady(id, timeoutSeconds * 1000, gone.signal);
+  deps.metrics?.handshakeWaitDuration.observe((Date.now() - started) / 1000);
+  if (outcome === "ready") {
+    deps.metrics?.handshakeWaits.inc({ outcome: "ready" });
+    await deps.manager.markInUse(id);
+    return reply.code(200).send(deps.manager.get(id));
+  }
+  if (outcome === "failed") {
+    deps.metrics?.handshakeWaits.inc({ outcome: "failed" });
+    const cause = status.error;
+    return reply.code(409).send({
+      error: {
+        code: "CS_MODEL_FAILED",
+        message: `staging ${id} failed: ${cause ? `${cause.code}: ${cause.message}` : "unknown error"}`,
+        cause,
+      },
+      status,
+    });
+  }
+  deps.metrics?.handshakeWaits.inc({ outcome: "timeout" });
+  return reply
+    .code(503)
+    .header("retry-after", "5")
+    .send({ ...status, error: undefined, waitedSeconds: timeoutSeconds });
+}
+
+/** Splits `/v1/models/<id>[/ready]` (id raw or percent-encoded) and validates nothing yet. */
+function parseModelPath(req: FastifyRequest, allowReady = false): { id: string; ready: boolean } {
+  const path = (req.raw.url ?? "").split("?")[0] ?? "";
+  let rest = path.slice("/v1/models/".length);
+  const ready = allowReady && rest.endsWith("/ready");
+  if (ready) rest = rest.slice(0, -"/ready".length);
+  let id: string;
+  try {
+    id = decodeURIComponent(rest);
+  } catch {
+    throw new ColdstartError(
+      "CS_MODEL_ID_INVALID",
+      `model id ${JSON.stringify(rest)} is not valid percent-encoding`,
+    );
+  }
+  return { id, ready };
+}
+
+/** PUT of a model, its status, and its ready long-poll: what an init container needs, no more. */
+function isHandshake(req: FastifyRequest): boolean {
+  if (!req.url.startsWith("/v1/models/")) return false;
+  return req.method === "PUT" || req.method === "GET";
+}
+
+function asCatalogError(err: unknown): ColdstartError {
+  if (isColdstartError(err)) return err;
+  const code = (err as { code?: string }).code;
+  const mapped = code ? fastifyCodes[code] : undefined;
+  if (mapped) return new ColdstartError(mapped, (err as Error).message, { cause: err });
+  return toColdstartError(err);
+}

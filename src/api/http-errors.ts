@@ -1,0 +1,29 @@
+import type { ErrorCode } from "../errors.js";
+
+/** The one place that knows HTTP status codes for catalog errors. */
+export const httpStatusOf: Partial<Record<ErrorCode, number>> = {
+  CS_MODEL_ID_INVALID: 400,
+  CS_REQUEST_INVALID: 400,
+  CS_SOURCE_URI_INVALID: 400,
+  CS_UNAUTHORIZED: 401,
+  CS_SOURCE_NOT_ALLOWED: 403,
+  CS_MODEL_NOT_FOUND: 404,
+  CS_MODEL_SOURCE_CONFLICT: 409,
+  CS_MODEL_FAILED: 409,
+  CS_MODEL_PINNED: 409,
+  CS_MODEL_IN_USE: 409,
+  CS_REQUEST_TOO_LARGE: 413,
+  CS_UNSUPPORTED_MEDIA_TYPE: 415,
+  CS_SHUTTING_DOWN: 503,
+  CS_INSUFFICIENT_SPACE: 507,
+};
+
+/** Fastify's own request errors, mapped into the catalog. */
+export const fastifyCodes: Record<string, ErrorCode> = {
+  FST_ERR_CTP_INVALID_MEDIA_TYPE: "CS_UNSUPPORTED_MEDIA_TYPE",
+  FST_ERR_CTP_BODY_TOO_LARGE: "CS_REQUEST_TOO_LARGE",
+  FST_ERR_CTP_INVALID_JSON_BODY: "CS_REQUEST_INVALID",
+  FST_ERR_CTP_EMPTY_JSON_BODY: "CS_REQUEST_INVALID",
+  FST_ERR_CTP_INVALID_CONTENT_LENGTH: "CS_REQUEST_INVALID",
+  FST_ERR_VALIDATION: "CS_REQUEST_INVALID",
+};

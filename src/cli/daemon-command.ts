@@ -1,0 +1,49 @@
+import { Command } from "commander";
+import pino from "pino";
+import { loadConfigFromProcess } from "../config/load.js";
+import { toColdstartError } from "../errors.js";
+import { startDaemon } from "../main.js";
+import { EXIT, reportError } from "./main.js";
+import { addSchemaOptions, flagsOf } from "./pull-command.js";
+
+const GROUPS = new Set(["s3", "download", "daemon", "sources", "eviction", "kube", "log"]);
+
+/**
+ * `coldstart daemon`: runs until SIGTERM/SIGINT, then drains (docs/api.md, Lifecycle). A second
+ * signal skips the grace period; journals keep every durable part either way.
+ */
+export function daemonCommand(setExit: (code: number) => void): Command {
+  const cmd = new Command("daemon").description(
+    "Run the node daemon: HTTP API, handshake socket, metrics, staging, eviction, node labels.",
+  );
+  const byAttr = addSchemaOptions(cmd, GROUPS);
+  cmd.action(async () => {
+    try {
+      const config = loadConfigFromProcess(flagsOf(cmd, byAttr));
+      const logger = pino({ level: config.log.level, base: { component: "daemon" } });
+      const daemon = await startDaemon(config, logger);
+      await new Promise<void>((resolve) => {
+        const hurry = new AbortController();
+        let stopping = false;
+        const onSignal = (sig: NodeJS.Signals) => {
+          if (stopping) {
+            logger.warn({ signal: sig }, "second signal: stopping now");
+            hurry.abort();
+            return;
+          }
+          stopping = true;
+          logger.info({ signal: sig, graceMs: config.daemon.shutdownGraceMs }, "draining");
+          daemon.stop(config.daemon.shutdownGraceMs, hurry.signal).then(resolve, resolve);
+        };
+        process.on("SIGTERM", onSignal);
+        process.on("SIGINT", onSignal);
+      });
+      setExit(EXIT.ok);
+    } catch (err) {
+      const e = toColdstartError(err);
+      reportError(e, false);
+      setExit(e.code === "CS_CONFIG_INVALID" ? EXIT.usage : EXIT.failed);
+    }
+  });
+  return cmd;
+}

@@ -1,0 +1,194 @@
+import { readFile, rename, writeFile } from "node:fs/promises";
+import { setTimeout as sleep } from "node:timers/promises";
+import { Command } from "commander";
+import { callDaemon, type DaemonEndpoint, type JsonResponse } from "../api/client.js";
+import { loadConfigFromProcess } from "../config/load.js";
+import type { Config } from "../config/schema.js";
+import { ColdstartError, type ErrorCode, toColdstartError } from "../errors.js";
+import { validateModelId } from "../models/model-id.js";
+import type { ModelStatus } from "../models/model-manager.js";
+import { reportError } from "./main.js";
+import { addSchemaOptions, flagsOf } from "./pull-command.js";
+
+/** `coldstart wait` exit codes (docs/cli.md): automation depends on them. */
+export const WAIT_EXIT = { ready: 0, failed: 1, usage: 2, timeout: 3, unreachable: 4 } as const;
+
+const GROUPS = new Set(["wait", "output", "log"]);
+const DEFAULT_SOCKET = "/run/coldstart/coldstart.sock";
+
+/**
+ * The init-container handshake: ask the node's daemon for a model (staging it on demand with
+ * --source), long-poll until it is staged and verified on this node, print progress, write the env
+ * file, exit 0. Retries while the daemon starts or restarts, within --timeout.
+ */
+export function waitCommand(setExit: (code: number) => void): Command {
+  const cmd = new Command("wait")
+    .description("Block until a model is staged and verified on this node (init-container handshake).")
+    .argument("<id>", "model id, e.g. meta-llama/Llama-3.1-8B");
+  const byAttr = addSchemaOptions(cmd, GROUPS);
+  cmd.action(async (id: string) => {
+    let json = false;
+    try {
+      const config = loadConfigFromProcess(flagsOf(cmd, byAttr));
+      json = config.output.json;
+      setExit(await wait(validateModelId(id), config));
+    } catch (err) {
+      const e = toColdstartError(err);
+      reportError(e, json);
+      setExit(exitFor(e.code));
+    }
+  });
+  return cmd;
+}
+
+function exitFor(code: ErrorCode): number {
+  switch (code) {
+    case "CS_NOT_READY":
+      return WAIT_EXIT.timeout;
+    case "CS_DAEMON_UNREACHABLE":
+      return WAIT_EXIT.unreachable;
+    case "CS_CONFIG_INVALID":
+    case "CS_MODEL_ID_INVALID":
+    case "CS_SOURCE_URI_INVALID":
+    case "CS_SOURCE_NOT_ALLOWED":
+    case "CS_MODEL_SOURCE_CONFLICT":
+    case "CS_MODEL_NOT_FOUND":
+    case "CS_REQUEST_INVALID":
+    case "CS_UNAUTHORIZED":
+      return WAIT_EXIT.usage;
+    default:
+      return WAIT_EXIT.failed;
+  }
+}
+
+async function wait(id: string, config: Config): Promise<number> {
+  const w = config.wait;
+  if (w.url && !w.tokenFile) {
+    throw new ColdstartError(
+      "CS_CONFIG_INVALID",
+      "--url needs --token-file (the TCP API requires a bearer token)",
+      {
+        details: { field: "wait.tokenFile" },
+      },
+    );
+  }
+  const ep: DaemonEndpoint = w.url
+    ? { url: w.url, token: (await readFile(w.tokenFile as string, "utf8")).split("\n")[0]?.trim() }
+    : { socketPath: w.socket ?? DEFAULT_SOCKET };
+  const where = w.url ?? ep.socketPath;
+  const started = Date.now();
+  const deadline = started + w.timeoutMs;
+  const path = `/v1/models/${encodeURIComponent(id)}`;
+  const pollSeconds = Math.max(1, Math.round(config.output.progressIntervalMs / 1000));
+  let reached = false;
+  let lastError = "";
+  let backoff = 100;
+
+  /** One call, retried while the daemon is unreachable or draining, until the deadline. */
+  const call = async (
+    method: string,
+    p: string,
+    body?: unknown,
+    timeoutMs?: number,
+  ): Promise<JsonResponse> => {
+    for (;;) {
+      try {
+        const res = await callDaemon(ep, method, p, body, { timeoutMs: (timeoutMs ?? 10_000) + 5_000 });
+        reached = true;
+        if (res.status !== 503 || isStatus(res.body)) return res;
+        lastError = `daemon answered 503: ${describeBody(res.body)}`;
+      } catch (err) {
+        lastError = `${(err as NodeJS.ErrnoException).code ?? ""} ${(err as Error).message}`.trim();
+      }
+      if (Date.now() + backoff > deadline) {
+        throw reached
+          ? new ColdstartError(
+              "CS_NOT_READY",
+              `model ${id} not ready after ${secs(started)}s (last: ${lastError})`,
+            )
+          : new ColdstartError(
+              "CS_DAEMON_UNREACHABLE",
+              `cannot reach the daemon at ${where} for ${secs(started)}s: ${lastError}`,
+            );
+      }
+      await sleep(backoff);
+      backoff = Math.min(backoff * 2, 2_000);
+    }
+  };
+
+  const first = w.source ? await call("PUT", path, { source: w.source }) : await call("GET", path);
+  if (first.status >= 400) throw fromResponse(first, id);
+  progress(first.body as ModelStatus, config.output.json, started);
+
+  for (;;) {
+    const left = Math.floor((deadline - Date.now()) / 1000);
+    if (left <= 0) throw new ColdstartError("CS_NOT_READY", `model ${id} not ready after ${secs(started)}s`);
+    const t = Math.min(left, pollSeconds);
+    const res = await call("GET", `${path}/ready?timeoutSeconds=${t}`, undefined, t * 1000);
+    if (res.status === 200) {
+      const status = res.body as ModelStatus;
+      if (w.envFile) await writeEnvFile(w.envFile, status);
+      finished(status, config.output.json, started);
+      return WAIT_EXIT.ready;
+    }
+    if (res.status === 503) {
+      backoff = 100;
+      progress(res.body as ModelStatus, config.output.json, started);
+      continue;
+    }
+    throw fromResponse(res, id);
+  }
+}
+
+/** The env file the main container sources: `set -a; . /coldstart/env; set +a`. Written atomically. */
+async function writeEnvFile(path: string, status: ModelStatus): Promise<void> {
+  const quote = (v: string) => `'${v.replaceAll("'", `'\\''`)}'`;
+  const lines = [`COLDSTART_MODEL_ID=${quote(status.id)}`, `COLDSTART_MODEL_PATH=${quote(status.path)}`];
+  await writeFile(`${path}.tmp`, `${lines.join("\n")}\n`, { mode: 0o644 });
+  await rename(`${path}.tmp`, path);
+}
+
+function fromResponse(res: JsonResponse, id: string): ColdstartError {
+  const e = (res.body as { error?: { code?: string; message?: string } } | undefined)?.error;
+  const code = (e?.code ?? "CS_INTERNAL") as ErrorCode;
+  return new ColdstartError(code, e?.message ?? `daemon answered ${res.status} for ${id}`);
+}
+
+function progress(s: ModelStatus, json: boolean, started: number): void {
+  if (json) {
+    process.stdout.write(
+      `${JSON.stringify({ event: "progress", ...pick(s), waitedSeconds: secs(started) })}\n`,
+    );
+    return;
+  }
+  const pct = s.bytesTotal > 0 ? ((100 * s.bytesDone) / s.bytesTotal).toFixed(1) : "0.0";
+  const eta = s.etaSeconds === null ? "?" : `${s.etaSeconds}s`;
+  process.stderr.write(
+    `coldstart: ${s.id} ${s.state} ${pct}% ${mib(s.bytesDone)}/${mib(s.bytesTotal)} MiB, ${mib(s.bytesPerSecond)} MiB/s, ETA ${eta}, files ${s.filesDone}/${s.filesTotal}\n`,
+  );
+}
+
+function finished(s: ModelStatus, json: boolean, started: number): void {
+  if (json) {
+    process.stdout.write(`${JSON.stringify({ event: "ready", ...pick(s), waitedSeconds: secs(started) })}\n`);
+    return;
+  }
+  process.stdout.write(`ready: ${s.id} at ${s.path} (${mib(s.bytesTotal)} MiB, waited ${secs(started)}s)\n`);
+}
+
+function pick(s: ModelStatus) {
+  const { id, state, path, bytesDone, bytesTotal, filesDone, filesTotal, bytesPerSecond, etaSeconds } = s;
+  return { id, state, path, bytesDone, bytesTotal, filesDone, filesTotal, bytesPerSecond, etaSeconds };
+}
+
+function isStatus(body: unknown): body is ModelStatus {
+  return typeof body === "object" && body !== null && "state" in body && "id" in body;
+}
+
+function describeBody(body: unknown): string {
+  const e = (body as { error?: { code?: string; message?: string } } | undefined)?.error;
+  return e ? `${e.code}: ${e.message}` : JSON.stringify(body);
+}
+
+const secs = (since: number) => Math.round((Date.now() - since) / 100) / 10;
+const mib = (n: number) => (n / 1048576).toFixed(1);

@@ -1,0 +1,169 @@
+/**
+ * Composition root of `coldstart daemon`: validate, wire, listen. No logic of its own beyond the
+ * order things start and stop in.
+ */
+import { chmod, mkdir, rm } from "node:fs/promises";
+import { dirname } from "node:path";
+import Fastify, { type FastifyInstance } from "fastify";
+import pino, { type Logger } from "pino";
+import { buildApp } from "./api/app.js";
+import { TokenFile } from "./api/auth.js";
+import { environment } from "./config/load.js";
+import type { Config } from "./config/schema.js";
+import { ColdstartError } from "./errors.js";
+import { loadKubeConfig, NodeLabeler } from "./kube/node-labels.js";
+import { Metrics } from "./metrics/metrics.js";
+import { ModelManager } from "./models/model-manager.js";
+import { ModelRegistry } from "./models/model-registry.js";
+import { S3ObjectSource } from "./s3/s3-object-source.js";
+import { SlotScheduler } from "./staging/scheduler.js";
+
+export interface Daemon {
+  /** Where each listener ended up (ports resolved when configured as 0). */
+  addresses: { api: string; metrics: string; socket: string };
+  manager: ModelManager;
+  /**
+   * Graceful stop: readiness false, no new work, running jobs get `graceMs` to finish (then abort,
+   * journals kept), listeners closed. Aborting `hurry` (a second SIGTERM) skips the wait.
+   */
+  stop(graceMs: number, hurry?: AbortSignal): Promise<void>;
+}
+
+export async function startDaemon(
+  config: Config,
+  logger: Logger = pino({ level: config.log.level }),
+): Promise<Daemon> {
+  const d = config.daemon;
+  const [host, portText] = splitHostPort(d.listen);
+  if (d.auth === "none" && !isLoopback(host)) {
+    throw new ColdstartError(
+      "CS_CONFIG_INVALID",
+      `daemon.auth none is for local demos only; refusing to listen on ${d.listen}`,
+      {
+        details: { field: "daemon.auth", value: d.auth },
+      },
+    );
+  }
+  if (d.auth === "token" && !d.tokenFile) {
+    throw new ColdstartError("CS_CONFIG_INVALID", "daemon.auth token needs daemon.tokenFile (--token-file)", {
+      details: { field: "daemon.tokenFile" },
+    });
+  }
+  const tokens = d.auth === "token" && d.tokenFile ? new TokenFile(d.tokenFile, { logger }) : undefined;
+  const metrics = new Metrics();
+  const source = new S3ObjectSource({
+    region: config.s3.region,
+    endpoint: config.s3.endpoint,
+    pathStyle: config.s3.pathStyle,
+    maxSockets: config.download.concurrency + 8,
+    requestTimeoutMs: config.download.requestTimeoutMs,
+    metrics,
+  });
+  const labeler = nodeLabeler(config, logger);
+  const registry = await ModelRegistry.open(d.root);
+  let ready = false;
+  const manager: ModelManager = new ModelManager({
+    root: d.root,
+    registry,
+    source,
+    scheduler: new SlotScheduler(config.download.concurrency),
+    config,
+    logger: logger.child({ component: "models" }),
+    metrics,
+    onReadyChanged: (ids) => labeler?.set(ids),
+    onStateChanged: () => {
+      for (const [state, n] of Object.entries(manager.countByState())) metrics.models.set({ state }, n);
+    },
+  });
+  await manager.start();
+
+  const deps = { manager, logger, metrics, tokens, bodyLimitBytes: d.bodyLimitBytes, isReady: () => ready };
+  const api = buildApp(deps, "tcp");
+  const sock = buildApp(deps, "socket");
+  const metricsApp = buildMetricsApp(deps);
+  const apiAddress = await api.listen({ host, port: Number(portText) });
+  const [mHost, mPort] = splitHostPort(d.metricsListen);
+  const metricsAddress = await metricsApp.listen({ host: mHost, port: Number(mPort) });
+  await mkdir(dirname(d.socketPath), { recursive: true, mode: 0o750 });
+  await rm(d.socketPath, { force: true }); // a socket file left by a killed predecessor
+  await sock.listen({ path: d.socketPath });
+  await chmod(d.socketPath, 0o660);
+
+  const refreshDisk = async () => {
+    const disk = await manager.disk();
+    metrics.rootFreeBytes.set(disk.freeBytes);
+    metrics.rootUsedBytes.set(disk.modelBytes);
+    await manager.enforceWatermarks();
+  };
+  const timer = setInterval(
+    () => refreshDisk().catch((e) => logger.error({ err: String(e) }, "disk check")),
+    30_000,
+  );
+  timer.unref();
+  await refreshDisk();
+  ready = true;
+  logger.info(
+    { api: apiAddress, metrics: metricsAddress, socket: d.socketPath, root: d.root },
+    "coldstart daemon ready",
+  );
+
+  return {
+    addresses: { api: apiAddress, metrics: metricsAddress, socket: d.socketPath },
+    manager,
+    async stop(graceMs, hurry) {
+      ready = false;
+      clearInterval(timer);
+      await manager.drain(graceMs, hurry);
+      // Long-polls are cut: waiters reconnect (with retries) to the next daemon.
+      await Promise.allSettled([api.close(), sock.close(), metricsApp.close()]);
+      await labeler?.flush().catch(() => {});
+      labeler?.close();
+      tokens?.close();
+      source.close();
+      logger.info("coldstart daemon stopped");
+    },
+  };
+}
+
+/** Only /metrics, /livez and /readyz: for Prometheus and kubelet probes, nothing to mutate. */
+function buildMetricsApp(deps: { metrics: Metrics; isReady: () => boolean }): FastifyInstance {
+  const app = Fastify({ forceCloseConnections: true });
+  app.get("/livez", async () => ({ status: "ok" }));
+  app.get("/readyz", async (_req, reply) =>
+    reply.code(deps.isReady() ? 200 : 503).send({ ready: deps.isReady() }),
+  );
+  app.get("/metrics", async (_req, reply) => {
+    reply.header("content-type", deps.metrics.registry.contentType);
+    return deps.metrics.registry.metrics();
+  });
+  return app;
+}
+
+function nodeLabeler(config: Config, logger: Logger): NodeLabeler | undefined {
+  const { nodeName, labels, kubeconfig } = config.kube;
+  if (labels === "off") return undefined;
+  const kc = nodeName ? loadKubeConfig(environment(), kubeconfig) : undefined;
+  if (!nodeName || !kc) {
+    if (labels === "on") {
+      throw new ColdstartError(
+        "CS_CONFIG_INVALID",
+        "kube.labels on needs kube.nodeName and Kubernetes credentials",
+        {
+          details: { field: "kube.labels", value: labels },
+        },
+      );
+    }
+    logger.info("node labels off: no node name or no Kubernetes credentials");
+    return undefined;
+  }
+  return new NodeLabeler({ nodeName, kubeConfig: kc, logger: logger.child({ component: "labels" }) });
+}
+
+function splitHostPort(hp: string): [string, string] {
+  const i = hp.lastIndexOf(":");
+  return [hp.slice(0, i).replace(/^\[|\]$/g, ""), hp.slice(i + 1)];
+}
+
+function isLoopback(host: string): boolean {
+  return host === "localhost" || host === "::1" || /^127\./.test(host);
+}

@@ -1,0 +1,557 @@
+import { randomUUID } from "node:crypto";
+import { lstat, mkdir, readdir, rename, rm, statfs } from "node:fs/promises";
+import { join } from "node:path";
+import picomatch from "picomatch";
+import type { Logger } from "pino";
+import type { Config } from "../config/schema.js";
+import { ColdstartError, toColdstartError } from "../errors.js";
+import type { EvictionReason, Metrics } from "../metrics/metrics.js";
+import type { ObjectSource } from "../s3/object-source.js";
+import { parseS3Uri } from "../s3/uri.js";
+import type { SlotScheduler } from "../staging/scheduler.js";
+import { StageJob } from "../staging/stage-job.js";
+import { ioError } from "../store/paths.js";
+import { validateModelId } from "./model-id.js";
+import type { ModelRecord, ModelRegistry, ModelState } from "./model-registry.js";
+
+/** A model as the API shows it. */
+export interface ModelStatus {
+  id: string;
+  source: string;
+  state: ModelState;
+  path: string;
+  pinned: boolean;
+  bytesTotal: number;
+  bytesDone: number;
+  filesTotal: number;
+  filesDone: number;
+  bytesPerSecond: number;
+  etaSeconds: number | null;
+  startedAt: string | null;
+  readyAt: string | null;
+  lastUsedAt: string | null;
+  error?: { code: string; message: string };
+}
+
+export interface ModelRequest {
+  source: string;
+  include?: string[] | undefined;
+  exclude?: string[] | undefined;
+  pin?: boolean | undefined;
+}
+
+export type WaitOutcome = "ready" | "failed" | "timeout";
+
+export interface ModelManagerOptions {
+  root: string;
+  registry: ModelRegistry;
+  source: ObjectSource;
+  scheduler: SlotScheduler;
+  config: Pick<Config, "download" | "eviction" | "sources">;
+  logger: Logger;
+  /** Told the ids of ready models whenever that set changes (node labels). */
+  onReadyChanged?: (readyIds: string[]) => void;
+  /** Told of every state change (metrics). */
+  onStateChanged?: () => void;
+  metrics?: Metrics;
+  now?: () => number;
+}
+
+/** A model a pod is waiting for goes ahead of background prefetches. */
+const PRIORITY_WAITED = 10;
+const PRIORITY_PREFETCH = 0;
+
+interface Running {
+  job: StageJob;
+  done: Promise<void>;
+  waiters: number;
+}
+
+/**
+ * Owns the models under <root>/models/: one staging job per model however many ask (single flight),
+ * all jobs on one download budget, state persisted across restarts, LRU eviction under a byte budget
+ * and disk watermarks that never touches a pinned model, one being staged, or one handed to a pod
+ * within the grace period.
+ */
+export class ModelManager {
+  readonly #o: ModelManagerOptions;
+  readonly #allowed: (source: string) => boolean;
+  readonly #running = new Map<string, Running>();
+  readonly #listeners = new Map<string, Set<() => void>>();
+  #draining = false;
+
+  constructor(options: ModelManagerOptions) {
+    this.#o = options;
+    const patterns = options.config.sources.allow;
+    const match = patterns.length ? picomatch([...patterns], { dot: true }) : () => false;
+    this.#allowed = (source) => match(source);
+  }
+
+  /** Absolute directory of a model: the same on every node. */
+  modelPath(id: string): string {
+    return join(this.#o.root, "models", ...id.split("/"));
+  }
+
+  /** Loads the registry, finishes interrupted evictions, removes orphans and resumes staging. */
+  async start(): Promise<void> {
+    await mkdir(join(this.#o.root, "models"), { recursive: true }).catch((e) => {
+      throw ioError(e, `creating ${this.#o.root}/models`);
+    });
+    await rm(join(this.#o.root, "trash"), { recursive: true, force: true });
+    for (const r of this.#o.registry.all()) {
+      if (r.state === "evicting") await this.#evict(r, "resume");
+    }
+    await this.#removeOrphans();
+    for (const r of this.#o.registry.all()) {
+      if (r.state === "ready" && !(await isDir(this.modelPath(r.id)))) {
+        this.#o.logger.warn({ model: r.id }, "ready model's directory is gone; staging it again");
+        r.state = "pending";
+      }
+      if (r.state === "pending" || r.state === "staging" || r.state === "verifying") {
+        if (!this.#allowed(r.source)) {
+          await this.#fail(
+            r,
+            new ColdstartError("CS_SOURCE_NOT_ALLOWED", `source ${r.source} is no longer allowed`),
+          );
+        } else this.#startJob(r, PRIORITY_PREFETCH);
+      }
+    }
+    this.#changed();
+  }
+
+  get(id: string): ModelStatus {
+    return this.#status(this.#record(id));
+  }
+
+  list(): ModelStatus[] {
+    return this.#o.registry.all().map((r) => this.#status(r));
+  }
+
+  /**
+   * PUT: registers the model and starts staging it, or joins the job already running (single
+   * flight). Idempotent for the same source and filters; another source is a conflict.
+   */
+  async request(
+    idIn: string,
+    req: ModelRequest,
+    opts: { waited: boolean },
+  ): Promise<{ status: ModelStatus; created: boolean }> {
+    const id = validateModelId(idIn);
+    this.#refuseWhenDraining();
+    const { bucket, prefix } = parseS3Uri(req.source);
+    const source = `s3://${bucket}/${prefix}`;
+    if (!this.#allowed(source)) {
+      throw new ColdstartError("CS_SOURCE_NOT_ALLOWED", `source ${source} is not in sources.allow`, {
+        details: { field: "source", value: req.source },
+      });
+    }
+    const include = [...(req.include ?? [])];
+    const exclude = [...(req.exclude ?? [])];
+    const priority = opts.waited ? PRIORITY_WAITED : PRIORITY_PREFETCH;
+    const existing = this.#o.registry.get(id);
+    if (existing) {
+      if (
+        existing.source !== source ||
+        JSON.stringify(existing.include) !== JSON.stringify(include) ||
+        JSON.stringify(existing.exclude) !== JSON.stringify(exclude)
+      ) {
+        throw new ColdstartError(
+          "CS_MODEL_SOURCE_CONFLICT",
+          `model ${id} is registered from ${existing.source} (include ${JSON.stringify(existing.include)}, exclude ${JSON.stringify(existing.exclude)}); refusing ${source}`,
+          { details: { field: "source", value: req.source } },
+        );
+      }
+      if (existing.state === "evicting") {
+        throw new ColdstartError("CS_MODEL_IN_USE", `model ${id} is being evicted; retry shortly`);
+      }
+      if (req.pin !== undefined && req.pin !== existing.pinned) {
+        existing.pinned = req.pin;
+        await this.#o.registry.put(existing);
+      }
+      const running = this.#running.get(id);
+      if (running && opts.waited) running.job.setPriority(Math.max(running.job.priority, priority));
+      if (existing.state === "failed") this.#startJob(existing, priority);
+      return { status: this.#status(existing), created: false };
+    }
+    const record: ModelRecord = {
+      id,
+      source,
+      include,
+      exclude,
+      pinned: req.pin ?? false,
+      state: "pending",
+      bytesTotal: 0,
+      filesTotal: 0,
+    };
+    await this.#o.registry.put(record);
+    this.#startJob(record, priority);
+    return { status: this.#status(record), created: true };
+  }
+
+  /**
+   * Long-poll: resolves when the model is ready or failed, or at the timeout. While anyone waits, the
+   * model's staging runs at the waited-for priority.
+   */
+  async waitReady(
+    id: string,
+    timeoutMs: number,
+    signal?: AbortSignal,
+  ): Promise<{ outcome: WaitOutcome; status: ModelStatus }> {
+    const r = this.#record(id);
+    const settled = (s: ModelState) => s === "ready" || s === "failed";
+    if (settled(r.state)) return { outcome: r.state as WaitOutcome, status: this.#status(r) };
+    const running = this.#running.get(id);
+    if (running) {
+      running.waiters++;
+      running.job.setPriority(PRIORITY_WAITED);
+    }
+    try {
+      await new Promise<void>((resolve) => {
+        const set = this.#listeners.get(id) ?? new Set();
+        this.#listeners.set(id, set);
+        const finish = () => {
+          clearTimeout(timer);
+          set.delete(onChange);
+          signal?.removeEventListener("abort", finish);
+          resolve();
+        };
+        const onChange = () => {
+          const now = this.#o.registry.get(id);
+          if (!now || settled(now.state)) finish();
+        };
+        const timer = setTimeout(finish, timeoutMs);
+        set.add(onChange);
+        signal?.addEventListener("abort", finish, { once: true });
+      });
+    } finally {
+      if (running && --running.waiters === 0 && this.#running.get(id) === running) {
+        running.job.setPriority(PRIORITY_PREFETCH);
+      }
+    }
+    const now = this.#o.registry.get(id);
+    if (!now) throw new ColdstartError("CS_MODEL_NOT_FOUND", `model ${id} was removed while waiting`);
+    return {
+      outcome: settled(now.state) ? (now.state as WaitOutcome) : "timeout",
+      status: this.#status(now),
+    };
+  }
+
+  /** The model was handed to a pod: keep it from eviction for the grace period. */
+  async markInUse(id: string): Promise<void> {
+    const r = this.#record(id);
+    const now = this.#now();
+    r.lastUsedAt = new Date(now).toISOString();
+    r.inUseUntil = new Date(now + this.#o.config.eviction.inUseGraceMs).toISOString();
+    await this.#o.registry.put(r);
+  }
+
+  async setPin(id: string, pinned: boolean): Promise<ModelStatus> {
+    const r = this.#record(id);
+    r.pinned = pinned;
+    await this.#o.registry.put(r);
+    return this.#status(r);
+  }
+
+  /** DELETE: evicts now, unless pinned, being staged, or within the in-use grace period. */
+  async remove(id: string): Promise<void> {
+    const r = this.#record(id);
+    if (r.pinned)
+      throw new ColdstartError(
+        "CS_MODEL_PINNED",
+        `model ${id} is pinned; unpin it (PATCH {"pin":false}) first`,
+      );
+    if (this.#running.has(id) || this.#inGrace(r)) {
+      throw new ColdstartError(
+        "CS_MODEL_IN_USE",
+        this.#running.has(id)
+          ? `model ${id} is being staged`
+          : `model ${id} was handed to a pod at ${r.lastUsedAt}; in use until ${r.inUseUntil}`,
+      );
+    }
+    await this.#evict(r, "api");
+  }
+
+  /** Evicts least recently used models while disk use is over the high watermark (down to low). */
+  async enforceWatermarks(): Promise<void> {
+    const { highWatermarkPercent: high, lowWatermarkPercent: low } = this.#o.config.eviction;
+    let use = await this.#diskUsePercent();
+    if (use <= high) return;
+    for (const victim of this.#evictionCandidates()) {
+      if (use <= low) break;
+      await this.#evict(victim, "watermark");
+      use = await this.#diskUsePercent();
+    }
+  }
+
+  /** Disk facts of the staging root, for /v1/node and metrics. */
+  async disk(): Promise<{ root: string; totalBytes: number; freeBytes: number; modelBytes: number }> {
+    const s = await statfs(this.#o.root);
+    return {
+      root: this.#o.root,
+      totalBytes: Number(s.blocks) * Number(s.bsize),
+      freeBytes: Number(s.bavail) * Number(s.bsize),
+      modelBytes: this.#o.registry.all().reduce((n, r) => n + (r.state === "ready" ? r.bytesTotal : 0), 0),
+    };
+  }
+
+  /** Models by state (metrics). */
+  countByState(): Record<ModelState, number> {
+    const out: Record<ModelState, number> = {
+      pending: 0,
+      staging: 0,
+      verifying: 0,
+      ready: 0,
+      failed: 0,
+      evicting: 0,
+    };
+    for (const r of this.#o.registry.all()) out[this.#liveState(r)]++;
+    return out;
+  }
+
+  /**
+   * SIGTERM: refuse new work, let running jobs finish for up to `graceMs`, then abort them (their
+   * journals keep every durable part; a restart resumes). Resolves when every job has settled.
+   */
+  async drain(graceMs: number, hurry?: AbortSignal): Promise<void> {
+    this.#draining = true;
+    const all = () => Promise.allSettled([...this.#running.values()].map((r) => r.done));
+    let timer: NodeJS.Timeout | undefined;
+    const deadline = new Promise<void>((resolve) => {
+      timer = setTimeout(resolve, graceMs);
+      hurry?.addEventListener("abort", () => resolve(), { once: true });
+    });
+    await Promise.race([all(), deadline]);
+    clearTimeout(timer);
+    for (const r of this.#running.values())
+      r.job.abort(new ColdstartError("CS_SHUTTING_DOWN", "daemon shutting down"));
+    await all();
+  }
+
+  #startJob(record: ModelRecord, priority: number): void {
+    if (this.#running.has(record.id)) return;
+    const { download } = this.#o.config;
+    const { bucket, prefix } = parseS3Uri(record.source);
+    const job = new StageJob({
+      source: this.#o.source,
+      bucket,
+      prefix,
+      dest: this.modelPath(record.id),
+      partSizeBytes: download.partSizeBytes,
+      concurrency: download.concurrency,
+      scheduler: this.#o.scheduler,
+      priority,
+      filters: { include: record.include, exclude: record.exclude },
+      retry: {
+        maxAttempts: download.maxAttempts,
+        baseDelayMs: download.retryBaseDelayMs,
+        maxDelayMs: download.retryMaxDelayMs,
+      },
+      requestTimeoutMs: download.requestTimeoutMs,
+      logger: this.#o.logger.child({ model: record.id }),
+      metrics: this.#o.metrics,
+      makeRoom: (need, free) => this.#makeRoom(record.id, need, free),
+    });
+    record.state = "staging";
+    record.startedAt = new Date(this.#now()).toISOString();
+    delete record.error;
+    delete record.readyAt;
+    const running: Running = { job, waiters: 0, done: Promise.resolve() };
+    this.#running.set(record.id, running);
+    running.done = (async () => {
+      await this.#o.registry.put(record);
+      this.#changed(record.id);
+      try {
+        const result = await job.run();
+        record.state = "ready";
+        record.bytesTotal = result.bytes;
+        record.filesTotal = result.files;
+        record.readyAt = new Date(this.#now()).toISOString();
+        this.#o.logger.info({ model: record.id, ...result }, "model ready");
+      } catch (err) {
+        const e = toColdstartError(err);
+        if (this.#draining && (e.code === "CS_SHUTTING_DOWN" || e.code === "CS_ABORTED")) {
+          // Interrupted by shutdown: stays "staging" on disk, resumed at the next start.
+          this.#o.logger.info({ model: record.id }, "staging interrupted by shutdown; will resume");
+        } else {
+          record.state = "failed";
+          record.error = { code: e.code, message: e.message };
+          this.#o.logger.warn({ model: record.id, code: e.code, err: e.message }, "staging failed");
+        }
+      } finally {
+        this.#running.delete(record.id);
+      }
+      await this.#o.registry
+        .put(record)
+        .catch((e) => this.#o.logger.error({ err: String(e) }, "persisting state"));
+      this.#changed(record.id);
+      if (record.state === "ready") {
+        await this.enforceWatermarks().catch((e) =>
+          this.#o.logger.error({ err: String(e) }, "eviction failed"),
+        );
+      }
+    })();
+  }
+
+  async #fail(record: ModelRecord, err: ColdstartError): Promise<void> {
+    record.state = "failed";
+    record.error = { code: err.code, message: err.message };
+    await this.#o.registry.put(record);
+  }
+
+  /**
+   * Before a job downloads: evict least recently used models until its remaining bytes fit the byte
+   * budget and the free space, or fail with CS_INSUFFICIENT_SPACE without evicting anything.
+   */
+  async #makeRoom(forId: string, need: number, free: number): Promise<void> {
+    const budget = this.#o.config.eviction.maxBytes;
+    const others = this.#o.registry.all().filter((r) => r.id !== forId && r.state === "ready");
+    let used = others.reduce((n, r) => n + r.bytesTotal, 0);
+    const candidates = this.#evictionCandidates().filter((r) => r.id !== forId);
+    const victims: ModelRecord[] = [];
+    let freed = 0;
+    const fits = () => need <= free + freed && (budget === 0 || used + need <= budget);
+    for (const c of candidates) {
+      if (fits()) break;
+      victims.push(c);
+      freed += c.bytesTotal;
+      used -= c.bytesTotal;
+    }
+    if (!fits()) {
+      throw new ColdstartError(
+        "CS_INSUFFICIENT_SPACE",
+        `model ${forId} needs ${need} more bytes; ${free} free` +
+          (budget ? `, ${used} of the ${budget}-byte budget used` : "") +
+          `, and evicting every evictable model would free only ${freed}`,
+        { details: { value: need } },
+      );
+    }
+    for (const v of victims)
+      await this.#evict(v, budget && used + need > budget - freed ? "budget" : "watermark");
+  }
+
+  /** Ready, unpinned, not staging, past the in-use grace; least recently used first. */
+  #evictionCandidates(): ModelRecord[] {
+    const lastUse = (r: ModelRecord) => Date.parse(r.lastUsedAt ?? r.readyAt ?? r.startedAt ?? "1970-01-01");
+    return this.#o.registry
+      .all()
+      .filter((r) => r.state === "ready" && !r.pinned && !this.#running.has(r.id) && !this.#inGrace(r))
+      .sort((a, b) => lastUse(a) - lastUse(b));
+  }
+
+  /**
+   * Removes a model: marks it evicting (persisted, so a crash mid-way finishes on restart), renames
+   * its directory into <root>/trash (the model path disappears at once), deletes it, forgets it.
+   */
+  async #evict(r: ModelRecord, reason: EvictionReason | "resume"): Promise<void> {
+    r.state = "evicting";
+    await this.#o.registry.put(r);
+    this.#changed(r.id);
+    const trash = join(this.#o.root, "trash");
+    await mkdir(trash, { recursive: true });
+    const gone = join(trash, randomUUID());
+    await rename(this.modelPath(r.id), gone).catch((e: NodeJS.ErrnoException) => {
+      if (e.code !== "ENOENT") throw ioError(e, `evicting ${r.id}`);
+    });
+    await rm(gone, { recursive: true, force: true });
+    await this.#o.registry.delete(r.id);
+    if (reason !== "resume") {
+      this.#o.metrics?.evictions.inc({ reason });
+      this.#o.metrics?.evictedBytes.inc(r.bytesTotal);
+    }
+    this.#o.logger.info({ model: r.id, reason, bytes: r.bytesTotal }, "model evicted");
+    this.#changed(r.id);
+  }
+
+  /** Directories under <root>/models/ that belong to no model (a crash between steps, manual copies). */
+  async #removeOrphans(): Promise<void> {
+    const ids = new Set(this.#o.registry.all().map((r) => r.id));
+    const walk = async (rel: string[]) => {
+      const dir = join(this.#o.root, "models", ...rel);
+      for (const e of await readdir(dir, { withFileTypes: true }).catch(() => [])) {
+        const id = [...rel, e.name].join("/");
+        if (ids.has(id)) continue;
+        if (e.isDirectory() && [...ids].some((m) => m.startsWith(`${id}/`))) {
+          await walk([...rel, e.name]);
+          continue;
+        }
+        this.#o.logger.warn({ path: join(dir, e.name) }, "removing orphan in the models directory");
+        await rm(join(dir, e.name), { recursive: true, force: true });
+      }
+    };
+    await walk([]);
+  }
+
+  async #diskUsePercent(): Promise<number> {
+    const d = await this.disk();
+    return d.totalBytes > 0 ? ((d.totalBytes - d.freeBytes) / d.totalBytes) * 100 : 0;
+  }
+
+  #inGrace(r: ModelRecord): boolean {
+    return r.inUseUntil !== undefined && Date.parse(r.inUseUntil) > this.#now();
+  }
+
+  #record(idIn: string): ModelRecord {
+    const id = validateModelId(idIn);
+    const r = this.#o.registry.get(id);
+    if (!r)
+      throw new ColdstartError("CS_MODEL_NOT_FOUND", `no model ${id} on this node`, {
+        details: { value: id },
+      });
+    return r;
+  }
+
+  #refuseWhenDraining(): void {
+    if (this.#draining)
+      throw new ColdstartError("CS_SHUTTING_DOWN", "the daemon is shutting down; retry on its successor");
+  }
+
+  #liveState(r: ModelRecord): ModelState {
+    const running = this.#running.get(r.id);
+    return running?.job.progress().phase === "verifying" ? "verifying" : r.state;
+  }
+
+  #status(r: ModelRecord): ModelStatus {
+    const running = this.#running.get(r.id);
+    const p = running?.job.progress();
+    const seconds = p ? Math.max((Date.now() - p.startedAt) / 1000, 0.001) : 0;
+    const rate = p ? Math.round((p.bytesDone - p.resumedBytes) / seconds) : 0;
+    const bytesTotal = p && p.phase !== "listing" ? p.bytesTotal : r.bytesTotal;
+    const bytesDone = p ? p.bytesDone : r.state === "ready" ? r.bytesTotal : 0;
+    return {
+      id: r.id,
+      source: r.source,
+      state: this.#liveState(r),
+      path: this.modelPath(r.id),
+      pinned: r.pinned,
+      bytesTotal,
+      bytesDone,
+      filesTotal: p && p.phase !== "listing" ? p.filesTotal : r.filesTotal,
+      filesDone: p ? p.filesDone : r.state === "ready" ? r.filesTotal : 0,
+      bytesPerSecond: rate,
+      etaSeconds: p && rate > 0 ? Math.ceil((bytesTotal - bytesDone) / rate) : r.state === "ready" ? 0 : null,
+      startedAt: r.startedAt ?? null,
+      readyAt: r.readyAt ?? null,
+      lastUsedAt: r.lastUsedAt ?? null,
+      ...(r.error ? { error: r.error } : {}),
+    };
+  }
+
+  #changed(id?: string): void {
+    if (id) for (const l of this.#listeners.get(id) ?? []) l();
+    this.#o.onStateChanged?.();
+    this.#o.onReadyChanged?.(
+      this.#o.registry
+        .all()
+        .filter((r) => r.state === "ready")
+        .map((r) => r.id),
+    );
+  }
+
+  #now(): number {
+    return (this.#o.now ?? Date.now)();
+  }
+}
+
+async function isDir(path: string): Promise<boolean> {
+  return (await lstat(path).catch(() => undefined))?.isDirectory() === true;
+}

@@ -1,0 +1,90 @@
+import { mkdir, open, readFile, rename } from "node:fs/promises";
+import { join } from "node:path";
+import { ioError } from "../store/paths.js";
+
+export type ModelState = "pending" | "staging" | "verifying" | "ready" | "failed" | "evicting";
+
+/** What the daemon remembers about a model across restarts. */
+export interface ModelRecord {
+  id: string;
+  source: string;
+  include: string[];
+  exclude: string[];
+  pinned: boolean;
+  state: ModelState;
+  error?: { code: string; message: string } | undefined;
+  bytesTotal: number;
+  filesTotal: number;
+  startedAt?: string | undefined;
+  readyAt?: string | undefined;
+  lastUsedAt?: string | undefined;
+  /** Not evicted before this time: the model was handed to a pod (coldstart wait). */
+  inUseUntil?: string | undefined;
+}
+
+/**
+ * The daemon's model records, `<root>/state/models.json`, rewritten atomically (temp, fsync, rename)
+ * on every change, serially. Small (one record per model), so a whole rewrite is fine.
+ */
+export class ModelRegistry {
+  readonly path: string;
+  readonly #records = new Map<string, ModelRecord>();
+  #writing: Promise<void> = Promise.resolve();
+
+  private constructor(path: string) {
+    this.path = path;
+  }
+
+  static async open(root: string): Promise<ModelRegistry> {
+    const dir = join(root, "state");
+    await mkdir(dir, { recursive: true }).catch((e) => {
+      throw ioError(e, `creating ${dir}`);
+    });
+    const reg = new ModelRegistry(join(dir, "models.json"));
+    const text = await readFile(reg.path, "utf8").catch(() => undefined);
+    if (text !== undefined) {
+      const parsed = JSON.parse(text) as { version: 1; models: ModelRecord[] };
+      for (const m of parsed.models) reg.#records.set(m.id, m);
+    }
+    return reg;
+  }
+
+  get(id: string): ModelRecord | undefined {
+    return this.#records.get(id);
+  }
+
+  all(): ModelRecord[] {
+    return [...this.#records.values()];
+  }
+
+  /** Replaces the record and persists. */
+  async put(record: ModelRecord): Promise<void> {
+    this.#records.set(record.id, record);
+    await this.#persist();
+  }
+
+  async delete(id: string): Promise<void> {
+    this.#records.delete(id);
+    await this.#persist();
+  }
+
+  #persist(): Promise<void> {
+    const run = async () => {
+      const tmp = `${this.path}.tmp`;
+      try {
+        const fh = await open(tmp, "w");
+        try {
+          await fh.writeFile(JSON.stringify({ version: 1, models: this.all() }));
+          await fh.datasync();
+        } finally {
+          await fh.close();
+        }
+        await rename(tmp, this.path);
+      } catch (e) {
+        throw ioError(e as NodeJS.ErrnoException, `writing ${this.path}`);
+      }
+    };
+    this.#writing = this.#writing.then(run, run);
+    return this.#writing;
+  }
+}

@@ -1,0 +1,354 @@
+import { mkdir, readdir, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import pino from "pino";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { buildApp, type Surface } from "../../src/api/app.js";
+import { TokenFile } from "../../src/api/auth.js";
+import { loadConfig } from "../../src/config/load.js";
+import { Metrics } from "../../src/metrics/metrics.js";
+import { ModelManager } from "../../src/models/model-manager.js";
+import { ModelRegistry } from "../../src/models/model-registry.js";
+import { S3ObjectSource } from "../../src/s3/s3-object-source.js";
+import { SlotScheduler } from "../../src/staging/scheduler.js";
+import { freshBucket, putFiles } from "../support/s3.js";
+import { useS3Fixture } from "../support/s3-fixture.js";
+import { digests, expectedDigests } from "../support/stage.js";
+import { file, syntheticModel } from "../support/synthetic-model.js";
+
+const fx = useS3Fixture("cs-api-");
+const TOKEN = "s3cr3t-token-for-tests";
+const MiB = 1024 * 1024;
+
+interface Harness {
+  root: string;
+  manager: ModelManager;
+  tcp: ReturnType<typeof buildApp>;
+  sock: ReturnType<typeof buildApp>;
+  close: () => Promise<void>;
+}
+let h: Harness;
+
+async function harness(env: Record<string, string> = {}): Promise<Harness> {
+  process.env.AWS_ACCESS_KEY_ID = fx.s3.accessKeyId;
+  process.env.AWS_SECRET_ACCESS_KEY = fx.s3.secretAccessKey;
+  const root = join(fx.work, "root");
+  await mkdir(root, { recursive: true });
+  const tokenFile = join(fx.work, "tokens");
+  await writeFile(tokenFile, `# operators\n${TOKEN}\n`);
+  const config = loadConfig({
+    env: {
+      COLDSTART_ROOT: root,
+      COLDSTART_SOURCES_ALLOW: "s3://allowed-*/**",
+      COLDSTART_PART_SIZE: "1MiB",
+      COLDSTART_CONCURRENCY: "8",
+      ...env,
+    },
+  });
+  const logger = pino({ level: "silent" });
+  const source = new S3ObjectSource({
+    region: fx.s3.region,
+    endpoint: fx.proxy.url,
+    pathStyle: true,
+    maxSockets: 16,
+    requestTimeoutMs: 5000,
+  });
+  const registry = await ModelRegistry.open(root);
+  const manager = new ModelManager({
+    root,
+    registry,
+    source,
+    scheduler: new SlotScheduler(8),
+    config,
+    logger,
+  });
+  await manager.start();
+  const tokens = new TokenFile(tokenFile);
+  const deps = {
+    manager,
+    logger,
+    metrics: new Metrics(undefined, { defaultMetrics: false }),
+    tokens,
+    bodyLimitBytes: 4096,
+    isReady: () => true,
+  };
+  const tcp = buildApp(deps, "tcp");
+  const sock = buildApp(deps, "socket");
+  return {
+    root,
+    manager,
+    tcp,
+    sock,
+    close: async () => {
+      await manager.drain(0);
+      await tcp.close();
+      await sock.close();
+      tokens.close();
+      source.close();
+    },
+  };
+}
+
+beforeEach(async () => {
+  h = await harness();
+});
+afterEach(async () => {
+  await h.close();
+});
+
+const auth = { authorization: `Bearer ${TOKEN}` };
+const put = (surface: Surface, id: string, body: unknown, headers: Record<string, string> = auth) =>
+  (surface === "tcp" ? h.tcp : h.sock).inject({
+    method: "PUT",
+    url: `/v1/models/${id}`,
+    payload: body as object,
+    headers,
+  });
+
+async function seedModel(): Promise<{ bucket: string; files: ReturnType<typeof syntheticModel> }> {
+  const bucket = await freshBucket(fx.client, "allowed");
+  const files = syntheticModel({ shards: 2, shardBytes: 2 * MiB });
+  await putFiles(fx.client, bucket, "m/", files);
+  return { bucket, files };
+}
+
+describe("HTTP API v1", () => {
+  it("stages a model on PUT (202), reports it ready (200) and idempotently answers 200 after", async () => {
+    const { bucket, files } = await seedModel();
+    const res = await put("tcp", "org/llama", { source: `s3://${bucket}/m/` });
+    expect(res.statusCode).toBe(202);
+    expect(res.json()).toMatchObject({
+      id: "org/llama",
+      state: expect.stringMatching(/pending|staging/),
+      pinned: false,
+    });
+
+    const ready = await h.tcp.inject({
+      url: "/v1/models/org%2Fllama/ready?timeoutSeconds=30",
+      headers: auth,
+    });
+    expect(ready.statusCode).toBe(200);
+    const status = ready.json();
+    expect(status).toMatchObject({
+      state: "ready",
+      path: join(h.root, "models", "org", "llama"),
+      filesDone: files.length,
+    });
+    expect(status.lastUsedAt).not.toBeNull();
+    expect(await digests(status.path, files)).toEqual(expectedDigests(files));
+
+    const again = await put("tcp", "org/llama", { source: `s3://${bucket}/m/` });
+    expect(again.statusCode).toBe(200);
+    const list = await h.tcp.inject({ url: "/v1/models", headers: auth });
+    expect(list.json().models.map((m: { id: string }) => m.id)).toEqual(["org/llama"]);
+  });
+
+  it("coalesces concurrent PUTs of one model into one download", async () => {
+    const { bucket, files } = await seedModel();
+    const results = await Promise.all(
+      Array.from({ length: 10 }, () => put("tcp", "org/once", { source: `s3://${bucket}/m/` })),
+    );
+    expect(results.map((r) => r.statusCode).every((c) => c === 202 || c === 200)).toBe(true);
+    const ready = await h.tcp.inject({ url: "/v1/models/org/once/ready?timeoutSeconds=30", headers: auth });
+    expect(ready.statusCode).toBe(200);
+    const listings = fx.proxy.requests.filter((r) => r.query.includes("list-type=2"));
+    expect(listings).toHaveLength(1);
+    const shard = files[0];
+    if (!shard) throw new Error("no shard");
+    const ranges = fx.proxy.requests
+      .filter((r) => r.method === "GET" && r.path.endsWith(shard.relPath))
+      .map((r) => String(r.headers.range));
+    // Every 1 MiB part of the shard fetched exactly once, whatever the number of PUTs.
+    expect(ranges).toHaveLength(Math.ceil(shard.body.length / MiB));
+    expect(new Set(ranges).size).toBe(ranges.length);
+  });
+
+  it("refuses another source for an existing id with 409 CS_MODEL_SOURCE_CONFLICT", async () => {
+    const { bucket } = await seedModel();
+    expect((await put("tcp", "m1", { source: `s3://${bucket}/m/` })).statusCode).toBe(202);
+    const res = await put("tcp", "m1", { source: `s3://${bucket}/other/` });
+    expect(res.statusCode).toBe(409);
+    expect(res.json().error.code).toBe("CS_MODEL_SOURCE_CONFLICT");
+  });
+
+  it("refuses a source outside the allowlist with 403 and fetches nothing", async () => {
+    const res = await put("tcp", "m1", { source: "s3://forbidden-bucket/m/" });
+    expect(res.statusCode).toBe(403);
+    expect(res.json()).toEqual({
+      error: { code: "CS_SOURCE_NOT_ALLOWED", message: expect.stringContaining("forbidden-bucket") },
+    });
+    expect(fx.proxy.requests).toEqual([]);
+  });
+
+  it("answers 401 to a mutation without a valid token on TCP", async () => {
+    const variants: Record<string, string>[] = [
+      {},
+      { authorization: "Bearer wrong" },
+      { authorization: TOKEN },
+    ];
+    for (const headers of variants) {
+      const res = await put("tcp", "m1", { source: "s3://allowed-x/m/" }, headers);
+      expect(res.statusCode).toBe(401);
+      expect(res.json().error.code).toBe("CS_UNAUTHORIZED");
+    }
+    expect((await h.tcp.inject({ method: "DELETE", url: "/v1/models/m1" })).statusCode).toBe(401);
+    expect((await h.tcp.inject({ url: "/v1/models" })).statusCode).toBe(401);
+  });
+
+  it("lets the socket's handshake calls through without a token, and nothing else", async () => {
+    const { bucket } = await seedModel();
+    expect((await put("socket", "hs", { source: `s3://${bucket}/m/` }, {})).statusCode).toBe(202);
+    expect((await h.sock.inject({ url: "/v1/models/hs" })).statusCode).toBe(200);
+    expect((await h.sock.inject({ url: "/v1/models/hs/ready?timeoutSeconds=30" })).statusCode).toBe(200);
+    expect((await h.sock.inject({ url: "/v1/models" })).statusCode).toBe(401);
+    expect((await h.sock.inject({ method: "DELETE", url: "/v1/models/hs" })).statusCode).toBe(401);
+    expect(
+      (await h.sock.inject({ method: "PATCH", url: "/v1/models/hs", payload: { pin: true } })).statusCode,
+    ).toBe(401);
+  });
+
+  it("validates bodies: unknown fields, wrong types, malformed JSON, size, content type", async () => {
+    const cases: [unknown, string | undefined, number, string][] = [
+      [{ source: "s3://allowed-x/m/", extra: 1 }, undefined, 400, "CS_REQUEST_INVALID"],
+      [{ source: "s3://allowed-x/m/", pin: "true" }, undefined, 400, "CS_REQUEST_INVALID"],
+      [{}, undefined, 400, "CS_REQUEST_INVALID"],
+      ['{"source": ', "application/json", 400, "CS_REQUEST_INVALID"],
+      [
+        {
+          source: "s3://allowed-x/m/",
+          include: Array.from({ length: 50 }, (_, i) => `${i}${"x".repeat(100)}`),
+        },
+        undefined,
+        413,
+        "CS_REQUEST_TOO_LARGE",
+      ],
+      ["source=s3://allowed-x/m/", "text/plain", 415, "CS_UNSUPPORTED_MEDIA_TYPE"],
+      [{ source: "https://allowed-x/m/" }, undefined, 400, "CS_SOURCE_URI_INVALID"],
+    ];
+    for (const [body, type, status, code] of cases) {
+      const res = await h.tcp.inject({
+        method: "PUT",
+        url: "/v1/models/m1",
+        payload: typeof body === "string" ? body : JSON.stringify(body),
+        headers: { ...auth, "content-type": type ?? "application/json" },
+      });
+      expect([res.statusCode, res.json().error?.code], JSON.stringify(body).slice(0, 80)).toEqual([
+        status,
+        code,
+      ]);
+    }
+    expect(h.manager.list()).toEqual([]);
+  });
+
+  it("refuses ids with .. or other unsafe segments with 400 CS_MODEL_ID_INVALID", async () => {
+    for (const id of ["a/../b", "x/..", "a//b", "/abs", "a/", "x".repeat(201), "sp ace", "a\u0000b", "./a"]) {
+      // Clients percent-encode ids (a raw "/../" would be resolved by the client's URL handling).
+      const res = await put("tcp", encodeURIComponent(id), { source: "s3://allowed-x/m/" });
+      expect([res.statusCode, res.json().error?.code], `${id} ${res.body}`).toEqual([
+        400,
+        "CS_MODEL_ID_INVALID",
+      ]);
+    }
+    expect(await readdir(join(h.root, "models"))).toEqual([]);
+  });
+
+  it("answers the long-poll: 503 with Retry-After on timeout, 409 CS_MODEL_FAILED, 404", async () => {
+    fx.proxy.addRule({ match: { method: "GET" }, action: { kind: "delay", ms: 1500 }, times: 1 });
+    const { bucket } = await seedModel();
+    await put("tcp", "slow", { source: `s3://${bucket}/m/` });
+    const pending = await h.tcp.inject({ url: "/v1/models/slow/ready?timeoutSeconds=0", headers: auth });
+    expect(pending.statusCode).toBe(503);
+    expect(pending.headers["retry-after"]).toBe("5");
+    expect(pending.json()).toMatchObject({ id: "slow" });
+
+    const missing = await freshBucket(fx.client, "allowed");
+    await put("tcp", "broken", { source: `s3://${missing}/nothing/` });
+    const failed = await h.tcp.inject({ url: "/v1/models/broken/ready?timeoutSeconds=30", headers: auth });
+    expect(failed.statusCode).toBe(409);
+    expect(failed.json().error).toMatchObject({ code: "CS_MODEL_FAILED", cause: { code: "CS_NO_OBJECTS" } });
+
+    const unknown = await h.tcp.inject({ url: "/v1/models/nope/ready?timeoutSeconds=1", headers: auth });
+    expect([unknown.statusCode, unknown.json().error.code]).toEqual([404, "CS_MODEL_NOT_FOUND"]);
+    const bad = await h.tcp.inject({ url: "/v1/models/slow/ready?timeoutSeconds=301", headers: auth });
+    expect(bad.statusCode).toBe(400);
+  });
+
+  it("pins, refuses to delete pinned or in-use models, and deletes otherwise (204)", async () => {
+    const { bucket } = await seedModel();
+    await put("tcp", "p", { source: `s3://${bucket}/m/`, pin: true });
+    await h.tcp.inject({ url: "/v1/models/p/ready?timeoutSeconds=30", headers: auth });
+    const pinned = await h.tcp.inject({ method: "DELETE", url: "/v1/models/p", headers: auth });
+    expect([pinned.statusCode, pinned.json().error.code]).toEqual([409, "CS_MODEL_PINNED"]);
+    const unpin = await h.tcp.inject({
+      method: "PATCH",
+      url: "/v1/models/p",
+      payload: { pin: false },
+      headers: auth,
+    });
+    expect(unpin.json().pinned).toBe(false);
+    // The ready long-poll above handed it to a "pod": within the grace period it stays.
+    const inUse = await h.tcp.inject({ method: "DELETE", url: "/v1/models/p", headers: auth });
+    expect([inUse.statusCode, inUse.json().error.code]).toEqual([409, "CS_MODEL_IN_USE"]);
+  });
+
+  it("deletes a model no pod uses: 204, directory gone, 404 after", async () => {
+    const { bucket } = await seedModel();
+    await put("tcp", "d", { source: `s3://${bucket}/m/` });
+    await h.manager.waitReady("d", 30_000);
+    const del = await h.tcp.inject({ method: "DELETE", url: "/v1/models/d", headers: auth });
+    expect(del.statusCode).toBe(204);
+    expect(await readdir(join(h.root, "models"))).toEqual([]);
+    expect((await h.tcp.inject({ url: "/v1/models/d", headers: auth })).statusCode).toBe(404);
+  });
+
+  it("serves /livez, /readyz, /metrics and /v1/node", async () => {
+    expect((await h.tcp.inject({ url: "/livez" })).statusCode).toBe(200);
+    expect((await h.tcp.inject({ url: "/readyz" })).statusCode).toBe(200);
+    const m = await h.tcp.inject({ url: "/metrics" });
+    expect(m.body).toContain("coldstart_models");
+    const node = await h.tcp.inject({ url: "/v1/node", headers: auth });
+    expect(node.json().disk).toMatchObject({
+      root: h.root,
+      totalBytes: expect.any(Number),
+      freeBytes: expect.any(Number),
+    });
+  });
+});
+
+describe("eviction", () => {
+  it("evicts least recently used first under the byte budget, never a pinned model", async () => {
+    await h.close();
+    h = await harness({ COLDSTART_EVICTION_MAX_BYTES: String(9 * MiB), COLDSTART_IN_USE_GRACE: "0" });
+    const bucket = await freshBucket(fx.client, "allowed");
+    for (const name of ["a", "b", "c", "d"]) {
+      await putFiles(fx.client, bucket, `${name}/`, [file("w.bin", Buffer.alloc(3 * MiB, name))]);
+    }
+    const stageOne = async (id: string, pin = false) => {
+      await put("tcp", id, { source: `s3://${bucket}/${id}/`, pin });
+      return h.manager.waitReady(id, 30_000);
+    };
+    await stageOne("a", true); // pinned: never evicted
+    await stageOne("b");
+    await stageOne("c");
+    expect((await stageOne("d")).outcome).toBe("ready"); // 12 MiB > 9 MiB: b (least recently used) goes
+    expect(
+      h.manager
+        .list()
+        .map((m) => m.id)
+        .sort(),
+    ).toEqual(["a", "c", "d"]);
+
+    const big = await freshBucket(fx.client, "allowed");
+    await putFiles(fx.client, big, "x/", [file("w.bin", Buffer.alloc(7 * MiB, 1))]);
+    await put("tcp", "x", { source: `s3://${big}/x/` });
+    const res = await h.manager.waitReady("x", 30_000);
+    // Even evicting c and d would leave pinned a (3 MiB) + 7 MiB over the budget: fail, evict nothing.
+    expect(res.outcome).toBe("failed");
+    expect(res.status.error?.code).toBe("CS_INSUFFICIENT_SPACE");
+    expect(
+      h.manager
+        .list()
+        .map((m) => m.id)
+        .sort(),
+    ).toEqual(["a", "c", "d", "x"]);
+  });
+});

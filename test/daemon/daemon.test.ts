@@ -1,0 +1,243 @@
+import { readFile, stat, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { afterEach, describe, expect, it } from "vitest";
+import { callDaemon } from "../../src/api/client.js";
+import {
+  coldstart,
+  type DaemonProcess,
+  finish,
+  type Outcome,
+  startDaemonProcess,
+} from "../support/processes.js";
+import { freshBucket, putFiles } from "../support/s3.js";
+import { useS3Fixture } from "../support/s3-fixture.js";
+import { digests, expectedDigests } from "../support/stage.js";
+import { syntheticModel } from "../support/synthetic-model.js";
+
+const fx = useS3Fixture("cs-daemon-");
+const MiB = 1024 * 1024;
+const TOKEN = "daemon-test-token";
+const daemons: DaemonProcess[] = [];
+
+afterEach(async () => {
+  for (const d of daemons.splice(0)) {
+    if (d.child.exitCode === null && d.child.signalCode === null) d.child.kill("SIGKILL");
+    await d.exited.catch(() => {});
+  }
+});
+
+interface Paths {
+  root: string;
+  socket: string;
+  tokens: string;
+}
+
+async function paths(): Promise<Paths> {
+  const tokens = join(fx.work, "tokens");
+  await writeFile(tokens, `${TOKEN}\n`);
+  return { root: join(fx.work, "root"), socket: join(fx.work, "run", "coldstart.sock"), tokens };
+}
+
+async function daemon(p: Paths, extra: string[] = []): Promise<DaemonProcess> {
+  const d = await startDaemonProcess(
+    [
+      "--root",
+      p.root,
+      "--socket",
+      p.socket,
+      "--token-file",
+      p.tokens,
+      "--allow-source",
+      "s3://dm-*/**",
+      "--endpoint",
+      fx.proxy.url,
+      "--path-style",
+      "--part-size",
+      "1MiB",
+      "--concurrency",
+      "4",
+      "--log-level",
+      "info",
+      ...extra,
+    ],
+    fx.s3,
+  );
+  daemons.push(d);
+  return d;
+}
+
+function wait(p: Paths, id: string, args: string[] = []) {
+  return coldstart(
+    ["wait", id, "--socket", p.socket, "--json", "--progress-interval-ms", "1000", ...args],
+    fx.s3,
+  );
+}
+
+async function seed(shards = 2, shardBytes = 2 * MiB) {
+  const bucket = await freshBucket(fx.client, "dm");
+  const files = syntheticModel({ shards, shardBytes });
+  await putFiles(fx.client, bucket, "m/", files);
+  return { bucket, files, source: `s3://${bucket}/m/` };
+}
+
+const lastJson = (o: Outcome) => JSON.parse(o.stdout.trim().split("\n").at(-1) ?? "null");
+
+describe("coldstart daemon + coldstart wait", () => {
+  it("wait --source stages on demand over the socket, exits 0 and writes the env file", async () => {
+    const p = await paths();
+    await daemon(p);
+    const { source, files } = await seed();
+    const envFile = join(fx.work, "env");
+
+    const out = await finish(wait(p, "org/demo", ["--source", source, "--env-file", envFile]));
+
+    expect(out.code, out.stderr).toBe(0);
+    expect(lastJson(out)).toMatchObject({ event: "ready", id: "org/demo", state: "ready" });
+    const modelPath = join(p.root, "models", "org", "demo");
+    expect(await readFile(envFile, "utf8")).toBe(
+      `COLDSTART_MODEL_ID='org/demo'\nCOLDSTART_MODEL_PATH='${modelPath}'\n`,
+    );
+    expect(await digests(modelPath, files)).toEqual(expectedDigests(files));
+    expect((await stat(p.socket)).mode & 0o777).toBe(0o660);
+  });
+
+  it("20 concurrent waits of one model: one download, all exit 0 within a second of ready", async () => {
+    const p = await paths();
+    const d = await daemon(p);
+    const { source, files } = await seed(2, 3 * MiB);
+    // Hold the download until every waiter is connected and polling.
+    let release = () => {};
+    const gate = new Promise<void>((r) => {
+      release = r;
+    });
+    fx.proxy.addRule({
+      match: { method: "GET", hasRange: true },
+      times: 1,
+      action: { kind: "hook", fn: () => gate },
+    });
+    const waiters = Array.from({ length: 20 }, () => wait(p, "shared/model", ["--source", source]));
+    const polling = waiters.map(
+      (w) =>
+        new Promise<void>((r) =>
+          w.stdout?.on("data", (b: Buffer) => b.toString().includes('"progress"') && r()),
+        ),
+    );
+    const outcomes = Promise.all(waiters.map(finish));
+    await Promise.all(polling);
+    release();
+    const results = await outcomes;
+
+    for (const r of results) expect(r.code, r.stderr).toBe(0);
+    const status = await callDaemon({ url: d.api, token: TOKEN }, "GET", "/v1/models/shared%2Fmodel");
+    const readyAt = Date.parse((status.body as { readyAt: string }).readyAt);
+    const lastExit = Math.max(...results.map((r) => r.exitedAt));
+    expect(lastExit - readyAt).toBeLessThan(1000);
+    // One staging job: each object listed once and each part fetched once.
+    expect(fx.proxy.requests.filter((r) => r.query.includes("list-type=2"))).toHaveLength(1);
+    const shard = files[0];
+    if (!shard) throw new Error("no shard");
+    const shardGets = fx.proxy.requests.filter((r) => r.method === "GET" && r.path.endsWith(shard.relPath));
+    expect(shardGets).toHaveLength(Math.ceil(shard.body.length / MiB));
+  });
+
+  it("exits 1 with the daemon's error when staging fails", async () => {
+    const p = await paths();
+    await daemon(p);
+    const bucket = await freshBucket(fx.client, "dm");
+    const out = await finish(wait(p, "empty", ["--source", `s3://${bucket}/nothing/`]));
+    expect(out.code).toBe(1);
+    expect(out.stderr).toMatch(/^coldstart: CS_MODEL_FAILED: staging empty failed: CS_NO_OBJECTS: /);
+  });
+
+  it("exits 3 when the model is not ready within --timeout, 4 when no daemon answers, 2 for bad input", async () => {
+    const p = await paths();
+    await daemon(p);
+    const { source } = await seed();
+    fx.proxy.addRule({ match: { method: "GET", hasRange: true }, action: { kind: "delay", ms: 5000 } });
+    const slow = await finish(wait(p, "slow", ["--source", source, "--timeout", "2s"]));
+    expect([slow.code, slow.stderr]).toEqual([3, expect.stringMatching(/CS_NOT_READY/)]);
+
+    const nobody = await finish(wait({ ...p, socket: join(fx.work, "none.sock") }, "x", ["--timeout", "1s"]));
+    expect([nobody.code, nobody.stderr]).toEqual([4, expect.stringMatching(/CS_DAEMON_UNREACHABLE/)]);
+
+    const badId = await finish(wait(p, "a/../b", ["--source", source]));
+    expect([badId.code, badId.stderr]).toEqual([2, expect.stringMatching(/CS_MODEL_ID_INVALID/)]);
+    const forbidden = await finish(wait(p, "f", ["--source", "s3://elsewhere/m/"]));
+    expect([forbidden.code, forbidden.stderr]).toEqual([2, expect.stringMatching(/CS_SOURCE_NOT_ALLOWED/)]);
+  });
+
+  it("survives a SIGKILL mid-staging: the restarted daemon resumes and the waiter succeeds", async () => {
+    const p = await paths();
+    const first = await daemon(p);
+    const { source, files } = await seed(4, 3 * MiB);
+    const total = files.reduce((n, f) => n + f.body.length, 0);
+    fx.proxy.addRule({ match: { method: "GET", hasRange: true }, action: { kind: "delay", ms: 500 } });
+    const waiter = wait(p, "resume/me", ["--source", source, "--timeout", "60s"]);
+    const waited = finish(waiter);
+    // Kill once a good part of the model is on disk (and fail at once if it finished first).
+    await new Promise<void>((resolve, reject) => {
+      waiter.stdout?.on("data", (b: Buffer) => {
+        for (const line of b.toString().split("\n")) {
+          if (line.includes('"progress"') && JSON.parse(line).bytesDone > total / 3) resolve();
+          if (line.includes('"ready"'))
+            reject(new Error("model was ready before the kill: slow the parts down"));
+        }
+      });
+    });
+    first.child.kill("SIGKILL");
+    await first.exited;
+    fx.proxy.clearRules();
+    await daemon(p);
+
+    const out = await waited;
+    expect(out.code, out.stderr).toBe(0);
+    expect(await digests(join(p.root, "models", "resume", "me"), files)).toEqual(expectedDigests(files));
+    // Only parts in flight at the kill (at most concurrency x part size) were fetched twice.
+    expect(objectBytes(source) - total).toBeLessThanOrEqual(4 * MiB);
+  });
+
+  it("SIGTERM drains: exits 0, and the next daemon resumes the interrupted model", async () => {
+    const p = await paths();
+    const d = await daemon(p, ["--shutdown-grace", "300ms"]);
+    const { source, files } = await seed(2, 3 * MiB);
+    fx.proxy.addRule({ match: { method: "GET", hasRange: true }, action: { kind: "delay", ms: 1500 } });
+    const put = await callDaemon({ url: d.api, token: TOKEN }, "PUT", "/v1/models/drain", { source });
+    expect(put.status).toBe(202);
+    await new Promise((r) => setTimeout(r, 500));
+    d.child.kill("SIGTERM");
+    const exit = await d.exited;
+    expect(exit.code).toBe(0);
+    const models = JSON.parse(await readFile(join(p.root, "state", "models.json"), "utf8")).models;
+    expect(models[0]).toMatchObject({ id: "drain", state: "staging" });
+
+    fx.proxy.clearRules();
+    const next = await daemon(p);
+    const ready = await callDaemon(
+      { url: next.api, token: TOKEN },
+      "GET",
+      "/v1/models/drain/ready?timeoutSeconds=60",
+    );
+    expect(ready.status).toBe(200);
+    expect(await digests(join(p.root, "models", "drain"), files)).toEqual(expectedDigests(files));
+  });
+
+  it("refuses to start with auth none on a non-loopback listener", async () => {
+    const p = await paths();
+    const out = await finish(
+      coldstart(
+        ["daemon", "--root", p.root, "--socket", p.socket, "--auth", "none", "--listen", "0.0.0.0:0"],
+        fx.s3,
+      ),
+    );
+    expect(out.code).toBe(2);
+    expect(out.stderr).toMatch(/CS_CONFIG_INVALID: daemon.auth none is for local demos only/);
+  });
+});
+
+/** Object bytes the proxy relayed for this source's keys (listings excluded). */
+function objectBytes(source: string): number {
+  const prefix = `/${source.slice("s3://".length)}`;
+  let n = 0;
+  for (const [path, bytes] of fx.proxy.bytesServed().byPath) if (path.startsWith(prefix)) n += bytes;
+  return n;
+}

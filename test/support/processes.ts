@@ -1,0 +1,87 @@
+import { type ChildProcess, spawn } from "node:child_process";
+import { resolve } from "node:path";
+import type { S3Endpoint } from "./s3.js";
+
+const root = resolve(import.meta.dirname, "../..");
+
+/** The real `coldstart` command as a child process (TypeScript sources through tsx). */
+export function coldstart(args: string[], s3: S3Endpoint, env: Record<string, string> = {}): ChildProcess {
+  // "--": Node would otherwise read `wait --env-file PATH` as its own flag (see bin/coldstart.js).
+  return spawn(process.execPath, ["--import", "tsx", "--", resolve(root, "src/cli/bin.ts"), ...args], {
+    cwd: root,
+    env: {
+      PATH: process.env.PATH ?? "",
+      HOME: process.env.HOME ?? "/root",
+      AWS_ACCESS_KEY_ID: s3.accessKeyId,
+      AWS_SECRET_ACCESS_KEY: s3.secretAccessKey,
+      AWS_REGION: s3.region,
+      ...env,
+    },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+}
+
+export interface Outcome {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+  /** Date.now() when the process exited. */
+  exitedAt: number;
+}
+
+export function finish(child: ChildProcess): Promise<Outcome> {
+  let stdout = "";
+  let stderr = "";
+  child.stdout?.on("data", (d) => (stdout += d));
+  child.stderr?.on("data", (d) => (stderr += d));
+  return new Promise((done) =>
+    child.on("close", (code, signal) => done({ code, signal, stdout, stderr, exitedAt: Date.now() })),
+  );
+}
+
+export interface DaemonProcess {
+  child: ChildProcess;
+  /** http://127.0.0.1:PORT of the API. */
+  api: string;
+  metrics: string;
+  /** Every JSON log line so far. */
+  logs: Record<string, unknown>[];
+  exited: Promise<Outcome>;
+}
+
+/** Starts `coldstart daemon` and resolves once it logs that it is ready (or rejects if it exits). */
+export async function startDaemonProcess(
+  args: string[],
+  s3: S3Endpoint,
+  env: Record<string, string> = {},
+): Promise<DaemonProcess> {
+  const child = coldstart(
+    ["daemon", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", ...args],
+    s3,
+    env,
+  );
+  const logs: Record<string, unknown>[] = [];
+  const exited = finish(child);
+  let buffered = "";
+  const ready = new Promise<{ api: string; metrics: string }>((resolveReady, reject) => {
+    child.stdout?.on("data", (d: Buffer) => {
+      buffered += d.toString();
+      const lines = buffered.split("\n");
+      buffered = lines.pop() ?? "";
+      for (const line of lines) {
+        try {
+          const entry = JSON.parse(line) as Record<string, unknown>;
+          logs.push(entry);
+          if (entry.msg === "coldstart daemon ready")
+            resolveReady({ api: String(entry.api), metrics: String(entry.metrics) });
+        } catch {
+          // not a log line
+        }
+      }
+    });
+    exited.then((o) => reject(new Error(`daemon exited ${o.code ?? o.signal} before ready: ${o.stderr}`)));
+  });
+  const { api, metrics } = await ready;
+  return { child, api, metrics, logs, exited };
+}
