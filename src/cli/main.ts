@@ -6,7 +6,7 @@ import { pullCommand } from "./pull-command.js";
 import { waitCommand } from "./wait-command.js";
 
 /** Process exit codes: stable, documented in docs/cli.md. */
-export const EXIT = { ok: 0, failed: 1, usage: 2, interrupted: 130 } as const;
+export const EXIT = { ok: 0, failed: 1, usage: 2, interrupted: 130, terminated: 143 } as const;
 
 const pkg = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as {
   version: string;

@@ -12,13 +12,13 @@ export interface ProgressView {
  */
 export function startProgress(
   snapshot: () => StageProgress,
-  options: { json: boolean; intervalMs: number },
+  options: { json: boolean; stream: NodeJS.WritableStream; intervalMs: number },
 ): ProgressView {
   if (options.json) {
     const timer = setInterval(() => {
       const p = snapshot();
       if (p.phase !== "downloading") return;
-      process.stdout.write(`${JSON.stringify({ event: "progress", ...view(p) })}\n`);
+      options.stream.write(`${JSON.stringify({ event: "progress", ...view(p) })}\n`);
     }, options.intervalMs);
     timer.unref();
     return { stop: () => clearInterval(timer) };

@@ -50,7 +50,15 @@ export function pullCommand(setExit: (code: number) => void): Command {
     } catch (err) {
       const e = toColdstartError(err);
       reportError(e, config?.output.json ?? false);
-      setExit(isUsageError(e) ? EXIT.usage : e.code === "CS_ABORTED" ? EXIT.interrupted : EXIT.failed);
+      setExit(
+        isUsageError(e)
+          ? EXIT.usage
+          : e.code === "CS_ABORTED"
+            ? /SIGTERM/.test(e.message)
+              ? EXIT.terminated
+              : EXIT.interrupted
+            : EXIT.failed,
+      );
     }
   });
   return cmd;
@@ -88,8 +96,11 @@ async function pull(uri: string, dest: string, config: Config): Promise<number> 
     signal: abort.signal,
     logger,
   });
+  // A bar on a terminal; otherwise JSON lines: on stdout with --json (the summary ends them), else on
+  // stderr so stdout holds only the human summary.
   const progress = startProgress(() => job.progress(), {
     json: config.output.json || !process.stderr.isTTY,
+    stream: config.output.json ? process.stdout : process.stderr,
     intervalMs: config.output.progressIntervalMs,
   });
   try {

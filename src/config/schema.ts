@@ -333,7 +333,7 @@ export const schema = {
   log: {
     level: option({
       schema: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]),
-      default: "warn",
+      default: "info",
       env: ["COLDSTART_LOG_LEVEL"],
       flag: "--log-level <level>",
       help: "Structured log level (JSON logs on stderr).",

@@ -173,7 +173,9 @@ export class StageJob implements TaskOwner {
         details: { field: "dest", value: dest },
       });
     });
-    const st = await lstat(dest);
+    const st = await lstat(dest).catch((e) => {
+      throw ioError(e, `inspecting destination ${dest}`);
+    });
     if (!st.isDirectory()) {
       throw new ColdstartError(
         "CS_DEST_INVALID",

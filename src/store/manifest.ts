@@ -57,7 +57,11 @@ export class ManifestStore {
     const path = join(root, STATE_DIR, MANIFEST_FILE);
     const header: Header = { version: 1, source };
     const files = new Map<string, ManifestFile>();
-    const text = await readFile(path, "utf8").catch(() => "");
+    // Only "no manifest yet" means empty: an unreadable one must not be compacted over.
+    const text = await readFile(path, "utf8").catch((e: NodeJS.ErrnoException) => {
+      if (e.code === "ENOENT") return "";
+      throw ioError(e, `reading manifest ${path}`);
+    });
     const [first, ...rest] = text.split("\n");
     let lines = 0;
     if (first && sameHeader(first, header)) {
@@ -118,10 +122,13 @@ export class ManifestStore {
 
   /** Closes the manifest, compacting it if appends outnumber its files. */
   async close(): Promise<void> {
-    if (this.#lines > this.#files.size) await this.compact();
-    await this.#appending;
-    await this.#fh?.close();
-    this.#fh = undefined;
+    try {
+      if (this.#lines > this.#files.size) await this.compact();
+      await this.#appending;
+    } finally {
+      await this.#fh?.close();
+      this.#fh = undefined;
+    }
   }
 
   #append(line: Line): Promise<void> {

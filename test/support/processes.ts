@@ -4,10 +4,24 @@ import type { S3Endpoint } from "./s3.js";
 
 const root = resolve(import.meta.dirname, "../..");
 
-/** The real `coldstart` command as a child process (TypeScript sources through tsx). */
-export function coldstart(args: string[], s3: S3Endpoint, env: Record<string, string> = {}): ChildProcess {
+export interface SpawnOptions {
+  /** Run the built CLI (bin/coldstart.js, dist/) instead of the TypeScript sources through tsx. */
+  built?: boolean;
+  stdio?: "pipe" | "inherit";
+}
+
+/** The real `coldstart` command as a child process. */
+export function coldstart(
+  args: string[],
+  s3: S3Endpoint,
+  env: Record<string, string> = {},
+  options: SpawnOptions = {},
+): ChildProcess {
   // "--": Node would otherwise read `wait --env-file PATH` as its own flag (see bin/coldstart.js).
-  return spawn(process.execPath, ["--import", "tsx", "--", resolve(root, "src/cli/bin.ts"), ...args], {
+  const entry = options.built
+    ? ["--", resolve(root, "bin/coldstart.js")]
+    : ["--import", "tsx", "--", resolve(root, "src/cli/bin.ts")];
+  return spawn(process.execPath, [...entry, ...args], {
     cwd: root,
     env: {
       PATH: process.env.PATH ?? "",
@@ -17,7 +31,7 @@ export function coldstart(args: string[], s3: S3Endpoint, env: Record<string, st
       AWS_REGION: s3.region,
       ...env,
     },
-    stdio: ["ignore", "pipe", "pipe"],
+    stdio: ["ignore", options.stdio ?? "pipe", options.stdio ?? "pipe"],
   });
 }
 
@@ -55,11 +69,13 @@ export async function startDaemonProcess(
   args: string[],
   s3: S3Endpoint,
   env: Record<string, string> = {},
+  options: Pick<SpawnOptions, "built"> = {},
 ): Promise<DaemonProcess> {
   const child = coldstart(
     ["daemon", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", ...args],
     s3,
     env,
+    options,
   );
   const logs: Record<string, unknown>[] = [];
   const exited = finish(child);
@@ -81,6 +97,10 @@ export async function startDaemonProcess(
       }
     });
     exited.then((o) => reject(new Error(`daemon exited ${o.code ?? o.signal} before ready: ${o.stderr}`)));
+    setTimeout(
+      () => reject(new Error(`daemon not ready after 30 s; logs: ${JSON.stringify(logs)}`)),
+      30_000,
+    ).unref();
   });
   const { api, metrics } = await ready;
   return { child, api, metrics, logs, exited };
