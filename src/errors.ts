@@ -29,6 +29,7 @@ export const errorCodes = {
   CS_IO_ERROR: "A local filesystem operation failed.",
   CS_ABORTED: "The operation was cancelled (signal or shutdown).",
   CS_MODEL_ID_INVALID: "A model id is not 1-200 characters of [A-Za-z0-9._/-] in safe path segments.",
+  CS_MODEL_ID_CONFLICT: "The model id would nest inside (or around) another model's directory.",
   CS_MODEL_NOT_FOUND: "No model with that id is known to this daemon.",
   CS_MODEL_SOURCE_CONFLICT: "The model id is already registered with another source (or filters).",
   CS_MODEL_FAILED: "Staging the model failed; the status carries the underlying error.",

@@ -49,6 +49,8 @@ export async function startDaemon(
       details: { field: "daemon.tokenFile" },
     });
   }
+  // Opened first: nothing else has started yet if the state is unreadable.
+  const registry = await ModelRegistry.open(d.root);
   const tokens = d.auth === "token" && d.tokenFile ? new TokenFile(d.tokenFile, { logger }) : undefined;
   const metrics = new Metrics();
   const source = new S3ObjectSource({
@@ -59,8 +61,14 @@ export async function startDaemon(
     requestTimeoutMs: config.download.requestTimeoutMs,
     metrics,
   });
-  const labeler = nodeLabeler(config, logger);
-  const registry = await ModelRegistry.open(d.root);
+  let labeler: NodeLabeler | undefined;
+  try {
+    labeler = nodeLabeler(config, logger);
+  } catch (err) {
+    tokens?.close();
+    source.close();
+    throw err;
+  }
   let ready = false;
   const manager: ModelManager = new ModelManager({
     root: d.root,
@@ -75,19 +83,38 @@ export async function startDaemon(
       for (const [state, n] of Object.entries(manager.countByState())) metrics.models.set({ state }, n);
     },
   });
-  await manager.start();
-
+  // Anything that fails from here on must undo what started, or a half-started daemon keeps
+  // serving (and staging) while its command reports failure and never exits.
   const deps = { manager, logger, metrics, tokens, bodyLimitBytes: d.bodyLimitBytes, isReady: () => ready };
   const api = buildApp(deps, "tcp");
   const sock = buildApp(deps, "socket");
   const metricsApp = buildMetricsApp(deps);
-  const apiAddress = await api.listen({ host, port: Number(portText) });
-  const [mHost, mPort] = splitHostPort(d.metricsListen);
-  const metricsAddress = await metricsApp.listen({ host: mHost, port: Number(mPort) });
-  await mkdir(dirname(d.socketPath), { recursive: true, mode: 0o750 });
-  await rm(d.socketPath, { force: true }); // a socket file left by a killed predecessor
-  await sock.listen({ path: d.socketPath });
-  await chmod(d.socketPath, 0o660);
+  const undo = async () => {
+    await manager.drain(0).catch(() => {});
+    await Promise.allSettled([api.close(), sock.close(), metricsApp.close()]);
+    labeler?.close();
+    tokens?.close();
+    source.close();
+  };
+  let apiAddress: string;
+  let metricsAddress: string;
+  try {
+    await manager.start();
+    apiAddress = await listen(() => api.listen({ host, port: Number(portText) }), "daemon.listen", d.listen);
+    const [mHost, mPort] = splitHostPort(d.metricsListen);
+    metricsAddress = await listen(
+      () => metricsApp.listen({ host: mHost, port: Number(mPort) }),
+      "daemon.metricsListen",
+      d.metricsListen,
+    );
+    await mkdir(dirname(d.socketPath), { recursive: true, mode: 0o750 });
+    await rm(d.socketPath, { force: true }); // a socket file left by a killed predecessor
+    await listen(() => sock.listen({ path: d.socketPath }), "daemon.socketPath", d.socketPath);
+    await chmod(d.socketPath, 0o660);
+  } catch (err) {
+    await undo();
+    throw err;
+  }
 
   const refreshDisk = async () => {
     const disk = await manager.disk();
@@ -157,6 +184,22 @@ function nodeLabeler(config: Config, logger: Logger): NodeLabeler | undefined {
     return undefined;
   }
   return new NodeLabeler({ nodeName, kubeConfig: kc, logger: logger.child({ component: "labels" }) });
+}
+
+/** A listen() whose address problems are configuration errors naming the option. */
+async function listen(start: () => Promise<string>, field: string, value: string): Promise<string> {
+  try {
+    return await start();
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === "EADDRINUSE" || code === "EADDRNOTAVAIL" || code === "EACCES") {
+      throw new ColdstartError("CS_CONFIG_INVALID", `${field} ${value} cannot be used: ${code}`, {
+        cause: e,
+        details: { field, value },
+      });
+    }
+    throw e;
+  }
 }
 
 function splitHostPort(hp: string): [string, string] {

@@ -81,18 +81,24 @@ export function buildApp(deps: AppDeps, surface: Surface) {
     });
   });
 
-  // Authorization: every /v1 call on TCP needs a token; on the socket only the handshake is free.
+  // Authorization, deny by default: only the probes and /metrics are public; on the socket the
+  // handshake calls are free too. Decided on the matched route, never on the raw target (an
+  // absolute-form target such as `PUT http://x/v1/models/m` routes like `/v1/models/m`).
+  app.decorateRequest("authenticated", false);
   app.addHook("onRequest", async (req) => {
-    if (!req.url.startsWith("/v1/")) return;
-    if (surface === "socket" && isHandshake(req)) return;
-    if (!deps.tokens) return;
-    const m = /^Bearer ([^\s]+)$/.exec(req.headers.authorization ?? "");
-    if (!m?.[1] || !deps.tokens.accepts(m[1])) {
-      throw new ColdstartError(
-        "CS_UNAUTHORIZED",
-        "missing or invalid bearer token (Authorization: Bearer <token>)",
-      );
+    if (!req.url.startsWith("/")) {
+      throw new ColdstartError("CS_REQUEST_INVALID", "the request target must be a path (origin-form)");
     }
+    const m = /^Bearer ([^\s]+)$/.exec(req.headers.authorization ?? "");
+    req.authenticated = deps.tokens === undefined || (m?.[1] !== undefined && deps.tokens.accepts(m[1]));
+    const route = req.routeOptions.url;
+    if (req.authenticated || (route !== undefined && PUBLIC_ROUTES.has(route))) return;
+    if (surface === "socket" && route === "/v1/models/*" && (req.method === "PUT" || req.method === "GET"))
+      return;
+    throw new ColdstartError(
+      "CS_UNAUTHORIZED",
+      "missing or invalid bearer token (Authorization: Bearer <token>)",
+    );
   });
 
   app.get("/livez", async () => ({ status: "ok" }));
@@ -111,6 +117,10 @@ export function buildApp(deps: AppDeps, surface: Surface) {
 
   app.put<{ Body: ModelRequest }>("/v1/models/*", { schema: { body: modelBody } }, async (req, reply) => {
     const { id } = parseModelPath(req);
+    if (req.body.pin !== undefined && !req.authenticated) {
+      // The tokenless handshake may ask for a model, not change what protects other models.
+      throw new ColdstartError("CS_UNAUTHORIZED", "pin needs a bearer token; the handshake cannot set it");
+    }
     const { status, created } = await deps.manager.request(id, req.body, { waited: surface === "socket" });
     return reply.code(status.state === "ready" && !created ? 200 : 202).send(status);
   });
@@ -143,16 +153,28 @@ async function longPoll(deps: AppDeps, req: FastifyRequest, reply: FastifyReply,
       { details: { field: "timeoutSeconds", value: raw } },
     );
   }
-  const started = Date.now();
-  // The client going away ends the wait (and lowers the model's priority again).
+  // The client going away ends the wait (and lowers the model's priority again). The listener goes
+  // with the response: a keep-alive connection serves many polls.
   const gone = new AbortController();
-  req.raw.socket.once("close", () => gone.abort());
-  const { outcome, status } = await deps.manager.waitReady(id, timeoutSeconds * 1000, gone.signal);
-  deps.metrics?.handshakeWaitDuration.observe((Date.now() - started) / 1000);
+  const onClose = () => gone.abort();
+  reply.raw.once("close", onClose);
+  let result: Awaited<ReturnType<ModelManager["waitReady"]>>;
+  try {
+    result = await deps.manager.waitReady(id, timeoutSeconds * 1000, gone.signal);
+  } finally {
+    reply.raw.off("close", onClose);
+  }
+  const { outcome, status } = result;
+  // Metrics count handshakes, not polls: only a terminal answer ends one.
   if (outcome === "ready") {
-    deps.metrics?.handshakeWaits.inc({ outcome: "ready" });
-    await deps.manager.markInUse(id);
-    return reply.code(200).send(deps.manager.get(id));
+    const handed = await deps.manager.markInUse(id);
+    if (handed) {
+      deps.metrics?.handshakeWaits.inc({ outcome: "ready" });
+      deps.metrics?.handshakeWaitDuration.observe(handed.waitedSeconds);
+      return reply.code(200).send(handed.status);
+    }
+    // Evicted between ready and this answer: not ready after all.
+    return reply.code(503).header("retry-after", "5").send(deps.manager.get(id));
   }
   if (outcome === "failed") {
     deps.metrics?.handshakeWaits.inc({ outcome: "failed" });
@@ -166,7 +188,6 @@ async function longPoll(deps: AppDeps, req: FastifyRequest, reply: FastifyReply,
       status,
     });
   }
-  deps.metrics?.handshakeWaits.inc({ outcome: "timeout" });
   return reply
     .code(503)
     .header("retry-after", "5")
@@ -191,10 +212,14 @@ function parseModelPath(req: FastifyRequest, allowReady = false): { id: string; 
   return { id, ready };
 }
 
-/** PUT of a model, its status, and its ready long-poll: what an init container needs, no more. */
-function isHandshake(req: FastifyRequest): boolean {
-  if (!req.url.startsWith("/v1/models/")) return false;
-  return req.method === "PUT" || req.method === "GET";
+/** Routes anyone may call: probes and metrics, nothing that reads or changes models. */
+const PUBLIC_ROUTES = new Set(["/livez", "/readyz", "/metrics"]);
+
+declare module "fastify" {
+  interface FastifyRequest {
+    /** The request carried a valid bearer token (always true with `daemon.auth: none`). */
+    authenticated: boolean;
+  }
 }
 
 function asCatalogError(err: unknown): ColdstartError {

@@ -9,6 +9,7 @@ export const httpStatusOf: Partial<Record<ErrorCode, number>> = {
   CS_SOURCE_NOT_ALLOWED: 403,
   CS_MODEL_NOT_FOUND: 404,
   CS_MODEL_SOURCE_CONFLICT: 409,
+  CS_MODEL_ID_CONFLICT: 409,
   CS_MODEL_FAILED: 409,
   CS_MODEL_PINNED: 409,
   CS_MODEL_IN_USE: 409,

@@ -73,7 +73,7 @@ async function wait(id: string, config: Config): Promise<number> {
     );
   }
   const ep: DaemonEndpoint = w.url
-    ? { url: w.url, token: (await readFile(w.tokenFile as string, "utf8")).split("\n")[0]?.trim() }
+    ? { url: w.url, token: firstToken(await readFile(w.tokenFile as string, "utf8")) }
     : { socketPath: w.socket ?? DEFAULT_SOCKET };
   const where = w.url ?? ep.socketPath;
   const started = Date.now();
@@ -116,9 +116,17 @@ async function wait(id: string, config: Config): Promise<number> {
     }
   };
 
-  const first = w.source ? await call("PUT", path, { source: w.source }) : await call("GET", path);
-  if (first.status >= 400) throw fromResponse(first, id);
-  progress(first.body as ModelStatus, config.output.json, started);
+  /** Asks for the model (staging it with --source). An eviction in progress is waited out. */
+  const request = async (): Promise<void> => {
+    for (;;) {
+      const res = w.source ? await call("PUT", path, { source: w.source }) : await call("GET", path);
+      if (res.status < 400) return progress(res.body as ModelStatus, config.output.json, started);
+      const e = fromResponse(res, id);
+      if (e.code !== "CS_MODEL_IN_USE" || Date.now() + 1000 > deadline) throw e;
+      await sleep(1000);
+    }
+  };
+  await request();
 
   for (;;) {
     const left = Math.floor((deadline - Date.now()) / 1000);
@@ -136,6 +144,11 @@ async function wait(id: string, config: Config): Promise<number> {
       progress(res.body as ModelStatus, config.output.json, started);
       continue;
     }
+    // Evicted or deleted after we asked: with a source, ask again rather than fail the pod.
+    if (res.status === 404 && w.source) {
+      await request();
+      continue;
+    }
     throw fromResponse(res, id);
   }
 }
@@ -146,6 +159,14 @@ async function writeEnvFile(path: string, status: ModelStatus): Promise<void> {
   const lines = [`COLDSTART_MODEL_ID=${quote(status.id)}`, `COLDSTART_MODEL_PATH=${quote(status.path)}`];
   await writeFile(`${path}.tmp`, `${lines.join("\n")}\n`, { mode: 0o644 });
   await rename(`${path}.tmp`, path);
+}
+
+/** The first token line of a token file (blank lines and # comments skipped, as the daemon reads it). */
+function firstToken(text: string): string | undefined {
+  return text
+    .split("\n")
+    .map((l) => l.trim())
+    .find((l) => l !== "" && !l.startsWith("#"));
 }
 
 function fromResponse(res: JsonResponse, id: string): ColdstartError {

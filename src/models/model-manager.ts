@@ -65,7 +65,12 @@ interface Running {
   job: StageJob;
   done: Promise<void>;
   waiters: number;
+  /** Lowers the priority again some time after the last waiter left. */
+  decay?: NodeJS.Timeout;
 }
+
+/** How long a model stays at the waited-for priority after its last waiter's poll ended. */
+const WAITED_PRIORITY_LINGER_MS = 15_000;
 
 /**
  * Owns the models under <root>/models/: one staging job per model however many ask (single flight),
@@ -78,6 +83,10 @@ export class ModelManager {
   readonly #allowed: (source: string) => boolean;
   readonly #running = new Map<string, Running>();
   readonly #listeners = new Map<string, Set<() => void>>();
+  /** When the current wait for a model began (first poll while not ready): handshake durations. */
+  readonly #waitingSince = new Map<string, number>();
+  /** Evictions (and the room-making that picks them) run one at a time. */
+  #evicting: Promise<unknown> = Promise.resolve();
   #draining = false;
 
   constructor(options: ModelManagerOptions) {
@@ -149,6 +158,7 @@ export class ModelManager {
     const exclude = [...(req.exclude ?? [])];
     const priority = opts.waited ? PRIORITY_WAITED : PRIORITY_PREFETCH;
     const existing = this.#o.registry.get(id);
+    if (!existing) this.#refuseNested(id);
     if (existing) {
       if (
         existing.source !== source ||
@@ -168,8 +178,7 @@ export class ModelManager {
         existing.pinned = req.pin;
         await this.#o.registry.put(existing);
       }
-      const running = this.#running.get(id);
-      if (running && opts.waited) running.job.setPriority(Math.max(running.job.priority, priority));
+      if (opts.waited) this.#waited(id);
       if (existing.state === "failed") this.#startJob(existing, priority);
       return { status: this.#status(existing), created: false };
     }
@@ -183,8 +192,10 @@ export class ModelManager {
       bytesTotal: 0,
       filesTotal: 0,
     };
-    await this.#o.registry.put(record);
+    // The job is registered before anything is awaited (single flight; a racing DELETE sees it),
+    // and persists the record itself: a failed write fails the job, visibly, instead of stranding it.
     this.#startJob(record, priority);
+    if (opts.waited) this.#waited(id);
     return { status: this.#status(record), created: true };
   }
 
@@ -200,6 +211,7 @@ export class ModelManager {
     const r = this.#record(id);
     const settled = (s: ModelState) => s === "ready" || s === "failed";
     if (settled(r.state)) return { outcome: r.state as WaitOutcome, status: this.#status(r) };
+    if (!this.#waitingSince.has(id)) this.#waitingSince.set(id, this.#now());
     const running = this.#running.get(id);
     if (running) {
       running.waiters++;
@@ -224,9 +236,8 @@ export class ModelManager {
         signal?.addEventListener("abort", finish, { once: true });
       });
     } finally {
-      if (running && --running.waiters === 0 && this.#running.get(id) === running) {
-        running.job.setPriority(PRIORITY_PREFETCH);
-      }
+      // Waiters poll in a loop: keep the priority through the gap between two polls.
+      if (running && --running.waiters === 0) this.#waited(id);
     }
     const now = this.#o.registry.get(id);
     if (!now) throw new ColdstartError("CS_MODEL_NOT_FOUND", `model ${id} was removed while waiting`);
@@ -236,13 +247,23 @@ export class ModelManager {
     };
   }
 
-  /** The model was handed to a pod: keep it from eviction for the grace period. */
-  async markInUse(id: string): Promise<void> {
-    const r = this.#record(id);
-    const now = this.#now();
-    r.lastUsedAt = new Date(now).toISOString();
-    r.inUseUntil = new Date(now + this.#o.config.eviction.inUseGraceMs).toISOString();
-    await this.#o.registry.put(r);
+  /**
+   * The model is being handed to a pod: keep it from eviction for the grace period. Returns undefined
+   * if it is not ready any more (evicted in between): the caller must not report it ready. Runs in
+   * the eviction queue, so an eviction that picked the model has either finished or not started.
+   */
+  async markInUse(id: string): Promise<{ status: ModelStatus; waitedSeconds: number } | undefined> {
+    return this.#exclusive(async () => {
+      const r = this.#o.registry.get(id);
+      if (r?.state !== "ready") return undefined;
+      const now = this.#now();
+      r.lastUsedAt = new Date(now).toISOString();
+      r.inUseUntil = new Date(now + this.#o.config.eviction.inUseGraceMs).toISOString();
+      await this.#o.registry.put(r);
+      const since = this.#waitingSince.get(id);
+      this.#waitingSince.delete(id);
+      return { status: this.#status(r), waitedSeconds: since === undefined ? 0 : (now - since) / 1000 };
+    });
   }
 
   async setPin(id: string, pinned: boolean): Promise<ModelStatus> {
@@ -254,13 +275,17 @@ export class ModelManager {
 
   /** DELETE: evicts now, unless pinned, being staged, or within the in-use grace period. */
   async remove(id: string): Promise<void> {
+    return this.#exclusive(() => this.#remove(id));
+  }
+
+  async #remove(id: string): Promise<void> {
     const r = this.#record(id);
     if (r.pinned)
       throw new ColdstartError(
         "CS_MODEL_PINNED",
         `model ${id} is pinned; unpin it (PATCH {"pin":false}) first`,
       );
-    if (this.#running.has(id) || this.#inGrace(r)) {
+    if (this.#running.has(id) || this.#inGrace(r) || (r.state !== "ready" && r.state !== "failed")) {
       throw new ColdstartError(
         "CS_MODEL_IN_USE",
         this.#running.has(id)
@@ -273,14 +298,21 @@ export class ModelManager {
 
   /** Evicts least recently used models while disk use is over the high watermark (down to low). */
   async enforceWatermarks(): Promise<void> {
-    const { highWatermarkPercent: high, lowWatermarkPercent: low } = this.#o.config.eviction;
-    let use = await this.#diskUsePercent();
-    if (use <= high) return;
-    for (const victim of this.#evictionCandidates()) {
-      if (use <= low) break;
-      await this.#evict(victim, "watermark");
-      use = await this.#diskUsePercent();
-    }
+    return this.#exclusive(async () => {
+      const { highWatermarkPercent: high, lowWatermarkPercent: low, maxBytes } = this.#o.config.eviction;
+      const overBudget = () => maxBytes > 0 && this.#readyBytes() > maxBytes;
+      while (overBudget()) {
+        const victim = this.#evictionCandidates()[0];
+        if (!victim) break;
+        await this.#evict(victim, "budget");
+      }
+      let use = await this.#diskUsePercent();
+      if (use <= high) return;
+      for (const victim of this.#evictionCandidates()) {
+        if (use <= low) break;
+        if (await this.#evict(victim, "watermark")) use = await this.#diskUsePercent();
+      }
+    });
   }
 
   /** Disk facts of the staging root, for /v1/node and metrics. */
@@ -357,10 +389,11 @@ export class ModelManager {
     delete record.readyAt;
     const running: Running = { job, waiters: 0, done: Promise.resolve() };
     this.#running.set(record.id, running);
+    this.#o.registry.set(record);
     running.done = (async () => {
-      await this.#o.registry.put(record);
       this.#changed(record.id);
       try {
+        await this.#o.registry.put(record);
         const result = await job.run();
         record.state = "ready";
         record.bytesTotal = result.bytes;
@@ -380,9 +413,13 @@ export class ModelManager {
       } finally {
         this.#running.delete(record.id);
       }
-      await this.#o.registry
-        .put(record)
-        .catch((e) => this.#o.logger.error({ err: String(e) }, "persisting state"));
+      // Deleted meanwhile (it cannot be while running, but never resurrect a record that is gone).
+      if (this.#o.registry.get(record.id) === record) {
+        await this.#o.registry
+          .put(record)
+          .catch((e) => this.#o.logger.error({ err: String(e) }, "persisting state"));
+      }
+      if (record.state !== "ready" && record.state !== "staging") this.#waitingSince.delete(record.id);
       this.#changed(record.id);
       if (record.state === "ready") {
         await this.enforceWatermarks().catch((e) =>
@@ -399,34 +436,97 @@ export class ModelManager {
   }
 
   /**
-   * Before a job downloads: evict least recently used models until its remaining bytes fit the byte
-   * budget and the free space, or fail with CS_INSUFFICIENT_SPACE without evicting anything.
+   * Before a job downloads: evict least recently used models until its remaining bytes fit the free
+   * space (less what other running jobs still have to write) and the byte budget (counting those
+   * jobs too), or fail with CS_INSUFFICIENT_SPACE before anything is evicted.
    */
   async #makeRoom(forId: string, need: number, free: number): Promise<void> {
-    const budget = this.#o.config.eviction.maxBytes;
-    const others = this.#o.registry.all().filter((r) => r.id !== forId && r.state === "ready");
-    let used = others.reduce((n, r) => n + r.bytesTotal, 0);
-    const candidates = this.#evictionCandidates().filter((r) => r.id !== forId);
-    const victims: ModelRecord[] = [];
-    let freed = 0;
-    const fits = () => need <= free + freed && (budget === 0 || used + need <= budget);
-    for (const c of candidates) {
-      if (fits()) break;
-      victims.push(c);
-      freed += c.bytesTotal;
-      used -= c.bytesTotal;
+    return this.#exclusive(async () => {
+      const budget = this.#o.config.eviction.maxBytes;
+      const pending = this.#pendingBytes(forId);
+      const avail = () => free - pending;
+      let used = this.#readyBytes() + pending;
+      const fits = (freed: number) =>
+        need <= avail() + freed && (budget === 0 || used - freed + need <= budget);
+      const candidates = this.#evictionCandidates().filter((r) => r.id !== forId);
+      let possible = 0;
+      for (const c of candidates) {
+        if (fits(possible)) break;
+        possible += c.bytesTotal;
+      }
+      if (!fits(possible)) {
+        throw new ColdstartError(
+          "CS_INSUFFICIENT_SPACE",
+          `model ${forId} needs ${need} more bytes; ${Math.max(avail(), 0)} free after running jobs` +
+            (budget ? `, ${used} of the ${budget}-byte budget in use` : "") +
+            `; evicting every evictable model would free only ${possible}`,
+          { details: { value: need } },
+        );
+      }
+      let freed = 0;
+      for (const c of candidates) {
+        if (fits(freed)) break;
+        const overBudget = budget > 0 && used - freed + need > budget;
+        if (await this.#evict(c, overBudget ? "budget" : "watermark")) {
+          freed += c.bytesTotal;
+        }
+      }
+      used -= freed;
+      if (!fits(0)) {
+        throw new ColdstartError(
+          "CS_INSUFFICIENT_SPACE",
+          `model ${forId}: could not make room for ${need} bytes`,
+        );
+      }
+    });
+  }
+
+  /** Bytes of ready models. */
+  #readyBytes(): number {
+    return this.#o.registry.all().reduce((n, r) => n + (r.state === "ready" ? r.bytesTotal : 0), 0);
+  }
+
+  /** Bytes other running jobs have listed but not written yet: space they will take. */
+  #pendingBytes(exceptId: string): number {
+    let n = 0;
+    for (const [id, r] of this.#running) {
+      if (id === exceptId) continue;
+      const p = r.job.progress();
+      if (p.phase !== "listing") n += Math.max(p.bytesTotal - p.bytesDone, 0);
     }
-    if (!fits()) {
-      throw new ColdstartError(
-        "CS_INSUFFICIENT_SPACE",
-        `model ${forId} needs ${need} more bytes; ${free} free` +
-          (budget ? `, ${used} of the ${budget}-byte budget used` : "") +
-          `, and evicting every evictable model would free only ${freed}`,
-        { details: { value: need } },
-      );
+    return n;
+  }
+
+  /** Runs `fn` after every eviction (or room-making) queued before it: one at a time. */
+  #exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.#evicting.then(fn, fn);
+    this.#evicting = run.catch(() => {});
+    return run;
+  }
+
+  /** Raises the model's priority now and keeps it up for a while after the last waiter's poll. */
+  #waited(id: string): void {
+    const running = this.#running.get(id);
+    if (!running) return;
+    running.job.setPriority(PRIORITY_WAITED);
+    clearTimeout(running.decay);
+    running.decay = setTimeout(() => {
+      if (running.waiters === 0) running.job.setPriority(PRIORITY_PREFETCH);
+    }, WAITED_PRIORITY_LINGER_MS);
+    running.decay.unref();
+  }
+
+  /** Nested ids would share directories (evicting `org` would delete `org/llama`). */
+  #refuseNested(id: string): void {
+    for (const other of this.#o.registry.all()) {
+      if (id.startsWith(`${other.id}/`) || other.id.startsWith(`${id}/`)) {
+        throw new ColdstartError(
+          "CS_MODEL_ID_CONFLICT",
+          `model id ${id} would nest with ${other.id}: a model's directory cannot hold another model`,
+          { details: { field: "id", value: id } },
+        );
+      }
     }
-    for (const v of victims)
-      await this.#evict(v, budget && used + need > budget - freed ? "budget" : "watermark");
   }
 
   /** Ready, unpinned, not staging, past the in-use grace; least recently used first. */
@@ -434,15 +534,27 @@ export class ModelManager {
     const lastUse = (r: ModelRecord) => Date.parse(r.lastUsedAt ?? r.readyAt ?? r.startedAt ?? "1970-01-01");
     return this.#o.registry
       .all()
-      .filter((r) => r.state === "ready" && !r.pinned && !this.#running.has(r.id) && !this.#inGrace(r))
+      .filter((r) => this.#evictable(r))
       .sort((a, b) => lastUse(a) - lastUse(b));
+  }
+
+  #evictable(r: ModelRecord): boolean {
+    return (
+      this.#o.registry.get(r.id) === r &&
+      r.state === "ready" &&
+      !r.pinned &&
+      !this.#running.has(r.id) &&
+      !this.#inGrace(r)
+    );
   }
 
   /**
    * Removes a model: marks it evicting (persisted, so a crash mid-way finishes on restart), renames
    * its directory into <root>/trash (the model path disappears at once), deletes it, forgets it.
    */
-  async #evict(r: ModelRecord, reason: EvictionReason | "resume"): Promise<void> {
+  async #evict(r: ModelRecord, reason: EvictionReason | "resume"): Promise<boolean> {
+    // Chosen earlier; pinned, handed to a pod or restarted since? Then it stays.
+    if ((reason === "watermark" || reason === "budget") && !this.#evictable(r)) return false;
     r.state = "evicting";
     await this.#o.registry.put(r);
     this.#changed(r.id);
@@ -460,6 +572,7 @@ export class ModelManager {
     }
     this.#o.logger.info({ model: r.id, reason, bytes: r.bytesTotal }, "model evicted");
     this.#changed(r.id);
+    return true;
   }
 
   /** Directories under <root>/models/ that belong to no model (a crash between steps, manual copies). */

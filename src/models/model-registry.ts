@@ -1,6 +1,8 @@
 import { mkdir, open, readFile, rename } from "node:fs/promises";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
+import { ColdstartError } from "../errors.js";
 import { ioError } from "../store/paths.js";
+import { validateModelId } from "./model-id.js";
 
 export type ModelState = "pending" | "staging" | "verifying" | "ready" | "failed" | "evicting";
 
@@ -41,9 +43,22 @@ export class ModelRegistry {
       throw ioError(e, `creating ${dir}`);
     });
     const reg = new ModelRegistry(join(dir, "models.json"));
-    const text = await readFile(reg.path, "utf8").catch(() => undefined);
+    // Only "no file yet" means no models. Any other failure must stop the start: an empty registry
+    // would make every staged model an orphan, and orphans are deleted.
+    const text = await readFile(reg.path, "utf8").catch((e: NodeJS.ErrnoException) => {
+      if (e.code === "ENOENT") return undefined;
+      throw ioError(e, `reading ${reg.path}`);
+    });
     if (text !== undefined) {
-      const parsed = JSON.parse(text) as { version: 1; models: ModelRecord[] };
+      let parsed: { version: 1; models: ModelRecord[] };
+      try {
+        parsed = JSON.parse(text);
+        for (const m of parsed.models) validateModelId(m.id);
+      } catch (e) {
+        throw new ColdstartError("CS_IO_ERROR", `${reg.path} is damaged: ${(e as Error).message}`, {
+          cause: e,
+        });
+      }
       for (const m of parsed.models) reg.#records.set(m.id, m);
     }
     return reg;
@@ -55,6 +70,11 @@ export class ModelRegistry {
 
   all(): ModelRecord[] {
     return [...this.#records.values()];
+  }
+
+  /** Replaces the record in memory only; the next put() persists it. */
+  set(record: ModelRecord): void {
+    this.#records.set(record.id, record);
   }
 
   /** Replaces the record and persists. */
@@ -80,6 +100,13 @@ export class ModelRegistry {
           await fh.close();
         }
         await rename(tmp, this.path);
+        // The rename itself must survive a power loss, or the file reverts to an older list.
+        const dir = await open(dirname(this.path), "r");
+        try {
+          await dir.sync();
+        } finally {
+          await dir.close();
+        }
       } catch (e) {
         throw ioError(e as NodeJS.ErrnoException, `writing ${this.path}`);
       }

@@ -1,4 +1,5 @@
 import { mkdir, readdir, writeFile } from "node:fs/promises";
+import { connect } from "node:net";
 import { join } from "node:path";
 import pino from "pino";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
@@ -311,6 +312,72 @@ describe("HTTP API v1", () => {
       totalBytes: expect.any(Number),
       freeBytes: expect.any(Number),
     });
+  });
+});
+
+describe("regressions from the daemon review", () => {
+  it("an absolute-form request target does not skip authentication (it did: PUT http://x/v1/...)", async () => {
+    const address = await h.tcp.listen({ host: "127.0.0.1", port: 0 });
+    const { port } = new URL(address);
+    const raw = (line: string, body = "") =>
+      new Promise<string>((resolve, reject) => {
+        const sock = connect(Number(port), "127.0.0.1", () => {
+          sock.end(
+            `${line}\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+          );
+        });
+        let out = "";
+        sock.on("data", (d) => (out += d));
+        sock.on("end", () => resolve(out));
+        sock.on("error", reject);
+      });
+    const put = await raw(
+      "PUT http://abc/v1/models/evil HTTP/1.1",
+      JSON.stringify({ source: "s3://allowed-x/m/" }),
+    );
+    expect(put).toMatch(/^HTTP\/1\.1 (400|401) /);
+    expect(await raw("GET http://abc/v1/models HTTP/1.1")).toMatch(/^HTTP\/1\.1 (400|401) /);
+    expect(h.manager.list()).toEqual([]);
+  });
+
+  it("refuses an id that would nest with a registered one (evicting org deleted pinned org/llama)", async () => {
+    const { bucket } = await seedModel();
+    expect((await put("tcp", "org/llama", { source: `s3://${bucket}/m/` })).statusCode).toBe(202);
+    for (const id of ["org", "org/llama/extra"]) {
+      const res = await put("tcp", encodeURIComponent(id), { source: `s3://${bucket}/m/` });
+      expect([res.statusCode, res.json().error.code], id).toEqual([409, "CS_MODEL_ID_CONFLICT"]);
+    }
+  });
+
+  it("the socket's tokenless PUT cannot change a pin (it could unpin an operator's model)", async () => {
+    const { bucket } = await seedModel();
+    await put("tcp", "pinned", { source: `s3://${bucket}/m/`, pin: true });
+    const res = await put("socket", "pinned", { source: `s3://${bucket}/m/`, pin: false }, {});
+    expect([res.statusCode, res.json().error.code]).toEqual([401, "CS_UNAUTHORIZED"]);
+    expect(h.manager.get("pinned").pinned).toBe(true);
+    expect((await put("socket", "pinned", { source: `s3://${bucket}/m/` }, {})).statusCode).toBeLessThan(300);
+  });
+
+  it("a DELETE racing a PUT is refused, not answered 204 for a model that then comes back", async () => {
+    const { bucket } = await seedModel();
+    // The PUT's synchronous part registers the job before anything is awaited.
+    const created = h.manager.request("racy", { source: `s3://${bucket}/m/` }, { waited: false });
+    await expect(h.manager.remove("racy")).rejects.toMatchObject({ code: "CS_MODEL_IN_USE" });
+    expect((await created).created).toBe(true);
+    expect((await h.manager.waitReady("racy", 30_000)).outcome).toBe("ready");
+  });
+
+  it("an unreadable registry stops the start instead of deleting every model as an orphan", async () => {
+    const { bucket, files } = await seedModel();
+    await put("tcp", "keep", { source: `s3://${bucket}/m/` });
+    await h.manager.waitReady("keep", 30_000);
+    await h.close();
+    const state = join(h.root, "state", "models.json");
+    await writeFile(state, "{ damaged");
+    await expect(ModelRegistry.open(h.root)).rejects.toMatchObject({ code: "CS_IO_ERROR" });
+    expect(await digests(join(h.root, "models", "keep"), files)).toEqual(expectedDigests(files));
+    await writeFile(state, JSON.stringify({ version: 1, models: [] }));
+    h = await harness();
   });
 });
 
