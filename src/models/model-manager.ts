@@ -253,17 +253,20 @@ export class ModelManager {
    * the eviction queue, so an eviction that picked the model has either finished or not started.
    */
   async markInUse(id: string): Promise<{ status: ModelStatus; waitedSeconds: number } | undefined> {
-    return this.#exclusive(async () => {
+    const handed = await this.#exclusive(async () => {
       const r = this.#o.registry.get(id);
       if (r?.state !== "ready") return undefined;
       const now = this.#now();
+      // In memory first, under the queue: an eviction queued after this sees the grace period.
       r.lastUsedAt = new Date(now).toISOString();
       r.inUseUntil = new Date(now + this.#o.config.eviction.inUseGraceMs).toISOString();
-      await this.#o.registry.put(r);
       const since = this.#waitingSince.get(id);
       this.#waitingSince.delete(id);
       return { status: this.#status(r), waitedSeconds: since === undefined ? 0 : (now - since) / 1000 };
     });
+    // Persisted outside the queue, coalesced with the other hand-overs of the moment.
+    if (handed) await this.#o.registry.flush();
+    return handed;
   }
 
   async setPin(id: string, pinned: boolean): Promise<ModelStatus> {

@@ -31,7 +31,9 @@ export interface ModelRecord {
 export class ModelRegistry {
   readonly path: string;
   readonly #records = new Map<string, ModelRecord>();
-  #writing: Promise<void> = Promise.resolve();
+  /** The write in progress, and the one queued behind it that every later change joins. */
+  #inFlight: Promise<void> = Promise.resolve();
+  #queued: Promise<void> | undefined;
 
   private constructor(path: string) {
     this.path = path;
@@ -88,8 +90,19 @@ export class ModelRegistry {
     await this.#persist();
   }
 
+  /** Persists the current records (coalesced with concurrent callers). */
+  flush(): Promise<void> {
+    return this.#persist();
+  }
+
+  /**
+   * Writes are coalesced: a change made while a write is in flight joins the one write queued behind
+   * it, which writes the latest records. Twenty pods handed a model at once cost two writes, not 20.
+   */
   #persist(): Promise<void> {
+    if (this.#queued) return this.#queued;
     const run = async () => {
+      this.#queued = undefined;
       const tmp = `${this.path}.tmp`;
       try {
         const fh = await open(tmp, "w");
@@ -111,7 +124,9 @@ export class ModelRegistry {
         throw ioError(e as NodeJS.ErrnoException, `writing ${this.path}`);
       }
     };
-    this.#writing = this.#writing.then(run, run);
-    return this.#writing;
+    const queued = this.#inFlight.then(run, run);
+    this.#queued = queued;
+    this.#inFlight = queued.catch(() => {});
+    return queued;
   }
 }
