@@ -16,6 +16,7 @@ import { Metrics } from "./metrics/metrics.js";
 import { ModelManager } from "./models/model-manager.js";
 import { ModelRegistry } from "./models/model-registry.js";
 import { S3ObjectSource } from "./s3/s3-object-source.js";
+import { RateLimiter } from "./staging/rate-limiter.js";
 import { SlotScheduler } from "./staging/scheduler.js";
 
 export interface Daemon {
@@ -75,6 +76,8 @@ export async function startDaemon(
     registry,
     source,
     scheduler: new SlotScheduler(config.download.concurrency),
+    rateLimiter:
+      config.download.maxBytesPerSecond > 0 ? new RateLimiter(config.download.maxBytesPerSecond) : undefined,
     config,
     logger: logger.child({ component: "models" }),
     metrics,

@@ -5,6 +5,7 @@ import type { Config } from "../config/schema.js";
 import { toColdstartError } from "../errors.js";
 import { S3ObjectSource } from "../s3/s3-object-source.js";
 import { parseS3Uri } from "../s3/uri.js";
+import { RateLimiter } from "../staging/rate-limiter.js";
 import { StageJob } from "../staging/stage-job.js";
 import { EXIT, isUsageError, reportError } from "./main.js";
 import { printSummary, startProgress } from "./progress.js";
@@ -93,6 +94,8 @@ async function pull(uri: string, dest: string, config: Config): Promise<number> 
       maxDelayMs: config.download.retryMaxDelayMs,
     },
     requestTimeoutMs: config.download.requestTimeoutMs,
+    rateLimiter:
+      config.download.maxBytesPerSecond > 0 ? new RateLimiter(config.download.maxBytesPerSecond) : undefined,
     signal: abort.signal,
     logger,
   });

@@ -130,6 +130,13 @@ export const schema = {
       repeatable: true,
       help: "Skip keys (relative to the prefix) matching any of these globs; wins over --include. Repeatable.",
     }),
+    maxBytesPerSecond: option({
+      schema: byteSize.pipe(z.number().int().min(0)),
+      default: 0,
+      env: ["COLDSTART_MAX_BYTES_PER_SECOND"],
+      flag: "--max-bytes-per-second <size>",
+      help: "Cap on download throughput across every job (0: none), e.g. 500MiB to leave a NIC's headroom to the inference traffic.",
+    }),
     requestTimeoutMs: option({
       schema: int(100, 600_000),
       default: 20_000,

@@ -8,6 +8,7 @@ import { ColdstartError, toColdstartError } from "../errors.js";
 import type { EvictionReason, Metrics } from "../metrics/metrics.js";
 import type { ObjectSource } from "../s3/object-source.js";
 import { parseS3Uri } from "../s3/uri.js";
+import type { RateLimiter } from "../staging/rate-limiter.js";
 import type { SlotScheduler } from "../staging/scheduler.js";
 import { StageJob } from "../staging/stage-job.js";
 import { ioError } from "../store/paths.js";
@@ -47,6 +48,8 @@ export interface ModelManagerOptions {
   registry: ModelRegistry;
   source: ObjectSource;
   scheduler: SlotScheduler;
+  /** download.maxBytesPerSecond across all jobs, when set. */
+  rateLimiter?: RateLimiter | undefined;
   config: Pick<Config, "download" | "eviction" | "sources">;
   logger: Logger;
   /** Told the ids of ready models whenever that set changes (node labels). */
@@ -384,6 +387,7 @@ export class ModelManager {
       requestTimeoutMs: download.requestTimeoutMs,
       logger: this.#o.logger.child({ model: record.id }),
       metrics: this.#o.metrics,
+      rateLimiter: this.#o.rateLimiter,
       makeRoom: (need, free) => this.#makeRoom(record.id, need, free),
     });
     record.state = "staging";

@@ -6,6 +6,7 @@ import type { GetResponse, ObjectChecksum, ObjectSource } from "../s3/object-sou
 import { type RetryPolicy, TransientError, withRetry } from "../s3/retry.js";
 import type { JournalEntry } from "../store/journal.js";
 import { ioError } from "../store/paths.js";
+import type { RateLimiter } from "./rate-limiter.js";
 
 /** Bytes gathered from the socket before one positional writev: fewer syscalls, bounded memory. */
 const WRITE_CHUNK = 256 * 1024;
@@ -37,6 +38,8 @@ export interface PartContext {
   /** Called with every body byte count written to disk (progress). */
   onBytes: (n: number) => void;
   onRetry: (err: unknown, attempt: number) => void;
+  /** Shared throughput cap, awaited per received chunk (the socket is not read meanwhile). */
+  rateLimiter?: RateLimiter | undefined;
 }
 
 /**
@@ -213,6 +216,11 @@ async function streamToFile(
           `GET ${req.key}: body is longer than the ${expected} bytes asked for`,
           { details: { key: req.key } },
         );
+      }
+      if (ctx.rateLimiter) {
+        clearTimeout(timer);
+        await ctx.rateLimiter.take(chunk.length, ctx.signal);
+        arm();
       }
       sink.digest(chunk);
       pending.push(chunk);

@@ -17,6 +17,7 @@ import { type ManifestFile, ManifestStore } from "../store/manifest.js";
 import { ioError, prepareTarget, STATE_DIR } from "../store/paths.js";
 import { downloadPart } from "./part-download.js";
 import { alignedBounds, type FilePlan, type Filters, planJob } from "./plan.js";
+import type { RateLimiter } from "./rate-limiter.js";
 import { SlotScheduler, type TaskOwner } from "./scheduler.js";
 import { verifyChecksum } from "./verify.js";
 
@@ -48,6 +49,8 @@ export interface StageJobOptions {
   logger?: Logger;
   /** Bytes received, retries by reason, and per-stage durations. */
   metrics?: Metrics | undefined;
+  /** Throughput cap shared with other jobs (download.maxBytesPerSecond). */
+  rateLimiter?: RateLimiter | undefined;
 }
 
 export interface StageProgress {
@@ -436,6 +439,7 @@ export class StageJob implements TaskOwner {
                   o.metrics?.downloadBytes.inc({ source: o.bucket }, n);
                 },
                 onRetry: this.#onRetry(plan.key, "get"),
+                rateLimiter: o.rateLimiter,
               },
             );
             await fs.journal?.record(entry, plan.key);

@@ -557,6 +557,19 @@ describe("regressions from review", () => {
   });
 });
 
+describe("throughput cap", () => {
+  it("holds a download to download.maxBytesPerSecond (lower bound only: a slow machine is slower)", async () => {
+    const bucket = await freshBucket(fx.client);
+    const body = randomBytes(4 * MiB);
+    await putFiles(fx.client, bucket, "m/", [file("w.bin", body)]);
+    const started = Date.now();
+    await stage(s3, { bucket, prefix: "m/", dest, maxBytesPerSecond: 1 * MiB, concurrency: 4 });
+    // 1 MiB of burst, then 3 MiB at 1 MiB/s.
+    expect(Date.now() - started).toBeGreaterThanOrEqual(2800);
+    expect(sha256(await readFile(join(dest, "w.bin")))).toBe(sha256(body));
+  });
+});
+
 describe("disk space", () => {
   it("refuses before downloading when the files cannot fit (CS_INSUFFICIENT_SPACE)", async () => {
     const mnt = await tmpfs(work, 4 * MiB);

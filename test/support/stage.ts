@@ -1,6 +1,7 @@
 import { readdir, readFile } from "node:fs/promises";
 import { join, relative } from "node:path";
 import { S3ObjectSource } from "../../src/s3/s3-object-source.js";
+import { RateLimiter } from "../../src/staging/rate-limiter.js";
 import { StageJob, type StageJobOptions, type StageResult } from "../../src/staging/stage-job.js";
 import type { S3Endpoint } from "./s3.js";
 import { type SyntheticFile, sha256 } from "./synthetic-model.js";
@@ -17,6 +18,7 @@ export interface StageArgs {
   exclude?: string[];
   maxAttempts?: number;
   requestTimeoutMs?: number;
+  maxBytesPerSecond?: number;
   signal?: AbortSignal;
 }
 
@@ -43,6 +45,7 @@ export async function stage(s3: S3Endpoint, args: StageArgs): Promise<StageResul
     filters: { include: args.include ?? [], exclude: args.exclude ?? [] },
     retry: { maxAttempts: args.maxAttempts ?? 10, baseDelayMs: 5, maxDelayMs: 50 },
     requestTimeoutMs,
+    ...(args.maxBytesPerSecond ? { rateLimiter: new RateLimiter(args.maxBytesPerSecond) } : {}),
     ...(args.signal ? { signal: args.signal } : {}),
   };
   try {
