@@ -2,6 +2,8 @@ import { readFile, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import { callDaemon } from "../../src/api/client.js";
+import { modelLabelKey } from "../../src/kube/node-labels.js";
+import { TOKEN as KUBE_TOKEN, KubeApiServerDouble } from "../support/kube-api-double.js";
 import {
   coldstart,
   type DaemonProcess,
@@ -221,6 +223,60 @@ describe("coldstart daemon + coldstart wait", () => {
     expect(await digests(join(p.root, "models", "drain"), files)).toEqual(expectedDigests(files));
   });
 
+  it("labels its node for ready models and drops the label when the model goes (API-server double)", async () => {
+    const apiServer = new KubeApiServerDouble();
+    const server = await apiServer.start();
+    try {
+      apiServer.addNode("gpu-node-1", { "kubernetes.io/hostname": "gpu-node-1" });
+      const kubeconfig = join(fx.work, "kubeconfig");
+      await writeFile(
+        kubeconfig,
+        JSON.stringify({
+          apiVersion: "v1",
+          kind: "Config",
+          // The double speaks plain HTTP, which the client allows only with this set.
+          clusters: [{ name: "double", cluster: { server, "insecure-skip-tls-verify": true } }],
+          users: [{ name: "daemon", user: { token: KUBE_TOKEN } }],
+          contexts: [{ name: "double", context: { cluster: "double", user: "daemon" } }],
+          "current-context": "double",
+        }),
+      );
+      const p = await paths();
+      const d = await daemon(p, [
+        "--node-name",
+        "gpu-node-1",
+        "--kubeconfig",
+        kubeconfig,
+        "--node-labels",
+        "on",
+        "--in-use-grace",
+        "0",
+      ]);
+      const { source } = await seed(1, 1 * MiB);
+      const api = { url: d.api, token: TOKEN };
+      await callDaemon(api, "PUT", "/v1/models/org%2Flabelled", { source });
+      expect((await callDaemon(api, "GET", "/v1/models/org%2Flabelled/ready?timeoutSeconds=30")).status).toBe(
+        200,
+      );
+      const key = modelLabelKey("org/labelled");
+      await until(() => apiServer.labelsOf("gpu-node-1")[key] === "ready");
+      expect(apiServer.labelsOf("gpu-node-1")["kubernetes.io/hostname"]).toBe("gpu-node-1");
+      const patch = apiServer.requests.find((r) => r.method === "PATCH");
+      expect(patch).toMatchObject({
+        path: "/api/v1/nodes/gpu-node-1",
+        contentType: "application/merge-patch+json",
+      });
+
+      // Handed to "a pod" by the ready poll, but with no grace period it may go at once.
+      const del = await callDaemon(api, "DELETE", "/v1/models/org%2Flabelled");
+      expect([del.status, del.body]).toEqual([204, undefined]);
+      await until(() => apiServer.labelsOf("gpu-node-1")[key] === undefined);
+      expect(apiServer.labelsOf("gpu-node-1")["kubernetes.io/hostname"]).toBe("gpu-node-1");
+    } finally {
+      await apiServer.stop();
+    }
+  });
+
   it("refuses to start with auth none on a non-loopback listener", async () => {
     const p = await paths();
     const out = await finish(
@@ -233,6 +289,14 @@ describe("coldstart daemon + coldstart wait", () => {
     expect(out.stderr).toMatch(/CS_CONFIG_INVALID: daemon.auth none is for local demos only/);
   });
 });
+
+async function until(check: () => boolean, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error("condition not met in time");
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
 
 /** Object bytes the proxy relayed for this source's keys (listings excluded). */
 function objectBytes(source: string): number {
