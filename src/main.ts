@@ -130,7 +130,8 @@ export async function startDaemon(
     30_000,
   );
   timer.unref();
-  await refreshDisk();
+  // Like the timer's passes, the first one only logs: a full disk must not half-start the daemon.
+  await refreshDisk().catch((e) => logger.error({ err: String(e) }, "disk check"));
   ready = true;
   logger.info(
     { api: apiAddress, metrics: metricsAddress, socket: d.socketPath, root: d.root },

@@ -90,6 +90,8 @@ export class ModelManager {
   readonly #waitingSince = new Map<string, number>();
   /** Evictions (and the room-making that picks them) run one at a time. */
   #evicting: Promise<unknown> = Promise.resolve();
+  /** Bytes each running job still had to write when it was admitted (#makeRoom). */
+  readonly #reserved = new Map<string, number>();
   #draining = false;
 
   constructor(options: ModelManagerOptions) {
@@ -181,8 +183,8 @@ export class ModelManager {
         existing.pinned = req.pin;
         await this.#o.registry.put(existing);
       }
-      if (opts.waited) this.#waited(id);
       if (existing.state === "failed") this.#startJob(existing, priority);
+      if (opts.waited) this.#waited(id);
       return { status: this.#status(existing), created: false };
     }
     const record: ModelRecord = {
@@ -274,6 +276,7 @@ export class ModelManager {
 
   async setPin(id: string, pinned: boolean): Promise<ModelStatus> {
     const r = this.#record(id);
+    if (r.state === "evicting") throw new ColdstartError("CS_MODEL_IN_USE", `model ${id} is being evicted`);
     r.pinned = pinned;
     await this.#o.registry.put(r);
     return this.#status(r);
@@ -388,6 +391,8 @@ export class ModelManager {
       logger: this.#o.logger.child({ model: record.id }),
       metrics: this.#o.metrics,
       rateLimiter: this.#o.rateLimiter,
+      // A resumed model's lock may belong to the replaced pod of this daemon: wait for it to go stale.
+      lockWaitMs: 45_000,
       makeRoom: (need, free) => this.#makeRoom(record.id, need, free),
     });
     record.state = "staging";
@@ -419,6 +424,7 @@ export class ModelManager {
         }
       } finally {
         this.#running.delete(record.id);
+        this.#reserved.delete(record.id);
       }
       // Deleted meanwhile (it cannot be while running, but never resurrect a record that is gone).
       if (this.#o.registry.get(record.id) === record) {
@@ -447,44 +453,48 @@ export class ModelManager {
    * space (less what other running jobs still have to write) and the byte budget (counting those
    * jobs too), or fail with CS_INSUFFICIENT_SPACE before anything is evicted.
    */
-  async #makeRoom(forId: string, need: number, free: number): Promise<void> {
+  async #makeRoom(forId: string, need: number, _freeBefore: number): Promise<void> {
     return this.#exclusive(async () => {
       const budget = this.#o.config.eviction.maxBytes;
-      const pending = this.#pendingBytes(forId);
-      const avail = () => free - pending;
-      let used = this.#readyBytes() + pending;
-      const fits = (freed: number) =>
-        need <= avail() + freed && (budget === 0 || used - freed + need <= budget);
+      // Measured inside the queue: other jobs' reservations and evictions are settled.
+      const free = (await this.disk()).freeBytes;
+      const others = this.#othersBytes(forId);
+      const avail = (freeNow: number) => freeNow - others.toWrite;
+      const used = this.#readyBytes() + others.total;
+      const fitsBudget = (freed: number) => budget === 0 || used - freed + need <= budget;
+      const fits = (freeNow: number, freed: number) => need <= avail(freeNow) && fitsBudget(freed);
       const candidates = this.#evictionCandidates().filter((r) => r.id !== forId);
       let possible = 0;
       for (const c of candidates) {
-        if (fits(possible)) break;
+        if (fits(free + possible, possible)) break;
         possible += c.bytesTotal;
       }
-      if (!fits(possible)) {
+      if (!fits(free + possible, possible)) {
         throw new ColdstartError(
           "CS_INSUFFICIENT_SPACE",
-          `model ${forId} needs ${need} more bytes; ${Math.max(avail(), 0)} free after running jobs` +
+          `model ${forId} needs ${need} more bytes; ${Math.max(avail(free), 0)} free after running jobs` +
             (budget ? `, ${used} of the ${budget}-byte budget in use` : "") +
             `; evicting every evictable model would free only ${possible}`,
           { details: { value: need } },
         );
       }
       let freed = 0;
+      let freeNow = free;
       for (const c of candidates) {
-        if (fits(freed)) break;
-        const overBudget = budget > 0 && used - freed + need > budget;
-        if (await this.#evict(c, overBudget ? "budget" : "watermark")) {
+        if (fits(freeNow, freed)) break;
+        if (await this.#evict(c, fitsBudget(freed) ? "watermark" : "budget")) {
           freed += c.bytesTotal;
+          freeNow = (await this.disk()).freeBytes;
         }
       }
-      used -= freed;
-      if (!fits(0)) {
+      if (!fits(freeNow, freed)) {
         throw new ColdstartError(
           "CS_INSUFFICIENT_SPACE",
-          `model ${forId}: could not make room for ${need} bytes`,
+          `model ${forId} needs ${need} more bytes; ${Math.max(avail(freeNow), 0)} free after evicting ${freed}`,
         );
       }
+      // Reserved until the job settles, so the next job's check counts these bytes.
+      this.#reserved.set(forId, need);
     });
   }
 
@@ -493,15 +503,22 @@ export class ModelManager {
     return this.#o.registry.all().reduce((n, r) => n + (r.state === "ready" ? r.bytesTotal : 0), 0);
   }
 
-  /** Bytes other running jobs have listed but not written yet: space they will take. */
-  #pendingBytes(exceptId: string): number {
-    let n = 0;
+  /**
+   * Other running jobs: bytes they reserved and have not written yet (space they will still take),
+   * and their whole size (what they count against the byte budget once ready).
+   */
+  #othersBytes(exceptId: string): { toWrite: number; total: number } {
+    let toWrite = 0;
+    let total = 0;
     for (const [id, r] of this.#running) {
       if (id === exceptId) continue;
+      const reserved = this.#reserved.get(id);
+      if (reserved === undefined) continue;
       const p = r.job.progress();
-      if (p.phase !== "listing") n += Math.max(p.bytesTotal - p.bytesDone, 0);
+      toWrite += Math.max(reserved - (p.bytesDone - p.resumedBytes), 0);
+      total += p.bytesTotal;
     }
-    return n;
+    return { toWrite, total };
   }
 
   /** Runs `fn` after every eviction (or room-making) queued before it: one at a time. */
@@ -545,11 +562,19 @@ export class ModelManager {
       .sort((a, b) => lastUse(a) - lastUse(b));
   }
 
+  /**
+   * Whether automatic eviction (watermarks, budget, room-making) may take the model. A model that
+   * became ready within the grace period is spared too: it was just staged for someone, and the
+   * watermark pass right after its job must not take it before the pod's hand-over does.
+   */
   #evictable(r: ModelRecord): boolean {
+    const fresh =
+      r.readyAt !== undefined && Date.parse(r.readyAt) + this.#o.config.eviction.inUseGraceMs > this.#now();
     return (
       this.#o.registry.get(r.id) === r &&
       r.state === "ready" &&
       !r.pinned &&
+      !fresh &&
       !this.#running.has(r.id) &&
       !this.#inGrace(r)
     );
@@ -571,6 +596,7 @@ export class ModelManager {
     await rename(this.modelPath(r.id), gone).catch((e: NodeJS.ErrnoException) => {
       if (e.code !== "ENOENT") throw ioError(e, `evicting ${r.id}`);
     });
+    // Deleted before the queue moves on: room-making re-measures free space right after this.
     await rm(gone, { recursive: true, force: true });
     await this.#o.registry.delete(r.id);
     if (reason !== "resume") {

@@ -49,6 +49,11 @@ export interface StageJobOptions {
   logger?: Logger;
   /** Bytes received, retries by reason, and per-stage durations. */
   metrics?: Metrics | undefined;
+  /**
+   * How long to wait for another holder's destination lock to go stale (a replaced daemon pod's
+   * lock, heartbeat stopped) before failing with CS_DEST_LOCKED. The CLI fails at once.
+   */
+  lockWaitMs?: number;
   /** Throughput cap shared with other jobs (download.maxBytesPerSecond). */
   rateLimiter?: RateLimiter | undefined;
 }
@@ -157,7 +162,10 @@ export class StageJob implements TaskOwner {
     let release: (() => Promise<void>) | undefined;
     try {
       this.#root = await this.#prepareDest();
-      release = await acquireLock(join(this.#root, STATE_DIR, "lock"));
+      release = await acquireLock(join(this.#root, STATE_DIR, "lock"), {
+        waitMs: this.#o.lockWaitMs ?? 0,
+        signal: this.#abort.signal,
+      });
       return await this.#stage();
     } catch (err) {
       this.#p.phase = "failed";

@@ -1,6 +1,7 @@
 import { randomUUID } from "node:crypto";
 import { link, readFile, rename, rm, stat, utimes, writeFile } from "node:fs/promises";
 import { hostname } from "node:os";
+import { setTimeout as sleep } from "node:timers/promises";
 import { ColdstartError } from "../errors.js";
 import { ioError } from "./paths.js";
 
@@ -25,12 +26,30 @@ const heldHere = new Set<string>();
  * (a crash or SIGKILL: resume is immediate), or no heartbeat for STALE_MS (a holder we cannot see,
  * e.g. a dead pod sharing the hostPath). Release removes the lock only if it is still ours.
  */
-export async function acquireLock(path: string): Promise<() => Promise<void>> {
+export async function acquireLock(
+  path: string,
+  options: { waitMs?: number; signal?: AbortSignal } = {},
+): Promise<() => Promise<void>> {
   if (heldHere.has(path)) {
     throw new ColdstartError("CS_DEST_LOCKED", `${path} is held by another job in this process`, {
       details: { value: path },
     });
   }
+  // Claimed before the first await: a second acquire in this process fails above, never races.
+  heldHere.add(path);
+  try {
+    return await acquire(path, options);
+  } catch (err) {
+    heldHere.delete(path);
+    throw err;
+  }
+}
+
+async function acquire(
+  path: string,
+  options: { waitMs?: number; signal?: AbortSignal },
+): Promise<() => Promise<void>> {
+  const deadline = Date.now() + (options.waitMs ?? 0);
   const me: LockInfo = { pid: process.pid, host: hostname(), nonce: randomUUID() };
   const tmp = `${path}.${me.nonce}`;
   await writeFile(tmp, JSON.stringify(me)).catch((e) => {
@@ -46,7 +65,13 @@ export async function acquireLock(path: string): Promise<() => Promise<void>> {
         if (err.code !== "EEXIST") throw ioError(err, `creating lock ${path}`);
       }
       const holder = await readHolder(path);
-      if (tries >= 3 || !(await isStale(path, holder))) {
+      const stale = await isStale(path, holder);
+      if (!stale && Date.now() < deadline) {
+        // A replaced pod's lock goes stale when its heartbeat stops: wait for that, abortably.
+        await sleep(1000, undefined, options.signal ? { signal: options.signal } : {});
+        continue;
+      }
+      if (tries >= 50 || !stale) {
         throw new ColdstartError(
           "CS_DEST_LOCKED",
           holder
@@ -55,14 +80,28 @@ export async function acquireLock(path: string): Promise<() => Promise<void>> {
           { details: { value: holder?.pid } },
         );
       }
-      // Move the stale lock aside atomically: of several contenders only one rename succeeds.
-      await rename(path, `${path}.stale.${me.nonce}`).catch(() => {});
-      await rm(`${path}.stale.${me.nonce}`, { force: true });
+      // Move the stale lock aside, then check that what moved is the lock judged stale: a racing
+      // contender may have taken it over and linked a fresh one in between. If so, put it back.
+      const aside = `${path}.stale.${me.nonce}`;
+      const moved = await rename(path, aside).then(
+        () => true,
+        () => false,
+      );
+      if (moved) {
+        const was = await readHolder(aside);
+        if (holder && was?.nonce !== holder.nonce) {
+          await link(aside, path).catch(() => {});
+          await rm(aside, { force: true });
+          throw new ColdstartError("CS_DEST_LOCKED", `${path} was taken over by another process`, {
+            details: { value: was?.pid },
+          });
+        }
+        await rm(aside, { force: true });
+      }
     }
   } finally {
     await rm(tmp, { force: true });
   }
-  heldHere.add(path);
   const heartbeat = setInterval(() => {
     const now = new Date();
     utimes(path, now, now).catch(() => {});

@@ -15,6 +15,7 @@ import { freshBucket, putFiles } from "../support/s3.js";
 import { useS3Fixture } from "../support/s3-fixture.js";
 import { digests, expectedDigests } from "../support/stage.js";
 import { file, syntheticModel } from "../support/synthetic-model.js";
+import { tmpfs, umount } from "../support/tmpfs.js";
 
 const fx = useS3Fixture("cs-api-");
 const TOKEN = "s3cr3t-token-for-tests";
@@ -29,10 +30,9 @@ interface Harness {
 }
 let h: Harness;
 
-async function harness(env: Record<string, string> = {}): Promise<Harness> {
+async function harness(env: Record<string, string> = {}, root = join(fx.work, "root")): Promise<Harness> {
   process.env.AWS_ACCESS_KEY_ID = fx.s3.accessKeyId;
   process.env.AWS_SECRET_ACCESS_KEY = fx.s3.secretAccessKey;
-  const root = join(fx.work, "root");
   await mkdir(root, { recursive: true });
   const tokenFile = join(fx.work, "tokens");
   await writeFile(tokenFile, `# operators\n${TOKEN}\n`);
@@ -378,6 +378,67 @@ describe("regressions from the daemon review", () => {
     expect(await digests(join(h.root, "models", "keep"), files)).toEqual(expectedDigests(files));
     await writeFile(state, JSON.stringify({ version: 1, models: [] }));
     h = await harness();
+  });
+});
+
+describe("eviction on a real (tmpfs) disk", () => {
+  async function onSmallDisk(sizeMiB: number, env: Record<string, string>, body: () => Promise<void>) {
+    await h.close();
+    const mnt = await tmpfs(fx.work, sizeMiB * MiB);
+    try {
+      h = await harness(env, join(mnt, "root"));
+      await body();
+    } finally {
+      await h.close();
+      umount(mnt);
+      h = await harness();
+    }
+  }
+  const model = async (bucket: string, name: string, mib: number) =>
+    putFiles(fx.client, bucket, `${name}/`, [file("w.bin", Buffer.alloc(mib * MiB, name))]);
+
+  it("evicting to free disk space lets the new model in (it evicted, then refused anyway)", async () => {
+    const env = {
+      COLDSTART_IN_USE_GRACE: "0",
+      COLDSTART_EVICTION_HIGH_WATERMARK: "100",
+      COLDSTART_EVICTION_LOW_WATERMARK: "99",
+    };
+    await onSmallDisk(20, env, async () => {
+      const bucket = await freshBucket(fx.client, "allowed");
+      for (const n of ["a", "b", "c"]) await model(bucket, n, 8);
+      for (const n of ["a", "b"]) {
+        await put("tcp", n, { source: `s3://${bucket}/${n}/` });
+        expect((await h.manager.waitReady(n, 30_000)).outcome).toBe("ready");
+      }
+      await put("tcp", "c", { source: `s3://${bucket}/c/` });
+      const c = await h.manager.waitReady("c", 30_000);
+      expect([c.outcome, c.status.error?.code]).toEqual(["ready", undefined]);
+      expect(
+        h.manager
+          .list()
+          .map((m) => m.id)
+          .sort(),
+      ).toEqual(["b", "c"]); // a was least recently used
+    });
+  });
+
+  it("a freshly staged model is handed over, not evicted by the watermark pass right after it", async () => {
+    await onSmallDisk(20, {}, async () => {
+      const bucket = await freshBucket(fx.client, "allowed");
+      await model(bucket, "p", 12);
+      await model(bucket, "n", 6);
+      await put("tcp", "p", { source: `s3://${bucket}/p/`, pin: true });
+      await h.manager.waitReady("p", 30_000);
+      await put("socket", "n", { source: `s3://${bucket}/n/` }, {});
+      const ready = await h.tcp.inject({ url: "/v1/models/n/ready?timeoutSeconds=30", headers: auth });
+      expect(ready.statusCode).toBe(200);
+      expect(
+        h.manager
+          .list()
+          .map((m) => m.id)
+          .sort(),
+      ).toEqual(["n", "p"]);
+    });
   });
 });
 

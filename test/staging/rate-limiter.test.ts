@@ -37,3 +37,19 @@ describe("RateLimiter", () => {
     expect(clock.elapsed()).toBe(2500);
   });
 });
+
+describe("RateLimiter abort", () => {
+  it("an aborted take rejects at once and gives its tokens back to the takers behind it", async () => {
+    const limiter = new RateLimiter(1_000_000); // real clock: 1 MB/s
+    await limiter.take(1_000_000); // empty the bucket
+    const abort = new AbortController();
+    const started = Date.now();
+    const big = limiter.take(2_000_000, abort.signal);
+    setTimeout(() => abort.abort(new Error("cancelled")), 50);
+    await expect(big).rejects.toMatchObject({ name: "AbortError" });
+    expect(Date.now() - started).toBeLessThan(1000);
+    const small = Date.now();
+    await limiter.take(1000);
+    expect(Date.now() - small).toBeLessThan(500);
+  });
+});

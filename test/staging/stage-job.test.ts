@@ -10,6 +10,7 @@ import { freshBucket, putFiles, putMultipart } from "../support/s3.js";
 import { useS3Fixture } from "../support/s3-fixture.js";
 import { digests, expectedDigests, listTree, stage } from "../support/stage.js";
 import { file, sha256, syntheticModel } from "../support/synthetic-model.js";
+import { tmpfs, umount } from "../support/tmpfs.js";
 
 const MiB = 1024 * 1024;
 const fx = useS3Fixture("cs-stage-");
@@ -582,7 +583,7 @@ describe("disk space", () => {
       );
       expect(fx.proxy.requests.filter((r) => r.method === "GET" && r.headers.range)).toEqual([]);
     } finally {
-      await umount(mnt);
+      umount(mnt);
     }
   });
 
@@ -609,7 +610,7 @@ describe("disk space", () => {
       expect(await listTree(d)).toEqual([]);
       expect((await readdir(join(d, ".coldstart", "tmp"))).some((n) => n.endsWith(".journal"))).toBe(true);
     } finally {
-      await umount(mnt);
+      umount(mnt);
     }
   });
 });
@@ -622,21 +623,7 @@ async function readManifest(dest: string): Promise<Map<string, ManifestFile>> {
   return out;
 }
 
-/** A tiny tmpfs so "disk full" is real (needs root, as CI has). */
-async function tmpfs(parent: string, size: number): Promise<string> {
-  const { execFileSync } = await import("node:child_process");
-  const mnt = join(parent, `mnt-${Math.random().toString(36).slice(2)}`);
-  await mkdir(mnt);
-  execFileSync("mount", ["-t", "tmpfs", "-o", `size=${size}`, "tmpfs", mnt]);
-  return mnt;
-}
-
-async function umount(mnt: string): Promise<void> {
-  const { execFileSync } = await import("node:child_process");
-  execFileSync("umount", [mnt]);
-}
-
-/** Makes the fault fx.proxy answer this bucket's listing with one extra (hostile) key. */
+/** Makes the fault proxy answer this bucket's listing with one extra (hostile) key. */
 async function listingInjector(bucket: string, key: string): Promise<string> {
   fx.proxy.addRule({
     match: { method: "GET", path: `/${bucket}`, predicate: (r) => r.query.includes("list-type=2") },
