@@ -15,7 +15,7 @@ import { loadKubeConfig, NodeLabeler } from "./kube/node-labels.js";
 import { Metrics } from "./metrics/metrics.js";
 import { ModelManager } from "./models/model-manager.js";
 import { ModelRegistry } from "./models/model-registry.js";
-import { S3ObjectSource } from "./s3/s3-object-source.js";
+import { s3SourceFromConfig } from "./s3/s3-object-source.js";
 import { RateLimiter } from "./staging/rate-limiter.js";
 import { SlotScheduler } from "./staging/scheduler.js";
 
@@ -54,14 +54,7 @@ export async function startDaemon(
   const registry = await ModelRegistry.open(d.root);
   const tokens = d.auth === "token" && d.tokenFile ? new TokenFile(d.tokenFile, { logger }) : undefined;
   const metrics = new Metrics();
-  const source = new S3ObjectSource({
-    region: config.s3.region,
-    endpoint: config.s3.endpoint,
-    pathStyle: config.s3.pathStyle,
-    maxSockets: config.download.concurrency + 8,
-    requestTimeoutMs: config.download.requestTimeoutMs,
-    metrics,
-  });
+  const source = s3SourceFromConfig(config, { metrics });
   let labeler: NodeLabeler | undefined;
   try {
     labeler = nodeLabeler(config, logger);

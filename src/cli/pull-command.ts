@@ -3,7 +3,8 @@ import pino from "pino";
 import { listOptions, loadConfigFromProcess, type OptionName } from "../config/load.js";
 import type { Config } from "../config/schema.js";
 import { toColdstartError } from "../errors.js";
-import { S3ObjectSource } from "../s3/s3-object-source.js";
+import { retryPolicyFrom } from "../s3/retry.js";
+import { s3SourceFromConfig } from "../s3/s3-object-source.js";
 import { parseS3Uri } from "../s3/uri.js";
 import { RateLimiter } from "../staging/rate-limiter.js";
 import { StageJob } from "../staging/stage-job.js";
@@ -68,13 +69,7 @@ export function pullCommand(setExit: (code: number) => void): Command {
 async function pull(uri: string, dest: string, config: Config): Promise<number> {
   const { bucket, prefix } = parseS3Uri(uri);
   const logger = pino({ level: config.log.level, base: { component: "pull" } }, pino.destination(2));
-  const source = new S3ObjectSource({
-    region: config.s3.region,
-    endpoint: config.s3.endpoint,
-    pathStyle: config.s3.pathStyle,
-    maxSockets: config.download.concurrency + 4,
-    requestTimeoutMs: config.download.requestTimeoutMs,
-  });
+  const source = s3SourceFromConfig(config);
   const abort = new AbortController();
   const onSignal = (sig: NodeJS.Signals) =>
     abort.abort(Object.assign(new Error(`received ${sig}`), { name: "AbortError" }));
@@ -88,11 +83,7 @@ async function pull(uri: string, dest: string, config: Config): Promise<number> 
     partSizeBytes: config.download.partSizeBytes,
     concurrency: config.download.concurrency,
     filters: { include: config.download.include, exclude: config.download.exclude },
-    retry: {
-      maxAttempts: config.download.maxAttempts,
-      baseDelayMs: config.download.retryBaseDelayMs,
-      maxDelayMs: config.download.retryMaxDelayMs,
-    },
+    retry: retryPolicyFrom(config.download),
     requestTimeoutMs: config.download.requestTimeoutMs,
     rateLimiter:
       config.download.maxBytesPerSecond > 0 ? new RateLimiter(config.download.maxBytesPerSecond) : undefined,
