@@ -281,7 +281,10 @@ export class StageJob implements TaskOwner {
     const m = manifest.get(f.relPath);
     if (!m || m.etag !== f.etag || m.size !== f.size) return false;
     const st = await lstat(join(this.#root, ...f.segments)).catch(() => undefined);
-    return st?.isFile() === true && st.size === f.size;
+    if (st?.isFile() !== true || st.size !== f.size) return false;
+    // A crash between the rename and the journal's removal leaves the journal: it is spent.
+    await rm(join(this.#tmpDir, `${tmpId(f.relPath)}.journal`), { force: true });
+    return true;
   }
 
   /**
@@ -291,7 +294,7 @@ export class StageJob implements TaskOwner {
   async #openFile(listed: FilePlan): Promise<FileState> {
     const check = listed.bounds.length > 2 ? await this.#checksumPlan(listed) : {};
     const plan = check.bounds ? { ...listed, bounds: check.bounds } : listed;
-    const id = createHash("sha256").update(plan.relPath).digest("hex").slice(0, 32);
+    const id = tmpId(plan.relPath);
     const tmpPath = join(this.#tmpDir, `${id}.partial`);
     const journalPath = join(this.#tmpDir, `${id}.journal`);
     const header = { v: 1 as const, key: plan.key, size: plan.size, etag: plan.etag, bounds: plan.bounds };
@@ -525,20 +528,6 @@ export class StageJob implements TaskOwner {
     const commitStarted = Date.now();
     this.#verifyMs += commitStarted - verifyStarted;
     const target = await prepareTarget(this.#root, plan.segments, plan.key);
-    try {
-      const fh = await open(fs.tmpPath, "r+");
-      try {
-        await fh.sync();
-      } finally {
-        await fh.close();
-      }
-      // Journal before rename: a journal must never outlive its temp file (see #openFile).
-      await fs.journal?.remove();
-      await rename(fs.tmpPath, target);
-      await syncDir(dirname(target));
-    } catch (e) {
-      throw ioError(e as NodeJS.ErrnoException, `committing ${target}`, plan.key);
-    }
     const pieces = done.map((e) => e.sha256);
     const entry: ManifestFile = {
       key: plan.key,
@@ -552,7 +541,28 @@ export class StageJob implements TaskOwner {
       ...(checksum ? { checksum } : {}),
       stagedAt: new Date().toISOString(),
     };
+    // The order makes every crash point resumable without refetching the file: temp durable ->
+    // manifest entry -> rename (+ dir fsync) -> journal gone. Killed before the rename: the journal
+    // and the complete temp file are still there, so a rerun commits without a byte fetched.
+    // Killed after it: the manifest knows the final file, and a leftover journal is dropped.
+    try {
+      const fh = await open(fs.tmpPath, "r+");
+      try {
+        await fh.sync();
+      } finally {
+        await fh.close();
+      }
+    } catch (e) {
+      throw ioError(e as NodeJS.ErrnoException, `syncing ${fs.tmpPath}`, plan.key);
+    }
     await manifest.put(plan.relPath, entry);
+    try {
+      await rename(fs.tmpPath, target);
+      await syncDir(dirname(target));
+    } catch (e) {
+      throw ioError(e as NodeJS.ErrnoException, `committing ${target}`, plan.key);
+    }
+    await fs.journal?.remove();
     this.#commitMs += Date.now() - commitStarted;
     this.#p.filesDone++;
   }
@@ -582,11 +592,16 @@ export class StageJob implements TaskOwner {
 
   /** Temp files of objects no longer in the source (or filtered out) would otherwise leak forever. */
   async #removeOrphans(files: FilePlan[]): Promise<void> {
-    const keep = new Set(files.map((f) => createHash("sha256").update(f.relPath).digest("hex").slice(0, 32)));
+    const keep = new Set(files.map((f) => tmpId(f.relPath)));
     for (const name of await readdir(this.#tmpDir).catch(() => [] as string[])) {
       if (!keep.has(name.split(".")[0] ?? "")) await rm(join(this.#tmpDir, name), { force: true });
     }
   }
+}
+
+/** The name a file's temp file and journal share in .coldstart/tmp/. */
+function tmpId(relPath: string): string {
+  return createHash("sha256").update(relPath).digest("hex").slice(0, 32);
 }
 
 type Limit = <T>(task: () => Promise<T>) => Promise<T>;
