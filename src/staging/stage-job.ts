@@ -12,7 +12,7 @@ import { readSafetensorsHeader, type SafetensorsHeader } from "../safetensors/he
 import { checkIndexAgainstShards, parseSafetensorsIndex } from "../safetensors/index-json.js";
 import { freeBytes } from "../store/disk.js";
 import { type JournalEntry, PartJournal } from "../store/journal.js";
-import { acquireLock } from "../store/lock.js";
+import { acquireLock, type HeldLock } from "../store/lock.js";
 import { type ManifestFile, ManifestStore } from "../store/manifest.js";
 import { ioError, prepareTarget, STATE_DIR } from "../store/paths.js";
 import { downloadPart } from "./part-download.js";
@@ -97,6 +97,7 @@ export class StageJob implements TaskOwner {
   readonly #scheduler: SlotScheduler;
   #priority: number;
   #partsLeft = 0;
+  #lock: HeldLock | undefined;
   #downloadStarted = 0;
   /** Milliseconds spent verifying and committing files, observed once at the end. */
   #verifyMs = 0;
@@ -159,20 +160,23 @@ export class StageJob implements TaskOwner {
     const onOuterAbort = () => this.#abort.abort(outer?.reason);
     if (outer?.aborted) onOuterAbort();
     outer?.addEventListener("abort", onOuterAbort, { once: true });
-    let release: (() => Promise<void>) | undefined;
+    let lock: HeldLock | undefined;
     try {
       this.#root = await this.#prepareDest();
-      release = await acquireLock(join(this.#root, STATE_DIR, "lock"), {
+      lock = await acquireLock(join(this.#root, STATE_DIR, "lock"), {
         waitMs: this.#o.lockWaitMs ?? 0,
         signal: this.#abort.signal,
+        onLost: (why) =>
+          this.#abort.abort(new ColdstartError("CS_DEST_LOCKED", `lost the destination lock: ${why}`)),
       });
+      this.#lock = lock;
       return await this.#stage();
     } catch (err) {
       this.#p.phase = "failed";
       throw toColdstartError(err);
     } finally {
       outer?.removeEventListener("abort", onOuterAbort);
-      await release?.();
+      await lock?.release();
     }
   }
 
@@ -555,6 +559,8 @@ export class StageJob implements TaskOwner {
     } catch (e) {
       throw ioError(e as NodeJS.ErrnoException, `syncing ${fs.tmpPath}`, plan.key);
     }
+    // Nothing becomes visible under a lock that is no longer ours.
+    await this.#lock?.verify();
     await manifest.put(plan.relPath, entry);
     try {
       await rename(fs.tmpPath, target);

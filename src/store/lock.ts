@@ -26,10 +26,25 @@ const heldHere = new Set<string>();
  * (a crash or SIGKILL: resume is immediate), or no heartbeat for STALE_MS (a holder we cannot see,
  * e.g. a dead pod sharing the hostPath). Release removes the lock only if it is still ours.
  */
-export async function acquireLock(
-  path: string,
-  options: { waitMs?: number; signal?: AbortSignal } = {},
-): Promise<() => Promise<void>> {
+/** A held destination lock. */
+export interface HeldLock {
+  /** Throws CS_DEST_LOCKED unless the lock file is still ours (call before making anything visible). */
+  verify(): Promise<void>;
+  /** Stops the heartbeat and removes the lock if it is still ours. */
+  release(): Promise<void>;
+}
+
+export interface LockOptions {
+  /** How long to wait for a live holder's lock to go stale before failing (default 0). */
+  waitMs?: number;
+  signal?: AbortSignal;
+  /** Called once if the heartbeat finds the lock gone or someone else's (taken over, deleted). */
+  onLost?: (why: string) => void;
+  /** Heartbeat period (default 5 s; the stale limit stays 30 s). */
+  heartbeatMs?: number;
+}
+
+export async function acquireLock(path: string, options: LockOptions = {}): Promise<HeldLock> {
   if (heldHere.has(path)) {
     throw new ColdstartError("CS_DEST_LOCKED", `${path} is held by another job in this process`, {
       details: { value: path },
@@ -45,10 +60,7 @@ export async function acquireLock(
   }
 }
 
-async function acquire(
-  path: string,
-  options: { waitMs?: number; signal?: AbortSignal },
-): Promise<() => Promise<void>> {
+async function acquire(path: string, options: LockOptions): Promise<HeldLock> {
   const deadline = Date.now() + (options.waitMs ?? 0);
   const me: LockInfo = { pid: process.pid, host: hostname(), nonce: randomUUID() };
   const tmp = `${path}.${me.nonce}`;
@@ -102,16 +114,40 @@ async function acquire(
   } finally {
     await rm(tmp, { force: true });
   }
-  const heartbeat = setInterval(() => {
-    const now = new Date();
-    utimes(path, now, now).catch(() => {});
-  }, HEARTBEAT_MS);
-  heartbeat.unref();
-  return async () => {
-    clearInterval(heartbeat);
-    heldHere.delete(path);
+  // The heartbeat also checks that the lock is still ours: a holder frozen past STALE_MS may have
+  // been taken over, and must stop rather than go on writing beside the new holder.
+  let lost = false;
+  const heartbeat = setInterval(async () => {
     const holder = await readHolder(path);
-    if (holder?.nonce === me.nonce) await rm(path, { force: true });
+    if (holder?.nonce !== me.nonce) {
+      if (!lost) {
+        lost = true;
+        clearInterval(heartbeat);
+        options.onLost?.(holder ? `taken over by pid ${holder.pid} on ${holder.host}` : "lock file removed");
+      }
+      return;
+    }
+    const now = new Date();
+    await utimes(path, now, now).catch(() => {});
+  }, options.heartbeatMs ?? HEARTBEAT_MS);
+  heartbeat.unref();
+  return {
+    async verify() {
+      const holder = await readHolder(path);
+      if (holder?.nonce !== me.nonce) {
+        throw new ColdstartError(
+          "CS_DEST_LOCKED",
+          `lost the lock ${path}: ${holder ? `now held by pid ${holder.pid} on ${holder.host}` : "lock file removed"}`,
+          { details: { value: holder?.pid } },
+        );
+      }
+    },
+    async release() {
+      clearInterval(heartbeat);
+      heldHere.delete(path);
+      const holder = await readHolder(path);
+      if (holder?.nonce === me.nonce) await rm(path, { force: true });
+    },
   };
 }
 

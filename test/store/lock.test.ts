@@ -20,15 +20,15 @@ describe("destination lock", () => {
     expect(results.find((r) => r.status === "rejected")).toMatchObject({
       reason: { code: "CS_DEST_LOCKED" },
     });
-    for (const r of results) if (r.status === "fulfilled") await r.value();
+    for (const r of results) if (r.status === "fulfilled") await r.value.release();
   });
 
   it("takes over a lock whose holder on this host is dead, at once", async () => {
     const path = join(dir, "lock");
     await writeFile(path, JSON.stringify({ pid: 2 ** 22 + 12345, host: hostname(), nonce: "dead" }));
-    const release = await acquireLock(path);
+    const lock = await acquireLock(path);
     expect(JSON.parse(await readFile(path, "utf8")).pid).toBe(process.pid);
-    await release();
+    await lock.release();
   });
 
   it("refuses a live holder on another host, and takes over once its heartbeat is 30 s old", async () => {
@@ -37,15 +37,29 @@ describe("destination lock", () => {
     await expect(acquireLock(path)).rejects.toMatchObject({ code: "CS_DEST_LOCKED" });
     const old = new Date(Date.now() - 31_000);
     await utimes(path, old, old);
-    const release = await acquireLock(path);
-    await release();
+    const lock = await acquireLock(path);
+    await lock.release();
   });
 
   it("release leaves a lock that is no longer ours alone", async () => {
     const path = join(dir, "lock");
-    const release = await acquireLock(path);
+    const lock = await acquireLock(path);
     await writeFile(path, JSON.stringify({ pid: 1, host: "other-pod", nonce: "theirs" }));
-    await release();
+    await lock.release();
+    expect(JSON.parse(await readFile(path, "utf8")).nonce).toBe("theirs");
+  });
+
+  it("a holder notices it lost the lock: verify() throws and the heartbeat calls onLost (it wrote on)", async () => {
+    const path = join(dir, "lock");
+    let lost = "";
+    const lock = await acquireLock(path, { heartbeatMs: 20, onLost: (why) => (lost = why) });
+    await lock.verify();
+    // Frozen past the stale limit, then taken over by another pod.
+    await writeFile(path, JSON.stringify({ pid: 7, host: "new-pod", nonce: "theirs" }));
+    await expect(lock.verify()).rejects.toMatchObject({ code: "CS_DEST_LOCKED" });
+    await new Promise((r) => setTimeout(r, 100));
+    expect(lost).toMatch(/taken over by pid 7 on new-pod/);
+    await lock.release();
     expect(JSON.parse(await readFile(path, "utf8")).nonce).toBe("theirs");
   });
 });
