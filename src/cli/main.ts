@@ -1,6 +1,6 @@
 import { readFileSync } from "node:fs";
 import { Command, CommanderError } from "commander";
-import { ColdstartError, toColdstartError } from "../errors.js";
+import { type ColdstartError, toColdstartError } from "../errors.js";
 import { daemonCommand } from "./daemon-command.js";
 import { pullCommand } from "./pull-command.js";
 import { waitCommand } from "./wait-command.js";
@@ -58,5 +58,3 @@ export function isUsageError(err: ColdstartError): boolean {
     err.code === "CS_CONFIG_INVALID" || err.code === "CS_SOURCE_URI_INVALID" || err.code === "CS_DEST_INVALID"
   );
 }
-
-export { ColdstartError };

@@ -1,4 +1,4 @@
-import { readFile, rename, writeFile } from "node:fs/promises";
+import { readFile } from "node:fs/promises";
 import { setTimeout as sleep } from "node:timers/promises";
 import { Command } from "commander";
 import { callDaemon, type DaemonEndpoint, type JsonResponse } from "../api/client.js";
@@ -7,6 +7,7 @@ import type { Config } from "../config/schema.js";
 import { ColdstartError, type ErrorCode, toColdstartError } from "../errors.js";
 import { validateModelId } from "../models/model-id.js";
 import type { ModelStatus } from "../models/model-manager.js";
+import { writeFileAtomic } from "../store/atomic-file.js";
 import { reportError } from "./main.js";
 import { addSchemaOptions, flagsOf } from "./pull-command.js";
 
@@ -157,8 +158,7 @@ async function wait(id: string, config: Config): Promise<number> {
 async function writeEnvFile(path: string, status: ModelStatus): Promise<void> {
   const quote = (v: string) => `'${v.replaceAll("'", `'\\''`)}'`;
   const lines = [`COLDSTART_MODEL_ID=${quote(status.id)}`, `COLDSTART_MODEL_PATH=${quote(status.path)}`];
-  await writeFile(`${path}.tmp`, `${lines.join("\n")}\n`, { mode: 0o644 });
-  await rename(`${path}.tmp`, path);
+  await writeFileAtomic(path, `${lines.join("\n")}\n`);
 }
 
 /** The first token line of a token file (blank lines and # comments skipped, as the daemon reads it). */

@@ -1,6 +1,7 @@
-import { mkdir, open, readFile, rename } from "node:fs/promises";
-import { dirname, join } from "node:path";
+import { mkdir, readFile } from "node:fs/promises";
+import { join } from "node:path";
 import { ColdstartError } from "../errors.js";
+import { writeFileAtomic } from "../store/atomic-file.js";
 import { ioError } from "../store/paths.js";
 import { validateModelId } from "./model-id.js";
 
@@ -103,23 +104,8 @@ export class ModelRegistry {
     if (this.#queued) return this.#queued;
     const run = async () => {
       this.#queued = undefined;
-      const tmp = `${this.path}.tmp`;
       try {
-        const fh = await open(tmp, "w");
-        try {
-          await fh.writeFile(JSON.stringify({ version: 1, models: this.all() }));
-          await fh.datasync();
-        } finally {
-          await fh.close();
-        }
-        await rename(tmp, this.path);
-        // The rename itself must survive a power loss, or the file reverts to an older list.
-        const dir = await open(dirname(this.path), "r");
-        try {
-          await dir.sync();
-        } finally {
-          await dir.close();
-        }
+        await writeFileAtomic(this.path, JSON.stringify({ version: 1, models: this.all() }));
       } catch (e) {
         throw ioError(e as NodeJS.ErrnoException, `writing ${this.path}`);
       }

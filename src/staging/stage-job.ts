@@ -10,6 +10,7 @@ import type { ObjectChecksum, ObjectSource } from "../s3/object-source.js";
 import { describe, type RetryPolicy, toS3Error, withRetry } from "../s3/retry.js";
 import { readSafetensorsHeader, type SafetensorsHeader } from "../safetensors/header.js";
 import { checkIndexAgainstShards, parseSafetensorsIndex } from "../safetensors/index-json.js";
+import { syncDir } from "../store/atomic-file.js";
 import { freeBytes } from "../store/disk.js";
 import { type JournalEntry, PartJournal } from "../store/journal.js";
 import { acquireLock, type HeldLock } from "../store/lock.js";
@@ -629,15 +630,6 @@ async function readFileText(path: string, key: string): Promise<string> {
   return readFile(path, "utf8").catch((e) => {
     throw ioError(e, `reading ${path}`, key);
   });
-}
-
-async function syncDir(dir: string): Promise<void> {
-  const fh = await open(dir, "r");
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
 }
 
 /** Rethrows the first real failure; CS_ABORTED from parts cancelled because of it comes second. */

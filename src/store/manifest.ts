@@ -1,6 +1,7 @@
-import { type FileHandle, open, readFile, rename } from "node:fs/promises";
+import { type FileHandle, open, readFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { ObjectChecksum } from "../s3/object-source.js";
+import { writeFileAtomic } from "./atomic-file.js";
 import { ioError, STATE_DIR } from "./paths.js";
 
 /**
@@ -78,8 +79,10 @@ export class ManifestStore {
       }
     }
     const store = new ManifestStore(path, header, files, lines);
-    // Another source's manifest (or none, or a damaged header) says nothing about these files.
-    if (!first || !sameHeader(first, header) || lines > 0) await store.compact();
+    // Another source's manifest (or none, or a damaged header) says nothing about these files; a
+    // log with superseded lines is rewritten. An already compact one is left alone: no rewrite (and
+    // fsync) on every run over a staged model.
+    if (!first || !sameHeader(first, header) || lines > files.size) await store.compact();
     return store;
   }
 
@@ -98,29 +101,21 @@ export class ManifestStore {
     return this.#append({ path: relPath, file: null });
   }
 
-  /** Rewrites the manifest with one line per file: temp file, fsync, rename. */
+  /** Rewrites the manifest with one line per file, atomically. */
   async compact(): Promise<void> {
     await this.#appending;
     await this.#fh?.close();
     this.#fh = undefined;
-    const tmp = `${this.path}.tmp`;
+    const body = [this.#header, ...[...this.#files].map(([path, file]) => ({ path, file }))];
     try {
-      const fh = await open(tmp, "w");
-      try {
-        const body = [this.#header, ...[...this.#files].map(([path, file]) => ({ path, file }))];
-        await fh.writeFile(`${body.map((l) => JSON.stringify(l)).join("\n")}\n`);
-        await fh.datasync();
-      } finally {
-        await fh.close();
-      }
-      await rename(tmp, this.path);
-      this.#lines = 0;
+      await writeFileAtomic(this.path, `${body.map((l) => JSON.stringify(l)).join("\n")}\n`);
     } catch (e) {
       throw ioError(e as NodeJS.ErrnoException, `writing manifest ${this.path}`);
     }
+    this.#lines = this.#files.size;
   }
 
-  /** Closes the manifest, compacting it if appends outnumber its files. */
+  /** Closes the manifest, compacting it if it holds superseded lines. */
   async close(): Promise<void> {
     try {
       if (this.#lines > this.#files.size) await this.compact();

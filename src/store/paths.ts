@@ -1,5 +1,5 @@
 import { lstat, mkdir } from "node:fs/promises";
-import { join, sep } from "node:path";
+import { join } from "node:path";
 import { ColdstartError } from "../errors.js";
 
 /** Where coldstart keeps its own state inside a destination: temp files, journals, the manifest. */
@@ -61,11 +61,6 @@ export async function prepareTarget(root: string, segments: string[], key: strin
   if (st && !st.isFile())
     throw unsafe(key, `${target} exists and is ${st.isSymbolicLink() ? "a symlink" : "not a file"}`);
   return target;
-}
-
-/** True if `path` is `root` or lies inside it (both absolute and normalised). */
-export function isInside(root: string, path: string): boolean {
-  return path === root || path.startsWith(root.endsWith(sep) ? root : root + sep);
 }
 
 function unsafe(key: string, why: string): ColdstartError {

@@ -1,5 +1,5 @@
 import { randomBytes } from "node:crypto";
-import { mkdir, readdir, readFile, symlink, writeFile } from "node:fs/promises";
+import { mkdir, readdir, readFile, stat, symlink, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { PutObjectCommand } from "@aws-sdk/client-s3";
 import { beforeEach, describe, expect, it } from "vitest";
@@ -43,6 +43,29 @@ describe("staging a model from a real S3 server", () => {
     const entry = manifest.get(shard.relPath);
     expect(entry?.pieces).toHaveLength(Math.ceil(shard.body.length / MiB));
     expect(entry?.pieces[0]).toBe(sha256(shard.body.subarray(0, MiB)));
+  });
+
+  it("a rerun over a complete destination fetches nothing and leaves the manifest untouched", async () => {
+    const files = syntheticModel({ shards: 2, shardBytes: 2 * MiB });
+    const bucket = await freshBucket(fx.client);
+    await putFiles(fx.client, bucket, "m/", files);
+    const first = await stage(s3, { bucket, prefix: "m/", dest, endpoint: fx.proxy.url });
+    const manifestPath = join(dest, ".coldstart", "manifest.jsonl");
+    const before = await stat(manifestPath);
+    fx.proxy.resetStats();
+
+    const again = await stage(s3, { bucket, prefix: "m/", dest, endpoint: fx.proxy.url });
+
+    expect(again).toMatchObject({
+      files: first.files,
+      bytes: first.bytes,
+      resumedBytes: first.bytes,
+      retries: 0,
+    });
+    const objectGets = fx.proxy.requests.filter((r) => r.method === "GET" && !r.query.includes("list-type"));
+    expect(objectGets).toEqual([]);
+    const after = await stat(manifestPath);
+    expect([after.ino, after.mtimeMs]).toEqual([before.ino, before.mtimeMs]);
   });
 
   it("stages a multipart-uploaded object (ETag with -N) intact", async () => {
