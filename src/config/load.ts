@@ -30,6 +30,8 @@ export interface ConfigSources {
 }
 
 const PREFIX = "COLDSTART_";
+/** Read by build scripts, not by the daemon; an image may keep them in its environment. */
+const BUILD_TIME = new Set(["COLDSTART_NATIVE_BUILD"]);
 
 /**
  * Resolves every option (flag, then env, then default), validates it against the schema, rejects
@@ -43,7 +45,7 @@ export function loadConfig(sources: ConfigSources = {}): Config {
 
   const known = new Set(options.flatMap((o) => o.spec.env));
   for (const name of Object.keys(env)) {
-    if (name.startsWith(PREFIX) && !known.has(name)) {
+    if (name.startsWith(PREFIX) && !known.has(name) && !BUILD_TIME.has(name)) {
       throw new ColdstartError("CS_CONFIG_INVALID", `unknown environment variable ${name}`, {
         details: { field: name },
       });

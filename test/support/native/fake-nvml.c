@@ -1,0 +1,112 @@
+/*
+ * ABI-level test double for libnvidia-ml.so.1: the real symbol names and signatures (nvml.h), with
+ * behaviour chosen by environment variables instead of a GPU driver.
+ *   FAKE_NVML=h100x2             two "NVIDIA H100 80GB HBM3", compute capability 9.0 (default)
+ *   FAKE_NVML=none               the driver answers, with no GPUs
+ *   FAKE_NVML=driver-not-loaded  nvmlInit_v2 fails with NVML_ERROR_DRIVER_NOT_LOADED (9)
+ *   FAKE_NVML=hang               nvmlInit_v2 never returns (a wedged driver)
+ * FAKE_NVML_LOG=<file> appends one line per call, so tests can check init/shutdown pairing.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+typedef int nvmlReturn_t;
+typedef struct fake_device *nvmlDevice_t;
+struct fake_device {
+  unsigned int index;
+};
+static struct fake_device devices[2] = {{0}, {1}};
+static int initialised = 0;
+
+static const char *scenario(void) {
+  const char *s = getenv("FAKE_NVML");
+  return s != NULL && *s != '\0' ? s : "h100x2";
+}
+
+static void trace(const char *call) {
+  const char *path = getenv("FAKE_NVML_LOG");
+  if (path == NULL) return;
+  FILE *f = fopen(path, "a");
+  if (f == NULL) return;
+  fprintf(f, "%s\n", call);
+  fclose(f);
+}
+
+static nvmlReturn_t copy(char *dst, unsigned int size, const char *src) {
+  if (strlen(src) + 1 > size) return 7; /* NVML_ERROR_INSUFFICIENT_SIZE */
+  memcpy(dst, src, strlen(src) + 1);
+  return 0;
+}
+
+nvmlReturn_t nvmlInit_v2(void) {
+  trace("nvmlInit_v2");
+  if (strcmp(scenario(), "driver-not-loaded") == 0) return 9;
+  if (strcmp(scenario(), "hang") == 0) {
+    for (;;) pause();
+  }
+  initialised = 1;
+  return 0;
+}
+
+nvmlReturn_t nvmlShutdown(void) {
+  trace("nvmlShutdown");
+  if (!initialised) return 1; /* NVML_ERROR_UNINITIALIZED */
+  initialised = 0;
+  return 0;
+}
+
+const char *nvmlErrorString(nvmlReturn_t result) {
+  switch (result) {
+    case 0: return "Success";
+    case 1: return "Uninitialized";
+    case 2: return "Invalid Argument";
+    case 7: return "Insufficient Size";
+    case 9: return "Driver Not Loaded";
+    default: return "Unknown Error";
+  }
+}
+
+nvmlReturn_t nvmlSystemGetDriverVersion(char *version, unsigned int length) {
+  if (!initialised) return 1;
+  return copy(version, length, "570.86.15");
+}
+
+nvmlReturn_t nvmlSystemGetCudaDriverVersion(int *version) {
+  if (!initialised) return 1;
+  *version = 12080;
+  return 0;
+}
+
+nvmlReturn_t nvmlDeviceGetCount_v2(unsigned int *count) {
+  if (!initialised) return 1;
+  *count = strcmp(scenario(), "none") == 0 ? 0 : 2;
+  return 0;
+}
+
+nvmlReturn_t nvmlDeviceGetHandleByIndex_v2(unsigned int index, nvmlDevice_t *device) {
+  if (!initialised) return 1;
+  if (index >= 2 || strcmp(scenario(), "none") == 0) return 2;
+  *device = &devices[index];
+  return 0;
+}
+
+nvmlReturn_t nvmlDeviceGetName(nvmlDevice_t device, char *name, unsigned int length) {
+  if (!initialised || device == NULL) return 2;
+  return copy(name, length, "NVIDIA H100 80GB HBM3");
+}
+
+nvmlReturn_t nvmlDeviceGetUUID(nvmlDevice_t device, char *uuid, unsigned int length) {
+  if (!initialised || device == NULL) return 2;
+  return copy(uuid, length,
+              device->index == 0 ? "GPU-11111111-2222-3333-4444-555555555555"
+                                 : "GPU-66666666-7777-8888-9999-000000000000");
+}
+
+nvmlReturn_t nvmlDeviceGetCudaComputeCapability(nvmlDevice_t device, int *major, int *minor) {
+  if (!initialised || device == NULL) return 2;
+  *major = 9;
+  *minor = 0;
+  return 0;
+}
