@@ -43,6 +43,9 @@ export const errorCodes = {
   CS_NOT_READY: "The model did not become ready within the wait's timeout.",
   CS_DAEMON_UNREACHABLE: "coldstart wait could not reach the daemon within its timeout.",
   CS_SHUTTING_DOWN: "The daemon is draining and accepts no new work.",
+  CS_GDS_UNAVAILABLE:
+    "gds.mode is on but GPUDirect Storage is not enabled on this node (the reasons say why).",
+  CS_PLACEMENT_REFUSED: "The staging root's placement is not one placement.require allows.",
   CS_INTERNAL: "A bug: an invariant coldstart relies on did not hold.",
 } as const;
 

@@ -69,6 +69,18 @@ const stringList = z
 
 const MiB = 1024 * 1024;
 
+/** Where the staging root can live (src/node/placement.ts decides which). */
+export const PLACEMENTS = [
+  "nvme-instance-store",
+  "nvme-ebs",
+  "nvme-local",
+  "non-nvme",
+  "root-volume",
+  "network",
+  "tmpfs",
+  "unknown",
+] as const;
+
 export const schema = {
   s3: {
     endpoint: option({
@@ -335,6 +347,76 @@ export const schema = {
       env: ["COLDSTART_WAIT_ENV_FILE"],
       flag: "--env-file <path>",
       help: "Write COLDSTART_MODEL_PATH=… there for the main container to source.",
+    }),
+  },
+  node: {
+    hostRoot: option({
+      schema: z.string().min(1).startsWith("/", "must be an absolute path"),
+      default: "/",
+      env: ["COLDSTART_HOST_ROOT"],
+      flag: "--host-root <dir>",
+      help: "Where the host's / is visible (a DaemonSet mounts it at /host): proc, sys and etc/cufile.json are read under it.",
+    }),
+    addonPath: option({
+      schema: z.string().min(1).startsWith("/", "must be an absolute path").optional(),
+      default: undefined,
+      env: ["COLDSTART_NATIVE_ADDON"],
+      flag: "--native-addon <path>",
+      help: "The native addon to load instead of build/Release/coldstart_native.node.",
+    }),
+    nvmlLibrary: option({
+      schema: z.string().min(1).optional(),
+      default: undefined,
+      env: ["COLDSTART_NVML_LIBRARY"],
+      flag: "--nvml-library <path>",
+      help: "NVML library to dlopen instead of the soname libnvidia-ml.so.1.",
+    }),
+    nvidiaSmi: option({
+      schema: z.string().min(1),
+      default: "nvidia-smi",
+      env: ["COLDSTART_NVIDIA_SMI"],
+      flag: "--nvidia-smi <path>",
+      help: "nvidia-smi to ask for GPU facts when the native addon or NVML cannot be used.",
+    }),
+    probeTimeoutMs: option({
+      schema: duration.pipe(z.number().int().min(100).max(600_000)),
+      default: 20_000,
+      env: ["COLDSTART_PROBE_TIMEOUT"],
+      flag: "--probe-timeout <duration>",
+      help: "Deadline of each native probe process (NVML, cuFile); a probe that hangs is killed and reported.",
+    }),
+  },
+  gds: {
+    mode: option({
+      schema: z.enum(["auto", "on", "off"]),
+      default: "auto",
+      env: ["COLDSTART_GDS_MODE"],
+      flag: "--gds <mode>",
+      help: "auto: probe GDS and recommend a loader; on: refuse to start unless GDS is enabled; off: never probe cuFile (no CUDA context).",
+    }),
+    cufileLibrary: option({
+      schema: z.string().min(1).optional(),
+      default: undefined,
+      env: ["COLDSTART_CUFILE_LIBRARY"],
+      flag: "--cufile-library <path>",
+      help: "libcufile to dlopen instead of the sonames libcufile.so.0 and libcufile.so.",
+    }),
+    cufileJson: option({
+      schema: z.string().min(1).startsWith("/", "must be an absolute path").optional(),
+      default: undefined,
+      env: ["COLDSTART_CUFILE_JSON", "CUFILE_ENV_PATH_JSON"],
+      flag: "--cufile-json <path>",
+      help: "cufile.json to read (and hand to the cuFile probe) instead of <node.hostRoot>/etc/cufile.json.",
+    }),
+  },
+  placement: {
+    require: option({
+      schema: stringList.pipe(z.array(z.enum(PLACEMENTS))),
+      default: [],
+      env: ["COLDSTART_PLACEMENT_REQUIRE"],
+      flag: "--require-placement <placement>",
+      repeatable: true,
+      help: `Placements of the staging root the daemon may start on (${PLACEMENTS.join(", ")}); empty: any, with a warning on the root volume.`,
     }),
   },
   log: {

@@ -29,6 +29,10 @@ export const MODEL_LABEL_PREFIX = `${LABEL_PREFIX}model.`;
 export const MODELS_ANNOTATION = "coldstart.io/models";
 /** Value of a model label: the model is staged, verified and ready to load on this node. */
 export const READY_VALUE = "ready";
+/** Node label with the GDS verdict: enabled, compat or unavailable (docs/node-facts.md). */
+export const GDS_LABEL = `${LABEL_PREFIX}gds`;
+/** Node label with the GPU product key, e.g. NVIDIA-H100-80GB-HBM3; absent without GPUs. */
+export const GPU_PRODUCT_LABEL = `${LABEL_PREFIX}gpu-product`;
 /**
  * Hex characters of SHA-256 kept in a label key: 56 (224 bits), the most that fits, since the name
  * part `model.<hash>` may hold at most 63 characters. At 224 bits an accidental collision among even
@@ -98,6 +102,7 @@ export class NodeLabeler {
   readonly #closed = new AbortController();
   /** hash → model id, sorted by hash so the annotation's JSON is stable. */
   #desired: ReadonlyMap<string, string> = new Map();
+  #facts: Readonly<Record<string, string | null>> = {};
   #desiredVersion = 0;
   #appliedVersion = 0;
   #running = false;
@@ -130,6 +135,25 @@ export class NodeLabeler {
     const byHash = [...new Set(readyModelIds)].map((id) => [modelHash(id), id] as const);
     byHash.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
     this.#desired = new Map(byHash);
+    this.#kick();
+  }
+
+  /**
+   * Desired node-fact labels, e.g. `coldstart.io/gds=enabled`; a null value removes the label. Keys
+   * must carry the `coldstart.io/` prefix and must not be model labels. Same coalescing as set().
+   */
+  setFacts(labels: Readonly<Record<string, string | null>>): void {
+    if (this.#closed.signal.aborted) return;
+    for (const key of Object.keys(labels)) {
+      if (!key.startsWith(LABEL_PREFIX) || key.startsWith(MODEL_LABEL_PREFIX)) {
+        throw new ColdstartError("CS_INTERNAL", `not a node-fact label key: ${key}`);
+      }
+    }
+    this.#facts = { ...labels };
+    this.#kick();
+  }
+
+  #kick(): void {
     this.#desiredVersion++;
     if (!this.#running) {
       this.#running = true;
@@ -190,7 +214,12 @@ export class NodeLabeler {
     // Read the desired state after the GET, so that a set() during it is not applied one round late.
     const version = this.#desiredVersion;
     const desired = this.#desired;
-    const patch = planPatch(node.metadata?.labels ?? {}, node.metadata?.annotations ?? {}, desired);
+    const patch = planPatch(
+      node.metadata?.labels ?? {},
+      node.metadata?.annotations ?? {},
+      desired,
+      this.#facts,
+    );
     if (patch === undefined) {
       this.#log.debug({ models: desired.size }, "node labels already in step");
       return version;
@@ -237,10 +266,17 @@ function planPatch(
   labels: Readonly<Record<string, string>>,
   annotations: Readonly<Record<string, string>>,
   desired: ReadonlyMap<string, string>,
+  facts: Readonly<Record<string, string | null>>,
 ): PlannedPatch | undefined {
   const labelPatch: Record<string, string | null> = {};
   let added = 0;
   let removed = 0;
+  for (const [key, value] of Object.entries(facts)) {
+    if ((labels[key] ?? null) === value) continue;
+    labelPatch[key] = value;
+    if (value === null) removed++;
+    else added++;
+  }
   for (const hash of desired.keys()) {
     const key = `${MODEL_LABEL_PREFIX}${hash}`;
     if (labels[key] !== READY_VALUE) {

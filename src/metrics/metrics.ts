@@ -82,6 +82,16 @@ export class Metrics {
   readonly handshakeWaitDuration: Histogram;
   /** coldstart_http_requests_total{route,method,status}: API requests; `route` is the route pattern. */
   readonly httpRequests: Counter<"route" | "method" | "status">;
+  /** coldstart_gds_info{verdict,mode,load_format}: 1 for the node's current GDS verdict. */
+  readonly gdsInfo: Gauge<"verdict" | "mode" | "load_format">;
+  /** coldstart_gds_reasons{code}: 1 per reason the verdict is not "enabled". */
+  readonly gdsReasons: Gauge<"code">;
+  /** coldstart_placement_info{placement,fstype,device}: 1 for where the staging root lives. */
+  readonly placementInfo: Gauge<"placement" | "fstype" | "device">;
+  /** coldstart_gpu_info{index,uuid,name,compute_capability,driver_version}: 1 per GPU. */
+  readonly gpuInfo: Gauge<"index" | "uuid" | "name" | "compute_capability" | "driver_version">;
+  /** coldstart_native_addon_available: 1 when the native probes can run. */
+  readonly nativeAvailable: Gauge;
 
   constructor(registry?: Registry, options: MetricsOptions = {}) {
     const { defaultMetrics = true } = options;
@@ -163,6 +173,36 @@ export class Metrics {
       name: "coldstart_http_requests_total",
       help: "Control API requests by route pattern, method and HTTP status.",
       labelNames: ["route", "method", "status"] as const,
+      registers,
+    });
+
+    this.gdsInfo = new Gauge({
+      name: "coldstart_gds_info",
+      help: "1 for the node's GPUDirect Storage verdict (enabled, compat, unavailable) and the vLLM load format it implies.",
+      labelNames: ["verdict", "mode", "load_format"] as const,
+      registers,
+    });
+    this.gdsReasons = new Gauge({
+      name: "coldstart_gds_reasons",
+      help: "1 per reason code the GDS verdict is not enabled (docs/node-facts.md).",
+      labelNames: ["code"] as const,
+      registers,
+    });
+    this.placementInfo = new Gauge({
+      name: "coldstart_placement_info",
+      help: "1 for where the staging root lives: placement, filesystem type and block device.",
+      labelNames: ["placement", "fstype", "device"] as const,
+      registers,
+    });
+    this.gpuInfo = new Gauge({
+      name: "coldstart_gpu_info",
+      help: "1 per GPU the node has, keyed by UUID.",
+      labelNames: ["index", "uuid", "name", "compute_capability", "driver_version"] as const,
+      registers,
+    });
+    this.nativeAvailable = new Gauge({
+      name: "coldstart_native_addon_available",
+      help: "1 when the native addon loads and its probes run; 0 when GPU and GDS facts are degraded.",
       registers,
     });
 

@@ -110,6 +110,10 @@ export async function runProbe(kind: "cufile", options: ProbeOptions): Promise<P
 export async function runProbe(
   kind: ProbeKind,
   options: ProbeOptions,
+): Promise<ProbeOutcome<GpuProbe | CufileProbe>>;
+export async function runProbe(
+  kind: ProbeKind,
+  options: ProbeOptions,
 ): Promise<ProbeOutcome<GpuProbe | CufileProbe>> {
   const addonPath = options.addonPath ?? DEFAULT_ADDON_PATH;
   try {

@@ -7,6 +7,8 @@
  *   FAKE_CUFILE_COMPAT=0|1   dcontrolflags bit 1, compat mode allowed (default 0)
  *   FAKE_CUFILE_HANG=1       cuFileDriverOpen never returns
  *   FAKE_CUFILE_LOG=<file>   appends one line per call
+ *   FAKE_CUFILE_TAIL=<n>     bytes of tail written after the nvfs fields (default 512); a value past
+ *                            the probe's buffer makes this double overrun it, for the sanitizer test
  * The properties are written the way a newer library would: the leading nvfs fields, then a tail
  * the probe must not depend on.
  */
@@ -70,7 +72,7 @@ CUfileError_t cuFileDriverGetProperties(void *props) {
   if (env_int("FAKE_CUFILE_COMPAT", 0)) nvfs.dcontrolflags |= 1u << 1;
   memcpy(props, &nvfs, sizeof nvfs);
   /* A tail like a newer release's (flags, counters, limits): 512 bytes the probe must not read. */
-  memset((char *)props + sizeof nvfs, 0xA5, 512);
+  memset((char *)props + sizeof nvfs, 0xA5, (size_t)env_int("FAKE_CUFILE_TAIL", 512));
   return r;
 }
 

@@ -1,0 +1,199 @@
+/**
+ * Everything coldstart knows about its node, gathered once: GPUs, GDS and where the staging root
+ * really lives. The daemon collects it before it listens (so gds.mode on and placement.require can
+ * refuse to start), serves it on GET /v1/node, exports it as metrics and labels, and hands the loader
+ * choice to pods through `coldstart wait --env-file`. `coldstart doctor` prints it as checks.
+ */
+import { environment } from "../config/load.js";
+import type { Config } from "../config/schema.js";
+import { ColdstartError } from "../errors.js";
+import { GDS_LABEL, GPU_PRODUCT_LABEL } from "../kube/node-labels.js";
+import type { Metrics } from "../metrics/metrics.js";
+import { assessGds, type CufileFacts, cufileFacts, type GdsAssessment, type GdsMode } from "./gds.js";
+import { type GpuFacts, gpuFacts } from "./gpus.js";
+import {
+  type CufileJsonFacts,
+  type IommuFacts,
+  type NvidiaFsFacts,
+  readCufileJson,
+  readIommu,
+  readNvidiaFs,
+} from "./host-facts.js";
+import { type ProbeOutcome, runProbe } from "./native.js";
+import { type Placement, type PlacementFacts, probePlacement } from "./placement.js";
+
+export interface NodeFactsOptions {
+  hostRoot: string;
+  stagingRoot: string;
+  gdsMode: GdsMode;
+  probeTimeoutMs: number;
+  nvidiaSmi: string;
+  addonPath?: string | undefined;
+  nvmlLibrary?: string | undefined;
+  cufileLibrary?: string | undefined;
+  cufileJson?: string | undefined;
+  /** Environment of the probe processes (default: inherited). */
+  env?: NodeJS.ProcessEnv | undefined;
+}
+
+export function nodeFactsOptions(config: Config): NodeFactsOptions {
+  return {
+    hostRoot: config.node.hostRoot,
+    stagingRoot: config.daemon.root,
+    gdsMode: config.gds.mode,
+    probeTimeoutMs: config.node.probeTimeoutMs,
+    nvidiaSmi: config.node.nvidiaSmi,
+    addonPath: config.node.addonPath,
+    nvmlLibrary: config.node.nvmlLibrary,
+    cufileLibrary: config.gds.cufileLibrary,
+    cufileJson: config.gds.cufileJson,
+  };
+}
+
+export interface NativeFacts {
+  available: boolean;
+  /** The addon file that loaded. */
+  path: string | null;
+  /** Why it is unavailable (missing build, load error, stale build), or null. */
+  reason: string | null;
+}
+
+export interface NodeFacts {
+  collectedAt: string;
+  hostRoot: string;
+  native: NativeFacts;
+  gpus: GpuFacts;
+  nvidiaFs: NvidiaFsFacts;
+  cufileJson: CufileJsonFacts;
+  cufile: CufileFacts;
+  iommu: IommuFacts;
+  placement: PlacementFacts;
+  gds: GdsAssessment;
+}
+
+/** Gathers every fact; never throws for something missing on the node (that is a fact too). */
+export async function collectNodeFacts(o: NodeFactsOptions): Promise<NodeFacts> {
+  const [nvidiaFs, cufileJson, iommu, placement] = await Promise.all([
+    readNvidiaFs(o.hostRoot),
+    readCufileJson(o.hostRoot, o.cufileJson),
+    readIommu(o.hostRoot),
+    probePlacement({ hostRoot: o.hostRoot, stagingRoot: o.stagingRoot }),
+  ]);
+  const probe = { addonPath: o.addonPath, timeoutMs: o.probeTimeoutMs, env: o.env };
+  // The cuFile probe reads the same cufile.json we assess, so the two cannot disagree.
+  const cufileEnv = cufileJson.path
+    ? { ...(o.env ?? environment()), CUFILE_ENV_PATH_JSON: cufileJson.path }
+    : o.env;
+  const [gpuOutcome, cufileOutcome] = await Promise.all([
+    runProbe("gpus", { ...probe, libraryPath: o.nvmlLibrary }),
+    o.gdsMode === "off"
+      ? Promise.resolve(null)
+      : runProbe("cufile", { ...probe, libraryPath: o.cufileLibrary, env: cufileEnv }),
+  ]);
+  const gpus = await gpuFacts(gpuOutcome, { nvidiaSmi: o.nvidiaSmi, timeoutMs: o.probeTimeoutMs });
+  const cufile = cufileFacts(cufileOutcome);
+  return {
+    collectedAt: new Date().toISOString(),
+    hostRoot: o.hostRoot,
+    native: nativeFacts(gpuOutcome, cufileOutcome),
+    gpus,
+    nvidiaFs,
+    cufileJson,
+    cufile,
+    iommu,
+    placement,
+    gds: assessGds({ mode: o.gdsMode, gpus, cufile, nvidiaFs, cufileJson, iommu, placement }),
+  };
+}
+
+function nativeFacts(...outcomes: (ProbeOutcome<unknown> | null)[]): NativeFacts {
+  for (const o of outcomes) {
+    if (o?.status === "native-unavailable") return { available: false, path: null, reason: o.reason };
+  }
+  for (const o of outcomes) {
+    if (o?.status === "ok") return { available: true, path: o.addonPath, reason: null };
+  }
+  // Both probes timed out or crashed: the addon may be fine, the driver is not answering.
+  return { available: false, path: null, reason: "no probe finished; see gpus.notes and cufile.reason" };
+}
+
+export interface NodePolicy {
+  gdsMode: GdsMode;
+  placementRequire: readonly Placement[];
+}
+
+export function nodePolicy(config: Config): NodePolicy {
+  return { gdsMode: config.gds.mode, placementRequire: config.placement.require };
+}
+
+/** The errors that make these facts unacceptable under the policy (empty: fine to run). */
+export function policyViolations(facts: NodeFacts, policy: NodePolicy): ColdstartError[] {
+  const out: ColdstartError[] = [];
+  if (policy.gdsMode === "on" && facts.gds.verdict !== "enabled") {
+    const why = facts.gds.reasons.map((r) => r.code).join(", ");
+    out.push(
+      new ColdstartError(
+        "CS_GDS_UNAVAILABLE",
+        `gds.mode is on but GDS is ${facts.gds.verdict} here: ${why}`,
+        {
+          details: { field: "gds.mode", value: policy.gdsMode },
+        },
+      ),
+    );
+  }
+  const p = facts.placement.placement;
+  if (policy.placementRequire.length > 0 && !policy.placementRequire.includes(p)) {
+    out.push(
+      new ColdstartError(
+        "CS_PLACEMENT_REFUSED",
+        `staging root ${facts.placement.path} is on ${p} (${placementSummary(facts.placement)}); placement.require allows ${policy.placementRequire.join(", ")}`,
+        { details: { field: "placement.require", value: p } },
+      ),
+    );
+  }
+  return out;
+}
+
+/** "ext4 on md0 (nvme1n1, nvme2n1)" */
+export function placementSummary(p: PlacementFacts): string {
+  if (!p.mount) return "mount not found";
+  const disks = p.disks.map((d) => d.name).join(", ");
+  const via = p.chain[0] && p.chain[0] !== p.disks[0]?.name ? `${p.chain[0]} (${disks})` : disks;
+  return `${p.mount.fsType} on ${via || p.mount.source}`;
+}
+
+/** The node-fact labels: the GDS verdict and the GPU product (removed when there is none). */
+export function factLabels(facts: NodeFacts): Record<string, string | null> {
+  return { [GDS_LABEL]: facts.gds.verdict, [GPU_PRODUCT_LABEL]: facts.gpus.product };
+}
+
+/** Replaces the node-fact metrics with these facts (old label sets are dropped, not left at 1). */
+export function publishNodeFacts(metrics: Metrics, facts: NodeFacts): void {
+  metrics.gdsInfo.reset();
+  metrics.gdsInfo.set(
+    { verdict: facts.gds.verdict, mode: facts.gds.mode, load_format: facts.gds.loadFormat },
+    1,
+  );
+  metrics.gdsReasons.reset();
+  for (const r of facts.gds.reasons) metrics.gdsReasons.set({ code: r.code }, 1);
+  metrics.placementInfo.reset();
+  const p = facts.placement;
+  metrics.placementInfo.set(
+    { placement: p.placement, fstype: p.mount?.fsType ?? "unknown", device: p.chain[0] ?? "unknown" },
+    1,
+  );
+  metrics.gpuInfo.reset();
+  for (const g of facts.gpus.gpus) {
+    metrics.gpuInfo.set(
+      {
+        index: String(g.index),
+        uuid: g.uuid ?? "unknown",
+        name: g.name ?? "unknown",
+        compute_capability: g.computeCapability ?? "unknown",
+        driver_version: facts.gpus.driverVersion ?? "unknown",
+      },
+      1,
+    );
+  }
+  metrics.nativeAvailable.set(facts.native.available ? 1 : 0);
+}
