@@ -2,6 +2,7 @@ import { readFileSync } from "node:fs";
 import { Command, CommanderError } from "commander";
 import { type ColdstartError, toColdstartError } from "../errors.js";
 import { daemonCommand } from "./daemon-command.js";
+import { doctorCommand } from "./doctor-command.js";
 import { pullCommand } from "./pull-command.js";
 import { waitCommand } from "./wait-command.js";
 
@@ -26,6 +27,7 @@ export async function run(argv: string[]): Promise<number> {
   program.addCommand(pullCommand(setExit));
   program.addCommand(daemonCommand(setExit));
   program.addCommand(waitCommand(setExit));
+  program.addCommand(doctorCommand(setExit));
   try {
     await program.parseAsync(argv);
     return code;

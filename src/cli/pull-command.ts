@@ -14,11 +14,14 @@ import { printSummary, startProgress } from "./progress.js";
 /** Options groups `pull` takes from the schema. */
 const GROUPS = new Set(["s3", "download", "log", "output"]);
 
-/** Adds every schema option of the given groups as a flag; returns attribute name → option name. */
+/**
+ * Adds every schema option of the given groups (or single options, by dotted name) as a flag;
+ * returns attribute name → option name.
+ */
 export function addSchemaOptions(cmd: Command, groups: Set<string>): Map<string, OptionName> {
   const byAttr = new Map<string, OptionName>();
   for (const o of listOptions()) {
-    if (!groups.has(o.group) || !o.spec.flag) continue;
+    if (!(groups.has(o.group) || groups.has(o.name)) || !o.spec.flag) continue;
     const env = o.spec.env.length ? ` [env: ${o.spec.env.join(", ")}]` : "";
     const def = o.spec.default !== undefined ? ` (default: ${JSON.stringify(o.spec.default)})` : "";
     const opt = new Option(o.spec.flag, `${o.spec.help}${env}${def}`);
