@@ -15,6 +15,15 @@ import { loadKubeConfig, NodeLabeler } from "./kube/node-labels.js";
 import { Metrics } from "./metrics/metrics.js";
 import { ModelManager } from "./models/model-manager.js";
 import { ModelRegistry } from "./models/model-registry.js";
+import {
+  collectNodeFacts,
+  factLabels,
+  type NodeFacts,
+  nodeFactsOptions,
+  nodePolicy,
+  policyViolations,
+  publishNodeFacts,
+} from "./node/node-facts.js";
 import { s3SourceFromConfig } from "./s3/s3-object-source.js";
 import { RateLimiter } from "./staging/rate-limiter.js";
 import { SlotScheduler } from "./staging/scheduler.js";
@@ -50,7 +59,13 @@ export async function startDaemon(
       details: { field: "daemon.tokenFile" },
     });
   }
-  // Opened first: nothing else has started yet if the state is unreadable.
+  // Node facts first: gds.mode on and placement.require refuse to start before anything listens.
+  const factsOptions = nodeFactsOptions(config);
+  let facts = await collectNodeFacts(factsOptions);
+  const violation = policyViolations(facts, nodePolicy(config))[0];
+  if (violation) throw violation;
+  logNodeFacts(logger, facts);
+  // Opened next: nothing else has started yet if the state is unreadable.
   const registry = await ModelRegistry.open(d.root);
   const tokens = d.auth === "token" && d.tokenFile ? new TokenFile(d.tokenFile, { logger }) : undefined;
   const metrics = new Metrics();
@@ -81,7 +96,17 @@ export async function startDaemon(
   });
   // Anything that fails from here on must undo what started, or a half-started daemon keeps
   // serving (and staging) while its command reports failure and never exits.
-  const deps = { manager, logger, metrics, tokens, bodyLimitBytes: d.bodyLimitBytes, isReady: () => ready };
+  publishNodeFacts(metrics, facts);
+  labeler?.setFacts(factLabels(facts));
+  const deps = {
+    manager,
+    logger,
+    metrics,
+    tokens,
+    bodyLimitBytes: d.bodyLimitBytes,
+    isReady: () => ready,
+    nodeFacts: () => facts,
+  };
   const api = buildApp(deps, "tcp");
   const sock = buildApp(deps, "socket");
   const metricsApp = buildMetricsApp(deps);
@@ -123,6 +148,25 @@ export async function startDaemon(
     30_000,
   );
   timer.unref();
+  // A daemon that starts before the GPU driver (the GPU Operator loads it minutes into a node's life)
+  // would otherwise report "no GPU" for good. Until a GPU shows up, probe again every minute.
+  let probing = false;
+  const factsTimer = setInterval(() => {
+    if (facts.gpus.gpus.length > 0 || probing) return;
+    probing = true;
+    collectNodeFacts(factsOptions)
+      .then((next) => {
+        facts = next;
+        publishNodeFacts(metrics, facts);
+        labeler?.setFacts(factLabels(facts));
+        if (next.gpus.gpus.length > 0) logNodeFacts(logger, next);
+      })
+      .catch((e) => logger.error({ err: String(e) }, "node facts"))
+      .finally(() => {
+        probing = false;
+      });
+  }, 60_000);
+  factsTimer.unref();
   // Like the timer's passes, the first one only logs: a full disk must not half-start the daemon.
   await refreshDisk().catch((e) => logger.error({ err: String(e) }, "disk check"));
   ready = true;
@@ -137,6 +181,7 @@ export async function startDaemon(
     async stop(graceMs, hurry) {
       ready = false;
       clearInterval(timer);
+      clearInterval(factsTimer);
       await manager.drain(graceMs, hurry);
       // Long-polls are cut: waiters reconnect (with retries) to the next daemon.
       await Promise.allSettled([api.close(), sock.close(), metricsApp.close()]);
@@ -147,6 +192,25 @@ export async function startDaemon(
       logger.info("coldstart daemon stopped");
     },
   };
+}
+
+/** One info line with the verdict and loader, and a warning per placement problem. */
+function logNodeFacts(logger: Logger, facts: NodeFacts): void {
+  const p = facts.placement;
+  logger.info(
+    {
+      gds: facts.gds.verdict,
+      loadFormat: facts.gds.loadFormat,
+      reasons: facts.gds.reasons.map((r) => r.code),
+      gpus: facts.gpus.gpus.length,
+      gpuProduct: facts.gpus.product,
+      placement: p.placement,
+      native: facts.native.available,
+    },
+    "node facts",
+  );
+  for (const w of p.warnings) logger.warn({ code: w.code, root: p.path }, w.message);
+  if (!facts.native.available) logger.warn({ reason: facts.native.reason }, "native addon unavailable");
 }
 
 /** Only /metrics, /livez and /readyz: for Prometheus and kubelet probes, nothing to mutate. */

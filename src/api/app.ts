@@ -3,6 +3,7 @@ import type { Logger } from "pino";
 import { ColdstartError, isColdstartError, toColdstartError } from "../errors.js";
 import type { Metrics } from "../metrics/metrics.js";
 import type { ModelManager, ModelRequest } from "../models/model-manager.js";
+import type { NodeFacts } from "../node/node-facts.js";
 import type { TokenFile } from "./auth.js";
 import { fastifyCodes, httpStatusOf } from "./http-errors.js";
 
@@ -18,6 +19,8 @@ export interface AppDeps {
   bodyLimitBytes: number;
   /** True once the store is loaded and the daemon is not draining. */
   isReady: () => boolean;
+  /** The node's facts (GPUs, GDS, placement), when collected. */
+  nodeFacts?: () => NodeFacts;
 }
 
 const MAX_WAIT_SECONDS = 300;
@@ -95,6 +98,8 @@ export function buildApp(deps: AppDeps, surface: Surface) {
     if (req.authenticated || (route !== undefined && PUBLIC_ROUTES.has(route))) return;
     if (surface === "socket" && route === "/v1/models/*" && (req.method === "PUT" || req.method === "GET"))
       return;
+    // The handshake reads the loader choice and GPU product for the pod's env file.
+    if (surface === "socket" && route === "/v1/node" && req.method === "GET") return;
     throw new ColdstartError(
       "CS_UNAUTHORIZED",
       "missing or invalid bearer token (Authorization: Bearer <token>)",
@@ -113,7 +118,7 @@ export function buildApp(deps: AppDeps, surface: Surface) {
   });
 
   app.get("/v1/models", async () => ({ models: deps.manager.list() }));
-  app.get("/v1/node", async () => ({ disk: await deps.manager.disk() }));
+  app.get("/v1/node", async () => ({ disk: await deps.manager.disk(), ...deps.nodeFacts?.() }));
 
   app.put<{ Body: ModelRequest }>("/v1/models/*", { schema: { body: modelBody } }, async (req, reply) => {
     const { id } = parseModelPath(req);

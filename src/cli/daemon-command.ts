@@ -6,7 +6,18 @@ import { startDaemon } from "../main.js";
 import { EXIT, reportError } from "./main.js";
 import { addSchemaOptions, flagsOf } from "./pull-command.js";
 
-const GROUPS = new Set(["s3", "download", "daemon", "sources", "eviction", "kube", "log"]);
+const GROUPS = new Set([
+  "s3",
+  "download",
+  "daemon",
+  "sources",
+  "eviction",
+  "kube",
+  "node",
+  "gds",
+  "placement",
+  "log",
+]);
 
 /**
  * `coldstart daemon`: runs until SIGTERM/SIGINT, then drains (docs/api.md, Lifecycle). A second

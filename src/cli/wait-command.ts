@@ -136,7 +136,7 @@ async function wait(id: string, config: Config): Promise<number> {
     const res = await call("GET", `${path}/ready?timeoutSeconds=${t}`, undefined, t * 1000);
     if (res.status === 200) {
       const status = res.body as ModelStatus;
-      if (w.envFile) await writeEnvFile(w.envFile, status);
+      if (w.envFile) await writeEnvFile(w.envFile, status, await nodeHints(call));
       finished(status, config.output.json, started);
       return WAIT_EXIT.ready;
     }
@@ -154,10 +154,49 @@ async function wait(id: string, config: Config): Promise<number> {
   }
 }
 
+interface NodeHints {
+  loadFormat: string;
+  gds: string;
+  gpuProduct: string;
+}
+
+/**
+ * What the pod needs from the node's facts: the vLLM load format, the GDS verdict and the GPU
+ * product. If the daemon cannot say, the default loader is the one that always works.
+ */
+async function nodeHints(call: (method: string, p: string) => Promise<JsonResponse>): Promise<NodeHints> {
+  const fallback = { loadFormat: "safetensors", gds: "unavailable", gpuProduct: "" };
+  try {
+    const res = await call("GET", "/v1/node");
+    const body = res.body as {
+      gds?: { verdict?: unknown; loadFormat?: unknown };
+      gpus?: { product?: unknown };
+    };
+    const loadFormat = body?.gds?.loadFormat;
+    const verdict = body?.gds?.verdict;
+    if (res.status !== 200 || typeof loadFormat !== "string" || typeof verdict !== "string") {
+      throw new Error(`GET /v1/node answered ${res.status} without node facts`);
+    }
+    const product = body.gpus?.product;
+    return { loadFormat, gds: verdict, gpuProduct: typeof product === "string" ? product : "" };
+  } catch (err) {
+    process.stderr.write(
+      `coldstart: warning: no node facts (${(err as Error).message}); COLDSTART_LOAD_FORMAT=safetensors\n`,
+    );
+    return fallback;
+  }
+}
+
 /** The env file the main container sources: `set -a; . /coldstart/env; set +a`. Written atomically. */
-async function writeEnvFile(path: string, status: ModelStatus): Promise<void> {
+async function writeEnvFile(path: string, status: ModelStatus, hints: NodeHints): Promise<void> {
   const quote = (v: string) => `'${v.replaceAll("'", `'\\''`)}'`;
-  const lines = [`COLDSTART_MODEL_ID=${quote(status.id)}`, `COLDSTART_MODEL_PATH=${quote(status.path)}`];
+  const lines = [
+    `COLDSTART_MODEL_ID=${quote(status.id)}`,
+    `COLDSTART_MODEL_PATH=${quote(status.path)}`,
+    `COLDSTART_LOAD_FORMAT=${quote(hints.loadFormat)}`,
+    `COLDSTART_GDS=${quote(hints.gds)}`,
+    `COLDSTART_GPU_PRODUCT=${quote(hints.gpuProduct)}`,
+  ];
   await writeFileAtomic(path, `${lines.join("\n")}\n`);
 }
 

@@ -87,7 +87,16 @@ const lastJson = (o: Outcome) => JSON.parse(o.stdout.trim().split("\n").at(-1) ?
 describe("coldstart daemon + coldstart wait", () => {
   it("wait --source stages on demand over the socket, exits 0 and writes the env file", async () => {
     const p = await paths();
-    await daemon(p);
+    // Node facts pinned to "no GPU, GDS off" whatever machine runs this (test/daemon/node-facts.test.ts
+    // covers the other answers).
+    await daemon(p, [
+      "--gds",
+      "off",
+      "--nvml-library",
+      "/nonexistent/libnvidia-ml.so.1",
+      "--nvidia-smi",
+      "/nonexistent",
+    ]);
     const { source, files } = await seed();
     const envFile = join(fx.work, "env");
 
@@ -97,7 +106,8 @@ describe("coldstart daemon + coldstart wait", () => {
     expect(lastJson(out)).toMatchObject({ event: "ready", id: "org/demo", state: "ready" });
     const modelPath = join(p.root, "models", "org", "demo");
     expect(await readFile(envFile, "utf8")).toBe(
-      `COLDSTART_MODEL_ID='org/demo'\nCOLDSTART_MODEL_PATH='${modelPath}'\n`,
+      `COLDSTART_MODEL_ID='org/demo'\nCOLDSTART_MODEL_PATH='${modelPath}'\n` +
+        "COLDSTART_LOAD_FORMAT='safetensors'\nCOLDSTART_GDS='unavailable'\nCOLDSTART_GPU_PRODUCT=''\n",
     );
     expect(await digests(modelPath, files)).toEqual(expectedDigests(files));
     expect((await stat(p.socket)).mode & 0o777).toBe(0o660);

@@ -19,6 +19,11 @@ const EXPECTED = {
   handshakeWaits: ["coldstart_handshake_waits_total", Counter, ["outcome"]],
   handshakeWaitDuration: ["coldstart_handshake_wait_duration_seconds", Histogram, []],
   httpRequests: ["coldstart_http_requests_total", Counter, ["route", "method", "status"]],
+  gdsInfo: ["coldstart_gds_info", Gauge, ["verdict", "mode", "load_format"]],
+  gdsReasons: ["coldstart_gds_reasons", Gauge, ["code"]],
+  placementInfo: ["coldstart_placement_info", Gauge, ["placement", "fstype", "device"]],
+  gpuInfo: ["coldstart_gpu_info", Gauge, ["index", "uuid", "name", "compute_capability", "driver_version"]],
+  nativeAvailable: ["coldstart_native_addon_available", Gauge, []],
 } as const;
 
 type MetricField = keyof typeof EXPECTED;

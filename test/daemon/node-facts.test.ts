@@ -1,0 +1,204 @@
+/**
+ * Node facts inside the running daemon: GET /v1/node, the metrics, the node labels and the
+ * `coldstart wait --env-file` handshake, over a fake host tree and the ABI doubles; and the daemon's
+ * refusal to start where gds.mode on or placement.require say no.
+ */
+import { readFile, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { afterEach, beforeAll, describe, expect, it } from "vitest";
+import { callDaemon } from "../../src/api/client.js";
+import type { NodeFacts } from "../../src/node/node-facts.js";
+import * as hosts from "../support/fake-host.js";
+import { TOKEN as KUBE_TOKEN, KubeApiServerDouble } from "../support/kube-api-double.js";
+import { builtAddon, type FakeLibraries, fakeLibraries } from "../support/native-doubles.js";
+import { coldstart, type DaemonProcess, finish, startDaemonProcess } from "../support/processes.js";
+import { freshBucket, putFiles } from "../support/s3.js";
+import { useS3Fixture } from "../support/s3-fixture.js";
+
+type NodeBody = NodeFacts & { disk: { freeBytes: number } };
+const fx = useS3Fixture("cs-nodefacts-");
+const TOKEN = "node-facts-token";
+let libs: FakeLibraries;
+const daemons: DaemonProcess[] = [];
+const cleanups: (() => Promise<void>)[] = [];
+beforeAll(() => {
+  libs = fakeLibraries();
+  builtAddon();
+});
+afterEach(async () => {
+  for (const d of daemons.splice(0)) {
+    if (d.child.exitCode === null && d.child.signalCode === null) d.child.kill("SIGKILL");
+    await d.exited.catch(() => {});
+  }
+  for (const c of cleanups.splice(0)) await c();
+});
+
+async function setup(host: () => Promise<hosts.FakeScenario>, env: Record<string, string> = {}) {
+  const s = await host();
+  cleanups.push(s.cleanup);
+  const tokens = join(fx.work, "tokens");
+  await writeFile(tokens, `${TOKEN}\n`);
+  const socket = join(fx.work, "run", "coldstart.sock");
+  const args = [
+    "--root",
+    s.stagingRoot,
+    "--socket",
+    socket,
+    "--token-file",
+    tokens,
+    "--allow-source",
+    "s3://nf-*/**",
+  ];
+  args.push("--endpoint", fx.proxy.url, "--path-style");
+  const fullEnv = {
+    COLDSTART_HOST_ROOT: s.hostRoot,
+    COLDSTART_NVML_LIBRARY: libs.nvml,
+    COLDSTART_CUFILE_LIBRARY: libs.cufile,
+    COLDSTART_NVIDIA_SMI: "/nonexistent/nvidia-smi",
+    ...env,
+  };
+  return { s, socket, args, env: fullEnv };
+}
+
+async function seed(): Promise<string> {
+  const bucket = await freshBucket(fx.client, "nf");
+  const body = Buffer.from('{"a":1}');
+  await putFiles(fx.client, bucket, "m/", [{ relPath: "config.json", body, sha256: "" }]);
+  return `s3://${bucket}/m/`;
+}
+
+describe("node facts in the daemon", () => {
+  it("serves them on /v1/node, exports metrics, labels the node and hands the loader to wait --env-file", async () => {
+    const apiServer = new KubeApiServerDouble();
+    const server = await apiServer.start();
+    try {
+      apiServer.addNode("gpu-node-1");
+      const kubeconfig = join(fx.work, "kubeconfig");
+      await writeFile(
+        kubeconfig,
+        JSON.stringify({
+          apiVersion: "v1",
+          kind: "Config",
+          clusters: [{ name: "double", cluster: { server, "insecure-skip-tls-verify": true } }],
+          users: [{ name: "daemon", user: { token: KUBE_TOKEN } }],
+          contexts: [{ name: "double", context: { cluster: "double", user: "daemon" } }],
+          "current-context": "double",
+        }),
+      );
+      const { args, env, socket } = await setup(hosts.gdsReady);
+      const d = await startDaemonProcess(
+        [...args, "--node-name", "gpu-node-1", "--kubeconfig", kubeconfig, "--node-labels", "on"],
+        fx.s3,
+        env,
+      );
+      daemons.push(d);
+      expect(d.logs.find((l) => l.msg === "node facts")).toMatchObject({
+        gds: "enabled",
+        loadFormat: "fastsafetensors",
+        placement: "nvme-instance-store",
+        gpus: 2,
+      });
+
+      const node = await callDaemon({ url: d.api, token: TOKEN }, "GET", "/v1/node");
+      expect(node.status).toBe(200);
+      const body = node.body as NodeBody;
+      expect(body.gds).toEqual({
+        mode: "auto",
+        verdict: "enabled",
+        loadFormat: "fastsafetensors",
+        reasons: [],
+      });
+      expect(body.gpus.gpus.map((g) => g.uuid)).toEqual([
+        "GPU-11111111-2222-3333-4444-555555555555",
+        "GPU-66666666-7777-8888-9999-000000000000",
+      ]);
+      expect(body.placement.placement).toBe("nvme-instance-store");
+      expect(body.disk.freeBytes).toBeGreaterThan(0);
+      // The handshake socket may read it without a token; the TCP API may not.
+      expect((await callDaemon({ socketPath: socket }, "GET", "/v1/node")).status).toBe(200);
+      expect((await callDaemon({ url: d.api }, "GET", "/v1/node")).status).toBe(401);
+
+      const metrics = await (await fetch(`${d.metrics}/metrics`)).text();
+      expect(metrics).toContain(
+        'coldstart_gds_info{verdict="enabled",mode="auto",load_format="fastsafetensors"} 1',
+      );
+      expect(metrics).toContain(
+        'coldstart_placement_info{placement="nvme-instance-store",fstype="ext4",device="md0"} 1',
+      );
+      expect(metrics).toContain(
+        'coldstart_gpu_info{index="1",uuid="GPU-66666666-7777-8888-9999-000000000000",name="NVIDIA H100 80GB HBM3",compute_capability="9.0",driver_version="570.86.15"} 1',
+      );
+      expect(metrics).toContain("coldstart_native_addon_available 1");
+
+      await until(() => apiServer.labelsOf("gpu-node-1")["coldstart.io/gds"] === "enabled");
+      expect(apiServer.labelsOf("gpu-node-1")["coldstart.io/gpu-product"]).toBe("NVIDIA-H100-80GB-HBM3");
+
+      const envFile = join(fx.work, "env");
+      const out = await finish(
+        coldstart(
+          ["wait", "org/m", "--socket", socket, "--source", await seed(), "--env-file", envFile],
+          fx.s3,
+        ),
+      );
+      expect(out.code).toBe(0);
+      const lines = (await readFile(envFile, "utf8")).trim().split("\n");
+      expect(lines.slice(2)).toEqual([
+        "COLDSTART_LOAD_FORMAT='fastsafetensors'",
+        "COLDSTART_GDS='enabled'",
+        "COLDSTART_GPU_PRODUCT='NVIDIA-H100-80GB-HBM3'",
+      ]);
+    } finally {
+      await apiServer.stop();
+    }
+  });
+
+  it("starts without the addon and tells pods to use the default loader", async () => {
+    const { args, env, socket } = await setup(hosts.gdsReady, {
+      COLDSTART_NATIVE_ADDON: "/nonexistent/addon.node",
+    });
+    const d = await startDaemonProcess(args, fx.s3, env);
+    daemons.push(d);
+    expect(d.logs.find((l) => l.msg === "native addon unavailable")?.reason).toMatch(/addon\.node: ENOENT/);
+    const body = (await callDaemon({ socketPath: socket }, "GET", "/v1/node")).body as NodeBody;
+    expect(body.native.available).toBe(false);
+    expect(body.gds.verdict).toBe("unavailable");
+    const metrics = await (await fetch(`${d.metrics}/metrics`)).text();
+    expect(metrics).toContain("coldstart_native_addon_available 0");
+    expect(metrics).toContain('coldstart_gds_reasons{code="native_unavailable"} 1');
+
+    const envFile = join(fx.work, "env-noaddon");
+    const out = await finish(
+      coldstart(
+        ["wait", "org/n", "--socket", socket, "--source", await seed(), "--env-file", envFile],
+        fx.s3,
+      ),
+    );
+    expect(out.code).toBe(0);
+    expect(await readFile(envFile, "utf8")).toContain(
+      "COLDSTART_LOAD_FORMAT='safetensors'\nCOLDSTART_GDS='unavailable'\nCOLDSTART_GPU_PRODUCT=''\n",
+    );
+  });
+
+  it("refuses to start under gds.mode on without GDS, and under placement.require on the root volume", async () => {
+    const compat = await setup(hosts.compatOnly, { COLDSTART_GDS_MODE: "on", FAKE_CUFILE_NVFS: "0.0" });
+    const gds = await finish(coldstart(["daemon", ...compat.args], fx.s3, compat.env));
+    expect(gds.code).toBe(1);
+    expect(gds.stderr).toBe(
+      "coldstart: CS_GDS_UNAVAILABLE: gds.mode is on but GDS is compat here: compat_mode_only, nvfs_version_zero, nvidia_fs_not_loaded\n",
+    );
+    const root = await setup(hosts.onRootVolume);
+    const placement = await finish(
+      coldstart(["daemon", ...root.args, "--require-placement", "nvme-instance-store"], fx.s3, root.env),
+    );
+    expect(placement.code).toBe(1);
+    expect(placement.stderr).toMatch(/^coldstart: CS_PLACEMENT_REFUSED: staging root .* is on root-volume/);
+  });
+});
+
+async function until(check: () => boolean, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error("condition not met in time");
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
