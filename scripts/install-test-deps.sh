@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs the test-only system dependencies: Ceph's RADOS Gateway (radosgw)
 # plus a single-node mon + osd, from Debian's own packages (Debian 12 /
-# bookworm ships Ceph 16.2). Needs root and apt. Idempotent: does nothing if
-# the binaries are already installed.
+# bookworm ships Ceph 16.2), and the native addon's toolchain (cmake, a C++
+# compiler, make, python3 for node-gyp, libasan for the sanitizer run). Needs
+# root and apt. Idempotent: does nothing if the binaries are already installed.
 set -euo pipefail
 
-PKGS=(radosgw ceph-mon ceph-osd ceph-common)
-BINS=(radosgw radosgw-admin ceph-mon ceph-osd ceph monmaptool ceph-authtool)
+PKGS=(radosgw ceph-mon ceph-osd ceph-common cmake g++ make python3 libasan8)
+BINS=(radosgw radosgw-admin ceph-mon ceph-osd ceph monmaptool ceph-authtool cmake g++ cc make python3)
 
 have_all() {
   local b
@@ -17,8 +18,10 @@ have_all() {
 }
 
 if have_all; then
-  echo "install-test-deps: Ceph RGW already installed ($(radosgw --version 2>/dev/null | head -n1 || echo radosgw))" >&2
-  exit 0
+  if [ -e /usr/lib/x86_64-linux-gnu/libasan.so.8 ] || [ "$(uname -m)" != x86_64 ]; then
+    echo "install-test-deps: Ceph RGW and the build tools already installed ($(radosgw --version 2>/dev/null | head -n1 || echo radosgw))" >&2
+    exit 0
+  fi
 fi
 
 die() { echo "install-test-deps: ERROR: $*" >&2; exit 1; }
