@@ -4,7 +4,8 @@
  * 1. Starts a local S3-compatible server (s3rver: light, enough for a demo; the tests use Ceph RGW)
  *    and seeds it with a generated 4-shard safetensors model.
  * 2. `coldstart pull`: stages it into a directory with live progress and a summary.
- * 3. `coldstart daemon`: starts the node daemon, prefetches the model through the HTTP API (bearer
+ * 3. `coldstart doctor`: what this node can do (GPUs, GDS, where the staging root lives, the loader).
+ * 4. `coldstart daemon`: starts the node daemon, prefetches the model through the HTTP API (bearer
  *    token), runs `coldstart wait` over the unix socket as an init container would, shows the env
  *    file, the model's status and a few metrics, then stops the daemon with SIGTERM.
  * Every staged file is checked byte for byte (SHA-256) against the source.
@@ -50,6 +51,12 @@ try {
   );
   if (pull.code !== 0) throw new Error(`coldstart pull exited with ${pull.code}`);
   await verify(pulled, files);
+
+  say(`coldstart doctor --root ${join(work, "root")}: GPUs, GDS and staging placement on this machine`);
+  const doctor = await finish(
+    coldstart(["doctor", "--root", join(work, "root")], s3, {}, { built: true, stdio: "inherit" }),
+  );
+  if (doctor.code !== 0) throw new Error(`coldstart doctor exited with ${doctor.code}`);
 
   say("coldstart daemon (token auth on 127.0.0.1, handshake socket, metrics listener)");
   const token = "demo-token";
@@ -98,7 +105,7 @@ try {
   say("a few metrics (GET /metrics on the metrics listener)");
   const metrics = await fetch(`${daemon.metrics}/metrics`).then((r) => r.text());
   const shown =
-    /^coldstart_(models\{state="ready"\}|download_bytes_total|s3_requests_total|handshake_waits_total\{outcome="ready"\})/;
+    /^coldstart_(models\{state="ready"\}|download_bytes_total|s3_requests_total|handshake_waits_total\{outcome="ready"\}|gds_info|placement_info|native_addon_available)/;
   process.stdout.write(
     `${metrics
       .split("\n")
