@@ -7,7 +7,7 @@
 namespace {
 
 // Bumped when the shape of a result changes, so TypeScript can refuse a stale build.
-constexpr int kAbiVersion = 1;
+constexpr int kAbiVersion = 2;
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("abiVersion", Napi::Number::New(env, kAbiVersion));

@@ -69,6 +69,7 @@ Napi::Value ProbeGpus(const Napi::CallbackInfo& info) {
   out.Set("gpus", gpus);
   out.Set("driverVersion", env.Null());
   out.Set("cudaDriverVersion", env.Null());
+  out.Set("session", false);
   std::vector<std::string> missing;
   if (lib.handle == nullptr) {
     out.Set("missingSymbols", StringArray(env, missing));
@@ -94,6 +95,7 @@ Napi::Value ProbeGpus(const Napi::CallbackInfo& info) {
     return out;
   }
   if (!Check(env, nvml, errors, "nvmlInit_v2", nvml.init())) return out;
+  out.Set("session", true);
 
   if (nvml.driverVersion != nullptr) {
     char version[kDriverSize] = {};

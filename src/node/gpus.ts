@@ -2,7 +2,7 @@
  * GPU facts: NVML through the native probe, else `nvidia-smi`, else none. GPUs are keyed by UUID;
  * the index is only the driver's enumeration order.
  */
-import { execFile } from "node:child_process";
+import { runBounded } from "./bounded-process.js";
 import type { GpuProbe, ProbeOutcome } from "./native.js";
 
 export interface GpuInfo {
@@ -40,11 +40,9 @@ export async function gpuFacts(
     if (!r.library.loaded) notes.push(`NVML not loaded: ${r.library.reason}`);
     for (const m of r.missingSymbols) notes.push(`NVML symbol missing: ${m}`);
     for (const e of r.errors) notes.push(`${e.call} failed: ${e.message} (${e.code})`);
-    if (
-      r.library.loaded &&
-      r.errors.every((e) => e.call !== "nvmlInit_v2") &&
-      r.missingSymbols.length === 0
-    ) {
+    // A missing optional symbol (an old driver without nvmlSystemGetCudaDriverVersion) costs that fact
+    // only; without a session (library, nvmlInit_v2, the device calls) NVML gave nothing.
+    if (r.session) {
       const gpus = r.gpus.map((g) => ({
         index: g.index,
         name: g.name,
@@ -117,20 +115,20 @@ async function fromNvidiaSmi(
   bin: string,
   timeoutMs: number,
 ): Promise<{ driverVersion: string | null; gpus: GpuInfo[] } | { error: string }> {
-  const out = await new Promise<{ stdout: string } | { error: string }>((resolve) => {
-    execFile(
-      bin,
-      SMI_QUERY,
-      { timeout: timeoutMs, killSignal: "SIGKILL", maxBuffer: 1 << 20 },
-      (err, stdout) => {
-        if (!err) return resolve({ stdout });
-        const e = err as NodeJS.ErrnoException & { killed?: boolean };
-        if (e.code === "ENOENT") return resolve({ error: `nvidia-smi fallback: ${bin} not found` });
-        if (e.killed) return resolve({ error: `nvidia-smi fallback: no answer within ${timeoutMs} ms` });
-        resolve({ error: `nvidia-smi fallback failed: ${String(e.message).split("\n")[0]}` });
-      },
-    );
-  });
+  // nvidia-smi hangs with the driver it asks: the same hard deadline as the native probes.
+  const run = await runBounded(bin, SMI_QUERY, { timeoutMs });
+  const out: { stdout: string } | { error: string } =
+    run.error?.code === "ENOENT"
+      ? { error: `nvidia-smi fallback: ${bin} not found` }
+      : run.error
+        ? { error: `nvidia-smi fallback failed: ${run.error.message}` }
+        : run.timedOut
+          ? { error: `nvidia-smi fallback: no answer within ${timeoutMs} ms; killed` }
+          : run.code !== 0
+            ? {
+                error: `nvidia-smi fallback exited with ${run.code ?? run.signal}: ${run.stderr.trim().split("\n")[0]}`,
+              }
+            : { stdout: run.stdout };
   if ("error" in out) return out;
   const gpus: GpuInfo[] = [];
   let driverVersion: string | null = null;

@@ -6,13 +6,13 @@
  * and because a wedged driver can hang any call into it. A hung child is SIGKILLed at the deadline
  * and reported as such; the daemon never blocks on the driver.
  */
-import { spawn } from "node:child_process";
 import { access } from "node:fs/promises";
 import { fileURLToPath } from "node:url";
 import { z } from "zod";
+import { runBounded } from "./bounded-process.js";
 
 /** The result shapes this build of coldstart understands; native/addon.cc carries the same number. */
-export const ADDON_ABI_VERSION = 1;
+export const ADDON_ABI_VERSION = 2;
 
 /** Where `npm install` (cmake-js) puts the addon, relative to the package root. */
 export const DEFAULT_ADDON_PATH = fileURLToPath(
@@ -26,6 +26,8 @@ const cufileError = z.object({ err: z.number().int(), cuErr: z.number().int() })
 export const gpuProbeSchema = z.object({
   library,
   missingSymbols: z.array(z.string()),
+  /** nvmlInit_v2 succeeded: what follows came from the driver (missing optional symbols aside). */
+  session: z.boolean(),
   errors: z.array(z.object({ call: z.string(), code: z.number().int(), message: z.string() })),
   driverVersion: z.string().nullable(),
   cudaDriverVersion: z.number().int().nullable(),
@@ -81,15 +83,19 @@ export interface ProbeOptions {
   timeoutMs: number;
   /** The child's environment (default: inherited). cuFile reads CUFILE_ENV_PATH_JSON from it. */
   env?: NodeJS.ProcessEnv | undefined;
+  /** Kills the child (daemon shutdown). */
+  signal?: AbortSignal | undefined;
 }
 
-const MAX_OUTPUT_BYTES = 1024 * 1024;
+/** Marks the result line: a library may print to stdout too. */
+const SENTINEL = "COLDSTART_PROBE_RESULT ";
+const RESULT_LINE = new RegExp(`^${SENTINEL}(.*)\n`, "m");
 
 // Runs in the child, as CommonJS (`node -e`). Plain JavaScript, kept tiny: load, check the ABI,
 // call one probe, print one JSON line.
 const CHILD = `
-const [kind, addonPath, libraryPath, abi] = process.argv.slice(1);
-const out = (o) => process.stdout.write(JSON.stringify(o) + "\\n");
+const [kind, addonPath, libraryPath, abi, sentinel] = process.argv.slice(1);
+const out = (o) => process.stdout.write(sentinel + JSON.stringify(o) + "\\n");
 let addon;
 try {
   addon = require(addonPath);
@@ -125,15 +131,24 @@ export async function runProbe(
       reason: `${addonPath}: ${why} (the addon was not built; npm run build:native builds it)`,
     };
   }
-  const args = ["-e", CHILD, kind, addonPath, options.libraryPath ?? "", String(ADDON_ABI_VERSION)];
-  const run = await runChild(args, options.timeoutMs, options.env);
+  const args = ["-e", CHILD, kind, addonPath, options.libraryPath ?? "", String(ADDON_ABI_VERSION), SENTINEL];
+  const run = await runBounded(process.execPath, args, {
+    timeoutMs: options.timeoutMs,
+    env: options.env,
+    signal: options.signal,
+    doneWhen: (out) => RESULT_LINE.test(out),
+  });
   if (run.timedOut) return { status: "timeout", timeoutMs: options.timeoutMs };
-  const line = run.stdout.split("\n")[0] ?? "";
+  if (run.aborted) return { status: "failed", reason: "probe cancelled (shutting down)" };
   let parsed: unknown;
   try {
-    parsed = JSON.parse(line);
+    parsed = JSON.parse(RESULT_LINE.exec(run.stdout)?.[1] ?? "");
   } catch {
-    const how = run.signal ? `killed by ${run.signal}` : `exited with ${run.code}`;
+    const how = run.error
+      ? `could not start (${run.error.message})`
+      : run.signal
+        ? `killed by ${run.signal}`
+        : `exited with ${run.code}`;
     return {
       status: "failed",
       reason: `probe ${how} without a result: ${lastLine(run.stderr) || "no output"}`,
@@ -149,46 +164,6 @@ export async function runProbe(
     return { status: "failed", reason: `probe result has an unexpected shape: ${checked.error.message}` };
   }
   return { status: "ok", addonPath, result: checked.data };
-}
-
-interface ChildRun {
-  stdout: string;
-  stderr: string;
-  code: number | null;
-  signal: NodeJS.Signals | null;
-  timedOut: boolean;
-}
-
-function runChild(args: string[], timeoutMs: number, env: NodeJS.ProcessEnv | undefined): Promise<ChildRun> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, args, {
-      stdio: ["ignore", "pipe", "pipe"],
-      ...(env ? { env } : {}),
-    });
-    let stdout = "";
-    let stderr = "";
-    let timedOut = false;
-    const timer = setTimeout(() => {
-      timedOut = true;
-      child.kill("SIGKILL");
-    }, timeoutMs);
-    child.stdout.setEncoding("utf8").on("data", (d: string) => {
-      if (stdout.length < MAX_OUTPUT_BYTES) stdout += d;
-    });
-    child.stderr.setEncoding("utf8").on("data", (d: string) => {
-      if (stderr.length < MAX_OUTPUT_BYTES) stderr += d;
-    });
-    child.on("error", (err) => {
-      clearTimeout(timer);
-      resolve({ stdout, stderr: `${stderr}${err.message}`, code: null, signal: null, timedOut });
-    });
-    child.on("close", (code, signal) => {
-      clearTimeout(timer);
-      // A complete result line counts even if the library then hung in its exit handlers.
-      const complete = stdout.includes("\n");
-      resolve({ stdout, stderr, code, signal, timedOut: timedOut && !complete });
-    });
-  });
 }
 
 function lastLine(text: string): string {

@@ -106,6 +106,47 @@ describe("NVML probe", () => {
     expect(wrong.gpus).toEqual([]);
   });
 
+  it("returns at the deadline even when a forked helper keeps the probe's pipes open", async () => {
+    const started = Date.now();
+    expect(await gpus({ FAKE_NVML: "hang-forked" }, 1500)).toEqual({ status: "timeout", timeoutMs: 1500 });
+    // The helper holds stdout for 20 s; waiting for the pipes to close would take that long.
+    expect(Date.now() - started).toBeLessThan(5000);
+  });
+
+  it("finds its result line among what the library prints to stdout", async () => {
+    const r = ok(await gpus({ FAKE_NVML_NOISE: "1" }));
+    expect(r.gpus).toHaveLength(2);
+  });
+
+  it("keeps the GPUs when an optional NVML symbol is missing (an older driver)", async () => {
+    const facts = await gpuFacts(
+      await runProbe("gpus", { addonPath, libraryPath: libs.nvmlOld, timeoutMs: 10_000 }),
+      { nvidiaSmi: "/nonexistent", timeoutMs: 1000 },
+    );
+    expect(facts.source).toBe("nvml");
+    expect(facts.gpus).toHaveLength(2);
+    expect(facts.driverVersion).toBe("570.86.15");
+    expect(facts.cudaDriverVersion).toBeNull();
+    expect(facts.notes).toEqual([
+      expect.stringMatching(/NVML symbol missing: .*nvmlSystemGetCudaDriverVersion/),
+    ]);
+  });
+
+  it("kills the probe when the caller aborts (daemon shutdown)", async () => {
+    const stop = new AbortController();
+    setTimeout(() => stop.abort(), 300);
+    const started = Date.now();
+    const o = await runProbe("gpus", {
+      addonPath,
+      libraryPath: libs.nvml,
+      timeoutMs: 30_000,
+      signal: stop.signal,
+      env: env({ FAKE_NVML: "hang" }),
+    });
+    expect(o).toEqual({ status: "failed", reason: "probe cancelled (shutting down)" });
+    expect(Date.now() - started).toBeLessThan(5000);
+  });
+
   it("kills a probe whose driver call hangs and says so", async () => {
     const started = Date.now();
     const o = await gpus({ FAKE_NVML: "hang" }, 1500);
@@ -231,6 +272,13 @@ describe("without the addon", () => {
       product: "NVIDIA-H100-PCIe",
       notes: ["NVML probe: native addon unavailable: missing"],
     });
+    // nvidia-smi hangs with a wedged driver too, and what it forks may hold its pipes.
+    const hung = join(dir, "nvidia-smi-hung");
+    await writeFile(hung, "#!/bin/sh\nsleep 20 &\nsleep 20\n", { mode: 0o755 });
+    const started = Date.now();
+    const stuck = await gpuFacts({ status: "failed", reason: "x" }, { nvidiaSmi: hung, timeoutMs: 1000 });
+    expect(Date.now() - started).toBeLessThan(5000);
+    expect(stuck.notes[1]).toBe("nvidia-smi fallback: no answer within 1000 ms; killed");
     const none = await gpuFacts(
       { status: "failed", reason: "x" },
       { nvidiaSmi: join(dir, "absent"), timeoutMs: 1000 },

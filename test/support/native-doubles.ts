@@ -14,6 +14,8 @@ const sources = resolve(import.meta.dirname, "native");
 
 export interface FakeLibraries {
   nvml: string;
+  /** NVML as an older driver ships it: no nvmlSystemGetCudaDriverVersion. */
+  nvmlOld: string;
   cufile: string;
 }
 
@@ -21,14 +23,15 @@ export interface FakeLibraries {
 export function fakeLibraries(): FakeLibraries {
   return {
     nvml: build("fake-nvml.c", "libnvidia-ml.so.1"),
+    nvmlOld: build("fake-nvml.c", "libnvidia-ml.so.1", ["-DFAKE_NVML_OLD"]),
     cufile: build("fake-cufile.c", "libcufile.so.0"),
   };
 }
 
-function build(source: string, soname: string): string {
+function build(source: string, soname: string, defines: string[] = []): string {
   const file = join(sources, source);
-  const hash = createHash("sha256").update(readFileSync(file)).digest("hex").slice(0, 12);
-  const dir = join(tmpdir(), `coldstart-fakes-${hash}`);
+  const hash = createHash("sha256").update(readFileSync(file)).update(defines.join(" ")).digest("hex");
+  const dir = join(tmpdir(), `coldstart-fakes-${hash.slice(0, 12)}`);
   const out = join(dir, soname);
   if (existsSync(out)) return out;
   mkdirSync(dir, { recursive: true });
@@ -40,6 +43,7 @@ function build(source: string, soname: string): string {
     "-Wall",
     "-Wextra",
     "-Werror",
+    ...defines,
     `-Wl,-soname,${soname}`,
     "-o",
     tmp,

@@ -5,7 +5,10 @@
  *   FAKE_NVML=none               the driver answers, with no GPUs
  *   FAKE_NVML=driver-not-loaded  nvmlInit_v2 fails with NVML_ERROR_DRIVER_NOT_LOADED (9)
  *   FAKE_NVML=hang               nvmlInit_v2 never returns (a wedged driver)
+ *   FAKE_NVML=hang-forked        the same, after forking a helper that keeps stdout open for 20 s
  * FAKE_NVML_LOG=<file> appends one line per call, so tests can check init/shutdown pairing.
+ * FAKE_NVML_NOISE=1 prints a line to stdout from nvmlInit_v2, as chatty libraries do.
+ * Built with -DFAKE_NVML_OLD it lacks nvmlSystemGetCudaDriverVersion, like an older driver.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -42,8 +45,16 @@ static nvmlReturn_t copy(char *dst, unsigned int size, const char *src) {
 
 nvmlReturn_t nvmlInit_v2(void) {
   trace("nvmlInit_v2");
+  if (getenv("FAKE_NVML_NOISE") != NULL) {
+    printf("fake-nvml: initialising\n");
+    fflush(stdout);
+  }
   if (strcmp(scenario(), "driver-not-loaded") == 0) return 9;
-  if (strcmp(scenario(), "hang") == 0) {
+  if (strcmp(scenario(), "hang-forked") == 0 && fork() == 0) {
+    sleep(20);
+    _exit(0);
+  }
+  if (strncmp(scenario(), "hang", 4) == 0) {
     for (;;) pause();
   }
   initialised = 1;
@@ -73,11 +84,13 @@ nvmlReturn_t nvmlSystemGetDriverVersion(char *version, unsigned int length) {
   return copy(version, length, "570.86.15");
 }
 
+#ifndef FAKE_NVML_OLD
 nvmlReturn_t nvmlSystemGetCudaDriverVersion(int *version) {
   if (!initialised) return 1;
   *version = 12080;
   return 0;
 }
+#endif
 
 nvmlReturn_t nvmlDeviceGetCount_v2(unsigned int *count) {
   if (!initialised) return 1;
