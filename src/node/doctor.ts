@@ -93,7 +93,7 @@ export function doctorChecks(f: NodeFacts, policy: NodePolicy): Check[] {
   const cufileCodes = f.gds.reasons
     .map((r) => r.code)
     .filter((code) =>
-      /^(native_unavailable|probe_timeout|probe_failed|cufile_|driver_open_failed|nvfs_version_zero|nvme_not_supported)/.test(
+      /^(native_unavailable|probe_timeout|probe_failed|cufile_|driver_open_failed|properties_failed|gds_unconfirmed|nvfs_version_zero|nvme_not_supported)/.test(
         code,
       ),
     );

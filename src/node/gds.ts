@@ -44,6 +44,8 @@ export interface CufileFacts {
   reason: string | null;
   missingSymbols: string[];
   driverOpen: { err: number; cuErr: number; name: string } | null;
+  /** cuFileDriverGetProperties' result; null when it was not called (open failed, symbol missing). */
+  driverProperties: { err: number; cuErr: number; name: string } | null;
   nvfs: { major: number; minor: number } | null;
   maxDirectIoSize: number | null;
   dstatusflags: number | null;
@@ -62,6 +64,7 @@ export function cufileFacts(outcome: ProbeOutcome<CufileProbe> | null): CufileFa
     reason: null,
     missingSymbols: [],
     driverOpen: null,
+    driverProperties: null,
     nvfs: null,
     maxDirectIoSize: null,
     dstatusflags: null,
@@ -83,6 +86,9 @@ export function cufileFacts(outcome: ProbeOutcome<CufileProbe> | null): CufileFa
     reason: r.library.loaded ? null : r.library.reason,
     missingSymbols: r.missingSymbols,
     driverOpen: r.open ? { ...r.open, name: cufileErrorName(r.open.err) } : null,
+    driverProperties: r.properties
+      ? { ...r.properties.result, name: cufileErrorName(r.properties.result.err) }
+      : null,
     nvfs:
       p && p.nvfsMajor !== undefined && p.nvfsMinor !== undefined
         ? { major: p.nvfsMajor, minor: p.nvfsMinor }
@@ -147,6 +153,16 @@ export function assessGds(i: GdsInputs): GdsAssessment {
         `cuFileDriverOpen returned ${c.driverOpen.err} (${c.driverOpen.name}, CUDA ${c.driverOpen.cuErr})`,
       );
     }
+    const opened = c.driverOpen?.err === 0;
+    if (opened && c.missingSymbols.length === 0 && c.driverProperties?.err !== 0) {
+      const p = c.driverProperties;
+      add(
+        `properties_failed:${p?.err ?? "none"}`,
+        p
+          ? `cuFileDriverGetProperties returned ${p.err} (${p.name}): nvidia-fs version and NVMe support unknown`
+          : "cuFileDriverGetProperties was not answered: nvidia-fs version and NVMe support unknown",
+      );
+    }
     if (c.nvfs && c.nvfs.major === 0 && c.nvfs.minor === 0) {
       add(
         "nvfs_version_zero",
@@ -169,6 +185,17 @@ export function assessGds(i: GdsInputs): GdsAssessment {
   }
   reasons.push(...i.placement.gdsBlockers);
 
+  // "enabled" needs positive evidence, not the absence of a reason: the driver opened and reported a
+  // non-zero nvidia-fs version and NVMe support.
+  const confirmed =
+    c.status === "ok" &&
+    c.driverOpen?.err === 0 &&
+    c.nvfs !== null &&
+    (c.nvfs.major !== 0 || c.nvfs.minor !== 0) &&
+    c.nvmeSupported === true;
+  if (reasons.length === 0 && !confirmed) {
+    add("gds_unconfirmed", "the cuFile driver did not confirm an nvidia-fs version and NVMe support");
+  }
   if (reasons.length === 0)
     return { mode: i.mode, verdict: "enabled", loadFormat: "fastsafetensors", reasons };
   const cufileWorks = c.status === "ok" && c.library !== null && c.driverOpen?.err === 0;

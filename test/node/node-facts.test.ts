@@ -4,7 +4,7 @@
  * asserts the verdict, its reason codes and the loader it recommends.
  */
 import { existsSync } from "node:fs";
-import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
@@ -98,6 +98,43 @@ describe("GDS verdict", () => {
     const f = await facts({ host: hosts.gdsReady, vars: { FAKE_CUFILE_NVME: "0" } });
     expect(codes(f)).toEqual(["nvme_not_supported"]);
     expect(f.gds.loadFormat).toBe("safetensors");
+  });
+
+  it("never enabled without the driver's properties: nvfs version and NVMe support must be confirmed", async () => {
+    const f = await facts({ host: hosts.gdsReady, vars: { FAKE_CUFILE_PROPS: "5002" } });
+    expect(f.gds.verdict).toBe("unavailable");
+    expect(codes(f)).toEqual(["properties_failed:5002"]);
+    expect(f.gds.reasons[0]?.message).toContain("CU_FILE_DRIVER_INVALID_PROPS");
+  });
+
+  it("a refresh reuses the cuFile result until nvidia-fs, cufile.json or the GPUs change", async () => {
+    const s = await hosts.compatOnly();
+    cleanups.push(s.cleanup);
+    const log = join(dir, "reuse.log");
+    const o = {
+      hostRoot: s.hostRoot,
+      stagingRoot: s.stagingRoot,
+      gdsMode: "auto" as const,
+      probeTimeoutMs: 10_000,
+      nvidiaSmi: join(dir, "no-nvidia-smi"),
+      addonPath,
+      nvmlLibrary: libs.nvml,
+      cufileLibrary: libs.cufile,
+      env: { PATH: process.env.PATH ?? "", FAKE_CUFILE_LOG: log },
+    };
+    const first = await collectNodeFacts(o);
+    const second = await collectNodeFacts(o, { previous: first });
+    expect(second.gds).toEqual(first.gds);
+    const opens = async () =>
+      (await readFile(log, "utf8")).split("\n").filter((l) => l === "cuFileDriverOpen").length;
+    expect(await opens()).toBe(1);
+    // The GPU Operator loads nvidia-fs: the next refresh probes cuFile again.
+    await writeFile(join(s.hostRoot, "proc/modules"), "nvidia_fs 270336 0 - Live 0x0000000000000000\n", {
+      flag: "a",
+    });
+    const third = await collectNodeFacts(o, { previous: second });
+    expect(await opens()).toBe(2);
+    expect(third.nvidiaFs.loaded).toBe(true);
   });
 
   it("not enabled with staging on overlayfs, tmpfs or a journalled ext4", async () => {

@@ -5,6 +5,7 @@
  *   FAKE_CUFILE_NVFS=<a.b>   nvfs major.minor in the properties (default 2.17; 0.0 = nvidia-fs absent)
  *   FAKE_CUFILE_NVME=0|1     dstatusflags bit 4, NVMe supported (default 1)
  *   FAKE_CUFILE_COMPAT=0|1   dcontrolflags bit 1, compat mode allowed (default 0)
+ *   FAKE_CUFILE_PROPS=<n>    cuFileDriverGetProperties returns {n, 0} and writes nothing (default 0)
  *   FAKE_CUFILE_HANG=1       cuFileDriverOpen never returns
  *   FAKE_CUFILE_LOG=<file>   appends one line per call
  *   FAKE_CUFILE_TAIL=<n>     bytes of tail written after the nvfs fields (default 512); a value past
@@ -60,8 +61,8 @@ CUfileError_t cuFileDriverOpen(void) {
 
 CUfileError_t cuFileDriverGetProperties(void *props) {
   trace("cuFileDriverGetProperties");
-  CUfileError_t r = {opened ? 0 : 5001, 0};
-  if (!opened) return r;
+  CUfileError_t r = {opened ? env_int("FAKE_CUFILE_PROPS", 0) : 5001, 0};
+  if (r.err != 0) return r;
   struct nvfs_props nvfs = {2, 17, 64, 16384, 0, 0};
   const char *version = getenv("FAKE_CUFILE_NVFS");
   if (version != NULL && sscanf(version, "%u.%u", &nvfs.major_version, &nvfs.minor_version) != 2) {
