@@ -97,7 +97,6 @@ export async function startDaemon(
   // Anything that fails from here on must undo what started, or a half-started daemon keeps
   // serving (and staging) while its command reports failure and never exits.
   publishNodeFacts(metrics, facts);
-  labeler?.setFacts(factLabels(facts));
   const deps = {
     manager,
     logger,
@@ -121,6 +120,9 @@ export async function startDaemon(
   let metricsAddress: string;
   try {
     await manager.start();
+    // After the manager has told the labeler which models are ready: a sync before that would see no
+    // ready models and strip the node's model labels on every restart.
+    labeler?.setFacts(factLabels(facts));
     apiAddress = await listen(() => api.listen({ host, port: Number(portText) }), "daemon.listen", d.listen);
     const [mHost, mPort] = splitHostPort(d.metricsListen);
     metricsAddress = await listen(
@@ -148,25 +150,32 @@ export async function startDaemon(
     30_000,
   );
   timer.unref();
-  // A daemon that starts before the GPU driver (the GPU Operator loads it minutes into a node's life)
-  // would otherwise report "no GPU" for good. Until a GPU shows up, probe again every minute.
-  let probing = false;
-  const factsTimer = setInterval(() => {
-    if (facts.gpus.gpus.length > 0 || probing) return;
-    probing = true;
-    collectNodeFacts(factsOptions)
-      .then((next) => {
-        facts = next;
-        publishNodeFacts(metrics, facts);
-        labeler?.setFacts(factLabels(facts));
-        if (next.gpus.gpus.length > 0) logNodeFacts(logger, next);
-      })
-      .catch((e) => logger.error({ err: String(e) }, "node facts"))
-      .finally(() => {
-        probing = false;
-      });
-  }, 60_000);
-  factsTimer.unref();
+  // A daemon that starts before the GPU Operator has loaded the driver and nvidia-fs (minutes into a
+  // node's life) would otherwise keep "no GPU" or "unavailable" for good. Until GDS is enabled, look
+  // again: every minute for half an hour, then every ten. Cheap: file reads and NVML; cuFile (CUDA
+  // contexts on every GPU) runs again only when nvidia-fs, cufile.json or the GPUs changed.
+  const stopProbing = new AbortController();
+  const startedAt = Date.now();
+  const reprobe = () => {
+    if (stopProbing.signal.aborted) return;
+    const delay = Date.now() - startedAt < 30 * 60_000 ? 60_000 : 10 * 60_000;
+    setTimeout(() => {
+      if (facts.gds.verdict === "enabled" && facts.gpus.gpus.length > 0) return;
+      collectNodeFacts(factsOptions, { previous: facts, signal: stopProbing.signal })
+        .then((next) => {
+          if (stopProbing.signal.aborted) return;
+          const changed =
+            next.gds.verdict !== facts.gds.verdict || next.gpus.gpus.length !== facts.gpus.gpus.length;
+          facts = next;
+          publishNodeFacts(metrics, facts);
+          labeler?.setFacts(factLabels(facts));
+          if (changed) logNodeFacts(logger, next);
+        })
+        .catch((e) => logger.error({ err: String(e) }, "node facts"))
+        .finally(reprobe);
+    }, delay).unref();
+  };
+  reprobe();
   // Like the timer's passes, the first one only logs: a full disk must not half-start the daemon.
   await refreshDisk().catch((e) => logger.error({ err: String(e) }, "disk check"));
   ready = true;
@@ -181,7 +190,7 @@ export async function startDaemon(
     async stop(graceMs, hurry) {
       ready = false;
       clearInterval(timer);
-      clearInterval(factsTimer);
+      stopProbing.abort();
       await manager.drain(graceMs, hurry);
       // Long-polls are cut: waiters reconnect (with retries) to the next daemon.
       await Promise.allSettled([api.close(), sock.close(), metricsApp.close()]);

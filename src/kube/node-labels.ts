@@ -103,6 +103,8 @@ export class NodeLabeler {
   /** hash → model id, sorted by hash so the annotation's JSON is stable. */
   #desired: ReadonlyMap<string, string> = new Map();
   #facts: Readonly<Record<string, string | null>> = {};
+  /** set() has been called: until then the model labels on the Node are left as they are. */
+  #modelsKnown = false;
   #desiredVersion = 0;
   #appliedVersion = 0;
   #running = false;
@@ -135,6 +137,7 @@ export class NodeLabeler {
     const byHash = [...new Set(readyModelIds)].map((id) => [modelHash(id), id] as const);
     byHash.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
     this.#desired = new Map(byHash);
+    this.#modelsKnown = true;
     this.#kick();
   }
 
@@ -149,6 +152,10 @@ export class NodeLabeler {
         throw new ColdstartError("CS_INTERNAL", `not a node-fact label key: ${key}`);
       }
     }
+    const same =
+      Object.keys(labels).length === Object.keys(this.#facts).length &&
+      Object.entries(labels).every(([k, v]) => this.#facts[k] === v);
+    if (same) return;
     this.#facts = { ...labels };
     this.#kick();
   }
@@ -217,7 +224,7 @@ export class NodeLabeler {
     const patch = planPatch(
       node.metadata?.labels ?? {},
       node.metadata?.annotations ?? {},
-      desired,
+      this.#modelsKnown ? desired : undefined,
       this.#facts,
     );
     if (patch === undefined) {
@@ -265,7 +272,8 @@ interface PlannedPatch {
 function planPatch(
   labels: Readonly<Record<string, string>>,
   annotations: Readonly<Record<string, string>>,
-  desired: ReadonlyMap<string, string>,
+  /** The ready models; undefined: not known yet, leave model labels and the annotation alone. */
+  desired: ReadonlyMap<string, string> | undefined,
   facts: Readonly<Record<string, string | null>>,
 ): PlannedPatch | undefined {
   const labelPatch: Record<string, string | null> = {};
@@ -277,7 +285,7 @@ function planPatch(
     if (value === null) removed++;
     else added++;
   }
-  for (const hash of desired.keys()) {
+  for (const hash of desired?.keys() ?? []) {
     const key = `${MODEL_LABEL_PREFIX}${hash}`;
     if (labels[key] !== READY_VALUE) {
       labelPatch[key] = READY_VALUE;
@@ -285,13 +293,13 @@ function planPatch(
     }
   }
   for (const key of Object.keys(labels)) {
-    if (key.startsWith(MODEL_LABEL_PREFIX) && !desired.has(key.slice(MODEL_LABEL_PREFIX.length))) {
+    if (desired && key.startsWith(MODEL_LABEL_PREFIX) && !desired.has(key.slice(MODEL_LABEL_PREFIX.length))) {
       labelPatch[key] = null;
       removed++;
     }
   }
-  const annotation = desired.size === 0 ? null : JSON.stringify(Object.fromEntries(desired));
-  const annotationChanged = (annotations[MODELS_ANNOTATION] ?? null) !== annotation;
+  const annotation = !desired?.size ? null : JSON.stringify(Object.fromEntries(desired));
+  const annotationChanged = desired !== undefined && (annotations[MODELS_ANNOTATION] ?? null) !== annotation;
   if (added === 0 && removed === 0 && !annotationChanged) return undefined;
   const metadata: PlannedPatch["body"]["metadata"] = {};
   if (added + removed > 0) metadata.labels = labelPatch;

@@ -19,7 +19,7 @@ import {
   readIommu,
   readNvidiaFs,
 } from "./host-facts.js";
-import { type ProbeOutcome, runProbe } from "./native.js";
+import { type CufileProbe, type ProbeOutcome, runProbe } from "./native.js";
 import { type Placement, type PlacementFacts, probePlacement } from "./placement.js";
 
 export interface NodeFactsOptions {
@@ -71,28 +71,50 @@ export interface NodeFacts {
   gds: GdsAssessment;
 }
 
+/** What the last cuFile probe was run against, so a refresh re-runs it only when that changed. */
+const cufileRuns = new WeakMap<NodeFacts, { key: string; outcome: ProbeOutcome<CufileProbe> | null }>();
+
+export interface CollectOptions {
+  /**
+   * The facts of the last collection. Its cuFile result is reused unless what it depends on changed
+   * (nvidia-fs, cufile.json, the GPUs): every cuFile probe creates a CUDA context on every GPU, which
+   * must not happen next to a running inference engine without a reason.
+   */
+  previous?: NodeFacts | undefined;
+  /** Kills probes in flight (daemon shutdown). */
+  signal?: AbortSignal | undefined;
+}
+
 /** Gathers every fact; never throws for something missing on the node (that is a fact too). */
-export async function collectNodeFacts(o: NodeFactsOptions): Promise<NodeFacts> {
-  const [nvidiaFs, cufileJson, iommu, placement] = await Promise.all([
+export async function collectNodeFacts(o: NodeFactsOptions, c: CollectOptions = {}): Promise<NodeFacts> {
+  const probe = { addonPath: o.addonPath, timeoutMs: o.probeTimeoutMs, env: o.env, signal: c.signal };
+  const [nvidiaFs, hostCufileJson, iommu, placement, gpuOutcome] = await Promise.all([
     readNvidiaFs(o.hostRoot),
     readCufileJson(o.hostRoot, o.cufileJson),
     readIommu(o.hostRoot),
     probePlacement({ hostRoot: o.hostRoot, stagingRoot: o.stagingRoot }),
-  ]);
-  const probe = { addonPath: o.addonPath, timeoutMs: o.probeTimeoutMs, env: o.env };
-  // The cuFile probe reads the same cufile.json we assess, so the two cannot disagree.
-  const cufileEnv = cufileJson.path
-    ? { ...(o.env ?? environment()), CUFILE_ENV_PATH_JSON: cufileJson.path }
-    : o.env;
-  const [gpuOutcome, cufileOutcome] = await Promise.all([
     runProbe("gpus", { ...probe, libraryPath: o.nvmlLibrary }),
-    o.gdsMode === "off"
-      ? Promise.resolve(null)
-      : runProbe("cufile", { ...probe, libraryPath: o.cufileLibrary, env: cufileEnv }),
   ]);
+  // Without a host file, libcufile in the probe would read this container's /etc/cufile.json: assess
+  // that one, so the verdict and the library see the same settings.
+  const cufileJson =
+    hostCufileJson.found || o.cufileJson || o.hostRoot === "/" ? hostCufileJson : await readCufileJson("/");
   const gpus = await gpuFacts(gpuOutcome, { nvidiaSmi: o.nvidiaSmi, timeoutMs: o.probeTimeoutMs });
+
+  const key = JSON.stringify([nvidiaFs.loaded, nvidiaFs.version, cufileJson, gpus.gpus.map((g) => g.uuid)]);
+  const last = c.previous ? cufileRuns.get(c.previous) : undefined;
+  let cufileOutcome: ProbeOutcome<CufileProbe> | null;
+  if (o.gdsMode === "off") cufileOutcome = null;
+  else if (last && last.key === key && last.outcome?.status === "ok") cufileOutcome = last.outcome;
+  else {
+    // CUFILE_ENV_PATH_JSON names the file assessed above, so the library reads exactly that one.
+    const env = cufileJson.path
+      ? { ...(o.env ?? environment()), CUFILE_ENV_PATH_JSON: cufileJson.path }
+      : o.env;
+    cufileOutcome = await runProbe("cufile", { ...probe, libraryPath: o.cufileLibrary, env });
+  }
   const cufile = cufileFacts(cufileOutcome);
-  return {
+  const facts: NodeFacts = {
     collectedAt: new Date().toISOString(),
     hostRoot: o.hostRoot,
     native: nativeFacts(gpuOutcome, cufileOutcome),
@@ -104,6 +126,8 @@ export async function collectNodeFacts(o: NodeFactsOptions): Promise<NodeFacts> 
     placement,
     gds: assessGds({ mode: o.gdsMode, gpus, cufile, nvidiaFs, cufileJson, iommu, placement }),
   };
+  cufileRuns.set(facts, { key, outcome: cufileOutcome });
+  return facts;
 }
 
 function nativeFacts(...outcomes: (ProbeOutcome<unknown> | null)[]): NativeFacts {

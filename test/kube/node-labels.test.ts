@@ -160,6 +160,40 @@ describe("NodeLabeler against a Kubernetes API server double", { timeout: 10_000
     expect(api.labelsOf(NODE)).toEqual({ ...OTHER_LABELS, ...readyLabels(["org/b"]) });
   });
 
+  it("fact labels before the ready models are known leave the model labels alone (restart regression)", async () => {
+    // A daemon restarting on a node whose models are still staged: the facts are ready before the
+    // model manager has said which models are. Stripping the labels here made every rollout drop them.
+    api.addNode(
+      NODE,
+      { ...OTHER_LABELS, ...readyLabels(["org/a"]) },
+      { [MODELS_ANNOTATION]: annotationFor(["org/a"]) },
+    );
+    const l = labeler();
+    l.setFacts({ "coldstart.io/gds": "enabled", "coldstart.io/gpu-product": "NVIDIA-H100-80GB-HBM3" });
+    await l.flush();
+    expect(api.patches().map((p) => p.body)).toEqual([
+      {
+        metadata: {
+          labels: { "coldstart.io/gds": "enabled", "coldstart.io/gpu-product": "NVIDIA-H100-80GB-HBM3" },
+        },
+      },
+    ]);
+    expect(modelLabels(api.labelsOf(NODE))).toEqual(readyLabels(["org/a"]));
+    expect(api.annotationsOf(NODE)[MODELS_ANNOTATION]).toBe(annotationFor(["org/a"]));
+
+    // The same facts again cost nothing; a null removes the label.
+    l.setFacts({ "coldstart.io/gds": "enabled", "coldstart.io/gpu-product": "NVIDIA-H100-80GB-HBM3" });
+    await l.flush();
+    expect(api.requests).toHaveLength(2);
+    l.setFacts({ "coldstart.io/gds": "unavailable", "coldstart.io/gpu-product": null });
+    l.set(["org/a"]);
+    await l.flush();
+    expect(api.patches()[1]?.body).toEqual({
+      metadata: { labels: { "coldstart.io/gds": "unavailable", "coldstart.io/gpu-product": null } },
+    });
+    expect(() => l.setFacts({ "coldstart.io/model.abc": "ready" })).toThrow(/not a node-fact label key/);
+  });
+
   it("never touches labels or annotations of other owners", async () => {
     const foreign = {
       ...OTHER_LABELS,
