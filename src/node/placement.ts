@@ -119,7 +119,7 @@ interface Located {
 /**
  * Finds the mount, block devices and disks behind the staging root and classifies its placement.
  * Warning codes: staging_on_root_volume, staging_on_overlayfs, staging_on_tmpfs,
- * staging_on_network_fs, staging_on_remote_disk, not_nvme, placement_unknown. GDS blocker codes:
+ * staging_on_network_fs, staging_on_remote_disk, not_nvme, root_volume_unknown, placement_unknown. GDS blocker codes:
  * fs_unsupported:<fstype>, fs_unsupported:ext4-data=<mode>, not_nvme, placement_unknown.
  * Never throws: what cannot be read ends up in `notes` and, where it matters, as placement_unknown.
  */
@@ -226,6 +226,15 @@ function placementWarnings(f: PlacementFacts): Finding[] {
       message:
         `staging root ${f.path} is on ${on(slow)}, not NVMe: loads are slower and GDS cannot be ` +
         `used. Prefer an NVMe mount.`,
+    });
+  // A wrong node.hostRoot (e.g. "/" inside a pod) finds only the container's overlay for "/": say so
+  // rather than let a staging root on the root volume pass as a plain data disk.
+  if (f.sharesRootVolume === null && f.disks.length > 0)
+    out.push({
+      code: "root_volume_unknown",
+      message:
+        `could not find the disk behind the host's / (node.hostRoot), so whether staging root ${f.path} ` +
+        `shares the root volume is unknown. In a pod, mount the host's / read-only and set node.hostRoot.`,
     });
   if (f.placement === "unknown")
     out.push({
