@@ -3,7 +3,7 @@ import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import { callDaemon } from "../../src/api/client.js";
 import { modelLabelKey } from "../../src/kube/node-labels.js";
-import { TOKEN as KUBE_TOKEN, KubeApiServerDouble } from "../support/kube-api-double.js";
+import { KubeApiServerDouble, writeKubeconfig } from "../support/kube-api-double.js";
 import {
   coldstart,
   type DaemonProcess,
@@ -238,19 +238,7 @@ describe("coldstart daemon + coldstart wait", () => {
     const server = await apiServer.start();
     try {
       apiServer.addNode("gpu-node-1", { "kubernetes.io/hostname": "gpu-node-1" });
-      const kubeconfig = join(fx.work, "kubeconfig");
-      await writeFile(
-        kubeconfig,
-        JSON.stringify({
-          apiVersion: "v1",
-          kind: "Config",
-          // The double speaks plain HTTP, which the client allows only with this set.
-          clusters: [{ name: "double", cluster: { server, "insecure-skip-tls-verify": true } }],
-          users: [{ name: "daemon", user: { token: KUBE_TOKEN } }],
-          contexts: [{ name: "double", context: { cluster: "double", user: "daemon" } }],
-          "current-context": "double",
-        }),
-      );
+      const kubeconfig = await writeKubeconfig(join(fx.work, "kubeconfig"), server);
       const p = await paths();
       const d = await daemon(p, [
         "--node-name",

@@ -9,7 +9,7 @@ import { afterEach, beforeAll, describe, expect, it } from "vitest";
 import { callDaemon } from "../../src/api/client.js";
 import type { NodeFacts } from "../../src/node/node-facts.js";
 import * as hosts from "../support/fake-host.js";
-import { TOKEN as KUBE_TOKEN, KubeApiServerDouble } from "../support/kube-api-double.js";
+import { KubeApiServerDouble, writeKubeconfig } from "../support/kube-api-double.js";
 import { builtAddon, type FakeLibraries, fakeLibraries } from "../support/native-doubles.js";
 import { coldstart, type DaemonProcess, finish, startDaemonProcess } from "../support/processes.js";
 import { freshBucket, putFiles } from "../support/s3.js";
@@ -73,18 +73,7 @@ describe("node facts in the daemon", () => {
     const server = await apiServer.start();
     try {
       apiServer.addNode("gpu-node-1");
-      const kubeconfig = join(fx.work, "kubeconfig");
-      await writeFile(
-        kubeconfig,
-        JSON.stringify({
-          apiVersion: "v1",
-          kind: "Config",
-          clusters: [{ name: "double", cluster: { server, "insecure-skip-tls-verify": true } }],
-          users: [{ name: "daemon", user: { token: KUBE_TOKEN } }],
-          contexts: [{ name: "double", context: { cluster: "double", user: "daemon" } }],
-          "current-context": "double",
-        }),
-      );
+      const kubeconfig = await writeKubeconfig(join(fx.work, "kubeconfig"), server);
       const { args, env, socket } = await setup(hosts.gdsReady);
       const d = await startDaemonProcess(
         [...args, "--node-name", "gpu-node-1", "--kubeconfig", kubeconfig, "--node-labels", "on"],

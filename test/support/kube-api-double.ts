@@ -1,3 +1,4 @@
+import { writeFile } from "node:fs/promises";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 
@@ -131,4 +132,20 @@ export function mergePatch(target: unknown, patch: unknown): unknown {
     else out[key] = mergePatch(out[key], value);
   }
   return out;
+}
+
+/** A kubeconfig for the double: its plain-HTTP URL, which the client accepts only with insecure-skip-tls-verify. */
+export async function writeKubeconfig(file: string, server: string): Promise<string> {
+  await writeFile(
+    file,
+    JSON.stringify({
+      apiVersion: "v1",
+      kind: "Config",
+      clusters: [{ name: "double", cluster: { server, "insecure-skip-tls-verify": true } }],
+      users: [{ name: "daemon", user: { token: TOKEN } }],
+      contexts: [{ name: "double", context: { cluster: "double", user: "daemon" } }],
+      "current-context": "double",
+    }),
+  );
+  return file;
 }
