@@ -173,7 +173,8 @@ describe("deploy/", () => {
     for (const e of c.env as { name: string; value?: string }[])
       if (e.value !== undefined) env[e.name] = e.value;
     const cm = find(objs, "ConfigMap", "coldstart-config");
-    const config = loadConfig({ env: { ...cm.data, ...env, COLDSTART_NODE_NAME: "node-1" } });
+    const config = loadConfig({ env: { ...cm.data, ...env, NODE_NAME: "node-1" } });
+    expect(config.kube.nodeName).toBe("node-1");
     expect(config.daemon.root).toBe(mounts.staging.mountPath);
     expect(config.daemon.socketPath.startsWith(`${mounts["socket-dir"].mountPath}/`)).toBe(true);
     expect(config.daemon.tokenFile?.startsWith(`${mounts.tokens.mountPath}/`)).toBe(true);
@@ -198,7 +199,7 @@ describe("deploy/", () => {
       .filter((e: K8sObject) => e.valueFrom?.fieldRef)
       .map((e: K8sObject) => [e.name, e.valueFrom.fieldRef.fieldPath]);
     expect(downward).toEqual([
-      ["COLDSTART_NODE_NAME", "spec.nodeName"],
+      ["NODE_NAME", "spec.nodeName"],
       ["HOST_IP", "status.hostIP"],
     ]);
     // The namespace admits the hostPaths, and says why.
