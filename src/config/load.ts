@@ -32,6 +32,13 @@ export interface ConfigSources {
 const PREFIX = "COLDSTART_";
 /** Read by build scripts, not by the daemon; an image may keep them in its environment. */
 const BUILD_TIME = new Set(["COLDSTART_NATIVE_BUILD"]);
+/**
+ * The variables the kubelet injects for every Service of the pod's namespace (unless
+ * enableServiceLinks is false): a Service named coldstart-api yields COLDSTART_API_SERVICE_HOST,
+ * COLDSTART_API_PORT_8476_TCP_ADDR and so on. Not ours, and never a misspelling of ours.
+ */
+const SERVICE_LINK =
+  /^[A-Z0-9_]+_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|PORT(_\d+_(TCP|UDP|SCTP)(_(ADDR|PORT|PROTO))?)?)$/;
 
 /**
  * Resolves every option (flag, then env, then default), validates it against the schema, rejects
@@ -45,7 +52,7 @@ export function loadConfig(sources: ConfigSources = {}): Config {
 
   const known = new Set(options.flatMap((o) => o.spec.env));
   for (const name of Object.keys(env)) {
-    if (name.startsWith(PREFIX) && !known.has(name) && !BUILD_TIME.has(name)) {
+    if (name.startsWith(PREFIX) && !known.has(name) && !BUILD_TIME.has(name) && !SERVICE_LINK.test(name)) {
       throw new ColdstartError("CS_CONFIG_INVALID", `unknown environment variable ${name}`, {
         details: { field: name },
       });

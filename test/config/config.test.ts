@@ -60,6 +60,24 @@ describe("config", () => {
     );
   });
 
+  it("ignores the kubelet's service-link variables (a Service named coldstart-api) but not near misses", () => {
+    // What the kubelet injects into every pod of a namespace holding Service coldstart-api:8476.
+    const links = {
+      COLDSTART_API_SERVICE_HOST: "10.100.0.7",
+      COLDSTART_API_SERVICE_PORT: "8476",
+      COLDSTART_API_SERVICE_PORT_API: "8476",
+      COLDSTART_API_PORT: "tcp://10.100.0.7:8476",
+      COLDSTART_API_PORT_8476_TCP: "tcp://10.100.0.7:8476",
+      COLDSTART_API_PORT_8476_TCP_ADDR: "10.100.0.7",
+      COLDSTART_API_PORT_8476_TCP_PORT: "8476",
+      COLDSTART_API_PORT_8476_TCP_PROTO: "tcp",
+    };
+    expect(loadConfig({ env: links }).daemon.listen).toBe("127.0.0.1:8476");
+    expect(codeOf(() => loadConfig({ env: { COLDSTART_LISTEN_PORT_X: "1" } }))).toMatch(
+      /unknown environment variable/,
+    );
+  });
+
   it("is documented: docs/config.md holds the reference generated from the schema", async () => {
     const doc = await readFile(resolve(import.meta.dirname, "../../docs/config.md"), "utf8");
     expect(doc).toContain(`<!-- options:begin -->\n${renderOptionsReference()}<!-- options:end -->`);
