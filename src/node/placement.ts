@@ -136,7 +136,7 @@ export async function probePlacement(options: {
 
   const path = await resolveExisting(options.stagingRoot);
   const here = await locate(probe, path, 0);
-  const root = await locate(probe, await resolveExisting(hostRoot), 0);
+  const root = await locateHostRoot(probe, hostRoot);
   const rootDisks = root.disks.map((d) => d.name);
   const disks = await Promise.all(here.disks.map((d) => diskFacts(d.name, d.dir)));
 
@@ -345,6 +345,26 @@ async function readMountTable(hostRoot: string, notes: string[]): Promise<MountF
     }
   }
   return [];
+}
+
+/**
+ * Where the host's "/" lives. With a host view that is not a bind of the host's "/" (a DaemonSet that
+ * mounts only proc and sys under hostRoot), the host's init process's mount table says: its "/"
+ * line carries the root filesystem's device (mountinfo is world-readable). Otherwise, or if that
+ * finds no disk, the mount in this table that holds hostRoot.
+ */
+async function locateHostRoot(probe: Probe, hostRoot: string): Promise<Located> {
+  if (resolve(hostRoot) !== "/") {
+    const file = join(hostRoot, "proc/1/mountinfo");
+    try {
+      const mounts = parseMountinfo(await readFile(file, "utf8"));
+      const found = await locate({ ...probe, mounts }, "/", 0);
+      if (found.disks.length > 0) return found;
+    } catch (e) {
+      if (errCode(e) !== "ENOENT") probe.notes.push(`${file}: ${errCode(e)}`);
+    }
+  }
+  return locate(probe, await resolveExisting(hostRoot), 0);
 }
 
 /** The mount holding `path`: the longest mount point that is a component-wise prefix, the last one on a tie. */

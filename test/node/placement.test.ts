@@ -8,6 +8,7 @@ import {
   parseMountinfo,
   probePlacement,
 } from "../../src/node/placement.js";
+import * as hosts from "../support/fake-host.js";
 import {
   btrfsInstanceStore,
   compatOnly,
@@ -289,6 +290,36 @@ describe("probePlacement: scenarios", () => {
     expect(codes(f)).toEqual({ warnings: ["placement_unknown"], gdsBlockers: ["placement_unknown"] });
     expect(f.notes).toEqual([`no sysfs entry for 259:99 or /dev/root under ${root}/sys`]);
     expect(f.warnings[0]?.message).toContain("no sysfs entry for 259:99");
+  });
+});
+
+describe("probePlacement: the DaemonSet's host view (proc and sys only)", () => {
+  it("finds the host's root volume through the host init's mount table", async () => {
+    const s = await hosts.daemonSetOnRootVolume();
+    try {
+      const f = await probePlacement(s);
+      expect(f.placement).toBe("root-volume");
+      expect(f.rootDisks).toEqual(["nvme0n1"]);
+      expect(f.sharesRootVolume).toBe(true);
+      expect(f.warnings.map((w) => w.code)).toEqual(["staging_on_root_volume", "staging_on_remote_disk"]);
+    } finally {
+      await s.cleanup();
+    }
+  });
+
+  it("tells instance-store staging apart from the root volume without a bind of the host's /", async () => {
+    const s = await hosts.daemonSetOnInstanceStore();
+    try {
+      const f = await probePlacement(s);
+      expect(f.placement).toBe("nvme-instance-store");
+      expect(f.chain).toEqual(["md0", "nvme1n1", "nvme2n1"]);
+      expect(f.rootDisks).toEqual(["nvme0n1"]);
+      expect(f.sharesRootVolume).toBe(false);
+      expect(f.warnings).toEqual([]);
+      expect(f.gdsBlockers).toEqual([]);
+    } finally {
+      await s.cleanup();
+    }
   });
 });
 

@@ -131,7 +131,7 @@ export class FakeHost {
   }
 
   /** Writes proc/self/mountinfo with the kernel's escaping; ids and parents are made up but consistent. */
-  async mountinfo(mounts: FakeMount[]): Promise<void> {
+  async mountinfo(mounts: FakeMount[], file = "proc/self/mountinfo"): Promise<void> {
     const lines = mounts.map((m, i) => {
       const id = 1500 + i;
       const parent = i === 0 ? 1200 : 1500;
@@ -141,7 +141,7 @@ export class FakeHost {
       const sup = m.superOptions ?? "rw";
       return `${id} ${parent} ${m.device} ${root} ${mp} ${opts} master:${i + 1} - ${m.fsType} ${escapeMountField(m.source)} ${sup}`;
     });
-    await this.file("proc/self/mountinfo", `${lines.join("\n")}\n`);
+    await this.file(file, `${lines.join("\n")}\n`);
   }
 
   /** proc/modules listing these module names. */
@@ -590,6 +590,47 @@ export async function unknownDevice(): Promise<FakeScenario> {
   return scenario(h, "mnt/mystery/coldstart");
 }
 
+/**
+ * The deploy/ DaemonSet's view: no bind of the host's "/", only its proc and sys under the hostRoot,
+ * and the staging root a hostPath bind at /var/lib/coldstart. The host's "/" is found through
+ * proc/1/mountinfo (the host's init), which says nvme0n1p1 (259:1).
+ */
+async function daemonSetView(h: FakeHost, staging: FakeMount): Promise<FakeScenario> {
+  const base = await ec2Node(h);
+  const container = base.filter((m) => !m.mountPoint.startsWith(h.root));
+  await h.mountinfo([
+    ...container,
+    { mountPoint: h.path("proc"), fsType: "proc", source: "proc", device: "0:22" },
+    { mountPoint: h.path("sys"), fsType: "sysfs", source: "sysfs", device: "0:21" },
+    staging,
+  ]);
+  const init = base
+    .filter((m) => m.mountPoint.startsWith(h.root))
+    .map((m) => ({ ...m, mountPoint: m.mountPoint.slice(h.root.length) || "/" }));
+  await h.mountinfo(init, "proc/1/mountinfo");
+  return { hostRoot: h.root, stagingRoot: "/var/lib/coldstart", cleanup: () => h.cleanup() };
+}
+
+/** The DaemonSet's view with the staging root on the root EBS volume (the hostPath's default). */
+export async function daemonSetOnRootVolume(): Promise<FakeScenario> {
+  const h = await FakeHost.create();
+  return daemonSetView(h, {
+    mountPoint: "/var/lib/coldstart",
+    root: "/var/lib/coldstart",
+    fsType: "ext4",
+    source: "/dev/nvme0n1p1",
+    device: "259:1",
+    superOptions: "rw,discard,errors=remount-ro,commit=30",
+  });
+}
+
+/** The DaemonSet's view with the host's /var/lib/coldstart on the instance-store RAID0 (md0). */
+export async function daemonSetOnInstanceStore(): Promise<FakeScenario> {
+  const h = await FakeHost.create();
+  const md0 = await raid0(h);
+  return daemonSetView(h, { ...md0, mountPoint: "/var/lib/coldstart", root: "/" });
+}
+
 /** Every named scenario, for tests that want to run a check over all of them. */
 export const scenarios = {
   gdsReady,
@@ -610,4 +651,6 @@ export const scenarios = {
   onPremNvme,
   sataSsd,
   unknownDevice,
+  daemonSetOnRootVolume,
+  daemonSetOnInstanceStore,
 } satisfies Record<string, () => Promise<FakeScenario>>;
