@@ -28,16 +28,21 @@ FROM node:${NODE_VERSION}-bookworm-slim
 # CUFILE_PACKAGE= to leave it out: the GDS verdict then says cufile_library_missing). NVML and libcuda
 # come from the host driver through the NVIDIA container runtime, not from the image.
 ARG CUFILE_PACKAGE=libcufile-12-8
+ARG TARGETARCH
 RUN if [ -n "$CUFILE_PACKAGE" ]; then \
-      apt-get update \
+      case "${TARGETARCH:-amd64}" in amd64) repo=x86_64 ;; arm64) repo=sbsa ;; \
+        *) echo "no CUDA repository for $TARGETARCH" >&2; exit 1 ;; esac \
+   && apt-get update \
    && apt-get install -y --no-install-recommends ca-certificates curl \
    && curl -fsSL -o /tmp/cuda-keyring.deb \
-        https://developer.download.nvidia.com/compute/cuda/repos/debian12/x86_64/cuda-keyring_1.1-1_all.deb \
+        "https://developer.download.nvidia.com/compute/cuda/repos/debian12/$repo/cuda-keyring_1.1-1_all.deb" \
    && dpkg -i /tmp/cuda-keyring.deb && rm /tmp/cuda-keyring.deb \
    && apt-get update \
    && apt-get install -y --no-install-recommends "$CUFILE_PACKAGE" \
-   && dirname "$(find /usr/local -name 'libcufile.so.0' | head -n1)" > /etc/ld.so.conf.d/coldstart-cufile.conf \
-   && ldconfig \
+   && lib="$(find /usr/local -name 'libcufile.so.0' | head -n1)" \
+   && { [ -n "$lib" ] || { echo "$CUFILE_PACKAGE installed no libcufile.so.0" >&2; exit 1; }; } \
+   && dirname "$lib" > /etc/ld.so.conf.d/coldstart-cufile.conf \
+   && ldconfig && ldconfig -p | grep -q 'libcufile.so.0 ' \
    && apt-get purge -y curl && apt-get autoremove -y && rm -rf /var/lib/apt/lists/*; \
     fi
 WORKDIR /app

@@ -4,8 +4,12 @@
  * exist, the RBAC grants exactly what docs/deploy.md says, and the wiring the docs promise (paths,
  * ports, probes, labels) is what the YAML holds.
  */
-import { readdir, readFile } from "node:fs/promises";
+import { execFile, execFileSync } from "node:child_process";
+import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
 import { join, relative, resolve } from "node:path";
+import { promisify } from "node:util";
+import { evaluate as celEvaluate } from "@marcbachmann/cel-js";
 import { describe, expect, it } from "vitest";
 import { parseAllDocuments } from "yaml";
 import { loadConfig } from "../../src/config/load.js";
@@ -66,6 +70,37 @@ function find(objs: { obj: K8sObject }[], kind: string, name?: string): K8sObjec
   return o.obj;
 }
 
+/** KEY=VALUE lines, # comments: the file kustomize's configMapGenerator reads. */
+function parseEnv(text: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const line of text.split("\n")) {
+    const m = /^([A-Z_][A-Z0-9_]*)=(.*)$/.exec(line.trim());
+    if (m) out[m[1] as string] = m[2] as string;
+  }
+  return out;
+}
+
+/** The Docker-link variables the kubelet injects for each non-headless Service (enableServiceLinks). */
+function serviceLinks(services: K8sObject[]): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const s of services) {
+    if (s.spec.clusterIP === "None") continue;
+    const n = (s.metadata.name as string).toUpperCase().replaceAll("-", "_");
+    out[`${n}_SERVICE_HOST`] = "10.100.0.7";
+    for (const p of s.spec.ports as { name?: string; port: number; protocol?: string }[]) {
+      const proto = p.protocol ?? "TCP";
+      out[`${n}_SERVICE_PORT`] = String(p.port);
+      if (p.name) out[`${n}_SERVICE_PORT_${p.name.toUpperCase().replaceAll("-", "_")}`] = String(p.port);
+      out[`${n}_PORT`] = `${proto.toLowerCase()}://10.100.0.7:${p.port}`;
+      out[`${n}_PORT_${p.port}_${proto}`] = out[`${n}_PORT`] as string;
+      out[`${n}_PORT_${p.port}_${proto}_PROTO`] = proto.toLowerCase();
+      out[`${n}_PORT_${p.port}_${proto}_PORT`] = String(p.port);
+      out[`${n}_PORT_${p.port}_${proto}_ADDR`] = "10.100.0.7";
+    }
+  }
+  return out;
+}
+
 describe("deploy/", () => {
   it("every manifest and example validates against the Kubernetes schemas", async () => {
     const objs = await all();
@@ -102,7 +137,23 @@ describe("deploy/", () => {
     const [base] = await load(join(deploy, "kustomization.yaml"));
     const top = (await readdir(deploy)).filter((f) => f.endsWith(".yaml") && f !== "kustomization.yaml");
     expect([...(base?.resources ?? [])].sort()).toEqual(top.sort());
-    expect(base?.namespace).toBe("coldstart");
+    // No namespace transformer (it would stamp the cluster-scoped admission policy): every namespaced
+    // object names coldstart itself, and the cluster-scoped ones name none.
+    expect(base?.namespace).toBeUndefined();
+    const clusterScoped = new Set([
+      "Namespace",
+      "ClusterRole",
+      "ClusterRoleBinding",
+      "ValidatingAdmissionPolicy",
+      "ValidatingAdmissionPolicyBinding",
+    ]);
+    for (const f of top) {
+      for (const o of await load(join(deploy, f))) {
+        expect(o.metadata.namespace, `${f}: ${o.kind}`).toBe(
+          clusterScoped.has(o.kind) ? undefined : "coldstart",
+        );
+      }
+    }
   });
 
   it("RBAC grants exactly what docs/deploy.md says, and nothing else asks for more", async () => {
@@ -131,9 +182,6 @@ describe("deploy/", () => {
 
     const binding = find(objs, "ClusterRoleBinding", "coldstart-node-labels");
     expect(binding.subjects).toEqual([{ kind: "ServiceAccount", name: "coldstart", namespace: "coldstart" }]);
-    // The admission policy matches the same service account the binding grants.
-    const vap = find(objs, "ValidatingAdmissionPolicy", "coldstart-own-node-only");
-    expect(vap.spec.matchConditions[0].expression).toContain('"system:serviceaccount:coldstart:coldstart"');
     expect(find(objs, "ValidatingAdmissionPolicyBinding").spec).toEqual({
       policyName: "coldstart-own-node-only",
       validationActions: ["Deny"],
@@ -160,10 +208,13 @@ describe("deploy/", () => {
     expect(hostPaths).toEqual({
       staging: { path: "/var/lib/coldstart", type: "DirectoryOrCreate" },
       "socket-dir": { path: "/run/coldstart", type: "DirectoryOrCreate" },
-      host: { path: "/", type: "Directory" },
+      "host-proc": { path: "/proc", type: "Directory" },
+      "host-sys": { path: "/sys", type: "Directory" },
     });
     const mounts = Object.fromEntries(c.volumeMounts.map((m: K8sObject) => [m.name, m]));
-    expect(mounts.host).toMatchObject({ mountPath: "/host", readOnly: true });
+    expect(mounts["host-proc"]).toMatchObject({ mountPath: "/host/proc", readOnly: true });
+    expect(mounts["host-sys"]).toMatchObject({ mountPath: "/host/sys", readOnly: true });
+    expect(pod.enableServiceLinks).toBe(false);
     // Every hostPath is justified in the docs.
     const doc = await readFile(join(root, "docs/deploy.md"), "utf8");
     for (const p of Object.values(hostPaths) as { path: string }[]) expect(doc).toContain(`\`${p.path}\``);
@@ -172,8 +223,13 @@ describe("deploy/", () => {
     const env: Record<string, string> = {};
     for (const e of c.env as { name: string; value?: string }[])
       if (e.value !== undefined) env[e.name] = e.value;
-    const cm = find(objs, "ConfigMap", "coldstart-config");
-    const config = loadConfig({ env: { ...cm.data, ...env, NODE_NAME: "node-1" } });
+    const settings = parseEnv(await readFile(join(deploy, "coldstart.env"), "utf8"));
+    // Even with service links on (a copy of the manifest without enableServiceLinks: false), the
+    // variables the kubelet would add for coldstart's own Services do not stop the daemon.
+    const links = serviceLinks(objs.filter((o) => o.obj.kind === "Service").map((o) => o.obj));
+    expect(Object.keys(links)).toContain("COLDSTART_API_SERVICE_HOST");
+    const config = loadConfig({ env: { ...settings, ...env, ...links, NODE_NAME: "node-1" } });
+    expect(config.sources.allow).toEqual(["s3://my-models-bucket/models/**"]);
     expect(config.kube.nodeName).toBe("node-1");
     expect(config.daemon.root).toBe(mounts.staging.mountPath);
     expect(config.daemon.socketPath.startsWith(`${mounts["socket-dir"].mountPath}/`)).toBe(true);
@@ -239,4 +295,133 @@ describe("deploy/", () => {
       values: ["ready"],
     });
   });
+
+  it.skipIf(!hasKubectl())(
+    "renders with kustomize: the base, and an overlay with both components",
+    async () => {
+      const run = promisify(execFile);
+      const { stdout: base } = await run("kubectl", ["kustomize", deploy]);
+      const objs = parseAllDocuments(base).map((d) => d.toJS() as K8sObject);
+      const cm = objs.find((o) => o.kind === "ConfigMap");
+      expect(cm?.metadata.name).toMatch(/^coldstart-config-[a-z0-9]{10}$/);
+      const ds = objs.find((o) => o.kind === "DaemonSet");
+      expect(ds?.spec.template.spec.containers[0].envFrom).toEqual([
+        { configMapRef: { name: cm?.metadata.name } },
+      ]);
+      expect(ds?.spec.template.spec.containers[0].image).toBe("ghcr.io/coldstart-dev/coldstart:0.1.0");
+      expect(objs.find((o) => o.kind === "ValidatingAdmissionPolicy")?.metadata.namespace).toBeUndefined();
+      for (const o of objs) {
+        if (isKustomization(o)) continue;
+        const Model = await modelFor(o.apiVersion, o.kind);
+        expect(() => new Model(o).validate(), `rendered ${o.kind}`).not.toThrow();
+      }
+
+      const overlay = await mkdtemp(join(tmpdir(), "cs-overlay-"));
+      try {
+        const rel = relative(overlay, deploy);
+        await writeFile(
+          join(overlay, "kustomization.yaml"),
+          `resources: [${rel}]\ncomponents: [${rel}/components/servicemonitor, ${rel}/components/host-cufile-json]\n`,
+        );
+        const { stdout } = await run("kubectl", ["kustomize", overlay]);
+        const rendered = parseAllDocuments(stdout).map((d) => d.toJS() as K8sObject);
+        expect(rendered.map((o) => o.kind)).toContain("ServiceMonitor");
+        const pod = rendered.find((o) => o.kind === "DaemonSet")?.spec.template.spec;
+        expect(pod.volumes).toContainEqual({
+          name: "host-cufile-json",
+          hostPath: { path: "/etc/cufile.json", type: "File" },
+        });
+        expect(pod.containers[0].volumeMounts).toContainEqual({
+          name: "host-cufile-json",
+          mountPath: "/host/etc/cufile.json",
+          readOnly: true,
+        });
+      } finally {
+        await rm(overlay, { recursive: true, force: true });
+      }
+    },
+  );
+
+  it("the admission policy, evaluated as the API server would (CEL), confines each daemon to its own Node", async () => {
+    const objs = await all();
+    const policy = find(objs, "ValidatingAdmissionPolicy", "coldstart-own-node-only").spec;
+    expect(find(objs, "ValidatingAdmissionPolicyBinding").spec).toEqual({
+      policyName: "coldstart-own-node-only",
+      validationActions: ["Deny"],
+    });
+    const DAEMON = "system:serviceaccount:coldstart:coldstart";
+    type NodeObject = { metadata: Record<string, unknown>; spec: Record<string, unknown> };
+    const node = (
+      labels: Record<string, string>,
+      extra: Record<string, unknown> = {},
+      spec = {},
+    ): NodeObject => ({
+      metadata: { name: "gpu-1", labels, ...extra },
+      spec: { podCIDR: "10.0.1.0/24", ...spec },
+    });
+    const old = node({
+      "kubernetes.io/hostname": "gpu-1",
+      [`coldstart.io/model.${"a".repeat(56)}`]: "ready",
+    });
+    const claim = { "authentication.kubernetes.io/node-name": ["gpu-1"] };
+    /** The failed validations' messages; [] when admitted (or when the policy does not apply). */
+    const admit = (
+      user: string,
+      extra: Record<string, string[]>,
+      object: NodeObject,
+      oldObject: NodeObject,
+    ) => {
+      const request = { userInfo: { username: user, extra } };
+      const base = { request, object, oldObject };
+      if (!policy.matchConditions.every((c: K8sObject) => celEvaluate(c.expression, base) === true))
+        return [];
+      const variables: Record<string, unknown> = {};
+      for (const v of policy.variables) variables[v.name] = celEvaluate(v.expression, { ...base, variables });
+      return policy.validations
+        .filter((v: K8sObject) => celEvaluate(v.expression, { ...base, variables }) !== true)
+        .map((v: K8sObject) => v.message);
+    };
+    const own = (o: NodeObject) => admit(DAEMON, claim, o, old);
+
+    // What the daemon really sends: coldstart.io/ labels and the models annotation on its own node.
+    expect(
+      own(
+        node(
+          { "kubernetes.io/hostname": "gpu-1", "coldstart.io/gds": "enabled" },
+          { annotations: { "coldstart.io/models": "{}" } },
+        ),
+      ),
+    ).toEqual([]);
+    // Its own node, but anything outside coldstart.io/ is refused, as are spec and finalizers.
+    expect(own(node({ "kubernetes.io/hostname": "evil" }))).toEqual([
+      "the coldstart daemon may only add, change or remove coldstart.io/ labels",
+    ]);
+    expect(
+      own({ ...old, metadata: { ...old.metadata, annotations: { "node.alpha.kubernetes.io/ttl": "0" } } }),
+    ).toEqual(["the coldstart daemon may only add, change or remove coldstart.io/ annotations"]);
+    expect(own({ ...old, spec: { ...old.spec, unschedulable: true } })).toEqual([
+      "the coldstart daemon may not change a Node's spec (taints, unschedulable, podCIDR)",
+    ]);
+    expect(own({ ...old, metadata: { ...old.metadata, finalizers: ["x/block"] } })).toEqual([
+      "the coldstart daemon may not change a Node's finalizers or owner references",
+    ]);
+    // Another node, or a token without the node-name claim: denied (fail closed).
+    const other = { ...old, metadata: { ...old.metadata, name: "gpu-2" } };
+    expect(admit(DAEMON, claim, other, other)).toEqual([
+      "the coldstart daemon may only update the Node it runs on",
+    ]);
+    expect(admit(DAEMON, {}, old, old)).toEqual(["the coldstart daemon may only update the Node it runs on"]);
+    // Moved to another namespace, still policed; anyone else is not this policy's business.
+    expect(admit("system:serviceaccount:kube-system:coldstart", claim, other, other)).toHaveLength(1);
+    expect(admit("system:serviceaccount:kube-system:node-problem-detector", {}, other, old)).toEqual([]);
+  });
 });
+
+function hasKubectl(): boolean {
+  try {
+    execFileSync("kubectl", ["version", "--client"], { stdio: "ignore" });
+    return true;
+  } catch {
+    return false;
+  }
+}
