@@ -11,6 +11,9 @@
 #
 # Environment (all optional):
 #   RGW_PORT           port for the S3 endpoint (default: a free loopback port)
+#   RGW_BIND           address the S3 endpoint listens on (default 127.0.0.1; the
+#                      benchmark lab binds its namespace's veth address). The mon
+#                      and osd stay on loopback either way.
 #   RGW_OBJECTSTORE    bluestore (default): OSD data in a sparse 20 GiB file
 #                      DIR/osd/block; RAM stays ~130 MB, disk use = data written.
 #                      memstore: everything in the OSD's RAM (about 2x the live
@@ -48,6 +51,7 @@ fi
 TIMEOUT="${RGW_START_TIMEOUT:-120}"
 OBJECTSTORE="${RGW_OBJECTSTORE:-bluestore}"
 MEMSTORE_BYTES="${RGW_MEMSTORE_BYTES:-8589934592}"
+BIND="${RGW_BIND:-127.0.0.1}"
 ACCESS_KEY="${RGW_ACCESS_KEY:-COLDSTARTTESTACCESSKEY}"
 SECRET_KEY="${RGW_SECRET_KEY:-coldstartTestSecretKey0123456789abcdefgh}"
 REGION="us-east-1"
@@ -176,7 +180,7 @@ osd op num threads per shard = 2
 log file = $DIR/log/\$name.log
 pid file = $DIR/run/\$name.pid
 admin socket = $DIR/run/\$name.asok
-rgw frontends = beast endpoint=127.0.0.1:$RGW_PORT tcp_nodelay=1
+rgw frontends = beast endpoint=$BIND:$RGW_PORT tcp_nodelay=1
 rgw enable usage log = false
 rgw enable ops log = false
 rgw thread pool size = 64
@@ -198,7 +202,7 @@ spawn() {
 dead() { ! kill -0 "$1" 2>/dev/null; }
 
 # --- mon ---------------------------------------------------------------------
-log "dir=$DIR fsid=$FSID mon=127.0.0.1:$MON_PORT rgw=127.0.0.1:$RGW_PORT objectstore=$OBJECTSTORE"
+log "dir=$DIR fsid=$FSID mon=127.0.0.1:$MON_PORT rgw=$BIND:$RGW_PORT objectstore=$OBJECTSTORE"
 monmaptool --create --fsid "$FSID" --addv a "[v2:127.0.0.1:$MON_PORT]" "$DIR/monmap" \
   >"$DIR/log/monmaptool.log" 2>&1 || fail "monmaptool failed" "$DIR/log/monmaptool.log"
 ceph-mon --conf "$CONF" --cluster ceph -i a --mkfs --monmap "$DIR/monmap" \
@@ -238,7 +242,7 @@ probe() {
   # an anonymous GET / answered with RGW's x-amz-request-id header means our
   # radosgw is serving (and not some other server that owns the port)
   timeout 3 bash -c '
-    exec 3<>/dev/tcp/127.0.0.1/'"$RGW_PORT"' || exit 1
+    exec 3<>/dev/tcp/'"$BIND"'/'"$RGW_PORT"' || exit 1
     printf "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n" >&3
     while IFS= read -r line <&3; do
       line="${line%$'"'"'\r'"'"'}"
@@ -250,7 +254,7 @@ probe() {
 }
 until probe; do
   dead "$RGW_PID" && fail "radosgw exited" "$DIR/log/client.rgw.a.out" "$DIR/log/client.rgw.a.log"
-  [ "$(date +%s)" -ge "$DEADLINE" ] && fail "radosgw did not answer on 127.0.0.1:$RGW_PORT within ${TIMEOUT}s" "$DIR/log/client.rgw.a.log" "$DIR/log/osd.0.log"
+  [ "$(date +%s)" -ge "$DEADLINE" ] && fail "radosgw did not answer on $BIND:$RGW_PORT within ${TIMEOUT}s" "$DIR/log/client.rgw.a.log" "$DIR/log/osd.0.log"
   sleep 0.2
 done
 log "rgw answering ($(( $(date +%s) - START_TS ))s)"
@@ -274,5 +278,5 @@ if [ -n "${RGW_WATCH_PID:-}" ]; then
 fi
 
 log "ready in $(( $(date +%s) - START_TS ))s"
-printf '{"endpoint":"http://127.0.0.1:%s","accessKeyId":"%s","secretAccessKey":"%s","region":"%s"}\n' \
-  "$RGW_PORT" "$ACCESS_KEY" "$SECRET_KEY" "$REGION"
+printf '{"endpoint":"http://%s:%s","accessKeyId":"%s","secretAccessKey":"%s","region":"%s"}\n' \
+  "$BIND" "$RGW_PORT" "$ACCESS_KEY" "$SECRET_KEY" "$REGION"
