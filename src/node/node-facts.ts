@@ -7,7 +7,7 @@
 import { environment } from "../config/load.js";
 import type { Config } from "../config/schema.js";
 import { ColdstartError } from "../errors.js";
-import { GDS_LABEL, GPU_PRODUCT_LABEL } from "../kube/node-labels.js";
+import { GDS_LABEL, GPU_PRODUCT_LABEL } from "../kube/label-keys.js";
 import type { Metrics } from "../metrics/metrics.js";
 import { assessGds, type CufileFacts, cufileFacts, type GdsAssessment, type GdsMode } from "./gds.js";
 import { type GpuFacts, gpuFacts } from "./gpus.js";
