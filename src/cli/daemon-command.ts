@@ -2,9 +2,8 @@ import { Command } from "commander";
 import pino from "pino";
 import { loadConfigFromProcess } from "../config/load.js";
 import { toColdstartError } from "../errors.js";
-import { startDaemon } from "../main.js";
-import { EXIT, reportError } from "./main.js";
-import { addSchemaOptions, flagsOf } from "./pull-command.js";
+import { addSchemaOptions, flagsOf } from "./options.js";
+import { EXIT, reportError } from "./report.js";
 
 const GROUPS = new Set([
   "s3",
@@ -32,6 +31,8 @@ export function daemonCommand(setExit: (code: number) => void): Command {
     try {
       const config = loadConfigFromProcess(flagsOf(cmd, byAttr));
       const logger = pino({ level: config.log.level, base: { component: "daemon" } });
+      // The daemon's modules (fastify, the AWS SDK, the Kubernetes client) load only for this command.
+      const { startDaemon } = await import("../main.js");
       const daemon = await startDaemon(config, logger);
       await new Promise<void>((resolve) => {
         const hurry = new AbortController();

@@ -3,8 +3,8 @@ import { loadConfigFromProcess } from "../config/load.js";
 import { toColdstartError } from "../errors.js";
 import { type Check, doctorChecks } from "../node/doctor.js";
 import { collectNodeFacts, nodeFactsOptions, nodePolicy } from "../node/node-facts.js";
-import { EXIT, reportError } from "./main.js";
-import { addSchemaOptions, flagsOf } from "./pull-command.js";
+import { addSchemaOptions, flagsOf } from "./options.js";
+import { EXIT, reportError } from "./report.js";
 
 const GROUPS = new Set(["node", "gds", "placement", "daemon.root", "output", "log"]);
 

@@ -1,13 +1,13 @@
 import { readFileSync } from "node:fs";
 import { Command, CommanderError } from "commander";
-import { type ColdstartError, toColdstartError } from "../errors.js";
+import { toColdstartError } from "../errors.js";
 import { daemonCommand } from "./daemon-command.js";
 import { doctorCommand } from "./doctor-command.js";
 import { pullCommand } from "./pull-command.js";
+import { EXIT, reportError } from "./report.js";
 import { waitCommand } from "./wait-command.js";
 
-/** Process exit codes: stable, documented in docs/cli.md. */
-export const EXIT = { ok: 0, failed: 1, usage: 2, interrupted: 130, terminated: 143 } as const;
+export { EXIT, isUsageError, reportError } from "./report.js";
 
 const pkg = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as {
   version: string;
@@ -39,24 +39,4 @@ export async function run(argv: string[]): Promise<number> {
     reportError(toColdstartError(err), false);
     return EXIT.failed;
   }
-}
-
-/** One clear stderr line: the code, the key, the reason; with --json also a JSON line on stdout. */
-export function reportError(err: ColdstartError, json: boolean): void {
-  const key = err.details.key !== undefined ? ` key=${JSON.stringify(err.details.key)}` : "";
-  process.stderr.write(`coldstart: ${err.code}${key}: ${err.message}\n`);
-  if (json) {
-    const error = {
-      code: err.code,
-      message: err.message,
-      ...(err.details.key !== undefined ? { key: err.details.key } : {}),
-    };
-    process.stdout.write(`${JSON.stringify({ error })}\n`);
-  }
-}
-
-export function isUsageError(err: ColdstartError): boolean {
-  return (
-    err.code === "CS_CONFIG_INVALID" || err.code === "CS_SOURCE_URI_INVALID" || err.code === "CS_DEST_INVALID"
-  );
 }

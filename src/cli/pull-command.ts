@@ -1,45 +1,15 @@
-import { Command, Option } from "commander";
+import { Command } from "commander";
 import pino from "pino";
-import { listOptions, loadConfigFromProcess, type OptionName } from "../config/load.js";
+import { loadConfigFromProcess } from "../config/load.js";
 import type { Config } from "../config/schema.js";
 import { toColdstartError } from "../errors.js";
-import { retryPolicyFrom } from "../s3/retry.js";
-import { s3SourceFromConfig } from "../s3/s3-object-source.js";
 import { parseS3Uri } from "../s3/uri.js";
-import { RateLimiter } from "../staging/rate-limiter.js";
-import { StageJob } from "../staging/stage-job.js";
-import { EXIT, isUsageError, reportError } from "./main.js";
+import { addSchemaOptions, flagsOf } from "./options.js";
 import { printSummary, startProgress } from "./progress.js";
+import { EXIT, isUsageError, reportError } from "./report.js";
 
 /** Options groups `pull` takes from the schema. */
 const GROUPS = new Set(["s3", "download", "log", "output"]);
-
-/**
- * Adds every schema option of the given groups (or single options, by dotted name) as a flag;
- * returns attribute name → option name.
- */
-export function addSchemaOptions(cmd: Command, groups: Set<string>): Map<string, OptionName> {
-  const byAttr = new Map<string, OptionName>();
-  for (const o of listOptions()) {
-    if (!(groups.has(o.group) || groups.has(o.name)) || !o.spec.flag) continue;
-    const env = o.spec.env.length ? ` [env: ${o.spec.env.join(", ")}]` : "";
-    const def = o.spec.default !== undefined ? ` (default: ${JSON.stringify(o.spec.default)})` : "";
-    const opt = new Option(o.spec.flag, `${o.spec.help}${env}${def}`);
-    if (o.spec.repeatable) opt.argParser((v: string, prev: string[] | undefined) => [...(prev ?? []), v]);
-    cmd.addOption(opt);
-    byAttr.set(opt.attributeName(), o.name);
-  }
-  return byAttr;
-}
-
-export function flagsOf(cmd: Command, byAttr: Map<string, OptionName>): Map<OptionName, unknown> {
-  const flags = new Map<OptionName, unknown>();
-  for (const [attr, value] of Object.entries(cmd.opts())) {
-    const name = byAttr.get(attr);
-    if (name !== undefined && value !== undefined) flags.set(name, value);
-  }
-  return flags;
-}
 
 export function pullCommand(setExit: (code: number) => void): Command {
   const cmd = new Command("pull")
@@ -70,6 +40,14 @@ export function pullCommand(setExit: (code: number) => void): Command {
 }
 
 async function pull(uri: string, dest: string, config: Config): Promise<number> {
+  // Loaded here, not at the top: every `coldstart` command would otherwise pay for the AWS SDK and the
+  // staging engine at start-up (about a second), `wait` in an init container included.
+  const [{ retryPolicyFrom }, { s3SourceFromConfig }, { RateLimiter }, { StageJob }] = await Promise.all([
+    import("../s3/retry.js"),
+    import("../s3/s3-object-source.js"),
+    import("../staging/rate-limiter.js"),
+    import("../staging/stage-job.js"),
+  ]);
   const { bucket, prefix } = parseS3Uri(uri);
   const logger = pino({ level: config.log.level, base: { component: "pull" } }, pino.destination(2));
   const source = s3SourceFromConfig(config);

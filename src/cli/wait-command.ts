@@ -8,8 +8,8 @@ import { ColdstartError, type ErrorCode, toColdstartError } from "../errors.js";
 import { validateModelId } from "../models/model-id.js";
 import type { ModelStatus } from "../models/model-manager.js";
 import { writeFileAtomic } from "../store/atomic-file.js";
-import { reportError } from "./main.js";
-import { addSchemaOptions, flagsOf } from "./pull-command.js";
+import { addSchemaOptions, flagsOf } from "./options.js";
+import { reportError } from "./report.js";
 
 /** `coldstart wait` exit codes (docs/cli.md): automation depends on them. */
 export const WAIT_EXIT = { ready: 0, failed: 1, usage: 2, timeout: 3, unreachable: 4 } as const;
