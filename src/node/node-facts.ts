@@ -88,31 +88,41 @@ export interface CollectOptions {
 /** Gathers every fact; never throws for something missing on the node (that is a fact too). */
 export async function collectNodeFacts(o: NodeFactsOptions, c: CollectOptions = {}): Promise<NodeFacts> {
   const probe = { addonPath: o.addonPath, timeoutMs: o.probeTimeoutMs, env: o.env, signal: c.signal };
-  const [nvidiaFs, hostCufileJson, iommu, placement, gpuOutcome] = await Promise.all([
-    readNvidiaFs(o.hostRoot),
-    readCufileJson(o.hostRoot, o.cufileJson),
-    readIommu(o.hostRoot),
-    probePlacement({ hostRoot: o.hostRoot, stagingRoot: o.stagingRoot }),
-    runProbe("gpus", { ...probe, libraryPath: o.nvmlLibrary }),
-  ]);
   // Without a host file, libcufile in the probe would read this container's /etc/cufile.json: assess
   // that one, so the verdict and the library see the same settings.
-  const cufileJson =
-    hostCufileJson.found || o.cufileJson || o.hostRoot === "/" ? hostCufileJson : await readCufileJson("/");
-  const gpus = await gpuFacts(gpuOutcome, { nvidiaSmi: o.nvidiaSmi, timeoutMs: o.probeTimeoutMs });
-
-  const key = JSON.stringify([nvidiaFs.loaded, nvidiaFs.version, cufileJson, gpus.gpus.map((g) => g.uuid)]);
+  const cufileJsonRead = readCufileJson(o.hostRoot, o.cufileJson).then((host) =>
+    host.found || o.cufileJson || o.hostRoot === "/" ? host : readCufileJson("/"),
+  );
+  const gpusRead = runProbe("gpus", { ...probe, libraryPath: o.nvmlLibrary }).then(async (outcome) => ({
+    outcome,
+    facts: await gpuFacts(outcome, { nvidiaSmi: o.nvidiaSmi, timeoutMs: o.probeTimeoutMs }),
+  }));
+  const probeCufile = (json: CufileJsonFacts) =>
+    runProbe("cufile", {
+      ...probe,
+      libraryPath: o.cufileLibrary,
+      // CUFILE_ENV_PATH_JSON names the file assessed, so the library reads exactly that one.
+      env: json.path ? { ...(o.env ?? environment()), CUFILE_ENV_PATH_JSON: json.path } : o.env,
+    });
   const last = c.previous ? cufileRuns.get(c.previous) : undefined;
+  // A first collection has nothing to reuse: probe cuFile alongside NVML rather than after it (and
+  // after a possible nvidia-smi fallback), or a wedged driver costs every timeout in a row at start-up.
+  const earlyCufile = o.gdsMode !== "off" && !last ? cufileJsonRead.then(probeCufile) : undefined;
+
+  const [nvidiaFs, cufileJson, iommu, placement, gpuRead] = await Promise.all([
+    readNvidiaFs(o.hostRoot),
+    cufileJsonRead,
+    readIommu(o.hostRoot),
+    probePlacement({ hostRoot: o.hostRoot, stagingRoot: o.stagingRoot }),
+    gpusRead,
+  ]);
+  const { outcome: gpuOutcome, facts: gpus } = gpuRead;
+  const key = JSON.stringify([nvidiaFs.loaded, nvidiaFs.version, cufileJson, gpus.gpus.map((g) => g.uuid)]);
   let cufileOutcome: ProbeOutcome<CufileProbe> | null;
   if (o.gdsMode === "off") cufileOutcome = null;
+  else if (earlyCufile) cufileOutcome = await earlyCufile;
   else if (last && last.key === key && last.outcome?.status === "ok") cufileOutcome = last.outcome;
-  else {
-    // CUFILE_ENV_PATH_JSON names the file assessed above, so the library reads exactly that one.
-    const env = cufileJson.path
-      ? { ...(o.env ?? environment()), CUFILE_ENV_PATH_JSON: cufileJson.path }
-      : o.env;
-    cufileOutcome = await runProbe("cufile", { ...probe, libraryPath: o.cufileLibrary, env });
-  }
+  else cufileOutcome = await probeCufile(cufileJson);
   const cufile = cufileFacts(cufileOutcome);
   const facts: NodeFacts = {
     collectedAt: new Date().toISOString(),

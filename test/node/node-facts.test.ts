@@ -176,6 +176,20 @@ describe("GDS verdict", () => {
     expect(f.gpus.gpus).toHaveLength(2);
   });
 
+  it("at start-up, a wedged driver costs one probe deadline, not one per probe in a row", async () => {
+    // NVML and cuFile both hang: probed one after the other this took two deadlines (6 s and more).
+    const started = Date.now();
+    const f = await facts({
+      host: hosts.gdsReady,
+      vars: { FAKE_NVML: "hang", FAKE_CUFILE_HANG: "1" },
+      timeoutMs: 3000,
+    });
+    expect(Date.now() - started).toBeLessThan(5500);
+    expect(f.cufile.status).toBe("timeout");
+    expect(f.gpus.notes[0]).toBe("NVML probe: no answer within 3000 ms; the probe process was killed");
+    expect(codes(f)).toEqual(["no_gpus", "probe_timeout"]);
+  });
+
   it("without the addon: native unavailable with the reason, no GPUs without nvidia-smi, nothing throws", async () => {
     const f = await facts({ host: hosts.gdsReady, addon: join(dir, "gone.node") });
     expect(f.native.available).toBe(false);
