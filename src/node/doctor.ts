@@ -3,6 +3,7 @@
  * its value, pass/warn/fail and what to do. "fail" is reserved for what stops the daemon (the policy:
  * gds.mode on, placement.require); everything else that is not right is a warning.
  */
+import { isDriverReason } from "./gds.js";
 import type { NodeFacts, NodePolicy } from "./node-facts.js";
 import { placementSummary, policyViolations } from "./node-facts.js";
 
@@ -90,13 +91,7 @@ export function doctorChecks(f: NodeFacts, policy: NodePolicy): Check[] {
   });
 
   const c = f.cufile;
-  const cufileCodes = f.gds.reasons
-    .map((r) => r.code)
-    .filter((code) =>
-      /^(native_unavailable|probe_timeout|probe_failed|cufile_|driver_open_failed|properties_failed|gds_unconfirmed|nvfs_version_zero|nvme_not_supported)/.test(
-        code,
-      ),
-    );
+  const cufileCodes = f.gds.reasons.map((r) => r.code).filter(isDriverReason);
   add({
     id: "gds.cufile_driver",
     title: "cuFile driver",

@@ -107,6 +107,17 @@ export function cufileErrorName(err: number): string {
   return err === 0 ? "CU_FILE_SUCCESS" : (CUFILE_ERRORS[err] ?? `cuFile error ${err}`);
 }
 
+/**
+ * Reason codes that come from the native probe and the cuFile library (as opposed to the host, the
+ * filesystem or the IOMMU): what the doctor's "cuFile driver" check reports.
+ */
+const DRIVER_REASON =
+  /^(native_unavailable|probe_timeout|probe_failed|cufile_library_missing|cufile_symbols_missing|driver_open_failed:|properties_failed:|gds_unconfirmed|nvfs_version_zero|nvme_not_supported)/;
+
+export function isDriverReason(code: string): boolean {
+  return DRIVER_REASON.test(code);
+}
+
 export interface GdsAssessment {
   mode: GdsMode;
   verdict: GdsVerdict;
