@@ -147,22 +147,31 @@ async function startDelayer(rttMs: number): Promise<void> {
   ns(CLIENT_NS, "iptables", ["-A", "OUTPUT", "-o", CLIENT_DEV, "-j", "NFQUEUE", "--queue-num", "0"]);
 }
 
-/** Starts a command in the server namespace; resolves with the child once it prints `ready` text. */
+/**
+ * Starts a process in a lab namespace, tracked so that labDown kills it (a deleted namespace does not).
+ * stdout and stderr are piped, never inherited: a process that outlives the lab must not hold the
+ * caller's pipes open.
+ */
+function spawnIn(name: string, cmd: string, args: string[]): ChildProcess {
+  const child = spawn("ip", ["netns", "exec", name, cmd, ...args], { stdio: ["ignore", "pipe", "pipe"] });
+  started.add(child);
+  child.once("exit", () => started.delete(child));
+  child.stdout?.setEncoding("utf8");
+  child.stderr?.setEncoding("utf8");
+  return child;
+}
+
+/** Starts a command in the server namespace; resolves with the child once it prints a `ready` line. */
 export function startInServer(
   cmd: string,
   args: string[],
   ready: RegExp,
 ): Promise<{ child: ChildProcess; line: string }> {
   return new Promise((resolveStart, reject) => {
-    // stderr is not inherited: a server that outlives this process must not hold the caller's pipes.
-    const child = spawn("ip", ["netns", "exec", SERVER_NS, cmd, ...args], {
-      stdio: ["ignore", "pipe", "pipe"],
-    });
+    const child = spawnIn(SERVER_NS, cmd, args);
     child.stderr?.resume();
-    started.add(child);
-    child.once("exit", () => started.delete(child));
     let out = "";
-    child.stdout?.setEncoding("utf8").on("data", (d: string) => {
+    child.stdout?.on("data", (d: string) => {
       out += d;
       const line = out.split("\n").find((l) => ready.test(l));
       if (line) resolveStart({ child, line });
@@ -184,26 +193,16 @@ interface Measured {
  */
 function inClient<T>(script: string, args: string[]): Promise<T> {
   return new Promise((done, fail) => {
-    const argv = [
-      "netns",
-      "exec",
-      CLIENT_NS,
-      process.execPath,
-      resolve(import.meta.dirname, script),
-      ...args,
-    ];
-    const child = spawn("ip", argv, { stdio: ["ignore", "pipe", "pipe"] });
-    started.add(child);
+    const child = spawnIn(CLIENT_NS, process.execPath, [resolve(import.meta.dirname, script), ...args]);
     let out = "";
     let err = "";
-    child.stdout?.setEncoding("utf8").on("data", (d: string) => {
+    child.stdout?.on("data", (d: string) => {
       out += d;
     });
-    child.stderr?.setEncoding("utf8").on("data", (d: string) => {
+    child.stderr?.on("data", (d: string) => {
       err += d;
     });
     child.once("exit", (code, signal) => {
-      started.delete(child);
       if (code === 0) done(JSON.parse(out) as T);
       else fail(new Error(`${script} ended with ${code ?? signal}: ${err.trim().split("\n").pop() ?? ""}`));
     });
