@@ -122,15 +122,7 @@ describe("node facts in the daemon", () => {
       await until(() => apiServer.labelsOf("gpu-node-1")["coldstart.io/gds"] === "enabled");
       expect(apiServer.labelsOf("gpu-node-1")["coldstart.io/gpu-product"]).toBe("NVIDIA-H100-80GB-HBM3");
 
-      const envFile = join(fx.work, "env");
-      const out = await finish(
-        coldstart(
-          ["wait", "org/m", "--socket", socket, "--source", await seed(), "--env-file", envFile],
-          fx.s3,
-        ),
-      );
-      expect(out.code).toBe(0);
-      const lines = (await readFile(envFile, "utf8")).trim().split("\n");
+      const lines = (await handshake(socket, "org/m")).trim().split("\n");
       expect(lines.slice(2)).toEqual([
         "COLDSTART_LOAD_FORMAT='fastsafetensors'",
         "COLDSTART_GDS='enabled'",
@@ -155,15 +147,7 @@ describe("node facts in the daemon", () => {
     expect(metrics).toContain("coldstart_native_addon_available 0");
     expect(metrics).toContain('coldstart_gds_reasons{code="native_unavailable"} 1');
 
-    const envFile = join(fx.work, "env-noaddon");
-    const out = await finish(
-      coldstart(
-        ["wait", "org/n", "--socket", socket, "--source", await seed(), "--env-file", envFile],
-        fx.s3,
-      ),
-    );
-    expect(out.code).toBe(0);
-    expect(await readFile(envFile, "utf8")).toContain(
+    expect(await handshake(socket, "org/n")).toContain(
       "COLDSTART_LOAD_FORMAT='safetensors'\nCOLDSTART_GDS='unavailable'\nCOLDSTART_GPU_PRODUCT=''\n",
     );
   });
@@ -183,6 +167,16 @@ describe("node facts in the daemon", () => {
     expect(placement.stderr).toMatch(/^coldstart: CS_PLACEMENT_REFUSED: staging root .* is on root-volume/);
   });
 });
+
+/** `coldstart wait --source … --env-file` for a freshly seeded model; the env file it wrote. */
+async function handshake(socket: string, id: string): Promise<string> {
+  const envFile = join(fx.work, `env-${id.replaceAll("/", "_")}`);
+  const out = await finish(
+    coldstart(["wait", id, "--socket", socket, "--source", await seed(), "--env-file", envFile], fx.s3),
+  );
+  expect(out.code, out.stderr).toBe(0);
+  return readFile(envFile, "utf8");
+}
 
 async function until(check: () => boolean, timeoutMs = 10_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
