@@ -55,8 +55,21 @@ function run(cmd: string, args: string[], input?: string): string {
 const ns = (name: string, cmd: string, args: string[], input?: string) =>
   run("ip", ["netns", "exec", name, cmd, ...args], input);
 
+/** Cleanups for what runs in the namespaces but outlives its process (RGW's daemons), newest first. */
+const downHooks: (() => void)[] = [];
+export function onLabDown(fn: () => void): void {
+  downHooks.unshift(fn);
+}
+
 /** Removes everything the lab made. Idempotent: also clears what a killed run left. */
 export function labDown(): void {
+  for (const fn of downHooks.splice(0)) {
+    try {
+      fn();
+    } catch (e) {
+      process.stderr.write(`netlab: cleanup failed: ${firstLine(e)}\n`);
+    }
+  }
   for (const c of started) c.kill("SIGKILL");
   started.clear();
   delayer?.kill("SIGKILL");
@@ -152,8 +165,11 @@ async function startDelayer(rttMs: number): Promise<void> {
  * stdout and stderr are piped, never inherited: a process that outlives the lab must not hold the
  * caller's pipes open.
  */
-function spawnIn(name: string, cmd: string, args: string[]): ChildProcess {
-  const child = spawn("ip", ["netns", "exec", name, cmd, ...args], { stdio: ["ignore", "pipe", "pipe"] });
+function spawnIn(name: string, cmd: string, args: string[], env?: NodeJS.ProcessEnv): ChildProcess {
+  const child = spawn("ip", ["netns", "exec", name, cmd, ...args], {
+    stdio: ["ignore", "pipe", "pipe"],
+    env: env && { ...env, PATH: env.PATH ?? process.env.PATH },
+  });
   started.add(child);
   child.once("exit", () => started.delete(child));
   child.stdout?.setEncoding("utf8");
@@ -177,6 +193,42 @@ export function startInServer(
       if (line) resolveStart({ child, line });
     });
     child.on("exit", (code) => reject(new Error(`${cmd} exited with ${code} before it was ready: ${out}`)));
+  });
+}
+
+export interface Ran {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+}
+
+/**
+ * Runs a command to its end in a lab namespace (tracked, so a ^C or labDown kills it), with `env` as
+ * its whole environment when given. Past `timeoutMs` it is killed.
+ */
+export function runIn(
+  where: "server" | "client",
+  cmd: string,
+  args: string[],
+  opts: { env?: NodeJS.ProcessEnv; timeoutMs?: number } = {},
+): Promise<Ran> {
+  return new Promise((done) => {
+    const child = spawnIn(where === "server" ? SERVER_NS : CLIENT_NS, cmd, args, opts.env);
+    let stdout = "";
+    let stderr = "";
+    child.stdout?.on("data", (d: string) => {
+      stdout += d;
+    });
+    child.stderr?.on("data", (d: string) => {
+      // Keep the tail only: a chatty tool must not grow the lab's memory.
+      stderr = (stderr + d).slice(-16_384);
+    });
+    const timer = opts.timeoutMs ? setTimeout(() => child.kill("SIGKILL"), opts.timeoutMs) : undefined;
+    child.once("exit", (code, signal) => {
+      clearTimeout(timer);
+      done({ code, signal, stdout, stderr });
+    });
   });
 }
 
@@ -264,12 +316,12 @@ const positive = (v: string) => {
   return n;
 };
 
-function labOptions(cmd: Command): LabOptions {
+export function labOptions(cmd: Command): LabOptions {
   const o = cmd.opts<{ perConnectionMbit: number; linkMbit: number; rttMs: number }>();
   return { perConnectionMbit: o.perConnectionMbit, linkMbit: o.linkMbit, rttMs: o.rttMs };
 }
 
-function withLabFlags(cmd: Command): Command {
+export function withLabFlags(cmd: Command): Command {
   return cmd
     .option(
       "--per-connection-mbit <n>",

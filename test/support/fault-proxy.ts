@@ -206,17 +206,17 @@ class FaultProxyServer implements FaultProxy {
     });
   }
 
-  async listen(): Promise<void> {
+  async listen(host: string, port: number): Promise<void> {
     await new Promise<void>((resolve, reject) => {
       this.server.once("error", reject);
-      this.server.listen(0, "127.0.0.1", () => {
+      this.server.listen(port, host, () => {
         this.server.off("error", reject);
         resolve();
       });
     });
     const address = this.server.address();
     if (address === null || typeof address === "string") throw new Error("fault proxy: no TCP address");
-    this.url = `http://127.0.0.1:${address.port}`;
+    this.url = `http://${host}:${address.port}`;
   }
 
   addRule(rule: FaultRule): void {
@@ -478,13 +478,19 @@ class FaultProxyServer implements FaultProxy {
   }
 }
 
-/** Start a proxy on a free loopback port in front of `upstream` (`http://127.0.0.1:PORT`). */
-export async function startFaultProxy(upstream: string): Promise<FaultProxy> {
+/**
+ * Start a proxy in front of `upstream` (`http://127.0.0.1:PORT`), by default on a free loopback port.
+ * The benchmark lab binds its server namespace's address instead.
+ */
+export async function startFaultProxy(
+  upstream: string,
+  at: { host?: string; port?: number } = {},
+): Promise<FaultProxy> {
   const target = new URL(upstream);
   if (target.protocol !== "http:") {
     throw new Error(`fault proxy upstream must be an http:// URL, got ${upstream}`);
   }
   const proxy = new FaultProxyServer(target);
-  await proxy.listen();
+  await proxy.listen(at.host ?? "127.0.0.1", at.port ?? 0);
   return proxy;
 }

@@ -1,0 +1,68 @@
+/**
+ * The lab's helpers that run in the server namespace, next to the S3 server, so that neither seeding
+ * nor the fault proxy's upstream leg crosses the shaped link (run.ts starts them there):
+ *
+ *   server-side.ts seed ENDPOINT   uploads every scenario's files; prints their digests as one JSON line
+ *   server-side.ts faults ENDPOINT HOST PORT EVERY
+ *                                  a proxy in front of ENDPOINT that answers 503 SlowDown to every
+ *                                  EVERY-th GET; prints "listening URL", then serves until killed
+ *
+ * Credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY.
+ */
+import { CreateBucketCommand } from "@aws-sdk/client-s3";
+import pLimit from "p-limit";
+import { startFaultProxy } from "../../test/support/fault-proxy.js";
+import { putFiles, putMultipart, seedClient } from "../../test/support/s3.js";
+import { SCENARIOS, type SeededFile, scenarioFiles } from "./scenarios.js";
+
+const [command, endpoint = "", ...rest] = process.argv.slice(2);
+/** Files this large are uploaded multipart. */
+const MULTIPART_FROM = 16 << 20;
+
+if (command === "seed") {
+  const client = seedClient({
+    endpoint,
+    region: "us-east-1",
+    accessKeyId: process.env.AWS_ACCESS_KEY_ID ?? "",
+    secretAccessKey: process.env.AWS_SECRET_ACCESS_KEY ?? "",
+  });
+  const bucket = "coldstart-lab";
+  await client.send(new CreateBucketCommand({ Bucket: bucket }));
+  const seeded: Record<string, SeededFile[]> = {};
+  // One scenario's bytes in memory at a time; scenarios sharing a dataset share its upload.
+  for (const s of SCENARIOS) {
+    if (seeded[s.dataset]) continue;
+    const files = scenarioFiles(s.dataset);
+    const big = files.filter((f) => f.body.length >= MULTIPART_FROM);
+    await putFiles(
+      client,
+      bucket,
+      `${s.dataset}/`,
+      files.filter((f) => f.body.length < MULTIPART_FROM),
+      16,
+    );
+    // As `aws s3 cp` uploads them: multipart, 8 MiB parts. Models in S3 mostly got there that way.
+    const limit = pLimit(2);
+    await Promise.all(
+      big.map((f) => limit(() => putMultipart(client, bucket, `${s.dataset}/${f.relPath}`, f.body, 8 << 20))),
+    );
+    seeded[s.dataset] = files.map((f) => ({ relPath: f.relPath, size: f.body.length, sha256: f.sha256 }));
+  }
+  client.destroy();
+  process.stdout.write(`${JSON.stringify({ bucket, datasets: seeded })}\n`);
+} else if (command === "faults") {
+  const [host = "127.0.0.1", port = "0", every = "10"] = rest;
+  const proxy = await startFaultProxy(endpoint, { host, port: Number(port) });
+  let gets = 0;
+  proxy.addRule({
+    match: { method: "GET", predicate: () => ++gets % Number(every) === 0 },
+    action: { kind: "status", status: 503 },
+  });
+  // The proxy records every request for tests; a long benchmark must not keep them all.
+  setInterval(() => proxy.resetStats(), 5_000).unref();
+  process.stdout.write(`listening ${proxy.url}\n`);
+  process.on("SIGTERM", () => void proxy.close().then(() => process.exit(0)));
+} else {
+  process.stderr.write("usage: server-side.ts seed ENDPOINT | faults ENDPOINT HOST PORT EVERY\n");
+  process.exit(2);
+}
