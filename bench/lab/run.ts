@@ -10,7 +10,7 @@
  *      fails the run, and a failed run is reported, never counted
  *   5. the lab is taken down on every way out
  */
-import { execFileSync } from "node:child_process";
+import { type ChildProcess, execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import { createReadStream, existsSync } from "node:fs";
 import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
@@ -32,7 +32,7 @@ import {
   withLabFlags,
 } from "./netlab.js";
 import { chart, judge, type Sample, summarize, tables } from "./results.js";
-import { SCENARIOS, type Scenario, type SeededFile } from "./scenarios.js";
+import { SCENARIOS, type SeededFile } from "./scenarios.js";
 import { findTools, type Tool, toolEnv } from "./tools.js";
 
 const ROOT = resolve(import.meta.dirname, "../..");
@@ -90,6 +90,8 @@ const work = await mkdtemp(join(opts.work, "coldstart-lab-"));
 const samples: Sample[] = [];
 const failures: Failure[] = [];
 let state: LabState | undefined;
+/** The 503 proxy of the scenario running, if any. */
+let faults: ChildProcess | undefined;
 let verification: string[] = [];
 
 try {
@@ -138,7 +140,7 @@ try {
           }
         }
       } finally {
-        if (scenario.slowDownEvery) stopFaults();
+        if (scenario.slowDownEvery) await stopFaults(scenario.name);
       }
     }
   });
@@ -214,7 +216,14 @@ async function seed(s3: S3): Promise<{ bucket: string; datasets: Record<string, 
   const r = await runIn(
     "server",
     process.execPath,
-    ["--import", "tsx", resolve(import.meta.dirname, "server-side.ts"), "seed", s3.endpoint],
+    [
+      "--import",
+      "tsx",
+      resolve(import.meta.dirname, "server-side.ts"),
+      "seed",
+      s3.endpoint,
+      ...new Set(scenarios.map((s) => s.dataset)),
+    ],
     { env: { ...process.env, AWS_ACCESS_KEY_ID: s3.accessKeyId, AWS_SECRET_ACCESS_KEY: s3.secretAccessKey } },
   );
   if (r.code !== 0)
@@ -224,7 +233,8 @@ async function seed(s3: S3): Promise<{ bucket: string; datasets: Record<string, 
   return JSON.parse(r.stdout.trim().split("\n").pop() ?? "");
 }
 
-let faults: { kill: (s: NodeJS.Signals) => void } | undefined;
+/** What each 503 scenario's proxy reports having served. */
+const injected: Record<string, string> = {};
 async function startFaults(upstream: string, every: number): Promise<string> {
   const { child, line } = await startInServer(
     process.execPath,
@@ -243,9 +253,23 @@ async function startFaults(upstream: string, every: number): Promise<string> {
   faults = child;
   return line.slice("listening ".length).trim();
 }
-function stopFaults(): void {
-  faults?.kill("SIGKILL");
+async function stopFaults(scenario: string): Promise<void> {
+  const child = faults;
   faults = undefined;
+  if (!child?.stdout) return;
+  let out = "";
+  child.stdout.on("data", (d: string) => {
+    out += d;
+  });
+  const exited = new Promise((done) => child.once("exit", done));
+  child.kill("SIGTERM");
+  await Promise.race([exited, new Promise((done) => setTimeout(done, 5_000))]);
+  child.kill("SIGKILL");
+  const line = /served .*/.exec(out)?.[0];
+  if (line) {
+    injected[scenario] = line;
+    log(`${scenario}: the proxy ${line}`);
+  }
 }
 
 async function measure(
@@ -335,7 +359,11 @@ async function publish(): Promise<void> {
     "",
     "## Scenarios",
     "",
-    ...tables(rows, titles),
+    ...tables(rows, titles).flatMap((l) =>
+      l.startsWith("### ") && injected[l.slice(4).split(":")[0] ?? ""]
+        ? [l, "", `The fault proxy ${injected[l.slice(4).split(":")[0] ?? ""]} (every tool's runs together).`]
+        : [l],
+    ),
     ...(failures.length
       ? [
           "## Failed runs (not counted above)",

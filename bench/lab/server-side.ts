@@ -2,10 +2,13 @@
  * The lab's helpers that run in the server namespace, next to the S3 server, so that neither seeding
  * nor the fault proxy's upstream leg crosses the shaped link (run.ts starts them there):
  *
- *   server-side.ts seed ENDPOINT   uploads every scenario's files; prints their digests as one JSON line
+ *   server-side.ts seed ENDPOINT [DATASET...]
+ *                                  uploads the datasets' files (default: every scenario's); prints their
+ *                                  digests as one JSON line
  *   server-side.ts faults ENDPOINT HOST PORT EVERY
  *                                  a proxy in front of ENDPOINT that answers 503 SlowDown to every
- *                                  EVERY-th GET; prints "listening URL", then serves until killed
+ *                                  EVERY-th GET; prints "listening URL", serves, and at SIGTERM
+ *                                  prints "served N 503s to M GETs"
  *
  * Credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY.
  */
@@ -31,7 +34,7 @@ if (command === "seed") {
   const seeded: Record<string, SeededFile[]> = {};
   // One scenario's bytes in memory at a time; scenarios sharing a dataset share its upload.
   for (const s of SCENARIOS) {
-    if (seeded[s.dataset]) continue;
+    if (seeded[s.dataset] || (rest.length && !rest.includes(s.dataset))) continue;
     const files = scenarioFiles(s.dataset);
     const big = files.filter((f) => f.body.length >= MULTIPART_FROM);
     await putFiles(
@@ -61,7 +64,11 @@ if (command === "seed") {
   // The proxy records every request for tests; a long benchmark must not keep them all.
   setInterval(() => proxy.resetStats(), 5_000).unref();
   process.stdout.write(`listening ${proxy.url}\n`);
-  process.on("SIGTERM", () => void proxy.close().then(() => process.exit(0)));
+  // The lab reports how many 503s a scenario really served.
+  process.on("SIGTERM", () => {
+    process.stdout.write(`served ${Math.floor(gets / Number(every))} 503s to ${gets} GETs\n`);
+    void proxy.close().then(() => process.exit(0));
+  });
 } else {
   process.stderr.write("usage: server-side.ts seed ENDPOINT | faults ENDPOINT HOST PORT EVERY\n");
   process.exit(2);
