@@ -335,13 +335,18 @@ export function withLabFlags(cmd: Command): Command {
 
 /** Runs `fn`, then takes the lab down on every way out: return, throw, SIGINT, SIGTERM. */
 export async function withLab<T>(fn: () => Promise<T>): Promise<T> {
+  // A terminal's ^C reaches every process of the group (npm, tsx, this one), and tsx relays it too:
+  // the handlers stay installed until exit, so a second signal cannot kill the cleanup half-way.
+  let leaving = false;
   const onSignal = (sig: NodeJS.Signals) => {
+    if (leaving) return;
+    leaving = true;
     labDown();
     process.stderr.write(`netlab: ${sig}: lab removed\n`);
     process.exit(sig === "SIGINT" ? 130 : 143);
   };
-  process.once("SIGINT", onSignal);
-  process.once("SIGTERM", onSignal);
+  process.on("SIGINT", onSignal);
+  process.on("SIGTERM", onSignal);
   try {
     return await fn();
   } finally {

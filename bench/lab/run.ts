@@ -12,7 +12,7 @@
  */
 import { type ChildProcess, execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { createReadStream, existsSync } from "node:fs";
+import { createReadStream, existsSync, rmSync } from "node:fs";
 import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { cpus, release, totalmem } from "node:os";
 import { join, relative, resolve } from "node:path";
@@ -87,6 +87,8 @@ preflight();
 const scenarios = pick(SCENARIOS, opts.scenarios, (s) => s.name, "scenario");
 const tools = pick(findTools(), opts.tools, (t) => t.id, "tool");
 const work = await mkdtemp(join(opts.work, "coldstart-lab-"));
+// Registered first, so it runs last: after RGW's stop, even when a signal ends the run.
+onLabDown(() => rmSync(work, { recursive: true, force: true }));
 const samples: Sample[] = [];
 const failures: Failure[] = [];
 let state: LabState | undefined;
@@ -128,7 +130,7 @@ try {
             const why = "why" in got ? got.why : await checkDigests(dest, files);
             await rm(dest, { recursive: true, force: true });
             if (why !== null || "why" in got) {
-              failures.push({ scenario: scenario.name, tool: tool.name, run, why: why ?? "" });
+              failures.push({ scenario: scenario.name, tool: tool.name, run, why: why ?? "?" });
               log(`${scenario.name} run ${run + 1}/${opts.runs} ${tool.id}: FAILED: ${why}`);
               continue;
             }
@@ -143,8 +145,8 @@ try {
         if (scenario.slowDownEvery) await stopFaults(scenario.name);
       }
     }
+    await publish();
   });
-  await publish();
 } finally {
   await rm(work, { recursive: true, force: true });
 }
