@@ -16,15 +16,17 @@ export interface PartRequest {
   key: string;
   etag: string;
   size: number;
-  /** Absolute path of the temp file (already created at full size). */
+  /** Absolute path of the temp file: already created at full size, unless `create`. */
   tmpPath: string;
+  /** Create the temp file (truncating any leftover): the part is the whole file. */
+  create?: boolean;
   index: number;
   start: number;
   /** Exclusive. */
   end: number;
   /** The part is the whole object: GET without Range (S3 then returns the whole-object checksum). */
   whole: boolean;
-  /** fdatasync before returning, so the caller may journal the part (not needed for single-part files). */
+  /** fdatasync before returning, so the caller may journal (or, for a whole file, commit) the part. */
   durable: boolean;
   /** Algorithm whose value over this range the caller needs to rebuild the object's checksum. */
   sumAlgorithm?: ObjectChecksum["algorithm"] | undefined;
@@ -55,7 +57,7 @@ export async function downloadPart(req: PartRequest, ctx: PartContext): Promise<
   let written = 0;
   let checksum: ObjectChecksum | undefined;
 
-  const fh = await open(req.tmpPath, "r+").catch((e) => {
+  const fh = await open(req.tmpPath, req.create ? "w" : "r+").catch((e) => {
     throw ioError(e, `opening ${req.tmpPath}`, req.key);
   });
   try {

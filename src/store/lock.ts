@@ -131,9 +131,15 @@ async function acquire(path: string, options: LockOptions): Promise<HeldLock> {
     await utimes(path, now, now).catch(() => {});
   }, options.heartbeatMs ?? HEARTBEAT_MS);
   heartbeat.unref();
+  // Commits that verify at the same moment share one read of the lock file: a takeover needs the
+  // lock stale for STALE_MS, so a read begun a moment earlier is as good as a fresh one.
+  let reading: Promise<LockInfo | undefined> | undefined;
   return {
     async verify() {
-      const holder = await readHolder(path);
+      reading ??= readHolder(path).finally(() => {
+        reading = undefined;
+      });
+      const holder = await reading;
       if (holder?.nonce !== me.nonce) {
         throw new ColdstartError(
           "CS_DEST_LOCKED",
