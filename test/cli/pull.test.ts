@@ -65,7 +65,9 @@ describe("coldstart pull", () => {
     const bucket = await freshBucket(fx.client);
     await putFiles(fx.client, bucket, "m/", syntheticModel({ shards: 1, shardBytes: 64 * 1024 }));
     fx.proxy.addRule({
-      match: { method: "GET", path: "config.json" },
+      // Not a substring: "config.json" is also in generation_config.json, and which of the two
+      // fails first is a race.
+      match: { method: "GET", path: /\/config\.json$/ },
       action: { kind: "status", status: 403, code: "AccessDenied" },
     });
     const out = await finish(
