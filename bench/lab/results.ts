@@ -123,7 +123,7 @@ const range = (s: Spread, d = 1) => `${f(s.median, d)} (${f(s.min, d)}–${f(s.m
 export function tables(rows: Row[], titles: Record<string, string>): string[] {
   const out: string[] = [];
   for (const scenario of new Set(rows.map((r) => r.scenario))) {
-    out.push(`### ${scenario}: ${titles[scenario] ?? ""}`.trimEnd(), "");
+    out.push(`### ${scenario}${titles[scenario] ? `: ${titles[scenario]}` : ""}`, "");
     out.push(
       "| tool | MB/s median (min–max) | % of link | wall s median (min–max) | CPU-s per GB | peak RSS MB |",
       "| --- | --- | --- | --- | --- | --- |",

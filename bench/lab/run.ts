@@ -72,6 +72,7 @@ const program = withLabFlags(
   )
   .option("--results <file>", "where the markdown goes", resolve(ROOT, "bench/RESULTS.md"))
   .option("--chart <file>", "where the PNG chart goes", resolve(ROOT, "bench/results.png"))
+  .option("--raw <file>", "where every run's numbers go, as JSON", resolve(ROOT, "bench/results.json"))
   .option("--work <dir>", "scratch directory (downloads, RGW's store)", "/var/tmp");
 program.parse(process.argv);
 const opts = program.opts<{
@@ -80,6 +81,7 @@ const opts = program.opts<{
   tools?: string[];
   results: string;
   chart: string;
+  raw: string;
   work: string;
 }>();
 
@@ -95,6 +97,8 @@ let state: LabState | undefined;
 /** The 503 proxy of the scenario running, if any. */
 let faults: ChildProcess | undefined;
 let verification: string[] = [];
+/** What each 503 scenario's proxy reports having served. */
+const injected: Record<string, string> = {};
 
 try {
   await withLab(async () => {
@@ -235,8 +239,6 @@ async function seed(s3: S3): Promise<{ bucket: string; datasets: Record<string, 
   return JSON.parse(r.stdout.trim().split("\n").pop() ?? "");
 }
 
-/** What each 503 scenario's proxy reports having served. */
-const injected: Record<string, string> = {};
 async function startFaults(upstream: string, every: number): Promise<string> {
   const { child, line } = await startInServer(
     process.execPath,
@@ -321,6 +323,16 @@ async function publish(): Promise<void> {
   }
   const rows = summarize(samples, state.linkMbit);
   const verdicts = judge(rows, tools[0]?.name ?? "");
+  // The raw runs first: nothing after this (gnuplot, rendering) can lose half an hour of measuring.
+  const raw = {
+    generatedAt: new Date().toISOString(),
+    lab: state,
+    verification,
+    samples,
+    failures,
+    injected,
+  };
+  await writeFile(opts.raw, `${JSON.stringify(raw, null, 1)}\n`);
   const dataFile = join(work, "chart.dat");
   const { data, script } = chart(rows, state.linkMbit, dataFile, opts.chart);
   await writeFile(dataFile, data);
@@ -376,7 +388,7 @@ async function publish(): Promise<void> {
       : []),
   ];
   await writeFile(opts.results, `${md.join("\n")}`);
-  log(`wrote ${relative(ROOT, opts.results)} and ${relative(ROOT, opts.chart)}`);
+  log(`wrote ${[opts.results, opts.chart, opts.raw].map((f) => relative(ROOT, f)).join(", ")}`);
   for (const v of verdicts) log(`${v.met ? "met    " : "NOT MET"} ${v.target}: ${v.detail}`);
 }
 
