@@ -2,6 +2,8 @@
  * ABI-level test double for libnvidia-ml.so.1: the real symbol names and signatures (nvml.h), with
  * behaviour chosen by environment variables instead of a GPU driver.
  *   FAKE_NVML=h100x2             two "NVIDIA H100 80GB HBM3", compute capability 9.0 (default)
+ *   FAKE_NVML=l40sx2             two "NVIDIA L40S", compute capability 8.9
+ *   FAKE_NVML=mixed              an H100 (index 0) and an L40S (index 1)
  *   FAKE_NVML=none               the driver answers, with no GPUs
  *   FAKE_NVML=driver-not-loaded  nvmlInit_v2 fails with NVML_ERROR_DRIVER_NOT_LOADED (9)
  *   FAKE_NVML=hang               nvmlInit_v2 never returns (a wedged driver)
@@ -26,6 +28,11 @@ static int initialised = 0;
 static const char *scenario(void) {
   const char *s = getenv("FAKE_NVML");
   return s != NULL && *s != '\0' ? s : "h100x2";
+}
+
+/* Whether the device is an L40S in this scenario (else an H100). */
+static int is_l40s(const struct fake_device *d) {
+  return strcmp(scenario(), "l40sx2") == 0 || (strcmp(scenario(), "mixed") == 0 && d->index == 1);
 }
 
 static void trace(const char *call) {
@@ -107,7 +114,7 @@ nvmlReturn_t nvmlDeviceGetHandleByIndex_v2(unsigned int index, nvmlDevice_t *dev
 
 nvmlReturn_t nvmlDeviceGetName(nvmlDevice_t device, char *name, unsigned int length) {
   if (!initialised || device == NULL) return 2;
-  return copy(name, length, "NVIDIA H100 80GB HBM3");
+  return copy(name, length, is_l40s(device) ? "NVIDIA L40S" : "NVIDIA H100 80GB HBM3");
 }
 
 nvmlReturn_t nvmlDeviceGetUUID(nvmlDevice_t device, char *uuid, unsigned int length) {
@@ -119,7 +126,7 @@ nvmlReturn_t nvmlDeviceGetUUID(nvmlDevice_t device, char *uuid, unsigned int len
 
 nvmlReturn_t nvmlDeviceGetCudaComputeCapability(nvmlDevice_t device, int *major, int *minor) {
   if (!initialised || device == NULL) return 2;
-  *major = 9;
-  *minor = 0;
+  *major = is_l40s(device) ? 8 : 9;
+  *minor = is_l40s(device) ? 9 : 0;
   return 0;
 }
