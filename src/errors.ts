@@ -46,6 +46,8 @@ export const errorCodes = {
   CS_GDS_UNAVAILABLE:
     "gds.mode is on but GPUDirect Storage is not enabled on this node (the reasons say why).",
   CS_PLACEMENT_REFUSED: "The staging root's placement is not one placement.require allows.",
+  CS_CACHE_KEY_INVALID:
+    "A compile-cache key input (GPU facts, framework identity, tenant) is missing or malformed.",
   CS_INTERNAL: "A bug: an invariant coldstart relies on did not hold.",
 } as const;
 

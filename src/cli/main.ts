@@ -1,6 +1,7 @@
 import { readFileSync } from "node:fs";
 import { Command, CommanderError } from "commander";
 import { toColdstartError } from "../errors.js";
+import { cacheCommand } from "./cache-command.js";
 import { daemonCommand } from "./daemon-command.js";
 import { doctorCommand } from "./doctor-command.js";
 import { pullCommand } from "./pull-command.js";
@@ -28,6 +29,7 @@ export async function run(argv: string[]): Promise<number> {
   program.addCommand(daemonCommand(setExit));
   program.addCommand(waitCommand(setExit));
   program.addCommand(doctorCommand(setExit));
+  program.addCommand(cacheCommand(setExit));
   try {
     await program.parseAsync(argv);
     return code;
