@@ -4,7 +4,8 @@ import { lstat, mkdir, open, readdir, readFile, realpath, rename, rm, stat } fro
 import { dirname, join, posix } from "node:path";
 import type { Logger } from "pino";
 import { ColdstartError, isColdstartError, toColdstartError } from "../errors.js";
-import { type Metrics, retryReason, type Stage } from "../metrics/metrics.js";
+import type { Metrics, Stage } from "../metrics/metrics.js";
+import { retryReason } from "../metrics/retry-reason.js";
 import { isCrcAlgorithm, parseChecksumHeader } from "../s3/checksum.js";
 import type { ObjectChecksum, ObjectSource } from "../s3/object-source.js";
 import { describe, type RetryPolicy, toS3Error, withRetry } from "../s3/retry.js";
