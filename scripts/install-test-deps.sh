@@ -2,12 +2,13 @@
 # Installs the test-only system dependencies: Ceph's RADOS Gateway (radosgw)
 # plus a single-node mon + osd, from Debian's own packages (Debian 12 /
 # bookworm ships Ceph 16.2), and the native addon's toolchain (cmake, a C++
-# compiler, make, python3 for node-gyp, libasan for the sanitizer run). Needs
+# compiler, make, python3 for node-gyp, libasan for the sanitizer run), and
+# iproute2 (ip, tc) for the benchmark lab's network test. Needs
 # root and apt. Idempotent: does nothing if the binaries are already installed.
 set -euo pipefail
 
-PKGS=(radosgw ceph-mon ceph-osd ceph-common cmake g++ make python3 libasan8)
-BINS=(radosgw radosgw-admin ceph-mon ceph-osd ceph monmaptool ceph-authtool cmake g++ cc make python3)
+PKGS=(radosgw ceph-mon ceph-osd ceph-common cmake g++ make python3 libasan8 iproute2 procps)
+BINS=(radosgw radosgw-admin ceph-mon ceph-osd ceph monmaptool ceph-authtool cmake g++ cc make python3 ip tc pgrep)
 
 have_all() {
   local b
