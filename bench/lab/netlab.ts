@@ -70,7 +70,7 @@ export function labDown(): void {
       process.stderr.write(`netlab: cleanup failed: ${firstLine(e)}\n`);
     }
   }
-  for (const c of started) c.kill("SIGKILL");
+  for (const c of started) killGroup(c, "SIGKILL");
   started.clear();
   delayer?.kill("SIGKILL");
   delayer = undefined;
@@ -169,12 +169,24 @@ function spawnIn(name: string, cmd: string, args: string[], env?: NodeJS.Process
   const child = spawn("ip", ["netns", "exec", name, cmd, ...args], {
     stdio: ["ignore", "pipe", "pipe"],
     env: env && { ...env, PATH: env.PATH ?? process.env.PATH },
+    // Its own process group, killed whole: `ip netns exec` becomes the command, which may fork (GNU
+    // time runs the tool as its child), and a deleted namespace stops none of them.
+    detached: true,
   });
   started.add(child);
   child.once("exit", () => started.delete(child));
   child.stdout?.setEncoding("utf8");
   child.stderr?.setEncoding("utf8");
   return child;
+}
+
+/** Signals a lab process and everything it started (its process group). */
+export function killGroup(child: ChildProcess, signal: NodeJS.Signals): void {
+  try {
+    if (child.pid !== undefined) process.kill(-child.pid, signal);
+  } catch {
+    // already gone
+  }
 }
 
 /** Starts a command in the server namespace; resolves with the child once it prints a `ready` line. */
@@ -224,8 +236,9 @@ export function runIn(
       // Keep the tail only: a chatty tool must not grow the lab's memory.
       stderr = (stderr + d).slice(-16_384);
     });
-    const timer = opts.timeoutMs ? setTimeout(() => child.kill("SIGKILL"), opts.timeoutMs) : undefined;
-    child.once("exit", (code, signal) => {
+    const timer = opts.timeoutMs ? setTimeout(() => killGroup(child, "SIGKILL"), opts.timeoutMs) : undefined;
+    // "close", not "exit": the last of stdout (a seed's JSON line) may still be in the pipe at exit.
+    child.once("close", (code, signal) => {
       clearTimeout(timer);
       done({ code, signal, stdout, stderr });
     });
@@ -254,7 +267,7 @@ function inClient<T>(script: string, args: string[]): Promise<T> {
     child.stderr?.on("data", (d: string) => {
       err += d;
     });
-    child.once("exit", (code, signal) => {
+    child.once("close", (code, signal) => {
       if (code === 0) done(JSON.parse(out) as T);
       else fail(new Error(`${script} ended with ${code ?? signal}: ${err.trim().split("\n").pop() ?? ""}`));
     });
@@ -300,7 +313,7 @@ export async function verifyShaping(
     );
     return { ok: checks.every((c) => within(c.got, c.want)), report };
   } finally {
-    child.kill("SIGKILL");
+    killGroup(child, "SIGKILL");
   }
 }
 
@@ -350,9 +363,10 @@ export async function withLab<T>(fn: () => Promise<T>): Promise<T> {
   try {
     return await fn();
   } finally {
+    // Down first, handlers off after: a ^C during the cleanup must find them still installed.
+    labDown();
     process.off("SIGINT", onSignal);
     process.off("SIGTERM", onSignal);
-    labDown();
   }
 }
 

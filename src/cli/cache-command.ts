@@ -43,12 +43,13 @@ export function addIdentityOptions(cmd: Command): Command {
 export function identityOf(
   flags: IdentityFlags,
 ): Omit<CacheKeyInput, "gpuProduct" | "computeCapability" | "driverMajor"> {
-  const extra: Record<string, string> = {};
+  // No prototype: "constructor" or "__proto__" is a key like any other, and is then refused by name.
+  const extra: Record<string, string> = Object.create(null);
   for (const pair of flags.extra ?? []) {
     const at = pair.indexOf("=");
     const k = pair.slice(0, at);
     if (at <= 0) invalid("extra", pair, "KEY=VALUE");
-    if (k in extra) invalid("extra", pair, `one value per key (${k} is given twice)`);
+    if (Object.hasOwn(extra, k)) invalid("extra", pair, `one value per key (${k} is given twice)`);
     extra[k] = pair.slice(at + 1);
   }
   return {

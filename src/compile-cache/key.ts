@@ -30,11 +30,18 @@ export const cacheKeyInputSchema = z
     gpuProduct: z
       .string()
       .regex(/^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$/, "a label-safe GPU product name")
-      .refine((p) => p !== "mixed", "one GPU kind: this node has GPUs of more than one kind"),
+      .refine((p) => p !== "mixed", "one GPU kind: this node has GPUs of more than one kind")
+      // What node facts say when NVML gave no name: two different GPUs would share a key.
+      .refine((p) => p !== "unknown", "a known GPU product: NVML gave no name (pass --gpu-product)"),
     /** "9.0" for an H100. */
-    computeCapability: z.string().regex(/^\d{1,2}\.\d{1,2}$/, "MAJOR.MINOR, e.g. 9.0"),
+    // No leading zeros: "09.0" and "9.0" must not be two keys for one GPU.
+    computeCapability: z
+      .string()
+      .regex(/^(0|[1-9]\d?)\.(0|[1-9]\d?)$/, "MAJOR.MINOR without leading zeros, e.g. 9.0"),
     /** "550" for driver 550.54.15. */
-    driverMajor: z.string().regex(/^\d{1,4}$/, "the driver's major version, e.g. 550"),
+    driverMajor: z
+      .string()
+      .regex(/^[1-9]\d{0,3}$/, "the driver's major version without leading zeros, e.g. 550"),
     torch: version.optional(),
     torchCuda: version.optional(),
     triton: version.optional(),
@@ -78,15 +85,26 @@ export function cacheKey(input: CacheKeyInput): CacheKey {
   const parsed = cacheKeyInputSchema.safeParse(input);
   if (!parsed.success) {
     const issue = parsed.error.issues[0];
-    const field = issue?.path.map(String).join(".") || "input";
-    const value = issue?.path.reduce<unknown>(
-      (o, k) =>
-        o && typeof o === "object" ? (o as Record<PropertyKey, unknown>)[k as PropertyKey] : undefined,
+    const path = issue?.path.map(String) ?? [];
+    let field = path.join(".") || "input";
+    let value: unknown = path.reduce<unknown>(
+      (o, k) => (o && typeof o === "object" ? (o as Record<string, unknown>)[k] : undefined),
       input,
     );
+    let expected = issue?.message ?? "a valid value";
+    if (issue?.code === "invalid_key") {
+      // A bad extra key: the key itself is the value at fault.
+      value = path.at(-1);
+      expected = issue.issues[0]?.message ?? expected;
+    } else if (issue?.code === "unrecognized_keys") {
+      field = [...path, issue.keys[0] ?? ""].filter(Boolean).join(".");
+      value = undefined;
+      expected =
+        "no such input (known: gpuProduct, computeCapability, driverMajor, torch, torchCuda, triton, vllm, extra, tenant)";
+    }
     throw new ColdstartError(
       "CS_CACHE_KEY_INVALID",
-      `compile-cache key: ${field} ${value === undefined ? "is missing" : `${JSON.stringify(value)} is invalid`}: expected ${issue?.message ?? "a valid value"}`,
+      `compile-cache key: ${field} ${value === undefined ? (issue?.code === "unrecognized_keys" ? "is not an input" : "is missing") : `${JSON.stringify(value)} is invalid`}: expected ${expected}`,
       { details: { field, ...(value === undefined ? {} : { value: String(value) }) } },
     );
   }
@@ -107,7 +125,12 @@ export function cacheKey(input: CacheKeyInput): CacheKey {
     .map((k) => `${k}=${material[k]}`);
   const canonical = [`coldstart-compile-cache-key/v${KEY_VERSION}`, ...lines].join("\n");
   const hash = createHash("sha256").update(canonical).digest("hex").slice(0, 20);
-  const product = i.gpuProduct.toLowerCase().replace(/[._]+/g, "-").slice(0, 40).replace(/-+$/, "");
+  // Runs of separators become one "-": "--" marks the tenant and must not appear inside a product.
+  const product = i.gpuProduct
+    .toLowerCase()
+    .replace(/[._-]+/g, "-")
+    .slice(0, 40)
+    .replace(/-+$/, "");
   const cc = i.computeCapability.replace(".", "");
   const key = `${i.tenant ? `${i.tenant}--` : ""}${product}-sm${cc}-drv${i.driverMajor}-${hash}`;
   return { key, canonical, material };

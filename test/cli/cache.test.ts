@@ -53,6 +53,12 @@ describe("coldstart cache key", () => {
     expect(l40s.canonical.split("\n")[0]).toBe("coldstart-compile-cache-key/v1");
   });
 
+  it("takes any well-formed --extra key, even one named like an object's own property", async () => {
+    const out = await key([...STACK, "--extra", "constructor=x", "--json"]);
+    expect(out.stderr).toBe("");
+    expect(JSON.parse(out.stdout).material["extra.constructor"]).toBe("x");
+  });
+
   it("needs no GPU when the GPU facts are given as flags", async () => {
     const gpu = [
       "--gpu-product",
@@ -83,6 +89,12 @@ describe("coldstart cache key", () => {
       /extra "novalue" is invalid: expected KEY=VALUE/,
     ],
     ["a bad tenant", [...STACK, "--tenant", "Team A"], "h100x2", /tenant "Team A" is invalid/],
+    [
+      "an --extra key given twice",
+      [...STACK, "--extra", "a=1", "--extra", "a=2"],
+      "h100x2",
+      /a is given twice/,
+    ],
   ])("exits 2 with one line naming the field: %s", async (_what, args, nvml, message) => {
     const out = await key(args, nvml);
     expect(out.code).toBe(2);

@@ -80,7 +80,10 @@ describe("the compile-cache key", () => {
     [{ ...H100, torch: "2.5 1" }, "torch", "2.5 1"],
     [{ ...H100, tenant: "Team_A" }, "tenant", "Team_A"],
     [{ ...H100, tenant: "a--b" }, "tenant", "a--b"],
-    [{ ...H100, extra: { "Bad Key": "x" } }, "extra.Bad Key", undefined],
+    [{ ...H100, extra: { "Bad Key": "x" } }, "extra.Bad Key", "Bad Key"],
+    [{ ...H100, gpuProduct: "unknown" }, "gpuProduct", "unknown"],
+    [{ ...H100, computeCapability: "09.0" }, "computeCapability", "09.0"],
+    [{ ...H100, driverMajor: "0570" }, "driverMajor", "0570"],
     [{ ...H100, extra: { image: "" } }, "extra.image", ""],
   ] as [CacheKeyInput, string, string | undefined][])(
     "refuses a bad input with CS_CACHE_KEY_INVALID naming the field (%#)",
@@ -96,6 +99,20 @@ describe("the compile-cache key", () => {
       }
     },
   );
+
+  it("names an input it does not know", () => {
+    const err = expectColdstartError(
+      thrownBy(() => cacheKey({ ...H100, cuda: "12" } as CacheKeyInput)),
+      "CS_CACHE_KEY_INVALID",
+    );
+    expect(err.details.field).toBe("cuda");
+    expect(err.message).toMatch(/cuda is not an input/);
+  });
+
+  it("never lets a product read as a tenant prefix", () => {
+    const k = cacheKey({ ...H100, gpuProduct: "A--B" });
+    expect(k.key).toMatch(/^a-b-sm90-drv570-/);
+  });
 
   it("takes the driver's major from its full version", () => {
     expect(driverMajor("570.86.15")).toBe("570");
