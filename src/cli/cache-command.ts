@@ -1,9 +1,8 @@
 import { Command, Option } from "commander";
-import { type CacheKeyInput, cacheKey, driverMajor } from "../compile-cache/key.js";
+import { type CacheKeyInput, cacheKey, driverMajor, keyInputError } from "../compile-cache/key.js";
 import { loadConfigFromProcess } from "../config/load.js";
 import { ColdstartError, toColdstartError } from "../errors.js";
-import { gpuFacts } from "../node/gpus.js";
-import { runProbe } from "../node/native.js";
+import { probeGpuFacts } from "../node/node-facts.js";
 import { addSchemaOptions, flagsOf } from "./options.js";
 import { EXIT, reportError } from "./report.js";
 
@@ -63,11 +62,7 @@ export function identityOf(
 }
 
 function invalid(field: string, value: string, expected: string): never {
-  throw new ColdstartError(
-    "CS_CACHE_KEY_INVALID",
-    `compile-cache key: ${field} ${JSON.stringify(value)} is invalid: expected ${expected}`,
-    { details: { field, value } },
-  );
+  throw keyInputError(field, value, expected);
 }
 
 /**
@@ -106,14 +101,7 @@ export function cacheCommand(setExit: (code: number) => void): Command {
       };
       let source = "flags";
       if (!gpu.gpuProduct || !gpu.computeCapability || !gpu.driverMajor) {
-        const facts = await gpuFacts(
-          await runProbe("gpus", {
-            addonPath: config.node.addonPath,
-            libraryPath: config.node.nvmlLibrary,
-            timeoutMs: config.node.probeTimeoutMs,
-          }),
-          { nvidiaSmi: config.node.nvidiaSmi, timeoutMs: config.node.probeTimeoutMs },
-        );
+        const { facts } = await probeGpuFacts(config.node);
         if (facts.gpus.length === 0) {
           throw new ColdstartError(
             "CS_CACHE_KEY_INVALID",

@@ -102,10 +102,11 @@ export function cacheKey(input: CacheKeyInput): CacheKey {
       expected =
         "no such input (known: gpuProduct, computeCapability, driverMajor, torch, torchCuda, triton, vllm, extra, tenant)";
     }
-    throw new ColdstartError(
-      "CS_CACHE_KEY_INVALID",
-      `compile-cache key: ${field} ${value === undefined ? (issue?.code === "unrecognized_keys" ? "is not an input" : "is missing") : `${JSON.stringify(value)} is invalid`}: expected ${expected}`,
-      { details: { field, ...(value === undefined ? {} : { value: String(value) }) } },
+    throw keyInputError(
+      field,
+      value === undefined ? undefined : String(value),
+      expected,
+      issue?.code === "unrecognized_keys" ? "is not an input" : "is missing",
     );
   }
   const i = parsed.data;
@@ -134,6 +135,23 @@ export function cacheKey(input: CacheKeyInput): CacheKey {
   const cc = i.computeCapability.replace(".", "");
   const key = `${i.tenant ? `${i.tenant}--` : ""}${product}-sm${cc}-drv${i.driverMajor}-${hash}`;
   return { key, canonical, material };
+}
+
+/** CS_CACHE_KEY_INVALID naming the field and, when there is one, the value at fault. */
+export function keyInputError(
+  field: string,
+  value: string | undefined,
+  expected: string,
+  absent = "is missing",
+): ColdstartError {
+  const what = value === undefined ? absent : `${JSON.stringify(value)} is invalid`;
+  return new ColdstartError(
+    "CS_CACHE_KEY_INVALID",
+    `compile-cache key: ${field} ${what}: expected ${expected}`,
+    {
+      details: { field, ...(value === undefined ? {} : { value }) },
+    },
+  );
 }
 
 /** "550.54.15" → "550"; null for anything that does not start with a number. */

@@ -19,7 +19,7 @@ import {
   readIommu,
   readNvidiaFs,
 } from "./host-facts.js";
-import { type CufileProbe, type ProbeOutcome, runProbe } from "./native.js";
+import { type CufileProbe, type GpuProbe, type ProbeOutcome, runProbe } from "./native.js";
 import { type Placement, type PlacementFacts, probePlacement } from "./placement.js";
 
 export interface NodeFactsOptions {
@@ -85,6 +85,24 @@ export interface CollectOptions {
   signal?: AbortSignal | undefined;
 }
 
+/**
+ * The GPU facts alone (NVML through the addon, else nvidia-smi), with the probe's outcome: for a
+ * caller that needs no cuFile, host or placement facts (`coldstart cache key`).
+ */
+export async function probeGpuFacts(
+  o: Pick<NodeFactsOptions, "addonPath" | "nvmlLibrary" | "nvidiaSmi" | "probeTimeoutMs" | "env">,
+  signal?: AbortSignal,
+): Promise<{ outcome: ProbeOutcome<GpuProbe>; facts: GpuFacts }> {
+  const outcome = await runProbe("gpus", {
+    addonPath: o.addonPath,
+    libraryPath: o.nvmlLibrary,
+    timeoutMs: o.probeTimeoutMs,
+    env: o.env,
+    signal,
+  });
+  return { outcome, facts: await gpuFacts(outcome, { nvidiaSmi: o.nvidiaSmi, timeoutMs: o.probeTimeoutMs }) };
+}
+
 /** Gathers every fact; never throws for something missing on the node (that is a fact too). */
 export async function collectNodeFacts(o: NodeFactsOptions, c: CollectOptions = {}): Promise<NodeFacts> {
   const probe = { addonPath: o.addonPath, timeoutMs: o.probeTimeoutMs, env: o.env, signal: c.signal };
@@ -93,10 +111,7 @@ export async function collectNodeFacts(o: NodeFactsOptions, c: CollectOptions = 
   const cufileJsonRead = readCufileJson(o.hostRoot, o.cufileJson).then((host) =>
     host.found || o.cufileJson || o.hostRoot === "/" ? host : readCufileJson("/"),
   );
-  const gpusRead = runProbe("gpus", { ...probe, libraryPath: o.nvmlLibrary }).then(async (outcome) => ({
-    outcome,
-    facts: await gpuFacts(outcome, { nvidiaSmi: o.nvidiaSmi, timeoutMs: o.probeTimeoutMs }),
-  }));
+  const gpusRead = probeGpuFacts(o, c.signal);
   const probeCufile = (json: CufileJsonFacts) =>
     runProbe("cufile", {
       ...probe,
