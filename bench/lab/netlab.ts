@@ -252,26 +252,12 @@ interface Measured {
   perConnectionMbit: number[];
 }
 
-/**
- * Runs a node script in the client namespace and parses its JSON line. Asynchronous, and tracked with
- * the lab's processes, so a ^C during a measurement is handled at once and kills it.
- */
-function inClient<T>(script: string, args: string[]): Promise<T> {
-  return new Promise((done, fail) => {
-    const child = spawnIn(CLIENT_NS, process.execPath, [resolve(import.meta.dirname, script), ...args]);
-    let out = "";
-    let err = "";
-    child.stdout?.on("data", (d: string) => {
-      out += d;
-    });
-    child.stderr?.on("data", (d: string) => {
-      err += d;
-    });
-    child.once("close", (code, signal) => {
-      if (code === 0) done(JSON.parse(out) as T);
-      else fail(new Error(`${script} ended with ${code ?? signal}: ${err.trim().split("\n").pop() ?? ""}`));
-    });
-  });
+/** Runs one of the lab's node scripts in the client namespace and parses the JSON it prints. */
+async function inClient<T>(script: string, args: string[]): Promise<T> {
+  const r = await runIn("client", process.execPath, [resolve(import.meta.dirname, script), ...args]);
+  if (r.code !== 0)
+    throw new Error(`${script} ended with ${r.code ?? r.signal}: ${r.stderr.trim().split("\n").pop() ?? ""}`);
+  return JSON.parse(r.stdout) as T;
 }
 
 const measure = (url: string, connections: number, seconds: number) =>
@@ -315,6 +301,12 @@ export async function verifyShaping(
   } finally {
     killGroup(child, "SIGKILL");
   }
+}
+
+/** The lab in one line: "40 Mbit/s per connection, 400 Mbit/s link, 20 ms added RTT by nfqueue". */
+export function describeLab(s: LabState): string {
+  const rtt = s.rttBy === "none" ? "no added RTT" : `${s.rttMs} ms added RTT by ${s.rttBy}`;
+  return `${s.perConnectionMbit} Mbit/s per connection, ${s.linkMbit} Mbit/s link, ${rtt}`;
 }
 
 function firstLine(e: unknown): string {
@@ -392,11 +384,7 @@ if (import.meta.url === `file://${process.argv[1]}`) {
     ).action(async function (this: Command) {
       const ok = await withLab(async () => {
         const state = await labUp(labOptions(this));
-        process.stdout.write(
-          `lab: ${state.perConnectionMbit} Mbit/s per connection, ${state.linkMbit} Mbit/s link, ` +
-            `${state.rttBy === "none" ? "no added RTT" : `${state.rttMs} ms added RTT by ${state.rttBy}`}` +
-            `${state.note ? ` (${state.note})` : ""}\n`,
-        );
+        process.stdout.write(`lab: ${describeLab(state)}${state.note ? ` (${state.note})` : ""}\n`);
         const { ok, report } = await verifyShaping(state);
         for (const l of report) process.stdout.write(`  ${l}\n`);
         return ok;

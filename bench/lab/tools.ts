@@ -26,7 +26,8 @@ export interface Tool {
 
 const ROOT = resolve(import.meta.dirname, "../..");
 
-function tryRun(cmd: string, args: string[]): string | null {
+/** A command's trimmed stdout, or null if it is missing or fails. */
+export function tryRun(cmd: string, args: string[]): string | null {
   try {
     return execFileSync(cmd, args, {
       encoding: "utf8",
