@@ -48,6 +48,11 @@ export const errorCodes = {
   CS_PLACEMENT_REFUSED: "The staging root's placement is not one placement.require allows.",
   CS_CACHE_KEY_INVALID:
     "A compile-cache key input (GPU facts, framework identity, tenant) is missing or malformed.",
+  CS_CACHE_NOT_FOUND: "No compile cache with that key is on this node.",
+  CS_CACHE_REMOTE_INVALID:
+    "A remote compile cache's manifest or pack is malformed, or its bytes do not match the manifest.",
+  CS_CACHE_BUSY: "The compile cache is being restored, published or evicted; retry shortly.",
+  CS_CACHE_NO_REMOTE: "No remote store is configured for compile caches (compileCache.remote).",
   CS_INTERNAL: "A bug: an invariant coldstart relies on did not hold.",
 } as const;
 

@@ -2,12 +2,16 @@
  * Composition root of `coldstart daemon`: validate, wire, listen. No logic of its own beyond the
  * order things start and stop in.
  */
+import { readFileSync } from "node:fs";
 import { chmod, mkdir, rm } from "node:fs/promises";
 import { dirname } from "node:path";
 import Fastify, { type FastifyInstance } from "fastify";
 import pino, { type Logger } from "pino";
 import { buildApp } from "./api/app.js";
 import { TokenFile } from "./api/auth.js";
+import { CompileCacheManager } from "./compile-cache/cache-manager.js";
+import { gpuKeyInput } from "./compile-cache/key.js";
+import { compileCacheClient, RemoteStore } from "./compile-cache/remote.js";
 import { environment } from "./config/load.js";
 import type { Config } from "./config/schema.js";
 import { ColdstartError } from "./errors.js";
@@ -25,13 +29,19 @@ import {
   publishNodeFacts,
 } from "./node/node-facts.js";
 import { s3SourceFromConfig } from "./s3/s3-object-source.js";
+import { parseS3Uri } from "./s3/uri.js";
 import { RateLimiter } from "./staging/rate-limiter.js";
 import { SlotScheduler } from "./staging/scheduler.js";
+
+const VERSION = (
+  JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8")) as { version: string }
+).version;
 
 export interface Daemon {
   /** Where each listener ended up (ports resolved when configured as 0). */
   addresses: { api: string; metrics: string; socket: string };
   manager: ModelManager;
+  compileCaches: CompileCacheManager;
   /**
    * Graceful stop: readiness false, no new work, running jobs get `graceMs` to finish (then abort,
    * journals kept), listeners closed. Aborting `hurry` (a second SIGTERM) skips the wait.
@@ -79,6 +89,27 @@ export async function startDaemon(
     throw err;
   }
   let ready = false;
+  // One client for every compile-cache remote, made on first use: a node without one opens nothing.
+  let ccClient: ReturnType<typeof compileCacheClient> | undefined;
+  const remotes = new Map<string, RemoteStore>();
+  const compileCaches = new CompileCacheManager({
+    root: d.root,
+    config,
+    remoteFor: (uri) => {
+      let store = remotes.get(uri);
+      if (!store) {
+        ccClient ??= compileCacheClient(config);
+        store = new RemoteStore(ccClient, parseS3Uri(uri, "compileCache.remote"));
+        remotes.set(uri, store);
+      }
+      return store;
+    },
+    gpu: () => gpuKeyInput(facts.gpus),
+    logger: logger.child({ component: "compile-cache" }),
+    metrics,
+    nodeName: config.kube.nodeName,
+    version: VERSION,
+  });
   const manager: ModelManager = new ModelManager({
     root: d.root,
     registry,
@@ -93,12 +124,14 @@ export async function startDaemon(
     onStateChanged: () => {
       for (const [state, n] of Object.entries(manager.countByState())) metrics.models.set({ state }, n);
     },
+    extraEvictables: () => compileCaches.evictables(),
   });
   // Anything that fails from here on must undo what started, or a half-started daemon keeps
   // serving (and staging) while its command reports failure and never exits.
   publishNodeFacts(metrics, facts);
   const deps = {
     manager,
+    compileCaches,
     logger,
     metrics,
     tokens,
@@ -111,6 +144,8 @@ export async function startDaemon(
   const metricsApp = buildMetricsApp(deps);
   const undo = async () => {
     await manager.drain(0).catch(() => {});
+    await compileCaches.stop();
+    ccClient?.destroy();
     await Promise.allSettled([api.close(), sock.close(), metricsApp.close()]);
     labeler?.close();
     tokens?.close();
@@ -120,6 +155,7 @@ export async function startDaemon(
   let metricsAddress: string;
   try {
     await manager.start();
+    await compileCaches.start();
     // After the manager has told the labeler which models are ready: a sync before that would see no
     // ready models and strip the node's model labels on every restart.
     labeler?.setFacts(factLabels(facts));
@@ -143,6 +179,7 @@ export async function startDaemon(
     const disk = await manager.disk();
     metrics.rootFreeBytes.set(disk.freeBytes);
     metrics.rootUsedBytes.set(disk.modelBytes);
+    metrics.compileCacheLocalBytes.set(compileCaches.localBytes());
     await manager.enforceWatermarks();
   };
   const timer = setInterval(
@@ -187,11 +224,13 @@ export async function startDaemon(
   return {
     addresses: { api: apiAddress, metrics: metricsAddress, socket: d.socketPath },
     manager,
+    compileCaches,
     async stop(graceMs, hurry) {
       ready = false;
       clearInterval(timer);
       stopProbing.abort();
-      await manager.drain(graceMs, hurry);
+      await Promise.all([manager.drain(graceMs, hurry), compileCaches.stop()]);
+      ccClient?.destroy();
       // Long-polls are cut: waiters reconnect (with retries) to the next daemon.
       await Promise.allSettled([api.close(), sock.close(), metricsApp.close()]);
       await labeler?.flush().catch(() => {});

@@ -1,5 +1,6 @@
 import Fastify, { type FastifyReply, type FastifyRequest } from "fastify";
 import type { Logger } from "pino";
+import type { CompileCacheManager, Identity } from "../compile-cache/cache-manager.js";
 import { ColdstartError, isColdstartError, toColdstartError } from "../errors.js";
 import type { Metrics } from "../metrics/metrics.js";
 import type { ModelManager, ModelRequest } from "../models/model-manager.js";
@@ -19,6 +20,8 @@ export interface AppDeps {
   bodyLimitBytes: number;
   /** True once the store is loaded and the daemon is not draining. */
   isReady: () => boolean;
+  /** Keyed torch.compile caches (absent in tests that do not need them). */
+  compileCaches?: CompileCacheManager;
   /** The node's facts (GPUs, GDS, placement), when collected. */
   nodeFacts?: () => NodeFacts;
 }
@@ -36,6 +39,33 @@ const modelBody = {
     pin: { type: "boolean" },
   },
 } as const;
+
+const identityString = { type: "string", minLength: 1, maxLength: 128 } as const;
+
+/** The handshake's restore request: the pod's framework identity (validated in full by the key). */
+const restoreBody = {
+  type: "object",
+  additionalProperties: false,
+  properties: {
+    torch: identityString,
+    torchCuda: identityString,
+    triton: identityString,
+    vllm: identityString,
+    tenant: identityString,
+    extra: {
+      type: "object",
+      maxProperties: 32,
+      additionalProperties: { type: "string", minLength: 1, maxLength: 128 },
+    },
+    remote: { type: "string", minLength: 1, maxLength: 2048 },
+    timeoutSeconds: { type: "integer", minimum: 0, maximum: 600 },
+  },
+} as const;
+
+interface RestoreBody extends Identity {
+  remote?: string;
+  timeoutSeconds?: number;
+}
 
 const patchBody = {
   type: "object",
@@ -100,6 +130,9 @@ export function buildApp(deps: AppDeps, surface: Surface) {
       return;
     // The handshake reads the loader choice and GPU product for the pod's env file.
     if (surface === "socket" && route === "/v1/node" && req.method === "GET") return;
+    // And restores its compile cache, or publishes it (which the quiet period would do anyway).
+    if (surface === "socket" && route !== undefined && SOCKET_CACHE_ROUTES.has(`${req.method} ${route}`))
+      return;
     throw new ColdstartError(
       "CS_UNAUTHORIZED",
       "missing or invalid bearer token (Authorization: Bearer <token>)",
@@ -145,8 +178,39 @@ export function buildApp(deps: AppDeps, surface: Surface) {
     return longPoll(deps, req, reply, id);
   });
 
+  const caches = () => {
+    if (!deps.compileCaches) throw new ColdstartError("CS_INTERNAL", "compile caches are not wired");
+    return deps.compileCaches;
+  };
+  app.get("/v1/compile-caches", async () => ({
+    caches: caches().list(),
+  }));
+  app.post<{ Body: RestoreBody }>("/v1/compile-caches", { schema: { body: restoreBody } }, async (req) => {
+    const { remote, timeoutSeconds, ...identity } = req.body ?? {};
+    return caches().restore({ identity, remote, timeoutMs: (timeoutSeconds ?? 120) * 1000 });
+  });
+  app.get<{ Params: { key: string } }>("/v1/compile-caches/:key", async (req) =>
+    caches().get(req.params.key),
+  );
+  app.post<{ Params: { key: string } }>("/v1/compile-caches/:key/publish", async (req, reply) => {
+    const result = await caches().publish(req.params.key, "api");
+    if (result.outcome !== "failed") return result;
+    return reply.code(502).send({ ...result, error: result.error });
+  });
+  app.delete<{ Params: { key: string } }>("/v1/compile-caches/:key", async (req, reply) => {
+    await caches().remove(req.params.key);
+    return reply.code(204).send();
+  });
+
   return app;
 }
+
+/** Compile-cache calls the tokenless handshake socket may make: restore, publish, list. */
+const SOCKET_CACHE_ROUTES = new Set([
+  "POST /v1/compile-caches",
+  "POST /v1/compile-caches/:key/publish",
+  "GET /v1/compile-caches",
+]);
 
 async function longPoll(deps: AppDeps, req: FastifyRequest, reply: FastifyReply, id: string) {
   const raw = (req.query as Record<string, unknown>).timeoutSeconds ?? "30";

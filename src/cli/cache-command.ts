@@ -1,69 +1,19 @@
 import { Command, Option } from "commander";
-import { type CacheKeyInput, cacheKey, driverMajor, keyInputError } from "../compile-cache/key.js";
+import { callDaemon, type JsonResponse } from "../api/client.js";
+import type { CacheStatus } from "../compile-cache/cache-manager.js";
+import { type CacheKeyInput, cacheKey, gpuKeyInput } from "../compile-cache/key.js";
 import { loadConfigFromProcess } from "../config/load.js";
-import { ColdstartError, toColdstartError } from "../errors.js";
+import type { Config } from "../config/schema.js";
+import { ColdstartError, type ErrorCode, toColdstartError } from "../errors.js";
 import { probeGpuFacts } from "../node/node-facts.js";
+import { parseS3Uri } from "../s3/uri.js";
+import { daemonEndpoint } from "./endpoint.js";
+import { addIdentityOptions, type IdentityFlags, identityOf } from "./identity-options.js";
 import { addSchemaOptions, flagsOf } from "./options.js";
 import { EXIT, reportError } from "./report.js";
 
 /** The node options that say how to find the GPUs (addon, NVML library, nvidia-smi, timeout). */
 const GROUPS = new Set(["node", "output", "log"]);
-
-interface IdentityFlags {
-  torch?: string;
-  torchCuda?: string;
-  triton?: string;
-  vllm?: string;
-  extra?: string[];
-  tenant?: string;
-}
-
-/**
- * The framework identity a pod declares, as flags: shared by `cache key` and (next) `wait
- * --compile-cache`, so both compute the same key from the same words.
- */
-export function addIdentityOptions(cmd: Command): Command {
-  return cmd
-    .addOption(new Option("--torch <version>", "torch version, e.g. 2.5.1 (torch.__version__)"))
-    .addOption(new Option("--torch-cuda <version>", "the CUDA torch was built with (torch.version.cuda)"))
-    .addOption(new Option("--triton <version>", "Triton version (triton.__version__)"))
-    .addOption(new Option("--vllm <version>", "vLLM version (vllm.__version__)"))
-    .addOption(
-      new Option("--extra <k=v>", "another identity pair, e.g. image=sha256:…; repeatable").argParser(
-        (v: string, prev: string[] | undefined) => [...(prev ?? []), v],
-      ),
-    )
-    .addOption(
-      new Option("--tenant <name>", "keeps one tenant's caches apart in a shared bucket (a DNS label)"),
-    );
-}
-
-/** The identity part of the key's input, from the flags. */
-export function identityOf(
-  flags: IdentityFlags,
-): Omit<CacheKeyInput, "gpuProduct" | "computeCapability" | "driverMajor"> {
-  // No prototype: "constructor" or "__proto__" is a key like any other, and is then refused by name.
-  const extra: Record<string, string> = Object.create(null);
-  for (const pair of flags.extra ?? []) {
-    const at = pair.indexOf("=");
-    const k = pair.slice(0, at);
-    if (at <= 0) invalid("extra", pair, "KEY=VALUE");
-    if (Object.hasOwn(extra, k)) invalid("extra", pair, `one value per key (${k} is given twice)`);
-    extra[k] = pair.slice(at + 1);
-  }
-  return {
-    ...(flags.torch !== undefined ? { torch: flags.torch } : {}),
-    ...(flags.torchCuda !== undefined ? { torchCuda: flags.torchCuda } : {}),
-    ...(flags.triton !== undefined ? { triton: flags.triton } : {}),
-    ...(flags.vllm !== undefined ? { vllm: flags.vllm } : {}),
-    ...(flags.tenant !== undefined ? { tenant: flags.tenant } : {}),
-    extra,
-  };
-}
-
-function invalid(field: string, value: string, expected: string): never {
-  throw keyInputError(field, value, expected);
-}
 
 /**
  * `coldstart cache key`: prints the compile-cache key for this node's GPUs (or the GPU given by
@@ -102,18 +52,21 @@ export function cacheCommand(setExit: (code: number) => void): Command {
       let source = "flags";
       if (!gpu.gpuProduct || !gpu.computeCapability || !gpu.driverMajor) {
         const { facts } = await probeGpuFacts(config.node);
-        if (facts.gpus.length === 0) {
+        let probed: Partial<ReturnType<typeof gpuKeyInput>>;
+        try {
+          probed = gpuKeyInput(facts);
+        } catch (err) {
           throw new ColdstartError(
             "CS_CACHE_KEY_INVALID",
-            `compile-cache key: no GPU found on this node (${facts.notes.join("; ") || "no GPUs"}): pass --gpu-product, --compute-capability and --driver-major`,
+            `${(err as Error).message}: pass --gpu-product, --compute-capability and --driver-major`,
             { details: { field: "gpuProduct" } },
           );
         }
         source = facts.source;
         gpu = {
-          gpuProduct: gpu.gpuProduct ?? facts.product ?? undefined,
-          computeCapability: gpu.computeCapability ?? facts.gpus[0]?.computeCapability ?? undefined,
-          driverMajor: gpu.driverMajor ?? driverMajor(facts.driverVersion) ?? undefined,
+          gpuProduct: gpu.gpuProduct ?? probed.gpuProduct,
+          computeCapability: gpu.computeCapability ?? (probed.computeCapability || undefined),
+          driverMajor: gpu.driverMajor ?? (probed.driverMajor || undefined),
         };
       }
       const k = cacheKey({ ...identity, ...gpu } as CacheKeyInput);
@@ -130,5 +83,192 @@ export function cacheCommand(setExit: (code: number) => void): Command {
     }
   });
   cache.addCommand(key);
+  cache.addCommand(publishCommand(setExit));
+  cache.addCommand(listCommand(setExit));
+  cache.addCommand(pruneCommand(setExit));
   return cache;
+}
+
+/** How `cache publish` and `cache ls` reach the daemon: as `wait` does. */
+const ENDPOINT = new Set(["wait.socket", "wait.url", "wait.tokenFile", "output", "log"]);
+
+/** Exit codes of the commands that call the daemon: 2 for the caller's mistake, 4 unreachable. */
+function exitForDaemon(code: string): number {
+  if (code === "CS_DAEMON_UNREACHABLE") return 4;
+  return USAGE_CODES.has(code) ? EXIT.usage : EXIT.failed;
+}
+const USAGE_CODES = new Set([
+  "CS_CONFIG_INVALID",
+  "CS_CACHE_KEY_INVALID",
+  "CS_CACHE_NOT_FOUND",
+  "CS_CACHE_NO_REMOTE",
+  "CS_UNAUTHORIZED",
+  "CS_REQUEST_INVALID",
+]);
+
+async function askDaemon(config: Config, method: string, path: string): Promise<JsonResponse> {
+  const ep = await daemonEndpoint(config.wait);
+  try {
+    // A publish packs and uploads: allow it the time a large cache needs.
+    return await callDaemon(ep, method, path, method === "POST" ? {} : undefined, { timeoutMs: 3_600_000 });
+  } catch (err) {
+    throw new ColdstartError(
+      "CS_DAEMON_UNREACHABLE",
+      `cannot reach the daemon at ${ep.url ?? ep.socketPath}: ${(err as Error).message}`,
+      { cause: err },
+    );
+  }
+}
+
+function errorOf(res: JsonResponse): ColdstartError {
+  const e = (res.body as { error?: { code?: string; message?: string } } | undefined)?.error;
+  return new ColdstartError(
+    (e?.code ?? "CS_INTERNAL") as ErrorCode,
+    e?.message ?? `daemon answered ${res.status}`,
+  );
+}
+
+/**
+ * `coldstart cache publish <key>`: asks the node's daemon to publish a keyed directory now (a
+ * preStop hook, or a job that warmed the engine), instead of waiting for the quiet period.
+ */
+function publishCommand(setExit: (code: number) => void): Command {
+  const cmd = new Command("publish")
+    .description("Publish this node's compile cache KEY to the shared store now (first complete cache wins).")
+    .argument("<key>", "the key, e.g. from COLDSTART_COMPILE_CACHE_KEY in the env file");
+  const byAttr = addSchemaOptions(cmd, ENDPOINT);
+  cmd.action(async (key: string) => {
+    let json = false;
+    try {
+      const config = loadConfigFromProcess(flagsOf(cmd, byAttr));
+      json = config.output.json;
+      const res = await askDaemon(config, "POST", `/v1/compile-caches/${encodeURIComponent(key)}/publish`);
+      const body = res.body as {
+        outcome?: string;
+        files?: number;
+        bytes?: number;
+        packBytes?: number;
+        seconds?: number;
+      };
+      if (res.status !== 200) throw errorOf(res);
+      process.stdout.write(
+        json
+          ? `${JSON.stringify(body)}\n`
+          : `${key}: ${body.outcome} (${body.files} files, ${body.bytes} bytes, packed ${body.packBytes}, ${body.seconds}s)\n`,
+      );
+      setExit(body.outcome === "too_large" ? EXIT.failed : EXIT.ok);
+    } catch (err) {
+      const e = toColdstartError(err);
+      reportError(e, json);
+      setExit(exitForDaemon(e.code));
+    }
+  });
+  return cmd;
+}
+
+/** `coldstart cache ls`: the keyed directories this node holds (GET /v1/compile-caches). */
+function listCommand(setExit: (code: number) => void): Command {
+  const cmd = new Command("ls").description(
+    "List this node's compile caches: key, size, origin, remote state.",
+  );
+  const byAttr = addSchemaOptions(cmd, ENDPOINT);
+  cmd.action(async () => {
+    let json = false;
+    try {
+      const config = loadConfigFromProcess(flagsOf(cmd, byAttr));
+      json = config.output.json;
+      const res = await askDaemon(config, "GET", "/v1/compile-caches");
+      if (res.status !== 200) throw errorOf(res);
+      const { caches } = res.body as { caches: CacheStatus[] };
+      if (json) process.stdout.write(`${JSON.stringify({ caches })}\n`);
+      else
+        for (const c of caches)
+          process.stdout.write(
+            `${c.key}\t${c.bytes}\t${c.files} files\t${c.origin}\tremote ${c.remote.state}\tlast used ${c.lastUsedAt}\n`,
+          );
+      setExit(EXIT.ok);
+    } catch (err) {
+      const e = toColdstartError(err);
+      reportError(e, json);
+      setExit(exitForDaemon(e.code));
+    }
+  });
+  return cmd;
+}
+
+/**
+ * `coldstart cache prune [--dry-run]`: removes remote caches past the retention with no hits, packs
+ * no manifest names and unfinished uploads. Runs against S3 directly (a CronJob, or by hand), with
+ * credentials that may delete under the prefix; the daemons need no such right.
+ */
+function pruneCommand(setExit: (code: number) => void): Command {
+  const cmd = new Command("prune")
+    .description(
+      "Remove remote compile caches not published or hit within the retention, and leftovers of killed publishes.",
+    )
+    .addOption(new Option("--dry-run", "list what would be removed, remove nothing"));
+  const byAttr = addSchemaOptions(
+    cmd,
+    new Set([
+      "s3",
+      "compileCache.remote",
+      "compileCache.retentionMs",
+      "compileCache.uploadGraceMs",
+      "output",
+      "log",
+    ]),
+  );
+  cmd.action(async () => {
+    let json = false;
+    try {
+      const config = loadConfigFromProcess(flagsOf(cmd, byAttr));
+      json = config.output.json;
+      const uri = config.compileCache.remote;
+      if (!uri) {
+        throw new ColdstartError(
+          "CS_CONFIG_INVALID",
+          "cache prune needs --compile-cache-remote s3://BUCKET/PREFIX/",
+          {
+            details: { field: "compileCache.remote" },
+          },
+        );
+      }
+      const dryRun = cmd.opts<{ dryRun?: boolean }>().dryRun === true;
+      // The SDK and lib-storage load for this subcommand only, not for every `coldstart` start.
+      const { applyPrune, planPrune } = await import("../compile-cache/prune.js");
+      const { compileCacheClient, RemoteStore } = await import("../compile-cache/remote.js");
+      const client = compileCacheClient(config);
+      try {
+        const store = new RemoteStore(client, parseS3Uri(uri, "compileCache.remote"));
+        const plan = await planPrune(store, {
+          retentionMs: config.compileCache.retentionMs,
+          uploadGraceMs: config.compileCache.uploadGraceMs,
+          now: Date.now(),
+        });
+        const done = dryRun ? [] : await applyPrune(store, plan);
+        if (json) {
+          process.stdout.write(`${JSON.stringify({ ...plan, dryRun, removed: done.length })}\n`);
+        } else {
+          const verb = dryRun ? "would remove" : "removed";
+          for (const a of plan.actions)
+            process.stdout.write(
+              `${verb} ${a.kind} ${a.cacheKey} (${a.objects.length} objects, ${a.bytes} bytes, last activity ${a.lastActivity})\n`,
+            );
+          process.stdout.write(
+            `${plan.actions.length} to remove, ${plan.kept.length} caches kept under ${plan.remote}${dryRun ? " (dry run)" : ""}\n`,
+          );
+        }
+      } finally {
+        client.destroy();
+      }
+      setExit(EXIT.ok);
+    } catch (err) {
+      const e = toColdstartError(err, "CS_S3_REQUEST_FAILED");
+      reportError(e, json);
+      setExit(
+        e.code === "CS_CONFIG_INVALID" || e.code === "CS_SOURCE_URI_INVALID" ? EXIT.usage : EXIT.failed,
+      );
+    }
+  });
+  return cmd;
 }

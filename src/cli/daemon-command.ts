@@ -16,6 +16,13 @@ const GROUPS = new Set([
   "gds",
   "placement",
   "log",
+  // Not retention nor upload grace: those are `cache prune`'s, which runs apart from the daemons.
+  "compileCache.remote",
+  "compileCache.allow",
+  "compileCache.publish",
+  "compileCache.quietPeriodMs",
+  "compileCache.scanIntervalMs",
+  "compileCache.maxBytes",
 ]);
 
 /**

@@ -1,13 +1,15 @@
-import { readFile } from "node:fs/promises";
 import { setTimeout as sleep } from "node:timers/promises";
 import { Command } from "commander";
-import { callDaemon, type DaemonEndpoint, type JsonResponse } from "../api/client.js";
+import { callDaemon, type JsonResponse } from "../api/client.js";
+import type { RestoreResult } from "../compile-cache/cache-manager.js";
 import { loadConfigFromProcess } from "../config/load.js";
 import type { Config } from "../config/schema.js";
 import { ColdstartError, type ErrorCode, toColdstartError } from "../errors.js";
 import { validateModelId } from "../models/model-id.js";
 import type { ModelStatus } from "../models/model-manager.js";
 import { writeFileAtomic } from "../store/atomic-file.js";
+import { daemonEndpoint } from "./endpoint.js";
+import { addIdentityOptions, type IdentityFlags, identityOf } from "./identity-options.js";
 import { addSchemaOptions, flagsOf } from "./options.js";
 import { reportError } from "./report.js";
 
@@ -15,7 +17,6 @@ import { reportError } from "./report.js";
 export const WAIT_EXIT = { ready: 0, failed: 1, usage: 2, timeout: 3, unreachable: 4 } as const;
 
 const GROUPS = new Set(["wait", "output", "log"]);
-const DEFAULT_SOCKET = "/run/coldstart/coldstart.sock";
 
 /**
  * The init-container handshake: ask the node's daemon for a model (staging it on demand with
@@ -27,12 +28,15 @@ export function waitCommand(setExit: (code: number) => void): Command {
     .description("Block until a model is staged and verified on this node (init-container handshake).")
     .argument("<id>", "model id, e.g. meta-llama/Llama-3.1-8B");
   const byAttr = addSchemaOptions(cmd, GROUPS);
+  // The framework identity of the compile-cache key (with --compile-cache), as `cache key` takes it.
+  addIdentityOptions(cmd);
   cmd.action(async (id: string) => {
     let json = false;
     try {
       const config = loadConfigFromProcess(flagsOf(cmd, byAttr));
       json = config.output.json;
-      setExit(await wait(validateModelId(id), config));
+      const identity = config.wait.compileCache ? identityOf(cmd.opts<IdentityFlags>()) : undefined;
+      setExit(await wait(validateModelId(id), config, identity));
     } catch (err) {
       const e = toColdstartError(err);
       reportError(e, json);
@@ -56,26 +60,16 @@ function exitFor(code: ErrorCode): number {
     case "CS_MODEL_NOT_FOUND":
     case "CS_REQUEST_INVALID":
     case "CS_UNAUTHORIZED":
+    case "CS_CACHE_KEY_INVALID":
       return WAIT_EXIT.usage;
     default:
       return WAIT_EXIT.failed;
   }
 }
 
-async function wait(id: string, config: Config): Promise<number> {
+async function wait(id: string, config: Config, identity?: ReturnType<typeof identityOf>): Promise<number> {
   const w = config.wait;
-  if (w.url && !w.tokenFile) {
-    throw new ColdstartError(
-      "CS_CONFIG_INVALID",
-      "--url needs --token-file (the TCP API requires a bearer token)",
-      {
-        details: { field: "wait.tokenFile" },
-      },
-    );
-  }
-  const ep: DaemonEndpoint = w.url
-    ? { url: w.url, token: firstToken(await readFile(w.tokenFile as string, "utf8")) }
-    : { socketPath: w.socket ?? DEFAULT_SOCKET };
+  const ep = await daemonEndpoint(w);
   const where = w.url ?? ep.socketPath;
   const started = Date.now();
   const deadline = started + w.timeoutMs;
@@ -127,17 +121,23 @@ async function wait(id: string, config: Config): Promise<number> {
       await sleep(1000);
     }
   };
+  // The compile cache is restored while the model stages; a miss, an error or its timeout never
+  // fails the pod, but a malformed identity (the pod's own mistake) does, at once.
+  const restore = identity ? restoreCompileCache(call, identity, config) : undefined;
   await request();
 
   for (;;) {
+    if (restore?.usageError()) throw restore.usageError();
     const left = Math.floor((deadline - Date.now()) / 1000);
     if (left <= 0) throw new ColdstartError("CS_NOT_READY", `model ${id} not ready after ${secs(started)}s`);
     const t = Math.min(left, pollSeconds);
     const res = await call("GET", `${path}/ready?timeoutSeconds=${t}`, undefined, t * 1000);
     if (res.status === 200) {
       const status = res.body as ModelStatus;
-      if (w.envFile) await writeEnvFile(w.envFile, status, await nodeHints(call));
-      finished(status, config.output.json, started);
+      const cache = restore ? await restore.result() : undefined;
+      if (restore?.usageError()) throw restore.usageError();
+      if (w.envFile) await writeEnvFile(w.envFile, status, await nodeHints(call), cache);
+      finished(status, config.output.json, started, cache);
       return WAIT_EXIT.ready;
     }
     if (res.status === 503) {
@@ -187,8 +187,61 @@ async function nodeHints(call: (method: string, p: string) => Promise<JsonRespon
   }
 }
 
+type Call = (method: string, p: string, body?: unknown, timeoutMs?: number) => Promise<JsonResponse>;
+
+/**
+ * Starts the compile-cache restore. `result()` resolves by the restore's own deadline at the latest
+ * (undefined when the daemon gave no answer in time); `usageError()` is set when the daemon refused
+ * the request itself (a malformed identity, a remote not allowed).
+ */
+function restoreCompileCache(call: Call, identity: ReturnType<typeof identityOf>, config: Config) {
+  const w = config.wait;
+  const startedAt = Date.now();
+  let refused: ColdstartError | undefined;
+  const body = {
+    ...identity,
+    ...(w.compileCacheRemote ? { remote: w.compileCacheRemote } : {}),
+    timeoutSeconds: Math.ceil(w.compileCacheTimeoutMs / 1000),
+  };
+  const warn = (why: string) => {
+    process.stderr.write(`coldstart: warning: no compile cache restored (${why}); the engine compiles\n`);
+    return undefined;
+  };
+  const answer = call("POST", "/v1/compile-caches", body, w.compileCacheTimeoutMs + 2_000).then(
+    (res): RestoreResult | undefined => {
+      if (res.status === 200) return res.body as RestoreResult;
+      const e = fromResponse(res, "compile cache");
+      if (res.status === 400 || res.status === 403) refused = e;
+      return warn(`${e.code}: ${e.message}`);
+    },
+    (err: unknown) => warn(toColdstartError(err).message),
+  );
+  return {
+    usageError: () => refused,
+    result: async (): Promise<RestoreResult | undefined> => {
+      let timer: NodeJS.Timeout | undefined;
+      const cap = new Promise<undefined>((resolve) => {
+        timer = setTimeout(
+          () => resolve(warn("the daemon did not answer within --compile-cache-timeout")),
+          Math.max(startedAt + w.compileCacheTimeoutMs + 2_000 - Date.now(), 0),
+        );
+      });
+      try {
+        return await Promise.race([answer, cap]);
+      } finally {
+        clearTimeout(timer);
+      }
+    },
+  };
+}
+
 /** The env file the main container sources: `set -a; . /coldstart/env; set +a`. Written atomically. */
-async function writeEnvFile(path: string, status: ModelStatus, hints: NodeHints): Promise<void> {
+async function writeEnvFile(
+  path: string,
+  status: ModelStatus,
+  hints: NodeHints,
+  cache: RestoreResult | undefined,
+): Promise<void> {
   const quote = (v: string) => `'${v.replaceAll("'", `'\\''`)}'`;
   const lines = [
     `COLDSTART_MODEL_ID=${quote(status.id)}`,
@@ -197,15 +250,18 @@ async function writeEnvFile(path: string, status: ModelStatus, hints: NodeHints)
     `COLDSTART_GDS=${quote(hints.gds)}`,
     `COLDSTART_GPU_PRODUCT=${quote(hints.gpuProduct)}`,
   ];
+  if (cache) {
+    // vLLM keeps its compile artifacts (and points Inductor and Triton) under VLLM_CACHE_ROOT; the
+    // other two serve plain PyTorch users. All on the keyed directory of the mounted staging root.
+    lines.push(
+      `COLDSTART_COMPILE_CACHE_KEY=${quote(cache.key)}`,
+      `COLDSTART_COMPILE_CACHE=${quote(cache.outcome)}`,
+      `VLLM_CACHE_ROOT=${quote(cache.path)}`,
+      `TORCHINDUCTOR_CACHE_DIR=${quote(`${cache.path}/torchinductor`)}`,
+      `TRITON_CACHE_DIR=${quote(`${cache.path}/triton`)}`,
+    );
+  }
   await writeFileAtomic(path, `${lines.join("\n")}\n`);
-}
-
-/** The first token line of a token file (blank lines and # comments skipped, as the daemon reads it). */
-function firstToken(text: string): string | undefined {
-  return text
-    .split("\n")
-    .map((l) => l.trim())
-    .find((l) => l !== "" && !l.startsWith("#"));
 }
 
 function fromResponse(res: JsonResponse, id: string): ColdstartError {
@@ -228,11 +284,20 @@ function progress(s: ModelStatus, json: boolean, started: number): void {
   );
 }
 
-function finished(s: ModelStatus, json: boolean, started: number): void {
+function finished(s: ModelStatus, json: boolean, started: number, cache: RestoreResult | undefined): void {
+  const cc = cache
+    ? { key: cache.key, outcome: cache.outcome, path: cache.path, files: cache.files, bytes: cache.bytes }
+    : undefined;
   if (json) {
-    process.stdout.write(`${JSON.stringify({ event: "ready", ...pick(s), waitedSeconds: secs(started) })}\n`);
+    process.stdout.write(
+      `${JSON.stringify({ event: "ready", ...pick(s), waitedSeconds: secs(started), ...(cc ? { compileCache: cc } : {}) })}\n`,
+    );
     return;
   }
+  if (cc)
+    process.stderr.write(
+      `coldstart: compile cache ${cc.key}: ${cc.outcome}, ${cc.files} files, ${mib(cc.bytes)} MiB\n`,
+    );
   process.stdout.write(`ready: ${s.id} at ${s.path} (${mib(s.bytesTotal)} MiB, waited ${secs(started)}s)\n`);
 }
 

@@ -16,6 +16,7 @@
 import { createHash } from "node:crypto";
 import { z } from "zod";
 import { ColdstartError } from "../errors.js";
+import type { GpuFacts } from "../node/gpus.js";
 
 /** Bumped only if the canonical form changes; old keys then simply miss. */
 export const KEY_VERSION = 1;
@@ -158,4 +159,25 @@ export function keyInputError(
 export function driverMajor(driverVersion: string | null): string | null {
   const m = /^(\d{1,4})(\.|$)/.exec(driverVersion ?? "");
   return m ? (m[1] as string) : null;
+}
+
+/**
+ * The GPU part of the key from this node's GPU facts. Throws CS_CACHE_KEY_INVALID when there is no
+ * GPU to key on; a node with mixed GPUs or an unnamed one is refused by cacheKey itself, by name.
+ */
+export function gpuKeyInput(
+  g: Pick<GpuFacts, "gpus" | "product" | "driverVersion" | "notes">,
+): Pick<CacheKeyInput, "gpuProduct" | "computeCapability" | "driverMajor"> {
+  if (g.gpus.length === 0) {
+    throw new ColdstartError(
+      "CS_CACHE_KEY_INVALID",
+      `compile-cache key: no GPU found on this node (${g.notes.join("; ") || "no GPUs"})`,
+      { details: { field: "gpuProduct" } },
+    );
+  }
+  return {
+    gpuProduct: g.product ?? "unknown",
+    computeCapability: g.gpus[0]?.computeCapability ?? "",
+    driverMajor: driverMajor(g.driverVersion) ?? "",
+  };
 }

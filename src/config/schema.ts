@@ -282,6 +282,68 @@ export const schema = {
       help: "A model handed to a pod (coldstart wait) is not evicted for this long afterwards.",
     }),
   },
+  compileCache: {
+    remote: option({
+      schema: z
+        .string()
+        .regex(/^s3:\/\/[A-Za-z0-9][A-Za-z0-9._-]{1,254}(\/\S*)?$/, "expected s3://BUCKET/PREFIX/")
+        .optional(),
+      default: undefined,
+      env: ["COLDSTART_COMPILE_CACHE_REMOTE"],
+      flag: "--compile-cache-remote <uri>",
+      help: "Where compile caches are shared, e.g. s3://bucket/compile-cache/ (unset: restores miss and nothing is published).",
+    }),
+    allow: option({
+      schema: stringList,
+      default: [],
+      env: ["COLDSTART_COMPILE_CACHE_ALLOW"],
+      flag: "--compile-cache-allow <pattern>",
+      repeatable: true,
+      help: "Other remotes a pod may name (wait --compile-cache-remote), as globs on s3://bucket/prefix/. Empty: only compileCache.remote.",
+    }),
+    publish: option({
+      schema: z.enum(["auto", "manual", "off"]),
+      default: "auto",
+      env: ["COLDSTART_COMPILE_CACHE_PUBLISH"],
+      flag: "--compile-cache-publish <mode>",
+      help: "auto: publish a keyed directory once it has new artifacts and has been quiet; manual: only on `coldstart cache publish`; off: this node only reads.",
+    }),
+    quietPeriodMs: option({
+      schema: duration.pipe(z.number().int().min(1000)),
+      default: 2 * 60_000,
+      env: ["COLDSTART_COMPILE_CACHE_QUIET"],
+      flag: "--compile-cache-quiet <duration>",
+      help: "How long a keyed directory must stay unchanged before an automatic publish (the engine has finished compiling).",
+    }),
+    scanIntervalMs: option({
+      schema: duration.pipe(z.number().int().min(200)),
+      default: 30_000,
+      env: ["COLDSTART_COMPILE_CACHE_SCAN_INTERVAL"],
+      flag: "--compile-cache-scan-interval <duration>",
+      help: "How often keyed directories are listed for new artifacts (publish, silent misses, sizes for eviction).",
+    }),
+    maxBytes: option({
+      schema: byteSize.pipe(z.number().int().min(MiB)),
+      default: 20 * 1024 * MiB,
+      env: ["COLDSTART_COMPILE_CACHE_MAX_BYTES"],
+      flag: "--compile-cache-max-bytes <size>",
+      help: "Largest cache published or restored (unpacked bytes); a bigger one is refused, not truncated.",
+    }),
+    retentionMs: option({
+      schema: duration.pipe(z.number().int().min(1000)),
+      default: 30 * 24 * 3_600_000,
+      env: ["COLDSTART_COMPILE_CACHE_RETENTION"],
+      flag: "--retention <duration>",
+      help: "`coldstart cache prune` removes remote caches neither published nor hit for this long.",
+    }),
+    uploadGraceMs: option({
+      schema: duration.pipe(z.number().int().min(1000)),
+      default: 6 * 3_600_000,
+      env: ["COLDSTART_COMPILE_CACHE_UPLOAD_GRACE"],
+      flag: "--upload-grace <duration>",
+      help: "`coldstart cache prune` removes packs no manifest names and unfinished uploads only once they are this old (a publish may be in progress).",
+    }),
+  },
   kube: {
     nodeName: option({
       schema: z.string().min(1).max(253).optional(),
@@ -347,6 +409,27 @@ export const schema = {
       env: ["COLDSTART_WAIT_ENV_FILE"],
       flag: "--env-file <path>",
       help: "Write COLDSTART_MODEL_PATH=… there for the main container to source.",
+    }),
+    compileCache: option({
+      schema: boolish,
+      default: false,
+      env: ["COLDSTART_WAIT_COMPILE_CACHE"],
+      flag: "--compile-cache",
+      help: "Also restore the compile cache keyed by this node's GPU and the identity flags (--vllm, --torch, ...) and point VLLM_CACHE_ROOT at it.",
+    }),
+    compileCacheTimeoutMs: option({
+      schema: duration.pipe(z.number().int().min(0).max(600_000)),
+      default: 2 * 60_000,
+      env: ["COLDSTART_WAIT_COMPILE_CACHE_TIMEOUT"],
+      flag: "--compile-cache-timeout <duration>",
+      help: "Longest a restore may hold the pod; past it the pod starts and compiles (a miss is never a failure).",
+    }),
+    compileCacheRemote: option({
+      schema: z.string().min(1).optional(),
+      default: undefined,
+      env: ["COLDSTART_WAIT_COMPILE_CACHE_REMOTE"],
+      flag: "--compile-cache-remote <uri>",
+      help: "Restore from (and publish to) this remote instead of the daemon's compileCache.remote; must be in compileCache.allow.",
     }),
   },
   node: {

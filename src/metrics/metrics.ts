@@ -22,6 +22,18 @@ export type EvictionReason = (typeof EVICTION_REASONS)[number];
 export const HANDSHAKE_OUTCOMES = ["ready", "failed", "timeout", "not_found"] as const;
 export type HandshakeOutcome = (typeof HANDSHAKE_OUTCOMES)[number];
 
+/** Values of `outcome` on `coldstart_compile_cache_restores_total` (src/compile-cache). */
+export const COMPILE_CACHE_RESTORE_OUTCOMES = ["hit", "local", "miss", "timeout", "error"] as const;
+/** Values of `outcome` on `coldstart_compile_cache_publishes_total`. */
+export const COMPILE_CACHE_PUBLISH_OUTCOMES = [
+  "published",
+  "exists",
+  "empty",
+  "changed",
+  "too_large",
+  "failed",
+] as const;
+
 /** Buckets for stage durations: 10 ms (a commit rename) up to 1 h (a large model over a slow link). */
 export const STAGE_DURATION_BUCKETS: readonly number[] = [
   0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600,
@@ -81,6 +93,25 @@ export class Metrics {
   readonly gpuInfo: Gauge<"index" | "uuid" | "name" | "compute_capability" | "driver_version">;
   /** coldstart_native_addon_available: 1 when the native probes can run. */
   readonly nativeAvailable: Gauge;
+
+  /** coldstart_compile_cache_restores_total{outcome}: compile-cache restores asked by pods. */
+  readonly compileCacheRestores: Counter<"outcome">;
+  /** coldstart_compile_cache_restore_bytes_total: unpacked bytes restored from the remote. */
+  readonly compileCacheRestoreBytes: Counter;
+  /** coldstart_compile_cache_restore_duration_seconds{outcome}: how long restores held the pod. */
+  readonly compileCacheRestoreDuration: Histogram<"outcome">;
+  /** coldstart_compile_cache_publishes_total{outcome}: publish attempts. */
+  readonly compileCachePublishes: Counter<"outcome">;
+  /** coldstart_compile_cache_publish_bytes_total: packed bytes uploaded by successful publishes. */
+  readonly compileCachePublishBytes: Counter;
+  /** coldstart_compile_cache_publish_duration_seconds{outcome}: wall time of publishes. */
+  readonly compileCachePublishDuration: Histogram<"outcome">;
+  /** coldstart_compile_cache_silent_misses_total: restored keys whose engine compiled again. */
+  readonly compileCacheSilentMisses: Counter;
+  /** coldstart_compile_cache_evictions_total{reason}: local keyed directories removed. */
+  readonly compileCacheEvictions: Counter<"reason">;
+  /** coldstart_compile_cache_local_bytes: bytes of keyed directories under the staging root. */
+  readonly compileCacheLocalBytes: Gauge;
 
   constructor(registry?: Registry, options: MetricsOptions = {}) {
     const { defaultMetrics = true } = options;
@@ -195,11 +226,67 @@ export class Metrics {
       registers,
     });
 
+    this.compileCacheRestores = new Counter({
+      name: "coldstart_compile_cache_restores_total",
+      help: "Compile-cache restores asked by pods, by outcome (hit, local, miss, timeout, error).",
+      labelNames: ["outcome"] as const,
+      registers,
+    });
+    this.compileCacheRestoreBytes = new Counter({
+      name: "coldstart_compile_cache_restore_bytes_total",
+      help: "Unpacked bytes of compile caches restored from the remote store.",
+      registers,
+    });
+    this.compileCacheRestoreDuration = new Histogram({
+      name: "coldstart_compile_cache_restore_duration_seconds",
+      help: "How long each compile-cache restore took (and held the pod), by outcome.",
+      labelNames: ["outcome"] as const,
+      buckets: [...STAGE_DURATION_BUCKETS],
+      registers,
+    });
+    this.compileCachePublishes = new Counter({
+      name: "coldstart_compile_cache_publishes_total",
+      help: "Compile-cache publish attempts, by outcome (published, exists, empty, changed, too_large, failed).",
+      labelNames: ["outcome"] as const,
+      registers,
+    });
+    this.compileCachePublishBytes = new Counter({
+      name: "coldstart_compile_cache_publish_bytes_total",
+      help: "Packed bytes uploaded by successful compile-cache publishes.",
+      registers,
+    });
+    this.compileCachePublishDuration = new Histogram({
+      name: "coldstart_compile_cache_publish_duration_seconds",
+      help: "Wall time of compile-cache publishes, by outcome.",
+      labelNames: ["outcome"] as const,
+      buckets: [...STAGE_DURATION_BUCKETS],
+      registers,
+    });
+    this.compileCacheSilentMisses = new Counter({
+      name: "coldstart_compile_cache_silent_misses_total",
+      help: "Restored compile caches whose directory then grew with new artifacts: the engine missed its own cache.",
+      registers,
+    });
+    this.compileCacheEvictions = new Counter({
+      name: "coldstart_compile_cache_evictions_total",
+      help: "Local compile-cache directories removed, by reason (watermark, api).",
+      labelNames: ["reason"] as const,
+      registers,
+    });
+    this.compileCacheLocalBytes = new Gauge({
+      name: "coldstart_compile_cache_local_bytes",
+      help: "Bytes of keyed compile-cache directories under the staging root.",
+      registers,
+    });
+
     // Export every value of the small closed label sets from the start, so that rate() and absent-vs-zero
     // alerts work before the first event (a series that appears late loses its first increase).
     for (const state of MODEL_STATES) this.models.set({ state }, 0);
     for (const reason of EVICTION_REASONS) this.evictions.inc({ reason }, 0);
     for (const outcome of HANDSHAKE_OUTCOMES) this.handshakeWaits.inc({ outcome }, 0);
+    for (const outcome of COMPILE_CACHE_RESTORE_OUTCOMES) this.compileCacheRestores.inc({ outcome }, 0);
+    for (const outcome of COMPILE_CACHE_PUBLISH_OUTCOMES) this.compileCachePublishes.inc({ outcome }, 0);
+    for (const reason of ["watermark", "api"]) this.compileCacheEvictions.inc({ reason }, 0);
   }
 }
 

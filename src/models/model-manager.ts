@@ -3,6 +3,7 @@ import { lstat, mkdir, readdir, rename, rm, statfs } from "node:fs/promises";
 import { join } from "node:path";
 import picomatch from "picomatch";
 import type { Logger } from "pino";
+import type { Evictable } from "../compile-cache/cache-manager.js";
 import type { Config } from "../config/schema.js";
 import { ColdstartError, toColdstartError } from "../errors.js";
 import type { EvictionReason, Metrics } from "../metrics/metrics.js";
@@ -58,7 +59,21 @@ export interface ModelManagerOptions {
   /** Told of every state change (metrics). */
   onStateChanged?: () => void;
   metrics?: Metrics;
+  /**
+   * Other things under the staging root that free-space eviction may take, merged with the models
+   * by last use (compile caches). The byte budget counts models only.
+   */
+  extraEvictables?: () => Evictable[];
   now?: () => number;
+}
+
+/** One candidate of free-space eviction: a model or something an extraEvictables source offers. */
+interface Victim {
+  id: string;
+  bytes: number;
+  lastUse: number;
+  model: boolean;
+  evict(reason: "watermark" | "budget"): Promise<boolean>;
 }
 
 /** A model a pod is waiting for goes ahead of background prefetches. */
@@ -318,9 +333,9 @@ export class ModelManager {
       }
       let use = await this.#diskUsePercent();
       if (use <= high) return;
-      for (const victim of this.#evictionCandidates()) {
+      for (const victim of this.#victims()) {
         if (use <= low) break;
-        if (await this.#evict(victim, "watermark")) use = await this.#diskUsePercent();
+        if (await victim.evict("watermark")) use = await this.#diskUsePercent();
       }
     });
   }
@@ -460,13 +475,18 @@ export class ModelManager {
       const used = this.#readyBytes() + others.total;
       const fitsBudget = (freed: number) => budget === 0 || used - freed + need <= budget;
       const fits = (freeNow: number, freed: number) => need <= avail(freeNow) && fitsBudget(freed);
-      const candidates = this.#evictionCandidates().filter((r) => r.id !== forId);
+      const candidates = this.#victims(forId);
+      // Something other than a model frees disk but not budget: taken only while space is short.
+      const helps = (c: Victim, freeNow: number) => c.model || need > avail(freeNow);
       let possible = 0;
+      let possibleModels = 0;
       for (const c of candidates) {
-        if (fits(free + possible, possible)) break;
-        possible += c.bytesTotal;
+        if (fits(free + possible, possibleModels)) break;
+        if (!helps(c, free + possible)) continue;
+        possible += c.bytes;
+        if (c.model) possibleModels += c.bytes;
       }
-      if (!fits(free + possible, possible)) {
+      if (!fits(free + possible, possibleModels)) {
         throw new ColdstartError(
           "CS_INSUFFICIENT_SPACE",
           `model ${forId} needs ${need} more bytes; ${Math.max(avail(free), 0)} free after running jobs` +
@@ -479,8 +499,9 @@ export class ModelManager {
       let freeNow = free;
       for (const c of candidates) {
         if (fits(freeNow, freed)) break;
-        if (await this.#evict(c, fitsBudget(freed) ? "watermark" : "budget")) {
-          freed += c.bytesTotal;
+        if (!helps(c, freeNow)) continue;
+        if (await c.evict(fitsBudget(freed) ? "watermark" : "budget")) {
+          if (c.model) freed += c.bytes;
           freeNow = (await this.disk()).freeBytes;
         }
       }
@@ -552,11 +573,31 @@ export class ModelManager {
 
   /** Ready, unpinned, not staging, past the in-use grace; least recently used first. */
   #evictionCandidates(): ModelRecord[] {
-    const lastUse = (r: ModelRecord) => Date.parse(r.lastUsedAt ?? r.readyAt ?? r.startedAt ?? "1970-01-01");
     return this.#o.registry
       .all()
       .filter((r) => this.#evictable(r))
-      .sort((a, b) => lastUse(a) - lastUse(b));
+      .sort((a, b) => lastUseOf(a) - lastUseOf(b));
+  }
+
+  /** Models and the extra evictables, least recently used first. */
+  #victims(exceptId?: string): Victim[] {
+    const models: Victim[] = this.#evictionCandidates()
+      .filter((r) => r.id !== exceptId)
+      .map((r) => ({
+        id: r.id,
+        bytes: r.bytesTotal,
+        lastUse: lastUseOf(r),
+        model: true,
+        evict: (reason) => this.#evict(r, reason),
+      }));
+    const extra: Victim[] = (this.#o.extraEvictables?.() ?? []).map((e) => ({
+      id: `${e.kind}:${e.id}`,
+      bytes: e.bytes,
+      lastUse: e.lastUse,
+      model: false,
+      evict: () => e.evict(),
+    }));
+    return [...models, ...extra].sort((a, b) => a.lastUse - b.lastUse);
   }
 
   /**
@@ -693,6 +734,10 @@ export class ModelManager {
   #now(): number {
     return (this.#o.now ?? Date.now)();
   }
+}
+
+function lastUseOf(r: ModelRecord): number {
+  return Date.parse(r.lastUsedAt ?? r.readyAt ?? r.startedAt ?? "1970-01-01");
 }
 
 async function isDir(path: string): Promise<boolean> {

@@ -24,6 +24,15 @@ const EXPECTED = {
   placementInfo: ["coldstart_placement_info", Gauge, ["placement", "fstype", "device"]],
   gpuInfo: ["coldstart_gpu_info", Gauge, ["index", "uuid", "name", "compute_capability", "driver_version"]],
   nativeAvailable: ["coldstart_native_addon_available", Gauge, []],
+  compileCacheRestores: ["coldstart_compile_cache_restores_total", Counter, ["outcome"]],
+  compileCacheRestoreBytes: ["coldstart_compile_cache_restore_bytes_total", Counter, []],
+  compileCacheRestoreDuration: ["coldstart_compile_cache_restore_duration_seconds", Histogram, ["outcome"]],
+  compileCachePublishes: ["coldstart_compile_cache_publishes_total", Counter, ["outcome"]],
+  compileCachePublishBytes: ["coldstart_compile_cache_publish_bytes_total", Counter, []],
+  compileCachePublishDuration: ["coldstart_compile_cache_publish_duration_seconds", Histogram, ["outcome"]],
+  compileCacheSilentMisses: ["coldstart_compile_cache_silent_misses_total", Counter, []],
+  compileCacheEvictions: ["coldstart_compile_cache_evictions_total", Counter, ["reason"]],
+  compileCacheLocalBytes: ["coldstart_compile_cache_local_bytes", Gauge, []],
 } as const;
 
 type MetricField = keyof typeof EXPECTED;

@@ -1,0 +1,768 @@
+/**
+ * Keyed compile caches on this node, `<root>/compile-cache/<key>/`: restored from the shared store
+ * before a pod starts, published once the pod's engine has compiled into them, checked for silent
+ * misses, and evicted with the models under the staging root's watermarks.
+ *
+ * Concurrent publishers of one key: the first complete manifest wins. A cache is one engine run's
+ * self-consistent output (vLLM's index names the Inductor artifacts it wrote), so two runs' files
+ * must not be mixed file by file; two complete caches of one key are equivalent, because the key
+ * holds everything that makes artifacts incompatible. See docs/compile-cache.md.
+ */
+import { createHash, randomUUID } from "node:crypto";
+import { chmod, mkdir, readdir, readFile, rename, rm, rmdir } from "node:fs/promises";
+import { join } from "node:path";
+import { Transform } from "node:stream";
+import picomatch from "picomatch";
+import type { Logger } from "pino";
+import type { Config } from "../config/schema.js";
+import { ColdstartError, isColdstartError, toColdstartError } from "../errors.js";
+import type {
+  COMPILE_CACHE_PUBLISH_OUTCOMES,
+  COMPILE_CACHE_RESTORE_OUTCOMES,
+  Metrics,
+} from "../metrics/metrics.js";
+import { parseS3Uri } from "../s3/uri.js";
+import { writeFileAtomic } from "../store/atomic-file.js";
+import { ioError } from "../store/paths.js";
+import { type CacheKeyInput, cacheKey } from "./key.js";
+import {
+  type CacheFile,
+  type DirListing,
+  digestFiles,
+  listCacheDir,
+  packStream,
+  remoteInvalid,
+  unpackVerified,
+} from "./pack.js";
+import { MANIFEST_FORMAT, type Manifest, type RemoteStore, s3Error } from "./remote.js";
+
+export type RestoreOutcome = (typeof COMPILE_CACHE_RESTORE_OUTCOMES)[number];
+export type PublishOutcome = (typeof COMPILE_CACHE_PUBLISH_OUTCOMES)[number];
+
+/** The framework identity a pod declares; the GPU part of the key comes from this node's facts. */
+export type Identity = Omit<CacheKeyInput, "gpuProduct" | "computeCapability" | "driverMajor">;
+export type GpuIdentity = Pick<CacheKeyInput, "gpuProduct" | "computeCapability" | "driverMajor">;
+
+/** What the daemon remembers of one keyed directory, `<root>/state/compile-caches/<key>.json`. */
+interface CacheRecord {
+  key: string;
+  canonical: string;
+  /** The remote this key restores from and publishes to (s3://bucket/prefix/), null for none. */
+  remote: string | null;
+  createdAt: string;
+  lastUsedAt: string;
+  /** Not evicted before this: handed to a pod. */
+  inUseUntil?: string | undefined;
+  bytes: number;
+  files: number;
+  fingerprint?: string | undefined;
+  changedAt?: string | undefined;
+  /** Set when the directory came from the remote: the manifest's files, to tell growth from it. */
+  restored?: { at: string; manifestCreatedAt: string; files: CacheFile[] } | undefined;
+  published?: { at: string; fingerprint: string; pack: string } | undefined;
+  remoteState: "present" | "absent" | "unknown";
+  remoteCheckedAt?: string | undefined;
+  silentMissAt?: string | undefined;
+}
+
+/** A keyed cache as the API shows it. */
+export interface CacheStatus {
+  key: string;
+  path: string;
+  bytes: number;
+  files: number;
+  createdAt: string;
+  lastUsedAt: string;
+  changedAt: string | null;
+  origin: "restored" | "local";
+  restoredAt: string | null;
+  silentMissAt: string | null;
+  busy: "restoring" | "publishing" | null;
+  remote: {
+    uri: string | null;
+    state: "present" | "absent" | "unknown";
+    checkedAt: string | null;
+    publishedAt: string | null;
+  };
+}
+
+export interface RestoreRequest {
+  identity: Identity;
+  /** Another remote than compileCache.remote; must be in compileCache.allow. */
+  remote?: string | undefined;
+  timeoutMs: number;
+}
+
+export interface RestoreResult {
+  key: string;
+  path: string;
+  outcome: RestoreOutcome;
+  bytes: number;
+  files: number;
+  seconds: number;
+  remote: string | null;
+  error?: { code: string; message: string };
+}
+
+export interface PublishResult {
+  key: string;
+  outcome: PublishOutcome;
+  bytes: number;
+  files: number;
+  packBytes: number;
+  seconds: number;
+  error?: { code: string; message: string };
+}
+
+/** Something under the staging root that eviction may take (ModelManager merges these by last use). */
+export interface Evictable {
+  kind: "compile-cache";
+  id: string;
+  bytes: number;
+  lastUse: number;
+  evict(): Promise<boolean>;
+}
+
+export interface CompileCacheManagerOptions {
+  root: string;
+  config: Pick<Config, "compileCache" | "eviction">;
+  /** The remote store for a URI (one S3 client for all). */
+  remoteFor: (uri: string) => RemoteStore;
+  /** This node's GPU part of the key, or an error naming why there is none. */
+  gpu: () => GpuIdentity;
+  logger: Logger;
+  metrics?: Metrics | undefined;
+  nodeName?: string | undefined;
+  version: string;
+  now?: () => number;
+}
+
+export class CompileCacheManager {
+  readonly #o: CompileCacheManagerOptions;
+  readonly #records = new Map<string, CacheRecord>();
+  readonly #restoring = new Map<string, Promise<RestoreResult>>();
+  readonly #publishing = new Map<string, Promise<PublishResult>>();
+  readonly #evicting = new Set<string>();
+  /** After a failed automatic publish, not again before this. */
+  readonly #retryAt = new Map<string, number>();
+  readonly #allowed: (uri: string) => boolean;
+  #timer: NodeJS.Timeout | undefined;
+  #scanning: Promise<void> = Promise.resolve();
+  #stopped = false;
+  readonly #stop = new AbortController();
+
+  constructor(options: CompileCacheManagerOptions) {
+    this.#o = options;
+    const patterns = options.config.compileCache.allow;
+    const match = patterns.length ? picomatch([...patterns], { dot: true }) : () => false;
+    this.#allowed = (uri) => uri === this.#defaultRemote() || match(uri);
+  }
+
+  get dir(): string {
+    return join(this.#o.root, "compile-cache");
+  }
+
+  pathOf(key: string): string {
+    return join(this.dir, key);
+  }
+
+  /** Loads the records, drops those whose directory is gone, adopts directories without one. */
+  async start(): Promise<void> {
+    const stateDir = this.#stateDir();
+    for (const d of [this.dir, stateDir, this.#tmpDir()]) {
+      await mkdir(d, { recursive: true }).catch((e) => {
+        throw ioError(e, `creating ${d}`);
+      });
+    }
+    // Restores interrupted by a crash: never complete, never visible.
+    for (const e of await readdir(this.#tmpDir()))
+      await rm(join(this.#tmpDir(), e), { recursive: true, force: true });
+    for (const name of await readdir(stateDir)) {
+      if (!name.endsWith(".json")) continue;
+      try {
+        const r = JSON.parse(await readFile(join(stateDir, name), "utf8")) as CacheRecord;
+        if (`${r.key}.json` !== name || !validKeyName(r.key)) throw new Error("key does not match file");
+        this.#records.set(r.key, r);
+      } catch (err) {
+        this.#o.logger.warn({ file: name, err: String(err) }, "ignoring unreadable compile-cache record");
+      }
+    }
+    const onDisk = new Set(await readdir(this.dir));
+    for (const [key] of this.#records) {
+      if (!onDisk.has(key)) {
+        this.#records.delete(key);
+        await rm(join(stateDir, `${key}.json`), { force: true });
+      }
+    }
+    for (const name of onDisk) {
+      if (this.#records.has(name) || !validKeyName(name)) continue;
+      // A directory without a record (lost state, a pod that created it): keep it, local only.
+      const now = this.#iso();
+      await this.#put({
+        key: name,
+        canonical: "",
+        remote: this.#defaultRemote(),
+        createdAt: now,
+        lastUsedAt: now,
+        bytes: 0,
+        files: 0,
+        remoteState: "unknown",
+      });
+    }
+    await this.scan();
+    const every = this.#o.config.compileCache.scanIntervalMs;
+    this.#timer = setInterval(() => {
+      this.#scanning = this.#scanning
+        .then(() => this.scan())
+        .catch((e) => this.#o.logger.error({ err: String(e) }, "compile-cache scan"));
+    }, every);
+    this.#timer.unref();
+  }
+
+  /** Stops the scans and aborts restores and publishes in flight (their temp state is discarded). */
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    clearInterval(this.#timer);
+    this.#stop.abort();
+    await Promise.allSettled([this.#scanning, ...this.#restoring.values(), ...this.#publishing.values()]);
+  }
+
+  list(): CacheStatus[] {
+    return [...this.#records.values()].sort((a, b) => a.key.localeCompare(b.key)).map((r) => this.#status(r));
+  }
+
+  get(key: string): CacheStatus {
+    return this.#status(this.#record(key));
+  }
+
+  /**
+   * The handshake: computes the key from this node's GPU and the pod's identity, and makes sure the
+   * keyed directory exists, restored from the remote when it holds the key. Never fails for a miss,
+   * a slow remote or a bad cache (the outcome says which); only for invalid input.
+   */
+  async restore(req: RestoreRequest): Promise<RestoreResult> {
+    const { key, canonical } = cacheKey({ ...req.identity, ...this.#o.gpu() });
+    const remote = this.#resolveRemote(req.remote);
+    const started = this.#now();
+    let r = this.#records.get(key);
+    if (!r) {
+      const now = this.#iso();
+      r = {
+        key,
+        canonical,
+        remote,
+        createdAt: now,
+        lastUsedAt: now,
+        bytes: 0,
+        files: 0,
+        remoteState: "unknown",
+      };
+      this.#records.set(key, r);
+    }
+    r.canonical = canonical;
+    r.remote ??= remote;
+    this.#handedOver(r);
+    let running = this.#restoring.get(key);
+    if (!running) {
+      const deadline = new AbortController();
+      const timer = setTimeout(() => deadline.abort(), req.timeoutMs);
+      const record = r;
+      running = this.#restoreOnce(
+        record,
+        remote,
+        AbortSignal.any([deadline.signal, this.#stop.signal]),
+      ).finally(() => {
+        clearTimeout(timer);
+        this.#restoring.delete(key);
+      });
+      this.#restoring.set(key, running);
+    }
+    // A joiner with a shorter timeout stops waiting; the restore goes on for the first asker.
+    const result = await raceTimeout(running, req.timeoutMs, () => ({
+      key,
+      path: this.pathOf(key),
+      outcome: "timeout" as const,
+      bytes: 0,
+      files: 0,
+      seconds: 0,
+      remote,
+    }));
+    return { ...result, seconds: (this.#now() - started) / 1000 };
+  }
+
+  async #restoreOnce(r: CacheRecord, remoteUri: string | null, signal: AbortSignal): Promise<RestoreResult> {
+    const started = this.#now();
+    const path = this.pathOf(r.key);
+    const done = async (
+      outcome: RestoreOutcome,
+      extra: Partial<RestoreResult> = {},
+    ): Promise<RestoreResult> => {
+      await mkdir(path, { recursive: true, mode: 0o777 });
+      await chmod777(path);
+      await this.#put(r);
+      const seconds = (this.#now() - started) / 1000;
+      this.#o.metrics?.compileCacheRestores.inc({ outcome });
+      this.#o.metrics?.compileCacheRestoreDuration.observe({ outcome }, seconds);
+      this.#o.logger.info({ key: r.key, outcome, seconds, ...extra.error }, "compile cache restore");
+      return {
+        key: r.key,
+        path,
+        outcome,
+        bytes: r.bytes,
+        files: r.files,
+        seconds,
+        remote: remoteUri,
+        ...extra,
+      };
+    };
+    const local = await listCacheDir(path);
+    if (local.files.length > 0) {
+      this.#observe(r, local);
+      return done("local");
+    }
+    if (!remoteUri) return done("miss");
+    const store = this.#o.remoteFor(remoteUri);
+    const tmp = join(this.#tmpDir(), randomUUID());
+    try {
+      const m = await store.manifest(r.key, signal);
+      r.remoteCheckedAt = this.#iso();
+      if (!m) {
+        r.remoteState = "absent";
+        return done("miss");
+      }
+      r.remoteState = "present";
+      if (m.bytes > this.#o.config.compileCache.maxBytes) {
+        throw remoteInvalid(
+          `${r.key} unpacks to ${m.bytes} bytes, more than compileCache.maxBytes (${this.#o.config.compileCache.maxBytes})`,
+        );
+      }
+      await mkdir(tmp, { recursive: true });
+      const body = await store.pack(r.key, m, signal);
+      const digest = hashTap();
+      await unpackVerified(body.pipe(digest.tap), tmp, m.files);
+      if (digest.bytes() !== m.pack.bytes || digest.hex() !== m.pack.sha256) {
+        throw remoteInvalid(
+          `${r.key}: the pack has ${digest.bytes()} bytes with SHA-256 ${digest.hex()}, the manifest says ${m.pack.bytes} and ${m.pack.sha256}`,
+        );
+      }
+      signal.throwIfAborted();
+      // Installed by one rename; the keyed directory may exist only empty (an earlier miss).
+      await rmdir(path).catch((e: NodeJS.ErrnoException) => {
+        if (e.code !== "ENOENT") throw e;
+      });
+      await chmod777(tmp);
+      await rename(tmp, path);
+      r.restored = { at: this.#iso(), manifestCreatedAt: m.createdAt, files: m.files };
+      delete r.silentMissAt;
+      this.#observe(r, await listCacheDir(path));
+      this.#o.metrics?.compileCacheRestoreBytes.inc(m.bytes);
+      store
+        .recordHit(r.key)
+        .catch((e) => this.#o.logger.warn({ key: r.key, err: String(e) }, "recording a hit"));
+      return done("hit");
+    } catch (err) {
+      await rm(tmp, { recursive: true, force: true });
+      // ENOTEMPTY: something wrote into the keyed directory meanwhile; that copy stays.
+      if (
+        (err as NodeJS.ErrnoException).code === "ENOTEMPTY" ||
+        (err as NodeJS.ErrnoException).code === "EEXIST"
+      )
+        return done("local");
+      if (signal.aborted) return done("timeout");
+      const e = s3Error(err, `compile cache ${r.key}`);
+      this.#o.logger.warn(
+        { key: r.key, code: e.code, err: e.message },
+        "compile cache restore failed; the pod compiles",
+      );
+      return done("error", { error: { code: e.code, message: e.message } });
+    }
+  }
+
+  /**
+   * Packs and uploads the keyed directory, then writes its manifest, unless the remote already holds
+   * the key (the first complete manifest wins). Never leaves a manifest without its pack.
+   */
+  async publish(keyIn: string, reason: "api" | "quiet"): Promise<PublishResult> {
+    const r = this.#record(keyIn);
+    if (this.#o.config.compileCache.publish === "off") {
+      throw new ColdstartError(
+        "CS_CACHE_NO_REMOTE",
+        "compileCache.publish is off on this node: it only reads",
+        {
+          details: { field: "compileCache.publish", value: "off" },
+        },
+      );
+    }
+    if (!r.remote) {
+      throw new ColdstartError(
+        "CS_CACHE_NO_REMOTE",
+        "compileCache.remote is not set: nowhere to publish to",
+        {
+          details: { field: "compileCache.remote" },
+        },
+      );
+    }
+    if (this.#restoring.has(r.key) || this.#evicting.has(r.key)) {
+      throw new ColdstartError("CS_CACHE_BUSY", `compile cache ${r.key} is being restored or evicted`);
+    }
+    let running = this.#publishing.get(r.key);
+    if (!running) {
+      running = this.#publishOnce(r, r.remote, reason).finally(() => this.#publishing.delete(r.key));
+      this.#publishing.set(r.key, running);
+    }
+    return running;
+  }
+
+  async #publishOnce(r: CacheRecord, remoteUri: string, reason: string): Promise<PublishResult> {
+    const started = this.#now();
+    const path = this.pathOf(r.key);
+    const store = this.#o.remoteFor(remoteUri);
+    const signal = this.#stop.signal;
+    let listing: DirListing = { files: [], bytes: 0, fingerprint: "" };
+    let packBytes = 0;
+    const finish = (outcome: PublishOutcome, error?: ColdstartError): PublishResult => {
+      const seconds = (this.#now() - started) / 1000;
+      this.#o.metrics?.compileCachePublishes.inc({ outcome });
+      this.#o.metrics?.compileCachePublishDuration.observe({ outcome }, seconds);
+      if (outcome === "published") this.#o.metrics?.compileCachePublishBytes.inc(packBytes);
+      const level = outcome === "failed" || outcome === "too_large" ? "warn" : "info";
+      this.#o.logger[level](
+        {
+          key: r.key,
+          outcome,
+          reason,
+          files: listing.files.length,
+          bytes: listing.bytes,
+          packBytes,
+          seconds,
+          ...(error ? { code: error.code, err: error.message } : {}),
+        },
+        "compile cache publish",
+      );
+      return {
+        key: r.key,
+        outcome,
+        bytes: listing.bytes,
+        files: listing.files.length,
+        packBytes,
+        seconds,
+        ...(error ? { error: { code: error.code, message: error.message } } : {}),
+      };
+    };
+    let packName: string | undefined;
+    try {
+      listing = await listCacheDir(path);
+      this.#observe(r, listing);
+      if (listing.files.length === 0) return finish("empty");
+      if (listing.bytes > this.#o.config.compileCache.maxBytes) return finish("too_large");
+      if (await store.hasManifest(r.key)) return this.#remoteHas(r, finish);
+      const files = await digestFiles(path, listing.files);
+      const pack = await store.uploadPack(
+        r.key,
+        packStream(
+          path,
+          files.map((f) => f.path),
+        ),
+        signal,
+      );
+      packName = pack.name;
+      packBytes = pack.bytes;
+      // The engine wrote on while we packed: what we uploaded may not be what we digested.
+      const after = await listCacheDir(path);
+      if (after.fingerprint !== listing.fingerprint) {
+        await store.delete([store.objectKey(r.key, pack.name)]);
+        this.#observe(r, after);
+        return finish("changed");
+      }
+      if (await store.hasManifest(r.key)) {
+        await store.delete([store.objectKey(r.key, pack.name)]);
+        return this.#remoteHas(r, finish);
+      }
+      const manifest: Manifest = {
+        format: MANIFEST_FORMAT,
+        key: r.key,
+        canonical: r.canonical,
+        createdAt: this.#iso(),
+        publisher: { ...(this.#o.nodeName ? { node: this.#o.nodeName } : {}), version: this.#o.version },
+        pack,
+        bytes: listing.bytes,
+        files,
+      };
+      if ((await store.putManifest(manifest)) === "exists") {
+        await store.delete([store.objectKey(r.key, pack.name)]);
+        return this.#remoteHas(r, finish);
+      }
+      r.published = { at: this.#iso(), fingerprint: listing.fingerprint, pack: pack.name };
+      r.remoteState = "present";
+      r.remoteCheckedAt = this.#iso();
+      await this.#put(r);
+      return finish("published");
+    } catch (err) {
+      const e = s3Error(err, `compile cache ${r.key}`);
+      // A pack without its manifest is invisible to readers; prune removes one we could not.
+      if (packName) await store.delete([store.objectKey(r.key, packName)]).catch(() => {});
+      return finish("failed", e);
+    }
+  }
+
+  async #remoteHas(r: CacheRecord, finish: (o: PublishOutcome) => PublishResult): Promise<PublishResult> {
+    r.remoteState = "present";
+    r.remoteCheckedAt = this.#iso();
+    await this.#put(r);
+    return finish("exists");
+  }
+
+  /**
+   * One pass over the keyed directories: sizes and changes (for eviction and the API), silent misses
+   * of restored keys, and automatic publishes of keys that grew and then went quiet.
+   */
+  async scan(): Promise<void> {
+    const cc = this.#o.config.compileCache;
+    for (const r of [...this.#records.values()]) {
+      if (this.#stopped) return;
+      if (this.#restoring.has(r.key) || this.#evicting.has(r.key)) continue;
+      const listing = await listCacheDir(this.pathOf(r.key));
+      if (this.#observe(r, listing)) await this.#put(r);
+      this.#checkSilentMiss(r, listing);
+      const quietFor = this.#now() - Date.parse(r.changedAt ?? r.createdAt);
+      const due =
+        cc.publish === "auto" &&
+        r.remote !== null &&
+        r.remoteState !== "present" &&
+        listing.files.length > 0 &&
+        r.published?.fingerprint !== listing.fingerprint &&
+        quietFor >= cc.quietPeriodMs &&
+        (this.#retryAt.get(r.key) ?? 0) <= this.#now() &&
+        !this.#publishing.has(r.key);
+      if (due) {
+        const result = await this.publish(r.key, "quiet").catch((e) => ({
+          outcome: "failed",
+          error: toColdstartError(e),
+        }));
+        if (result.outcome === "failed" || result.outcome === "too_large")
+          this.#retryAt.set(r.key, this.#now() + Math.max(cc.quietPeriodMs, 60_000));
+      }
+    }
+  }
+
+  /** A restored key whose directory grew with artifacts the manifest did not list: the engine missed. */
+  #checkSilentMiss(r: CacheRecord, listing: DirListing): void {
+    if (!r.restored || r.silentMissAt) return;
+    const had = new Set(r.restored.files.map((f) => f.path));
+    const grown = listing.files.filter((f) => !had.has(f.path));
+    if (grown.length === 0) return;
+    r.silentMissAt = this.#iso();
+    this.#o.metrics?.compileCacheSilentMisses.inc();
+    this.#o.logger.warn(
+      {
+        key: r.key,
+        newFiles: grown.length,
+        examples: grown.slice(0, 5).map((f) => f.path),
+        restoredAt: r.restored.at,
+      },
+      `compile cache ${r.key} was restored but the engine compiled again (silent miss): its own hash differs from the publisher's`,
+    );
+    void this.#put(r).catch(() => {});
+  }
+
+  /** Keyed directories eviction may take: not busy, not handed over within the grace, not being written. */
+  evictables(): Evictable[] {
+    const now = this.#now();
+    const quiet = this.#o.config.compileCache.quietPeriodMs;
+    return [...this.#records.values()]
+      .filter(
+        (r) =>
+          !this.#restoring.has(r.key) &&
+          !this.#publishing.has(r.key) &&
+          !this.#evicting.has(r.key) &&
+          !(r.inUseUntil && Date.parse(r.inUseUntil) > now) &&
+          now - Date.parse(r.changedAt ?? r.createdAt) >= quiet,
+      )
+      .map((r) => ({
+        kind: "compile-cache" as const,
+        id: r.key,
+        bytes: r.bytes,
+        lastUse: Math.max(Date.parse(r.lastUsedAt), Date.parse(r.changedAt ?? r.createdAt)),
+        evict: () => this.#evict(r, "watermark"),
+      }));
+  }
+
+  /** DELETE: removes the local copy now (the remote keeps its own). */
+  async remove(keyIn: string): Promise<void> {
+    const r = this.#record(keyIn);
+    if (this.#restoring.has(r.key) || this.#publishing.has(r.key) || this.#evicting.has(r.key)) {
+      throw new ColdstartError(
+        "CS_CACHE_BUSY",
+        `compile cache ${r.key} is being restored, published or evicted`,
+      );
+    }
+    if (r.inUseUntil && Date.parse(r.inUseUntil) > this.#now()) {
+      throw new ColdstartError(
+        "CS_CACHE_BUSY",
+        `compile cache ${r.key} was handed to a pod; in use until ${r.inUseUntil}`,
+      );
+    }
+    await this.#evict(r, "api");
+  }
+
+  /** Local bytes of all keyed directories (metrics, /v1/node). */
+  localBytes(): number {
+    let n = 0;
+    for (const r of this.#records.values()) n += r.bytes;
+    return n;
+  }
+
+  async #evict(r: CacheRecord, reason: "watermark" | "api"): Promise<boolean> {
+    if (this.#evicting.has(r.key) || this.#restoring.has(r.key) || this.#publishing.has(r.key)) return false;
+    this.#evicting.add(r.key);
+    try {
+      const trash = join(this.#o.root, "trash");
+      await mkdir(trash, { recursive: true });
+      const gone = join(trash, `cc-${randomUUID()}`);
+      await rename(this.pathOf(r.key), gone).catch((e: NodeJS.ErrnoException) => {
+        if (e.code !== "ENOENT") throw ioError(e, `evicting compile cache ${r.key}`);
+      });
+      this.#records.delete(r.key);
+      await rm(join(this.#stateDir(), `${r.key}.json`), { force: true });
+      await rm(gone, { recursive: true, force: true });
+      this.#o.metrics?.compileCacheEvictions.inc({ reason });
+      this.#o.logger.info({ key: r.key, reason, bytes: r.bytes }, "compile cache evicted");
+      return true;
+    } finally {
+      this.#evicting.delete(r.key);
+    }
+  }
+
+  /** Updates sizes and the change time from a listing; true when something changed. */
+  #observe(r: CacheRecord, listing: DirListing): boolean {
+    if (r.fingerprint === listing.fingerprint) return false;
+    r.fingerprint = listing.fingerprint;
+    r.bytes = listing.bytes;
+    r.files = listing.files.length;
+    r.changedAt = this.#iso();
+    return true;
+  }
+
+  #handedOver(r: CacheRecord): void {
+    const now = this.#now();
+    r.lastUsedAt = new Date(now).toISOString();
+    r.inUseUntil = new Date(now + this.#o.config.eviction.inUseGraceMs).toISOString();
+  }
+
+  #resolveRemote(requested: string | undefined): string | null {
+    if (requested === undefined) return this.#defaultRemote();
+    const { bucket, prefix } = parseS3Uri(requested, "remote");
+    const uri = `s3://${bucket}/${prefix}`;
+    if (!this.#allowed(uri)) {
+      throw new ColdstartError(
+        "CS_SOURCE_NOT_ALLOWED",
+        `compile-cache remote ${uri} is neither compileCache.remote nor in compileCache.allow`,
+        { details: { field: "remote", value: requested } },
+      );
+    }
+    return uri;
+  }
+
+  #defaultRemote(): string | null {
+    const uri = this.#o.config.compileCache.remote;
+    if (!uri) return null;
+    const { bucket, prefix } = parseS3Uri(uri, "compileCache.remote");
+    return `s3://${bucket}/${prefix}`;
+  }
+
+  #record(keyIn: string): CacheRecord {
+    if (!validKeyName(keyIn)) {
+      throw new ColdstartError(
+        "CS_CACHE_KEY_INVALID",
+        `${JSON.stringify(keyIn)} is not a compile-cache key`,
+        {
+          details: { field: "key", value: keyIn },
+        },
+      );
+    }
+    const r = this.#records.get(keyIn);
+    if (!r) {
+      throw new ColdstartError("CS_CACHE_NOT_FOUND", `no compile cache ${keyIn} on this node`, {
+        details: { field: "key", value: keyIn },
+      });
+    }
+    return r;
+  }
+
+  async #put(r: CacheRecord): Promise<void> {
+    if (this.#records.get(r.key) !== r) return;
+    await writeFileAtomic(join(this.#stateDir(), `${r.key}.json`), JSON.stringify(r));
+  }
+
+  #status(r: CacheRecord): CacheStatus {
+    return {
+      key: r.key,
+      path: this.pathOf(r.key),
+      bytes: r.bytes,
+      files: r.files,
+      createdAt: r.createdAt,
+      lastUsedAt: r.lastUsedAt,
+      changedAt: r.changedAt ?? null,
+      origin: r.restored ? "restored" : "local",
+      restoredAt: r.restored?.at ?? null,
+      silentMissAt: r.silentMissAt ?? null,
+      busy: this.#restoring.has(r.key) ? "restoring" : this.#publishing.has(r.key) ? "publishing" : null,
+      remote: {
+        uri: r.remote,
+        state: r.remoteState,
+        checkedAt: r.remoteCheckedAt ?? null,
+        publishedAt: r.published?.at ?? null,
+      },
+    };
+  }
+
+  #stateDir(): string {
+    return join(this.#o.root, "state", "compile-caches");
+  }
+
+  #tmpDir(): string {
+    return join(this.#o.root, "tmp", "compile-cache");
+  }
+
+  #now(): number {
+    return (this.#o.now ?? Date.now)();
+  }
+
+  #iso(): string {
+    return new Date(this.#now()).toISOString();
+  }
+}
+
+/** What a key looks like (key.ts builds them): a single safe path segment. */
+export function validKeyName(key: string): boolean {
+  return /^[a-z0-9][a-z0-9-]{0,199}$/.test(key) && !key.endsWith("-");
+}
+
+/** The pod's user is not the daemon's: it must be able to write its artifacts here. */
+async function chmod777(path: string): Promise<void> {
+  await chmod(path, 0o777);
+}
+
+function hashTap() {
+  const h = createHash("sha256");
+  let n = 0;
+  let hex: string | undefined;
+  const tap = new Transform({
+    transform(chunk: Buffer, _e, done) {
+      h.update(chunk);
+      n += chunk.length;
+      done(null, chunk);
+    },
+  });
+  return { tap, bytes: () => n, hex: () => (hex ??= h.digest("hex")) };
+}
+
+function raceTimeout<T>(p: Promise<T>, ms: number, onTimeout: () => T): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  return Promise.race([
+    p,
+    new Promise<T>((resolve) => {
+      timer = setTimeout(() => resolve(onTimeout()), ms + 250);
+    }),
+  ]).finally(() => clearTimeout(timer));
+}
