@@ -450,6 +450,13 @@ export class CompileCacheManager {
       };
     };
     let packName: string | undefined;
+    // A pack no manifest names is invisible to readers. Deleting it is a courtesy: daemons need no
+    // delete right (deploy/iam/policy.json), and `cache prune` removes what is left.
+    const discard = async (name: string) => {
+      await store.delete([store.objectKey(r.key, name)]).catch((e) =>
+        this.#o.logger.info({ key: r.key, pack: name, err: String(e) }, "unused pack left for cache prune"),
+      );
+    };
     try {
       listing = await listCacheDir(path);
       this.#observe(r, listing);
@@ -470,12 +477,12 @@ export class CompileCacheManager {
       // The engine wrote on while we packed: what we uploaded may not be what we digested.
       const after = await listCacheDir(path);
       if (after.fingerprint !== listing.fingerprint) {
-        await store.delete([store.objectKey(r.key, pack.name)]);
+        await discard(pack.name);
         this.#observe(r, after);
         return finish("changed");
       }
       if (await store.hasManifest(r.key)) {
-        await store.delete([store.objectKey(r.key, pack.name)]);
+        await discard(pack.name);
         return this.#remoteHas(r, finish);
       }
       const manifest: Manifest = {
@@ -489,7 +496,7 @@ export class CompileCacheManager {
         files,
       };
       if ((await store.putManifest(manifest)) === "exists") {
-        await store.delete([store.objectKey(r.key, pack.name)]);
+        await discard(pack.name);
         return this.#remoteHas(r, finish);
       }
       r.published = { at: this.#iso(), fingerprint: listing.fingerprint, pack: pack.name };
@@ -499,8 +506,7 @@ export class CompileCacheManager {
       return finish("published");
     } catch (err) {
       const e = s3Error(err, `compile cache ${r.key}`);
-      // A pack without its manifest is invisible to readers; prune removes one we could not.
-      if (packName) await store.delete([store.objectKey(r.key, packName)]).catch(() => {});
+      if (packName) await discard(packName);
       return finish("failed", e);
     }
   }

@@ -230,6 +230,7 @@ describe("deploy/", () => {
     expect(Object.keys(links)).toContain("COLDSTART_API_SERVICE_HOST");
     const config = loadConfig({ env: { ...settings, ...env, ...links, NODE_NAME: "node-1" } });
     expect(config.sources.allow).toEqual(["s3://my-models-bucket/models/**"]);
+    expect(config.compileCache.remote).toBe("s3://my-models-bucket/compile-cache/");
     expect(config.kube.nodeName).toBe("node-1");
     expect(config.daemon.root).toBe(mounts.staging.mountPath);
     expect(config.daemon.socketPath.startsWith(`${mounts["socket-dir"].mountPath}/`)).toBe(true);
@@ -288,6 +289,14 @@ describe("deploy/", () => {
       mountPath: "/var/lib/coldstart",
       readOnly: true,
     });
+    // The compile cache: restored by the init container, written by vLLM at the daemon's path.
+    expect(init.args).toContain("--compile-cache");
+    expect(main.volumeMounts).toContainEqual({
+      name: "coldstart-compile-cache",
+      mountPath: "/var/lib/coldstart/compile-cache",
+    });
+    const cacheVolume = pod.volumes.find((v: K8sObject) => v.name === "coldstart-compile-cache");
+    expect(cacheVolume.hostPath.path).toBe("/var/lib/coldstart/compile-cache");
     const preferred = pod.affinity.nodeAffinity.preferredDuringSchedulingIgnoredDuringExecution;
     expect(preferred[0].preference.matchExpressions[0]).toEqual({
       key: modelLabelKey(modelId),
