@@ -15,7 +15,7 @@ import { Transform } from "node:stream";
 import picomatch from "picomatch";
 import type { Logger } from "pino";
 import type { Config } from "../config/schema.js";
-import { ColdstartError, isColdstartError, toColdstartError } from "../errors.js";
+import { ColdstartError, toColdstartError } from "../errors.js";
 import type {
   COMPILE_CACHE_PUBLISH_OUTCOMES,
   COMPILE_CACHE_RESTORE_OUTCOMES,
@@ -453,9 +453,11 @@ export class CompileCacheManager {
     // A pack no manifest names is invisible to readers. Deleting it is a courtesy: daemons need no
     // delete right (deploy/iam/policy.json), and `cache prune` removes what is left.
     const discard = async (name: string) => {
-      await store.delete([store.objectKey(r.key, name)]).catch((e) =>
-        this.#o.logger.info({ key: r.key, pack: name, err: String(e) }, "unused pack left for cache prune"),
-      );
+      await store
+        .delete([store.objectKey(r.key, name)])
+        .catch((e) =>
+          this.#o.logger.info({ key: r.key, pack: name, err: String(e) }, "unused pack left for cache prune"),
+        );
     };
     try {
       listing = await listCacheDir(path);
