@@ -102,7 +102,9 @@ try {
 
   const expected = new Map(loose.map((f) => [f.relPath, f.sha256]));
   const check = async (dir: string) => {
-    const got = await digestFiles(dir, (await listCacheDir(dir)).files);
+    // pull keeps its journal and manifest in .coldstart/ beside the files.
+    const listed = (await listCacheDir(dir)).files.filter((f) => !f.path.startsWith(".coldstart/"));
+    const got = await digestFiles(dir, listed);
     if (got.length !== expected.size || got.some((f) => expected.get(f.path) !== f.sha256))
       throw new Error(`${dir}: wrong files`);
   };

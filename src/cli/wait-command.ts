@@ -1,6 +1,6 @@
 import { setTimeout as sleep } from "node:timers/promises";
 import { Command } from "commander";
-import { callDaemon, type JsonResponse } from "../api/client.js";
+import { callDaemon, type DaemonEndpoint, type JsonResponse } from "../api/client.js";
 import type { RestoreResult } from "../compile-cache/cache-manager.js";
 import { loadConfigFromProcess } from "../config/load.js";
 import type { Config } from "../config/schema.js";
@@ -123,7 +123,7 @@ async function wait(id: string, config: Config, identity?: ReturnType<typeof ide
   };
   // The compile cache is restored while the model stages; a miss, an error or its timeout never
   // fails the pod, but a malformed identity (the pod's own mistake) does, at once.
-  const restore = identity ? restoreCompileCache(call, identity, config) : undefined;
+  const restore = identity ? restoreCompileCache(ep, identity, config) : undefined;
   await request();
 
   for (;;) {
@@ -187,16 +187,16 @@ async function nodeHints(call: (method: string, p: string) => Promise<JsonRespon
   }
 }
 
-type Call = (method: string, p: string, body?: unknown, timeoutMs?: number) => Promise<JsonResponse>;
-
 /**
- * Starts the compile-cache restore. `result()` resolves by the restore's own deadline at the latest
- * (undefined when the daemon gave no answer in time); `usageError()` is set when the daemon refused
- * the request itself (a malformed identity, a remote not allowed).
+ * Starts the compile-cache restore, on its own clock: it retries a daemon that is starting or
+ * draining only until the restore's deadline (--compile-cache-timeout from now, plus the answer's
+ * slack), never the model's. `result()` resolves by then at the latest (undefined when the daemon
+ * gave no answer); `usageError()` is set when the daemon refused the request itself (a malformed
+ * identity, a remote not allowed).
  */
-function restoreCompileCache(call: Call, identity: ReturnType<typeof identityOf>, config: Config) {
+function restoreCompileCache(ep: DaemonEndpoint, identity: ReturnType<typeof identityOf>, config: Config) {
   const w = config.wait;
-  const startedAt = Date.now();
+  const until = Date.now() + w.compileCacheTimeoutMs + 2_000;
   let refused: ColdstartError | undefined;
   const body = {
     ...identity,
@@ -207,32 +207,36 @@ function restoreCompileCache(call: Call, identity: ReturnType<typeof identityOf>
     process.stderr.write(`coldstart: warning: no compile cache restored (${why}); the engine compiles\n`);
     return undefined;
   };
-  const answer = call("POST", "/v1/compile-caches", body, w.compileCacheTimeoutMs + 2_000).then(
-    (res): RestoreResult | undefined => {
-      if (res.status === 200) return res.body as RestoreResult;
-      const e = fromResponse(res, "compile cache");
-      if (res.status === 400 || res.status === 403) refused = e;
-      return warn(`${e.code}: ${e.message}`);
-    },
-    (err: unknown) => warn(toColdstartError(err).message),
-  );
-  return {
-    usageError: () => refused,
-    result: async (): Promise<RestoreResult | undefined> => {
-      let timer: NodeJS.Timeout | undefined;
-      const cap = new Promise<undefined>((resolve) => {
-        timer = setTimeout(
-          () => resolve(warn("the daemon did not answer within --compile-cache-timeout")),
-          Math.max(startedAt + w.compileCacheTimeoutMs + 2_000 - Date.now(), 0),
-        );
-      });
+  const ask = async (): Promise<RestoreResult | undefined> => {
+    let backoff = 100;
+    let last = "";
+    while (Date.now() < until) {
       try {
-        return await Promise.race([answer, cap]);
-      } finally {
-        clearTimeout(timer);
+        const res = await callDaemon(ep, "POST", "/v1/compile-caches", body, {
+          timeoutMs: Math.max(until - Date.now(), 1),
+        });
+        if (res.status === 200) {
+          const result = res.body as RestoreResult;
+          // No key on this node (no GPU yet, two kinds): the pod starts without a shared cache.
+          if (!result.path) return warn(`${result.error?.code}: ${result.error?.message}`);
+          return result;
+        }
+        const e = fromResponse(res, "compile cache");
+        if (res.status !== 503) {
+          if (res.status === 400 || res.status === 403) refused = e;
+          return warn(`${e.code}: ${e.message}`);
+        }
+        last = `${e.code}: ${e.message}`;
+      } catch (err) {
+        last = (err as Error).message;
       }
-    },
+      await sleep(Math.min(backoff, Math.max(until - Date.now(), 0)));
+      backoff = Math.min(backoff * 2, 2_000);
+    }
+    return warn(`no answer within --compile-cache-timeout${last ? ` (last: ${last})` : ""}`);
   };
+  const answer = ask();
+  return { usageError: () => refused, result: () => answer };
 }
 
 /** The env file the main container sources: `set -a; . /coldstart/env; set +a`. Written atomically. */

@@ -8,10 +8,10 @@
  * must not be mixed file by file; two complete caches of one key are equivalent, because the key
  * holds everything that makes artifacts incompatible. See docs/compile-cache.md.
  */
-import { createHash, randomUUID } from "node:crypto";
-import { chmod, mkdir, readdir, readFile, rename, rm, rmdir } from "node:fs/promises";
+import { randomUUID } from "node:crypto";
+import { constants } from "node:fs";
+import { chmod, lstat, mkdir, open, readdir, readFile, rename, rm, rmdir } from "node:fs/promises";
 import { join } from "node:path";
-import { Transform } from "node:stream";
 import picomatch from "picomatch";
 import type { Logger } from "pino";
 import type { Config } from "../config/schema.js";
@@ -32,6 +32,7 @@ import {
   listCacheDir,
   packStream,
   remoteInvalid,
+  snapshotFiles,
   unpackVerified,
 } from "./pack.js";
 import { MANIFEST_FORMAT, type Manifest, type RemoteStore, s3Error } from "./remote.js";
@@ -142,7 +143,8 @@ export class CompileCacheManager {
   readonly #records = new Map<string, CacheRecord>();
   readonly #restoring = new Map<string, Promise<RestoreResult>>();
   readonly #publishing = new Map<string, Promise<PublishResult>>();
-  readonly #evicting = new Set<string>();
+  /** Evictions in progress: a restore of the same key waits for its eviction to finish. */
+  readonly #evictions = new Map<string, Promise<boolean>>();
   /** After a failed automatic publish, not again before this. */
   readonly #retryAt = new Map<string, number>();
   readonly #allowed: (uri: string) => boolean;
@@ -237,13 +239,40 @@ export class CompileCacheManager {
 
   /**
    * The handshake: computes the key from this node's GPU and the pod's identity, and makes sure the
-   * keyed directory exists, restored from the remote when it holds the key. Never fails for a miss,
-   * a slow remote or a bad cache (the outcome says which); only for invalid input.
+   * keyed directory exists, restored from the remote when it holds the key. Throws only for the
+   * pod's own mistakes (a malformed identity, a remote not allowed); a miss, a slow remote, a bad
+   * cache or a node without one GPU kind is an outcome, because none of them may stop the pod.
    */
   async restore(req: RestoreRequest): Promise<RestoreResult> {
-    const { key, canonical } = cacheKey({ ...req.identity, ...this.#o.gpu() });
-    const remote = this.#resolveRemote(req.remote);
     const started = this.#now();
+    // The identity alone first, against a stand-in GPU: its errors are the pod's (400).
+    cacheKey({ ...req.identity, ...STAND_IN_GPU });
+    const remote = this.#resolveRemote(req.remote);
+    let key: string;
+    let canonical: string;
+    try {
+      ({ key, canonical } = cacheKey({ ...req.identity, ...this.#o.gpu() }));
+    } catch (err) {
+      // No GPU yet, two kinds, an unnamed one: the node's problem, not the pod's.
+      const e = toColdstartError(err);
+      this.#o.metrics?.compileCacheRestores.inc({ outcome: "error" });
+      this.#o.logger.warn(
+        { code: e.code, err: e.message },
+        "no compile-cache key on this node; the pod compiles",
+      );
+      return {
+        key: "",
+        path: "",
+        outcome: "error",
+        bytes: 0,
+        files: 0,
+        seconds: 0,
+        remote,
+        error: { code: e.code, message: e.message },
+      };
+    }
+    // An eviction of this key in progress finishes first; the restore then starts afresh.
+    await this.#evictions.get(key);
     let r = this.#records.get(key);
     if (!r) {
       const now = this.#iso();
@@ -260,33 +289,19 @@ export class CompileCacheManager {
       this.#records.set(key, r);
     }
     r.canonical = canonical;
-    r.remote ??= remote;
+    // The latest asker's remote is where this key publishes to.
+    r.remote = remote;
     this.#handedOver(r);
     let running = this.#restoring.get(key);
     if (!running) {
-      const deadline = new AbortController();
-      const timer = setTimeout(() => deadline.abort(), req.timeoutMs);
-      const record = r;
-      running = this.#restoreOnce(
-        record,
-        remote,
-        AbortSignal.any([deadline.signal, this.#stop.signal]),
-      ).finally(() => {
-        clearTimeout(timer);
-        this.#restoring.delete(key);
-      });
+      // One restore per key, bounded by the first asker's timeout; later askers share it.
+      const deadline = AbortSignal.timeout(req.timeoutMs);
+      running = this.#restoreOnce(r, remote, AbortSignal.any([deadline, this.#stop.signal])).finally(() =>
+        this.#restoring.delete(key),
+      );
       this.#restoring.set(key, running);
     }
-    // A joiner with a shorter timeout stops waiting; the restore goes on for the first asker.
-    const result = await raceTimeout(running, req.timeoutMs, () => ({
-      key,
-      path: this.pathOf(key),
-      outcome: "timeout" as const,
-      bytes: 0,
-      files: 0,
-      seconds: 0,
-      remote,
-    }));
+    const result = await running;
     return { ...result, seconds: (this.#now() - started) / 1000 };
   }
 
@@ -297,8 +312,7 @@ export class CompileCacheManager {
       outcome: RestoreOutcome,
       extra: Partial<RestoreResult> = {},
     ): Promise<RestoreResult> => {
-      await mkdir(path, { recursive: true, mode: 0o777 });
-      await chmod777(path);
+      await this.#ensureKeyDir(r.key);
       await this.#put(r);
       const seconds = (this.#now() - started) / 1000;
       this.#o.metrics?.compileCacheRestores.inc({ outcome });
@@ -315,6 +329,8 @@ export class CompileCacheManager {
         ...extra,
       };
     };
+    // Made (0777) before anything is fetched: a pod whose wait gives up early can still write here.
+    await this.#ensureKeyDir(r.key);
     const local = await listCacheDir(path);
     if (local.files.length > 0) {
       this.#observe(r, local);
@@ -337,12 +353,10 @@ export class CompileCacheManager {
         );
       }
       await mkdir(tmp, { recursive: true });
-      const body = await store.pack(r.key, m, signal);
-      const digest = hashTap();
-      await unpackVerified(body.pipe(digest.tap), tmp, m.files);
-      if (digest.bytes() !== m.pack.bytes || digest.hex() !== m.pack.sha256) {
+      const packed = await unpackVerified(await store.pack(r.key, m, signal), tmp, m.files, signal);
+      if (packed.bytes !== m.pack.bytes || packed.sha256 !== m.pack.sha256) {
         throw remoteInvalid(
-          `${r.key}: the pack has ${digest.bytes()} bytes with SHA-256 ${digest.hex()}, the manifest says ${m.pack.bytes} and ${m.pack.sha256}`,
+          `${r.key}: the pack has ${packed.bytes} bytes with SHA-256 ${packed.sha256}, the manifest says ${m.pack.bytes} and ${m.pack.sha256}`,
         );
       }
       signal.throwIfAborted();
@@ -350,7 +364,7 @@ export class CompileCacheManager {
       await rmdir(path).catch((e: NodeJS.ErrnoException) => {
         if (e.code !== "ENOENT") throw e;
       });
-      await chmod777(tmp);
+      await chmod(tmp, 0o777);
       await rename(tmp, path);
       r.restored = { at: this.#iso(), manifestCreatedAt: m.createdAt, files: m.files };
       delete r.silentMissAt;
@@ -402,7 +416,7 @@ export class CompileCacheManager {
         },
       );
     }
-    if (this.#restoring.has(r.key) || this.#evicting.has(r.key)) {
+    if (this.#restoring.has(r.key) || this.#evictions.has(r.key)) {
       throw new ColdstartError("CS_CACHE_BUSY", `compile cache ${r.key} is being restored or evicted`);
     }
     let running = this.#publishing.get(r.key);
@@ -417,7 +431,9 @@ export class CompileCacheManager {
     const started = this.#now();
     const path = this.pathOf(r.key);
     const store = this.#o.remoteFor(remoteUri);
-    const signal = this.#stop.signal;
+    // A stalled upload must not hold the key (no eviction, no other publish) for ever.
+    const signal = AbortSignal.any([this.#stop.signal, AbortSignal.timeout(PUBLISH_DEADLINE_MS)]);
+    const snap = join(this.#tmpDir(), `publish-${randomUUID()}`);
     let listing: DirListing = { files: [], bytes: 0, fingerprint: "" };
     let packBytes = 0;
     const finish = (outcome: PublishOutcome, error?: ColdstartError): PublishResult => {
@@ -465,15 +481,14 @@ export class CompileCacheManager {
       if (listing.files.length === 0) return finish("empty");
       if (listing.bytes > this.#o.config.compileCache.maxBytes) return finish("too_large");
       if (await store.hasManifest(r.key)) return this.#remoteHas(r, finish);
-      const files = await digestFiles(path, listing.files);
-      const pack = await store.uploadPack(
-        r.key,
-        packStream(
-          path,
-          files.map((f) => f.path),
-        ),
-        signal,
+      // Packed from checked hard links, never through the pod's directory tree itself.
+      await snapshotFiles(path, listing.files, snap);
+      const files = await digestFiles(snap, listing.files);
+      const body = packStream(
+        snap,
+        files.map((f) => f.path),
       );
+      const pack = await store.uploadPack(r.key, body, signal).finally(() => body.destroy());
       packName = pack.name;
       packBytes = pack.bytes;
       // The engine wrote on while we packed: what we uploaded may not be what we digested.
@@ -510,6 +525,8 @@ export class CompileCacheManager {
       const e = s3Error(err, `compile cache ${r.key}`);
       if (packName) await discard(packName);
       return finish("failed", e);
+    } finally {
+      await rm(snap, { recursive: true, force: true });
     }
   }
 
@@ -528,7 +545,7 @@ export class CompileCacheManager {
     const cc = this.#o.config.compileCache;
     for (const r of [...this.#records.values()]) {
       if (this.#stopped) return;
-      if (this.#restoring.has(r.key) || this.#evicting.has(r.key)) continue;
+      if (this.#restoring.has(r.key) || this.#evictions.has(r.key)) continue;
       const listing = await listCacheDir(this.pathOf(r.key));
       if (this.#observe(r, listing)) await this.#put(r);
       this.#checkSilentMiss(r, listing);
@@ -575,16 +592,13 @@ export class CompileCacheManager {
 
   /** Keyed directories eviction may take: not busy, not handed over within the grace, not being written. */
   evictables(): Evictable[] {
-    const now = this.#now();
-    const quiet = this.#o.config.compileCache.quietPeriodMs;
     return [...this.#records.values()]
       .filter(
         (r) =>
           !this.#restoring.has(r.key) &&
           !this.#publishing.has(r.key) &&
-          !this.#evicting.has(r.key) &&
-          !(r.inUseUntil && Date.parse(r.inUseUntil) > now) &&
-          now - Date.parse(r.changedAt ?? r.createdAt) >= quiet,
+          !this.#evictions.has(r.key) &&
+          this.#idle(r),
       )
       .map((r) => ({
         kind: "compile-cache" as const,
@@ -598,7 +612,7 @@ export class CompileCacheManager {
   /** DELETE: removes the local copy now (the remote keeps its own). */
   async remove(keyIn: string): Promise<void> {
     const r = this.#record(keyIn);
-    if (this.#restoring.has(r.key) || this.#publishing.has(r.key) || this.#evicting.has(r.key)) {
+    if (this.#restoring.has(r.key) || this.#publishing.has(r.key) || this.#evictions.has(r.key)) {
       throw new ColdstartError(
         "CS_CACHE_BUSY",
         `compile cache ${r.key} is being restored, published or evicted`,
@@ -620,24 +634,64 @@ export class CompileCacheManager {
     return n;
   }
 
-  async #evict(r: CacheRecord, reason: "watermark" | "api"): Promise<boolean> {
-    if (this.#evicting.has(r.key) || this.#restoring.has(r.key) || this.#publishing.has(r.key)) return false;
-    this.#evicting.add(r.key);
-    try {
+  #evict(r: CacheRecord, reason: "watermark" | "api"): Promise<boolean> {
+    if (this.#evictions.has(r.key) || this.#restoring.has(r.key) || this.#publishing.has(r.key))
+      return Promise.resolve(false);
+    // Chosen a while ago (eviction awaits between victims): handed over or written since? It stays.
+    if (reason === "watermark" && !this.#idle(r)) return Promise.resolve(false);
+    const running = this.#evictOnce(r, reason).finally(() => this.#evictions.delete(r.key));
+    this.#evictions.set(r.key, running);
+    return running;
+  }
+
+  async #evictOnce(r: CacheRecord, reason: "watermark" | "api"): Promise<boolean> {
+    const trash = join(this.#o.root, "trash");
+    await mkdir(trash, { recursive: true });
+    const gone = join(trash, `cc-${randomUUID()}`);
+    // A symlink planted in place of the directory is moved, not followed.
+    await rename(this.pathOf(r.key), gone).catch((e: NodeJS.ErrnoException) => {
+      if (e.code !== "ENOENT") throw ioError(e, `evicting compile cache ${r.key}`);
+    });
+    this.#records.delete(r.key);
+    await rm(join(this.#stateDir(), `${r.key}.json`), { force: true });
+    await rm(gone, { recursive: true, force: true });
+    this.#o.metrics?.compileCacheEvictions.inc({ reason });
+    this.#o.logger.info({ key: r.key, reason, bytes: r.bytes }, "compile cache evicted");
+    return true;
+  }
+
+  /** Not handed to a pod within the grace, and not written within the quiet period. */
+  #idle(r: CacheRecord): boolean {
+    const now = this.#now();
+    return (
+      !(r.inUseUntil && Date.parse(r.inUseUntil) > now) &&
+      now - Date.parse(r.changedAt ?? r.createdAt) >= this.#o.config.compileCache.quietPeriodMs
+    );
+  }
+
+  /**
+   * Makes the keyed directory a real directory of mode 0777. The pod may run as root and replace it
+   * with a symlink; that is moved aside, never followed (the mode is set through an O_NOFOLLOW fd).
+   */
+  async #ensureKeyDir(key: string): Promise<void> {
+    const path = this.pathOf(key);
+    const st = await lstat(path).catch(() => undefined);
+    if (st && !st.isDirectory()) {
+      this.#o.logger.warn({ key, path }, "the keyed directory was replaced by a non-directory; moved aside");
       const trash = join(this.#o.root, "trash");
       await mkdir(trash, { recursive: true });
-      const gone = join(trash, `cc-${randomUUID()}`);
-      await rename(this.pathOf(r.key), gone).catch((e: NodeJS.ErrnoException) => {
-        if (e.code !== "ENOENT") throw ioError(e, `evicting compile cache ${r.key}`);
+      await rename(path, join(trash, `cc-${randomUUID()}`));
+    }
+    if (!st?.isDirectory()) {
+      await mkdir(path, { mode: 0o777 }).catch((e: NodeJS.ErrnoException) => {
+        if (e.code !== "EEXIST") throw ioError(e, `creating ${path}`);
       });
-      this.#records.delete(r.key);
-      await rm(join(this.#stateDir(), `${r.key}.json`), { force: true });
-      await rm(gone, { recursive: true, force: true });
-      this.#o.metrics?.compileCacheEvictions.inc({ reason });
-      this.#o.logger.info({ key: r.key, reason, bytes: r.bytes }, "compile cache evicted");
-      return true;
+    }
+    const fh = await open(path, constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW);
+    try {
+      await fh.chmod(0o777);
     } finally {
-      this.#evicting.delete(r.key);
+      await fh.close();
     }
   }
 
@@ -741,36 +795,13 @@ export class CompileCacheManager {
   }
 }
 
+/** Any valid GPU: checks the pod's identity on its own (cacheKey needs all inputs). */
+const STAND_IN_GPU = { gpuProduct: "stand-in", computeCapability: "9.0", driverMajor: "1" } as const;
+
+/** A publish still running after this is aborted; the next quiet period tries again. */
+const PUBLISH_DEADLINE_MS = 60 * 60_000;
+
 /** What a key looks like (key.ts builds them): a single safe path segment. */
 export function validKeyName(key: string): boolean {
   return /^[a-z0-9][a-z0-9-]{0,199}$/.test(key) && !key.endsWith("-");
-}
-
-/** The pod's user is not the daemon's: it must be able to write its artifacts here. */
-async function chmod777(path: string): Promise<void> {
-  await chmod(path, 0o777);
-}
-
-function hashTap() {
-  const h = createHash("sha256");
-  let n = 0;
-  let hex: string | undefined;
-  const tap = new Transform({
-    transform(chunk: Buffer, _e, done) {
-      h.update(chunk);
-      n += chunk.length;
-      done(null, chunk);
-    },
-  });
-  return { tap, bytes: () => n, hex: () => (hex ??= h.digest("hex")) };
-}
-
-function raceTimeout<T>(p: Promise<T>, ms: number, onTimeout: () => T): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  return Promise.race([
-    p,
-    new Promise<T>((resolve) => {
-      timer = setTimeout(() => resolve(onTimeout()), ms + 250);
-    }),
-  ]).finally(() => clearTimeout(timer));
 }

@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import { mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, readFile, rename, rm, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Readable } from "node:stream";
@@ -11,6 +11,7 @@ import {
   isNoise,
   listCacheDir,
   packStream,
+  snapshotFiles,
   unpackVerified,
 } from "../../src/compile-cache/pack.js";
 import { expectCode } from "../support/expect-error.js";
@@ -112,7 +113,7 @@ describe("compile-cache packs", () => {
         files.map((f) => f.path),
       ),
       files.slice(1),
-      /computation_graph.py" is not in the manifest/,
+      /computation_graph.py", which is not in the manifest/,
     );
     // A symlink pointing out of the cache.
     const linky = join(work, "linky");
@@ -166,5 +167,65 @@ describe("compile-cache packs", () => {
     );
     expect(err2.message).toContain("missing.py");
     expect(await readFile(join(dir, "__pycache__/m.cpython-311.pyc"), "utf8")).toBe("bytecode");
+  });
+
+  it("a file named @x travels as a file (tar would read it as an archive to splice in)", async () => {
+    const dir = join(work, "at");
+    await put(dir, "@x", "not an archive");
+    const files = await digestFiles(dir, (await listCacheDir(dir)).files);
+    const dest = join(work, "at-dest");
+    await mkdir(dest);
+    await unpackVerified(
+      packStream(
+        dir,
+        files.map((f) => f.path),
+      ),
+      dest,
+      files,
+    );
+    expect(await readFile(join(dest, "@x"), "utf8")).toBe("not an archive");
+  });
+
+  it("refuses an entry bigger than the manifest says before writing it (no decompression bomb)", async () => {
+    const dir = join(work, "bomb");
+    await put(dir, "big.bin", Buffer.alloc(1024 * 1024));
+    const files = await digestFiles(dir, (await listCacheDir(dir)).files);
+    const dest = join(work, "bomb-dest");
+    await mkdir(dest);
+    const small = files.map((f) => ({ ...f, bytes: 10 }));
+    const err = await expectCode(
+      unpackVerified(
+        packStream(
+          dir,
+          files.map((f) => f.path),
+        ),
+        dest,
+        small,
+      ),
+      "CS_CACHE_REMOTE_INVALID",
+    );
+    expect(err.message).toContain("big.bin is 1048576 bytes in the pack, 10 in the manifest");
+    expect(await readdir(dest)).toEqual([]);
+  });
+
+  it("never lists through a symlink, and a snapshot refuses a directory swapped for one", async () => {
+    const outside = join(work, "outside");
+    await put(outside, "inductor/secret.py", "token");
+    const dir = join(work, "cache");
+    await put(dir, "inductor/secret.py", "mine");
+    await put(dir, "real.py", "x");
+    await symlink(join(outside, "inductor"), join(dir, "linked"));
+    const listing = await listCacheDir(dir);
+    expect(listing.files.map((f) => f.path)).toEqual(["inductor/secret.py", "real.py"]);
+    // A keyed directory that is itself a link lists as empty.
+    await symlink(outside, join(work, "link-to-outside"));
+    expect((await listCacheDir(join(work, "link-to-outside"))).files).toEqual([]);
+    // Between listing and packing the pod swaps inductor/ for a link to the outside.
+    await rename(join(dir, "inductor"), join(dir, "was-inductor"));
+    await symlink(join(outside, "inductor"), join(dir, "inductor"));
+    const snap = join(work, "snap");
+    const err = await expectCode(snapshotFiles(dir, listing.files, snap), "CS_KEY_UNSAFE");
+    expect(err.message).toContain("inductor/secret.py");
+    expect(Object.keys(await listCacheDir(snap).then((l) => l.files))).toEqual([]);
   });
 });

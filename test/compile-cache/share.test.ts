@@ -57,7 +57,7 @@ async function shared(): Promise<Shared> {
 async function node(
   name: string,
   s: Shared,
-  gpu: "h100x2" | "l40sx2",
+  gpu: "h100x2" | "l40sx2" | "none",
   extra: string[] = [],
   endpoint = fx.proxy.url,
 ): Promise<Node> {
@@ -441,6 +441,28 @@ describe("compile caches shared through one bucket", () => {
     expect(await tree(after.env.VLLM_CACHE_ROOT ?? "")).toEqual(got);
   });
 
+  it("a slow remote never holds the pod past --compile-cache-timeout: it starts with an empty cache", async () => {
+    const s = await shared();
+    const a = await node("a", s, "h100x2");
+    const first = await handshake(a, s);
+    const key = first.env.COLDSTART_COMPILE_CACHE_KEY ?? "";
+    await compile(first.env.VLLM_CACHE_ROOT ?? "", "a", 2, 1024);
+    expect((await publish(a, key)).body?.outcome).toBe("published");
+
+    const b = await node("b", s, "h100x2");
+    fx.proxy.addRule({ match: { method: "GET", path: "/packs/" }, action: { kind: "delay", ms: 15_000 } });
+    const started = Date.now();
+    const slow = await handshake(b, s, [...IDENTITY, "--compile-cache-timeout", "2s"]);
+    const took = Date.now() - started;
+    expect(slow.out.code, slow.out.stderr).toBe(0);
+    expect(slow.env.COLDSTART_COMPILE_CACHE).toBe("timeout");
+    expect(took).toBeLessThan(10_000);
+    // Abandoned, not installed late under the engine's feet.
+    await sleep(500);
+    expect(await tree(slow.env.VLLM_CACHE_ROOT ?? "")).toEqual({});
+    expect(await metric(b, 'coldstart_compile_cache_restores_total{outcome="timeout"}')).toBe(1);
+  });
+
   it("a tampered pack or a manifest with an unsafe path is refused: a miss for the pod, nothing installed", async () => {
     const s = await shared();
     const a = await node("a", s, "h100x2");
@@ -481,6 +503,19 @@ describe("compile caches shared through one bucket", () => {
     expect(unsafe.env.COLDSTART_COMPILE_CACHE).toBe("error");
     expect(Object.keys(await tree(join(fx.work, "c")))).not.toContain("escape.py");
     expect(c.daemon.logs.find((l) => l.code === "CS_CACHE_REMOTE_INVALID")?.err).toMatch(/unsafe path/);
+  });
+});
+
+describe("a node without a GPU to key on", () => {
+  it("the pod still starts: wait exits 0 with a warning and no compile-cache variables", async () => {
+    const s = await shared();
+    const a = await node("a", s, "none");
+    const { out, env } = await handshake(a, s);
+    expect(out.code, out.stderr).toBe(0);
+    expect(out.stderr).toContain("no compile cache restored (CS_CACHE_KEY_INVALID");
+    expect(env.COLDSTART_MODEL_PATH).toBeDefined();
+    expect(env.VLLM_CACHE_ROOT).toBeUndefined();
+    expect(await metric(a, 'coldstart_compile_cache_restores_total{outcome="error"}')).toBe(1);
   });
 });
 
