@@ -221,17 +221,9 @@ export async function unpackVerified(
     );
   };
   const parser = new tar.Parser({ strict: true, noResume: true, onReadEntry: onEntry });
-  const packHash = createHash("sha256");
-  let packBytes = 0;
-  const tap = new Transform({
-    transform(chunk: Buffer, _e, done) {
-      packHash.update(chunk);
-      packBytes += chunk.length;
-      done(null, chunk);
-    },
-  });
+  const tap = sha256Tap();
   try {
-    await pipeline(body, tap, parser as unknown as NodeJS.WritableStream, signal ? { signal } : {});
+    await pipeline(body, tap.stream, parser as unknown as NodeJS.WritableStream, signal ? { signal } : {});
     await Promise.all(pending);
   } catch (err) {
     await Promise.allSettled(pending);
@@ -247,7 +239,21 @@ export async function unpackVerified(
   // umask narrowed the modes: the pod's user must be able to add and replace artifacts.
   for (const f of files) await chmod(join(dest, f.path), 0o666);
   for (const d of made) await chmod(join(dest, d), 0o777);
-  return { bytes: packBytes, sha256: packHash.digest("hex") };
+  return tap.result();
+}
+
+/** A pass-through that counts and SHA-256-hashes what flows through it (a pack, up or down). */
+export function sha256Tap(): { stream: Transform; result: () => { bytes: number; sha256: string } } {
+  const hash = createHash("sha256");
+  let bytes = 0;
+  const stream = new Transform({
+    transform(chunk: Buffer, _enc, done) {
+      hash.update(chunk);
+      bytes += chunk.length;
+      done(null, chunk);
+    },
+  });
+  return { stream, result: () => ({ bytes, sha256: hash.digest("hex") }) };
 }
 
 /** A manifest path must be one a file may take under the keyed directory. */

@@ -9,8 +9,8 @@
  * only ever finds a manifest whose pack is complete; a publisher killed mid-upload leaves a pack
  * (or an unfinished multipart upload) that no manifest names, which `cache prune` removes.
  */
-import { createHash, randomUUID } from "node:crypto";
-import { type Readable, Transform } from "node:stream";
+import { randomUUID } from "node:crypto";
+import type { Readable } from "node:stream";
 import {
   AbortMultipartUploadCommand,
   DeleteObjectCommand,
@@ -28,7 +28,7 @@ import type { Config } from "../config/schema.js";
 import { ColdstartError, isColdstartError } from "../errors.js";
 import { statusOf } from "../s3/retry.js";
 import type { S3Location } from "../s3/uri.js";
-import { checkManifestPath, remoteInvalid } from "./pack.js";
+import { checkManifestPath, remoteInvalid, sha256Tap } from "./pack.js";
 
 export const MANIFEST_FORMAT = "coldstart-compile-cache/v1";
 /** A manifest lists every file; even 200,000 of them stay well under this. */
@@ -185,19 +185,11 @@ export class RemoteStore {
     signal?: AbortSignal,
   ): Promise<{ name: string; bytes: number; sha256: string }> {
     const name = `packs/${randomUUID()}.tar.gz`;
-    const hash = createHash("sha256");
-    let bytes = 0;
-    const tap = new Transform({
-      transform(chunk: Buffer, _enc, done) {
-        hash.update(chunk);
-        bytes += chunk.length;
-        done(null, chunk);
-      },
-    });
-    body.on("error", (e) => tap.destroy(e));
+    const tap = sha256Tap();
+    body.on("error", (e) => tap.stream.destroy(e));
     const upload = new Upload({
       client: this.#client,
-      params: { Bucket: this.#loc.bucket, Key: this.objectKey(key, name), Body: body.pipe(tap) },
+      params: { Bucket: this.#loc.bucket, Key: this.objectKey(key, name), Body: body.pipe(tap.stream) },
       queueSize: 4,
       partSize: 16 * 1024 * 1024,
       leavePartsOnError: false,
@@ -209,7 +201,7 @@ export class RemoteStore {
     } finally {
       signal?.removeEventListener("abort", onAbort);
     }
-    return { name, bytes, sha256: hash.digest("hex") };
+    return { name, ...tap.result() };
   }
 
   /**

@@ -43,6 +43,13 @@ async function sourceDir(): Promise<{ dir: string; files: CacheFile[] }> {
   return { dir, files: await digestFiles(dir, listing.files) };
 }
 
+/** The pack of `files` from `dir`, as a publish makes it. */
+const packOf = (dir: string, files: CacheFile[]) =>
+  packStream(
+    dir,
+    files.map((f) => f.path),
+  );
+
 /** A tar.gz made by hand, for entries the packer would never write. */
 function rawTar(cwd: string, paths: string[], options: { preservePaths?: boolean } = {}): Readable {
   return Readable.from(tar.c({ cwd, gzip: true, portable: true, ...options }, paths), { objectMode: false });
@@ -63,14 +70,7 @@ describe("compile-cache packs", () => {
     });
     const dest = join(work, "dest");
     await mkdir(dest);
-    await unpackVerified(
-      packStream(
-        dir,
-        files.map((f) => f.path),
-      ),
-      dest,
-      files,
-    );
+    await unpackVerified(packOf(dir, files), dest, files);
     const got = await listCacheDir(dest);
     expect(await digestFiles(dest, got.files)).toEqual(files);
     expect(await readdir(dest)).toEqual(["torch_compile_cache"]);
@@ -108,10 +108,7 @@ describe("compile-cache packs", () => {
     };
     // An extra file.
     await expectRefused(
-      packStream(
-        dir,
-        files.map((f) => f.path),
-      ),
+      packOf(dir, files),
       files.slice(1),
       /computation_graph.py", which is not in the manifest/,
     );
@@ -137,17 +134,7 @@ describe("compile-cache packs", () => {
     const lying = files.map((f, i) => (i === 0 ? { ...f, sha256: sha("something else") } : f));
     const dest = join(work, "dest");
     await mkdir(dest);
-    const err = await expectCode(
-      unpackVerified(
-        packStream(
-          dir,
-          files.map((f) => f.path),
-        ),
-        dest,
-        lying,
-      ),
-      "CS_CACHE_REMOTE_INVALID",
-    );
+    const err = await expectCode(unpackVerified(packOf(dir, files), dest, lying), "CS_CACHE_REMOTE_INVALID");
     expect(err.message).toContain(files[0]?.sha256);
     expect(err.message).toContain(sha("something else"));
     // A listed file missing from the pack.
@@ -155,14 +142,7 @@ describe("compile-cache packs", () => {
     await mkdir(dest2);
     const extra = [...files, { path: "missing.py", bytes: 1, sha256: sha("x") }];
     const err2 = await expectCode(
-      unpackVerified(
-        packStream(
-          dir,
-          files.map((f) => f.path),
-        ),
-        dest2,
-        extra,
-      ),
+      unpackVerified(packOf(dir, files), dest2, extra),
       "CS_CACHE_REMOTE_INVALID",
     );
     expect(err2.message).toContain("missing.py");
@@ -175,14 +155,7 @@ describe("compile-cache packs", () => {
     const files = await digestFiles(dir, (await listCacheDir(dir)).files);
     const dest = join(work, "at-dest");
     await mkdir(dest);
-    await unpackVerified(
-      packStream(
-        dir,
-        files.map((f) => f.path),
-      ),
-      dest,
-      files,
-    );
+    await unpackVerified(packOf(dir, files), dest, files);
     expect(await readFile(join(dest, "@x"), "utf8")).toBe("not an archive");
   });
 
@@ -193,17 +166,7 @@ describe("compile-cache packs", () => {
     const dest = join(work, "bomb-dest");
     await mkdir(dest);
     const small = files.map((f) => ({ ...f, bytes: 10 }));
-    const err = await expectCode(
-      unpackVerified(
-        packStream(
-          dir,
-          files.map((f) => f.path),
-        ),
-        dest,
-        small,
-      ),
-      "CS_CACHE_REMOTE_INVALID",
-    );
+    const err = await expectCode(unpackVerified(packOf(dir, files), dest, small), "CS_CACHE_REMOTE_INVALID");
     expect(err.message).toContain("big.bin is 1048576 bytes in the pack, 10 in the manifest");
     expect(await readdir(dest)).toEqual([]);
   });

@@ -164,6 +164,23 @@ async function publish(n: Node, key: string) {
   return { out, body: out.code === 0 ? JSON.parse(out.stdout.trim()) : undefined };
 }
 
+/** A fresh bucket, and node `name` (an H100) that missed, compiled `files` small files and published. */
+async function publishedBy(name: string, files: number) {
+  const s = await shared();
+  const a = await node(name, s, "h100x2");
+  const first = await handshake(a, s);
+  const key = first.env.COLDSTART_COMPILE_CACHE_KEY ?? "";
+  await compile(first.env.VLLM_CACHE_ROOT ?? "", "a", files, 1024);
+  expect((await publish(a, key)).body?.outcome).toBe("published");
+  return { s, a, first, key };
+}
+
+/** `coldstart cache prune` against the bucket straight (no proxy), with a 1 s upload grace. */
+function prune(s: Shared, args: string[] = []) {
+  const flags = ["--compile-cache-remote", s.remote, "--endpoint", fx.s3.endpoint, "--path-style"];
+  return finish(coldstart(["cache", "prune", ...flags, "--upload-grace", "1s", ...args], fx.s3));
+}
+
 async function remoteKeys(s: Shared): Promise<string[]> {
   const out = await fx.client.send(new ListObjectsV2Command({ Bucket: s.bucket, Prefix: "compile-cache/" }));
   return (out.Contents ?? []).map((o) => o.Key ?? "").sort();
@@ -236,12 +253,7 @@ describe("compile caches shared through one bucket", () => {
   });
 
   it("a restored key whose directory then grows is counted as a silent miss, noise is not", async () => {
-    const s = await shared();
-    const a = await node("a", s, "h100x2");
-    const first = await handshake(a, s);
-    const key = first.env.COLDSTART_COMPILE_CACHE_KEY ?? "";
-    await compile(first.env.VLLM_CACHE_ROOT ?? "", "a", 3, 1024);
-    expect((await publish(a, key)).body?.outcome).toBe("published");
+    const { s, key } = await publishedBy("a", 3);
 
     const b = await node("b", s, "h100x2");
     const second = await handshake(b, s);
@@ -340,26 +352,7 @@ describe("compile caches shared through one bucket", () => {
         .Uploads ?? [];
     expect(await uploads()).toHaveLength(1);
     await sleep(1100);
-    const prune = (args: string[]) =>
-      finish(
-        coldstart(
-          [
-            "cache",
-            "prune",
-            "--compile-cache-remote",
-            s.remote,
-            "--endpoint",
-            fx.s3.endpoint,
-            "--path-style",
-            "--upload-grace",
-            "1s",
-            "--json",
-            ...args,
-          ],
-          fx.s3,
-        ),
-      );
-    const dry = await prune(["--dry-run"]);
+    const dry = await prune(s, ["--json", "--dry-run"]);
     expect(dry.code, dry.stderr).toBe(0);
     expect(JSON.parse(dry.stdout)).toMatchObject({
       dryRun: true,
@@ -367,7 +360,7 @@ describe("compile caches shared through one bucket", () => {
       actions: [{ kind: "unfinished-upload", cacheKey: key }],
     });
     expect(await uploads()).toHaveLength(1);
-    const real = await prune([]);
+    const real = await prune(s, ["--json"]);
     expect(real.code, real.stderr).toBe(0);
     expect(JSON.parse(real.stdout)).toMatchObject({ dryRun: false, removed: 1 });
     expect(await uploads()).toHaveLength(0);
@@ -417,22 +410,7 @@ describe("compile caches shared through one bucket", () => {
     expect([one, two]).toContainEqual(got);
     // Prune keeps the manifest's pack and removes the loser's, if one was left.
     await sleep(1100);
-    const pruned = await finish(
-      coldstart(
-        [
-          "cache",
-          "prune",
-          "--compile-cache-remote",
-          s.remote,
-          "--endpoint",
-          fx.s3.endpoint,
-          "--path-style",
-          "--upload-grace",
-          "1s",
-        ],
-        fx.s3,
-      ),
-    );
+    const pruned = await prune(s);
     expect(pruned.code, pruned.stderr).toBe(0);
     expect((await remoteKeys(s)).filter((k) => k.includes("/packs/"))).toHaveLength(1);
     const c = await node("c", s, "h100x2");
@@ -442,12 +420,7 @@ describe("compile caches shared through one bucket", () => {
   });
 
   it("a slow remote never holds the pod past --compile-cache-timeout: it starts with an empty cache", async () => {
-    const s = await shared();
-    const a = await node("a", s, "h100x2");
-    const first = await handshake(a, s);
-    const key = first.env.COLDSTART_COMPILE_CACHE_KEY ?? "";
-    await compile(first.env.VLLM_CACHE_ROOT ?? "", "a", 2, 1024);
-    expect((await publish(a, key)).body?.outcome).toBe("published");
+    const { s } = await publishedBy("a", 2);
 
     const b = await node("b", s, "h100x2");
     fx.proxy.addRule({ match: { method: "GET", path: "/packs/" }, action: { kind: "delay", ms: 15_000 } });
@@ -464,12 +437,7 @@ describe("compile caches shared through one bucket", () => {
   });
 
   it("a tampered pack or a manifest with an unsafe path is refused: a miss for the pod, nothing installed", async () => {
-    const s = await shared();
-    const a = await node("a", s, "h100x2");
-    const first = await handshake(a, s);
-    const key = first.env.COLDSTART_COMPILE_CACHE_KEY ?? "";
-    await compile(first.env.VLLM_CACHE_ROOT ?? "", "a", 3, 1024);
-    expect((await publish(a, key)).body?.outcome).toBe("published");
+    const { s, key } = await publishedBy("a", 3);
     const manifestKey = `compile-cache/${key}/manifest.json`;
     const manifest = JSON.parse(
       (await (
