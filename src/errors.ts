@@ -53,6 +53,7 @@ export const errorCodes = {
     "A remote compile cache's manifest or pack is malformed, or its bytes do not match the manifest.",
   CS_CACHE_BUSY: "The compile cache is being restored, published or evicted; retry shortly.",
   CS_CACHE_NO_REMOTE: "No remote store is configured for compile caches (compileCache.remote).",
+  CS_PEER_NOT_HELD: "This node holds no verified copy of the object asked for by a peer.",
   CS_INTERNAL: "A bug: an invariant coldstart relies on did not hold.",
 } as const;
 

@@ -28,6 +28,8 @@ import {
   policyViolations,
   publishNodeFacts,
 } from "./node/node-facts.js";
+import { PeerDirectory } from "./peers/discovery.js";
+import { PeerAwareSource } from "./peers/peer-source.js";
 import { s3SourceFromConfig } from "./s3/s3-object-source.js";
 import { parseS3Uri } from "./s3/uri.js";
 import { RateLimiter } from "./staging/rate-limiter.js";
@@ -79,12 +81,34 @@ export async function startDaemon(
   const registry = await ModelRegistry.open(d.root);
   const tokens = d.auth === "token" && d.tokenFile ? new TokenFile(d.tokenFile, { logger }) : undefined;
   const metrics = new Metrics();
-  const source = s3SourceFromConfig(config, { metrics });
+  const s3 = s3SourceFromConfig(config, { metrics });
+  // With peers, a staging job asks them for verified pieces first; S3 stays the authority.
+  const peers =
+    config.peers.urls.length || config.peers.dns
+      ? new PeerDirectory({
+          static: config.peers.urls,
+          dnsName: config.peers.dns,
+          self: config.peers.selfAddress,
+          logger: logger.child({ component: "peers" }),
+        })
+      : undefined;
+  await peers?.start();
+  const source = peers
+    ? new PeerAwareSource(s3, {
+        urls: () => peers.urls(),
+        token: () => tokens?.first,
+        timeoutMs: config.peers.timeoutMs,
+        maxInFlight: config.peers.maxInFlight,
+        logger: logger.child({ component: "peers" }),
+        metrics,
+      })
+    : s3;
   let labeler: NodeLabeler | undefined;
   try {
     labeler = nodeLabeler(config, logger);
   } catch (err) {
     tokens?.close();
+    peers?.stop();
     source.close();
     throw err;
   }
@@ -138,6 +162,10 @@ export async function startDaemon(
     bodyLimitBytes: d.bodyLimitBytes,
     isReady: () => ready,
     nodeFacts: () => facts,
+    peerUploadLimiter:
+      config.peers.maxUploadBytesPerSecond > 0
+        ? new RateLimiter(config.peers.maxUploadBytesPerSecond)
+        : undefined,
   };
   const api = buildApp(deps, "tcp");
   const sock = buildApp(deps, "socket");
@@ -149,6 +177,7 @@ export async function startDaemon(
     await Promise.allSettled([api.close(), sock.close(), metricsApp.close()]);
     labeler?.close();
     tokens?.close();
+    peers?.stop();
     source.close();
   };
   let apiAddress: string;
@@ -236,6 +265,7 @@ export async function startDaemon(
       await labeler?.flush().catch(() => {});
       labeler?.close();
       tokens?.close();
+      peers?.stop();
       source.close();
       logger.info("coldstart daemon stopped");
     },

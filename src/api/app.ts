@@ -1,3 +1,6 @@
+import { constants } from "node:fs";
+import { open } from "node:fs/promises";
+import { Transform } from "node:stream";
 import Fastify, { type FastifyReply, type FastifyRequest } from "fastify";
 import type { Logger } from "pino";
 import type { CompileCacheManager, Identity } from "../compile-cache/cache-manager.js";
@@ -5,6 +8,7 @@ import { ColdstartError, isColdstartError, toColdstartError } from "../errors.js
 import type { Metrics } from "../metrics/metrics.js";
 import type { ModelManager, ModelRequest } from "../models/model-manager.js";
 import type { NodeFacts } from "../node/node-facts.js";
+import type { RateLimiter } from "../staging/rate-limiter.js";
 import type { TokenFile } from "./auth.js";
 import { fastifyCodes, httpStatusOf } from "./http-errors.js";
 
@@ -22,6 +26,8 @@ export interface AppDeps {
   isReady: () => boolean;
   /** Keyed torch.compile caches (absent in tests that do not need them). */
   compileCaches?: CompileCacheManager;
+  /** Caps what this node serves to peers (peers.maxUploadBytesPerSecond), when set. */
+  peerUploadLimiter?: RateLimiter | undefined;
   /** The node's facts (GPUs, GDS, placement), when collected. */
   nodeFacts?: () => NodeFacts;
 }
@@ -59,6 +65,26 @@ const restoreBody = {
     },
     remote: { type: "string", minLength: 1, maxLength: 2048 },
     timeoutSeconds: { type: "integer", minimum: 0, maximum: 600 },
+  },
+} as const;
+
+/** Which object a peer asks about: S3's names and the ETag it staged (S3 stays the authority). */
+interface PeerQuery {
+  bucket: string;
+  key: string;
+  etag: string;
+  piece?: string;
+}
+
+const peerQuery = {
+  type: "object",
+  additionalProperties: false,
+  required: ["bucket", "key", "etag"],
+  properties: {
+    bucket: { type: "string", minLength: 1, maxLength: 255 },
+    key: { type: "string", minLength: 1, maxLength: 1024 },
+    etag: { type: "string", minLength: 1, maxLength: 256 },
+    piece: { type: "string", pattern: "^[0-9]{1,7}$" },
   },
 } as const;
 
@@ -177,6 +203,62 @@ export function buildApp(deps: AppDeps, surface: Surface) {
     if (!ready) return deps.manager.get(id);
     return longPoll(deps, req, reply, id);
   });
+
+  // Peers (src/peers/peer-source.ts): what this node holds verified, and one piece of it. TCP with a
+  // token only; served from this node's own committed files, never relayed from elsewhere.
+  const held = async (q: PeerQuery) => {
+    const h = await deps.manager.heldObject(q.bucket, q.key, q.etag);
+    if (!h) {
+      throw new ColdstartError(
+        "CS_PEER_NOT_HELD",
+        `no verified copy of s3://${q.bucket}/${q.key} at ${q.etag}`,
+        {
+          details: { key: q.key },
+        },
+      );
+    }
+    return h;
+  };
+  app.get<{ Querystring: PeerQuery }>(
+    "/v1/peer/object",
+    { schema: { querystring: peerQuery } },
+    async (req) => {
+      const { file } = await held(req.query);
+      return { size: file.size, bounds: file.bounds, pieces: file.pieces };
+    },
+  );
+  app.get<{ Querystring: PeerQuery }>(
+    "/v1/peer/piece",
+    { schema: { querystring: peerQuery } },
+    async (req, reply) => {
+      const { path, file } = await held(req.query);
+      const i = Number(req.query.piece ?? "-1");
+      if (!(i >= 0 && i < file.pieces.length)) {
+        throw new ColdstartError(
+          "CS_REQUEST_INVALID",
+          `piece must be 0 to ${file.pieces.length - 1}, got ${req.query.piece}`,
+          {
+            details: { field: "piece", value: req.query.piece },
+          },
+        );
+      }
+      const start = file.bounds[i] as number;
+      const end = file.bounds[i + 1] as number;
+      const fh = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW);
+      const stream = fh.createReadStream({ start, end: end - 1 });
+      const limiter = deps.peerUploadLimiter;
+      const metrics = deps.metrics;
+      const counted = new Transform({
+        transform(chunk: Buffer, _e, done) {
+          metrics?.peerBytes.inc({ direction: "out" }, chunk.length);
+          if (!limiter) return done(null, chunk);
+          limiter.take(chunk.length).then(() => done(null, chunk), done);
+        },
+      });
+      reply.header("content-type", "application/octet-stream").header("content-length", end - start);
+      return reply.send(stream.pipe(counted));
+    },
+  );
 
   const caches = () => {
     if (!deps.compileCaches) throw new ColdstartError("CS_INTERNAL", "compile caches are not wired");

@@ -12,6 +12,7 @@ import { ColdstartError } from "../errors.js";
 export class TokenFile {
   readonly path: string;
   #digests: Buffer[] = [];
+  #first: string | undefined;
   #mtimeMs = -1;
   readonly #watcher: FSWatcher | undefined;
   readonly #timer: NodeJS.Timeout;
@@ -36,6 +37,11 @@ export class TokenFile {
     let ok = false;
     for (const d of this.#digests) ok = timingSafeEqual(presented, d) || ok;
     return ok;
+  }
+
+  /** The first token: what this daemon presents to its peers (one Secret for the whole DaemonSet). */
+  get first(): string | undefined {
+    return this.#first;
   }
 
   get count(): number {
@@ -82,6 +88,7 @@ export class TokenFile {
       return;
     }
     this.#digests = tokens.map(digest);
+    this.#first = tokens[0];
     this.#mtimeMs = mtimeMs;
     if (!first) this.#logger?.info({ tokens: tokens.length }, "reloaded API tokens");
   }

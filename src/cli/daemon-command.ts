@@ -15,6 +15,7 @@ const GROUPS = new Set([
   "node",
   "gds",
   "placement",
+  "peers",
   "log",
   // Not retention nor upload grace: those are `cache prune`'s, which runs apart from the daemons.
   "compileCache.remote",

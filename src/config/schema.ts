@@ -282,6 +282,51 @@ export const schema = {
       help: "A model handed to a pod (coldstart wait) is not evicted for this long afterwards.",
     }),
   },
+  peers: {
+    urls: option({
+      schema: stringList.pipe(z.array(z.url({ protocol: /^https?$/ }))),
+      default: [],
+      env: ["COLDSTART_PEERS"],
+      flag: "--peer <url>",
+      repeatable: true,
+      help: "Other nodes' daemon APIs (http://HOST:8476) to ask for verified pieces of a model before S3. Repeatable; empty: S3 only.",
+    }),
+    dns: option({
+      schema: hostPort.optional(),
+      default: undefined,
+      env: ["COLDSTART_PEER_DNS"],
+      flag: "--peer-dns <host:port>",
+      help: "A name whose addresses are peers, re-resolved every 30 s: the DaemonSet's headless Service, e.g. coldstart-peers.coldstart.svc.cluster.local:8476.",
+    }),
+    selfAddress: option({
+      schema: z.string().min(1).optional(),
+      default: undefined,
+      env: ["COLDSTART_PEER_SELF", "POD_IP"],
+      flag: "--peer-self <address>",
+      help: "This daemon's own address among the resolved ones (status.podIP), so it never asks itself.",
+    }),
+    timeoutMs: option({
+      schema: duration.pipe(z.number().int().min(100).max(60_000)),
+      default: 2_000,
+      env: ["COLDSTART_PEER_TIMEOUT"],
+      flag: "--peer-timeout <duration>",
+      help: "How long a peer may take to say whether it holds an object; a dead peer costs at most this, then S3.",
+    }),
+    maxInFlight: option({
+      schema: int(1, 256),
+      default: 8,
+      env: ["COLDSTART_PEER_MAX_IN_FLIGHT"],
+      flag: "--peer-max-in-flight <n>",
+      help: "Pieces fetched from peers at once (each is held in memory until verified); more parts go to S3.",
+    }),
+    maxUploadBytesPerSecond: option({
+      schema: byteSize.pipe(z.number().int().min(0)),
+      default: 0,
+      env: ["COLDSTART_PEER_MAX_UPLOAD_BYTES_PER_SECOND"],
+      flag: "--peer-max-upload-bytes-per-second <size>",
+      help: "Cap on the bytes this node serves to peers (0: none), so serving never starves the node's own inference traffic.",
+    }),
+  },
   compileCache: {
     remote: option({
       schema: z

@@ -113,6 +113,11 @@ export class Metrics {
   /** coldstart_compile_cache_local_bytes: bytes of keyed directories under the staging root. */
   readonly compileCacheLocalBytes: Gauge;
 
+  /** coldstart_peer_bytes_total{direction}: verified model bytes received from (in) or served to (out) peers. */
+  readonly peerBytes: Counter<"direction">;
+  /** coldstart_peer_fallbacks_total{reason}: pieces a peer held that came from S3 after all. */
+  readonly peerFallbacks: Counter<"reason">;
+
   constructor(registry?: Registry, options: MetricsOptions = {}) {
     const { defaultMetrics = true } = options;
     this.registry = registry ?? new Registry();
@@ -279,6 +284,19 @@ export class Metrics {
       registers,
     });
 
+    this.peerBytes = new Counter({
+      name: "coldstart_peer_bytes_total",
+      help: "Model bytes received from peers (in, verified) or served to them (out).",
+      labelNames: ["direction"] as const,
+      registers,
+    });
+    this.peerFallbacks = new Counter({
+      name: "coldstart_peer_fallbacks_total",
+      help: "Pieces a peer held that were fetched from S3 after all, by reason (unreachable, corrupt, busy, unaligned).",
+      labelNames: ["reason"] as const,
+      registers,
+    });
+
     // Export every value of the small closed label sets from the start, so that rate() and absent-vs-zero
     // alerts work before the first event (a series that appears late loses its first increase).
     for (const state of MODEL_STATES) this.models.set({ state }, 0);
@@ -287,6 +305,9 @@ export class Metrics {
     for (const outcome of COMPILE_CACHE_RESTORE_OUTCOMES) this.compileCacheRestores.inc({ outcome }, 0);
     for (const outcome of COMPILE_CACHE_PUBLISH_OUTCOMES) this.compileCachePublishes.inc({ outcome }, 0);
     for (const reason of ["watermark", "api"]) this.compileCacheEvictions.inc({ reason }, 0);
+    for (const direction of ["in", "out"]) this.peerBytes.inc({ direction }, 0);
+    for (const reason of ["unreachable", "corrupt", "busy", "unaligned"])
+      this.peerFallbacks.inc({ reason }, 0);
   }
 }
 

@@ -13,6 +13,7 @@ import { parseS3Uri } from "../s3/uri.js";
 import type { RateLimiter } from "../staging/rate-limiter.js";
 import type { SlotScheduler } from "../staging/scheduler.js";
 import { StageJob } from "../staging/stage-job.js";
+import { type ManifestFile, ManifestStore } from "../store/manifest.js";
 import { ioError } from "../store/paths.js";
 import { validateModelId } from "./model-id.js";
 import type { ModelRecord, ModelRegistry, ModelState } from "./model-registry.js";
@@ -109,6 +110,10 @@ export class ModelManager {
   /** Bytes each running job still had to write when it was admitted (#makeRoom). */
   readonly #reserved = new Map<string, number>();
   #draining = false;
+  readonly #manifests = new Map<
+    string,
+    { readyAt: string | undefined; files: ReadonlyMap<string, ManifestFile> }
+  >();
 
   constructor(options: ModelManagerOptions) {
     this.#o = options;
@@ -349,6 +354,37 @@ export class ModelManager {
       freeBytes: Number(s.bavail) * Number(s.bsize),
       modelBytes: this.#o.registry.all().reduce((n, r) => n + (r.state === "ready" ? r.bytesTotal : 0), 0),
     };
+  }
+
+  /**
+   * What this node can serve a peer: the verified, committed copy of `bucket/key` at ETag `etag` in
+   * a ready model (its file and its manifest entry: piece bounds and digests), or undefined.
+   */
+  async heldObject(
+    bucket: string,
+    key: string,
+    etag: string,
+  ): Promise<{ path: string; file: ManifestFile } | undefined> {
+    for (const r of this.#o.registry.all()) {
+      if (r.state !== "ready" || this.#running.has(r.id)) continue;
+      const { bucket: b, prefix } = parseS3Uri(r.source);
+      if (b !== bucket || !key.startsWith(prefix)) continue;
+      const rel = key.slice(prefix.length);
+      const file = (await this.#manifestOf(r)).get(rel);
+      if (file && file.etag === etag) return { path: join(this.modelPath(r.id), ...rel.split("/")), file };
+    }
+    return undefined;
+  }
+
+  /** A ready model's manifest entries, read once per readiness (a restage makes a new one). */
+  async #manifestOf(r: ModelRecord): Promise<ReadonlyMap<string, ManifestFile>> {
+    const cached = this.#manifests.get(r.id);
+    if (cached && cached.readyAt === r.readyAt) return cached.files;
+    const store = await ManifestStore.open(this.modelPath(r.id), r.source);
+    const files = new Map(store.files());
+    await store.close();
+    this.#manifests.set(r.id, { readyAt: r.readyAt, files });
+    return files;
   }
 
   /** Models by state (metrics). */

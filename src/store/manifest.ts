@@ -86,6 +86,11 @@ export class ManifestStore {
     return store;
   }
 
+  /** Every committed file by relative path. */
+  files(): ReadonlyMap<string, ManifestFile> {
+    return this.#files;
+  }
+
   get(relPath: string): ManifestFile | undefined {
     return this.#files.get(relPath);
   }

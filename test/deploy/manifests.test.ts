@@ -231,6 +231,12 @@ describe("deploy/", () => {
     const config = loadConfig({ env: { ...settings, ...env, ...links, NODE_NAME: "node-1" } });
     expect(config.sources.allow).toEqual(["s3://my-models-bucket/models/**"]);
     expect(config.compileCache.remote).toBe("s3://my-models-bucket/compile-cache/");
+    // Peers: the headless Service's records, without this pod's own address.
+    const peersService = find(objs, "Service", "coldstart-peers");
+    expect(peersService.spec.clusterIP).toBe("None");
+    expect(config.peers.dns).toBe(
+      `coldstart-peers.coldstart.svc.cluster.local:${peersService.spec.ports[0].port}`,
+    );
     expect(config.kube.nodeName).toBe("node-1");
     expect(config.daemon.root).toBe(mounts.staging.mountPath);
     expect(config.daemon.socketPath.startsWith(`${mounts["socket-dir"].mountPath}/`)).toBe(true);
@@ -258,6 +264,7 @@ describe("deploy/", () => {
     expect(downward).toEqual([
       ["NODE_NAME", "spec.nodeName"],
       ["HOST_IP", "status.hostIP"],
+      ["POD_IP", "status.podIP"],
     ]);
     // The namespace admits the hostPaths, and says why.
     expect(find(objs, "Namespace", "coldstart").metadata.labels?.["pod-security.kubernetes.io/enforce"]).toBe(

@@ -33,6 +33,8 @@ const EXPECTED = {
   compileCacheSilentMisses: ["coldstart_compile_cache_silent_misses_total", Counter, []],
   compileCacheEvictions: ["coldstart_compile_cache_evictions_total", Counter, ["reason"]],
   compileCacheLocalBytes: ["coldstart_compile_cache_local_bytes", Gauge, []],
+  peerBytes: ["coldstart_peer_bytes_total", Counter, ["direction"]],
+  peerFallbacks: ["coldstart_peer_fallbacks_total", Counter, ["reason"]],
 } as const;
 
 type MetricField = keyof typeof EXPECTED;

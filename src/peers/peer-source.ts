@@ -1,0 +1,224 @@
+/**
+ * Model pieces from neighbours: an ObjectSource that asks peers (other nodes' daemons) for a piece
+ * before S3, and answers from S3 whenever a peer cannot give exactly that piece, verified.
+ *
+ * S3 stays the authority. Listing, HEAD and part sizes always come from S3, and so do the ETag and
+ * the checksums the staging engine checks every file against. A peer only ever serves a piece of a
+ * file it staged and verified itself (same key, same ETag), and the piece is hashed here against the
+ * SHA-256 in that peer's manifest before a byte of it reaches the staging engine: a piece is held in
+ * memory until verified, so a corrupt or truncated one costs a re-fetch from S3, never a bad byte on
+ * disk. Objects with an S3 checksum are then also checked end to end by the engine, over peer bytes
+ * as over S3 bytes. Peers relay nothing, so there are no loops.
+ */
+import { createHash } from "node:crypto";
+import { Readable } from "node:stream";
+import type { Logger } from "pino";
+import type { Metrics } from "../metrics/metrics.js";
+import type { GetOptions, GetResponse, ObjectHead, ObjectInfo, ObjectSource } from "../s3/object-source.js";
+
+export interface PeerOptions {
+  /** Base URLs of peers' TCP APIs, asked each time (discovery may change them). */
+  urls: () => string[];
+  /** Presented as a bearer token: the DaemonSet's shared API token. */
+  token: () => string | undefined;
+  /** Deadline of "do you hold this?"; a piece gets a longer one (see PIECE_TIMEOUT_MS). */
+  timeoutMs: number;
+  maxInFlight: number;
+  logger: Logger;
+  metrics?: Metrics | undefined;
+}
+
+/** What a peer holds of one object: its piece bounds and their digests (the peer's manifest). */
+interface Held {
+  peer: string;
+  size: number;
+  bounds: number[];
+  pieces: string[];
+}
+
+/** Why a piece came from S3 after all (label values of coldstart_peer_fallbacks_total). */
+export const PEER_FALLBACK_REASONS = ["unreachable", "corrupt", "busy", "unaligned"] as const;
+export type PeerFallbackReason = (typeof PEER_FALLBACK_REASONS)[number];
+
+const PIECE_TIMEOUT_MS = 60_000;
+/** A peer that failed is left alone this long. */
+const PEER_DOWN_MS = 30_000;
+/** "Nobody holds it" is remembered this long: the first node is still staging. */
+const MISS_TTL_MS = 10_000;
+
+export class PeerAwareSource implements ObjectSource {
+  readonly #inner: ObjectSource;
+  readonly #o: PeerOptions;
+  readonly #located = new Map<string, { at: number; held: Promise<Held | undefined> }>();
+  readonly #downUntil = new Map<string, number>();
+  #inFlight = 0;
+
+  constructor(inner: ObjectSource, options: PeerOptions) {
+    this.#inner = inner;
+    this.#o = options;
+  }
+
+  list(bucket: string, prefix: string, signal?: AbortSignal): AsyncIterable<ObjectInfo> {
+    return this.#inner.list(bucket, prefix, signal);
+  }
+
+  head(bucket: string, key: string, signal?: AbortSignal): Promise<ObjectHead> {
+    return this.#inner.head(bucket, key, signal);
+  }
+
+  partSizes(bucket: string, key: string, signal?: AbortSignal): Promise<number[] | undefined> {
+    return this.#inner.partSizes(bucket, key, signal);
+  }
+
+  close(): void {
+    this.#inner.close();
+  }
+
+  async get(bucket: string, key: string, options: GetOptions): Promise<GetResponse> {
+    const etag = options.ifMatch;
+    if (etag && this.#o.urls().length > 0) {
+      const held = await this.#locate(bucket, key, etag, options.signal);
+      if (held) {
+        const piece = pieceOf(held, options.range);
+        if (piece === undefined) this.#fallback("unaligned");
+        else if (this.#inFlight >= this.#o.maxInFlight) this.#fallback("busy");
+        else {
+          this.#inFlight++;
+          try {
+            return await this.#fetchPiece(held, bucket, key, etag, piece, options);
+          } catch (err) {
+            if (options.signal?.aborted) throw err;
+            const corrupt = (err as { corrupt?: boolean }).corrupt === true;
+            this.#fallback(corrupt ? "corrupt" : "unreachable");
+            this.#o.logger.warn(
+              { peer: held.peer, key, piece, err: (err as Error).message },
+              corrupt ? "peer served a bad piece; fetching it from S3" : "peer failed; fetching from S3",
+            );
+            this.#downUntil.set(held.peer, Date.now() + PEER_DOWN_MS);
+            this.#located.delete(locKey(bucket, key, etag));
+          } finally {
+            this.#inFlight--;
+          }
+        }
+      }
+    }
+    return this.#inner.get(bucket, key, options);
+  }
+
+  /** Asks every live peer at once whether it holds the object; the first that does wins. */
+  #locate(bucket: string, key: string, etag: string, signal?: AbortSignal): Promise<Held | undefined> {
+    const k = locKey(bucket, key, etag);
+    const cached = this.#located.get(k);
+    if (cached && Date.now() - cached.at < MISS_TTL_MS) return cached.held;
+    const now = Date.now();
+    const live = this.#o.urls().filter((u) => (this.#downUntil.get(u) ?? 0) <= now);
+    const query = new URLSearchParams({ bucket, key, etag }).toString();
+    const held = Promise.any(
+      live.map(async (peer) => {
+        const res = await fetch(new URL(`/v1/peer/object?${query}`, peer), {
+          headers: this.#headers(),
+          signal: anySignal(signal, AbortSignal.timeout(this.#o.timeoutMs)),
+        }).catch((err: unknown) => {
+          // Unreachable or too slow: not asked again for a while, so a dead peer costs one timeout.
+          if (!signal?.aborted) this.#downUntil.set(peer, Date.now() + PEER_DOWN_MS);
+          throw err;
+        });
+        if (res.status !== 200) {
+          await res.body?.cancel();
+          throw new Error(`peer ${peer} answered ${res.status}`);
+        }
+        const body = (await res.json()) as Omit<Held, "peer">;
+        if (!validHeld(body)) throw new Error(`peer ${peer} answered a malformed object description`);
+        return { peer, ...body };
+      }),
+    ).catch(() => undefined);
+    this.#located.set(k, { at: now, held });
+    // A hit is kept until its peer fails; a miss only for MISS_TTL_MS.
+    void held.then((h) => {
+      if (h) this.#located.set(k, { at: Number.POSITIVE_INFINITY, held });
+    });
+    return held;
+  }
+
+  async #fetchPiece(
+    held: Held,
+    bucket: string,
+    key: string,
+    etag: string,
+    piece: number,
+    options: GetOptions,
+  ): Promise<GetResponse> {
+    const start = held.bounds[piece] as number;
+    const end = held.bounds[piece + 1] as number;
+    const query = new URLSearchParams({ bucket, key, etag, piece: String(piece) }).toString();
+    const res = await fetch(new URL(`/v1/peer/piece?${query}`, held.peer), {
+      headers: this.#headers(),
+      signal: anySignal(options.signal, AbortSignal.timeout(PIECE_TIMEOUT_MS)),
+    });
+    if (res.status !== 200) {
+      await res.body?.cancel();
+      throw new Error(`peer answered ${res.status} for piece ${piece}`);
+    }
+    const bytes = Buffer.from(await res.arrayBuffer());
+    const digest = createHash("sha256").update(bytes).digest("hex");
+    if (bytes.length !== end - start || digest !== held.pieces[piece]) {
+      throw Object.assign(
+        new Error(
+          `piece ${piece} of ${key}: ${bytes.length} bytes with SHA-256 ${digest}, expected ${end - start} bytes with ${held.pieces[piece]}`,
+        ),
+        { corrupt: true },
+      );
+    }
+    this.#o.metrics?.peerBytes.inc({ direction: "in" }, bytes.length);
+    const ranged = options.range !== undefined;
+    return {
+      statusCode: ranged ? 206 : 200,
+      contentLength: bytes.length,
+      contentRange: ranged ? `bytes ${start}-${end - 1}/${held.size}` : undefined,
+      etag,
+      // The engine checks S3's checksum from its own HEAD (ranged files); a whole-object GET would
+      // carry it from S3, a peer cannot vouch for it: the piece digest stands in.
+      checksum: undefined,
+      body: Readable.from([bytes]),
+    };
+  }
+
+  #fallback(reason: PeerFallbackReason): void {
+    this.#o.metrics?.peerFallbacks.inc({ reason });
+  }
+
+  #headers(): Record<string, string> {
+    const token = this.#o.token();
+    return token ? { authorization: `Bearer ${token}` } : {};
+  }
+}
+
+/** The piece whose bounds are exactly the requested range (or the whole object, in one piece). */
+function pieceOf(held: Held, range: GetOptions["range"]): number | undefined {
+  if (!range) return held.bounds.length === 2 && held.bounds[1] === held.size ? 0 : undefined;
+  const i = held.bounds.indexOf(range.start);
+  if (i < 0 || i >= held.pieces.length) return undefined;
+  return held.bounds[i + 1] === range.end + 1 ? i : undefined;
+}
+
+function validHeld(b: unknown): b is Omit<Held, "peer"> {
+  const h = b as Partial<Held> | null;
+  if (!h || !Number.isSafeInteger(h.size) || !Array.isArray(h.bounds) || !Array.isArray(h.pieces))
+    return false;
+  if (h.bounds.length !== h.pieces.length + 1 || h.bounds[0] !== 0 || h.bounds.at(-1) !== h.size)
+    return false;
+  for (let i = 1; i < h.bounds.length; i++) {
+    const a = h.bounds[i - 1] as number;
+    const z = h.bounds[i] as number;
+    if (!Number.isSafeInteger(z) || z <= a) return false;
+  }
+  return h.pieces.every((p) => typeof p === "string" && /^[0-9a-f]{64}$/.test(p));
+}
+
+function locKey(bucket: string, key: string, etag: string): string {
+  return `${bucket}\0${key}\0${etag}`;
+}
+
+function anySignal(a: AbortSignal | undefined, b: AbortSignal): AbortSignal {
+  return a ? AbortSignal.any([a, b]) : b;
+}

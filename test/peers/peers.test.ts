@@ -1,0 +1,232 @@
+/**
+ * Model pieces between nodes: real daemons (own roots and ports) on one machine, the real S3 server
+ * (RGW) behind the fault proxy, which counts the bytes S3 served. A second fault proxy in front of a
+ * peer's API lets a test kill that peer in the middle of a transfer.
+ */
+import { open, readFile, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { afterEach, describe, expect, it } from "vitest";
+import { callDaemon } from "../../src/api/client.js";
+import { type FaultProxy, startFaultProxy } from "../support/fault-proxy.js";
+import { type DaemonProcess, startDaemonProcess } from "../support/processes.js";
+import { freshBucket, putFiles } from "../support/s3.js";
+import { useS3Fixture } from "../support/s3-fixture.js";
+import { digests, expectedDigests } from "../support/stage.js";
+import { type SyntheticFile, syntheticModel } from "../support/synthetic-model.js";
+
+const fx = useS3Fixture("cs-peers-");
+const MiB = 1024 * 1024;
+const TOKEN = "peer-shared-token";
+const MODEL = "org/shared";
+const daemons: DaemonProcess[] = [];
+const proxies: FaultProxy[] = [];
+
+afterEach(async () => {
+  for (const d of daemons.splice(0)) {
+    if (d.child.exitCode === null && d.child.signalCode === null) d.child.kill("SIGKILL");
+    await d.exited.catch(() => {});
+  }
+  for (const p of proxies.splice(0)) await p.close();
+});
+
+interface Node {
+  root: string;
+  daemon: DaemonProcess;
+}
+
+async function node(name: string, peers: string[] = []): Promise<Node> {
+  const tokens = join(fx.work, "tokens");
+  await writeFile(tokens, `${TOKEN}\n`);
+  const root = join(fx.work, name);
+  const daemon = await startDaemonProcess(
+    [
+      "--root",
+      root,
+      "--socket",
+      join(fx.work, `${name}.sock`),
+      "--token-file",
+      tokens,
+      "--allow-source",
+      "s3://peer-*/**",
+      "--endpoint",
+      fx.proxy.url,
+      "--path-style",
+      "--part-size",
+      "1MiB",
+      "--concurrency",
+      "4",
+      "--gds",
+      "off",
+      "--nvml-library",
+      "/nonexistent/libnvidia-ml.so.1",
+      "--nvidia-smi",
+      "/nonexistent",
+      ...peers.flatMap((p) => ["--peer", p]),
+    ],
+    fx.s3,
+  );
+  daemons.push(daemon);
+  return { root, daemon };
+}
+
+async function seed(): Promise<{ source: string; files: SyntheticFile[]; bytes: number }> {
+  const bucket = await freshBucket(fx.client, "peer");
+  const files = syntheticModel({ shards: 3, shardBytes: 4 * MiB });
+  await putFiles(fx.client, bucket, "m/", files);
+  return { source: `s3://${bucket}/m/`, files, bytes: files.reduce((n, f) => n + f.body.length, 0) };
+}
+
+/** Stages the model on a node through its API and waits until it is ready (or failed). */
+async function stage(n: Node, source: string): Promise<void> {
+  const ep = { url: n.daemon.api, token: TOKEN };
+  const put = await callDaemon(ep, "PUT", `/v1/models/${encodeURIComponent(MODEL)}`, { source });
+  expect(put.status, JSON.stringify(put.body)).toBeLessThan(300);
+  const ready = await callDaemon(
+    ep,
+    "GET",
+    `/v1/models/${encodeURIComponent(MODEL)}/ready?timeoutSeconds=120`,
+    undefined,
+    {
+      timeoutMs: 125_000,
+    },
+  );
+  expect(ready.status, JSON.stringify(ready.body)).toBe(200);
+}
+
+async function metric(n: Node, line: string): Promise<number> {
+  const text = await (await fetch(`${n.daemon.metrics}/metrics`)).text();
+  const found = text.split("\n").find((l) => l.startsWith(`${line} `));
+  return found === undefined ? Number.NaN : Number(found.split(" ").at(-1));
+}
+
+const modelDir = (n: Node) => join(n.root, "models", ...MODEL.split("/"));
+
+describe("model pieces from peers", () => {
+  it("the first node stages from S3, the next two mostly from peers: S3 serves about one model", async () => {
+    const { source, files, bytes } = await seed();
+    const a = await node("a");
+    await stage(a, source);
+    const fromS3First = fx.proxy.bytesServed().total;
+    expect(fromS3First).toBeGreaterThanOrEqual(bytes);
+
+    const b = await node("b", [a.daemon.api]);
+    await stage(b, source);
+    const c = await node("c", [a.daemon.api, b.daemon.api]);
+    await stage(c, source);
+
+    for (const n of [a, b, c]) expect(await digests(modelDir(n), files)).toEqual(expectedDigests(files));
+    // Three nodes staged, S3 served one model's worth (plus nothing more than a few small files).
+    expect(fx.proxy.bytesServed().total).toBeLessThan(bytes * 1.1);
+    expect(await metric(b, 'coldstart_peer_bytes_total{direction="in"}')).toBe(bytes);
+    expect(await metric(c, 'coldstart_peer_bytes_total{direction="in"}')).toBe(bytes);
+    expect(await metric(a, 'coldstart_peer_bytes_total{direction="out"}')).toBeGreaterThan(0);
+    expect(await metric(b, 'coldstart_peer_fallbacks_total{reason="unaligned"}')).toBe(0);
+  });
+
+  it("a peer serving corrupt bytes is caught: the piece comes from S3 and the model is right", async () => {
+    const { source, files } = await seed();
+    const a = await node("a");
+    await stage(a, source);
+    // Bit rot on the peer after it verified the file: its manifest still has the good digest.
+    const shard = files.find((f) => f.relPath.endsWith(".safetensors"));
+    if (!shard) throw new Error("no shard");
+    const fh = await open(join(modelDir(a), shard.relPath), "r+");
+    await fh.write(Buffer.from([0xff ^ (shard.body[2 * MiB + 7] ?? 0)]), 0, 1, 2 * MiB + 7);
+    await fh.close();
+
+    fx.proxy.resetStats();
+    const b = await node("b", [a.daemon.api]);
+    await stage(b, source);
+    expect(await digests(modelDir(b), files)).toEqual(expectedDigests(files));
+    expect(await metric(b, 'coldstart_peer_fallbacks_total{reason="corrupt"}')).toBe(1);
+    // The bad piece (1 MiB) came from S3, and after it the suspect peer was left alone for a while.
+    expect(fx.proxy.bytesServed().total).toBeGreaterThanOrEqual(MiB);
+  });
+
+  it("a peer killed mid-transfer still lets the others complete", async () => {
+    const { source, files } = await seed();
+    const a = await node("a");
+    await stage(a, source);
+    const b = await node("b", [a.daemon.api]);
+    await stage(b, source);
+    // C reaches A through a proxy that kills A at its third piece; B stays.
+    const toA = await startFaultProxy(a.daemon.api);
+    proxies.push(toA);
+    toA.addRule({
+      match: { path: "/v1/peer/piece" },
+      skip: 2,
+      times: 1,
+      action: {
+        kind: "hook",
+        fn: async () => {
+          a.daemon.child.kill("SIGKILL");
+          await a.daemon.exited;
+        },
+      },
+    });
+    const c = await node("c", [toA.url, b.daemon.api]);
+    await stage(c, source);
+    expect(await digests(modelDir(c), files)).toEqual(expectedDigests(files));
+    expect(await metric(c, 'coldstart_peer_fallbacks_total{reason="unreachable"}')).toBeGreaterThanOrEqual(1);
+    expect(a.daemon.child.signalCode).toBe("SIGKILL");
+  });
+
+  it("serves only with a token, only over TCP, and only what it holds verified", async () => {
+    const { source, files } = await seed();
+    const a = await node("a");
+    await stage(a, source);
+    const first = files[0];
+    if (!first) throw new Error("no file");
+    const bucket = source.slice(5).split("/")[0] ?? "";
+    const manifest = (await readFile(join(modelDir(a), ".coldstart", "manifest.jsonl"), "utf8"))
+      .split("\n")
+      .filter(Boolean)
+      .slice(1)
+      .map((l) => JSON.parse(l) as { path: string; file: { etag: string } });
+    const etag = manifest.find((l) => l.path === first.relPath)?.file.etag ?? "";
+    const q = new URLSearchParams({ bucket, key: `m/${first.relPath}`, etag }).toString();
+    const path = `/v1/peer/object?${q}`;
+    expect((await callDaemon({ url: a.daemon.api }, "GET", path)).status).toBe(401);
+    expect((await callDaemon({ socketPath: join(fx.work, "a.sock") }, "GET", path)).status).toBe(401);
+    const ok = await callDaemon({ url: a.daemon.api, token: TOKEN }, "GET", path);
+    expect(ok.status).toBe(200);
+    expect(ok.body).toMatchObject({ size: first.body.length });
+    const other = await callDaemon(
+      { url: a.daemon.api, token: TOKEN },
+      "GET",
+      `/v1/peer/object?${new URLSearchParams({ bucket, key: `m/${first.relPath}`, etag: '"stale"' })}`,
+    );
+    expect([other.status, other.body]).toMatchObject([404, { error: { code: "CS_PEER_NOT_HELD" } }]);
+    const bad = await callDaemon(
+      { url: a.daemon.api, token: TOKEN },
+      "GET",
+      `${path}&piece=99`.replace("object", "piece"),
+    );
+    expect([bad.status, bad.body]).toMatchObject([400, { error: { code: "CS_REQUEST_INVALID" } }]);
+  });
+});
+
+describe("peer discovery", () => {
+  it("resolves a DNS name to peers and leaves itself out", async () => {
+    const { PeerDirectory } = await import("../../src/peers/discovery.js");
+    const pino = (await import("pino")).default;
+    const directory = async (self?: string) => {
+      const dir = new PeerDirectory({
+        static: ["http://10.0.0.9:8476"],
+        dnsName: "localhost:8476",
+        self,
+        logger: pino({ level: "silent" }),
+      });
+      await dir.start();
+      dir.stop();
+      return dir.urls();
+    };
+    expect(await directory()).toEqual(
+      expect.arrayContaining(["http://10.0.0.9:8476", "http://127.0.0.1:8476"]),
+    );
+    // This node's own address is never its peer.
+    const withoutSelf = await directory("127.0.0.1");
+    expect(withoutSelf).toContain("http://10.0.0.9:8476");
+    expect(withoutSelf).not.toContain("http://127.0.0.1:8476");
+  });
+});
