@@ -314,10 +314,10 @@ export const schema = {
     }),
     maxInFlight: option({
       schema: int(1, 256),
-      default: 8,
+      default: 16,
       env: ["COLDSTART_PEER_MAX_IN_FLIGHT"],
       flag: "--peer-max-in-flight <n>",
-      help: "Pieces fetched from peers at once (each is held in memory until verified); more parts go to S3.",
+      help: "Pieces fetched from peers at once; each is held in memory until verified (16 x 8 MiB parts: 128 MiB). More parts wait for a slot.",
     }),
     maxUploadBytesPerSecond: option({
       schema: byteSize.pipe(z.number().int().min(0)),

@@ -292,7 +292,7 @@ export class Metrics {
     });
     this.peerFallbacks = new Counter({
       name: "coldstart_peer_fallbacks_total",
-      help: "Pieces a peer held that were fetched from S3 after all, by reason (unreachable, corrupt, busy, unaligned).",
+      help: "Pieces a peer held that were fetched from S3 after all, by reason (unreachable, corrupt, unaligned).",
       labelNames: ["reason"] as const,
       registers,
     });

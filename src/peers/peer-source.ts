@@ -37,7 +37,7 @@ interface Held {
 }
 
 /** Why a piece came from S3 after all (label values of coldstart_peer_fallbacks_total). */
-export const PEER_FALLBACK_REASONS = ["unreachable", "corrupt", "busy", "unaligned"] as const;
+export const PEER_FALLBACK_REASONS = ["unreachable", "corrupt", "unaligned"] as const;
 export type PeerFallbackReason = (typeof PEER_FALLBACK_REASONS)[number];
 
 const PIECE_TIMEOUT_MS = 60_000;
@@ -51,11 +51,12 @@ export class PeerAwareSource implements ObjectSource {
   readonly #o: PeerOptions;
   readonly #located = new Map<string, { at: number; held: Promise<Held | undefined> }>();
   readonly #downUntil = new Map<string, number>();
-  #inFlight = 0;
+  readonly #slots: Semaphore;
 
   constructor(inner: ObjectSource, options: PeerOptions) {
     this.#inner = inner;
     this.#o = options;
+    this.#slots = new Semaphore(options.maxInFlight);
   }
 
   list(bucket: string, prefix: string, signal?: AbortSignal): AsyncIterable<ObjectInfo> {
@@ -81,9 +82,10 @@ export class PeerAwareSource implements ObjectSource {
       if (held) {
         const piece = pieceOf(held, options.range);
         if (piece === undefined) this.#fallback("unaligned");
-        else if (this.#inFlight >= this.#o.maxInFlight) this.#fallback("busy");
         else {
-          this.#inFlight++;
+          // A slot, or a wait for one: a piece is held in memory until verified, so slots bound
+          // memory (maxInFlight x part size); the peer is still nearer than S3.
+          await this.#slots.acquire(options.signal);
           try {
             return await this.#fetchPiece(held, bucket, key, etag, piece, options);
           } catch (err) {
@@ -97,7 +99,7 @@ export class PeerAwareSource implements ObjectSource {
             this.#downUntil.set(held.peer, Date.now() + PEER_DOWN_MS);
             this.#located.delete(locKey(bucket, key, etag));
           } finally {
-            this.#inFlight--;
+            this.#slots.release();
           }
         }
       }
@@ -213,6 +215,42 @@ function validHeld(b: unknown): b is Omit<Held, "peer"> {
     if (!Number.isSafeInteger(z) || z <= a) return false;
   }
   return h.pieces.every((p) => typeof p === "string" && /^[0-9a-f]{64}$/.test(p));
+}
+
+/** Counted slots, handed out in arrival order; an aborted waiter leaves the queue. */
+class Semaphore {
+  #free: number;
+  readonly #waiters: (() => void)[] = [];
+
+  constructor(n: number) {
+    this.#free = n;
+  }
+
+  async acquire(signal?: AbortSignal): Promise<void> {
+    if (this.#free > 0) {
+      this.#free--;
+      return;
+    }
+    await new Promise<void>((resolve, reject) => {
+      const grant = () => {
+        signal?.removeEventListener("abort", onAbort);
+        resolve();
+      };
+      const onAbort = () => {
+        const i = this.#waiters.indexOf(grant);
+        if (i >= 0) this.#waiters.splice(i, 1);
+        reject(signal?.reason);
+      };
+      this.#waiters.push(grant);
+      signal?.addEventListener("abort", onAbort, { once: true });
+    });
+  }
+
+  release(): void {
+    const next = this.#waiters.shift();
+    if (next) next();
+    else this.#free++;
+  }
 }
 
 function locKey(bucket: string, key: string, etag: string): string {
