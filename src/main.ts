@@ -4,11 +4,12 @@
  */
 import { readFileSync } from "node:fs";
 import { chmod, mkdir, rm } from "node:fs/promises";
-import { dirname } from "node:path";
+import { dirname, join } from "node:path";
 import Fastify, { type FastifyInstance } from "fastify";
 import pino, { type Logger } from "pino";
 import { buildApp } from "./api/app.js";
 import { TokenFile } from "./api/auth.js";
+import { buildMirrorApp } from "./api/mirror-app.js";
 import { CompileCacheManager } from "./compile-cache/cache-manager.js";
 import { gpuKeyInput } from "./compile-cache/key.js";
 import { compileCacheClient, RemoteStore } from "./compile-cache/remote.js";
@@ -17,6 +18,8 @@ import type { Config } from "./config/schema.js";
 import { ColdstartError } from "./errors.js";
 import { loadKubeConfig, NodeLabeler } from "./kube/node-labels.js";
 import { Metrics } from "./metrics/metrics.js";
+import { ContentStore } from "./mirror/content-store.js";
+import { BlobRelay } from "./mirror/relay.js";
 import { ModelManager } from "./models/model-manager.js";
 import { ModelRegistry } from "./models/model-registry.js";
 import {
@@ -41,7 +44,7 @@ const VERSION = (
 
 export interface Daemon {
   /** Where each listener ended up (ports resolved when configured as 0). */
-  addresses: { api: string; metrics: string; socket: string };
+  addresses: { api: string; metrics: string; socket: string; mirror?: string | undefined };
   manager: ModelManager;
   compileCaches: CompileCacheManager;
   /**
@@ -153,9 +156,16 @@ export async function startDaemon(
   // Anything that fails from here on must undo what started, or a half-started daemon keeps
   // serving (and staging) while its command reports failure and never exits.
   publishNodeFacts(metrics, facts);
+  const contentStore = config.mirror.listen
+    ? new ContentStore(
+        config.mirror.contentDir ??
+          join(config.node.hostRoot, "var/lib/containerd/io.containerd.content.v1.content"),
+      )
+    : undefined;
   const deps = {
     manager,
     compileCaches,
+    contentStore,
     logger,
     metrics,
     tokens,
@@ -168,13 +178,30 @@ export async function startDaemon(
         : undefined,
   };
   const api = buildApp(deps, "tcp");
+  const mirrorApp = contentStore
+    ? buildMirrorApp({
+        store: contentStore,
+        relay: peers
+          ? new BlobRelay({
+              urls: () => peers.urls(),
+              token: () => tokens?.first,
+              timeoutMs: config.peers.timeoutMs,
+              logger: logger.child({ component: "mirror" }),
+            })
+          : undefined,
+        registries: config.mirror.registries,
+        tokens,
+        logger,
+        metrics,
+      })
+    : undefined;
   const sock = buildApp(deps, "socket");
   const metricsApp = buildMetricsApp(deps);
   const undo = async () => {
     await manager.drain(0).catch(() => {});
     await compileCaches.stop();
     ccClient?.destroy();
-    await Promise.allSettled([api.close(), sock.close(), metricsApp.close()]);
+    await Promise.allSettled([api.close(), sock.close(), metricsApp.close(), mirrorApp?.close()]);
     labeler?.close();
     tokens?.close();
     peers?.stop();
@@ -182,6 +209,7 @@ export async function startDaemon(
   };
   let apiAddress: string;
   let metricsAddress: string;
+  let mirrorAddress: string | undefined;
   try {
     await manager.start();
     await compileCaches.start();
@@ -195,6 +223,14 @@ export async function startDaemon(
       "daemon.metricsListen",
       d.metricsListen,
     );
+    if (mirrorApp && config.mirror.listen) {
+      const [mh, mp] = splitHostPort(config.mirror.listen);
+      mirrorAddress = await listen(
+        () => mirrorApp.listen({ host: mh, port: Number(mp) }),
+        "mirror.listen",
+        config.mirror.listen,
+      );
+    }
     await mkdir(dirname(d.socketPath), { recursive: true, mode: 0o750 });
     await rm(d.socketPath, { force: true }); // a socket file left by a killed predecessor
     await listen(() => sock.listen({ path: d.socketPath }), "daemon.socketPath", d.socketPath);
@@ -246,12 +282,12 @@ export async function startDaemon(
   await refreshDisk().catch((e) => logger.error({ err: String(e) }, "disk check"));
   ready = true;
   logger.info(
-    { api: apiAddress, metrics: metricsAddress, socket: d.socketPath, root: d.root },
+    { api: apiAddress, metrics: metricsAddress, mirror: mirrorAddress, socket: d.socketPath, root: d.root },
     "coldstart daemon ready",
   );
 
   return {
-    addresses: { api: apiAddress, metrics: metricsAddress, socket: d.socketPath },
+    addresses: { api: apiAddress, metrics: metricsAddress, socket: d.socketPath, mirror: mirrorAddress },
     manager,
     compileCaches,
     async stop(graceMs, hurry) {
@@ -261,7 +297,7 @@ export async function startDaemon(
       await Promise.all([manager.drain(graceMs, hurry), compileCaches.stop()]);
       ccClient?.destroy();
       // Long-polls are cut: waiters reconnect (with retries) to the next daemon.
-      await Promise.allSettled([api.close(), sock.close(), metricsApp.close()]);
+      await Promise.allSettled([api.close(), sock.close(), metricsApp.close(), mirrorApp?.close()]);
       await labeler?.flush().catch(() => {});
       labeler?.close();
       tokens?.close();

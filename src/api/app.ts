@@ -1,11 +1,12 @@
 import { constants } from "node:fs";
 import { open } from "node:fs/promises";
-import { Transform } from "node:stream";
+import { Readable, Transform } from "node:stream";
 import Fastify, { type FastifyReply, type FastifyRequest } from "fastify";
 import type { Logger } from "pino";
 import type { CompileCacheManager, Identity } from "../compile-cache/cache-manager.js";
 import { ColdstartError, isColdstartError, toColdstartError } from "../errors.js";
 import type { Metrics } from "../metrics/metrics.js";
+import type { ContentStore } from "../mirror/content-store.js";
 import type { ModelManager, ModelRequest } from "../models/model-manager.js";
 import type { NodeFacts } from "../node/node-facts.js";
 import type { RateLimiter } from "../staging/rate-limiter.js";
@@ -26,6 +27,8 @@ export interface AppDeps {
   isReady: () => boolean;
   /** Keyed torch.compile caches (absent in tests that do not need them). */
   compileCaches?: CompileCacheManager;
+  /** containerd's content store, when the mirror is on: peers' mirrors fetch blobs from it. */
+  contentStore?: ContentStore | undefined;
   /** Caps what this node serves to peers (peers.maxUploadBytesPerSecond), when set. */
   peerUploadLimiter?: RateLimiter | undefined;
   /** The node's facts (GPUs, GDS, placement), when collected. */
@@ -259,6 +262,29 @@ export function buildApp(deps: AppDeps, surface: Surface) {
       return reply.send(stream.pipe(counted));
     },
   );
+
+  // A blob of this node's containerd content store, for a peer's mirror. Only local content: a peer
+  // never relays, so mirrors cannot loop. The asking mirror verifies the digest.
+  app.get<{ Params: { digest: string } }>("/v1/peer/blob/:digest", async (req, reply) => {
+    const blob = await deps.contentStore?.open(req.params.digest);
+    if (!blob) {
+      throw new ColdstartError(
+        "CS_PEER_NOT_HELD",
+        `no blob ${req.params.digest} in this node's content store`,
+        {
+          details: { value: req.params.digest },
+        },
+      );
+    }
+    reply.header("content-type", "application/octet-stream").header("content-length", blob.size);
+    if (req.method === "HEAD" || blob.size === 0) {
+      await blob.fh.close();
+      // Not send(): Fastify would answer a HEAD with Content-Length 0.
+      return reply.send(Readable.from([]));
+    }
+    deps.metrics?.peerBytes.inc({ direction: "out" }, blob.size);
+    return reply.send(blob.fh.createReadStream());
+  });
 
   const caches = () => {
     if (!deps.compileCaches) throw new ColdstartError("CS_INTERNAL", "compile caches are not wired");

@@ -16,6 +16,7 @@ const GROUPS = new Set([
   "gds",
   "placement",
   "peers",
+  "mirror",
   "log",
   // Not retention nor upload grace: those are `cache prune`'s, which runs apart from the daemons.
   "compileCache.remote",

@@ -327,6 +327,30 @@ export const schema = {
       help: "Cap on the bytes this node serves to peers (0: none), so serving never starves the node's own inference traffic.",
     }),
   },
+  mirror: {
+    listen: option({
+      schema: hostPort.optional(),
+      default: undefined,
+      env: ["COLDSTART_MIRROR_LISTEN"],
+      flag: "--mirror-listen <host:port>",
+      help: 'Serve containerd a pull-through OCI mirror here (unset: no mirror). Point hosts.toml at it with capabilities ["pull"].',
+    }),
+    contentDir: option({
+      schema: z.string().min(1).startsWith("/", "must be an absolute path").optional(),
+      default: undefined,
+      env: ["COLDSTART_MIRROR_CONTENT_DIR"],
+      flag: "--mirror-content-dir <dir>",
+      help: "containerd's content store (default <node.hostRoot>/var/lib/containerd/io.containerd.content.v1.content), read-only.",
+    }),
+    registries: option({
+      schema: stringList,
+      default: [],
+      env: ["COLDSTART_MIRROR_REGISTRIES"],
+      flag: "--mirror-registry <host>",
+      repeatable: true,
+      help: "Registries mirrored (containerd's ?ns=, e.g. nvcr.io); requests for others are 404. Empty: any.",
+    }),
+  },
   compileCache: {
     remote: option({
       schema: z

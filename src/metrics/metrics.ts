@@ -118,6 +118,11 @@ export class Metrics {
   /** coldstart_peer_fallbacks_total{reason}: pieces a peer held that came from S3 after all. */
   readonly peerFallbacks: Counter<"reason">;
 
+  /** coldstart_mirror_requests_total{kind,outcome}: OCI mirror pulls (local, peer, miss, corrupt). */
+  readonly mirrorRequests: Counter<"kind" | "outcome">;
+  /** coldstart_mirror_bytes_total{source}: image bytes the mirror served, from the local store or a peer. */
+  readonly mirrorBytes: Counter<"source">;
+
   constructor(registry?: Registry, options: MetricsOptions = {}) {
     const { defaultMetrics = true } = options;
     this.registry = registry ?? new Registry();
@@ -297,6 +302,19 @@ export class Metrics {
       registers,
     });
 
+    this.mirrorRequests = new Counter({
+      name: "coldstart_mirror_requests_total",
+      help: "OCI mirror requests by kind (manifest, blob) and outcome (local, peer, miss, corrupt).",
+      labelNames: ["kind", "outcome"] as const,
+      registers,
+    });
+    this.mirrorBytes = new Counter({
+      name: "coldstart_mirror_bytes_total",
+      help: "Image bytes the OCI mirror served to containerd, by source (local, peer).",
+      labelNames: ["source"] as const,
+      registers,
+    });
+
     // Export every value of the small closed label sets from the start, so that rate() and absent-vs-zero
     // alerts work before the first event (a series that appears late loses its first increase).
     for (const state of MODEL_STATES) this.models.set({ state }, 0);
@@ -306,6 +324,9 @@ export class Metrics {
     for (const outcome of COMPILE_CACHE_PUBLISH_OUTCOMES) this.compileCachePublishes.inc({ outcome }, 0);
     for (const reason of ["watermark", "api"]) this.compileCacheEvictions.inc({ reason }, 0);
     for (const direction of ["in", "out"]) this.peerBytes.inc({ direction }, 0);
+    for (const kind of ["manifest", "blob"])
+      for (const outcome of ["local", "peer", "miss", "corrupt"])
+        this.mirrorRequests.inc({ kind, outcome }, 0);
     for (const reason of ["unreachable", "corrupt", "busy", "unaligned"])
       this.peerFallbacks.inc({ reason }, 0);
   }

@@ -35,6 +35,8 @@ const EXPECTED = {
   compileCacheLocalBytes: ["coldstart_compile_cache_local_bytes", Gauge, []],
   peerBytes: ["coldstart_peer_bytes_total", Counter, ["direction"]],
   peerFallbacks: ["coldstart_peer_fallbacks_total", Counter, ["reason"]],
+  mirrorRequests: ["coldstart_mirror_requests_total", Counter, ["kind", "outcome"]],
+  mirrorBytes: ["coldstart_mirror_bytes_total", Counter, ["source"]],
 } as const;
 
 type MetricField = keyof typeof EXPECTED;

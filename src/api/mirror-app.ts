@@ -1,0 +1,161 @@
+/**
+ * The pull-through OCI mirror for this node's containerd (docs/peers.md): the distribution API's pull
+ * side, by digest, from the node's own content store, else relayed from a peer's and verified. Tags
+ * are not resolved here: hosts.toml gives the mirror `capabilities = ["pull"]`, so containerd resolves
+ * tags at the registry and fetches content by digest, and a 404 sends it to the next host.
+ */
+import { Readable } from "node:stream";
+import Fastify, { type FastifyReply, type FastifyRequest } from "fastify";
+import type { Logger } from "pino";
+import type { Metrics } from "../metrics/metrics.js";
+import { type ContentStore, DIGEST, manifestMediaType } from "../mirror/content-store.js";
+import { type BlobRelay, verifyingStream } from "../mirror/relay.js";
+import type { TokenFile } from "./auth.js";
+
+export interface MirrorDeps {
+  store: ContentStore;
+  relay?: BlobRelay | undefined;
+  /** Registries mirrored (containerd's ?ns=); empty: any. */
+  registries: string[];
+  tokens: TokenFile | undefined;
+  logger: Logger;
+  metrics?: Metrics | undefined;
+}
+
+/** Manifests are small; one bigger than this is not a manifest. */
+const MAX_MANIFEST_BYTES = 4 * 1024 * 1024;
+
+type Kind = "manifest" | "blob";
+
+export function buildMirrorApp(deps: MirrorDeps) {
+  const app = Fastify({
+    loggerInstance: deps.logger.child({ component: "mirror" }),
+    forceCloseConnections: true,
+    return503OnClosing: true,
+  });
+  app.addHook("onRequest", async (req, reply) => {
+    if (!deps.tokens) return;
+    const m = /^Bearer ([^\s]+)$/.exec(req.headers.authorization ?? "");
+    if (!m?.[1] || !deps.tokens.accepts(m[1])) {
+      return reply.code(401).send(ociError("UNAUTHORIZED", "a bearer token is required (hosts.toml header)"));
+    }
+  });
+  app.get("/v2/", async (_req, reply) =>
+    reply.header("docker-distribution-api-version", "registry/2.0").send({}),
+  );
+  app.get("/v2/*", async (req, reply) => {
+    const m = /^\/v2\/(.+)\/(manifests|blobs)\/([^/?]+)$/.exec((req.raw.url ?? "").split("?")[0] ?? "");
+    const ns = (req.query as Record<string, unknown>).ns;
+    if (!m) return reply.code(404).send(ociError("NAME_UNKNOWN", "not a pull route"));
+    const kind: Kind = m[2] === "manifests" ? "manifest" : "blob";
+    const ref = decodeURIComponent(m[3] ?? "");
+    if (deps.registries.length > 0 && (typeof ns !== "string" || !deps.registries.includes(ns))) {
+      return miss(deps, reply, kind, `registry ${String(ns)} is not mirrored here`);
+    }
+    // By digest only: a tag would need the registry's word on what it points at now.
+    if (!DIGEST.test(ref))
+      return miss(deps, reply, kind, "tags are resolved at the registry (pull-only mirror)");
+    return serve(deps, req, reply, kind, ref);
+  });
+  return app;
+}
+
+async function serve(deps: MirrorDeps, req: FastifyRequest, reply: FastifyReply, kind: Kind, digest: string) {
+  const head = req.method === "HEAD";
+  reply.header("docker-content-digest", digest);
+  const local = await deps.store.open(digest);
+  if (local) {
+    count(deps, kind, "local");
+    if (kind === "manifest") {
+      const bytes = Buffer.alloc(Math.min(local.size, MAX_MANIFEST_BYTES));
+      await local.fh.read(bytes, 0, bytes.length, 0).finally(() => local.fh.close());
+      const type = manifestMediaType(bytes);
+      if (local.size > MAX_MANIFEST_BYTES || !type) return miss(deps, reply, kind, "not a manifest");
+      reply.header("content-type", type).header("content-length", bytes.length);
+      return reply.send(head ? noBody() : bytes);
+    }
+    const range = parseRange(req.headers.range, local.size);
+    if (range === "invalid") {
+      await local.fh.close();
+      return reply.code(416).header("content-range", `bytes */${local.size}`).send();
+    }
+    reply.header("content-type", "application/octet-stream").header("accept-ranges", "bytes");
+    const [start, end] = range ?? [0, local.size - 1];
+    if (range) reply.code(206).header("content-range", `bytes ${start}-${end}/${local.size}`);
+    reply.header("content-length", end - start + 1);
+    if (head || local.size === 0) {
+      await local.fh.close();
+      return reply.send(noBody());
+    }
+    deps.metrics?.mirrorBytes.inc({ source: "local" }, end - start + 1);
+    return reply.send(local.fh.createReadStream({ start, end }));
+  }
+  // Not here: a peer's content store, whole blobs only (a range cannot be checked against a digest).
+  if (!deps.relay || req.headers.range) return miss(deps, reply, kind, "not in this node's content store");
+  const relayed = await deps.relay.open(digest);
+  if (!relayed) return miss(deps, reply, kind, "neither here nor at a peer");
+  count(deps, kind, "peer");
+  const onMismatch = (why: string) => {
+    count(deps, kind, "corrupt");
+    deps.logger.warn({ peer: relayed.peer, digest, why }, "peer served a blob that is not its digest; cut");
+  };
+  if (kind === "manifest") {
+    if (relayed.size > MAX_MANIFEST_BYTES) {
+      relayed.body.destroy();
+      return miss(deps, reply, kind, "not a manifest");
+    }
+    const chunks: Buffer[] = [];
+    try {
+      for await (const c of relayed.body.pipe(verifyingStream(digest, relayed.size, onMismatch)))
+        chunks.push(c);
+    } catch {
+      return miss(deps, reply, kind, "a peer served a different manifest");
+    }
+    const bytes = Buffer.concat(chunks);
+    const type = manifestMediaType(bytes);
+    if (!type) return miss(deps, reply, kind, "not a manifest");
+    reply.header("content-type", type).header("content-length", bytes.length);
+    return reply.send(head ? noBody() : bytes);
+  }
+  reply.header("content-type", "application/octet-stream").header("content-length", relayed.size);
+  if (head) {
+    relayed.body.destroy();
+    return reply.send(noBody());
+  }
+  deps.metrics?.mirrorBytes.inc({ source: "peer" }, relayed.size);
+  return reply.send(relayed.body.pipe(verifyingStream(digest, relayed.size, onMismatch)));
+}
+
+function count(deps: MirrorDeps, kind: Kind, outcome: "local" | "peer" | "miss" | "corrupt") {
+  deps.metrics?.mirrorRequests.inc({ kind, outcome });
+}
+
+/** 404: containerd then tries the next host in hosts.toml, finally the registry itself. */
+function miss(deps: MirrorDeps, reply: FastifyReply, kind: Kind, why: string) {
+  count(deps, kind, "miss");
+  reply.log.debug({ kind, why }, "mirror miss");
+  return reply.code(404).send(ociError(kind === "manifest" ? "MANIFEST_UNKNOWN" : "BLOB_UNKNOWN", why));
+}
+
+/**
+ * The body of a HEAD answer: an empty stream, because Fastify's HEAD handling would replace a
+ * Content-Length we set with 0 for an empty payload, and would read a real stream to its end.
+ */
+function noBody(): Readable {
+  return Readable.from([]);
+}
+
+function ociError(code: string, message: string) {
+  return { errors: [{ code, message }] };
+}
+
+/** A single `bytes=a-b` / `bytes=a-` range; undefined for none; "invalid" for one we cannot serve. */
+function parseRange(header: string | undefined, size: number): [number, number] | undefined | "invalid" {
+  if (!header) return undefined;
+  const m = /^bytes=(\d+)-(\d*)$/.exec(header.trim());
+  if (!m) return "invalid";
+  const start = Number(m[1]);
+  const end = m[2] ? Math.min(Number(m[2]), size - 1) : size - 1;
+  if (!Number.isSafeInteger(start) || start > end || start >= size) return "invalid";
+  return [start, end];
+}

@@ -1,0 +1,99 @@
+/**
+ * Blobs from peers' content stores, for the mirror: which peer holds a digest (HEAD on each, first
+ * yes wins), and a stream of its bytes that never hands over a complete wrong blob. Peers answer
+ * from their own content store only (GET /v1/peer/blob), so a relay never relays: no loops.
+ */
+import { createHash } from "node:crypto";
+import { Readable, Transform } from "node:stream";
+import type { ReadableStream as WebReadableStream } from "node:stream/web";
+import type { Logger } from "pino";
+
+export interface RelayOptions {
+  urls: () => string[];
+  token: () => string | undefined;
+  timeoutMs: number;
+  logger: Logger;
+}
+
+export interface RelayedBlob {
+  peer: string;
+  size: number;
+  body: Readable;
+}
+
+export class BlobRelay {
+  readonly #o: RelayOptions;
+
+  constructor(options: RelayOptions) {
+    this.#o = options;
+  }
+
+  /** Opens the blob at the first peer that holds it; undefined when none does (or none answers). */
+  async open(digest: string, signal?: AbortSignal): Promise<RelayedBlob | undefined> {
+    const path = `/v1/peer/blob/${digest}`;
+    const headers = this.#headers();
+    const holder = await Promise.any(
+      this.#o.urls().map(async (peer) => {
+        const res = await fetch(new URL(path, peer), {
+          method: "HEAD",
+          headers,
+          signal: any(signal, AbortSignal.timeout(this.#o.timeoutMs)),
+        });
+        if (res.status !== 200) throw new Error(`${peer}: ${res.status}`);
+        return peer;
+      }),
+    ).catch(() => undefined);
+    if (!holder) return undefined;
+    const res = await fetch(new URL(path, holder), { headers, signal: signal ?? null });
+    const size = Number(res.headers.get("content-length"));
+    if (res.status !== 200 || !res.body || !Number.isSafeInteger(size)) {
+      await res.body?.cancel();
+      this.#o.logger.warn(
+        { peer: holder, digest, status: res.status },
+        "peer failed to serve a blob it holds",
+      );
+      return undefined;
+    }
+    return { peer: holder, size, body: Readable.fromWeb(res.body as WebReadableStream<Uint8Array>) };
+  }
+
+  #headers(): Record<string, string> {
+    const token = this.#o.token();
+    return token ? { authorization: `Bearer ${token}` } : {};
+  }
+}
+
+/**
+ * Passes a blob's bytes through while hashing them, and holds back the last chunk until the digest
+ * and size are confirmed: a wrong blob ends in an error (the response is cut), so the client never
+ * receives all of a blob that is not the one it asked for.
+ */
+export function verifyingStream(digest: string, size: number, onMismatch: (why: string) => void): Transform {
+  const want = digest.slice("sha256:".length);
+  const hash = createHash("sha256");
+  let seen = 0;
+  let held: Buffer | undefined;
+  return new Transform({
+    transform(chunk: Buffer, _e, done) {
+      hash.update(chunk);
+      seen += chunk.length;
+      const out = held;
+      held = chunk;
+      done(null, out);
+    },
+    flush(done) {
+      const got = hash.digest("hex");
+      if (got !== want || seen !== size) {
+        const why = `got ${seen} bytes with sha256:${got}, expected ${size} bytes of ${digest}`;
+        onMismatch(why);
+        done(new Error(why));
+        return;
+      }
+      done(null, held);
+    },
+  });
+}
+
+function any(a: AbortSignal | undefined, b: AbortSignal): AbortSignal {
+  return a ? AbortSignal.any([a, b]) : b;
+}
