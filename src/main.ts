@@ -18,6 +18,7 @@ import type { Config } from "./config/schema.js";
 import { ColdstartError } from "./errors.js";
 import { loadKubeConfig, NodeLabeler } from "./kube/node-labels.js";
 import { Metrics } from "./metrics/metrics.js";
+import { checkContainerd, MIRROR_CHECK_CODES, type MirrorCheck } from "./mirror/containerd-check.js";
 import { ContentStore } from "./mirror/content-store.js";
 import { BlobRelay } from "./mirror/relay.js";
 import { ModelManager } from "./models/model-manager.js";
@@ -172,6 +173,7 @@ export async function startDaemon(
     bodyLimitBytes: d.bodyLimitBytes,
     isReady: () => ready,
     nodeFacts: () => facts,
+    mirrorCheck: () => mirrorCheck,
     peerUploadLimiter:
       config.peers.maxUploadBytesPerSecond > 0
         ? new RateLimiter(config.peers.maxUploadBytesPerSecond)
@@ -210,6 +212,8 @@ export async function startDaemon(
   let apiAddress: string;
   let metricsAddress: string;
   let mirrorAddress: string | undefined;
+  let mirrorCheck: MirrorCheck | undefined;
+  let mirrorTimer: NodeJS.Timeout | undefined;
   try {
     await manager.start();
     await compileCaches.start();
@@ -230,6 +234,28 @@ export async function startDaemon(
         "mirror.listen",
         config.mirror.listen,
       );
+    }
+    if (mirrorApp && config.mirror.listen) {
+      // Whether containerd will ask the mirror at all; looked at again every 5 minutes (the GPU
+      // Operator may rewrite the config after the daemon starts).
+      const listenPort = Number(config.mirror.listen.slice(config.mirror.listen.lastIndexOf(":") + 1));
+      const check = async () => {
+        const c = await checkContainerd({
+          hostRoot: config.node.hostRoot,
+          registries: config.mirror.registries,
+          mirrorPort: listenPort,
+        });
+        if (c.status !== mirrorCheck?.status) {
+          for (const p of c.problems) logger.warn({ code: p.code }, p.message);
+          if (c.status === "ok") logger.info({ certsDir: c.certsDir }, "containerd uses the mirror");
+        }
+        mirrorCheck = c;
+        for (const code of MIRROR_CHECK_CODES)
+          metrics.mirrorConfigProblems.set({ code }, c.problems.some((p) => p.code === code) ? 1 : 0);
+      };
+      await check();
+      mirrorTimer = setInterval(() => check().catch(() => {}), 5 * 60_000);
+      mirrorTimer.unref();
     }
     await mkdir(dirname(d.socketPath), { recursive: true, mode: 0o750 });
     await rm(d.socketPath, { force: true }); // a socket file left by a killed predecessor
@@ -293,6 +319,7 @@ export async function startDaemon(
     async stop(graceMs, hurry) {
       ready = false;
       clearInterval(timer);
+      clearInterval(mirrorTimer);
       stopProbing.abort();
       await Promise.all([manager.drain(graceMs, hurry), compileCaches.stop()]);
       ccClient?.destroy();

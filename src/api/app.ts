@@ -6,6 +6,7 @@ import type { Logger } from "pino";
 import type { CompileCacheManager, Identity } from "../compile-cache/cache-manager.js";
 import { ColdstartError, isColdstartError, toColdstartError } from "../errors.js";
 import type { Metrics } from "../metrics/metrics.js";
+import type { MirrorCheck } from "../mirror/containerd-check.js";
 import type { ContentStore } from "../mirror/content-store.js";
 import type { ModelManager, ModelRequest } from "../models/model-manager.js";
 import type { NodeFacts } from "../node/node-facts.js";
@@ -27,6 +28,8 @@ export interface AppDeps {
   isReady: () => boolean;
   /** Keyed torch.compile caches (absent in tests that do not need them). */
   compileCaches?: CompileCacheManager;
+  /** Whether containerd uses the mirror (when it is on), for /v1/node. */
+  mirrorCheck?: () => MirrorCheck | undefined;
   /** containerd's content store, when the mirror is on: peers' mirrors fetch blobs from it. */
   contentStore?: ContentStore | undefined;
   /** Caps what this node serves to peers (peers.maxUploadBytesPerSecond), when set. */
@@ -180,7 +183,11 @@ export function buildApp(deps: AppDeps, surface: Surface) {
   });
 
   app.get("/v1/models", async () => ({ models: deps.manager.list() }));
-  app.get("/v1/node", async () => ({ disk: await deps.manager.disk(), ...deps.nodeFacts?.() }));
+  app.get("/v1/node", async () => ({
+    disk: await deps.manager.disk(),
+    ...deps.nodeFacts?.(),
+    ...(deps.mirrorCheck?.() ? { mirror: deps.mirrorCheck() } : {}),
+  }));
 
   app.put<{ Body: ModelRequest }>("/v1/models/*", { schema: { body: modelBody } }, async (req, reply) => {
     const { id } = parseModelPath(req);

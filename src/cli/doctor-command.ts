@@ -6,7 +6,7 @@ import { collectNodeFacts, nodeFactsOptions, nodePolicy } from "../node/node-fac
 import { addSchemaOptions, flagsOf } from "./options.js";
 import { EXIT, reportError } from "./report.js";
 
-const GROUPS = new Set(["node", "gds", "placement", "daemon.root", "output", "log"]);
+const GROUPS = new Set(["node", "gds", "placement", "daemon.root", "mirror", "output", "log"]);
 
 /**
  * `coldstart doctor [--json]`: every node fact as a check with pass/warn/fail and advice, like
@@ -25,6 +25,17 @@ export function doctorCommand(setExit: (code: number) => void): Command {
       json = config.output.json;
       const facts = await collectNodeFacts(nodeFactsOptions(config));
       const checks = doctorChecks(facts, nodePolicy(config));
+      // With a mirror configured: does containerd on this node use it?
+      const { listen } = config.mirror;
+      if (listen) {
+        const { checkContainerd, mirrorDoctorCheck } = await import("../mirror/containerd-check.js");
+        const mirror = await checkContainerd({
+          hostRoot: config.node.hostRoot,
+          registries: config.mirror.registries,
+          mirrorPort: Number(listen.slice(listen.lastIndexOf(":") + 1)),
+        });
+        checks.push(mirrorDoctorCheck(mirror));
+      }
       const summary = { pass: 0, warn: 0, fail: 0 };
       for (const c of checks) summary[c.status]++;
       if (json) {

@@ -123,6 +123,9 @@ export class Metrics {
   /** coldstart_mirror_bytes_total{source}: image bytes the mirror served, from the local store or a peer. */
   readonly mirrorBytes: Counter<"source">;
 
+  /** coldstart_mirror_config_problems{code}: 1 per containerd setting that bypasses the mirror. */
+  readonly mirrorConfigProblems: Gauge<"code">;
+
   constructor(registry?: Registry, options: MetricsOptions = {}) {
     const { defaultMetrics = true } = options;
     this.registry = registry ?? new Registry();
@@ -312,6 +315,13 @@ export class Metrics {
       name: "coldstart_mirror_bytes_total",
       help: "Image bytes the OCI mirror served to containerd, by source (local, peer).",
       labelNames: ["source"] as const,
+      registers,
+    });
+
+    this.mirrorConfigProblems = new Gauge({
+      name: "coldstart_mirror_config_problems",
+      help: "1 per containerd setting that makes containerd bypass the OCI mirror (docs/peers.md), 0 otherwise.",
+      labelNames: ["code"] as const,
       registers,
     });
 

@@ -37,6 +37,7 @@ const EXPECTED = {
   peerFallbacks: ["coldstart_peer_fallbacks_total", Counter, ["reason"]],
   mirrorRequests: ["coldstart_mirror_requests_total", Counter, ["kind", "outcome"]],
   mirrorBytes: ["coldstart_mirror_bytes_total", Counter, ["source"]],
+  mirrorConfigProblems: ["coldstart_mirror_config_problems", Gauge, ["code"]],
 } as const;
 
 type MetricField = keyof typeof EXPECTED;
