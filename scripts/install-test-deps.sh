@@ -3,12 +3,13 @@
 # plus a single-node mon + osd, from Debian's own packages (Debian 12 /
 # bookworm ships Ceph 16.2), and the native addon's toolchain (cmake, a C++
 # compiler, make, python3 for node-gyp, libasan for the sanitizer run), and
-# iproute2 (ip, tc) for the benchmark lab's network test. Needs
+# iproute2 (ip, tc) for the benchmark lab's network test, and containerd
+# (containerd, ctr; 1.6 on bookworm) for the image-pull harness. Needs
 # root and apt. Idempotent: does nothing if the binaries are already installed.
 set -euo pipefail
 
-PKGS=(radosgw ceph-mon ceph-osd ceph-common cmake g++ make python3 libasan8 iproute2 procps)
-BINS=(radosgw radosgw-admin ceph-mon ceph-osd ceph monmaptool ceph-authtool cmake g++ cc make python3 ip tc pgrep)
+PKGS=(radosgw ceph-mon ceph-osd ceph-common cmake g++ make python3 libasan8 iproute2 procps containerd)
+BINS=(radosgw radosgw-admin ceph-mon ceph-osd ceph monmaptool ceph-authtool cmake g++ cc make python3 ip tc pgrep containerd ctr)
 
 have_all() {
   local b
