@@ -16,7 +16,7 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { callDaemon } from "../src/api/client.js";
 import { startFaultProxy } from "../test/support/fault-proxy.js";
-import { type DaemonProcess, startDaemonProcess } from "../test/support/processes.js";
+import { type DaemonProcess, NO_GPU_FLAGS, startDaemonProcess } from "../test/support/processes.js";
 import { startRgw } from "../test/support/rgw.js";
 import { freshBucket, putFiles, seedClient } from "../test/support/s3.js";
 import { digests, expectedDigests } from "../test/support/stage.js";
@@ -64,12 +64,7 @@ try {
         "--endpoint",
         proxy.url,
         "--path-style",
-        "--gds",
-        "off",
-        "--nvml-library",
-        "/nonexistent",
-        "--nvidia-smi",
-        "/nonexistent",
+        ...NO_GPU_FLAGS,
         // info: the harness waits for the "ready" line.
         "--log-level",
         "info",

@@ -17,7 +17,7 @@ import {
   startContainerd,
   writeHostsToml,
 } from "../support/containerd.js";
-import { type DaemonProcess, startDaemonProcess } from "../support/processes.js";
+import { type DaemonProcess, NO_GPU_FLAGS, startDaemonProcess } from "../support/processes.js";
 import { useS3Fixture } from "../support/s3-fixture.js";
 
 const fx = useS3Fixture("cs-ctrd-");
@@ -48,12 +48,7 @@ async function daemon(name: string, contentDir: string, peers: string[]) {
       join(dir, `${name}.sock`),
       "--token-file",
       join(dir, "tokens"),
-      "--gds",
-      "off",
-      "--nvml-library",
-      "/nonexistent",
-      "--nvidia-smi",
-      "/nonexistent",
+      ...NO_GPU_FLAGS,
       "--mirror-listen",
       "127.0.0.1:0",
       "--mirror-content-dir",

@@ -7,7 +7,7 @@ import { createHash } from "node:crypto";
 import { mkdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
-import { type DaemonProcess, startDaemonProcess } from "../support/processes.js";
+import { type DaemonProcess, NO_GPU_FLAGS, startDaemonProcess } from "../support/processes.js";
 import { useS3Fixture } from "../support/s3-fixture.js";
 
 const fx = useS3Fixture("cs-mirror-");
@@ -45,12 +45,7 @@ async function daemon(name: string, content: string, peers: string[] = []) {
       join(fx.work, `${name}.sock`),
       "--token-file",
       join(fx.work, "tokens"),
-      "--gds",
-      "off",
-      "--nvml-library",
-      "/nonexistent",
-      "--nvidia-smi",
-      "/nonexistent",
+      ...NO_GPU_FLAGS,
       "--mirror-listen",
       "127.0.0.1:0",
       "--mirror-content-dir",

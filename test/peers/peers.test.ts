@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import { callDaemon } from "../../src/api/client.js";
 import { type FaultProxy, startFaultProxy } from "../support/fault-proxy.js";
-import { type DaemonProcess, startDaemonProcess } from "../support/processes.js";
+import { type DaemonProcess, NO_GPU_FLAGS, startDaemonProcess } from "../support/processes.js";
 import { freshBucket, putFiles } from "../support/s3.js";
 import { useS3Fixture } from "../support/s3-fixture.js";
 import { digests, expectedDigests } from "../support/stage.js";
@@ -55,12 +55,7 @@ async function node(name: string, peers: string[] = []): Promise<Node> {
       "1MiB",
       "--concurrency",
       "4",
-      "--gds",
-      "off",
-      "--nvml-library",
-      "/nonexistent/libnvidia-ml.so.1",
-      "--nvidia-smi",
-      "/nonexistent",
+      ...NO_GPU_FLAGS,
       ...peers.flatMap((p) => ["--peer", p]),
     ],
     fx.s3,

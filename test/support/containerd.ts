@@ -1,29 +1,18 @@
 // A throw-away, real containerd (Debian's 1.6 package) in a temp dir, for tests that need
 // `ctr` to import or pull images, plus an offline OCI image-layout builder and a hosts.toml
 // writer for registry mirrors. Node built-ins and `tar` only; needs root.
+
 import { type ChildProcess, spawn } from "node:child_process";
 import { createHash } from "node:crypto";
-import { accessSync, closeSync, constants, openSync, readFileSync } from "node:fs";
+import { closeSync, openSync, readFileSync } from "node:fs";
 import { mkdir, readFile, writeFile } from "node:fs/promises";
-import { delimiter, join, resolve } from "node:path";
+import { join, resolve } from "node:path";
 import { gzipSync } from "node:zlib";
 import { create as tarCreate } from "tar";
+import { onPath } from "./rgw.js";
 
 export const CONTAINERD_NOT_INSTALLED_MESSAGE =
   "containerd tests need root and the Debian `containerd` package (containerd + ctr): run `bash scripts/install-test-deps.sh` as root";
-
-function onPath(bin: string): boolean {
-  const dirs = (process.env.PATH ?? "").split(delimiter).filter(Boolean);
-  for (const d of [...dirs, "/usr/bin", "/usr/sbin", "/bin", "/sbin"]) {
-    try {
-      accessSync(join(d, bin), constants.X_OK);
-      return true;
-    } catch {
-      // keep looking
-    }
-  }
-  return false;
-}
 
 /** True if `containerd` and `ctr` are installed and this process runs as root. */
 export function containerdAvailable(): boolean {

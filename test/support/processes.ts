@@ -4,6 +4,16 @@ import type { S3Endpoint } from "./s3.js";
 
 const root = resolve(import.meta.dirname, "../..");
 
+/** Daemon flags that pin node facts to "no GPU, GDS off" whatever machine runs the test. */
+export const NO_GPU_FLAGS = [
+  "--gds",
+  "off",
+  "--nvml-library",
+  "/nonexistent",
+  "--nvidia-smi",
+  "/nonexistent",
+];
+
 export interface SpawnOptions {
   /** Run the built CLI (bin/coldstart.js, dist/) instead of the TypeScript sources through tsx. */
   built?: boolean;

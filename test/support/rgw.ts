@@ -23,7 +23,8 @@ export const RGW_NOT_INSTALLED_MESSAGE =
 
 const REQUIRED_BINARIES = ["radosgw", "radosgw-admin", "ceph-mon", "ceph-osd", "ceph", "monmaptool"];
 
-function onPath(bin: string): boolean {
+/** Whether `bin` is an executable on PATH (or in the usual sbin directories). */
+export function onPath(bin: string): boolean {
   const dirs = (process.env.PATH ?? "").split(delimiter).filter(Boolean);
   for (const d of [...dirs, "/usr/bin", "/usr/sbin", "/bin", "/sbin"]) {
     try {
