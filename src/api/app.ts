@@ -1,6 +1,6 @@
 import { constants } from "node:fs";
 import { open } from "node:fs/promises";
-import { Readable, Transform } from "node:stream";
+import { pipeline, Readable, Transform } from "node:stream";
 import Fastify, { type FastifyReply, type FastifyRequest } from "fastify";
 import type { Logger } from "pino";
 import type { CompileCacheManager, Identity } from "../compile-cache/cache-manager.js";
@@ -256,17 +256,10 @@ export function buildApp(deps: AppDeps, surface: Surface) {
       const end = file.bounds[i + 1] as number;
       const fh = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW);
       const stream = fh.createReadStream({ start, end: end - 1 });
-      const limiter = deps.peerUploadLimiter;
-      const metrics = deps.metrics;
-      const counted = new Transform({
-        transform(chunk: Buffer, _e, done) {
-          metrics?.peerBytes.inc({ direction: "out" }, chunk.length);
-          if (!limiter) return done(null, chunk);
-          limiter.take(chunk.length).then(() => done(null, chunk), done);
-        },
-      });
+      const counted = peerServed(deps);
       reply.header("content-type", "application/octet-stream").header("content-length", end - start);
-      return reply.send(stream.pipe(counted));
+      // pipeline: a read error or a client gone closes the file too, and nothing throws unhandled.
+      return reply.send(pipeline(stream, counted, () => {}));
     },
   );
 
@@ -289,8 +282,7 @@ export function buildApp(deps: AppDeps, surface: Surface) {
       // Not send(): Fastify would answer a HEAD with Content-Length 0.
       return reply.send(Readable.from([]));
     }
-    deps.metrics?.peerBytes.inc({ direction: "out" }, blob.size);
-    return reply.send(blob.fh.createReadStream());
+    return reply.send(pipeline(blob.fh.createReadStream(), peerServed(deps), () => {}));
   });
 
   const caches = () => {
@@ -318,6 +310,18 @@ export function buildApp(deps: AppDeps, surface: Surface) {
   });
 
   return app;
+}
+
+/** Counts bytes served to peers and holds them to peers.maxUploadBytesPerSecond. */
+function peerServed(deps: AppDeps): Transform {
+  const limiter = deps.peerUploadLimiter;
+  return new Transform({
+    transform(chunk: Buffer, _e, done) {
+      deps.metrics?.peerBytes.inc({ direction: "out" }, chunk.length);
+      if (!limiter) return done(null, chunk);
+      limiter.take(chunk.length).then(() => done(null, chunk), done);
+    },
+  });
 }
 
 /** Compile-cache calls the tokenless handshake socket may make: restore, publish, list. */

@@ -4,7 +4,7 @@
  * are not resolved here: hosts.toml gives the mirror `capabilities = ["pull"]`, so containerd resolves
  * tags at the registry and fetches content by digest, and a 404 sends it to the next host.
  */
-import { Readable } from "node:stream";
+import { pipeline, Readable } from "node:stream";
 import Fastify, { type FastifyReply, type FastifyRequest } from "fastify";
 import type { Logger } from "pino";
 import type { Metrics } from "../metrics/metrics.js";
@@ -97,6 +97,7 @@ async function serve(deps: MirrorDeps, req: FastifyRequest, reply: FastifyReply,
   count(deps, kind, "peer");
   const onMismatch = (why: string) => {
     count(deps, kind, "corrupt");
+    deps.relay?.distrust(relayed.peer, digest);
     deps.logger.warn({ peer: relayed.peer, digest, why }, "peer served a blob that is not its digest; cut");
   };
   if (kind === "manifest") {
@@ -106,7 +107,11 @@ async function serve(deps: MirrorDeps, req: FastifyRequest, reply: FastifyReply,
     }
     const chunks: Buffer[] = [];
     try {
-      for await (const c of relayed.body.pipe(verifyingStream(digest, relayed.size, onMismatch)))
+      for await (const c of pipeline(
+        relayed.body,
+        verifyingStream(digest, relayed.size, onMismatch),
+        () => {},
+      ))
         chunks.push(c);
     } catch {
       return miss(deps, reply, kind, "a peer served a different manifest");
@@ -123,7 +128,9 @@ async function serve(deps: MirrorDeps, req: FastifyRequest, reply: FastifyReply,
     return reply.send(noBody());
   }
   deps.metrics?.mirrorBytes.inc({ source: "peer" }, relayed.size);
-  return reply.send(relayed.body.pipe(verifyingStream(digest, relayed.size, onMismatch)));
+  // pipeline: a peer that drops mid-blob ends this response with an error (containerd retries), and
+  // a client that goes away closes the peer's body; neither throws unhandled.
+  return reply.send(pipeline(relayed.body, verifyingStream(digest, relayed.size, onMismatch), () => {}));
 }
 
 function count(deps: MirrorDeps, kind: Kind, outcome: "local" | "peer" | "miss" | "corrupt") {

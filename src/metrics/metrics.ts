@@ -34,6 +34,9 @@ export const COMPILE_CACHE_PUBLISH_OUTCOMES = [
   "failed",
 ] as const;
 
+/** Values of `reason` on `coldstart_peer_fallbacks_total` (src/peers). */
+export const PEER_FALLBACK_REASONS = ["unreachable", "corrupt", "unaligned", "large", "not_held"] as const;
+
 /** Buckets for stage durations: 10 ms (a commit rename) up to 1 h (a large model over a slow link). */
 export const STAGE_DURATION_BUCKETS: readonly number[] = [
   0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600,
@@ -300,7 +303,7 @@ export class Metrics {
     });
     this.peerFallbacks = new Counter({
       name: "coldstart_peer_fallbacks_total",
-      help: "Pieces a peer held that were fetched from S3 after all, by reason (unreachable, corrupt, unaligned).",
+      help: "Pieces a peer held that were fetched from S3 after all, by reason (unreachable, corrupt, unaligned, large, not_held).",
       labelNames: ["reason"] as const,
       registers,
     });
@@ -337,8 +340,7 @@ export class Metrics {
     for (const kind of ["manifest", "blob"])
       for (const outcome of ["local", "peer", "miss", "corrupt"])
         this.mirrorRequests.inc({ kind, outcome }, 0);
-    for (const reason of ["unreachable", "corrupt", "busy", "unaligned"])
-      this.peerFallbacks.inc({ reason }, 0);
+    for (const reason of PEER_FALLBACK_REASONS) this.peerFallbacks.inc({ reason }, 0);
   }
 }
 

@@ -21,19 +21,44 @@ export interface RelayedBlob {
   body: Readable;
 }
 
+/** How long a peer that served a wrong blob is not asked for that digest. */
+const DISTRUST_MS = 10 * 60_000;
+
 export class BlobRelay {
   readonly #o: RelayOptions;
+  readonly #bad = new Map<string, number>();
 
   constructor(options: RelayOptions) {
     this.#o = options;
   }
 
-  /** Opens the blob at the first peer that holds it; undefined when none does (or none answers). */
+  /** A peer that served bytes that are not `digest`: not asked for that digest again for a while. */
+  distrust(peer: string, digest: string): void {
+    const now = Date.now();
+    for (const [k, until] of this.#bad) if (until <= now) this.#bad.delete(k);
+    this.#bad.set(`${peer}\0${digest}`, now + DISTRUST_MS);
+  }
+
+  /**
+   * Opens the blob at the first peer that holds it; undefined when none does, none answers, or the
+   * holder fails before its body starts (the mirror then answers 404 and containerd moves on).
+   */
   async open(digest: string, signal?: AbortSignal): Promise<RelayedBlob | undefined> {
+    try {
+      return await this.#open(digest, signal);
+    } catch (err) {
+      this.#o.logger.warn({ digest, err: (err as Error).message }, "relaying a blob from a peer failed");
+      return undefined;
+    }
+  }
+
+  async #open(digest: string, signal?: AbortSignal): Promise<RelayedBlob | undefined> {
     const path = `/v1/peer/blob/${digest}`;
     const headers = this.#headers();
+    const now = Date.now();
+    const trusted = this.#o.urls().filter((p) => (this.#bad.get(`${p}\0${digest}`) ?? 0) <= now);
     const holder = await Promise.any(
-      this.#o.urls().map(async (peer) => {
+      trusted.map(async (peer) => {
         const res = await fetch(new URL(path, peer), {
           method: "HEAD",
           headers,
@@ -44,7 +69,14 @@ export class BlobRelay {
       }),
     ).catch(() => undefined);
     if (!holder) return undefined;
-    const res = await fetch(new URL(path, holder), { headers, signal: signal ?? null });
+    // The holder must answer within timeoutMs; its body then streams as long as it flows (a
+    // client that gives up closes it through the mirror's pipeline).
+    const answered = new AbortController();
+    const timer = setTimeout(() => answered.abort(new Error("peer did not answer")), this.#o.timeoutMs);
+    const res = await fetch(new URL(path, holder), {
+      headers,
+      signal: any(signal, answered.signal),
+    }).finally(() => clearTimeout(timer));
     const size = Number(res.headers.get("content-length"));
     if (res.status !== 200 || !res.body || !Number.isSafeInteger(size)) {
       await res.body?.cancel();

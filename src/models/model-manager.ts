@@ -380,9 +380,9 @@ export class ModelManager {
   async #manifestOf(r: ModelRecord): Promise<ReadonlyMap<string, ManifestFile>> {
     const cached = this.#manifests.get(r.id);
     if (cached && cached.readyAt === r.readyAt) return cached.files;
-    const store = await ManifestStore.open(this.modelPath(r.id), r.source);
-    const files = new Map(store.files());
-    await store.close();
+    const files = await ManifestStore.read(this.modelPath(r.id), r.source);
+    // Models evicted since are forgotten here too.
+    for (const id of this.#manifests.keys()) if (!this.#o.registry.get(id)) this.#manifests.delete(id);
     this.#manifests.set(r.id, { readyAt: r.readyAt, files });
     return files;
   }

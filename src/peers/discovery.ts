@@ -50,7 +50,9 @@ export class PeerDirectory {
     const host = name.slice(0, at);
     const port = name.slice(at + 1);
     // getaddrinfo, as every other client on the node resolves (cluster DNS, search domains, hosts).
-    const found = await dns.lookup(host, { all: true }).catch(() => []);
+    // A failed lookup (DNS down for a moment) keeps the peers known so far.
+    const found = await dns.lookup(host, { all: true }).catch(() => undefined);
+    if (!found) return;
     const next = found
       .map((a) => (a.family === 6 ? `http://[${a.address}]:${port}` : `http://${a.address}:${port}`))
       .filter((u) => !this.#o.self || new URL(u).hostname.replace(/^\[|\]$/g, "") !== this.#o.self);

@@ -13,7 +13,7 @@
 import { createHash } from "node:crypto";
 import { Readable } from "node:stream";
 import type { Logger } from "pino";
-import type { Metrics } from "../metrics/metrics.js";
+import type { Metrics, PEER_FALLBACK_REASONS } from "../metrics/metrics.js";
 import type { GetOptions, GetResponse, ObjectHead, ObjectInfo, ObjectSource } from "../s3/object-source.js";
 
 export interface PeerOptions {
@@ -37,10 +37,14 @@ interface Held {
 }
 
 /** Why a piece came from S3 after all (label values of coldstart_peer_fallbacks_total). */
-export const PEER_FALLBACK_REASONS = ["unreachable", "corrupt", "unaligned"] as const;
 export type PeerFallbackReason = (typeof PEER_FALLBACK_REASONS)[number];
 
-const PIECE_TIMEOUT_MS = 60_000;
+/** A peer that sends nothing for this long is cut off (not a total deadline: big pieces take time). */
+const STALL_MS = 10_000;
+/** Pieces bigger than this come from S3: each is held in memory until verified. */
+const MAX_PIECE_BYTES = 64 * 1024 * 1024;
+/** Where an object is, remembered this long (its peer may evict it). */
+const HIT_TTL_MS = 60_000;
 /** A peer that failed is left alone this long. */
 const PEER_DOWN_MS = 30_000;
 /** "Nobody holds it" is remembered this long: the first node is still staging. */
@@ -49,7 +53,10 @@ const MISS_TTL_MS = 10_000;
 export class PeerAwareSource implements ObjectSource {
   readonly #inner: ObjectSource;
   readonly #o: PeerOptions;
-  readonly #located = new Map<string, { at: number; held: Promise<Held | undefined> }>();
+  readonly #located = new Map<
+    string,
+    { at: number; ttl: number; held: Promise<Held | undefined>; peer?: string }
+  >();
   readonly #downUntil = new Map<string, number>();
   readonly #slots: Semaphore;
 
@@ -82,36 +89,64 @@ export class PeerAwareSource implements ObjectSource {
       if (held) {
         const piece = pieceOf(held, options.range);
         if (piece === undefined) this.#fallback("unaligned");
+        else if ((held.bounds[piece + 1] as number) - (held.bounds[piece] as number) > MAX_PIECE_BYTES)
+          this.#fallback("large");
         else {
-          // A slot, or a wait for one: a piece is held in memory until verified, so slots bound
-          // memory (maxInFlight x part size); the peer is still nearer than S3.
-          await this.#slots.acquire(options.signal);
-          try {
-            return await this.#fetchPiece(held, bucket, key, etag, piece, options);
-          } catch (err) {
-            if (options.signal?.aborted) throw err;
-            const corrupt = (err as { corrupt?: boolean }).corrupt === true;
-            this.#fallback(corrupt ? "corrupt" : "unreachable");
-            this.#o.logger.warn(
-              { peer: held.peer, key, piece, err: (err as Error).message },
-              corrupt ? "peer served a bad piece; fetching it from S3" : "peer failed; fetching from S3",
-            );
-            this.#downUntil.set(held.peer, Date.now() + PEER_DOWN_MS);
-            this.#located.delete(locKey(bucket, key, etag));
-          } finally {
-            this.#slots.release();
-          }
+          const got = await this.#fromPeer(held, bucket, key, etag, piece, options);
+          if (got) return got;
         }
       }
     }
     return this.#inner.get(bucket, key, options);
   }
 
+  /** One piece from the peer that holds it, or undefined (counted, and the peer judged) for S3. */
+  async #fromPeer(
+    held: Held,
+    bucket: string,
+    key: string,
+    etag: string,
+    piece: number,
+    options: GetOptions,
+  ): Promise<GetResponse | undefined> {
+    // A slot, or a wait for one: a piece is held in memory until verified, so slots bound memory
+    // (maxInFlight x part size); the peer is still nearer than S3.
+    await this.#slots.acquire(options.signal);
+    try {
+      // The peer may have failed while this part waited for its slot.
+      if ((this.#downUntil.get(held.peer) ?? 0) > Date.now()) {
+        this.#fallback("unreachable");
+        return undefined;
+      }
+      return await this.#fetchPiece(held, bucket, key, etag, piece, options);
+    } catch (err) {
+      if (options.signal?.aborted) throw err;
+      const why = (err as { why?: PeerFallbackReason }).why ?? "unreachable";
+      this.#fallback(why);
+      this.#o.logger.warn(
+        { peer: held.peer, key, piece, why, err: (err as Error).message },
+        "piece from S3 instead of the peer",
+      );
+      // Evicted there since: only this object is gone. Anything else: the peer is left alone a while.
+      if (why === "not_held") this.#located.delete(locKey(bucket, key, etag));
+      else this.#down(held.peer);
+      return undefined;
+    } finally {
+      this.#slots.release();
+    }
+  }
+
+  /** Leaves a peer alone for PEER_DOWN_MS, and forgets every object located there. */
+  #down(peer: string): void {
+    this.#downUntil.set(peer, Date.now() + PEER_DOWN_MS);
+    for (const [k, entry] of this.#located) if (entry.peer === peer) this.#located.delete(k);
+  }
+
   /** Asks every live peer at once whether it holds the object; the first that does wins. */
   #locate(bucket: string, key: string, etag: string, signal?: AbortSignal): Promise<Held | undefined> {
     const k = locKey(bucket, key, etag);
     const cached = this.#located.get(k);
-    if (cached && Date.now() - cached.at < MISS_TTL_MS) return cached.held;
+    if (cached && Date.now() - cached.at < cached.ttl) return cached.held;
     const now = Date.now();
     const live = this.#o.urls().filter((u) => (this.#downUntil.get(u) ?? 0) <= now);
     const query = new URLSearchParams({ bucket, key, etag }).toString();
@@ -134,10 +169,11 @@ export class PeerAwareSource implements ObjectSource {
         return { peer, ...body };
       }),
     ).catch(() => undefined);
-    this.#located.set(k, { at: now, held });
-    // A hit is kept until its peer fails; a miss only for MISS_TTL_MS.
+    this.#located.set(k, { at: now, ttl: MISS_TTL_MS, held });
+    // A hit is kept longer than a miss, and dropped at once when its peer fails.
     void held.then((h) => {
-      if (h) this.#located.set(k, { at: Number.POSITIVE_INFINITY, held });
+      if (h && this.#located.get(k)?.held === held)
+        this.#located.set(k, { at: Date.now(), ttl: HIT_TTL_MS, held, peer: h.peer });
     });
     return held;
   }
@@ -153,34 +189,69 @@ export class PeerAwareSource implements ObjectSource {
     const start = held.bounds[piece] as number;
     const end = held.bounds[piece + 1] as number;
     const query = new URLSearchParams({ bucket, key, etag, piece: String(piece) }).toString();
+    // Headers within timeoutMs; then the body may take as long as it keeps flowing (STALL_MS).
+    const stall = new AbortController();
+    const headersTimer = setTimeout(() => stall.abort(new Error("peer did not answer")), this.#o.timeoutMs);
     const res = await fetch(new URL(`/v1/peer/piece?${query}`, held.peer), {
       headers: this.#headers(),
-      signal: anySignal(options.signal, AbortSignal.timeout(PIECE_TIMEOUT_MS)),
-    });
+      signal: anySignal(options.signal, stall.signal),
+    }).finally(() => clearTimeout(headersTimer));
     if (res.status !== 200) {
       await res.body?.cancel();
-      throw new Error(`peer answered ${res.status} for piece ${piece}`);
+      throw Object.assign(new Error(`peer answered ${res.status} for piece ${piece}`), {
+        why: res.status === 404 ? "not_held" : "unreachable",
+      });
     }
-    const bytes = Buffer.from(await res.arrayBuffer());
-    const digest = createHash("sha256").update(bytes).digest("hex");
-    if (bytes.length !== end - start || digest !== held.pieces[piece]) {
+    const length = end - start;
+    if (Number(res.headers.get("content-length")) !== length || !res.body) {
+      await res.body?.cancel();
+      throw Object.assign(
+        new Error(`peer announced ${res.headers.get("content-length")} bytes for a ${length}-byte piece`),
+        {
+          why: "corrupt",
+        },
+      );
+    }
+    // Read into a buffer of exactly the piece's size; a peer that stops sending for STALL_MS is cut.
+    const bytes = Buffer.allocUnsafe(length);
+    let at = 0;
+    const reader = res.body.getReader();
+    let timer = setTimeout(() => stall.abort(new Error("peer stalled")), STALL_MS);
+    try {
+      for (;;) {
+        const { done, value } = await reader.read();
+        if (done) break;
+        if (at + value.length > length)
+          throw Object.assign(new Error("peer sent more than the piece"), { why: "corrupt" });
+        bytes.set(value, at);
+        at += value.length;
+        clearTimeout(timer);
+        timer = setTimeout(() => stall.abort(new Error("peer stalled")), STALL_MS);
+      }
+    } finally {
+      clearTimeout(timer);
+      reader.releaseLock();
+    }
+    const digest = createHash("sha256").update(bytes.subarray(0, at)).digest("hex");
+    if (at !== length || digest !== held.pieces[piece]) {
       throw Object.assign(
         new Error(
-          `piece ${piece} of ${key}: ${bytes.length} bytes with SHA-256 ${digest}, expected ${end - start} bytes with ${held.pieces[piece]}`,
+          `piece ${piece} of ${key}: ${at} bytes with SHA-256 ${digest}, expected ${length} bytes with ${held.pieces[piece]}`,
         ),
-        { corrupt: true },
+        { why: "corrupt" },
       );
     }
     this.#o.metrics?.peerBytes.inc({ direction: "in" }, bytes.length);
     const ranged = options.range !== undefined;
+    // A whole-object GET from S3 carries the object's checksum, which the engine checks; a peer
+    // cannot vouch for it, so S3 is asked (HEAD: metadata only) and the engine checks the peer's bytes.
+    const checksum = ranged ? undefined : (await this.#inner.head(bucket, key, options.signal)).checksum;
     return {
       statusCode: ranged ? 206 : 200,
       contentLength: bytes.length,
       contentRange: ranged ? `bytes ${start}-${end - 1}/${held.size}` : undefined,
       etag,
-      // The engine checks S3's checksum from its own HEAD (ranged files); a whole-object GET would
-      // carry it from S3, a peer cannot vouch for it: the piece digest stands in.
-      checksum: undefined,
+      checksum: checksum?.type === "FULL_OBJECT" ? checksum : undefined,
       body: Readable.from([bytes]),
     };
   }
@@ -227,6 +298,7 @@ class Semaphore {
   }
 
   async acquire(signal?: AbortSignal): Promise<void> {
+    signal?.throwIfAborted();
     if (this.#free > 0) {
       this.#free--;
       return;

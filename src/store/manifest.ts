@@ -55,29 +55,7 @@ export class ManifestStore {
   }
 
   static async open(root: string, source: string): Promise<ManifestStore> {
-    const path = join(root, STATE_DIR, MANIFEST_FILE);
-    const header: Header = { version: 1, source };
-    const files = new Map<string, ManifestFile>();
-    // Only "no manifest yet" means empty: an unreadable one must not be compacted over.
-    const text = await readFile(path, "utf8").catch((e: NodeJS.ErrnoException) => {
-      if (e.code === "ENOENT") return "";
-      throw ioError(e, `reading manifest ${path}`);
-    });
-    const [first, ...rest] = text.split("\n");
-    let lines = 0;
-    if (first && sameHeader(first, header)) {
-      for (const raw of rest) {
-        if (raw === "") continue;
-        try {
-          const l = JSON.parse(raw) as Line;
-          if (l.file) files.set(l.path, l.file);
-          else files.delete(l.path);
-          lines++;
-        } catch {
-          // A torn last line from a crash mid-append: that file is simply fetched again.
-        }
-      }
-    }
+    const { path, header, files, lines, first } = await readManifest(root, source);
     const store = new ManifestStore(path, header, files, lines);
     // Another source's manifest (or none, or a damaged header) says nothing about these files; a
     // log with superseded lines is rewritten. An already compact one is left alone: no rewrite (and
@@ -86,9 +64,9 @@ export class ManifestStore {
     return store;
   }
 
-  /** Every committed file by relative path. */
-  files(): ReadonlyMap<string, ManifestFile> {
-    return this.#files;
+  /** The committed files of a destination, read only: never compacted, never written (peers read this). */
+  static async read(root: string, source: string): Promise<ReadonlyMap<string, ManifestFile>> {
+    return (await readManifest(root, source)).files;
   }
 
   get(relPath: string): ManifestFile | undefined {
@@ -144,6 +122,33 @@ export class ManifestStore {
     this.#appending = this.#appending.then(run, run);
     return this.#appending;
   }
+}
+
+async function readManifest(root: string, source: string) {
+  const path = join(root, STATE_DIR, MANIFEST_FILE);
+  const header: Header = { version: 1, source };
+  const files = new Map<string, ManifestFile>();
+  // Only "no manifest yet" means empty: an unreadable one must not be compacted over.
+  const text = await readFile(path, "utf8").catch((e: NodeJS.ErrnoException) => {
+    if (e.code === "ENOENT") return "";
+    throw ioError(e, `reading manifest ${path}`);
+  });
+  const [first, ...rest] = text.split("\n");
+  let lines = 0;
+  if (first && sameHeader(first, header)) {
+    for (const raw of rest) {
+      if (raw === "") continue;
+      try {
+        const l = JSON.parse(raw) as Line;
+        if (l.file) files.set(l.path, l.file);
+        else files.delete(l.path);
+        lines++;
+      } catch {
+        // A torn last line from a crash mid-append: that file is simply fetched again.
+      }
+    }
+  }
+  return { path, header, files, lines, first };
 }
 
 function sameHeader(line: string, header: Header): boolean {
