@@ -337,7 +337,7 @@ describe("deploy/", () => {
         const rel = relative(overlay, deploy);
         await writeFile(
           join(overlay, "kustomization.yaml"),
-          `resources: [${rel}]\ncomponents: [${rel}/components/servicemonitor, ${rel}/components/host-cufile-json]\n`,
+          `resources: [${rel}]\ncomponents: [${rel}/components/servicemonitor, ${rel}/components/host-cufile-json, ${rel}/components/oci-mirror]\n`,
         );
         const { stdout } = await run("kubectl", ["kustomize", overlay]);
         const rendered = parseAllDocuments(stdout).map((d) => d.toJS() as K8sObject);
@@ -352,6 +352,35 @@ describe("deploy/", () => {
           mountPath: "/host/etc/cufile.json",
           readOnly: true,
         });
+        // The mirror: a host port for containerd, and the content store and config read-only where
+        // the daemon's defaults look for them under node.hostRoot.
+        const c = pod.containers[0];
+        expect(c.ports).toContainEqual({
+          name: "mirror",
+          containerPort: 8477,
+          hostPort: 8477,
+          protocol: "TCP",
+        });
+        const env = Object.fromEntries(
+          c.env.filter((e: K8sObject) => e.value).map((e: K8sObject) => [e.name, e.value]),
+        );
+        const config = loadConfig({ env: { ...env, NODE_NAME: "n" } });
+        expect(config.mirror.listen).toBe("0.0.0.0:8477");
+        expect(c.volumeMounts).toContainEqual({
+          name: "containerd-content",
+          mountPath: `${config.node.hostRoot}/var/lib/containerd/io.containerd.content.v1.content`,
+          readOnly: true,
+        });
+        expect(c.volumeMounts).toContainEqual({
+          name: "containerd-config",
+          mountPath: `${config.node.hostRoot}/etc/containerd`,
+          readOnly: true,
+        });
+        for (const o of rendered) {
+          if (isKustomization(o)) continue;
+          const Model = await modelFor(o.apiVersion, o.kind);
+          expect(() => new Model(o).validate(), `rendered ${o.kind}`).not.toThrow();
+        }
       } finally {
         await rm(overlay, { recursive: true, force: true });
       }
