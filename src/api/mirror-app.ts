@@ -156,13 +156,14 @@ function ociError(code: string, message: string) {
   return { errors: [{ code, message }] };
 }
 
-/** A single `bytes=a-b` / `bytes=a-` range; undefined for none; "invalid" for one we cannot serve. */
+/** A single `bytes=a-b`, `bytes=a-` or `bytes=-n` range; undefined for none; "invalid" otherwise. */
 function parseRange(header: string | undefined, size: number): [number, number] | undefined | "invalid" {
   if (!header) return undefined;
-  const m = /^bytes=(\d+)-(\d*)$/.exec(header.trim());
-  if (!m) return "invalid";
-  const start = Number(m[1]);
-  const end = m[2] ? Math.min(Number(m[2]), size - 1) : size - 1;
+  const m = /^bytes=(\d*)-(\d*)$/.exec(header.trim());
+  if (!m || (m[1] === "" && m[2] === "")) return "invalid";
+  // bytes=-N: the last N bytes.
+  const start = m[1] === "" ? Math.max(size - Number(m[2]), 0) : Number(m[1]);
+  const end = m[1] !== "" && m[2] ? Math.min(Number(m[2]), size - 1) : size - 1;
   if (!Number.isSafeInteger(start) || start > end || start >= size) return "invalid";
   return [start, end];
 }

@@ -86,7 +86,8 @@ export async function checkContainerd(o: MirrorCheckOptions): Promise<MirrorChec
     );
   } else {
     out.certsDir = join(o.hostRoot, configPath);
-    for (const registry of o.registries) {
+    // Mirroring any registry takes containerd's catch-all host config.
+    for (const registry of o.registries.length > 0 ? o.registries : ["_default"]) {
       const file = join(out.certsDir, registry, "hosts.toml");
       let hosts: Table;
       try {

@@ -186,5 +186,12 @@ describe(`image layers through the peer mirror, real containerd${available ? "" 
       mirrorPort: 8477,
     });
     expect(real.problems.map((p) => p.code)).toEqual(["config_path_unset"]);
+    // Mirroring any registry needs containerd's catch-all hosts.toml.
+    await writeFile(
+      config,
+      'version = 2\n[plugins."io.containerd.grpc.v1.cri".registry]\n  config_path = "/etc/containerd/certs.d"\n',
+    );
+    const any = await checkContainerd({ hostRoot: host, registries: [], mirrorPort: 8477 });
+    expect(any.problems.map((p) => p.message)).toEqual([expect.stringContaining("_default/hosts.toml")]);
   });
 });

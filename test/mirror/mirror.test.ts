@@ -113,6 +113,12 @@ describe("the OCI mirror", () => {
     });
     expect([part.status, part.headers.get("content-range")]).toEqual([206, `bytes 100-199/${layer.length}`]);
     expect(Buffer.from(await part.arrayBuffer())).toEqual(layer.subarray(100, 200));
+    const tail = await fetch(url(`blobs/${digestOf(layer)}`), { headers: { ...auth, range: "bytes=-10" } });
+    expect([tail.status, tail.headers.get("content-range")]).toEqual([
+      206,
+      `bytes ${layer.length - 10}-${layer.length - 1}/${layer.length}`,
+    ]);
+    await tail.arrayBuffer();
 
     const tag = await fetch(url("manifests/latest"), { headers: auth });
     expect([tag.status, ((await tag.json()) as { errors: { code: string }[] }).errors[0]?.code]).toEqual([
