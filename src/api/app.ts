@@ -11,7 +11,7 @@ import type { ContentStore } from "../mirror/content-store.js";
 import type { ModelManager, ModelRequest } from "../models/model-manager.js";
 import type { NodeFacts } from "../node/node-facts.js";
 import type { RateLimiter } from "../staging/rate-limiter.js";
-import type { TokenFile } from "./auth.js";
+import { bearerAccepted, type TokenFile } from "./auth.js";
 import { fastifyCodes, httpStatusOf } from "./http-errors.js";
 
 /** Which listener an app serves: the authenticated TCP API, or the node-local handshake socket. */
@@ -154,8 +154,7 @@ export function buildApp(deps: AppDeps, surface: Surface) {
     if (!req.url.startsWith("/")) {
       throw new ColdstartError("CS_REQUEST_INVALID", "the request target must be a path (origin-form)");
     }
-    const m = /^Bearer ([^\s]+)$/.exec(req.headers.authorization ?? "");
-    req.authenticated = deps.tokens === undefined || (m?.[1] !== undefined && deps.tokens.accepts(m[1]));
+    req.authenticated = bearerAccepted(deps.tokens, req.headers.authorization);
     const route = req.routeOptions.url;
     if (req.authenticated || (route !== undefined && PUBLIC_ROUTES.has(route))) return;
     if (surface === "socket" && route === "/v1/models/*" && (req.method === "PUT" || req.method === "GET"))

@@ -94,6 +94,16 @@ export class TokenFile {
   }
 }
 
+/**
+ * Whether an `Authorization` header carries an accepted bearer token; with no token file
+ * (`daemon.auth: none`) everything is accepted.
+ */
+export function bearerAccepted(tokens: TokenFile | undefined, header: string | undefined): boolean {
+  if (tokens === undefined) return true;
+  const m = /^Bearer ([^\s]+)$/.exec(header ?? "");
+  return m?.[1] !== undefined && tokens.accepts(m[1]);
+}
+
 /** Fixed-length digests make the comparison constant-time whatever the tokens' lengths. */
 function digest(token: string): Buffer {
   return createHash("sha256").update(token).digest();

@@ -10,7 +10,7 @@ import type { Logger } from "pino";
 import type { Metrics } from "../metrics/metrics.js";
 import { type ContentStore, DIGEST, manifestMediaType } from "../mirror/content-store.js";
 import { type BlobRelay, verifyingStream } from "../mirror/relay.js";
-import type { TokenFile } from "./auth.js";
+import { bearerAccepted, type TokenFile } from "./auth.js";
 
 export interface MirrorDeps {
   store: ContentStore;
@@ -34,9 +34,7 @@ export function buildMirrorApp(deps: MirrorDeps) {
     return503OnClosing: true,
   });
   app.addHook("onRequest", async (req, reply) => {
-    if (!deps.tokens) return;
-    const m = /^Bearer ([^\s]+)$/.exec(req.headers.authorization ?? "");
-    if (!m?.[1] || !deps.tokens.accepts(m[1])) {
+    if (!bearerAccepted(deps.tokens, req.headers.authorization)) {
       return reply.code(401).send(ociError("UNAUTHORIZED", "a bearer token is required (hosts.toml header)"));
     }
   });

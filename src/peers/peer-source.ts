@@ -12,6 +12,7 @@
  */
 import { createHash } from "node:crypto";
 import { Readable } from "node:stream";
+import pLimit, { type LimitFunction } from "p-limit";
 import type { Logger } from "pino";
 import type { Metrics, PEER_FALLBACK_REASONS } from "../metrics/metrics.js";
 import type { GetOptions, GetResponse, ObjectHead, ObjectInfo, ObjectSource } from "../s3/object-source.js";
@@ -58,12 +59,12 @@ export class PeerAwareSource implements ObjectSource {
     { at: number; ttl: number; held: Promise<Held | undefined>; peer?: string }
   >();
   readonly #downUntil = new Map<string, number>();
-  readonly #slots: Semaphore;
+  readonly #slots: LimitFunction;
 
   constructor(inner: ObjectSource, options: PeerOptions) {
     this.#inner = inner;
     this.#o = options;
-    this.#slots = new Semaphore(options.maxInFlight);
+    this.#slots = pLimit(options.maxInFlight);
   }
 
   list(bucket: string, prefix: string, signal?: AbortSignal): AsyncIterable<ObjectInfo> {
@@ -111,29 +112,29 @@ export class PeerAwareSource implements ObjectSource {
   ): Promise<GetResponse | undefined> {
     // A slot, or a wait for one: a piece is held in memory until verified, so slots bound memory
     // (maxInFlight x part size); the peer is still nearer than S3.
-    await this.#slots.acquire(options.signal);
-    try {
-      // The peer may have failed while this part waited for its slot.
-      if ((this.#downUntil.get(held.peer) ?? 0) > Date.now()) {
-        this.#fallback("unreachable");
+    return this.#slots(async () => {
+      try {
+        options.signal?.throwIfAborted();
+        // The peer may have failed while this part waited for its slot.
+        if ((this.#downUntil.get(held.peer) ?? 0) > Date.now()) {
+          this.#fallback("unreachable");
+          return undefined;
+        }
+        return await this.#fetchPiece(held, bucket, key, etag, piece, options);
+      } catch (err) {
+        if (options.signal?.aborted) throw err;
+        const why = (err as { why?: PeerFallbackReason }).why ?? "unreachable";
+        this.#fallback(why);
+        this.#o.logger.warn(
+          { peer: held.peer, key, piece, why, err: (err as Error).message },
+          "piece from S3 instead of the peer",
+        );
+        // Evicted there since: only this object is gone. Anything else: the peer is left alone a while.
+        if (why === "not_held") this.#located.delete(locKey(bucket, key, etag));
+        else this.#down(held.peer);
         return undefined;
       }
-      return await this.#fetchPiece(held, bucket, key, etag, piece, options);
-    } catch (err) {
-      if (options.signal?.aborted) throw err;
-      const why = (err as { why?: PeerFallbackReason }).why ?? "unreachable";
-      this.#fallback(why);
-      this.#o.logger.warn(
-        { peer: held.peer, key, piece, why, err: (err as Error).message },
-        "piece from S3 instead of the peer",
-      );
-      // Evicted there since: only this object is gone. Anything else: the peer is left alone a while.
-      if (why === "not_held") this.#located.delete(locKey(bucket, key, etag));
-      else this.#down(held.peer);
-      return undefined;
-    } finally {
-      this.#slots.release();
-    }
+    });
   }
 
   /** Leaves a peer alone for PEER_DOWN_MS, and forgets every object located there. */
@@ -286,43 +287,6 @@ function validHeld(b: unknown): b is Omit<Held, "peer"> {
     if (!Number.isSafeInteger(z) || z <= a) return false;
   }
   return h.pieces.every((p) => typeof p === "string" && /^[0-9a-f]{64}$/.test(p));
-}
-
-/** Counted slots, handed out in arrival order; an aborted waiter leaves the queue. */
-class Semaphore {
-  #free: number;
-  readonly #waiters: (() => void)[] = [];
-
-  constructor(n: number) {
-    this.#free = n;
-  }
-
-  async acquire(signal?: AbortSignal): Promise<void> {
-    signal?.throwIfAborted();
-    if (this.#free > 0) {
-      this.#free--;
-      return;
-    }
-    await new Promise<void>((resolve, reject) => {
-      const grant = () => {
-        signal?.removeEventListener("abort", onAbort);
-        resolve();
-      };
-      const onAbort = () => {
-        const i = this.#waiters.indexOf(grant);
-        if (i >= 0) this.#waiters.splice(i, 1);
-        reject(signal?.reason);
-      };
-      this.#waiters.push(grant);
-      signal?.addEventListener("abort", onAbort, { once: true });
-    });
-  }
-
-  release(): void {
-    const next = this.#waiters.shift();
-    if (next) next();
-    else this.#free++;
-  }
 }
 
 function locKey(bucket: string, key: string, etag: string): string {
