@@ -20,6 +20,7 @@ import { loadKubeConfig, NodeLabeler } from "./kube/node-labels.js";
 import { Metrics } from "./metrics/metrics.js";
 import { checkContainerd, MIRROR_CHECK_CODES, type MirrorCheck } from "./mirror/containerd-check.js";
 import { ContentStore } from "./mirror/content-store.js";
+import { type ManagedHosts, manageHostsToml } from "./mirror/hosts-toml.js";
 import { BlobRelay } from "./mirror/relay.js";
 import { ModelManager } from "./models/model-manager.js";
 import { ModelRegistry } from "./models/model-registry.js";
@@ -200,6 +201,7 @@ export async function startDaemon(
   const sock = buildApp(deps, "socket");
   const metricsApp = buildMetricsApp(deps);
   const undo = async () => {
+    await managedHosts?.restore().catch(() => {});
     await manager.drain(0).catch(() => {});
     await compileCaches.stop();
     ccClient?.destroy();
@@ -214,6 +216,7 @@ export async function startDaemon(
   let mirrorAddress: string | undefined;
   let mirrorCheck: MirrorCheck | undefined;
   let mirrorTimer: NodeJS.Timeout | undefined;
+  let managedHosts: ManagedHosts | undefined;
   try {
     await manager.start();
     await compileCaches.start();
@@ -238,7 +241,9 @@ export async function startDaemon(
     if (mirrorApp && config.mirror.listen) {
       // Whether containerd will ask the mirror at all; looked at again every 5 minutes (the GPU
       // Operator may rewrite the config after the daemon starts).
-      const listenPort = Number(config.mirror.listen.slice(config.mirror.listen.lastIndexOf(":") + 1));
+      // The port actually bound (mirror.listen may say 0).
+      const bound = mirrorAddress ?? config.mirror.listen;
+      const listenPort = Number(bound.slice(bound.lastIndexOf(":") + 1));
       const check = async () => {
         const c = await checkContainerd({
           hostRoot: config.node.hostRoot,
@@ -254,6 +259,24 @@ export async function startDaemon(
           metrics.mirrorConfigProblems.set({ code }, c.problems.some((p) => p.code === code) ? 1 : 0);
       };
       await check();
+      if (config.mirror.manageHostsToml) {
+        const certsDir = mirrorCheck?.certsDir;
+        if (!certsDir) {
+          logger.error(
+            { codes: mirrorCheck?.problems.map((p) => p.code) },
+            "mirror.manageHostsToml: containerd has no registry config_path to write hosts.toml under",
+          );
+        } else {
+          managedHosts = await manageHostsToml({
+            certsDir,
+            registries: config.mirror.registries,
+            mirrorUrl: `http://${config.mirror.hostAddress}:${listenPort}`,
+            token: tokens?.first,
+          });
+          logger.info({ files: managedHosts.files }, "hosts.toml now sends pulls to this mirror first");
+          await check();
+        }
+      }
       mirrorTimer = setInterval(() => check().catch(() => {}), 5 * 60_000);
       mirrorTimer.unref();
     }
@@ -320,6 +343,8 @@ export async function startDaemon(
       ready = false;
       clearInterval(timer);
       clearInterval(mirrorTimer);
+      // containerd goes back to the node's own hosts.toml (and the registry) while no mirror runs.
+      await managedHosts?.restore().catch((e) => logger.error({ err: String(e) }, "restoring hosts.toml"));
       stopProbing.abort();
       await Promise.all([manager.drain(graceMs, hurry), compileCaches.stop()]);
       ccClient?.destroy();

@@ -342,6 +342,20 @@ export const schema = {
       flag: "--mirror-content-dir <dir>",
       help: "containerd's content store (default <node.hostRoot>/var/lib/containerd/io.containerd.content.v1.content), read-only.",
     }),
+    manageHostsToml: option({
+      schema: boolish,
+      default: false,
+      env: ["COLDSTART_MIRROR_MANAGE_HOSTS_TOML"],
+      flag: "--mirror-manage-hosts-toml",
+      help: "Write each mirrored registry's hosts.toml (mirror first, the node's own file kept as a backup) while the daemon runs; restore it on stop. Needs certs.d writable.",
+    }),
+    hostAddress: option({
+      schema: z.string().min(1),
+      default: "127.0.0.1",
+      env: ["COLDSTART_MIRROR_HOST", "HOST_IP"],
+      flag: "--mirror-host <address>",
+      help: "The address containerd reaches the mirror at (the node's IP, status.hostIP), for managed hosts.toml files.",
+    }),
     registries: option({
       schema: stringList,
       default: [],

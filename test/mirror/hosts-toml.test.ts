@@ -1,0 +1,122 @@
+/**
+ * Managed hosts.toml files on a real directory tree laid out as a node's /etc/containerd, and a real
+ * daemon that writes them on start and puts the node's own files back on SIGTERM.
+ */
+import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { parse } from "smol-toml";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { checkContainerd } from "../../src/mirror/containerd-check.js";
+import { manageHostsToml } from "../../src/mirror/hosts-toml.js";
+import { NO_GPU_FLAGS, startDaemonProcess } from "../support/processes.js";
+import { useS3Fixture } from "../support/s3-fixture.js";
+
+const fx = useS3Fixture("cs-hosts-");
+let host: string;
+beforeEach(async () => {
+  host = await mkdtemp(join(tmpdir(), "cs-hosts-root-"));
+  await mkdir(join(host, "etc/containerd/certs.d/nvcr.io"), { recursive: true });
+  await writeFile(
+    join(host, "etc/containerd/config.toml"),
+    'version = 2\n[plugins."io.containerd.grpc.v1.cri".registry]\n  config_path = "/etc/containerd/certs.d"\n',
+  );
+});
+afterEach(async () => {
+  await rm(host, { recursive: true, force: true });
+});
+
+const NODE_OWN =
+  'server = "https://nvcr.io"\n\n[host."https://cache.internal"]\n  capabilities = ["pull", "resolve"]\n';
+
+describe("managed hosts.toml", () => {
+  it("puts the mirror first, keeps the node's own hosts after it, and restores the file exactly", async () => {
+    const certs = join(host, "etc/containerd/certs.d");
+    const own = join(certs, "nvcr.io", "hosts.toml");
+    await writeFile(own, NODE_OWN);
+    const managed = await manageHostsToml({
+      certsDir: certs,
+      registries: ["nvcr.io", "docker.io"],
+      mirrorUrl: "http://10.0.0.5:8477",
+      token: "t0k",
+    });
+    const doc = parse(await readFile(own, "utf8")) as {
+      server: string;
+      host: Record<string, Record<string, unknown>>;
+    };
+    expect(doc.server).toBe("https://nvcr.io");
+    expect(Object.keys(doc.host)).toEqual(["http://10.0.0.5:8477", "https://cache.internal"]);
+    expect(doc.host["http://10.0.0.5:8477"]).toEqual({
+      capabilities: ["pull"],
+      header: { Authorization: ["Bearer t0k"] },
+    });
+    // It holds the token: owner-only.
+    expect((await stat(own)).mode & 0o777).toBe(0o600);
+    const ok = await checkContainerd({
+      hostRoot: host,
+      registries: ["nvcr.io", "docker.io"],
+      mirrorPort: 8477,
+    });
+    expect([ok.status, ok.problems]).toEqual(["ok", []]);
+
+    // A second start (the first daemon was killed) finds its own files and keeps the original backup.
+    const again = await manageHostsToml({
+      certsDir: certs,
+      registries: ["nvcr.io", "docker.io"],
+      mirrorUrl: "http://10.0.0.5:8477",
+      token: "t0k",
+    });
+    await again.restore();
+    expect(await readFile(own, "utf8")).toBe(NODE_OWN);
+    expect(await readdir(join(certs, "docker.io"))).toEqual([]);
+    expect(await readdir(join(certs, "nvcr.io"))).toEqual(["hosts.toml"]);
+    await managed.restore();
+    expect(await readFile(own, "utf8")).toBe(NODE_OWN);
+  });
+
+  it("a daemon with mirror.manageHostsToml writes them on start and restores them on SIGTERM", async () => {
+    await writeFile(join(host, "etc/containerd/certs.d/nvcr.io/hosts.toml"), NODE_OWN);
+    const tokens = join(host, "tokens");
+    await writeFile(tokens, "mirror-tok\n");
+    const d = await startDaemonProcess(
+      [
+        "--root",
+        join(host, "root"),
+        "--socket",
+        join(host, "d.sock"),
+        "--token-file",
+        tokens,
+        ...NO_GPU_FLAGS,
+        "--host-root",
+        host,
+        "--mirror-listen",
+        "127.0.0.1:0",
+        "--mirror-content-dir",
+        join(host, "content"),
+        "--mirror-registry",
+        "nvcr.io",
+        "--mirror-manage-hosts-toml",
+        "--mirror-host",
+        "10.0.0.5",
+      ],
+      fx.s3,
+    );
+    const mirror = String(d.logs.find((l) => l.msg === "coldstart daemon ready")?.mirror);
+    const port = mirror.slice(mirror.lastIndexOf(":") + 1);
+    const written = parse(
+      await readFile(join(host, "etc/containerd/certs.d/nvcr.io/hosts.toml"), "utf8"),
+    ) as {
+      host: Record<string, unknown>;
+    };
+    expect(Object.keys(written.host)[0]).toBe(`http://10.0.0.5:${port}`);
+    const node = (await (
+      await fetch(`${d.api}/v1/node`, { headers: { authorization: "Bearer mirror-tok" } })
+    ).json()) as {
+      mirror: { status: string };
+    };
+    expect(node.mirror.status).toBe("ok");
+    d.child.kill("SIGTERM");
+    expect((await d.exited).code).toBe(0);
+    expect(await readFile(join(host, "etc/containerd/certs.d/nvcr.io/hosts.toml"), "utf8")).toBe(NODE_OWN);
+  });
+});
