@@ -380,12 +380,22 @@ function logNodeFacts(logger: Logger, facts: NodeFacts): void {
 }
 
 /** Only /metrics, /livez and /readyz: for Prometheus and kubelet probes, nothing to mutate. */
-function buildMetricsApp(deps: { metrics: Metrics; isReady: () => boolean }): FastifyInstance {
+function buildMetricsApp(deps: {
+  metrics: Metrics;
+  isReady: () => boolean;
+  mirrorCheck: () => MirrorCheck | undefined;
+}): FastifyInstance {
   const app = Fastify({ forceCloseConnections: true });
   app.get("/livez", async () => ({ status: "ok" }));
-  app.get("/readyz", async (_req, reply) =>
-    reply.code(deps.isReady() ? 200 : 503).send({ ready: deps.isReady() }),
-  );
+  // The mirror's state is detail, not a condition: a node whose containerd bypasses the mirror still
+  // stages models and serves its peers.
+  app.get("/readyz", async (_req, reply) => {
+    const mirror = deps.mirrorCheck();
+    return reply.code(deps.isReady() ? 200 : 503).send({
+      ready: deps.isReady(),
+      ...(mirror ? { mirror: { status: mirror.status, problems: mirror.problems.map((p) => p.code) } } : {}),
+    });
+  });
   app.get("/metrics", async (_req, reply) => {
     reply.header("content-type", deps.metrics.registry.contentType);
     return deps.metrics.registry.metrics();

@@ -115,6 +115,11 @@ describe("managed hosts.toml", () => {
       mirror: { status: string };
     };
     expect(node.mirror.status).toBe("ok");
+    // And as readiness detail (not a condition).
+    expect(await (await fetch(`${d.metrics}/readyz`)).json()).toEqual({
+      ready: true,
+      mirror: { status: "ok", problems: [] },
+    });
     d.child.kill("SIGTERM");
     expect((await d.exited).code).toBe(0);
     expect(await readFile(join(host, "etc/containerd/certs.d/nvcr.io/hosts.toml"), "utf8")).toBe(NODE_OWN);
