@@ -6,7 +6,7 @@
  */
 import { createHash, randomBytes } from "node:crypto";
 import { mkdir, readdir, readFile, stat, writeFile } from "node:fs/promises";
-import { dirname, join, relative } from "node:path";
+import { dirname, isAbsolute, join, relative } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import {
   GetObjectCommand,
@@ -134,6 +134,7 @@ async function handshake(n: Node, s: Shared, args: string[] = IDENTITY) {
 
 /** What vLLM would write: a compiled graph, Inductor code, Triton kernels, and a lock (noise). */
 async function compile(dir: string, seed: string, files = 12, bytes = 64 * 1024): Promise<void> {
+  absolute(dir);
   const hash = createHash("sha256").update(seed).digest("hex").slice(0, 10);
   for (let i = 0; i < files; i++) {
     const rel = `torch_compile_cache/${hash}/rank_0_0/inductor_cache/${i % 4}x/c${seed}${i}.py`;
@@ -143,8 +144,18 @@ async function compile(dir: string, seed: string, files = 12, bytes = 64 * 1024)
   await writeFile(join(dir, "torch_compile_cache", hash, "rank_0_0", "triton.lock"), "");
 }
 
+/**
+ * A directory from the env file must be there: "" (a variable the env file lacked) would make
+ * compile() write into the repository and tree() compare nothing.
+ */
+function absolute(dir: string): void {
+  if (!isAbsolute(dir))
+    throw new Error(`expected an absolute directory from the env file, got ${JSON.stringify(dir)}`);
+}
+
 /** path -> sha256 of every file under dir (noise included: it must not travel). */
 async function tree(dir: string): Promise<Record<string, string>> {
+  absolute(dir);
   const out: Record<string, string> = {};
   for (const e of await readdir(dir, { recursive: true, withFileTypes: true }).catch(() => [])) {
     if (!e.isFile()) continue;
