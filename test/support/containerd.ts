@@ -9,7 +9,7 @@ import { mkdir, readFile, writeFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { gzipSync } from "node:zlib";
 import { create as tarCreate } from "tar";
-import { onPath } from "./rgw.js";
+import { onPath, runCommand, tail } from "./commands.js";
 
 export const CONTAINERD_NOT_INSTALLED_MESSAGE =
   "containerd tests need root and the Debian `containerd` package (containerd + ctr): run `bash scripts/install-test-deps.sh` as root";
@@ -54,43 +54,22 @@ export interface Containerd {
   stop(): Promise<void>;
 }
 
-function runCommand(
+/** A command's result as ctr callers read it: a timeout shows as code null and a note. */
+async function runCapture(
   cmd: string,
   args: string[],
   timeoutMs: number,
   env: Record<string, string> = {},
 ): Promise<CtrResult> {
-  return new Promise((done, reject) => {
-    const child = spawn(cmd, args, { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, ...env } });
-    let stdout = "";
-    let stderr = "";
-    let timedOut = false;
-    child.stdout.setEncoding("utf8").on("data", (d: string) => (stdout += d));
-    child.stderr.setEncoding("utf8").on("data", (d: string) => (stderr += d));
-    const timer = setTimeout(() => {
-      timedOut = true;
-      child.kill("SIGKILL");
-    }, timeoutMs);
-    child.on("error", (err) => {
-      clearTimeout(timer);
-      reject(err);
-    });
-    child.on("close", (code) => {
-      clearTimeout(timer);
-      done({
-        code: timedOut ? null : code,
-        stdout,
-        stderr: timedOut ? `${stderr}\n[killed after ${timeoutMs} ms]` : stderr,
-      });
-    });
-  });
+  const r = await runCommand(cmd, args, timeoutMs, env);
+  return {
+    code: r.timedOut ? null : r.code,
+    stdout: r.stdout,
+    stderr: r.timedOut ? `${r.stderr}\n[killed after ${timeoutMs} ms]` : r.stderr,
+  };
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-function tail(s: string, lines = 40): string {
-  return s.trimEnd().split("\n").slice(-lines).join("\n");
-}
 
 /** TOML basic string. */
 function q(s: string): string {
@@ -228,7 +207,7 @@ export async function startContainerd(dir: string, opts: { timeoutMs?: number } 
 
   let snapshotter: "overlayfs" | "native" = "native";
   const ctr = (args: string[], o: CtrOptions = {}): Promise<CtrResult> =>
-    runCommand("ctr", ["-a", socket, "-n", o.namespace ?? "k8s.io", ...args], o.timeoutMs ?? 60_000, {
+    runCapture("ctr", ["-a", socket, "-n", o.namespace ?? "k8s.io", ...args], o.timeoutMs ?? 60_000, {
       CONTAINERD_SNAPSHOTTER: snapshotter,
       ...o.env,
     });
@@ -238,19 +217,21 @@ export async function startContainerd(dir: string, opts: { timeoutMs?: number } 
     let last: CtrResult | undefined;
     for (;;) {
       if (exitCode !== undefined) {
-        throw new Error(`containerd exited (${exitCode}) before it answered; log:\n${tail(await readLog())}`);
+        throw new Error(
+          `containerd exited (${exitCode}) before it answered; log:\n${tail(await readLog(), 40)}`,
+        );
       }
-      last = await runCommand("ctr", ["-a", socket, "version"], 5_000);
+      last = await runCapture("ctr", ["-a", socket, "version"], 5_000);
       if (last.code === 0) break;
       if (Date.now() > deadline) {
         throw new Error(
-          `containerd not answering on ${socket} after ${timeoutMs} ms: ${last.stderr.trim()}; log:\n${tail(await readLog())}`,
+          `containerd not answering on ${socket} after ${timeoutMs} ms: ${last.stderr.trim()}; log:\n${tail(await readLog(), 40)}`,
         );
       }
       await sleep(100);
     }
     // The overlayfs snapshotter's init does a trial overlay mount under root and skips itself if that fails.
-    const plugins = await runCommand("ctr", ["-a", socket, "plugins", "ls"], 10_000);
+    const plugins = await runCapture("ctr", ["-a", socket, "plugins", "ls"], 10_000);
     if (/^io\.containerd\.snapshotter\.v1\s+overlayfs\s+\S+\s+ok\s*$/m.test(plugins.stdout))
       snapshotter = "overlayfs";
   } catch (err) {

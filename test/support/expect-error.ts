@@ -27,14 +27,3 @@ export async function expectRejection(p: Promise<unknown>, code: ErrorCode): Pro
   );
   return expectColdstartError(thrown, code);
 }
-
-/** Awaits `p`, which must reject with a ColdstartError of `code`, and returns the error. */
-export async function expectCode(p: Promise<unknown>, code: ErrorCode): Promise<ColdstartError> {
-  let thrown: unknown;
-  try {
-    await p;
-  } catch (err) {
-    thrown = err;
-  }
-  return expectColdstartError(thrown, code);
-}

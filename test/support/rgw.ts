@@ -1,10 +1,12 @@
 // Starts/stops a throw-away Ceph RADOS Gateway (real S3 server) for tests.
 // Wraps test/support/rgw/start-rgw.sh and stop-rgw.sh; node built-ins only.
-import { spawn } from "node:child_process";
-import { accessSync, constants, mkdtempSync } from "node:fs";
+import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { delimiter, join } from "node:path";
+import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { onPath, type RunResult, runCommand, tail } from "./commands.js";
+
+export { onPath };
 
 export interface RgwServer {
   endpoint: string;
@@ -23,73 +25,19 @@ export const RGW_NOT_INSTALLED_MESSAGE =
 
 const REQUIRED_BINARIES = ["radosgw", "radosgw-admin", "ceph-mon", "ceph-osd", "ceph", "monmaptool"];
 
-/** Whether `bin` is an executable on PATH (or in the usual sbin directories). */
-export function onPath(bin: string): boolean {
-  const dirs = (process.env.PATH ?? "").split(delimiter).filter(Boolean);
-  for (const d of [...dirs, "/usr/bin", "/usr/sbin", "/bin", "/sbin"]) {
-    try {
-      accessSync(join(d, bin), constants.X_OK);
-      return true;
-    } catch {
-      // keep looking
-    }
-  }
-  return false;
-}
-
 /** True if the Ceph binaries needed by start-rgw.sh are installed. */
 export function rgwAvailable(): boolean {
   return REQUIRED_BINARIES.every(onPath);
 }
 
-interface RunResult {
-  code: number | null;
-  signal: NodeJS.Signals | null;
-  stdout: string;
-  stderr: string;
-  timedOut: boolean;
-}
-
-function run(
-  cmd: string,
-  args: string[],
-  timeoutMs: number,
-  extraEnv: Record<string, string> = {},
-): Promise<RunResult> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, {
-      stdio: ["ignore", "pipe", "pipe"],
-      env: {
-        ...process.env,
-        RGW_START_TIMEOUT: String(Math.max(1, Math.ceil(timeoutMs / 1000))),
-        // the cluster is torn down by a watchdog if this process dies without stop()
-        RGW_WATCH_PID: String(process.pid),
-        ...extraEnv,
-      },
-    });
-    let stdout = "";
-    let stderr = "";
-    let timedOut = false;
-    child.stdout.setEncoding("utf8").on("data", (d: string) => (stdout += d));
-    child.stderr.setEncoding("utf8").on("data", (d: string) => (stderr += d));
-    // the script has its own deadline; this is a backstop
-    const timer = setTimeout(() => {
-      timedOut = true;
-      child.kill("SIGKILL");
-    }, timeoutMs + 15_000);
-    child.on("error", (err) => {
-      clearTimeout(timer);
-      reject(err);
-    });
-    child.on("close", (code, signal) => {
-      clearTimeout(timer);
-      resolve({ code, signal, stdout, stderr, timedOut });
-    });
+/** The start and stop scripts: they have their own deadline; this one is a backstop. */
+function run(cmd: string, args: string[], timeoutMs: number, extraEnv: Record<string, string> = {}) {
+  return runCommand(cmd, args, timeoutMs + 15_000, {
+    RGW_START_TIMEOUT: String(Math.max(1, Math.ceil(timeoutMs / 1000))),
+    // the cluster is torn down by a watchdog if this process dies without stop()
+    RGW_WATCH_PID: String(process.pid),
+    ...extraEnv,
   });
-}
-
-function tail(s: string, lines = 60): string {
-  return s.trimEnd().split("\n").slice(-lines).join("\n");
 }
 
 /**
