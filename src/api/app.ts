@@ -182,11 +182,10 @@ export function buildApp(deps: AppDeps, surface: Surface) {
   });
 
   app.get("/v1/models", async () => ({ models: deps.manager.list() }));
-  app.get("/v1/node", async () => ({
-    disk: await deps.manager.disk(),
-    ...deps.nodeFacts?.(),
-    ...(deps.mirrorCheck?.() ? { mirror: deps.mirrorCheck() } : {}),
-  }));
+  app.get("/v1/node", async () => {
+    const mirror = deps.mirrorCheck?.();
+    return { disk: await deps.manager.disk(), ...deps.nodeFacts?.(), ...(mirror ? { mirror } : {}) };
+  });
 
   app.put<{ Body: ModelRequest }>("/v1/models/*", { schema: { body: modelBody } }, async (req, reply) => {
     const { id } = parseModelPath(req);
@@ -301,7 +300,7 @@ export function buildApp(deps: AppDeps, surface: Surface) {
   app.post<{ Params: { key: string } }>("/v1/compile-caches/:key/publish", async (req, reply) => {
     const result = await caches().publish(req.params.key, "api");
     if (result.outcome !== "failed") return result;
-    return reply.code(502).send({ ...result, error: result.error });
+    return reply.code(502).send(result);
   });
   app.delete<{ Params: { key: string } }>("/v1/compile-caches/:key", async (req, reply) => {
     await caches().remove(req.params.key);

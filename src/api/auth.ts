@@ -74,10 +74,7 @@ export class TokenFile {
       this.#logger?.warn({ path: this.path }, "token file unreadable; keeping the previous tokens");
       return;
     }
-    const tokens = text
-      .split("\n")
-      .map((l) => l.trim())
-      .filter((l) => l !== "" && !l.startsWith("#"));
+    const tokens = parseTokens(text);
     if (tokens.length === 0) {
       if (first) {
         throw new ColdstartError("CS_CONFIG_INVALID", `daemon.tokenFile ${this.path} holds no token`, {
@@ -92,6 +89,14 @@ export class TokenFile {
     this.#mtimeMs = mtimeMs;
     if (!first) this.#logger?.info({ tokens: tokens.length }, "reloaded API tokens");
   }
+}
+
+/** A token file's tokens: one per line, blank lines and `#` comments skipped. */
+export function parseTokens(text: string): string[] {
+  return text
+    .split("\n")
+    .map((l) => l.trim())
+    .filter((l) => l !== "" && !l.startsWith("#"));
 }
 
 /**

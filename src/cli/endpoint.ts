@@ -1,4 +1,5 @@
 import { readFile } from "node:fs/promises";
+import { parseTokens } from "../api/auth.js";
 import type { DaemonEndpoint } from "../api/client.js";
 import type { Config } from "../config/schema.js";
 import { ColdstartError } from "../errors.js";
@@ -22,13 +23,5 @@ export async function daemonEndpoint(
       },
     );
   }
-  return { url: w.url, token: firstToken(await readFile(w.tokenFile, "utf8")) };
-}
-
-/** The first token line of a token file (blank lines and # comments skipped, as the daemon reads it). */
-function firstToken(text: string): string | undefined {
-  return text
-    .split("\n")
-    .map((l) => l.trim())
-    .find((l) => l !== "" && !l.startsWith("#"));
+  return { url: w.url, token: parseTokens(await readFile(w.tokenFile, "utf8"))[0] };
 }

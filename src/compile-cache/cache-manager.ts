@@ -21,6 +21,7 @@ import type {
   COMPILE_CACHE_RESTORE_OUTCOMES,
   Metrics,
 } from "../metrics/metrics.js";
+import { toS3Error } from "../s3/retry.js";
 import { parseS3Uri } from "../s3/uri.js";
 import { writeFileAtomic } from "../store/atomic-file.js";
 import { ioError } from "../store/paths.js";
@@ -35,7 +36,7 @@ import {
   snapshotFiles,
   unpackVerified,
 } from "./pack.js";
-import { MANIFEST_FORMAT, type Manifest, type RemoteStore, s3Error } from "./remote.js";
+import { MANIFEST_FORMAT, type Manifest, type RemoteStore } from "./remote.js";
 
 export type RestoreOutcome = (typeof COMPILE_CACHE_RESTORE_OUTCOMES)[number];
 export type PublishOutcome = (typeof COMPILE_CACHE_PUBLISH_OUTCOMES)[number];
@@ -148,6 +149,8 @@ export class CompileCacheManager {
   /** After a failed automatic publish, not again before this. */
   readonly #retryAt = new Map<string, number>();
   readonly #allowed: (uri: string) => boolean;
+  /** compileCache.remote, normalized (s3://bucket/prefix/); parsed once, and a bad one fails the start. */
+  readonly #defaultRemote: string | null;
   #timer: NodeJS.Timeout | undefined;
   #scanning: Promise<void> = Promise.resolve();
   #stopped = false;
@@ -155,9 +158,12 @@ export class CompileCacheManager {
 
   constructor(options: CompileCacheManagerOptions) {
     this.#o = options;
+    const uri = options.config.compileCache.remote;
+    const loc = uri ? parseS3Uri(uri, "compileCache.remote") : undefined;
+    this.#defaultRemote = loc ? `s3://${loc.bucket}/${loc.prefix}` : null;
     const patterns = options.config.compileCache.allow;
     const match = patterns.length ? picomatch([...patterns], { dot: true }) : () => false;
-    this.#allowed = (uri) => uri === this.#defaultRemote() || match(uri);
+    this.#allowed = (uri) => uri === this.#defaultRemote || match(uri);
   }
 
   get dir(): string {
@@ -203,7 +209,7 @@ export class CompileCacheManager {
       await this.#put({
         key: name,
         canonical: "",
-        remote: this.#defaultRemote(),
+        remote: this.#defaultRemote,
         createdAt: now,
         lastUsedAt: now,
         bytes: 0,
@@ -383,7 +389,7 @@ export class CompileCacheManager {
       )
         return done("local");
       if (signal.aborted) return done("timeout");
-      const e = s3Error(err, `compile cache ${r.key}`);
+      const e = toS3Error(err, r.key, "compile cache");
       this.#o.logger.warn(
         { key: r.key, code: e.code, err: e.message },
         "compile cache restore failed; the pod compiles",
@@ -522,7 +528,7 @@ export class CompileCacheManager {
       await this.#put(r);
       return finish("published");
     } catch (err) {
-      const e = s3Error(err, `compile cache ${r.key}`);
+      const e = toS3Error(err, r.key, "compile cache");
       if (packName) await discard(packName);
       return finish("failed", e);
     } finally {
@@ -627,7 +633,7 @@ export class CompileCacheManager {
     await this.#evict(r, "api");
   }
 
-  /** Local bytes of all keyed directories (metrics, /v1/node). */
+  /** Local bytes of all keyed directories (the metric, refreshed with the disk every 30 s). */
   localBytes(): number {
     let n = 0;
     for (const r of this.#records.values()) n += r.bytes;
@@ -712,7 +718,7 @@ export class CompileCacheManager {
   }
 
   #resolveRemote(requested: string | undefined): string | null {
-    if (requested === undefined) return this.#defaultRemote();
+    if (requested === undefined) return this.#defaultRemote;
     const { bucket, prefix } = parseS3Uri(requested, "remote");
     const uri = `s3://${bucket}/${prefix}`;
     if (!this.#allowed(uri)) {
@@ -723,13 +729,6 @@ export class CompileCacheManager {
       );
     }
     return uri;
-  }
-
-  #defaultRemote(): string | null {
-    const uri = this.#o.config.compileCache.remote;
-    if (!uri) return null;
-    const { bucket, prefix } = parseS3Uri(uri, "compileCache.remote");
-    return `s3://${bucket}/${prefix}`;
   }
 
   #record(keyIn: string): CacheRecord {

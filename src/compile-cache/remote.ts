@@ -25,8 +25,7 @@ import { Upload } from "@aws-sdk/lib-storage";
 import pLimit from "p-limit";
 import { z } from "zod";
 import type { Config } from "../config/schema.js";
-import { ColdstartError, isColdstartError } from "../errors.js";
-import { statusOf } from "../s3/retry.js";
+import { statusOf, toS3Error } from "../s3/retry.js";
 import type { S3Location } from "../s3/uri.js";
 import { checkManifestPath, remoteInvalid, sha256Tap } from "./pack.js";
 
@@ -121,7 +120,7 @@ export class RemoteStore {
       // No manifest is a miss; no bucket is the operator's to fix, and must say so.
       const name = (err as { name?: string }).name;
       if (name === "NoSuchKey" || (statusOf(err) === 404 && name !== "NoSuchBucket")) return undefined;
-      throw s3Error(err, `reading ${this.uri}${key}/manifest.json`);
+      throw toS3Error(err, `${this.uri}${key}/manifest.json`, "GET");
     }
     let parsed: unknown;
     try {
@@ -312,16 +311,4 @@ export class RemoteStore {
       ),
     );
   }
-}
-
-/** An S3 failure of the compile-cache store in the catalog's words. */
-export function s3Error(err: unknown, doing: string): ColdstartError {
-  if (isColdstartError(err)) return err;
-  const status = statusOf(err);
-  const code =
-    status === 403 ? "CS_S3_ACCESS_DENIED" : status === 404 ? "CS_S3_NOT_FOUND" : "CS_S3_REQUEST_FAILED";
-  const name = (err as { name?: string }).name ?? "Error";
-  return new ColdstartError(code, `${doing}: ${status ?? "no response"} ${name}: ${(err as Error).message}`, {
-    cause: err,
-  });
 }

@@ -7,6 +7,7 @@ import { createHash } from "node:crypto";
 import { Readable, Transform } from "node:stream";
 import type { ReadableStream as WebReadableStream } from "node:stream/web";
 import type { Logger } from "pino";
+import { anySignal, bearerHeaders } from "../peers/http.js";
 
 export interface RelayOptions {
   urls: () => string[];
@@ -54,7 +55,7 @@ export class BlobRelay {
 
   async #open(digest: string, signal?: AbortSignal): Promise<RelayedBlob | undefined> {
     const path = `/v1/peer/blob/${digest}`;
-    const headers = this.#headers();
+    const headers = bearerHeaders(this.#o.token());
     const now = Date.now();
     const trusted = this.#o.urls().filter((p) => (this.#bad.get(`${p}\0${digest}`) ?? 0) <= now);
     const holder = await Promise.any(
@@ -62,7 +63,7 @@ export class BlobRelay {
         const res = await fetch(new URL(path, peer), {
           method: "HEAD",
           headers,
-          signal: any(signal, AbortSignal.timeout(this.#o.timeoutMs)),
+          signal: anySignal(signal, AbortSignal.timeout(this.#o.timeoutMs)),
         });
         if (res.status !== 200) throw new Error(`${peer}: ${res.status}`);
         return peer;
@@ -75,7 +76,7 @@ export class BlobRelay {
     const timer = setTimeout(() => answered.abort(new Error("peer did not answer")), this.#o.timeoutMs);
     const res = await fetch(new URL(path, holder), {
       headers,
-      signal: any(signal, answered.signal),
+      signal: anySignal(signal, answered.signal),
     }).finally(() => clearTimeout(timer));
     const size = Number(res.headers.get("content-length"));
     if (res.status !== 200 || !res.body || !Number.isSafeInteger(size)) {
@@ -87,11 +88,6 @@ export class BlobRelay {
       return undefined;
     }
     return { peer: holder, size, body: Readable.fromWeb(res.body as WebReadableStream<Uint8Array>) };
-  }
-
-  #headers(): Record<string, string> {
-    const token = this.#o.token();
-    return token ? { authorization: `Bearer ${token}` } : {};
   }
 }
 
@@ -124,8 +120,4 @@ export function verifyingStream(digest: string, size: number, onMismatch: (why: 
       done(null, held);
     },
   });
-}
-
-function any(a: AbortSignal | undefined, b: AbortSignal): AbortSignal {
-  return a ? AbortSignal.any([a, b]) : b;
 }

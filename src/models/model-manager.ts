@@ -70,7 +70,6 @@ export interface ModelManagerOptions {
 
 /** One candidate of free-space eviction: a model or something an extraEvictables source offers. */
 interface Victim {
-  id: string;
   bytes: number;
   lastUse: number;
   model: boolean;
@@ -620,14 +619,12 @@ export class ModelManager {
     const models: Victim[] = this.#evictionCandidates()
       .filter((r) => r.id !== exceptId)
       .map((r) => ({
-        id: r.id,
         bytes: r.bytesTotal,
         lastUse: lastUseOf(r),
         model: true,
         evict: (reason) => this.#evict(r, reason),
       }));
     const extra: Victim[] = (this.#o.extraEvictables?.() ?? []).map((e) => ({
-      id: `${e.kind}:${e.id}`,
       bytes: e.bytes,
       lastUse: e.lastUse,
       model: false,

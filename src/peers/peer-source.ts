@@ -16,6 +16,7 @@ import pLimit, { type LimitFunction } from "p-limit";
 import type { Logger } from "pino";
 import type { Metrics, PEER_FALLBACK_REASONS } from "../metrics/metrics.js";
 import type { GetOptions, GetResponse, ObjectHead, ObjectInfo, ObjectSource } from "../s3/object-source.js";
+import { anySignal, bearerHeaders } from "./http.js";
 
 export interface PeerOptions {
   /** Base URLs of peers' TCP APIs, asked each time (discovery may change them). */
@@ -35,6 +36,16 @@ interface Held {
   size: number;
   bounds: number[];
   pieces: string[];
+}
+
+/** One piece of one object, asked of the peer that holds it. */
+interface PieceWant {
+  held: Held;
+  bucket: string;
+  key: string;
+  etag: string;
+  piece: number;
+  options: GetOptions;
 }
 
 /** Why a piece came from S3 after all (label values of coldstart_peer_fallbacks_total). */
@@ -93,7 +104,7 @@ export class PeerAwareSource implements ObjectSource {
         else if ((held.bounds[piece + 1] as number) - (held.bounds[piece] as number) > MAX_PIECE_BYTES)
           this.#fallback("large");
         else {
-          const got = await this.#fromPeer(held, bucket, key, etag, piece, options);
+          const got = await this.#fromPeer({ held, bucket, key, etag, piece, options });
           if (got) return got;
         }
       }
@@ -102,14 +113,8 @@ export class PeerAwareSource implements ObjectSource {
   }
 
   /** One piece from the peer that holds it, or undefined (counted, and the peer judged) for S3. */
-  async #fromPeer(
-    held: Held,
-    bucket: string,
-    key: string,
-    etag: string,
-    piece: number,
-    options: GetOptions,
-  ): Promise<GetResponse | undefined> {
+  async #fromPeer(want: PieceWant): Promise<GetResponse | undefined> {
+    const { held, bucket, key, etag, piece, options } = want;
     // A slot, or a wait for one: a piece is held in memory until verified, so slots bound memory
     // (maxInFlight x part size); the peer is still nearer than S3.
     return this.#slots(async () => {
@@ -120,7 +125,7 @@ export class PeerAwareSource implements ObjectSource {
           this.#fallback("unreachable");
           return undefined;
         }
-        return await this.#fetchPiece(held, bucket, key, etag, piece, options);
+        return await this.#fetchPiece(want);
       } catch (err) {
         if (options.signal?.aborted) throw err;
         const why = (err as { why?: PeerFallbackReason }).why ?? "unreachable";
@@ -154,7 +159,7 @@ export class PeerAwareSource implements ObjectSource {
     const held = Promise.any(
       live.map(async (peer) => {
         const res = await fetch(new URL(`/v1/peer/object?${query}`, peer), {
-          headers: this.#headers(),
+          headers: bearerHeaders(this.#o.token()),
           signal: anySignal(signal, AbortSignal.timeout(this.#o.timeoutMs)),
         }).catch((err: unknown) => {
           // Unreachable or too slow: not asked again for a while, so a dead peer costs one timeout.
@@ -179,14 +184,8 @@ export class PeerAwareSource implements ObjectSource {
     return held;
   }
 
-  async #fetchPiece(
-    held: Held,
-    bucket: string,
-    key: string,
-    etag: string,
-    piece: number,
-    options: GetOptions,
-  ): Promise<GetResponse> {
+  async #fetchPiece(want: PieceWant): Promise<GetResponse> {
+    const { held, bucket, key, etag, piece, options } = want;
     const start = held.bounds[piece] as number;
     const end = held.bounds[piece + 1] as number;
     const query = new URLSearchParams({ bucket, key, etag, piece: String(piece) }).toString();
@@ -194,7 +193,7 @@ export class PeerAwareSource implements ObjectSource {
     const stall = new AbortController();
     const headersTimer = setTimeout(() => stall.abort(new Error("peer did not answer")), this.#o.timeoutMs);
     const res = await fetch(new URL(`/v1/peer/piece?${query}`, held.peer), {
-      headers: this.#headers(),
+      headers: bearerHeaders(this.#o.token()),
       signal: anySignal(options.signal, stall.signal),
     }).finally(() => clearTimeout(headersTimer));
     if (res.status !== 200) {
@@ -260,11 +259,6 @@ export class PeerAwareSource implements ObjectSource {
   #fallback(reason: PeerFallbackReason): void {
     this.#o.metrics?.peerFallbacks.inc({ reason });
   }
-
-  #headers(): Record<string, string> {
-    const token = this.#o.token();
-    return token ? { authorization: `Bearer ${token}` } : {};
-  }
 }
 
 /** The piece whose bounds are exactly the requested range (or the whole object, in one piece). */
@@ -291,8 +285,4 @@ function validHeld(b: unknown): b is Omit<Held, "peer"> {
 
 function locKey(bucket: string, key: string, etag: string): string {
   return `${bucket}\0${key}\0${etag}`;
-}
-
-function anySignal(a: AbortSignal | undefined, b: AbortSignal): AbortSignal {
-  return a ? AbortSignal.any([a, b]) : b;
 }

@@ -156,11 +156,8 @@ describe("the OCI mirror", () => {
     // A's store holds bytes under a digest they do not have: B must not hand them over whole.
     const res = await fetch(url(`blobs/${badDigest}`), { headers: auth });
     expect(res.status).toBe(200);
-    const body = await res.arrayBuffer().then(
-      (x) => Buffer.from(x),
-      () => undefined,
-    );
-    expect(body === undefined || body.length < bad.length).toBe(true);
+    // Cut off before its end: reading the body fails, it never completes.
+    await expect(res.arrayBuffer()).rejects.toThrow();
     expect(await metric(b.d, 'coldstart_mirror_requests_total{kind="blob",outcome="corrupt"}')).toBe(1);
     // A range of a blob only a peer has is not relayed (it could not be checked): a 404, next host.
     const ranged = await fetch(url(`blobs/${digestOf(layer)}`), { headers: { ...auth, range: "bytes=0-9" } });

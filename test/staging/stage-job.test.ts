@@ -5,7 +5,7 @@ import { PutObjectCommand } from "@aws-sdk/client-s3";
 import { beforeEach, describe, expect, it } from "vitest";
 import { buildSafetensors } from "../../src/safetensors/build.js";
 import type { ManifestFile } from "../../src/store/manifest.js";
-import { expectRejection as expectCode } from "../support/expect-error.js";
+import { expectRejection } from "../support/expect-error.js";
 import { freshBucket, putFiles, putMultipart } from "../support/s3.js";
 import { useS3Fixture } from "../support/s3-fixture.js";
 import { digests, expectedDigests, listTree, stage } from "../support/stage.js";
@@ -118,11 +118,11 @@ describe("staging a model from a real S3 server", () => {
   it("fails with CS_NO_OBJECTS when nothing matches", async () => {
     const bucket = await freshBucket(fx.client);
     await putFiles(fx.client, bucket, "p/", [file("a.txt", Buffer.from("a"))]);
-    await expectCode(stage(s3, { bucket, prefix: "p/", dest, include: ["*.bin"] }), "CS_NO_OBJECTS");
+    await expectRejection(stage(s3, { bucket, prefix: "p/", dest, include: ["*.bin"] }), "CS_NO_OBJECTS");
   });
 
   it("fails fast with CS_S3_NOT_FOUND for a missing bucket", async () => {
-    await expectCode(stage(s3, { bucket: "no-such-bucket-cs", prefix: "", dest }), "CS_S3_NOT_FOUND");
+    await expectRejection(stage(s3, { bucket: "no-such-bucket-cs", prefix: "", dest }), "CS_S3_NOT_FOUND");
   });
 });
 
@@ -132,7 +132,7 @@ describe("path safety", () => {
     await putFiles(fx.client, bucket, "m/", [file("config.json", Buffer.from("{}"))]);
     // The hostile key is served in the listing itself (a store could hold it; RGW normalises "..").
     const outside = join(work, "escape.txt");
-    const err = await expectCode(
+    const err = await expectRejection(
       stage(s3, { bucket, prefix: "m/", dest, endpoint: await listingInjector(bucket, "m/../escape.txt") }),
       "CS_KEY_UNSAFE",
     );
@@ -150,7 +150,7 @@ describe("path safety", () => {
     await mkdir(dest);
     await symlink(outside, join(dest, "sub"));
 
-    await expectCode(stage(s3, { bucket, prefix: "m/", dest }), "CS_KEY_UNSAFE");
+    await expectRejection(stage(s3, { bucket, prefix: "m/", dest }), "CS_KEY_UNSAFE");
     expect(await readdir(outside)).toEqual([]);
   });
 });
@@ -166,7 +166,7 @@ describe("verification", () => {
       file("config.json", Buffer.from("{}")),
     ]);
 
-    await expectCode(stage(s3, { bucket, prefix: "m/", dest }), "CS_SAFETENSORS_INVALID");
+    await expectRejection(stage(s3, { bucket, prefix: "m/", dest }), "CS_SAFETENSORS_INVALID");
     expect(await listTree(dest)).not.toContain("model.safetensors");
   });
 
@@ -176,7 +176,7 @@ describe("verification", () => {
     const staged = files.filter((f) => !f.relPath.startsWith("model-00002"));
     await putFiles(fx.client, bucket, "m/", staged);
 
-    await expectCode(stage(s3, { bucket, prefix: "m/", dest }), "CS_SAFETENSORS_INDEX_INVALID");
+    await expectRejection(stage(s3, { bucket, prefix: "m/", dest }), "CS_SAFETENSORS_INDEX_INVALID");
     expect(await listTree(dest)).not.toContain("model.safetensors.index.json");
   });
 
@@ -198,7 +198,7 @@ describe("verification", () => {
       },
     });
 
-    const err = await expectCode(
+    const err = await expectRejection(
       stage(s3, { bucket, prefix: "m/", dest, endpoint: fx.proxy.url, concurrency: 1 }),
       "CS_OBJECT_CHANGED",
     );
@@ -236,7 +236,7 @@ describe("verification", () => {
       times: 1,
       action: { kind: "headers", set: { "x-amz-checksum-crc32c": "AAAAAA==" } },
     });
-    await expectCode(
+    await expectRejection(
       stage(s3, { bucket, prefix: "m/", dest: dest2, endpoint: fx.proxy.url }),
       "CS_CHECKSUM_MISMATCH",
     );
@@ -264,7 +264,7 @@ describe("verification", () => {
     expect(sha256(await readFile(join(dest, "w.bin")))).toBe(sha256(body));
 
     fx.proxy.addRule(headRule("AAAAAAAAAAA="));
-    await expectCode(
+    await expectRejection(
       stage(s3, { bucket, prefix: "m/", dest: join(work, "d2"), endpoint: fx.proxy.url, partSizeBytes: MiB }),
       "CS_CHECKSUM_MISMATCH",
     );
@@ -353,7 +353,7 @@ describe("composite checksums of multipart objects", () => {
       partsOf(body).map((b) => b.length),
     );
 
-    const err = await expectCode(
+    const err = await expectRejection(
       stage(s3, { bucket, prefix: "m/", dest, endpoint: fx.proxy.url, partSizeBytes: 2 * MiB }),
       "CS_CHECKSUM_MISMATCH",
     );
@@ -419,7 +419,7 @@ describe("faults at the network seam", () => {
     const bucket = await freshBucket(fx.client);
     await putFiles(fx.client, bucket, "m/", [file("a.bin", randomBytes(100))]);
     fx.proxy.addRule({ match: { method: "GET", path: "a.bin" }, action: { kind: "status", status: 503 } });
-    await expectCode(
+    await expectRejection(
       stage(s3, { bucket, prefix: "m/", dest, endpoint: fx.proxy.url, maxAttempts: 3 }),
       "CS_RETRIES_EXHAUSTED",
     );
@@ -433,7 +433,7 @@ describe("faults at the network seam", () => {
       match: { method: "GET", path: "a.bin" },
       action: { kind: "status", status: 403, code: "AccessDenied" },
     });
-    await expectCode(
+    await expectRejection(
       stage(s3, { bucket, prefix: "m/", dest, endpoint: fx.proxy.url }),
       "CS_S3_ACCESS_DENIED",
     );
@@ -504,7 +504,10 @@ describe("regressions from review", () => {
     fx.proxy.addRule({ match: { method: "GET", hasRange: true }, action: { kind: "delay", ms: 200 } });
     const first = stage(s3, { bucket, prefix: "m/", dest, endpoint: fx.proxy.url, concurrency: 1 });
     await new Promise((r) => setTimeout(r, 100));
-    await expectCode(stage(s3, { bucket, prefix: "m/", dest, endpoint: fx.proxy.url }), "CS_DEST_LOCKED");
+    await expectRejection(
+      stage(s3, { bucket, prefix: "m/", dest, endpoint: fx.proxy.url }),
+      "CS_DEST_LOCKED",
+    );
     await first;
     expect(sha256(await readFile(join(dest, "w.bin")))).toBe(sha256(body));
   });
@@ -518,7 +521,7 @@ describe("regressions from review", () => {
     fx.proxy.addRule({ match: { method: "GET", hasRange: true }, action: { kind: "delay", ms: 400 } });
     const abort = new AbortController();
     setTimeout(() => abort.abort(Object.assign(new Error("received SIGINT"), { name: "AbortError" })), 200);
-    await expectCode(
+    await expectRejection(
       stage(s3, { bucket, prefix: "m/", dest, endpoint: fx.proxy.url, concurrency: 1, signal: abort.signal }),
       "CS_ABORTED",
     );
@@ -574,7 +577,7 @@ describe("regressions from review", () => {
         body: `<GetObjectAttributesResponse><ObjectParts><IsTruncated>false</IsTruncated>${sizes.join("")}</ObjectParts></GetObjectAttributesResponse>`,
       },
     });
-    await expectCode(
+    await expectRejection(
       stage(s3, { bucket, prefix: "m/", dest, endpoint: fx.proxy.url, partSizeBytes: 2 * MiB }),
       "CS_CHECKSUM_MISMATCH",
     );
@@ -600,7 +603,7 @@ describe("disk space", () => {
     try {
       const bucket = await freshBucket(fx.client);
       await putFiles(fx.client, bucket, "m/", [file("w.bin", randomBytes(6 * MiB))]);
-      await expectCode(
+      await expectRejection(
         stage(s3, { bucket, prefix: "m/", dest: join(mnt, "d"), endpoint: fx.proxy.url }),
         "CS_INSUFFICIENT_SPACE",
       );
@@ -625,7 +628,7 @@ describe("disk space", () => {
         },
       });
       const d = join(mnt, "d");
-      const err = await expectCode(
+      const err = await expectRejection(
         stage(s3, { bucket, prefix: "m/", dest: d, endpoint: fx.proxy.url, concurrency: 2 }),
         "CS_DISK_FULL",
       );
