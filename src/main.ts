@@ -104,6 +104,7 @@ export async function startDaemon(
         token: () => tokens?.first,
         timeoutMs: config.peers.timeoutMs,
         maxInFlight: config.peers.maxInFlight,
+        maxInFlightPerPeer: config.peers.maxInFlightPerPeer,
         logger: logger.child({ component: "peers" }),
         metrics,
       })
@@ -146,6 +147,7 @@ export async function startDaemon(
     scheduler: new SlotScheduler(config.download.concurrency),
     rateLimiter:
       config.download.maxBytesPerSecond > 0 ? new RateLimiter(config.download.maxBytesPerSecond) : undefined,
+    spreadParts: peers !== undefined,
     config,
     logger: logger.child({ component: "models" }),
     metrics,
@@ -175,6 +177,7 @@ export async function startDaemon(
     isReady: () => ready,
     nodeFacts: () => facts,
     mirrorCheck: () => mirrorCheck,
+    fetchingFromS3: source instanceof PeerAwareSource ? source.fetchingFromS3.bind(source) : undefined,
     peerUploadLimiter:
       config.peers.maxUploadBytesPerSecond > 0
         ? new RateLimiter(config.peers.maxUploadBytesPerSecond)

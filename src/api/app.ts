@@ -1,5 +1,5 @@
 import { constants } from "node:fs";
-import { open } from "node:fs/promises";
+import { type FileHandle, open } from "node:fs/promises";
 import { pipeline, Readable, Transform } from "node:stream";
 import Fastify, { type FastifyReply, type FastifyRequest } from "fastify";
 import type { Logger } from "pino";
@@ -10,6 +10,7 @@ import type { MirrorCheck } from "../mirror/containerd-check.js";
 import type { ContentStore } from "../mirror/content-store.js";
 import type { ModelManager, ModelRequest } from "../models/model-manager.js";
 import type { NodeFacts } from "../node/node-facts.js";
+import { PIECE_DIGEST_HEADER } from "../peers/http.js";
 import type { RateLimiter } from "../staging/rate-limiter.js";
 import { bearerAccepted, type TokenFile } from "./auth.js";
 import { fastifyCodes, httpStatusOf } from "./http-errors.js";
@@ -34,6 +35,8 @@ export interface AppDeps {
   contentStore?: ContentStore | undefined;
   /** Caps what this node serves to peers (peers.maxUploadBytesPerSecond), when set. */
   peerUploadLimiter?: RateLimiter | undefined;
+  /** Starts of the ranges of an object this node fetches from S3 now (PeerAwareSource), with peers. */
+  fetchingFromS3?: ((bucket: string, key: string, etag: string) => ReadonlySet<number>) | undefined;
   /** The node's facts (GPUs, GDS, placement), when collected. */
   nodeFacts?: () => NodeFacts;
 }
@@ -80,7 +83,12 @@ interface PeerQuery {
   key: string;
   etag: string;
   piece?: string;
+  /** Milliseconds to wait for a piece this node is fetching from S3 now (0: answer at once). */
+  wait?: string;
 }
+
+/** The longest a peer may wait for a piece this node is fetching (a piece is at most 64 MiB). */
+const MAX_PIECE_WAIT_MS = 60_000;
 
 const peerQuery = {
   type: "object",
@@ -91,6 +99,7 @@ const peerQuery = {
     key: { type: "string", minLength: 1, maxLength: 1024 },
     etag: { type: "string", minLength: 1, maxLength: 256 },
     piece: { type: "string", pattern: "^[0-9]{1,7}$" },
+    wait: { type: "string", pattern: "^[0-9]{1,5}$" },
   },
 } as const;
 
@@ -231,15 +240,22 @@ export function buildApp(deps: AppDeps, surface: Surface) {
     "/v1/peer/object",
     { schema: { querystring: peerQuery } },
     async (req) => {
-      const { file } = await held(req.query);
-      return { size: file.size, bounds: file.bounds, pieces: file.pieces };
+      const { bucket, key, etag } = req.query;
+      const { size, bounds, pieces } = await held(req.query);
+      // complete: every piece is in (a ready model, or a file committed already); otherwise the
+      // file is staging here, pieces not in yet are null, and `fetching` names those this node is
+      // fetching from S3 now: a peer may wait for them (?wait=) instead of fetching them too.
+      const fromS3 = deps.fetchingFromS3?.(bucket, key, etag) ?? new Set<number>();
+      const fetching = pieces.flatMap((p, i) => (p === null && fromS3.has(bounds[i] as number) ? [i] : []));
+      return { size, bounds, pieces, complete: pieces.every((p) => p !== null), fetching };
     },
   );
   app.get<{ Querystring: PeerQuery }>(
     "/v1/peer/piece",
     { schema: { querystring: peerQuery } },
     async (req, reply) => {
-      const { path, file } = await held(req.query);
+      const { bucket, key, etag } = req.query;
+      let file = await held(req.query);
       const i = Number(req.query.piece ?? "-1");
       if (!(i >= 0 && i < file.pieces.length)) {
         throw new ColdstartError(
@@ -250,12 +266,35 @@ export function buildApp(deps: AppDeps, surface: Surface) {
           },
         );
       }
+      const wait = Math.min(Number(req.query.wait ?? "0"), MAX_PIECE_WAIT_MS);
+      // Only for a piece this node fetches from S3 itself: one it fetches from a peer could be the
+      // asker's own, and two nodes must never wait for each other.
+      if (
+        file.pieces[i] === null &&
+        wait > 0 &&
+        deps.fetchingFromS3?.(bucket, key, etag).has(file.bounds[i] as number) &&
+        (await deps.manager.whenPiece(bucket, key, etag, i, wait))
+      ) {
+        file = await held(req.query);
+      }
+      if (file.pieces[i] === null) {
+        throw new ColdstartError(
+          "CS_PEER_NOT_HELD",
+          `piece ${i} of s3://${req.query.bucket}/${req.query.key} is not in yet`,
+          {
+            details: { key: req.query.key },
+          },
+        );
+      }
       const start = file.bounds[i] as number;
       const end = file.bounds[i + 1] as number;
-      const fh = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW);
+      const fh = await openFirst(file.paths, req.query.key);
       const stream = fh.createReadStream({ start, end: end - 1 });
       const counted = peerServed(deps);
-      reply.header("content-type", "application/octet-stream").header("content-length", end - start);
+      reply
+        .header("content-type", "application/octet-stream")
+        .header("content-length", end - start)
+        .header(PIECE_DIGEST_HEADER, file.pieces[i]);
       // pipeline: a read error or a client gone closes the file too, and nothing throws unhandled.
       return reply.send(pipeline(stream, counted, () => {}));
     },
@@ -308,6 +347,18 @@ export function buildApp(deps: AppDeps, surface: Surface) {
   });
 
   return app;
+}
+
+/** Opens the first of a held file's paths that exists (a staging file may be renamed meanwhile). */
+async function openFirst(paths: string[], key: string): Promise<FileHandle> {
+  for (const path of paths) {
+    try {
+      return await open(path, constants.O_RDONLY | constants.O_NOFOLLOW);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== "ENOENT") throw e;
+    }
+  }
+  throw new ColdstartError("CS_PEER_NOT_HELD", `no longer holds ${key}`, { details: { key } });
 }
 
 /** Counts bytes served to peers and holds them to peers.maxUploadBytesPerSecond. */

@@ -319,6 +319,13 @@ export const schema = {
       flag: "--peer-max-in-flight <n>",
       help: "Pieces fetched from peers at once; each is held in memory until verified (16 x 8 MiB parts: 128 MiB). More parts wait for a slot.",
     }),
+    maxInFlightPerPeer: option({
+      schema: int(1, 256),
+      default: 8,
+      env: ["COLDSTART_PEER_MAX_IN_FLIGHT_PER_PEER"],
+      flag: "--peer-max-in-flight-per-peer <n>",
+      help: "Pieces asked of any one peer at once; each piece goes to the least busy peer that holds it, so load spreads over every holder.",
+    }),
     maxUploadBytesPerSecond: option({
       schema: byteSize.pipe(z.number().int().min(0)),
       default: 0,

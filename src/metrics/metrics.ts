@@ -35,7 +35,14 @@ export const COMPILE_CACHE_PUBLISH_OUTCOMES = [
 ] as const;
 
 /** Values of `reason` on `coldstart_peer_fallbacks_total` (src/peers). */
-export const PEER_FALLBACK_REASONS = ["unreachable", "corrupt", "unaligned", "large", "not_held"] as const;
+export const PEER_FALLBACK_REASONS = [
+  "unreachable",
+  "corrupt",
+  "unaligned",
+  "large",
+  "not_held",
+  "pending",
+] as const;
 
 /** Buckets for stage durations: 10 ms (a commit rename) up to 1 h (a large model over a slow link). */
 export const STAGE_DURATION_BUCKETS: readonly number[] = [

@@ -12,7 +12,7 @@ import { retryPolicyFrom } from "../s3/retry.js";
 import { parseS3Uri } from "../s3/uri.js";
 import type { RateLimiter } from "../staging/rate-limiter.js";
 import type { SlotScheduler } from "../staging/scheduler.js";
-import { StageJob } from "../staging/stage-job.js";
+import { type HeldFile, StageJob } from "../staging/stage-job.js";
 import { type ManifestFile, ManifestStore } from "../store/manifest.js";
 import { ioError } from "../store/paths.js";
 import { validateModelId } from "./model-id.js";
@@ -53,6 +53,8 @@ export interface ModelManagerOptions {
   scheduler: SlotScheduler;
   /** download.maxBytesPerSecond across all jobs, when set. */
   rateLimiter?: RateLimiter | undefined;
+  /** Peers are asked for pieces: each job takes its model's parts in a random order (see StageJob). */
+  spreadParts?: boolean | undefined;
   config: Pick<Config, "download" | "eviction" | "sources">;
   logger: Logger;
   /** Told the ids of ready models whenever that set changes (node labels). */
@@ -356,23 +358,50 @@ export class ModelManager {
   }
 
   /**
-   * What this node can serve a peer: the verified, committed copy of `bucket/key` at ETag `etag` in
-   * a ready model (its file and its manifest entry: piece bounds and digests), or undefined.
+   * What this node can serve a peer of `bucket/key` at ETag `etag`: the verified, committed file of a
+   * ready model, else what a model staging now holds of it (StageJob.held: the pieces already
+   * durable), else undefined.
    */
-  async heldObject(
-    bucket: string,
-    key: string,
-    etag: string,
-  ): Promise<{ path: string; file: ManifestFile } | undefined> {
+  async heldObject(bucket: string, key: string, etag: string): Promise<HeldFile | undefined> {
+    let partial: HeldFile | undefined;
     for (const r of this.#o.registry.all()) {
-      if (r.state !== "ready" || this.#running.has(r.id)) continue;
       const { bucket: b, prefix } = parseS3Uri(r.source);
       if (b !== bucket || !key.startsWith(prefix)) continue;
       const rel = key.slice(prefix.length);
+      const running = this.#running.get(r.id);
+      if (running) {
+        partial ??= running.job.held(rel, etag);
+        continue;
+      }
+      if (r.state !== "ready") continue;
       const file = (await this.#manifestOf(r)).get(rel);
-      if (file && file.etag === etag) return { path: join(this.modelPath(r.id), ...rel.split("/")), file };
+      if (file && file.etag === etag) {
+        const path = join(this.modelPath(r.id), ...rel.split("/"));
+        return { paths: [path], size: file.size, bounds: file.bounds, pieces: file.pieces };
+      }
     }
-    return undefined;
+    return partial;
+  }
+
+  /**
+   * Waits (up to `timeoutMs`) for part `piece` of `bucket/key` at `etag` to be in, in a model staging
+   * now (StageJob.whenPiece); false at once when no staging model has that file.
+   */
+  async whenPiece(
+    bucket: string,
+    key: string,
+    etag: string,
+    piece: number,
+    timeoutMs: number,
+  ): Promise<boolean> {
+    for (const r of this.#o.registry.all()) {
+      const { bucket: b, prefix } = parseS3Uri(r.source);
+      const running = this.#running.get(r.id);
+      if (!running || b !== bucket || !key.startsWith(prefix)) continue;
+      const rel = key.slice(prefix.length);
+      if (running.job.held(rel, etag)) return running.job.whenPiece(rel, piece, timeoutMs);
+    }
+    return false;
   }
 
   /** A ready model's manifest entries, read once per readiness (a restage makes a new one). */
@@ -441,6 +470,8 @@ export class ModelManager {
       // A resumed model's lock may belong to the replaced pod of this daemon: wait for it to go stale.
       lockWaitMs: 45_000,
       makeRoom: (need, free) => this.#makeRoom(record.id, need, free),
+      // With peers, nodes staging a model at once each start elsewhere in it (see StageJob).
+      spreadParts: this.#o.spreadParts,
     });
     record.state = "staging";
     record.startedAt = new Date(this.#now()).toISOString();

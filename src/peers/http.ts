@@ -9,3 +9,6 @@ export function bearerHeaders(token: string | undefined): Record<string, string>
 export function anySignal(a: AbortSignal | undefined, b: AbortSignal): AbortSignal {
   return a ? AbortSignal.any([a, b]) : b;
 }
+
+/** The SHA-256 (hex) of the piece a peer sends, from its journal or manifest. */
+export const PIECE_DIGEST_HEADER = "x-coldstart-piece-sha256";

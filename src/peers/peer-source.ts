@@ -16,29 +16,46 @@ import pLimit, { type LimitFunction } from "p-limit";
 import type { Logger } from "pino";
 import type { Metrics, PEER_FALLBACK_REASONS } from "../metrics/metrics.js";
 import type { GetOptions, GetResponse, ObjectHead, ObjectInfo, ObjectSource } from "../s3/object-source.js";
-import { anySignal, bearerHeaders } from "./http.js";
+import { anySignal, bearerHeaders, PIECE_DIGEST_HEADER } from "./http.js";
 
 export interface PeerOptions {
   /** Base URLs of peers' TCP APIs, asked each time (discovery may change them). */
   urls: () => string[];
   /** Presented as a bearer token: the DaemonSet's shared API token. */
   token: () => string | undefined;
-  /** Deadline of "do you hold this?"; a piece gets a longer one (see PIECE_TIMEOUT_MS). */
+  /** Deadline of "do you hold this?" and of a piece's first byte (then STALL_MS between bytes). */
   timeoutMs: number;
   maxInFlight: number;
+  /** Pieces asked of any one peer at once, so a node's parts spread over every peer that holds them. */
+  maxInFlightPerPeer: number;
   logger: Logger;
   metrics?: Metrics | undefined;
 }
 
-/** What a peer holds of one object: its piece bounds and their digests (the peer's manifest). */
+/**
+ * What a peer holds of one object: its piece bounds and their digests (the peer's manifest, or its
+ * journal while it stages the file: null where a piece is not in yet).
+ */
 interface Held {
   peer: string;
   size: number;
   bounds: number[];
-  pieces: string[];
+  pieces: (string | null)[];
+  complete: boolean;
+  /** Pieces the peer is fetching from S3 right now: worth waiting for (?wait=). */
+  fetching: number[];
 }
 
-/** One piece of one object, asked of the peer that holds it. */
+/** Who holds one object, as last asked (holders are added as late answers arrive). */
+interface Located {
+  at: number;
+  /** Complete holders are trusted for HIT_TTL_MS; partial ones are asked again after PARTIAL_TTL_MS. */
+  ttl: number;
+  holders: Held[];
+  asked: Promise<Held[]>;
+}
+
+/** One piece of one object, asked of a peer that holds it. */
 interface PieceWant {
   held: Held;
   bucket: string;
@@ -46,6 +63,8 @@ interface PieceWant {
   etag: string;
   piece: number;
   options: GetOptions;
+  /** The peer is fetching the piece from S3: it answers once the piece is in (or 404). */
+  wait: boolean;
 }
 
 /** Why a piece came from S3 after all (label values of coldstart_peer_fallbacks_total). */
@@ -55,22 +74,29 @@ export type PeerFallbackReason = (typeof PEER_FALLBACK_REASONS)[number];
 const STALL_MS = 10_000;
 /** Pieces bigger than this come from S3: each is held in memory until verified. */
 const MAX_PIECE_BYTES = 64 * 1024 * 1024;
-/** Where an object is, remembered this long (its peer may evict it). */
+/** Where a whole object is, remembered this long (its peer may evict it). */
 const HIT_TTL_MS = 60_000;
+/** What peers staging an object hold of it, remembered this long: they add pieces all the time. */
+const PARTIAL_TTL_MS = 250;
 /** A peer that failed is left alone this long. */
 const PEER_DOWN_MS = 30_000;
-/** "Nobody holds it" is remembered this long: the first node is still staging. */
-const MISS_TTL_MS = 10_000;
+/** Before a piece goes to S3 because peers staging the object lack it, they are asked again if
+ * their answer is older than this. */
+const RECHECK_MS = 50;
+/** "Nobody holds or stages it" is remembered this long: a peer may start staging it any moment. */
+const MISS_TTL_MS = 1_000;
+/** How long a peer is asked to hold a request for a piece it is fetching from S3. */
+const PIECE_WAIT_MS = 30_000;
 
 export class PeerAwareSource implements ObjectSource {
   readonly #inner: ObjectSource;
   readonly #o: PeerOptions;
-  readonly #located = new Map<
-    string,
-    { at: number; ttl: number; held: Promise<Held | undefined>; peer?: string }
-  >();
+  readonly #located = new Map<string, Located>();
   readonly #downUntil = new Map<string, number>();
   readonly #slots: LimitFunction;
+  readonly #perPeer = new Map<string, LimitFunction>();
+  /** Ranges (by start) this node is fetching from S3 now, by object: what peers may wait for. */
+  readonly #fromS3 = new Map<string, Map<number, number>>();
 
   constructor(inner: ObjectSource, options: PeerOptions) {
     this.#inner = inner;
@@ -97,101 +123,237 @@ export class PeerAwareSource implements ObjectSource {
   async get(bucket: string, key: string, options: GetOptions): Promise<GetResponse> {
     const etag = options.ifMatch;
     if (etag && this.#o.urls().length > 0) {
-      const held = await this.#locate(bucket, key, etag, options.signal);
-      if (held) {
-        const piece = pieceOf(held, options.range);
-        if (piece === undefined) this.#fallback("unaligned");
-        else if ((held.bounds[piece + 1] as number) - (held.bounds[piece] as number) > MAX_PIECE_BYTES)
-          this.#fallback("large");
-        else {
-          const got = await this.#fromPeer({ held, bucket, key, etag, piece, options });
-          if (got) return got;
-        }
+      const want = { bucket, key, etag, options };
+      let choice = this.#choose(await this.#locate(bucket, key, etag, options.signal), want);
+      // Peers staging it said "not this piece" a while ago: they may have it, or fetch it, by now.
+      if (choice.why === "pending" && this.#age(bucket, key, etag) > RECHECK_MS)
+        choice = this.#choose(await this.#locate(bucket, key, etag, options.signal, true), want);
+      if (choice.why) this.#fallback(choice.why);
+      else if (choice.pick) {
+        const got = await this.#fromPeer({ ...want, ...choice.pick });
+        if (got) return got;
       }
+      return this.#fromS3Tracked(locKey(bucket, key, etag), bucket, key, options);
     }
     return this.#inner.get(bucket, key, options);
   }
 
-  /** One piece from the peer that holds it, or undefined (counted, and the peer judged) for S3. */
+  /**
+   * The starts of the ranges of an object this node is fetching from S3 right now. Peers staging the
+   * same object wait for these rather than fetch them from S3 too; pieces this node fetches from a
+   * peer are never among them, so no two nodes can wait for each other.
+   */
+  fetchingFromS3(bucket: string, key: string, etag: string): ReadonlySet<number> {
+    return new Set(this.#fromS3.get(locKey(bucket, key, etag))?.keys());
+  }
+
+  async #fromS3Tracked(k: string, bucket: string, key: string, options: GetOptions): Promise<GetResponse> {
+    const start = options.range?.start ?? 0;
+    const ranges = this.#fromS3.get(k) ?? new Map<number, number>();
+    this.#fromS3.set(k, ranges);
+    ranges.set(start, (ranges.get(start) ?? 0) + 1);
+    const done = () => {
+      const n = (ranges.get(start) ?? 1) - 1;
+      if (n > 0) ranges.set(start, n);
+      else ranges.delete(start);
+      if (ranges.size === 0 && this.#fromS3.get(k) === ranges) this.#fromS3.delete(k);
+    };
+    try {
+      const res = await this.#inner.get(bucket, key, options);
+      // Until its body is consumed (the part is then written and journaled) or dropped.
+      res.body.once("close", done);
+      return res;
+    } catch (err) {
+      done();
+      throw err;
+    }
+  }
+
+  /**
+   * Which peer to ask for the piece (the least busy that holds it, else one fetching it from S3 now,
+   * to wait for), or why none: S3 then. Nobody holding the object is no fallback at all.
+   */
+  #choose(
+    holders: Held[],
+    want: Omit<PieceWant, "held" | "piece" | "wait">,
+  ): { pick?: Pick<PieceWant, "held" | "piece" | "wait">; why?: PeerFallbackReason } {
+    if (holders.length === 0) return {};
+    const now = Date.now();
+    const live = holders.filter((held) => (this.#downUntil.get(held.peer) ?? 0) <= now);
+    if (live.length === 0) return { why: "unreachable" };
+    const aligned = live.flatMap((held) => {
+      const piece = pieceOf(held, want.options.range);
+      return piece === undefined ? [] : [{ held, piece }];
+    });
+    const first = aligned[0];
+    if (!first) return { why: "unaligned" };
+    if (
+      (first.held.bounds[first.piece + 1] as number) - (first.held.bounds[first.piece] as number) >
+      MAX_PIECE_BYTES
+    )
+      return { why: "large" };
+    let ready = aligned.filter(({ held, piece }) => held.pieces[piece] !== null);
+    let wait = false;
+    if (ready.length === 0) {
+      // Nodes staging the object at once: a peer fetching this piece from S3 now is waited for, so
+      // S3 serves each piece once.
+      ready = aligned.filter(({ held, piece }) => held.fetching.includes(piece));
+      wait = true;
+    }
+    // Held by peers still staging it, none of which has or fetches this piece: S3 (and they may ask us).
+    if (ready.length === 0) return { why: "pending" };
+    const load = (peer: string) => {
+      const l = this.#perPeer.get(peer);
+      return l ? l.activeCount + l.pendingCount : 0;
+    };
+    const pick = ready.reduce((a, b) => (load(b.held.peer) < load(a.held.peer) ? b : a));
+    return { pick: { ...pick, wait } };
+  }
+
+  /** How long ago peers were asked about the object. */
+  #age(bucket: string, key: string, etag: string): number {
+    const entry = this.#located.get(locKey(bucket, key, etag));
+    return entry ? Date.now() - entry.at : Number.POSITIVE_INFINITY;
+  }
+
+  /** One piece from one peer, or undefined (counted, and the peer judged) for S3. */
   async #fromPeer(want: PieceWant): Promise<GetResponse | undefined> {
     const { held, bucket, key, etag, piece, options } = want;
-    // A slot, or a wait for one: a piece is held in memory until verified, so slots bound memory
-    // (maxInFlight x part size); the peer is still nearer than S3.
-    return this.#slots(async () => {
-      try {
-        options.signal?.throwIfAborted();
-        // The peer may have failed while this part waited for its slot.
-        if ((this.#downUntil.get(held.peer) ?? 0) > Date.now()) {
-          this.#fallback("unreachable");
-          return undefined;
+    let limit = this.#perPeer.get(held.peer);
+    if (!limit) {
+      limit = pLimit(this.#o.maxInFlightPerPeer);
+      this.#perPeer.set(held.peer, limit);
+    }
+    // A slot on that peer, then one of the node's: a piece is held in memory until verified, so the
+    // node's slots bound memory (maxInFlight x part size). Waiting is still nearer than S3.
+    return limit(() =>
+      this.#slots(async () => {
+        try {
+          options.signal?.throwIfAborted();
+          // The peer may have failed while this part waited for its slot.
+          if ((this.#downUntil.get(held.peer) ?? 0) > Date.now()) return this.#fallback("unreachable");
+          return await this.#fetchPiece(want);
+        } catch (err) {
+          if (options.signal?.aborted) throw err;
+          const why = (err as { why?: PeerFallbackReason }).why ?? "unreachable";
+          // A piece waited for that did not come (its S3 fetch failed or took too long there).
+          if (want.wait && why === "not_held") return this.#fallback("pending");
+          this.#o.logger.warn(
+            { peer: held.peer, key, piece, why, err: (err as Error).message },
+            "piece from S3 instead of the peer",
+          );
+          // Evicted or restaged there since: only that peer's copy of this object is forgotten.
+          // Anything else: the peer is left alone a while.
+          if (why === "not_held") this.#forget(held.peer, locKey(bucket, key, etag));
+          else this.#down(held.peer);
+          return this.#fallback(why);
         }
-        return await this.#fetchPiece(want);
-      } catch (err) {
-        if (options.signal?.aborted) throw err;
-        const why = (err as { why?: PeerFallbackReason }).why ?? "unreachable";
-        this.#fallback(why);
-        this.#o.logger.warn(
-          { peer: held.peer, key, piece, why, err: (err as Error).message },
-          "piece from S3 instead of the peer",
-        );
-        // Evicted there since: only this object is gone. Anything else: the peer is left alone a while.
-        if (why === "not_held") this.#located.delete(locKey(bucket, key, etag));
-        else this.#down(held.peer);
-        return undefined;
-      }
-    });
+      }),
+    );
   }
 
-  /** Leaves a peer alone for PEER_DOWN_MS, and forgets every object located there. */
+  /** Leaves a peer alone for PEER_DOWN_MS, and forgets everything located there. */
   #down(peer: string): void {
     this.#downUntil.set(peer, Date.now() + PEER_DOWN_MS);
-    for (const [k, entry] of this.#located) if (entry.peer === peer) this.#located.delete(k);
+    for (const k of this.#located.keys()) this.#forget(peer, k);
   }
 
-  /** Asks every live peer at once whether it holds the object; the first that does wins. */
-  #locate(bucket: string, key: string, etag: string, signal?: AbortSignal): Promise<Held | undefined> {
+  #forget(peer: string, k: string): void {
+    const entry = this.#located.get(k);
+    if (!entry) return;
+    const i = entry.holders.findIndex((h) => h.peer === peer);
+    if (i >= 0) entry.holders.splice(i, 1);
+    // Nobody left: asked again next time rather than "nobody" remembered for a minute.
+    if (entry.holders.length === 0) this.#located.delete(k);
+  }
+
+  /**
+   * Who holds the object: every live peer is asked at once. The answer is settled by the first peer
+   * that holds it whole, or by the last answer (or timeout); a peer answering later still joins.
+   */
+  #locate(bucket: string, key: string, etag: string, signal?: AbortSignal, again = false): Promise<Held[]> {
     const k = locKey(bucket, key, etag);
     const cached = this.#located.get(k);
-    if (cached && Date.now() - cached.at < cached.ttl) return cached.held;
+    // Asked again: parts asking at once share one round of questions.
+    if (cached && Date.now() - cached.at < (again ? RECHECK_MS : cached.ttl)) return cached.asked;
     const now = Date.now();
     const live = this.#o.urls().filter((u) => (this.#downUntil.get(u) ?? 0) <= now);
     const query = new URLSearchParams({ bucket, key, etag }).toString();
-    const held = Promise.any(
-      live.map(async (peer) => {
-        const res = await fetch(new URL(`/v1/peer/object?${query}`, peer), {
-          headers: bearerHeaders(this.#o.token()),
-          signal: anySignal(signal, AbortSignal.timeout(this.#o.timeoutMs)),
-        }).catch((err: unknown) => {
-          // Unreachable or too slow: not asked again for a while, so a dead peer costs one timeout.
-          if (!signal?.aborted) this.#downUntil.set(peer, Date.now() + PEER_DOWN_MS);
-          throw err;
-        });
-        if (res.status !== 200) {
-          await res.body?.cancel();
-          throw new Error(`peer ${peer} answered ${res.status}`);
-        }
-        const body = (await res.json()) as Omit<Held, "peer">;
-        if (!validHeld(body)) throw new Error(`peer ${peer} answered a malformed object description`);
-        return { peer, ...body };
-      }),
-    ).catch(() => undefined);
-    this.#located.set(k, { at: now, ttl: MISS_TTL_MS, held });
-    // A hit is kept longer than a miss, and dropped at once when its peer fails.
-    void held.then((h) => {
-      if (h && this.#located.get(k)?.held === held)
-        this.#located.set(k, { at: Date.now(), ttl: HIT_TTL_MS, held, peer: h.peer });
+    const holders: Held[] = [];
+    const entry: Located = { at: now, ttl: MISS_TTL_MS, holders, asked: Promise.resolve(holders) };
+    entry.asked = new Promise<Held[]>((resolve) => {
+      let left = live.length;
+      const settle = () => {
+        // A complete copy is trusted a while; peers staging it are asked again soon.
+        entry.ttl = holders.some((h) => h.complete)
+          ? HIT_TTL_MS
+          : holders.length > 0
+            ? PARTIAL_TTL_MS
+            : MISS_TTL_MS;
+        resolve(holders);
+      };
+      if (left === 0) settle();
+      for (const peer of live) {
+        this.#describe(peer, query, signal)
+          .then((held) => {
+            if (!held) return;
+            holders.push(held);
+            if (held.complete) settle();
+          })
+          .finally(() => {
+            if (--left === 0) settle();
+          });
+      }
     });
-    return held;
+    this.#located.set(k, entry);
+    return entry.asked;
+  }
+
+  /** One peer's answer to "do you hold this?", or undefined. */
+  async #describe(peer: string, query: string, signal?: AbortSignal): Promise<Held | undefined> {
+    try {
+      const res = await fetch(new URL(`/v1/peer/object?${query}`, peer), {
+        headers: bearerHeaders(this.#o.token()),
+        signal: anySignal(signal, AbortSignal.timeout(this.#o.timeoutMs)),
+      });
+      if (res.status !== 200) {
+        await res.body?.cancel();
+        return undefined;
+      }
+      const body: unknown = await res.json();
+      if (!validHeld(body)) throw new Error(`peer ${peer} answered a malformed object description`);
+      return {
+        peer,
+        size: body.size,
+        bounds: body.bounds,
+        pieces: body.pieces,
+        complete: body.pieces.every((p) => p !== null),
+        fetching: body.fetching ?? [],
+      };
+    } catch (err) {
+      // Unreachable, too slow or talking nonsense: not asked again for a while, so a dead peer costs
+      // one timeout.
+      if (!signal?.aborted) {
+        this.#downUntil.set(peer, Date.now() + PEER_DOWN_MS);
+        this.#o.logger.warn({ peer, err: (err as Error).message }, "peer left alone for 30 s");
+      }
+      return undefined;
+    }
   }
 
   async #fetchPiece(want: PieceWant): Promise<GetResponse> {
     const { held, bucket, key, etag, piece, options } = want;
     const start = held.bounds[piece] as number;
     const end = held.bounds[piece + 1] as number;
-    const query = new URLSearchParams({ bucket, key, etag, piece: String(piece) }).toString();
-    // Headers within timeoutMs; then the body may take as long as it keeps flowing (STALL_MS).
+    const wait = want.wait ? PIECE_WAIT_MS : 0;
+    const query = new URLSearchParams({ bucket, key, etag, piece: String(piece), wait: String(wait) });
+    // Headers within timeoutMs (after the wait); then the body may take as long as it keeps flowing
+    // (STALL_MS).
     const stall = new AbortController();
-    const headersTimer = setTimeout(() => stall.abort(new Error("peer did not answer")), this.#o.timeoutMs);
+    const headersTimer = setTimeout(
+      () => stall.abort(new Error("peer did not answer")),
+      this.#o.timeoutMs + wait,
+    );
     const res = await fetch(new URL(`/v1/peer/piece?${query}`, held.peer), {
       headers: bearerHeaders(this.#o.token()),
       signal: anySignal(options.signal, stall.signal),
@@ -203,6 +365,16 @@ export class PeerAwareSource implements ObjectSource {
       });
     }
     const length = end - start;
+    // A piece waited for was not in when the peer described the object: its digest comes with it
+    // (the same peer's word as a description's, and the bytes are checked against it all the same).
+    const sent = res.headers.get(PIECE_DIGEST_HEADER);
+    const expected = held.pieces[piece] ?? sent;
+    if (!expected || (sent !== null && sent !== expected)) {
+      await res.body?.cancel();
+      throw Object.assign(new Error(`peer sent piece ${piece} with digest ${sent}, expected ${expected}`), {
+        why: "corrupt",
+      });
+    }
     if (Number(res.headers.get("content-length")) !== length || !res.body) {
       await res.body?.cancel();
       throw Object.assign(
@@ -233,10 +405,10 @@ export class PeerAwareSource implements ObjectSource {
       reader.releaseLock();
     }
     const digest = createHash("sha256").update(bytes.subarray(0, at)).digest("hex");
-    if (at !== length || digest !== held.pieces[piece]) {
+    if (at !== length || digest !== expected) {
       throw Object.assign(
         new Error(
-          `piece ${piece} of ${key}: ${at} bytes with SHA-256 ${digest}, expected ${length} bytes with ${held.pieces[piece]}`,
+          `piece ${piece} of ${key}: ${at} bytes with SHA-256 ${digest}, expected ${length} bytes with ${expected}`,
         ),
         { why: "corrupt" },
       );
@@ -256,8 +428,9 @@ export class PeerAwareSource implements ObjectSource {
     };
   }
 
-  #fallback(reason: PeerFallbackReason): void {
+  #fallback(reason: PeerFallbackReason): undefined {
     this.#o.metrics?.peerFallbacks.inc({ reason });
+    return undefined;
   }
 }
 
@@ -269,18 +442,27 @@ function pieceOf(held: Held, range: GetOptions["range"]): number | undefined {
   return held.bounds[i + 1] === range.end + 1 ? i : undefined;
 }
 
-function validHeld(b: unknown): b is Omit<Held, "peer"> {
-  const h = b as Partial<Held> | null;
+/** A peer's object description, as it may come over the wire (older peers send no `fetching`). */
+type HeldWire = Omit<Held, "peer" | "complete" | "fetching"> & { fetching?: number[] };
+
+function validHeld(b: unknown): b is HeldWire {
+  const h = b as Partial<HeldWire> | null;
   if (!h || !Number.isSafeInteger(h.size) || !Array.isArray(h.bounds) || !Array.isArray(h.pieces))
     return false;
   if (h.bounds.length !== h.pieces.length + 1 || h.bounds[0] !== 0 || h.bounds.at(-1) !== h.size)
+    return false;
+  const parts = h.pieces.length;
+  if (
+    h.fetching !== undefined &&
+    (!Array.isArray(h.fetching) || !h.fetching.every((i) => Number.isInteger(i) && i >= 0 && i < parts))
+  )
     return false;
   for (let i = 1; i < h.bounds.length; i++) {
     const a = h.bounds[i - 1] as number;
     const z = h.bounds[i] as number;
     if (!Number.isSafeInteger(z) || z <= a) return false;
   }
-  return h.pieces.every((p) => typeof p === "string" && /^[0-9a-f]{64}$/.test(p));
+  return h.pieces.every((p) => p === null || (typeof p === "string" && /^[0-9a-f]{64}$/.test(p)));
 }
 
 function locKey(bucket: string, key: string, etag: string): string {

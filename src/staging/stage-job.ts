@@ -1,4 +1,4 @@
-import { createHash } from "node:crypto";
+import { createHash, randomInt } from "node:crypto";
 import { setMaxListeners } from "node:events";
 import { lstat, mkdir, open, readdir, readFile, realpath, rename, rm, stat } from "node:fs/promises";
 import { dirname, join, posix } from "node:path";
@@ -58,6 +58,8 @@ export interface StageJobOptions {
   lockWaitMs?: number;
   /** Throughput cap shared with other jobs (download.maxBytesPerSecond). */
   rateLimiter?: RateLimiter | undefined;
+  /** Take the model's parts in a random order (set when peers are configured). */
+  spreadParts?: boolean | undefined;
 }
 
 export interface StageProgress {
@@ -106,6 +108,11 @@ export class StageJob implements TaskOwner {
   #commitMs = 0;
   #root = "";
   #tmpDir = "";
+  /** Files being staged, by relative path, and the manifest of those committed (peers read both). */
+  readonly #files = new Map<string, FileState>();
+  #manifest: ManifestStore | undefined;
+  /** Peers waiting for a part to be in (see whenPiece), by relative path and part. */
+  readonly #pieceWaiters = new Map<string, Set<(inNow: boolean) => void>>();
 
   constructor(options: StageJobOptions) {
     this.#o = options;
@@ -148,6 +155,59 @@ export class StageJob implements TaskOwner {
     );
   };
 
+  /**
+   * What this job holds of one file, for peers: the committed file with every piece, or a file still
+   * staging with the pieces already durable in its temp file (their digests from the journal, so
+   * null where a piece is not in yet). A single-part file is held only once committed: its one part
+   * is not journaled. The asking node checks every piece's digest and then the whole file against
+   * S3's checksums and the safetensors header, as it does bytes from S3.
+   */
+  held(relPath: string, etag: string): HeldFile | undefined {
+    const final = join(this.#root, ...relPath.split("/"));
+    // Staging first: the manifest has a file's entry a moment before the rename puts it in place.
+    const fs = this.#files.get(relPath);
+    if (fs) {
+      if (!fs.journal || fs.plan.etag !== etag) return undefined;
+      return {
+        // Renamed meanwhile (same inode, same bytes): then it is at its final path.
+        paths: [fs.tmpPath, final],
+        size: fs.plan.size,
+        bounds: fs.plan.bounds,
+        pieces: fs.plan.bounds.slice(1).map((_, p) => fs.done.get(p)?.sha256 ?? null),
+      };
+    }
+    const committed = this.#manifest?.get(relPath);
+    if (!committed || committed.etag !== etag) return undefined;
+    return { paths: [final], size: committed.size, bounds: committed.bounds, pieces: committed.pieces };
+  }
+
+  /**
+   * Resolves true once part `p` of a file this job stages is durable (journaled), false if it is not
+   * within `timeoutMs` or the job ends first. A peer waits here for a part this node is fetching.
+   */
+  whenPiece(relPath: string, p: number, timeoutMs: number): Promise<boolean> {
+    const fs = this.#files.get(relPath);
+    if (!fs) return Promise.resolve(this.#manifest?.get(relPath) !== undefined);
+    if (fs.done.has(p)) return Promise.resolve(true);
+    const k = `${relPath}\0${p}`;
+    return new Promise((resolve) => {
+      const waiters = this.#pieceWaiters.get(k) ?? new Set();
+      this.#pieceWaiters.set(k, waiters);
+      const finish = (inNow: boolean) => {
+        clearTimeout(timer);
+        waiters.delete(finish);
+        if (waiters.size === 0) this.#pieceWaiters.delete(k);
+        resolve(inNow);
+      };
+      const timer = setTimeout(() => finish(false), timeoutMs);
+      waiters.add(finish);
+    });
+  }
+
+  #pieceIn(relPath: string, p: number): void {
+    for (const finish of [...(this.#pieceWaiters.get(`${relPath}\0${p}`) ?? [])]) finish(true);
+  }
+
   /** A snapshot of the counters (cheap; poll it for progress display). */
   progress(): StageProgress {
     return { ...this.#p };
@@ -178,6 +238,10 @@ export class StageJob implements TaskOwner {
       throw toColdstartError(err);
     } finally {
       outer?.removeEventListener("abort", onOuterAbort);
+      // Peers waiting for parts of a job that ended get S3's answer instead.
+      for (const waiters of [...this.#pieceWaiters.values()])
+        for (const finish of [...waiters]) finish(false);
+      this.#files.clear();
       await lock?.release();
     }
   }
@@ -229,6 +293,7 @@ export class StageJob implements TaskOwner {
     this.#p.bytesTotal = files.reduce((n, f) => n + f.size, 0);
 
     const manifest = await ManifestStore.open(this.#root, source);
+    this.#manifest = manifest;
     const limit: Limit = (task) => this.#scheduler.run(this, task);
     const pending: FilePlan[] = [];
     for (const f of files) {
@@ -242,19 +307,30 @@ export class StageJob implements TaskOwner {
     throwFirst(opened);
     const todo = opened.map((r) => (r as PromiseFulfilledResult<FileState>).value);
     await this.#checkSpace(todo);
+    for (const fs of todo) this.#files.set(fs.plan.relPath, fs);
 
     this.#partsLeft = todo.reduce((n, f) => n + f.plan.bounds.length - 1 - f.done.size, 0);
     this.#p.phase = this.#partsLeft > 0 ? "downloading" : "verifying";
     this.#downloadStarted = Date.now();
     const headers = new Map<string, SafetensorsHeader>();
+    // Parts are queued here first, then handed to the scheduler in one order for the whole model.
+    const queued: (() => void)[] = [];
+    const enqueue: Limit = (task) =>
+      new Promise((resolve, reject) => queued.push(() => limit(task).then(resolve, reject)));
     try {
-      const settled = await Promise.allSettled(
-        todo.map(async (fs) => {
-          if (fs.plan.relPath.endsWith(INDEX_SUFFIX)) return this.#download(fs, limit);
-          await this.#download(fs, limit);
-          await this.#commit(fs, manifest, headers);
-        }),
-      );
+      const downloads = todo.map(async (fs) => {
+        if (fs.plan.relPath.endsWith(INDEX_SUFFIX)) return this.#download(fs, enqueue);
+        await this.#download(fs, enqueue);
+        await this.#commit(fs, manifest, headers);
+      });
+      // Every #download queued its parts synchronously. With spreadParts, each node takes the parts
+      // in its own random order: nodes staging one model at once then mostly fetch different parts
+      // from S3 and the rest from each other (src/peers/peer-source.ts). A random order beats each
+      // node starting at a random point: two nodes that start near each other would race for the
+      // same parts all the way.
+      if (o.spreadParts) shuffle(queued);
+      for (const start of queued) start();
+      const settled = await Promise.allSettled(downloads);
       throwFirst(settled);
       // Indexes last: they are checked against every shard's header before they become visible.
       for (const fs of todo.filter((f) => f.plan.relPath.endsWith(INDEX_SUFFIX))) {
@@ -469,6 +545,7 @@ export class StageJob implements TaskOwner {
             );
             await fs.journal?.record(entry, plan.key);
             fs.done.set(p, entry);
+            this.#pieceIn(plan.relPath, p);
             if (--this.#partsLeft === 0) {
               this.#p.phase = "verifying";
               this.#observe("download", Date.now() - this.#downloadStarted);
@@ -581,6 +658,7 @@ export class StageJob implements TaskOwner {
     } catch (e) {
       throw ioError(e as NodeJS.ErrnoException, `committing ${target}`, plan.key);
     }
+    this.#files.delete(plan.relPath);
     await fs.journal?.remove();
     this.#commitMs += Date.now() - commitStarted;
     this.#p.filesDone++;
@@ -624,6 +702,23 @@ function tmpId(relPath: string): string {
 }
 
 type Limit = <T>(task: () => Promise<T>) => Promise<T>;
+
+/** Fisher-Yates, in place. */
+function shuffle<T>(items: T[]): void {
+  for (let i = items.length - 1; i > 0; i--) {
+    const j = randomInt(i + 1);
+    [items[i], items[j]] = [items[j] as T, items[i] as T];
+  }
+}
+
+/** What a job holds of one file (see StageJob.held): null pieces are not in yet. */
+export interface HeldFile {
+  /** Where its bytes are, tried in order. */
+  paths: string[];
+  size: number;
+  bounds: number[];
+  pieces: (string | null)[];
+}
 
 interface FileState {
   plan: FilePlan;
