@@ -19,9 +19,11 @@ import { ColdstartError } from "./errors.js";
 import { loadKubeConfig, NodeLabeler } from "./kube/node-labels.js";
 import { Metrics } from "./metrics/metrics.js";
 import { checkContainerd, MIRROR_CHECK_CODES, type MirrorCheck } from "./mirror/containerd-check.js";
+import { containerdImages } from "./mirror/containerd-images.js";
 import { ContentStore } from "./mirror/content-store.js";
 import { type ManagedHosts, manageHostsToml } from "./mirror/hosts-toml.js";
 import { BlobRelay } from "./mirror/relay.js";
+import { TagResolver } from "./mirror/tags.js";
 import { ModelManager } from "./models/model-manager.js";
 import { ModelRegistry } from "./models/model-registry.js";
 import {
@@ -166,10 +168,15 @@ export async function startDaemon(
           join(config.node.hostRoot, "var/lib/containerd/io.containerd.content.v1.content"),
       )
     : undefined;
+  // containerd's Images API, for tags (this node's mirror and peers' questions).
+  const images = config.mirror.containerdSocket
+    ? containerdImages(config.mirror.containerdSocket, config.mirror.containerdNamespace)
+    : undefined;
   const deps = {
     manager,
     compileCaches,
     contentStore,
+    images,
     logger,
     metrics,
     tokens,
@@ -195,6 +202,15 @@ export async function startDaemon(
               logger: logger.child({ component: "mirror" }),
             })
           : undefined,
+        tags: config.mirror.resolveTags
+          ? new TagResolver({
+              local: images,
+              urls: () => peers?.urls() ?? [],
+              token: () => tokens?.first,
+              timeoutMs: config.peers.timeoutMs,
+              logger: logger.child({ component: "mirror" }),
+            })
+          : undefined,
         registries: config.mirror.registries,
         tokens,
         logger,
@@ -212,6 +228,7 @@ export async function startDaemon(
     labeler?.close();
     tokens?.close();
     peers?.stop();
+    images?.close();
     source.close();
   };
   let apiAddress: string;
@@ -251,6 +268,7 @@ export async function startDaemon(
         const c = await checkContainerd({
           hostRoot: config.node.hostRoot,
           registries: config.mirror.registries,
+          resolveTags: config.mirror.resolveTags,
           mirrorPort: listenPort,
         });
         if (c.status !== mirrorCheck?.status) {
@@ -275,6 +293,7 @@ export async function startDaemon(
             registries: config.mirror.registries,
             mirrorUrl: `http://${config.mirror.hostAddress}:${listenPort}`,
             token: tokens?.first,
+            resolve: config.mirror.resolveTags,
           });
           logger.info({ files: managedHosts.files }, "hosts.toml now sends pulls to this mirror first");
           await check();
@@ -357,6 +376,7 @@ export async function startDaemon(
       labeler?.close();
       tokens?.close();
       peers?.stop();
+      images?.close();
       source.close();
       logger.info("coldstart daemon stopped");
     },

@@ -7,7 +7,9 @@ import type { CompileCacheManager, Identity } from "../compile-cache/cache-manag
 import { ColdstartError, isColdstartError, toColdstartError } from "../errors.js";
 import type { Metrics } from "../metrics/metrics.js";
 import type { MirrorCheck } from "../mirror/containerd-check.js";
+import type { ImageResolver } from "../mirror/containerd-images.js";
 import type { ContentStore } from "../mirror/content-store.js";
+import { imageRef } from "../mirror/tags.js";
 import type { ModelManager, ModelRequest } from "../models/model-manager.js";
 import type { NodeFacts } from "../node/node-facts.js";
 import { PIECE_DIGEST_HEADER } from "../peers/http.js";
@@ -33,6 +35,8 @@ export interface AppDeps {
   mirrorCheck?: () => MirrorCheck | undefined;
   /** containerd's content store, when the mirror is on: peers' mirrors fetch blobs from it. */
   contentStore?: ContentStore | undefined;
+  /** This node's containerd Images API (mirror.containerdSocket): peers' mirrors resolve tags here. */
+  images?: ImageResolver | undefined;
   /** Caps what this node serves to peers (peers.maxUploadBytesPerSecond), when set. */
   peerUploadLimiter?: RateLimiter | undefined;
   /** Starts of the ranges of an object this node fetches from S3 now (PeerAwareSource), with peers. */
@@ -321,6 +325,42 @@ export function buildApp(deps: AppDeps, surface: Surface) {
     }
     return reply.send(pipeline(blob.fh.createReadStream(), peerServed(deps), () => {}));
   });
+
+  // What a tag points at in this node's containerd, for a peer's mirror (mirror.resolveTags there).
+  // Only this node's own containerd: a peer never relays, so answers cannot loop.
+  app.get<{ Querystring: { ref: string } }>(
+    "/v1/peer/tag",
+    {
+      schema: {
+        querystring: {
+          type: "object",
+          additionalProperties: false,
+          required: ["ref"],
+          properties: { ref: { type: "string", minLength: 3, maxLength: 512 } },
+        },
+      },
+    },
+    async (req) => {
+      const { ref } = req.query;
+      const m = /^([^/]+)\/(.+):([^:/]+)$/.exec(ref);
+      if (!m || imageRef(m[1] ?? "", m[2] ?? "", m[3] ?? "") !== ref) {
+        throw new ColdstartError(
+          "CS_REQUEST_INVALID",
+          `ref must be REGISTRY/REPOSITORY:TAG, got ${JSON.stringify(ref)}`,
+          {
+            details: { field: "ref", value: ref },
+          },
+        );
+      }
+      const resolved = await deps.images?.resolve(ref);
+      if (!resolved) {
+        throw new ColdstartError("CS_PEER_NOT_HELD", `this node's containerd has no image ${ref}`, {
+          details: { value: ref },
+        });
+      }
+      return resolved;
+    },
+  );
 
   const caches = () => {
     if (!deps.compileCaches) throw new ColdstartError("CS_INTERNAL", "compile caches are not wired");

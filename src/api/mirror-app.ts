@@ -1,8 +1,9 @@
 /**
  * The pull-through OCI mirror for this node's containerd (docs/peers.md): the distribution API's pull
  * side, by digest, from the node's own content store, else relayed from a peer's and verified. Tags
- * are not resolved here: hosts.toml gives the mirror `capabilities = ["pull"]`, so containerd resolves
- * tags at the registry and fetches content by digest, and a 404 sends it to the next host.
+ * are resolved only with mirror.resolveTags (src/mirror/tags.ts; hosts.toml then gives the mirror
+ * `capabilities = ["pull", "resolve"]`); otherwise containerd resolves them at the registry and
+ * fetches content by digest. A 404 sends containerd to the next host.
  */
 import { pipeline, Readable } from "node:stream";
 import Fastify, { type FastifyReply, type FastifyRequest } from "fastify";
@@ -10,11 +11,14 @@ import type { Logger } from "pino";
 import type { Metrics } from "../metrics/metrics.js";
 import { type ContentStore, DIGEST, manifestMediaType } from "../mirror/content-store.js";
 import { type BlobRelay, verifyingStream } from "../mirror/relay.js";
+import { imageRef, type TagResolver } from "../mirror/tags.js";
 import { bearerAccepted, type TokenFile } from "./auth.js";
 
 export interface MirrorDeps {
   store: ContentStore;
   relay?: BlobRelay | undefined;
+  /** Resolves tags (mirror.resolveTags); absent: tags are a miss. */
+  tags?: TagResolver | undefined;
   /** Registries mirrored (containerd's ?ns=); empty: any. */
   registries: string[];
   tokens: TokenFile | undefined;
@@ -50,10 +54,19 @@ export function buildMirrorApp(deps: MirrorDeps) {
     if (deps.registries.length > 0 && (typeof ns !== "string" || !deps.registries.includes(ns))) {
       return miss(deps, reply, kind, `registry ${String(ns)} is not mirrored here`);
     }
-    // By digest only: a tag would need the registry's word on what it points at now.
-    if (!DIGEST.test(ref))
+    if (DIGEST.test(ref)) return serve(deps, req, reply, kind, ref);
+    // A tag: only with mirror.resolveTags, and only for manifests.
+    if (!deps.tags || kind !== "manifest")
       return miss(deps, reply, kind, "tags are resolved at the registry (pull-only mirror)");
-    return serve(deps, req, reply, kind, ref);
+    const image = typeof ns === "string" ? imageRef(ns, m[1] ?? "", ref) : undefined;
+    if (!image) return miss(deps, reply, kind, "not a valid registry, repository and tag");
+    const resolved = await deps.tags.resolve(image);
+    deps.metrics?.mirrorTagResolutions.inc({
+      outcome: !resolved ? "miss" : resolved.from === "local" ? "local" : "peer",
+    });
+    if (!resolved) return miss(deps, reply, kind, `no node's containerd knows ${image}`);
+    req.log.debug({ image, digest: resolved.digest, from: resolved.from }, "tag resolved");
+    return serve(deps, req, reply, kind, resolved.digest);
   });
   return app;
 }

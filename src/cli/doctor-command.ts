@@ -32,6 +32,7 @@ export function doctorCommand(setExit: (code: number) => void): Command {
         const mirror = await checkContainerd({
           hostRoot: config.node.hostRoot,
           registries: config.mirror.registries,
+          resolveTags: config.mirror.resolveTags,
           mirrorPort: Number(listen.slice(listen.lastIndexOf(":") + 1)),
         });
         checks.push(mirrorDoctorCheck(mirror));

@@ -371,6 +371,27 @@ export const schema = {
       repeatable: true,
       help: "Registries mirrored (containerd's ?ns=, e.g. nvcr.io); requests for others are 404. Empty: any.",
     }),
+    resolveTags: option({
+      schema: boolish,
+      default: false,
+      env: ["COLDSTART_MIRROR_RESOLVE_TAGS"],
+      flag: "--mirror-resolve-tags",
+      help: 'Answer manifests by tag too, with what this node\'s or a peer\'s containerd last pulled (the newest wins), not the registry\'s word; managed hosts.toml files then give the mirror ["pull", "resolve"]. Off: tags are a miss and containerd asks the registry.',
+    }),
+    containerdSocket: option({
+      schema: z.string().min(1).startsWith("/", "must be an absolute path").optional(),
+      default: undefined,
+      env: ["COLDSTART_MIRROR_CONTAINERD_SOCKET"],
+      flag: "--mirror-containerd-socket <path>",
+      help: "containerd's gRPC socket (e.g. /host/run/containerd/containerd.sock): tags are looked up there, for this node's mirror and for peers' (GET /v1/peer/tag). Unset: this node knows no tags.",
+    }),
+    containerdNamespace: option({
+      schema: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,75}$/, "expected a containerd namespace name"),
+      default: "k8s.io",
+      env: ["COLDSTART_MIRROR_CONTAINERD_NAMESPACE"],
+      flag: "--mirror-containerd-namespace <name>",
+      help: "The containerd namespace whose images are looked up: kubelet's is k8s.io.",
+    }),
   },
   compileCache: {
     remote: option({

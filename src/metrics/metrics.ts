@@ -132,6 +132,7 @@ export class Metrics {
   readonly mirrorRequests: Counter<"kind" | "outcome">;
   /** coldstart_mirror_bytes_total{source}: image bytes the mirror served, from the local store or a peer. */
   readonly mirrorBytes: Counter<"source">;
+  readonly mirrorTagResolutions: Counter<"outcome">;
 
   /** coldstart_mirror_config_problems{code}: 1 per containerd setting that bypasses the mirror. */
   readonly mirrorConfigProblems: Gauge<"code">;
@@ -327,6 +328,12 @@ export class Metrics {
       labelNames: ["source"] as const,
       registers,
     });
+    this.mirrorTagResolutions = new Counter({
+      name: "coldstart_mirror_tag_resolutions_total",
+      help: "Tags the OCI mirror resolved (mirror.resolveTags), by whose containerd answered (local, peer) or miss.",
+      labelNames: ["outcome"] as const,
+      registers,
+    });
 
     this.mirrorConfigProblems = new Gauge({
       name: "coldstart_mirror_config_problems",
@@ -348,6 +355,7 @@ export class Metrics {
       for (const outcome of ["local", "peer", "miss", "corrupt"])
         this.mirrorRequests.inc({ kind, outcome }, 0);
     for (const reason of PEER_FALLBACK_REASONS) this.peerFallbacks.inc({ reason }, 0);
+    for (const outcome of ["local", "peer", "miss"]) this.mirrorTagResolutions.inc({ outcome }, 0);
   }
 }
 

@@ -9,6 +9,7 @@
  * - `discard_unpacked_layers = true` (the EKS AMI default): layer blobs are deleted after unpacking,
  *   so this node's content store has nothing to serve its peers.
  * - 2.x: `use_local_image_pull = false`, with which some versions bypass the hosts.toml path.
+ * - with mirror.resolveTags: a first host without the `resolve` capability, so no tag ever reaches it.
  */
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
@@ -20,7 +21,8 @@ export type MirrorCheckCode =
   | "hosts_toml_missing"
   | "hosts_toml_not_first"
   | "discard_unpacked_layers"
-  | "use_local_image_pull_off";
+  | "use_local_image_pull_off"
+  | "hosts_toml_no_resolve";
 
 export interface MirrorCheck {
   /** ok: containerd will ask this mirror first for every mirrored registry. */
@@ -40,6 +42,8 @@ export interface MirrorCheckOptions {
   registries: string[];
   /** The port containerd must reach the mirror on (the first host in hosts.toml). */
   mirrorPort: number;
+  /** mirror.resolveTags: the mirror must have the `resolve` capability too. */
+  resolveTags?: boolean | undefined;
 }
 
 type Table = Record<string, unknown>;
@@ -108,6 +112,11 @@ export async function checkContainerd(o: MirrorCheckOptions): Promise<MirrorChec
           "hosts_toml_not_first",
           `${file}: the first host is ${first ? first[0] : "none"}, not this mirror (port ${o.mirrorPort}, capability pull)`,
         );
+      } else if (o.resolveTags && Array.isArray(caps) && !caps.includes("resolve")) {
+        problem(
+          "hosts_toml_no_resolve",
+          `${file}: mirror.resolveTags is on but the mirror lacks the resolve capability: tags go to ${registry}`,
+        );
       }
     }
   }
@@ -154,4 +163,5 @@ export const MIRROR_CHECK_CODES: readonly MirrorCheckCode[] = [
   "hosts_toml_not_first",
   "discard_unpacked_layers",
   "use_local_image_pull_off",
+  "hosts_toml_no_resolve",
 ];

@@ -28,6 +28,8 @@ export async function manageHostsToml(o: {
   registries: string[];
   mirrorUrl: string;
   token: string | undefined;
+  /** mirror.resolveTags: containerd may ask the mirror what a tag points at. */
+  resolve?: boolean | undefined;
 }): Promise<ManagedHosts> {
   const done: { dir: string; hadBackup: boolean }[] = [];
   const restore = async () => {
@@ -52,7 +54,7 @@ export async function manageHostsToml(o: {
       const hadBackup = original !== undefined;
       done.push({ dir, hadBackup });
       const theirs = original === undefined ? {} : (parse(original) as Record<string, unknown>);
-      const mirror: Record<string, unknown> = { capabilities: ["pull"] };
+      const mirror: Record<string, unknown> = { capabilities: o.resolve ? ["pull", "resolve"] : ["pull"] };
       if (o.token) mirror.header = { Authorization: [`Bearer ${o.token}`] };
       const hosts = {
         [o.mirrorUrl]: mirror,

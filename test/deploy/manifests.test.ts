@@ -337,7 +337,7 @@ describe("deploy/", () => {
         const rel = relative(overlay, deploy);
         await writeFile(
           join(overlay, "kustomization.yaml"),
-          `resources: [${rel}]\ncomponents: [${rel}/components/servicemonitor, ${rel}/components/host-cufile-json, ${rel}/components/oci-mirror]\n`,
+          `resources: [${rel}]\ncomponents: [${rel}/components/servicemonitor, ${rel}/components/host-cufile-json, ${rel}/components/oci-mirror, ${rel}/components/oci-mirror-tags]\n`,
         );
         const { stdout } = await run("kubectl", ["kustomize", overlay]);
         const rendered = parseAllDocuments(stdout).map((d) => d.toJS() as K8sObject);
@@ -375,6 +375,16 @@ describe("deploy/", () => {
           name: "containerd-config",
           mountPath: `${config.node.hostRoot}/etc/containerd`,
           readOnly: true,
+        });
+        // Tags: containerd's socket, where the config looks for it.
+        expect(config.mirror.resolveTags).toBe(true);
+        expect(c.volumeMounts).toContainEqual({
+          name: "containerd-socket",
+          mountPath: config.mirror.containerdSocket,
+        });
+        expect(pod.volumes).toContainEqual({
+          name: "containerd-socket",
+          hostPath: { path: "/run/containerd/containerd.sock", type: "Socket" },
         });
         for (const o of rendered) {
           if (isKustomization(o)) continue;

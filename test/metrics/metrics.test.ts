@@ -37,6 +37,7 @@ const EXPECTED = {
   peerFallbacks: ["coldstart_peer_fallbacks_total", Counter, ["reason"]],
   mirrorRequests: ["coldstart_mirror_requests_total", Counter, ["kind", "outcome"]],
   mirrorBytes: ["coldstart_mirror_bytes_total", Counter, ["source"]],
+  mirrorTagResolutions: ["coldstart_mirror_tag_resolutions_total", Counter, ["outcome"]],
   mirrorConfigProblems: ["coldstart_mirror_config_problems", Gauge, ["code"]],
 } as const;
 

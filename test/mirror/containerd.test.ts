@@ -38,7 +38,7 @@ afterEach(async () => {
 });
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-async function daemon(name: string, contentDir: string, peers: string[]) {
+async function daemon(name: string, contentDir: string, peers: string[], extra: string[] = []) {
   await writeFile(join(dir, "tokens"), `${TOKEN}\n`);
   const d = await startDaemonProcess(
     [
@@ -56,6 +56,7 @@ async function daemon(name: string, contentDir: string, peers: string[]) {
       "--mirror-registry",
       REGISTRY,
       ...peers.flatMap((p) => ["--peer", p]),
+      ...extra,
     ],
     fx.s3,
   );
@@ -137,6 +138,59 @@ describe(`image layers through the peer mirror, real containerd${available ? "" 
       await expect(readFile(join(b.contentDir, "blobs", "sha256", badLayer.slice(7)))).rejects.toMatchObject({
         code: "ENOENT",
       });
+    },
+  );
+
+  it.skipIf(!available)(
+    "a tag pulled on A resolves on B through the peer: ctr pull by tag, the registry never asked",
+    async () => {
+      const a = await startContainerd(join(dir, "ta"));
+      running.push(a);
+      const img = await buildOciImage(dir, {
+        name: `${REGISTRY}/test/tagged`,
+        tag: "v1",
+        layers: [Buffer.alloc(300_000, 7)],
+      });
+      const imported = await a.ctr(["images", "import", "--all-platforms", img.tarPath]);
+      expect(imported.code, imported.stderr).toBe(0);
+      // A answers peers' tag questions from its containerd (its own mirror resolves no tags).
+      const dA = await daemon("ta", a.contentDir, [], ["--mirror-containerd-socket", a.socket]);
+      const b = await startContainerd(join(dir, "tb"));
+      running.push(b);
+      const dB = await daemon(
+        "tb",
+        b.contentDir,
+        [dA.d.api],
+        ["--mirror-resolve-tags", "--mirror-containerd-socket", b.socket],
+      );
+      const certs = join(dir, "certs-tags.d");
+      await writeHostsToml(certs, REGISTRY, dB.mirror, { Authorization: `Bearer ${TOKEN}` }, [
+        "pull",
+        "resolve",
+      ]);
+
+      const pulled = await b.ctr(["images", "pull", "--hosts-dir", certs, `${REGISTRY}/test/tagged:v1`]);
+      expect(pulled.code, pulled.stderr).toBe(0);
+      for (const [digest, bytes] of img.blobs) {
+        expect(await readFile(join(b.contentDir, "blobs", "sha256", digest.slice(7)))).toEqual(bytes);
+      }
+      expect(await metric(dB.d, 'coldstart_mirror_tag_resolutions_total{outcome="peer"}')).toBeGreaterThan(0);
+      const listed = await b.ctr(["images", "ls", "-q"]);
+      expect(listed.stdout.split("\n")).toContain(`${REGISTRY}/test/tagged:v1`);
+
+      // Now B's own containerd knows the tag: its mirror answers it, with the manifest's digest.
+      const ask = (tag: string) =>
+        fetch(`${dB.mirror}/v2/test/tagged/manifests/${tag}?ns=${REGISTRY}`, {
+          method: "HEAD",
+          headers: { authorization: `Bearer ${TOKEN}` },
+        });
+      const head = await ask("v1");
+      expect([head.status, head.headers.get("docker-content-digest")]).toEqual([200, img.manifestDigest]);
+      expect(await metric(dB.d, 'coldstart_mirror_tag_resolutions_total{outcome="local"}')).toBe(1);
+      // A tag no node knows, and one that is not a tag: 404, and containerd asks the registry.
+      expect((await ask("v2")).status).toBe(404);
+      expect((await ask("bad%21tag")).status).toBe(404);
+      expect(await metric(dB.d, 'coldstart_mirror_tag_resolutions_total{outcome="miss"}')).toBe(1);
     },
   );
 

@@ -58,14 +58,35 @@ describe("managed hosts.toml", () => {
       mirrorPort: 8477,
     });
     expect([ok.status, ok.problems]).toEqual(["ok", []]);
+    // Tags on, but the file gives the mirror pull only: containerd would never ask it for a tag.
+    const noResolve = await checkContainerd({
+      hostRoot: host,
+      registries: ["nvcr.io"],
+      mirrorPort: 8477,
+      resolveTags: true,
+    });
+    expect(noResolve.problems.map((p) => p.code)).toEqual(["hosts_toml_no_resolve"]);
 
-    // A second start (the first daemon was killed) finds its own files and keeps the original backup.
+    // A second start (the first daemon was killed) finds its own files and keeps the original backup;
+    // with mirror.resolveTags, containerd may ask the mirror for tags too.
     const again = await manageHostsToml({
       certsDir: certs,
       registries: ["nvcr.io", "docker.io"],
       mirrorUrl: "http://10.0.0.5:8477",
       token: "t0k",
+      resolve: true,
     });
+    const resolving = parse(await readFile(own, "utf8")) as {
+      host: Record<string, { capabilities: string[] }>;
+    };
+    expect(resolving.host["http://10.0.0.5:8477"]?.capabilities).toEqual(["pull", "resolve"]);
+    const tagsOk = await checkContainerd({
+      hostRoot: host,
+      registries: ["nvcr.io", "docker.io"],
+      mirrorPort: 8477,
+      resolveTags: true,
+    });
+    expect(tagsOk.problems).toEqual([]);
     await again.restore();
     expect(await readFile(own, "utf8")).toBe(NODE_OWN);
     expect(await readdir(join(certs, "docker.io"))).toEqual([]);

@@ -392,12 +392,13 @@ export async function writeHostsToml(
   registry: string,
   mirrorUrl: string,
   headers?: Record<string, string>,
+  capabilities: string[] = ["pull"],
 ): Promise<string> {
   const lines = [
     `server = ${q(`https://${registry}`)}`,
     "",
     `[host.${q(mirrorUrl)}]`,
-    '  capabilities = ["pull"]',
+    `  capabilities = [${capabilities.map(q).join(", ")}]`,
   ];
   if (headers && Object.keys(headers).length > 0) {
     lines.push("", `[host.${q(mirrorUrl)}.header]`);
