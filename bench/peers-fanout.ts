@@ -4,7 +4,9 @@
  *
  * - independent: N daemons without peers stage at once (what N nodes pay today);
  * - peers: the first daemon stages; once it is ready, the other N-1 start at once with the first as
- *   their peer (node two onward, as when a node pool grows after its first node).
+ *   their peer (node two onward, as when a node pool grows after its first node);
+ * - together: N daemons that know each other stage at once (a scale-out: each takes the parts in
+ *   its own random order and waits for parts a peer is fetching from S3).
  *
  * Reported: S3 egress and wall time until all N are ready, and their ratios. Every node's files are
  * digest-checked. Loopback is not a network: peers and S3 are equally close here, so the egress
@@ -16,7 +18,7 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { callDaemon } from "../src/api/client.js";
 import { startFaultProxy } from "../test/support/fault-proxy.js";
-import { type DaemonProcess, NO_GPU_FLAGS, startDaemonProcess } from "../test/support/processes.js";
+import { type DaemonProcess, freePort, NO_GPU_FLAGS, startDaemonProcess } from "../test/support/processes.js";
 import { startRgw } from "../test/support/rgw.js";
 import { freshBucket, putFiles, seedClient } from "../test/support/s3.js";
 import { digests, expectedDigests } from "../test/support/stage.js";
@@ -50,7 +52,7 @@ try {
   const modelBytes = files.reduce((n, f) => n + f.body.length, 0);
   await writeFile(join(work, "tokens"), `${TOKEN}\n`);
 
-  const start = async (name: string, peers: string[]) => {
+  const start = async (name: string, peers: string[], listen = "127.0.0.1:0") => {
     const d = await startDaemonProcess(
       [
         "--root",
@@ -69,6 +71,8 @@ try {
         "--log-level",
         "info",
         ...peers.flatMap((p) => ["--peer", p]),
+        "--listen",
+        listen,
       ],
       rgw,
       {},
@@ -125,15 +129,36 @@ try {
   for (let i = 0; i < N; i++) await check(`peer-${i}`);
   await stopAll();
 
+  // together: every daemon knows every other from the start.
+  proxy.resetStats();
+  const ports = await Promise.all(Array.from({ length: N }, freePort));
+  const urls = ports.map((p) => `http://127.0.0.1:${p}`);
+  const all = await Promise.all(
+    ports.map((port, i) =>
+      start(
+        `tog-${i}`,
+        urls.filter((_, j) => j !== i),
+        `127.0.0.1:${port}`,
+      ),
+    ),
+  );
+  t0 = performance.now();
+  await Promise.all(all.map(stage));
+  const together = { seconds: (performance.now() - t0) / 1000, s3Bytes: proxy.bytesServed().total };
+  for (let i = 0; i < N; i++) await check(`tog-${i}`);
+  await stopAll();
+
   const gib = (b: number) => (b / 2 ** 30).toFixed(2);
   console.log(`${N} nodes, model ${(modelBytes / 2 ** 20).toFixed(0)} MiB in ${files.length} files`);
   console.log(
     `independent: S3 served ${gib(independent.s3Bytes)} GiB, all ready in ${independent.seconds.toFixed(1)} s`,
   );
-  console.log(`with peers:  S3 served ${gib(peers.s3Bytes)} GiB, all ready in ${peers.seconds.toFixed(1)} s`);
-  console.log(
-    `S3 egress ratio ${(peers.s3Bytes / independent.s3Bytes).toFixed(2)} (ideal 1/${N} = ${(1 / N).toFixed(2)}); time ratio ${(peers.seconds / independent.seconds).toFixed(2)}`,
-  );
+  const line = (name: string, r: { s3Bytes: number; seconds: number }) =>
+    console.log(
+      `${name} S3 served ${gib(r.s3Bytes)} GiB, all ready in ${r.seconds.toFixed(1)} s: S3 egress ratio ${(r.s3Bytes / independent.s3Bytes).toFixed(2)} (ideal 1/${N} = ${(1 / N).toFixed(2)}), time ratio ${(r.seconds / independent.seconds).toFixed(2)}`,
+    );
+  line("first, then the rest with peers:", peers);
+  line("all at once with peers:         ", together);
 } finally {
   for (const d of running) d.child.kill("SIGKILL");
   await proxy.close();

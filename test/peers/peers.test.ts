@@ -4,12 +4,11 @@
  * peer's API lets a test kill that peer in the middle of a transfer.
  */
 import { open, readFile, writeFile } from "node:fs/promises";
-import { type AddressInfo, createServer } from "node:net";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import { callDaemon } from "../../src/api/client.js";
 import { type FaultProxy, startFaultProxy } from "../support/fault-proxy.js";
-import { type DaemonProcess, NO_GPU_FLAGS, startDaemonProcess } from "../support/processes.js";
+import { type DaemonProcess, freePort, NO_GPU_FLAGS, startDaemonProcess } from "../support/processes.js";
 import { freshBucket, putFiles } from "../support/s3.js";
 import { useS3Fixture } from "../support/s3-fixture.js";
 import { digests, expectedDigests } from "../support/stage.js";
@@ -33,15 +32,6 @@ afterEach(async () => {
 interface Node {
   root: string;
   daemon: DaemonProcess;
-}
-
-/** A loopback port free now, so daemons can be told each other's address before they start. */
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const { port } = server.address() as AddressInfo;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
 }
 
 async function node(name: string, peers: string[] = [], extra: string[] = []): Promise<Node> {

@@ -1,4 +1,5 @@
 import { type ChildProcess, spawn } from "node:child_process";
+import { type AddressInfo, createServer } from "node:net";
 import { resolve } from "node:path";
 import type { S3Endpoint } from "./s3.js";
 
@@ -114,4 +115,13 @@ export async function startDaemonProcess(
   });
   const { api, metrics } = await ready;
   return { child, api, metrics, logs, exited };
+}
+
+/** A loopback port free now, so daemons can be told each other's address before they start. */
+export async function freePort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address() as AddressInfo;
+  await new Promise((resolve) => server.close(resolve));
+  return port;
 }
