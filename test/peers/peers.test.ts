@@ -3,8 +3,10 @@
  * (RGW) behind the fault proxy, which counts the bytes S3 served. A second fault proxy in front of a
  * peer's API lets a test kill that peer in the middle of a transfer.
  */
+import { createHash } from "node:crypto";
 import { open, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
+import { HeadObjectCommand } from "@aws-sdk/client-s3";
 import { afterEach, describe, expect, it } from "vitest";
 import { callDaemon } from "../../src/api/client.js";
 import { type FaultProxy, startFaultProxy } from "../support/fault-proxy.js";
@@ -152,6 +154,71 @@ describe("model pieces from peers", () => {
     expect(fromS3 + fromPeers - 3 * bytes).toBeGreaterThanOrEqual(0);
     expect(fromS3 + fromPeers - 3 * bytes).toBeLessThan(64 * 1024);
     expect(fromS3).toBeLessThan(1.5 * bytes);
+  });
+
+  it("a node staging a model serves the parts it has, waits for one it fetches from S3, and no other", async () => {
+    const { source, files } = await seed();
+    // One part at a time, each held 1.5 s by S3, and a peer that is never there (so parts go to S3
+    // through the peer-aware source, which knows what it is fetching).
+    fx.proxy.addRule({ match: { method: "GET", hasRange: true }, action: { kind: "delay", ms: 1500 } });
+    const a = await node("a", ["http://127.0.0.1:9"], ["--concurrency", "1"]);
+    await callDaemon({ url: a.daemon.api, token: TOKEN }, "PUT", `/v1/models/${encodeURIComponent(MODEL)}`, {
+      source,
+    });
+    const bucket = source.slice(5).split("/")[0] ?? "";
+    const shards = files.filter((f) => f.relPath.endsWith(".safetensors"));
+    const etags = new Map<string, string>();
+    for (const f of shards) {
+      const head = await fx.client.send(new HeadObjectCommand({ Bucket: bucket, Key: `m/${f.relPath}` }));
+      etags.set(f.relPath, head.ETag ?? "");
+    }
+    type Described = {
+      size: number;
+      bounds: number[];
+      pieces: (string | null)[];
+      complete: boolean;
+      fetching: number[];
+    };
+    const ask = (f: SyntheticFile, path: "object" | "piece", extra: Record<string, string> = {}) =>
+      callDaemon(
+        { url: a.daemon.api, token: TOKEN },
+        "GET",
+        `/v1/peer/${path}?${new URLSearchParams({ bucket, key: `m/${f.relPath}`, etag: etags.get(f.relPath) ?? "", ...extra })}`,
+        undefined,
+        { timeoutMs: 40_000 },
+      );
+    // Find a shard with a part in flight from S3.
+    let found: { f: SyntheticFile; d: Described } | undefined;
+    for (let i = 0; i < 100 && !found; i++) {
+      for (const f of shards) {
+        const r = await ask(f, "object");
+        const d = r.body as Described;
+        if (r.status === 200 && d.fetching?.length) found = { f, d };
+      }
+      if (!found) await new Promise((r) => setTimeout(r, 100));
+    }
+    if (!found) throw new Error("no part was ever in flight");
+    const { f, d } = found;
+    expect(d.complete).toBe(false);
+    const fetching = d.fetching[0] as number;
+    expect(d.pieces[fetching]).toBeNull();
+    // A part neither in nor fetched from S3 here (one part at a time): 404 at once, even with ?wait.
+    const idle = d.pieces.findIndex((p, i) => p === null && i !== fetching);
+    const t0 = Date.now();
+    const notHere = await ask(f, "piece", { piece: String(idle), wait: "30000" });
+    expect([notHere.status, notHere.body]).toMatchObject([404, { error: { code: "CS_PEER_NOT_HELD" } }]);
+    expect(Date.now() - t0).toBeLessThan(1000);
+    // The part in flight: the answer waits until it is durable, then carries it and its digest.
+    const res = await fetch(
+      `${a.daemon.api}/v1/peer/piece?${new URLSearchParams({ bucket, key: `m/${f.relPath}`, etag: etags.get(f.relPath) ?? "", piece: String(fetching), wait: "30000" })}`,
+      { headers: { authorization: `Bearer ${TOKEN}` } },
+    );
+    expect(res.status).toBe(200);
+    const bytes = Buffer.from(await res.arrayBuffer());
+    const want = f.body.subarray(d.bounds[fetching], d.bounds[fetching + 1]);
+    const sha = (b: Buffer) => createHash("sha256").update(b).digest("hex");
+    expect(sha(bytes)).toBe(sha(want));
+    expect(res.headers.get("x-coldstart-piece-sha256")).toBe(sha(want));
   });
 
   it("a peer serving corrupt bytes is caught: the piece comes from S3 and the model is right", async () => {
