@@ -230,11 +230,13 @@ export function buildApp(deps: AppDeps, surface: Surface) {
   const held = async (q: PeerQuery) => {
     const h = await deps.manager.heldObject(q.bucket, q.key, q.etag);
     if (!h) {
+      // staging: a model here covers the key but is still listing it: ask again soon.
+      const staging = deps.manager.planning(q.bucket, q.key);
       throw new ColdstartError(
         "CS_PEER_NOT_HELD",
-        `no verified copy of s3://${q.bucket}/${q.key} at ${q.etag}`,
+        `no verified copy of s3://${q.bucket}/${q.key} at ${q.etag}${staging ? " yet: its model is being listed" : ""}`,
         {
-          details: { key: q.key },
+          details: { key: q.key, ...(staging ? { staging: true } : {}) },
         },
       );
     }

@@ -384,6 +384,20 @@ export class ModelManager {
   }
 
   /**
+   * Whether a model staging now covers `bucket/key` but has not listed its files yet: a peer asking
+   * about the key is told to ask again soon rather than that nobody has it.
+   */
+  planning(bucket: string, key: string): boolean {
+    for (const r of this.#o.registry.all()) {
+      const { bucket: b, prefix } = parseS3Uri(r.source);
+      const running = this.#running.get(r.id);
+      if (running && b === bucket && key.startsWith(prefix) && running.job.progress().phase === "listing")
+        return true;
+    }
+    return false;
+  }
+
+  /**
    * Waits (up to `timeoutMs`) for part `piece` of `bucket/key` at `etag` to be in, in a model staging
    * now (StageJob.whenPiece); false at once when no staging model has that file.
    */

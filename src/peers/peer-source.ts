@@ -53,6 +53,10 @@ interface Located {
   ttl: number;
   holders: Held[];
   asked: Promise<Held[]>;
+  /** When every live peer was last asked (in between, only known holders are). */
+  everyoneAt: number;
+  /** Rounds in a row in which nobody held it: "nobody" is then remembered longer. */
+  misses: number;
 }
 
 /** One piece of one object, asked of a peer that holds it. */
@@ -83,8 +87,17 @@ const PEER_DOWN_MS = 30_000;
 /** Before a piece goes to S3 because peers staging the object lack it, they are asked again if
  * their answer is older than this. */
 const RECHECK_MS = 50;
-/** "Nobody holds or stages it" is remembered this long: a peer may start staging it any moment. */
+/**
+ * "Nobody holds or stages it" is remembered this long at first, then twice as long each round
+ * nobody does, up to MAX_MISS_TTL_MS: a peer may start staging it any moment, but a node staging
+ * what no peer has must not ask every peer about every file every second.
+ */
 const MISS_TTL_MS = 1_000;
+const MAX_MISS_TTL_MS = 16_000;
+/** Between rounds that ask every peer, only known holders are asked again, at most this many. */
+const HOLDER_SAMPLE = 8;
+/** How often every peer is asked while only peers staging the object are known to hold it. */
+const EVERYONE_MS = 5_000;
 /** How long a peer is asked to hold a request for a piece it is fetching from S3. */
 const PIECE_WAIT_MS = 30_000;
 
@@ -277,26 +290,44 @@ export class PeerAwareSource implements ObjectSource {
     // Asked again: parts asking at once share one round of questions.
     if (cached && Date.now() - cached.at < (again ? RECHECK_MS : cached.ttl)) return cached.asked;
     const now = Date.now();
-    const live = this.#o.urls().filter((u) => (this.#downUntil.get(u) ?? 0) <= now);
+    const isLive = (u: string) => (this.#downUntil.get(u) ?? 0) <= now;
+    // Peers staging it are asked again often, so only they are (a few of them) between rounds that
+    // ask everyone: the traffic grows with the holders sampled, not with the cluster.
+    const holdersOnly = !!cached && cached.holders.length > 0 && now - cached.everyoneAt < EVERYONE_MS;
+    const ask = holdersOnly
+      ? sample(cached.holders.map((h) => h.peer).filter(isLive), HOLDER_SAMPLE)
+      : this.#o.urls().filter(isLive);
+    const misses = cached && cached.holders.length === 0 ? cached.misses + 1 : 0;
+    let soon = false;
     const query = new URLSearchParams({ bucket, key, etag }).toString();
     const holders: Held[] = [];
-    const entry: Located = { at: now, ttl: MISS_TTL_MS, holders, asked: Promise.resolve(holders) };
+    const entry: Located = {
+      at: now,
+      ttl: MISS_TTL_MS,
+      holders,
+      asked: Promise.resolve(holders),
+      everyoneAt: holdersOnly ? (cached?.everyoneAt ?? now) : now,
+      misses,
+    };
     entry.asked = new Promise<Held[]>((resolve) => {
-      let left = live.length;
+      let left = ask.length;
       const settle = () => {
         // A complete copy is trusted a while; peers staging it are asked again soon.
         entry.ttl = holders.some((h) => h.complete)
           ? HIT_TTL_MS
-          : holders.length > 0
+          : holders.length > 0 || soon
             ? PARTIAL_TTL_MS
-            : MISS_TTL_MS;
+            : Math.min(MISS_TTL_MS * 2 ** misses, MAX_MISS_TTL_MS);
+        // A peer about to have it is no miss.
+        if (soon) entry.misses = 0;
         resolve(holders);
       };
       if (left === 0) settle();
-      for (const peer of live) {
+      for (const peer of ask) {
         this.#describe(peer, query, signal)
           .then((held) => {
-            if (!held) return;
+            if (held === "soon") soon = true;
+            if (!held || held === "soon") return;
             holders.push(held);
             if (held.complete) settle();
           })
@@ -310,15 +341,18 @@ export class PeerAwareSource implements ObjectSource {
   }
 
   /** One peer's answer to "do you hold this?", or undefined. */
-  async #describe(peer: string, query: string, signal?: AbortSignal): Promise<Held | undefined> {
+  async #describe(peer: string, query: string, signal?: AbortSignal): Promise<Held | "soon" | undefined> {
     try {
       const res = await fetch(new URL(`/v1/peer/object?${query}`, peer), {
         headers: bearerHeaders(this.#o.token()),
         signal: anySignal(signal, AbortSignal.timeout(this.#o.timeoutMs)),
       });
       if (res.status !== 200) {
-        await res.body?.cancel();
-        return undefined;
+        // 404 with details.staging: the peer is listing the model: it will have the file soon.
+        const answer = (await res.json().catch(() => undefined)) as
+          | { error?: { details?: { staging?: unknown } } }
+          | undefined;
+        return res.status === 404 && answer?.error?.details?.staging === true ? "soon" : undefined;
       }
       const body: unknown = await res.json();
       if (!validHeld(body)) throw new Error(`peer ${peer} answered a malformed object description`);
@@ -463,6 +497,17 @@ function validHeld(b: unknown): b is HeldWire {
     if (!Number.isSafeInteger(z) || z <= a) return false;
   }
   return h.pieces.every((p) => p === null || (typeof p === "string" && /^[0-9a-f]{64}$/.test(p)));
+}
+
+/** Up to `n` of `items`, picked at random. */
+function sample<T>(items: T[], n: number): T[] {
+  if (items.length <= n) return items;
+  const copy = [...items];
+  for (let i = 0; i < n; i++) {
+    const j = i + Math.floor(Math.random() * (copy.length - i));
+    [copy[i], copy[j]] = [copy[j] as T, copy[i] as T];
+  }
+  return copy.slice(0, n);
 }
 
 function locKey(bucket: string, key: string, etag: string): string {
