@@ -54,6 +54,8 @@ export const errorCodes = {
   CS_CACHE_BUSY: "The compile cache is being restored, published or evicted; retry shortly.",
   CS_CACHE_NO_REMOTE: "No remote store is configured for compile caches (compileCache.remote).",
   CS_PEER_NOT_HELD: "This node holds no verified copy of the object asked for by a peer.",
+  CS_CONTAINERD_UNAVAILABLE:
+    "containerd's API on mirror.containerdSocket did not answer (no socket, containerd down, or too slow).",
   CS_INTERNAL: "A bug: an invariant coldstart relies on did not hold.",
 } as const;
 
@@ -67,6 +69,8 @@ export interface ErrorDetails {
   field?: string;
   /** Offending value (stringified for display). */
   value?: unknown;
+  /** CS_PEER_NOT_HELD: a model covering the key is still being listed here; ask again soon. */
+  staging?: boolean;
 }
 
 export class ColdstartError extends Error {

@@ -39,8 +39,6 @@ export interface AppDeps {
   images?: ImageResolver | undefined;
   /** Caps what this node serves to peers (peers.maxUploadBytesPerSecond), when set. */
   peerUploadLimiter?: RateLimiter | undefined;
-  /** Starts of the ranges of an object this node fetches from S3 now (PeerAwareSource), with peers. */
-  fetchingFromS3?: ((bucket: string, key: string, etag: string) => ReadonlySet<number>) | undefined;
   /** The node's facts (GPUs, GDS, placement), when collected. */
   nodeFacts?: () => NodeFacts;
 }
@@ -89,6 +87,8 @@ interface PeerQuery {
   piece?: string;
   /** Milliseconds to wait for a piece this node is fetching from S3 now (0: answer at once). */
   wait?: string;
+  /** Where the asker expects the piece to begin; another answers 404. */
+  start?: string;
 }
 
 /** The longest a peer may wait for a piece this node is fetching (a piece is at most 64 MiB). */
@@ -104,6 +104,7 @@ const peerQuery = {
     etag: { type: "string", minLength: 1, maxLength: 256 },
     piece: { type: "string", pattern: "^[0-9]{1,7}$" },
     wait: { type: "string", pattern: "^[0-9]{1,5}$" },
+    start: { type: "string", pattern: "^[0-9]{1,16}$" },
   },
 } as const;
 
@@ -144,7 +145,9 @@ export function buildApp(deps: AppDeps, surface: Surface) {
     const e = asCatalogError(err);
     const status = httpStatusOf[e.code] ?? 500;
     if (status >= 500) req.log.error({ code: e.code, err: e.message }, "request failed");
-    reply.code(status).send({ error: { code: e.code, message: e.message } });
+    // details (which key, field, value) when there are any: automation acts on them.
+    const details = Object.keys(e.details).length > 0 ? { details: e.details } : {};
+    reply.code(status).send({ error: { code: e.code, message: e.message, ...details } });
   });
   app.setNotFoundHandler((req, reply) => {
     reply.code(404).send({
@@ -226,7 +229,8 @@ export function buildApp(deps: AppDeps, surface: Surface) {
   });
 
   // Peers (src/peers/peer-source.ts): what this node holds verified, and one piece of it. TCP with a
-  // token only; served from this node's own committed files, never relayed from elsewhere.
+  // token only; served from this node's own files (committed, or parts already journaled by a model
+  // staging here), never relayed from elsewhere.
   const held = async (q: PeerQuery) => {
     const h = await deps.manager.heldObject(q.bucket, q.key, q.etag);
     if (!h) {
@@ -246,13 +250,10 @@ export function buildApp(deps: AppDeps, surface: Surface) {
     "/v1/peer/object",
     { schema: { querystring: peerQuery } },
     async (req) => {
-      const { bucket, key, etag } = req.query;
-      const { size, bounds, pieces } = await held(req.query);
+      const { size, bounds, pieces, fetching } = await held(req.query);
       // complete: every piece is in (a ready model, or a file committed already); otherwise the
       // file is staging here, pieces not in yet are null, and `fetching` names those this node is
       // fetching from S3 now: a peer may wait for them (?wait=) instead of fetching them too.
-      const fromS3 = deps.fetchingFromS3?.(bucket, key, etag) ?? new Set<number>();
-      const fetching = pieces.flatMap((p, i) => (p === null && fromS3.has(bounds[i] as number) ? [i] : []));
       return { size, bounds, pieces, complete: pieces.every((p) => p !== null), fetching };
     },
   );
@@ -272,13 +273,20 @@ export function buildApp(deps: AppDeps, surface: Surface) {
           },
         );
       }
+      if (req.query.start !== undefined && Number(req.query.start) !== file.bounds[i]) {
+        throw new ColdstartError(
+          "CS_PEER_NOT_HELD",
+          `piece ${i} of s3://${bucket}/${key} begins at ${file.bounds[i]} here, not ${req.query.start}`,
+          { details: { key } },
+        );
+      }
       const wait = Math.min(Number(req.query.wait ?? "0"), MAX_PIECE_WAIT_MS);
       // Only for a piece this node fetches from S3 itself: one it fetches from a peer could be the
       // asker's own, and two nodes must never wait for each other.
       if (
         file.pieces[i] === null &&
         wait > 0 &&
-        deps.fetchingFromS3?.(bucket, key, etag).has(file.bounds[i] as number) &&
+        file.fetching.includes(i) &&
         (await deps.manager.whenPiece(bucket, key, etag, i, wait))
       ) {
         file = await held(req.query);

@@ -22,6 +22,7 @@ export const httpStatusOf: Partial<Record<ErrorCode, number>> = {
   CS_CACHE_NO_REMOTE: 409,
   CS_CACHE_REMOTE_INVALID: 502,
   CS_SHUTTING_DOWN: 503,
+  CS_CONTAINERD_UNAVAILABLE: 503,
   CS_INSUFFICIENT_SPACE: 507,
 };
 

@@ -377,7 +377,7 @@ export class ModelManager {
       const file = (await this.#manifestOf(r)).get(rel);
       if (file && file.etag === etag) {
         const path = join(this.modelPath(r.id), ...rel.split("/"));
-        return { paths: [path], size: file.size, bounds: file.bounds, pieces: file.pieces };
+        return { paths: [path], size: file.size, bounds: file.bounds, pieces: file.pieces, fetching: [] };
       }
     }
     return partial;
@@ -391,8 +391,7 @@ export class ModelManager {
     for (const r of this.#o.registry.all()) {
       const { bucket: b, prefix } = parseS3Uri(r.source);
       const running = this.#running.get(r.id);
-      if (running && b === bucket && key.startsWith(prefix) && running.job.progress().phase === "listing")
-        return true;
+      if (running && b === bucket && key.startsWith(prefix) && running.job.listing) return true;
     }
     return false;
   }

@@ -3,12 +3,17 @@
  * before S3, and answers from S3 whenever a peer cannot give exactly that piece, verified.
  *
  * S3 stays the authority. Listing, HEAD and part sizes always come from S3, and so do the ETag and
- * the checksums the staging engine checks every file against. A peer only ever serves a piece of a
- * file it staged and verified itself (same key, same ETag), and the piece is hashed here against the
- * SHA-256 in that peer's manifest before a byte of it reaches the staging engine: a piece is held in
- * memory until verified, so a corrupt or truncated one costs a re-fetch from S3, never a bad byte on
- * disk. Objects with an S3 checksum are then also checked end to end by the engine, over peer bytes
- * as over S3 bytes. Peers relay nothing, so there are no loops.
+ * the checksums the staging engine checks every file against. A peer only ever serves pieces of a
+ * file it staged itself from the same key at the same ETag: a verified file of a ready model, or the
+ * parts already journaled by a model it is staging now. Each piece is hashed here against the SHA-256
+ * the peer gives (its manifest's or journal's) before a byte of it reaches the staging engine: a
+ * piece is held in memory until verified, so a corrupt or truncated one costs a re-fetch from S3,
+ * never a bad byte on disk. The engine then checks every whole file against S3's checksums and the
+ * safetensors header, over peer bytes as over S3 bytes. Peers relay nothing, so there are no loops.
+ *
+ * Nodes staging one model at once take its parts in random order (StageJob spreadParts) and wait
+ * for a part a peer is fetching from S3 instead of fetching it too. A node offers to be waited for
+ * only on parts it fetches from S3 itself, so no two nodes can wait for each other.
  */
 import { createHash } from "node:crypto";
 import { Readable } from "node:stream";
@@ -57,6 +62,8 @@ interface Located {
   everyoneAt: number;
   /** Rounds in a row in which nobody held it: "nobody" is then remembered longer. */
   misses: number;
+  /** Peers that are still listing a model that covers the object: they will have it soon. */
+  soon: string[];
 }
 
 /** One piece of one object, asked of a peer that holds it. */
@@ -108,8 +115,7 @@ export class PeerAwareSource implements ObjectSource {
   readonly #downUntil = new Map<string, number>();
   readonly #slots: LimitFunction;
   readonly #perPeer = new Map<string, LimitFunction>();
-  /** Ranges (by start) this node is fetching from S3 now, by object: what peers may wait for. */
-  readonly #fromS3 = new Map<string, Map<number, number>>();
+  #sweptAt = Date.now();
 
   constructor(inner: ObjectSource, options: PeerOptions) {
     this.#inner = inner;
@@ -143,43 +149,13 @@ export class PeerAwareSource implements ObjectSource {
         choice = this.#choose(await this.#locate(bucket, key, etag, options.signal, true), want);
       if (choice.why) this.#fallback(choice.why);
       else if (choice.pick) {
+        options.onSource?.(true);
         const got = await this.#fromPeer({ ...want, ...choice.pick });
         if (got) return got;
       }
-      return this.#fromS3Tracked(locKey(bucket, key, etag), bucket, key, options);
     }
+    options.onSource?.(false);
     return this.#inner.get(bucket, key, options);
-  }
-
-  /**
-   * The starts of the ranges of an object this node is fetching from S3 right now. Peers staging the
-   * same object wait for these rather than fetch them from S3 too; pieces this node fetches from a
-   * peer are never among them, so no two nodes can wait for each other.
-   */
-  fetchingFromS3(bucket: string, key: string, etag: string): ReadonlySet<number> {
-    return new Set(this.#fromS3.get(locKey(bucket, key, etag))?.keys());
-  }
-
-  async #fromS3Tracked(k: string, bucket: string, key: string, options: GetOptions): Promise<GetResponse> {
-    const start = options.range?.start ?? 0;
-    const ranges = this.#fromS3.get(k) ?? new Map<number, number>();
-    this.#fromS3.set(k, ranges);
-    ranges.set(start, (ranges.get(start) ?? 0) + 1);
-    const done = () => {
-      const n = (ranges.get(start) ?? 1) - 1;
-      if (n > 0) ranges.set(start, n);
-      else ranges.delete(start);
-      if (ranges.size === 0 && this.#fromS3.get(k) === ranges) this.#fromS3.delete(k);
-    };
-    try {
-      const res = await this.#inner.get(bucket, key, options);
-      // Until its body is consumed (the part is then written and journaled) or dropped.
-      res.body.once("close", done);
-      return res;
-    } catch (err) {
-      done();
-      throw err;
-    }
   }
 
   /**
@@ -262,7 +238,10 @@ export class PeerAwareSource implements ObjectSource {
           return this.#fallback(why);
         }
       }),
-    );
+    ).finally(() => {
+      // Pod IPs come and go: a peer's limiter lives while it has work.
+      if (limit.activeCount + limit.pendingCount === 0) this.#perPeer.delete(held.peer);
+    });
   }
 
   /** Leaves a peer alone for PEER_DOWN_MS, and forgets everything located there. */
@@ -290,15 +269,16 @@ export class PeerAwareSource implements ObjectSource {
     // Asked again: parts asking at once share one round of questions.
     if (cached && Date.now() - cached.at < (again ? RECHECK_MS : cached.ttl)) return cached.asked;
     const now = Date.now();
+    this.#sweep(now);
     const isLive = (u: string) => (this.#downUntil.get(u) ?? 0) <= now;
     // Peers staging it are asked again often, so only they are (a few of them) between rounds that
     // ask everyone: the traffic grows with the holders sampled, not with the cluster.
-    const holdersOnly = !!cached && cached.holders.length > 0 && now - cached.everyoneAt < EVERYONE_MS;
-    const ask = holdersOnly
-      ? sample(cached.holders.map((h) => h.peer).filter(isLive), HOLDER_SAMPLE)
-      : this.#o.urls().filter(isLive);
-    const misses = cached && cached.holders.length === 0 ? cached.misses + 1 : 0;
-    let soon = false;
+    const known = cached ? [...cached.holders.map((h) => h.peer), ...cached.soon] : [];
+    const holdersOnly = known.length > 0 && now - (cached?.everyoneAt ?? 0) < EVERYONE_MS;
+    const ask = holdersOnly ? sample(known.filter(isLive), HOLDER_SAMPLE) : this.#o.urls().filter(isLive);
+    // A round in which only peers still listing answered is no miss, and no reason to wait longer.
+    const misses = cached && cached.holders.length === 0 && cached.soon.length === 0 ? cached.misses + 1 : 0;
+    const soon: string[] = [];
     const query = new URLSearchParams({ bucket, key, etag }).toString();
     const holders: Held[] = [];
     const entry: Located = {
@@ -308,6 +288,7 @@ export class PeerAwareSource implements ObjectSource {
       asked: Promise.resolve(holders),
       everyoneAt: holdersOnly ? (cached?.everyoneAt ?? now) : now,
       misses,
+      soon,
     };
     entry.asked = new Promise<Held[]>((resolve) => {
       let left = ask.length;
@@ -315,18 +296,18 @@ export class PeerAwareSource implements ObjectSource {
         // A complete copy is trusted a while; peers staging it are asked again soon.
         entry.ttl = holders.some((h) => h.complete)
           ? HIT_TTL_MS
-          : holders.length > 0 || soon
+          : holders.length > 0
             ? PARTIAL_TTL_MS
-            : Math.min(MISS_TTL_MS * 2 ** misses, MAX_MISS_TTL_MS);
-        // A peer about to have it is no miss.
-        if (soon) entry.misses = 0;
+            : soon.length > 0
+              ? MISS_TTL_MS
+              : Math.min(MISS_TTL_MS * 2 ** misses, MAX_MISS_TTL_MS);
         resolve(holders);
       };
       if (left === 0) settle();
       for (const peer of ask) {
         this.#describe(peer, query, signal)
           .then((held) => {
-            if (held === "soon") soon = true;
+            if (held === "soon") soon.push(peer);
             if (!held || held === "soon") return;
             holders.push(held);
             if (held.complete) settle();
@@ -338,6 +319,14 @@ export class PeerAwareSource implements ObjectSource {
     });
     this.#located.set(k, entry);
     return entry.asked;
+  }
+
+  /** Once a minute: forgets answers long expired and peers long recovered (they hold piece lists). */
+  #sweep(now: number): void {
+    if (now - this.#sweptAt < 60_000) return;
+    this.#sweptAt = now;
+    for (const [k, e] of this.#located) if (now - e.at > e.ttl + EVERYONE_MS) this.#located.delete(k);
+    for (const [peer, until] of this.#downUntil) if (until < now) this.#downUntil.delete(peer);
   }
 
   /** One peer's answer to "do you hold this?", or undefined. */
@@ -380,7 +369,15 @@ export class PeerAwareSource implements ObjectSource {
     const start = held.bounds[piece] as number;
     const end = held.bounds[piece + 1] as number;
     const wait = want.wait ? PIECE_WAIT_MS : 0;
-    const query = new URLSearchParams({ bucket, key, etag, piece: String(piece), wait: String(wait) });
+    // start: the peer refuses if its piece no longer begins there (its file was cut anew since).
+    const query = new URLSearchParams({
+      bucket,
+      key,
+      etag,
+      piece: String(piece),
+      start: String(start),
+      wait: String(wait),
+    });
     // Headers within timeoutMs (after the wait); then the body may take as long as it keeps flowing
     // (STALL_MS).
     const stall = new AbortController();

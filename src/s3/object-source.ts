@@ -32,6 +32,8 @@ export interface GetOptions {
   /** Ask S3 to return the checksum it holds for what is returned (whole object or whole part). */
   checksumMode?: boolean;
   signal?: AbortSignal;
+  /** Told before the request goes out whether a peer or S3 will answer it (src/peers). */
+  onSource?: ((fromPeer: boolean) => void) | undefined;
 }
 
 export interface GetResponse {

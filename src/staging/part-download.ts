@@ -39,6 +39,8 @@ export interface PartContext {
   signal: AbortSignal;
   /** Called with every body byte count written to disk (progress). */
   onBytes: (n: number) => void;
+  /** Each attempt, before its request goes out: whether a peer or S3 answers it. */
+  onSource?: ((fromPeer: boolean) => void) | undefined;
   onRetry: (err: unknown, attempt: number) => void;
   /** Shared throughput cap, awaited per received chunk (the socket is not read meanwhile). */
   rateLimiter?: RateLimiter | undefined;
@@ -75,6 +77,7 @@ export async function downloadPart(req: PartRequest, ctx: PartContext): Promise<
           ifMatch: req.etag,
           checksumMode: !ranged,
           signal: ctx.signal,
+          onSource: ctx.onSource,
         });
         try {
           checkResponse(req, res, from, ranged);

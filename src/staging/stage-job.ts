@@ -111,6 +111,7 @@ export class StageJob implements TaskOwner {
   /** Files being staged, by relative path, and the manifest of those committed (peers read both). */
   readonly #files = new Map<string, FileState>();
   #manifest: ManifestStore | undefined;
+  #listing = false;
   /** Peers waiting for a part to be in (see whenPiece), by relative path and part. */
   readonly #pieceWaiters = new Map<string, Set<(inNow: boolean) => void>>();
 
@@ -174,11 +175,18 @@ export class StageJob implements TaskOwner {
         size: fs.plan.size,
         bounds: fs.plan.bounds,
         pieces: fs.plan.bounds.slice(1).map((_, p) => fs.done.get(p)?.sha256 ?? null),
+        fetching: [...fs.fromS3].filter((p) => !fs.done.has(p)),
       };
     }
     const committed = this.#manifest?.get(relPath);
     if (!committed || committed.etag !== etag) return undefined;
-    return { paths: [final], size: committed.size, bounds: committed.bounds, pieces: committed.pieces };
+    return {
+      paths: [final],
+      size: committed.size,
+      bounds: committed.bounds,
+      pieces: committed.pieces,
+      fetching: [],
+    };
   }
 
   /**
@@ -206,6 +214,11 @@ export class StageJob implements TaskOwner {
 
   #pieceIn(relPath: string, p: number): void {
     for (const finish of [...(this.#pieceWaiters.get(`${relPath}\0${p}`) ?? [])]) finish(true);
+  }
+
+  /** True from when the job holds its lock until its files are listed and opened (see held). */
+  get listing(): boolean {
+    return this.#listing;
   }
 
   /** A snapshot of the counters (cheap; poll it for progress display). */
@@ -242,6 +255,7 @@ export class StageJob implements TaskOwner {
       for (const waiters of [...this.#pieceWaiters.values()])
         for (const finish of [...waiters]) finish(false);
       this.#files.clear();
+      this.#listing = false;
       await lock?.release();
     }
   }
@@ -277,6 +291,7 @@ export class StageJob implements TaskOwner {
     const signal = this.#abort.signal;
     const source = `s3://${o.bucket}/${o.prefix}`;
     const listStarted = Date.now();
+    this.#listing = true;
     const files = await withRetry(
       o.retry,
       { key: source, action: "LIST" },
@@ -308,6 +323,7 @@ export class StageJob implements TaskOwner {
     const todo = opened.map((r) => (r as PromiseFulfilledResult<FileState>).value);
     await this.#checkSpace(todo);
     for (const fs of todo) this.#files.set(fs.plan.relPath, fs);
+    this.#listing = false;
 
     this.#partsLeft = todo.reduce((n, f) => n + f.plan.bounds.length - 1 - f.done.size, 0);
     this.#p.phase = this.#partsLeft > 0 ? "downloading" : "verifying";
@@ -380,7 +396,14 @@ export class StageJob implements TaskOwner {
     const tmpPath = join(this.#tmpDir, `${id}.partial`);
     const journalPath = join(this.#tmpDir, `${id}.journal`);
     const header = { v: 1 as const, key: plan.key, size: plan.size, etag: plan.etag, bounds: plan.bounds };
-    const base = { plan, id, tmpPath, checksum: check.checksum, partStarts: check.partStarts };
+    const base = {
+      plan,
+      id,
+      tmpPath,
+      checksum: check.checksum,
+      partStarts: check.partStarts,
+      fromS3: new Set<number>(),
+    };
     if (plan.bounds.length === 2) {
       // One part: nothing to resume and no journal. Its download creates the temp file and syncs it,
       // which spares a model's many small files five file operations each. A journal left by a
@@ -515,37 +538,37 @@ export class StageJob implements TaskOwner {
         .map((p) =>
           limit(async () => {
             if (signal.aborted) throw toS3Error(signal.reason, plan.key, "GET");
-            const entry = await downloadPart(
-              {
-                bucket: o.bucket,
-                key: plan.key,
-                etag: plan.etag,
-                size: plan.size,
-                tmpPath: fs.tmpPath,
-                index: p,
-                start: plan.bounds[p] as number,
-                end: plan.bounds[p + 1] as number,
-                whole: parts === 1,
-                create: parts === 1,
-                durable: fs.journal !== undefined || parts === 1,
-                sumAlgorithm,
-              },
-              {
-                source: o.source,
-                retry: o.retry,
-                requestTimeoutMs: o.requestTimeoutMs,
-                signal,
-                onBytes: (n) => {
-                  this.#p.bytesDone += n;
-                  o.metrics?.downloadBytes.inc({ source: o.bucket }, n);
+            const entry = await this.#downloadTracked(fs, p, (onSource) =>
+              downloadPart(
+                {
+                  bucket: o.bucket,
+                  key: plan.key,
+                  etag: plan.etag,
+                  size: plan.size,
+                  tmpPath: fs.tmpPath,
+                  index: p,
+                  start: plan.bounds[p] as number,
+                  end: plan.bounds[p + 1] as number,
+                  whole: parts === 1,
+                  create: parts === 1,
+                  durable: fs.journal !== undefined || parts === 1,
+                  sumAlgorithm,
                 },
-                onRetry: this.#onRetry(plan.key, "get"),
-                rateLimiter: o.rateLimiter,
-              },
+                {
+                  source: o.source,
+                  retry: o.retry,
+                  requestTimeoutMs: o.requestTimeoutMs,
+                  signal,
+                  onBytes: (n) => {
+                    this.#p.bytesDone += n;
+                    o.metrics?.downloadBytes.inc({ source: o.bucket }, n);
+                  },
+                  onRetry: this.#onRetry(plan.key, "get"),
+                  rateLimiter: o.rateLimiter,
+                  onSource,
+                },
+              ),
             );
-            await fs.journal?.record(entry, plan.key);
-            fs.done.set(p, entry);
-            this.#pieceIn(plan.relPath, p);
             if (--this.#partsLeft === 0) {
               this.#p.phase = "verifying";
               this.#observe("download", Date.now() - this.#downloadStarted);
@@ -559,6 +582,30 @@ export class StageJob implements TaskOwner {
         ),
     );
     throwFirst(settled);
+  }
+
+  /**
+   * Runs one part's download and records it (journal, done, waiting peers). While the part's bytes
+   * come from S3 and until it is journaled, it is in `fs.fromS3`: peers may wait for it then. A part
+   * that comes from a peer is never offered, so no two nodes wait for each other.
+   */
+  async #downloadTracked(
+    fs: FileState,
+    p: number,
+    run: (onSource: (fromPeer: boolean) => void) => Promise<JournalEntry>,
+  ): Promise<JournalEntry> {
+    try {
+      const entry = await run((fromPeer) => {
+        if (fromPeer) fs.fromS3.delete(p);
+        else fs.fromS3.add(p);
+      });
+      await fs.journal?.record(entry, fs.plan.key);
+      fs.done.set(p, entry);
+      this.#pieceIn(fs.plan.relPath, p);
+      return entry;
+    } finally {
+      fs.fromS3.delete(p);
+    }
   }
 
   #onRetry(key: string, operation: "list" | "head" | "get") {
@@ -718,6 +765,8 @@ export interface HeldFile {
   size: number;
   bounds: number[];
   pieces: (string | null)[];
+  /** Pieces not in yet that this node is fetching from S3 now: a peer may wait for them. */
+  fetching: number[];
 }
 
 interface FileState {
@@ -727,6 +776,8 @@ interface FileState {
   /** Absent for single-part files: they either commit whole or are fetched again. */
   journal: PartJournal | undefined;
   done: Map<number, JournalEntry>;
+  /** Parts being fetched from S3 right now, until journaled (see #downloadTracked). */
+  fromS3: Set<number>;
   /** The object's checksum (full-object CRC, or composite) the ranges' values rebuild, if S3 has one. */
   checksum?: ObjectChecksum | undefined;
   /** For a composite checksum: where each S3 part starts. */

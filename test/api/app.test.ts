@@ -175,7 +175,11 @@ describe("HTTP API v1", () => {
     const res = await put("tcp", "m1", { source: "s3://forbidden-bucket/m/" });
     expect(res.statusCode).toBe(403);
     expect(res.json()).toEqual({
-      error: { code: "CS_SOURCE_NOT_ALLOWED", message: expect.stringContaining("forbidden-bucket") },
+      error: {
+        code: "CS_SOURCE_NOT_ALLOWED",
+        message: expect.stringContaining("forbidden-bucket"),
+        details: { field: "source", value: "s3://forbidden-bucket/m/" },
+      },
     });
     expect(fx.proxy.requests).toEqual([]);
   });

@@ -99,6 +99,8 @@ async function metric(n: Node, line: string): Promise<number> {
   return found === undefined ? Number.NaN : Number(found.split(" ").at(-1));
 }
 
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
 const modelDir = (n: Node) => join(n.root, "models", ...MODEL.split("/"));
 
 describe("model pieces from peers", () => {
@@ -158,9 +160,19 @@ describe("model pieces from peers", () => {
 
   it("a node staging a model serves the parts it has, waits for one it fetches from S3, and no other", async () => {
     const { source, files } = await seed();
-    // One part at a time, each held 1.5 s by S3, and a peer that is never there (so parts go to S3
-    // through the peer-aware source, which knows what it is fetching).
-    fx.proxy.addRule({ match: { method: "GET", hasRange: true }, action: { kind: "delay", ms: 1500 } });
+    // One part at a time, each held by S3 until the test opens the gate, and a peer that is never
+    // there (so parts go through the peer-aware source, which tells S3 bytes from peer bytes).
+    let open_!: () => void;
+    const gate = new Promise<void>((resolve) => {
+      open_ = resolve;
+    });
+    fx.proxy.addRule({
+      match: { method: "GET", hasRange: true },
+      action: {
+        kind: "hook",
+        fn: () => gate,
+      },
+    });
     const a = await node("a", ["http://127.0.0.1:9"], ["--concurrency", "1"]);
     await callDaemon({ url: a.daemon.api, token: TOKEN }, "PUT", `/v1/models/${encodeURIComponent(MODEL)}`, {
       source,
@@ -208,17 +220,59 @@ describe("model pieces from peers", () => {
     const notHere = await ask(f, "piece", { piece: String(idle), wait: "30000" });
     expect([notHere.status, notHere.body]).toMatchObject([404, { error: { code: "CS_PEER_NOT_HELD" } }]);
     expect(Date.now() - t0).toBeLessThan(1000);
-    // The part in flight: the answer waits until it is durable, then carries it and its digest.
-    const res = await fetch(
+    // Asked to begin where it does not: 404, whatever the piece's state.
+    const elsewhere = await ask(f, "piece", { piece: String(fetching), start: "1", wait: "30000" });
+    expect(elsewhere.status).toBe(404);
+    // The part in flight: the answer waits while S3 holds the part, and once it is in carries it
+    // and its digest.
+    const waited = fetch(
       `${a.daemon.api}/v1/peer/piece?${new URLSearchParams({ bucket, key: `m/${f.relPath}`, etag: etags.get(f.relPath) ?? "", piece: String(fetching), wait: "30000" })}`,
       { headers: { authorization: `Bearer ${TOKEN}` } },
     );
+    const early = await Promise.race([waited.then(() => "answered"), sleep(700).then(() => "waiting")]);
+    expect(early).toBe("waiting");
+    open_();
+    const res = await waited;
     expect(res.status).toBe(200);
     const bytes = Buffer.from(await res.arrayBuffer());
     const want = f.body.subarray(d.bounds[fetching], d.bounds[fetching + 1]);
     const sha = (b: Buffer) => createHash("sha256").update(b).digest("hex");
     expect(sha(bytes)).toBe(sha(want));
     expect(res.headers.get("x-coldstart-piece-sha256")).toBe(sha(want));
+  });
+
+  it("a part a node fetches from a peer is never offered for waiting: no two nodes wait for each other", async () => {
+    const { source, files } = await seed();
+    const a = await node("a", [], ["--peer-max-upload-bytes-per-second", "3MiB"]);
+    await stage(a, source);
+    const b = await node("b", [a.daemon.api]);
+    const ep = { url: b.daemon.api, token: TOKEN };
+    await callDaemon(ep, "PUT", `/v1/models/${encodeURIComponent(MODEL)}`, { source });
+    const bucket = source.slice(5).split("/")[0] ?? "";
+    const shards = files.filter((f) => f.relPath.endsWith(".safetensors"));
+    const etags = new Map<string, string>();
+    for (const f of shards) {
+      const head = await fx.client.send(new HeadObjectCommand({ Bucket: bucket, Key: `m/${f.relPath}` }));
+      etags.set(f.relPath, head.ETag ?? "");
+    }
+    // While B stages from A (slowly: A serves 3 MiB/s), B describes its files as partly in, and
+    // never as fetching anything: its parts come from a peer, not S3.
+    let partial = 0;
+    for (let i = 0; i < 200; i++) {
+      const state = await callDaemon(ep, "GET", `/v1/models/${encodeURIComponent(MODEL)}`);
+      if ((state.body as { state?: string }).state === "ready") break;
+      for (const f of shards) {
+        const q = new URLSearchParams({ bucket, key: `m/${f.relPath}`, etag: etags.get(f.relPath) ?? "" });
+        const r = await callDaemon(ep, "GET", `/v1/peer/object?${q}`);
+        if (r.status !== 200) continue;
+        const d = r.body as { pieces: (string | null)[]; fetching: number[] };
+        expect(d.fetching).toEqual([]);
+        if (d.pieces.includes(null)) partial++;
+      }
+      await sleep(50);
+    }
+    expect(partial).toBeGreaterThan(0);
+    expect(await metric(b, 'coldstart_peer_bytes_total{direction="in"}')).toBeGreaterThan(0);
   });
 
   it("a peer serving corrupt bytes is caught: the piece comes from S3 and the model is right", async () => {
@@ -301,6 +355,18 @@ describe("model pieces from peers", () => {
       `${path}&piece=99`.replace("object", "piece"),
     );
     expect([bad.status, bad.body]).toMatchObject([400, { error: { code: "CS_REQUEST_INVALID" } }]);
+    // Tags: a reference that is not one never reaches containerd; here no containerd is configured.
+    const tag = (ref: string) =>
+      callDaemon({ url: a.daemon.api, token: TOKEN }, "GET", `/v1/peer/tag?${new URLSearchParams({ ref })}`);
+    expect(await tag("registry.invalid/../etc:v1")).toMatchObject({
+      status: 400,
+      body: { error: { code: "CS_REQUEST_INVALID", details: { field: "ref" } } },
+    });
+    expect(await tag("registry.invalid/test/img:v1")).toMatchObject({
+      status: 404,
+      body: { error: { code: "CS_PEER_NOT_HELD" } },
+    });
+    expect((await callDaemon({ url: a.daemon.api }, "GET", "/v1/peer/tag?ref=r.io/a:b")).status).toBe(401);
   });
 });
 
