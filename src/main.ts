@@ -184,7 +184,6 @@ export async function startDaemon(
     isReady: () => ready,
     nodeFacts: () => facts,
     mirrorCheck: () => mirrorCheck,
-    fetchingFromS3: source instanceof PeerAwareSource ? source.fetchingFromS3.bind(source) : undefined,
     peerUploadLimiter:
       config.peers.maxUploadBytesPerSecond > 0
         ? new RateLimiter(config.peers.maxUploadBytesPerSecond)

@@ -376,7 +376,7 @@ export const schema = {
       default: false,
       env: ["COLDSTART_MIRROR_RESOLVE_TAGS"],
       flag: "--mirror-resolve-tags",
-      help: 'Answer manifests by tag too, with what this node\'s or a peer\'s containerd last pulled (the newest wins), not the registry\'s word; managed hosts.toml files then give the mirror ["pull", "resolve"]. Off: tags are a miss and containerd asks the registry.',
+      help: 'Answer manifests by tag too, with what this node\'s containerd, else a peer\'s (the newest), last pulled, not the registry\'s word (never latest; for immutable tags); managed hosts.toml files then give the mirror ["pull", "resolve"]. Off: tags are a miss and containerd asks the registry.',
     }),
     containerdSocket: option({
       schema: z.string().min(1).startsWith("/", "must be an absolute path").optional(),

@@ -8,6 +8,7 @@
  */
 import grpc from "@grpc/grpc-js";
 import protoLoader from "@grpc/proto-loader";
+import { ColdstartError } from "../errors.js";
 
 /** What a tag points at: the root manifest (or index) descriptor, and when the tag last moved. */
 export interface ResolvedTag {
@@ -112,7 +113,15 @@ export function containerdImages(socket: string, namespace: string, timeoutMs = 
       return new Promise((resolve, reject) => {
         client.Get({ name: ref }, md, { deadline: Date.now() + timeoutMs }, (err, res) => {
           if (err?.code === grpc.status.NOT_FOUND) return resolve(undefined);
-          if (err) return reject(new Error(`containerd Images.Get ${ref}: ${err.details || err.message}`));
+          if (err) {
+            return reject(
+              new ColdstartError(
+                "CS_CONTAINERD_UNAVAILABLE",
+                `containerd Images.Get ${ref} on ${socket}: ${err.details || err.message}`,
+                { cause: err, details: { value: ref } },
+              ),
+            );
+          }
           const target = res?.image?.target;
           if (!target?.digest) return resolve(undefined);
           const at = res?.image?.updated_at;

@@ -1,9 +1,12 @@
 /**
  * Tags for the mirror (mirror.resolveTags): what `<registry>/<repository>:<tag>` points at, from this
- * node's containerd and every peer's (GET /v1/peer/tag, answered from the peer's own containerd
- * only, never relayed). Every answer is collected within peers.timeoutMs and the one containerd
- * updated last wins: a tag moved at the registry and pulled again on some node wins over an older
- * pull elsewhere. The manifest itself is then served by digest, verified like any blob.
+ * node's containerd, else from peers' (GET /v1/peer/tag, answered from the peer's own containerd
+ * only, never relayed). This node's own answer wins: it is what this node already runs. Among peers,
+ * the one whose containerd updated the tag last wins, with a time no later than now (a peer cannot
+ * win by claiming the future). The manifest itself is then served by digest, verified like any blob.
+ *
+ * An answer is what some node pulled, not the registry's word now: a tag that moves at the registry
+ * keeps resolving to the old image while any node has it. `latest` is therefore never answered.
  */
 import type { Logger } from "pino";
 import { anySignal, bearerHeaders } from "../peers/http.js";
@@ -37,33 +40,43 @@ export function imageRef(registry: string, repository: string, tag: string): str
   return `${registry}/${repository}:${tag}`;
 }
 
+/** The tag that by convention always moves: never answered from what nodes happen to hold. */
+const MOVING_TAG = "latest";
+/** How far in the future a peer's "updated at" may be (clock skew) before it is clamped. */
+const MAX_SKEW_MS = 60_000;
+/** A peer that failed to answer is not asked again for this long. */
+const PEER_DOWN_MS = 30_000;
+
 export class TagResolver {
   readonly #o: TagResolverOptions;
+  readonly #downUntil = new Map<string, number>();
 
   constructor(options: TagResolverOptions) {
     this.#o = options;
   }
 
   async resolve(ref: string, signal?: AbortSignal): Promise<Resolution | undefined> {
-    const asks: Promise<Resolution | undefined>[] = [];
+    if (ref.endsWith(`:${MOVING_TAG}`)) return undefined;
     if (this.#o.local) {
-      asks.push(
-        this.#o.local.resolve(ref).then(
-          (r) => (r ? { ...r, from: "local" } : undefined),
-          (err: unknown) => {
-            this.#o.logger.warn({ ref, err: (err as Error).message }, "containerd could not resolve a tag");
-            return undefined;
-          },
-        ),
-      );
+      const local = await this.#o.local.resolve(ref).catch((err: unknown) => {
+        this.#o.logger.warn({ ref, err: (err as Error).message }, "containerd could not resolve a tag");
+        return undefined;
+      });
+      if (local) return { ...local, from: "local" };
     }
-    for (const peer of this.#o.urls()) asks.push(this.#askPeer(peer, ref, signal));
-    const answers = (await Promise.all(asks)).filter((a): a is Resolution => a !== undefined);
-    // The latest pull wins; among equals, this node's own containerd.
-    return answers.reduce<Resolution | undefined>(
-      (best, a) => (!best || a.updatedAt > best.updatedAt ? a : best),
-      undefined,
+    const now = Date.now();
+    for (const [peer, until] of this.#downUntil) if (until <= now) this.#downUntil.delete(peer);
+    const peers = this.#o.urls().filter((p) => !this.#downUntil.has(p));
+    const answers = (await Promise.all(peers.map((p) => this.#askPeer(p, ref, signal)))).filter(
+      (a): a is Resolution => a !== undefined,
     );
+    const latest = Date.now() + MAX_SKEW_MS;
+    return answers
+      .map((a) => ({ ...a, updatedAt: Math.min(a.updatedAt, latest) }))
+      .reduce<Resolution | undefined>(
+        (best, a) => (!best || a.updatedAt > best.updatedAt ? a : best),
+        undefined,
+      );
   }
 
   async #askPeer(peer: string, ref: string, signal?: AbortSignal): Promise<Resolution | undefined> {
@@ -86,6 +99,8 @@ export class TagResolver {
         from: peer,
       };
     } catch (err) {
+      // Unreachable, too slow or talking nonsense: one timeout per 30 s, not one per pull.
+      if (!signal?.aborted) this.#downUntil.set(peer, Date.now() + PEER_DOWN_MS);
       this.#o.logger.warn({ peer, ref, err: (err as Error).message }, "peer could not resolve a tag");
       return undefined;
     }
