@@ -403,6 +403,7 @@ export class StageJob implements TaskOwner {
       checksum: check.checksum,
       partStarts: check.partStarts,
       fromS3: new Set<number>(),
+      viaPeer: new Set<number>(),
     };
     if (plan.bounds.length === 2) {
       // One part: nothing to resume and no journal. Its download creates the temp file and syncs it,
@@ -561,7 +562,8 @@ export class StageJob implements TaskOwner {
                   signal,
                   onBytes: (n) => {
                     this.#p.bytesDone += n;
-                    o.metrics?.downloadBytes.inc({ source: o.bucket }, n);
+                    // Bytes from S3 only: a peer's are coldstart_peer_bytes_total{direction="in"}.
+                    if (!fs.viaPeer.has(p)) o.metrics?.downloadBytes.inc({ source: o.bucket }, n);
                   },
                   onRetry: this.#onRetry(plan.key, "get"),
                   rateLimiter: o.rateLimiter,
@@ -596,8 +598,13 @@ export class StageJob implements TaskOwner {
   ): Promise<JournalEntry> {
     try {
       const entry = await run((fromPeer) => {
-        if (fromPeer) fs.fromS3.delete(p);
-        else fs.fromS3.add(p);
+        if (fromPeer) {
+          fs.fromS3.delete(p);
+          fs.viaPeer.add(p);
+        } else {
+          fs.fromS3.add(p);
+          fs.viaPeer.delete(p);
+        }
       });
       await fs.journal?.record(entry, fs.plan.key);
       fs.done.set(p, entry);
@@ -605,6 +612,7 @@ export class StageJob implements TaskOwner {
       return entry;
     } finally {
       fs.fromS3.delete(p);
+      fs.viaPeer.delete(p);
     }
   }
 
@@ -778,6 +786,8 @@ interface FileState {
   done: Map<number, JournalEntry>;
   /** Parts being fetched from S3 right now, until journaled (see #downloadTracked). */
   fromS3: Set<number>;
+  /** Parts whose current attempt a peer answers. */
+  viaPeer: Set<number>;
   /** The object's checksum (full-object CRC, or composite) the ranges' values rebuild, if S3 has one. */
   checksum?: ObjectChecksum | undefined;
   /** For a composite checksum: where each S3 part starts. */

@@ -191,6 +191,15 @@ describe(`image layers through the peer mirror, real containerd${available ? "" 
       expect((await ask("v2")).status).toBe(404);
       expect((await ask("bad%21tag")).status).toBe(404);
       expect(await metric(dB.d, 'coldstart_mirror_tag_resolutions_total{outcome="miss"}')).toBe(1);
+      // latest moves by convention: never answered from what nodes hold, even where one does.
+      const latest = await buildOciImage(dir, {
+        name: `${REGISTRY}/test/tagged`,
+        tag: "latest",
+        layers: [Buffer.alloc(1000, 9)],
+      });
+      expect((await b.ctr(["images", "import", "--all-platforms", latest.tarPath])).code).toBe(0);
+      expect((await ask("latest")).status).toBe(404);
+      expect(await metric(dB.d, 'coldstart_mirror_tag_resolutions_total{outcome="miss"}')).toBe(2);
     },
   );
 

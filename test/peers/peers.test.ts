@@ -121,6 +121,11 @@ describe("model pieces from peers", () => {
     expect(fx.proxy.bytesServed().total).toBeLessThan(bytes * 1.1);
     expect(await metric(b, 'coldstart_peer_bytes_total{direction="in"}')).toBe(bytes);
     expect(await metric(c, 'coldstart_peer_bytes_total{direction="in"}')).toBe(bytes);
+    // coldstart_download_bytes_total counts S3's bytes only: B took none from S3.
+    const bucket = source.slice(5).split("/")[0] ?? "";
+    // (No series at all: nothing was ever counted for that bucket on B.)
+    expect((await metric(b, `coldstart_download_bytes_total{source="${bucket}"}`)) || 0).toBe(0);
+    expect(await metric(a, `coldstart_download_bytes_total{source="${bucket}"}`)).toBe(bytes);
     expect(await metric(a, 'coldstart_peer_bytes_total{direction="out"}')).toBeGreaterThan(0);
     expect(await metric(b, 'coldstart_peer_fallbacks_total{reason="unaligned"}')).toBe(0);
   });
