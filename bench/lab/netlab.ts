@@ -137,12 +137,18 @@ export async function labUp(o: LabOptions): Promise<LabState> {
   }
 }
 
-/** Builds nfq-delay if needed, queues the client's outgoing packets to it, and waits until it runs. */
-async function startDelayer(rttMs: number): Promise<void> {
+/** The NFQUEUE delayer's binary (nfq-delay.c), built on first use. */
+export function delayerBinary(): string {
   if (!existsSync(DELAYER)) {
     mkdirSync(resolve(DELAYER, ".."), { recursive: true });
     run("cc", ["-O2", "-Wall", "-Wextra", "-o", DELAYER, DELAYER_SOURCE, "-lnetfilter_queue", "-lnfnetlink"]);
   }
+  return DELAYER;
+}
+
+/** Builds nfq-delay if needed, queues the client's outgoing packets to it, and waits until it runs. */
+async function startDelayer(rttMs: number): Promise<void> {
+  delayerBinary();
   // Its errors go to a log file: an inherited stderr would keep the caller's pipe open after `up`.
   const log = openSync(`${DELAYER}.log`, "a");
   const child = spawn("ip", ["netns", "exec", CLIENT_NS, DELAYER, "0", String(rttMs)], {
@@ -165,7 +171,7 @@ async function startDelayer(rttMs: number): Promise<void> {
  * stdout and stderr are piped, never inherited: a process that outlives the lab must not hold the
  * caller's pipes open.
  */
-function spawnIn(name: string, cmd: string, args: string[], env?: NodeJS.ProcessEnv): ChildProcess {
+export function spawnIn(name: string, cmd: string, args: string[], env?: NodeJS.ProcessEnv): ChildProcess {
   const child = spawn("ip", ["netns", "exec", name, cmd, ...args], {
     stdio: ["ignore", "pipe", "pipe"],
     env: env && { ...env, PATH: env.PATH ?? process.env.PATH },
@@ -326,16 +332,16 @@ export function labOptions(cmd: Command): LabOptions {
   return { perConnectionMbit: o.perConnectionMbit, linkMbit: o.linkMbit, rttMs: o.rttMs };
 }
 
-export function withLabFlags(cmd: Command): Command {
+export function withLabFlags(cmd: Command, defaults: LabOptions = DEFAULTS): Command {
   return cmd
     .option(
       "--per-connection-mbit <n>",
       "cap of each client connection",
       positive,
-      DEFAULTS.perConnectionMbit,
+      defaults.perConnectionMbit,
     )
-    .option("--link-mbit <n>", "cap of the whole link (the NIC)", positive, DEFAULTS.linkMbit)
-    .option("--rtt-ms <n>", "added round trip (needs sch_netem)", positive, DEFAULTS.rttMs);
+    .option("--link-mbit <n>", "cap of the whole link (the NIC)", positive, defaults.linkMbit)
+    .option("--rtt-ms <n>", "added round trip (needs sch_netem)", positive, defaults.rttMs);
 }
 
 /** Runs `fn`, then takes the lab down on every way out: return, throw, SIGINT, SIGTERM. */

@@ -35,7 +35,7 @@ import {
 } from "./netlab.js";
 import { chart, judge, type Sample, summarize, tables } from "./results.js";
 import { SCENARIOS, type SeededFile } from "./scenarios.js";
-import { findTools, type Tool, toolEnv, tryRun } from "./tools.js";
+import { findTools, gitCommit, type Tool, toolEnv, tryRun } from "./tools.js";
 
 const ROOT = resolve(import.meta.dirname, "../..");
 const RGW_PORT = 7480;
@@ -92,7 +92,7 @@ const scenarios = pick(SCENARIOS, opts.scenarios, (s) => s.name, "scenario");
 const tools = pick(findTools(), opts.tools, (t) => t.id, "tool");
 const work = await mkdtemp(join(opts.work, "coldstart-lab-"));
 // Read before any output is written: results.json is rewritten during the run.
-const COMMIT = gitCommit();
+const COMMIT = gitCommit(ROOT, ["bench/results.*", "bench/RESULTS.md"]);
 const samples: Sample[] = [];
 const failures: Failure[] = [];
 let state: LabState | undefined;
@@ -400,25 +400,6 @@ async function publish(): Promise<void> {
   await writeFile(opts.results, `${md.join("\n")}`);
   log(`wrote ${[opts.results, opts.chart, opts.raw].map((f) => relative(ROOT, f)).join(", ")}`);
   for (const v of verdicts) log(`${v.met ? "met    " : "NOT MET"} ${v.target}: ${v.detail}`);
-}
-
-/** The commit measured, marked when the tree had changes. */
-function gitCommit(): string {
-  const git = (...args: string[]) => execFileSync("git", ["-C", ROOT, ...args], { encoding: "utf8" }).trim();
-  try {
-    const changed = git(
-      "status",
-      "--porcelain",
-      "--untracked-files=no",
-      "--",
-      ".",
-      ":!bench/results.*",
-      ":!bench/RESULTS.md",
-    );
-    return `${git("rev-parse", "--short", "HEAD")}${changed ? " (with local changes)" : ""}`;
-  } catch {
-    return "unknown";
-  }
 }
 
 /** A tool's command line as it ran, with placeholders and paths relative to the repository. */

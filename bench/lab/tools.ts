@@ -139,3 +139,21 @@ export function toolEnv(home: string, creds: { accessKeyId: string; secretAccess
     AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: "true",
   };
 }
+
+/** The commit measured in `root`, marked when the tree had changes other than `results` (pathspecs). */
+export function gitCommit(root: string, results: string[]): string {
+  const git = (...args: string[]) => execFileSync("git", ["-C", root, ...args], { encoding: "utf8" }).trim();
+  try {
+    const changed = git(
+      "status",
+      "--porcelain",
+      "--untracked-files=no",
+      "--",
+      ".",
+      ...results.map((r) => `:!${r}`),
+    );
+    return `${git("rev-parse", "--short", "HEAD")}${changed ? " (with local changes)" : ""}`;
+  } catch {
+    return "unknown";
+  }
+}
