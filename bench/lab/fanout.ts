@@ -19,7 +19,6 @@ import { type ChildProcess, execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import { createReadStream, existsSync, readFileSync, rmSync } from "node:fs";
 import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
-import { cpus, release, totalmem } from "node:os";
 import { join, relative, resolve } from "node:path";
 import { pipeline } from "node:stream/promises";
 import { Command, InvalidArgumentError } from "commander";
@@ -44,7 +43,7 @@ import {
 } from "./fanout-net.js";
 import { killGroup, labOptions, onLabDown, withLab } from "./netlab.js";
 import type { SeededFile } from "./scenarios.js";
-import { gitCommit, tryRun } from "./tools.js";
+import { gitCommit, machineLine } from "./tools.js";
 
 const ROOT = resolve(import.meta.dirname, "../..");
 const BIN = resolve(ROOT, "bin/coldstart.js");
@@ -567,13 +566,7 @@ async function publish(): Promise<void> {
     "npm run bench:lab:fanout",
     ...(process.argv.slice(2).length ? ["--", ...process.argv.slice(2)] : []),
   ].join(" ");
-  const machine = [
-    `${cpus().length} × ${cpus()[0]?.model.trim() ?? "?"}`,
-    `${(totalmem() / 2 ** 30).toFixed(0)} GiB`,
-    `Linux ${release()}`,
-    `Node ${process.version}`,
-    tryRun("radosgw", ["--version"])?.replace(/\s*\(.*$/, "") ?? "RGW ?",
-  ].join(", ");
+  const machine = machineLine();
   const md = [
     "# Fan-out lab results",
     "",

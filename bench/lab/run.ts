@@ -14,7 +14,6 @@ import { type ChildProcess, execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import { createReadStream, existsSync, rmSync } from "node:fs";
 import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
-import { cpus, release, totalmem } from "node:os";
 import { join, relative, resolve } from "node:path";
 import { pipeline } from "node:stream/promises";
 import { Command, InvalidArgumentError } from "commander";
@@ -35,7 +34,7 @@ import {
 } from "./netlab.js";
 import { chart, judge, type Sample, summarize, tables } from "./results.js";
 import { SCENARIOS, type SeededFile } from "./scenarios.js";
-import { findTools, gitCommit, type Tool, toolEnv, tryRun } from "./tools.js";
+import { findTools, gitCommit, machineLine, type Tool, toolEnv } from "./tools.js";
 
 const ROOT = resolve(import.meta.dirname, "../..");
 const RGW_PORT = 7480;
@@ -352,13 +351,7 @@ async function publish(): Promise<void> {
     "npm run bench:lab",
     ...(process.argv.slice(2).length ? ["--", ...process.argv.slice(2)] : []),
   ].join(" ");
-  const machine = [
-    `${cpus().length} × ${cpus()[0]?.model.trim() ?? "?"}`,
-    `${(totalmem() / 2 ** 30).toFixed(0)} GiB`,
-    `Linux ${release()}`,
-    `Node ${process.version}`,
-    tryRun("radosgw", ["--version"])?.replace(/\s*\(.*$/, "") ?? "RGW ?",
-  ].join(", ");
+  const machine = machineLine();
   const titles = Object.fromEntries(SCENARIOS.map((s) => [s.name, s.title]));
   const md = [
     "# Benchmark lab results",

@@ -5,6 +5,7 @@
  */
 import { execFileSync } from "node:child_process";
 import { existsSync } from "node:fs";
+import { cpus, release, totalmem } from "node:os";
 import { resolve } from "node:path";
 
 export interface Target {
@@ -156,4 +157,15 @@ export function gitCommit(root: string, results: string[]): string {
   } catch {
     return "unknown";
   }
+}
+
+/** The machine a lab ran on, for its results: CPUs, memory, kernel, Node and RGW versions. */
+export function machineLine(): string {
+  return [
+    `${cpus().length} × ${cpus()[0]?.model.trim() ?? "?"}`,
+    `${(totalmem() / 2 ** 30).toFixed(0)} GiB`,
+    `Linux ${release()}`,
+    `Node ${process.version}`,
+    tryRun("radosgw", ["--version"])?.replace(/\s*\(.*$/, "") ?? "RGW ?",
+  ].join(", ");
 }

@@ -539,7 +539,7 @@ export class StageJob implements TaskOwner {
         .map((p) =>
           limit(async () => {
             if (signal.aborted) throw toS3Error(signal.reason, plan.key, "GET");
-            const entry = await this.#downloadTracked(fs, p, (onSource) =>
+            await this.#downloadTracked(fs, p, (onSource) =>
               downloadPart(
                 {
                   bucket: o.bucket,
@@ -595,7 +595,7 @@ export class StageJob implements TaskOwner {
     fs: FileState,
     p: number,
     run: (onSource: (fromPeer: boolean) => void) => Promise<JournalEntry>,
-  ): Promise<JournalEntry> {
+  ): Promise<void> {
     try {
       const entry = await run((fromPeer) => {
         if (fromPeer) {
@@ -609,7 +609,6 @@ export class StageJob implements TaskOwner {
       await fs.journal?.record(entry, fs.plan.key);
       fs.done.set(p, entry);
       this.#pieceIn(fs.plan.relPath, p);
-      return entry;
     } finally {
       fs.fromS3.delete(p);
       fs.viaPeer.delete(p);

@@ -99,6 +99,16 @@ async function metric(n: Node, line: string): Promise<number> {
   return found === undefined ? Number.NaN : Number(found.split(" ").at(-1));
 }
 
+/** S3's ETag of each file, by relative path: what peers are asked about. */
+async function etagsOf(bucket: string, files: SyntheticFile[]): Promise<Map<string, string>> {
+  const etags = new Map<string, string>();
+  for (const f of files) {
+    const head = await fx.client.send(new HeadObjectCommand({ Bucket: bucket, Key: `m/${f.relPath}` }));
+    etags.set(f.relPath, head.ETag ?? "");
+  }
+  return etags;
+}
+
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 const modelDir = (n: Node) => join(n.root, "models", ...MODEL.split("/"));
@@ -184,11 +194,7 @@ describe("model pieces from peers", () => {
     });
     const bucket = source.slice(5).split("/")[0] ?? "";
     const shards = files.filter((f) => f.relPath.endsWith(".safetensors"));
-    const etags = new Map<string, string>();
-    for (const f of shards) {
-      const head = await fx.client.send(new HeadObjectCommand({ Bucket: bucket, Key: `m/${f.relPath}` }));
-      etags.set(f.relPath, head.ETag ?? "");
-    }
+    const etags = await etagsOf(bucket, shards);
     type Described = {
       size: number;
       bounds: number[];
@@ -255,11 +261,7 @@ describe("model pieces from peers", () => {
     await callDaemon(ep, "PUT", `/v1/models/${encodeURIComponent(MODEL)}`, { source });
     const bucket = source.slice(5).split("/")[0] ?? "";
     const shards = files.filter((f) => f.relPath.endsWith(".safetensors"));
-    const etags = new Map<string, string>();
-    for (const f of shards) {
-      const head = await fx.client.send(new HeadObjectCommand({ Bucket: bucket, Key: `m/${f.relPath}` }));
-      etags.set(f.relPath, head.ETag ?? "");
-    }
+    const etags = await etagsOf(bucket, shards);
     // While B stages from A (slowly: A serves 3 MiB/s), B describes its files as partly in, and
     // never as fetching anything: its parts come from a peer, not S3.
     let partial = 0;
