@@ -9,7 +9,7 @@
  * keeps resolving to the old image while any node has it. `latest` is therefore never answered.
  */
 import type { Logger } from "pino";
-import { anySignal, bearerHeaders } from "../peers/http.js";
+import { anySignal, bearerHeaders, PeerCooldown } from "../peers/http.js";
 import type { ImageResolver, ResolvedTag } from "./containerd-images.js";
 import { DIGEST } from "./content-store.js";
 
@@ -44,12 +44,11 @@ export function imageRef(registry: string, repository: string, tag: string): str
 const MOVING_TAG = "latest";
 /** How far in the future a peer's "updated at" may be (clock skew) before it is clamped. */
 const MAX_SKEW_MS = 60_000;
-/** A peer that failed to answer is not asked again for this long. */
-const PEER_DOWN_MS = 30_000;
 
 export class TagResolver {
   readonly #o: TagResolverOptions;
-  readonly #downUntil = new Map<string, number>();
+  /** A peer that failed to answer is not asked again for 30 s. */
+  readonly #resting = new PeerCooldown();
 
   constructor(options: TagResolverOptions) {
     this.#o = options;
@@ -64,9 +63,7 @@ export class TagResolver {
       });
       if (local) return { ...local, from: "local" };
     }
-    const now = Date.now();
-    for (const [peer, until] of this.#downUntil) if (until <= now) this.#downUntil.delete(peer);
-    const peers = this.#o.urls().filter((p) => !this.#downUntil.has(p));
+    const peers = this.#o.urls().filter((p) => this.#resting.ready(p));
     const answers = (await Promise.all(peers.map((p) => this.#askPeer(p, ref, signal)))).filter(
       (a): a is Resolution => a !== undefined,
     );
@@ -100,7 +97,7 @@ export class TagResolver {
       };
     } catch (err) {
       // Unreachable, too slow or talking nonsense: one timeout per 30 s, not one per pull.
-      if (!signal?.aborted) this.#downUntil.set(peer, Date.now() + PEER_DOWN_MS);
+      if (!signal?.aborted) this.#resting.rest(peer);
       this.#o.logger.warn({ peer, ref, err: (err as Error).message }, "peer could not resolve a tag");
       return undefined;
     }

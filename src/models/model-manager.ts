@@ -364,19 +364,15 @@ export class ModelManager {
    */
   async heldObject(bucket: string, key: string, etag: string): Promise<HeldFile | undefined> {
     let partial: HeldFile | undefined;
-    for (const r of this.#o.registry.all()) {
-      const { bucket: b, prefix } = parseS3Uri(r.source);
-      if (b !== bucket || !key.startsWith(prefix)) continue;
-      const rel = key.slice(prefix.length);
-      const running = this.#running.get(r.id);
-      if (running) {
-        partial ??= running.job.held(rel, etag);
+    for (const { record, rel, job } of this.#covering(bucket, key)) {
+      if (job) {
+        partial ??= job.held(rel, etag);
         continue;
       }
-      if (r.state !== "ready") continue;
-      const file = (await this.#manifestOf(r)).get(rel);
+      if (record.state !== "ready") continue;
+      const file = (await this.#manifestOf(record)).get(rel);
       if (file && file.etag === etag) {
-        const path = join(this.modelPath(r.id), ...rel.split("/"));
+        const path = join(this.modelPath(record.id), ...rel.split("/"));
         return { paths: [path], size: file.size, bounds: file.bounds, pieces: file.pieces, fetching: [] };
       }
     }
@@ -388,11 +384,7 @@ export class ModelManager {
    * about the key is told to ask again soon rather than that nobody has it.
    */
   planning(bucket: string, key: string): boolean {
-    for (const r of this.#o.registry.all()) {
-      const { bucket: b, prefix } = parseS3Uri(r.source);
-      const running = this.#running.get(r.id);
-      if (running && b === bucket && key.startsWith(prefix) && running.job.listing) return true;
-    }
+    for (const { job } of this.#covering(bucket, key)) if (job?.listing) return true;
     return false;
   }
 
@@ -407,14 +399,19 @@ export class ModelManager {
     piece: number,
     timeoutMs: number,
   ): Promise<boolean> {
-    for (const r of this.#o.registry.all()) {
-      const { bucket: b, prefix } = parseS3Uri(r.source);
-      const running = this.#running.get(r.id);
-      if (!running || b !== bucket || !key.startsWith(prefix)) continue;
-      const rel = key.slice(prefix.length);
-      if (running.job.held(rel, etag)) return running.job.whenPiece(rel, piece, timeoutMs);
-    }
+    for (const { rel, job } of this.#covering(bucket, key))
+      if (job?.held(rel, etag)) return job.whenPiece(rel, piece, timeoutMs);
     return false;
+  }
+
+  /** The models whose source covers `bucket/key`, with the key relative to it and the job staging it. */
+  *#covering(bucket: string, key: string): Generator<{ record: ModelRecord; rel: string; job?: StageJob }> {
+    for (const record of this.#o.registry.all()) {
+      const { bucket: b, prefix } = parseS3Uri(record.source);
+      if (b !== bucket || !key.startsWith(prefix)) continue;
+      const job = this.#running.get(record.id)?.job;
+      yield { record, rel: key.slice(prefix.length), ...(job ? { job } : {}) };
+    }
   }
 
   /** A ready model's manifest entries, read once per readiness (a restage makes a new one). */

@@ -12,3 +12,29 @@ export function anySignal(a: AbortSignal | undefined, b: AbortSignal): AbortSign
 
 /** The SHA-256 (hex) of the piece a peer sends, from its journal or manifest. */
 export const PIECE_DIGEST_HEADER = "x-coldstart-piece-sha256";
+
+/**
+ * Peers left alone for a while after they failed (unreachable, too slow, talking nonsense), so a
+ * dead peer costs one timeout per period, not one per request.
+ */
+export class PeerCooldown {
+  readonly #until = new Map<string, number>();
+  readonly #ms: number;
+
+  constructor(ms = 30_000) {
+    this.#ms = ms;
+  }
+
+  rest(peer: string): void {
+    this.#until.set(peer, Date.now() + this.#ms);
+  }
+
+  /** Whether `peer` may be asked now (a rest that is over is forgotten). */
+  ready(peer: string, now = Date.now()): boolean {
+    const until = this.#until.get(peer);
+    if (until === undefined) return true;
+    if (until > now) return false;
+    this.#until.delete(peer);
+    return true;
+  }
+}

@@ -21,7 +21,8 @@ import pLimit, { type LimitFunction } from "p-limit";
 import type { Logger } from "pino";
 import type { Metrics, PEER_FALLBACK_REASONS } from "../metrics/metrics.js";
 import type { GetOptions, GetResponse, ObjectHead, ObjectInfo, ObjectSource } from "../s3/object-source.js";
-import { anySignal, bearerHeaders, PIECE_DIGEST_HEADER } from "./http.js";
+import { shuffle } from "../staging/plan.js";
+import { anySignal, bearerHeaders, PeerCooldown, PIECE_DIGEST_HEADER } from "./http.js";
 
 export interface PeerOptions {
   /** Base URLs of peers' TCP APIs, asked each time (discovery may change them). */
@@ -112,7 +113,7 @@ export class PeerAwareSource implements ObjectSource {
   readonly #inner: ObjectSource;
   readonly #o: PeerOptions;
   readonly #located = new Map<string, Located>();
-  readonly #downUntil = new Map<string, number>();
+  readonly #resting = new PeerCooldown(PEER_DOWN_MS);
   readonly #slots: LimitFunction;
   readonly #perPeer = new Map<string, LimitFunction>();
   #sweptAt = Date.now();
@@ -168,7 +169,7 @@ export class PeerAwareSource implements ObjectSource {
   ): { pick?: Pick<PieceWant, "held" | "piece" | "wait">; why?: PeerFallbackReason } {
     if (holders.length === 0) return {};
     const now = Date.now();
-    const live = holders.filter((held) => (this.#downUntil.get(held.peer) ?? 0) <= now);
+    const live = holders.filter((held) => this.#resting.ready(held.peer, now));
     if (live.length === 0) return { why: "unreachable" };
     const aligned = live.flatMap((held) => {
       const piece = pieceOf(held, want.options.range);
@@ -220,7 +221,7 @@ export class PeerAwareSource implements ObjectSource {
         try {
           options.signal?.throwIfAborted();
           // The peer may have failed while this part waited for its slot.
-          if ((this.#downUntil.get(held.peer) ?? 0) > Date.now()) return this.#fallback("unreachable");
+          if (!this.#resting.ready(held.peer)) return this.#fallback("unreachable");
           return await this.#fetchPiece(want);
         } catch (err) {
           if (options.signal?.aborted) throw err;
@@ -246,7 +247,7 @@ export class PeerAwareSource implements ObjectSource {
 
   /** Leaves a peer alone for PEER_DOWN_MS, and forgets everything located there. */
   #down(peer: string): void {
-    this.#downUntil.set(peer, Date.now() + PEER_DOWN_MS);
+    this.#resting.rest(peer);
     for (const k of this.#located.keys()) this.#forget(peer, k);
   }
 
@@ -270,12 +271,14 @@ export class PeerAwareSource implements ObjectSource {
     if (cached && Date.now() - cached.at < (again ? RECHECK_MS : cached.ttl)) return cached.asked;
     const now = Date.now();
     this.#sweep(now);
-    const isLive = (u: string) => (this.#downUntil.get(u) ?? 0) <= now;
+    const isLive = (u: string) => this.#resting.ready(u, now);
     // Peers staging it are asked again often, so only they are (a few of them) between rounds that
     // ask everyone: the traffic grows with the holders sampled, not with the cluster.
     const known = cached ? [...cached.holders.map((h) => h.peer), ...cached.soon] : [];
     const holdersOnly = known.length > 0 && now - (cached?.everyoneAt ?? 0) < EVERYONE_MS;
-    const ask = holdersOnly ? sample(known.filter(isLive), HOLDER_SAMPLE) : this.#o.urls().filter(isLive);
+    const ask = holdersOnly
+      ? shuffle(known.filter(isLive)).slice(0, HOLDER_SAMPLE)
+      : this.#o.urls().filter(isLive);
     // A round in which only peers still listing answered is no miss, and no reason to wait longer.
     const misses = cached && cached.holders.length === 0 && cached.soon.length === 0 ? cached.misses + 1 : 0;
     const soon: string[] = [];
@@ -321,12 +324,11 @@ export class PeerAwareSource implements ObjectSource {
     return entry.asked;
   }
 
-  /** Once a minute: forgets answers long expired and peers long recovered (they hold piece lists). */
+  /** Once a minute: forgets answers long expired (each holds its holders' piece lists). */
   #sweep(now: number): void {
     if (now - this.#sweptAt < 60_000) return;
     this.#sweptAt = now;
     for (const [k, e] of this.#located) if (now - e.at > e.ttl + EVERYONE_MS) this.#located.delete(k);
-    for (const [peer, until] of this.#downUntil) if (until < now) this.#downUntil.delete(peer);
   }
 
   /** One peer's answer to "do you hold this?", or undefined. */
@@ -357,7 +359,7 @@ export class PeerAwareSource implements ObjectSource {
       // Unreachable, too slow or talking nonsense: not asked again for a while, so a dead peer costs
       // one timeout.
       if (!signal?.aborted) {
-        this.#downUntil.set(peer, Date.now() + PEER_DOWN_MS);
+        this.#resting.rest(peer);
         this.#o.logger.warn({ peer, err: (err as Error).message }, "peer left alone for 30 s");
       }
       return undefined;
@@ -494,17 +496,6 @@ function validHeld(b: unknown): b is HeldWire {
     if (!Number.isSafeInteger(z) || z <= a) return false;
   }
   return h.pieces.every((p) => p === null || (typeof p === "string" && /^[0-9a-f]{64}$/.test(p)));
-}
-
-/** Up to `n` of `items`, picked at random. */
-function sample<T>(items: T[], n: number): T[] {
-  if (items.length <= n) return items;
-  const copy = [...items];
-  for (let i = 0; i < n; i++) {
-    const j = i + Math.floor(Math.random() * (copy.length - i));
-    [copy[i], copy[j]] = [copy[j] as T, copy[i] as T];
-  }
-  return copy.slice(0, n);
 }
 
 function locKey(bucket: string, key: string, etag: string): string {

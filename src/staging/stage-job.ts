@@ -1,4 +1,4 @@
-import { createHash, randomInt } from "node:crypto";
+import { createHash } from "node:crypto";
 import { setMaxListeners } from "node:events";
 import { lstat, mkdir, open, readdir, readFile, realpath, rename, rm, stat } from "node:fs/promises";
 import { dirname, join, posix } from "node:path";
@@ -18,7 +18,7 @@ import { acquireLock, type HeldLock } from "../store/lock.js";
 import { type ManifestFile, ManifestStore } from "../store/manifest.js";
 import { ioError, prepareTarget, STATE_DIR } from "../store/paths.js";
 import { downloadPart } from "./part-download.js";
-import { alignedBounds, type FilePlan, type Filters, planJob } from "./plan.js";
+import { alignedBounds, type FilePlan, type Filters, planJob, shuffle } from "./plan.js";
 import type { RateLimiter } from "./rate-limiter.js";
 import { SlotScheduler, type TaskOwner } from "./scheduler.js";
 import { verifyChecksum } from "./verify.js";
@@ -175,7 +175,7 @@ export class StageJob implements TaskOwner {
         size: fs.plan.size,
         bounds: fs.plan.bounds,
         pieces: fs.plan.bounds.slice(1).map((_, p) => fs.done.get(p)?.sha256 ?? null),
-        fetching: [...fs.fromS3].filter((p) => !fs.done.has(p)),
+        fetching: [...fs.inFlight].flatMap(([p, from]) => (from === "s3" ? [p] : [])),
       };
     }
     const committed = this.#manifest?.get(relPath);
@@ -402,8 +402,7 @@ export class StageJob implements TaskOwner {
       tmpPath,
       checksum: check.checksum,
       partStarts: check.partStarts,
-      fromS3: new Set<number>(),
-      viaPeer: new Set<number>(),
+      inFlight: new Map<number, "s3" | "peer">(),
     };
     if (plan.bounds.length === 2) {
       // One part: nothing to resume and no journal. Its download creates the temp file and syncs it,
@@ -563,7 +562,7 @@ export class StageJob implements TaskOwner {
                   onBytes: (n) => {
                     this.#p.bytesDone += n;
                     // Bytes from S3 only: a peer's are coldstart_peer_bytes_total{direction="in"}.
-                    if (!fs.viaPeer.has(p)) o.metrics?.downloadBytes.inc({ source: o.bucket }, n);
+                    if (fs.inFlight.get(p) !== "peer") o.metrics?.downloadBytes.inc({ source: o.bucket }, n);
                   },
                   onRetry: this.#onRetry(plan.key, "get"),
                   rateLimiter: o.rateLimiter,
@@ -588,7 +587,7 @@ export class StageJob implements TaskOwner {
 
   /**
    * Runs one part's download and records it (journal, done, waiting peers). While the part's bytes
-   * come from S3 and until it is journaled, it is in `fs.fromS3`: peers may wait for it then. A part
+   * come from S3 and until it is journaled, `fs.inFlight` says so: peers may wait for it then. A part
    * that comes from a peer is never offered, so no two nodes wait for each other.
    */
   async #downloadTracked(
@@ -597,21 +596,12 @@ export class StageJob implements TaskOwner {
     run: (onSource: (fromPeer: boolean) => void) => Promise<JournalEntry>,
   ): Promise<void> {
     try {
-      const entry = await run((fromPeer) => {
-        if (fromPeer) {
-          fs.fromS3.delete(p);
-          fs.viaPeer.add(p);
-        } else {
-          fs.fromS3.add(p);
-          fs.viaPeer.delete(p);
-        }
-      });
+      const entry = await run((fromPeer) => fs.inFlight.set(p, fromPeer ? "peer" : "s3"));
       await fs.journal?.record(entry, fs.plan.key);
       fs.done.set(p, entry);
       this.#pieceIn(fs.plan.relPath, p);
     } finally {
-      fs.fromS3.delete(p);
-      fs.viaPeer.delete(p);
+      fs.inFlight.delete(p);
     }
   }
 
@@ -757,14 +747,6 @@ function tmpId(relPath: string): string {
 
 type Limit = <T>(task: () => Promise<T>) => Promise<T>;
 
-/** Fisher-Yates, in place. */
-function shuffle<T>(items: T[]): void {
-  for (let i = items.length - 1; i > 0; i--) {
-    const j = randomInt(i + 1);
-    [items[i], items[j]] = [items[j] as T, items[i] as T];
-  }
-}
-
 /** What a job holds of one file (see StageJob.held): null pieces are not in yet. */
 export interface HeldFile {
   /** Where its bytes are, tried in order. */
@@ -783,10 +765,8 @@ interface FileState {
   /** Absent for single-part files: they either commit whole or are fetched again. */
   journal: PartJournal | undefined;
   done: Map<number, JournalEntry>;
-  /** Parts being fetched from S3 right now, until journaled (see #downloadTracked). */
-  fromS3: Set<number>;
-  /** Parts whose current attempt a peer answers. */
-  viaPeer: Set<number>;
+  /** Parts in flight, until journaled, by who answers their current attempt (see #downloadTracked). */
+  inFlight: Map<number, "s3" | "peer">;
   /** The object's checksum (full-object CRC, or composite) the ranges' values rebuild, if S3 has one. */
   checksum?: ObjectChecksum | undefined;
   /** For a composite checksum: where each S3 part starts. */
