@@ -27,16 +27,21 @@ import { syntheticModel } from "../../test/support/synthetic-model.js";
 import { SCENARIOS, type SeededFile, scenarioFiles } from "./scenarios.js";
 
 const [command, endpoint = "", ...rest] = process.argv.slice(2);
-/** Files this large are uploaded multipart. */
-const MULTIPART_FROM = 16 << 20;
 
-if (command === "seed") {
-  const client = seedClient({
+/** The lab's RGW, with the credentials the lab passes in the environment. */
+function labClient(endpoint: string) {
+  return seedClient({
     endpoint,
     region: "us-east-1",
     accessKeyId: process.env.AWS_ACCESS_KEY_ID ?? "",
     secretAccessKey: process.env.AWS_SECRET_ACCESS_KEY ?? "",
   });
+}
+/** Files this large are uploaded multipart. */
+const MULTIPART_FROM = 16 << 20;
+
+if (command === "seed") {
+  const client = labClient(endpoint);
   const bucket = "coldstart-lab";
   await client.send(new CreateBucketCommand({ Bucket: bucket }));
   const seeded: Record<string, SeededFile[]> = {};
@@ -79,12 +84,7 @@ if (command === "seed") {
   });
 } else if (command === "model") {
   const [shards = "4", shardMib = "128"] = rest;
-  const client = seedClient({
-    endpoint,
-    region: "us-east-1",
-    accessKeyId: process.env.AWS_ACCESS_KEY_ID ?? "",
-    secretAccessKey: process.env.AWS_SECRET_ACCESS_KEY ?? "",
-  });
+  const client = labClient(endpoint);
   const bucket = "coldstart-fanout";
   const prefix = "m/";
   await client.send(new CreateBucketCommand({ Bucket: bucket }));
