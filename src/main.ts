@@ -256,8 +256,6 @@ export async function startDaemon(
         "mirror.listen",
         config.mirror.listen,
       );
-    }
-    if (mirrorApp && config.mirror.listen) {
       // Whether containerd will ask the mirror at all; looked at again every 5 minutes (the GPU
       // Operator may rewrite the config after the daemon starts).
       // The port actually bound (mirror.listen may say 0).
