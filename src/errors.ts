@@ -12,6 +12,8 @@ export const errorCodes = {
   CS_NO_OBJECTS: "The source prefix, after include/exclude filters, holds no objects.",
   CS_KEY_UNSAFE:
     "An object key would land outside the destination (.., absolute path, NUL, backslash, planted symlink).",
+  CS_PATH_UNSAFE:
+    "A file a request asked for is reached through a symlink or a non-directory under the staging root (or the content store); refused, never followed.",
   CS_S3_ACCESS_DENIED: "S3 refused the request (403): credentials or bucket policy.",
   CS_S3_NOT_FOUND: "The bucket or object does not exist (404).",
   CS_S3_REQUEST_FAILED: "S3 answered with an error that is not worth retrying.",

@@ -18,6 +18,7 @@ export const httpStatusOf: Partial<Record<ErrorCode, number>> = {
   CS_CACHE_KEY_INVALID: 400,
   CS_CACHE_NOT_FOUND: 404,
   CS_PEER_NOT_HELD: 404,
+  CS_PATH_UNSAFE: 403,
   CS_CACHE_BUSY: 409,
   CS_CACHE_NO_REMOTE: 409,
   CS_CACHE_REMOTE_INVALID: 502,
