@@ -5,10 +5,10 @@
 import { readFileSync } from "node:fs";
 import { chmod, mkdir, rm } from "node:fs/promises";
 import { dirname, join } from "node:path";
-import Fastify, { type FastifyInstance } from "fastify";
-import pino, { type Logger } from "pino";
+import type { Logger } from "pino";
 import { buildApp } from "./api/app.js";
 import { TokenFile } from "./api/auth.js";
+import { buildMetricsApp } from "./api/metrics-app.js";
 import { buildMirrorApp } from "./api/mirror-app.js";
 import { CompileCacheManager } from "./compile-cache/cache-manager.js";
 import { gpuKeyInput } from "./compile-cache/key.js";
@@ -17,6 +17,7 @@ import { environment } from "./config/load.js";
 import type { Config } from "./config/schema.js";
 import { ColdstartError } from "./errors.js";
 import { loadKubeConfig, NodeLabeler } from "./kube/node-labels.js";
+import { createLogger, redactingChild } from "./log.js";
 import { Metrics } from "./metrics/metrics.js";
 import { checkContainerd, MIRROR_CHECK_CODES, type MirrorCheck } from "./mirror/containerd-check.js";
 import { containerdImages } from "./mirror/containerd-images.js";
@@ -58,10 +59,11 @@ export interface Daemon {
   stop(graceMs: number, hurry?: AbortSignal): Promise<void>;
 }
 
-export async function startDaemon(
-  config: Config,
-  logger: Logger = pino({ level: config.log.level }),
-): Promise<Daemon> {
+export async function startDaemon(config: Config, parentLogger?: Logger): Promise<Daemon> {
+  // Every component logs through a child of this one: request URLs and credential headers redacted,
+  // whoever made the parent. The daemon's own lines say component "daemon"; each component's, its own.
+  const logger = parentLogger ? redactingChild(parentLogger) : createLogger(config.log.level);
+  const log = logger.child({ component: "daemon" });
   const d = config.daemon;
   const [host, portText] = splitHostPort(d.listen);
   if (d.auth === "none" && !isLoopback(host)) {
@@ -83,7 +85,7 @@ export async function startDaemon(
   let facts = await collectNodeFacts(factsOptions);
   const violation = policyViolations(facts, nodePolicy(config))[0];
   if (violation) throw violation;
-  logNodeFacts(logger, facts);
+  logNodeFacts(log, facts);
   // Opened next: nothing else has started yet if the state is unreadable.
   const registry = await ModelRegistry.open(d.root);
   const tokens = d.auth === "token" && d.tokenFile ? new TokenFile(d.tokenFile, { logger }) : undefined;
@@ -113,7 +115,7 @@ export async function startDaemon(
     : s3;
   let labeler: NodeLabeler | undefined;
   try {
-    labeler = nodeLabeler(config, logger);
+    labeler = nodeLabeler(config, logger, log);
   } catch (err) {
     tokens?.close();
     peers?.stop();
@@ -217,7 +219,7 @@ export async function startDaemon(
       })
     : undefined;
   const sock = buildApp(deps, "socket");
-  const metricsApp = buildMetricsApp(deps);
+  const metricsApp = buildMetricsApp({ ...deps, metrics });
   const undo = async () => {
     await managedHosts?.restore().catch(() => {});
     await manager.drain(0).catch(() => {});
@@ -269,8 +271,8 @@ export async function startDaemon(
           mirrorPort: listenPort,
         });
         if (c.status !== mirrorCheck?.status) {
-          for (const p of c.problems) logger.warn({ code: p.code }, p.message);
-          if (c.status === "ok") logger.info({ certsDir: c.certsDir }, "containerd uses the mirror");
+          for (const p of c.problems) log.warn({ code: p.code }, p.message);
+          if (c.status === "ok") log.info({ certsDir: c.certsDir }, "containerd uses the mirror");
         }
         mirrorCheck = c;
         for (const code of MIRROR_CHECK_CODES)
@@ -280,7 +282,7 @@ export async function startDaemon(
       if (config.mirror.manageHostsToml) {
         const certsDir = mirrorCheck?.certsDir;
         if (!certsDir) {
-          logger.error(
+          log.error(
             { codes: mirrorCheck?.problems.map((p) => p.code) },
             "mirror.manageHostsToml: containerd has no registry config_path to write hosts.toml under",
           );
@@ -292,7 +294,7 @@ export async function startDaemon(
             token: tokens?.first,
             resolve: config.mirror.resolveTags,
           });
-          logger.info({ files: managedHosts.files }, "hosts.toml now sends pulls to this mirror first");
+          log.info({ files: managedHosts.files }, "hosts.toml now sends pulls to this mirror first");
           await check();
         }
       }
@@ -316,7 +318,7 @@ export async function startDaemon(
     await manager.enforceWatermarks();
   };
   const timer = setInterval(
-    () => refreshDisk().catch((e) => logger.error({ err: String(e) }, "disk check")),
+    () => refreshDisk().catch((e) => log.error({ err: String(e) }, "disk check")),
     30_000,
   );
   timer.unref();
@@ -339,17 +341,17 @@ export async function startDaemon(
           facts = next;
           publishNodeFacts(metrics, facts);
           labeler?.setFacts(factLabels(facts));
-          if (changed) logNodeFacts(logger, next);
+          if (changed) logNodeFacts(log, next);
         })
-        .catch((e) => logger.error({ err: String(e) }, "node facts"))
+        .catch((e) => log.error({ err: String(e) }, "node facts"))
         .finally(reprobe);
     }, delay).unref();
   };
   reprobe();
   // Like the timer's passes, the first one only logs: a full disk must not half-start the daemon.
-  await refreshDisk().catch((e) => logger.error({ err: String(e) }, "disk check"));
+  await refreshDisk().catch((e) => log.error({ err: String(e) }, "disk check"));
   ready = true;
-  logger.info(
+  log.info(
     { api: apiAddress, metrics: metricsAddress, mirror: mirrorAddress, socket: d.socketPath, root: d.root },
     "coldstart daemon ready",
   );
@@ -363,7 +365,7 @@ export async function startDaemon(
       clearInterval(timer);
       clearInterval(mirrorTimer);
       // containerd goes back to the node's own hosts.toml (and the registry) while no mirror runs.
-      await managedHosts?.restore().catch((e) => logger.error({ err: String(e) }, "restoring hosts.toml"));
+      await managedHosts?.restore().catch((e) => log.error({ err: String(e) }, "restoring hosts.toml"));
       stopProbing.abort();
       await Promise.all([manager.drain(graceMs, hurry), compileCaches.stop()]);
       ccClient?.destroy();
@@ -375,7 +377,7 @@ export async function startDaemon(
       peers?.stop();
       images?.close();
       source.close();
-      logger.info("coldstart daemon stopped");
+      log.info("coldstart daemon stopped");
     },
   };
 }
@@ -399,31 +401,7 @@ function logNodeFacts(logger: Logger, facts: NodeFacts): void {
   if (!facts.native.available) logger.warn({ reason: facts.native.reason }, "native addon unavailable");
 }
 
-/** Only /metrics, /livez and /readyz: for Prometheus and kubelet probes, nothing to mutate. */
-function buildMetricsApp(deps: {
-  metrics: Metrics;
-  isReady: () => boolean;
-  mirrorCheck: () => MirrorCheck | undefined;
-}): FastifyInstance {
-  const app = Fastify({ forceCloseConnections: true });
-  app.get("/livez", async () => ({ status: "ok" }));
-  // The mirror's state is detail, not a condition: a node whose containerd bypasses the mirror still
-  // stages models and serves its peers.
-  app.get("/readyz", async (_req, reply) => {
-    const mirror = deps.mirrorCheck();
-    return reply.code(deps.isReady() ? 200 : 503).send({
-      ready: deps.isReady(),
-      ...(mirror ? { mirror: { status: mirror.status, problems: mirror.problems.map((p) => p.code) } } : {}),
-    });
-  });
-  app.get("/metrics", async (_req, reply) => {
-    reply.header("content-type", deps.metrics.registry.contentType);
-    return deps.metrics.registry.metrics();
-  });
-  return app;
-}
-
-function nodeLabeler(config: Config, logger: Logger): NodeLabeler | undefined {
+function nodeLabeler(config: Config, logger: Logger, log: Logger): NodeLabeler | undefined {
   const { nodeName, labels, kubeconfig } = config.kube;
   if (labels === "off") return undefined;
   const kc = nodeName ? loadKubeConfig(environment(), kubeconfig) : undefined;
@@ -437,7 +415,7 @@ function nodeLabeler(config: Config, logger: Logger): NodeLabeler | undefined {
         },
       );
     }
-    logger.info("node labels off: no node name or no Kubernetes credentials");
+    log.info("node labels off: no node name or no Kubernetes credentials");
     return undefined;
   }
   return new NodeLabeler({ nodeName, kubeConfig: kc, logger: logger.child({ component: "labels" }) });

@@ -4,7 +4,7 @@ import { pipeline, Readable, Transform } from "node:stream";
 import Fastify, { type FastifyReply, type FastifyRequest } from "fastify";
 import type { Logger } from "pino";
 import type { CompileCacheManager, Identity } from "../compile-cache/cache-manager.js";
-import { ColdstartError, isColdstartError, toColdstartError } from "../errors.js";
+import { ColdstartError } from "../errors.js";
 import type { Metrics } from "../metrics/metrics.js";
 import type { MirrorCheck } from "../mirror/containerd-check.js";
 import type { ImageResolver } from "../mirror/containerd-images.js";
@@ -15,7 +15,7 @@ import type { NodeFacts } from "../node/node-facts.js";
 import { PIECE_DIGEST_HEADER } from "../peers/http.js";
 import type { RateLimiter } from "../staging/rate-limiter.js";
 import { bearerAccepted, type TokenFile } from "./auth.js";
-import { fastifyCodes, httpStatusOf } from "./http-errors.js";
+import { asCatalogError, errorBody, httpStatusOf, noRoute } from "./http-errors.js";
 
 /** Which listener an app serves: the authenticated TCP API, or the node-local handshake socket. */
 export type Surface = "tcp" | "socket";
@@ -145,14 +145,10 @@ export function buildApp(deps: AppDeps, surface: Surface) {
     const e = asCatalogError(err);
     const status = httpStatusOf[e.code] ?? 500;
     if (status >= 500) req.log.error({ code: e.code, err: e.message }, "request failed");
-    // details (which key, field, value) when there are any: automation acts on them.
-    const details = Object.keys(e.details).length > 0 ? { details: e.details } : {};
-    reply.code(status).send({ error: { code: e.code, message: e.message, ...details } });
+    reply.code(status).send(errorBody(e));
   });
   app.setNotFoundHandler((req, reply) => {
-    reply.code(404).send({
-      error: { code: "CS_REQUEST_INVALID", message: `no route ${req.method} ${req.url.split("?")[0]}` },
-    });
+    reply.code(404).send(errorBody(noRoute(req.method, req.url)));
   });
   app.addHook("onResponse", async (req, reply) => {
     deps.metrics?.httpRequests.inc({
@@ -507,12 +503,4 @@ declare module "fastify" {
     /** The request carried a valid bearer token (always true with `daemon.auth: none`). */
     authenticated: boolean;
   }
-}
-
-function asCatalogError(err: unknown): ColdstartError {
-  if (isColdstartError(err)) return err;
-  const code = (err as { code?: string }).code;
-  const mapped = code ? fastifyCodes[code] : undefined;
-  if (mapped) return new ColdstartError(mapped, (err as Error).message, { cause: err });
-  return toColdstartError(err);
 }

@@ -1,4 +1,4 @@
-import type { ErrorCode } from "../errors.js";
+import { ColdstartError, type ErrorCode, isColdstartError, toColdstartError } from "../errors.js";
 
 /** The one place that knows HTTP status codes for catalog errors. */
 export const httpStatusOf: Partial<Record<ErrorCode, number>> = {
@@ -36,3 +36,71 @@ export const fastifyCodes: Record<string, ErrorCode> = {
   FST_ERR_CTP_INVALID_CONTENT_LENGTH: "CS_REQUEST_INVALID",
   FST_ERR_VALIDATION: "CS_REQUEST_INVALID",
 };
+
+/** A thrown value as a catalog error: fastify's own request errors mapped, anything else wrapped. */
+export function asCatalogError(err: unknown): ColdstartError {
+  if (isColdstartError(err)) return err;
+  const validation = (err as { validation?: ValidationIssue[]; validationContext?: string }).validation;
+  if (Array.isArray(validation) && validation[0]) {
+    return validationError(validation[0], (err as { validationContext?: string }).validationContext, err);
+  }
+  const code = (err as { code?: string }).code;
+  const mapped = code ? fastifyCodes[code] : undefined;
+  if (mapped) return new ColdstartError(mapped, (err as Error).message, { cause: err });
+  return toColdstartError(err);
+}
+
+/** The control API's error body: `{"error":{"code","message","details"?}}` (docs/api.md). */
+export function errorBody(e: ColdstartError): { error: Record<string, unknown> } {
+  // details (which key, field, value) when there are any: automation acts on them.
+  const details = Object.keys(e.details).length > 0 ? { details: e.details } : {};
+  return { error: { code: e.code, message: e.message, ...details } };
+}
+
+/** The 404 of a path no route serves, on every control listener (API, socket, metrics). */
+export function noRoute(method: string, url: string): ColdstartError {
+  return new ColdstartError("CS_REQUEST_INVALID", `no route ${method} ${url.split("?")[0]}`);
+}
+
+/** One of ajv's errors as fastify hands them over (err.validation). */
+interface ValidationIssue {
+  keyword: string;
+  instancePath: string;
+  params: Record<string, unknown>;
+  message?: string;
+}
+
+/**
+ * A schema violation as CS_REQUEST_INVALID naming the field (`details.field`, dotted from the body
+ * or query root) and, where there is one, the value: an unknown field is named, not just "additional
+ * properties".
+ */
+function validationError(v: ValidationIssue, context: string | undefined, cause: unknown): ColdstartError {
+  const where = context ?? "body";
+  const path = v.instancePath
+    .split("/")
+    .slice(1)
+    .map((s) => s.replace(/~1/g, "/").replace(/~0/g, "~"));
+  if (v.keyword === "additionalProperties" && typeof v.params.additionalProperty === "string") {
+    path.push(v.params.additionalProperty);
+    const field = path.join(".");
+    return new ColdstartError("CS_REQUEST_INVALID", `${where}.${field} is not a known field`, {
+      cause,
+      details: { field },
+    });
+  }
+  if (v.keyword === "required" && typeof v.params.missingProperty === "string") {
+    path.push(v.params.missingProperty);
+    const field = path.join(".");
+    return new ColdstartError("CS_REQUEST_INVALID", `${where}.${field} is required`, {
+      cause,
+      details: { field },
+    });
+  }
+  const field = path.join(".");
+  const name = field === "" ? where : `${where}.${field}`;
+  return new ColdstartError("CS_REQUEST_INVALID", `${name} ${v.message ?? "is invalid"}`, {
+    cause,
+    ...(field === "" ? {} : { details: { field } }),
+  });
+}

@@ -1,7 +1,7 @@
 import { Command } from "commander";
-import pino from "pino";
 import { loadConfigFromProcess } from "../config/load.js";
 import { toColdstartError } from "../errors.js";
+import { createLogger } from "../log.js";
 import { addSchemaOptions, flagsOf } from "./options.js";
 import { EXIT, reportError } from "./report.js";
 
@@ -39,10 +39,12 @@ export function daemonCommand(setExit: (code: number) => void): Command {
   cmd.action(async () => {
     try {
       const config = loadConfigFromProcess(flagsOf(cmd, byAttr));
-      const logger = pino({ level: config.log.level, base: { component: "daemon" } });
+      // The root has no component: each component's child names its own (a base one would repeat).
+      const root = createLogger(config.log.level);
+      const logger = root.child({ component: "daemon" });
       // The daemon's modules (fastify, the AWS SDK, the Kubernetes client) load only for this command.
       const { startDaemon } = await import("../main.js");
-      const daemon = await startDaemon(config, logger);
+      const daemon = await startDaemon(config, root);
       await new Promise<void>((resolve) => {
         const hurry = new AbortController();
         let stopping = false;

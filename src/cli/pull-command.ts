@@ -1,8 +1,8 @@
 import { Command } from "commander";
-import pino from "pino";
 import { loadConfigFromProcess } from "../config/load.js";
 import type { Config } from "../config/schema.js";
 import { toColdstartError } from "../errors.js";
+import { createLogger, pinoDestination } from "../log.js";
 import { parseS3Uri } from "../s3/uri.js";
 import { addSchemaOptions, flagsOf } from "./options.js";
 import { printSummary, startProgress } from "./progress.js";
@@ -49,7 +49,7 @@ async function pull(uri: string, dest: string, config: Config): Promise<number> 
     import("../staging/stage-job.js"),
   ]);
   const { bucket, prefix } = parseS3Uri(uri);
-  const logger = pino({ level: config.log.level, base: { component: "pull" } }, pino.destination(2));
+  const logger = createLogger(config.log.level, pinoDestination(2)).child({ component: "pull" });
   const source = s3SourceFromConfig(config);
   const abort = new AbortController();
   const onSignal = (sig: NodeJS.Signals) =>

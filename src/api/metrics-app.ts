@@ -1,0 +1,49 @@
+/**
+ * The metrics listener: /metrics, /livez and /readyz for Prometheus and the kubelet's probes. Nothing
+ * here reads or changes models, so nothing here asks for a token.
+ */
+import Fastify from "fastify";
+import type { Logger } from "pino";
+import type { Metrics } from "../metrics/metrics.js";
+import type { MirrorCheck } from "../mirror/containerd-check.js";
+import { asCatalogError, errorBody, httpStatusOf, noRoute } from "./http-errors.js";
+
+export interface MetricsAppDeps {
+  metrics: Metrics;
+  logger: Logger;
+  isReady: () => boolean;
+  mirrorCheck: () => MirrorCheck | undefined;
+}
+
+export function buildMetricsApp(deps: MetricsAppDeps) {
+  const app = Fastify({
+    loggerInstance: deps.logger.child({ component: "metrics" }),
+    // A scrape every 15 s is not news; failures are still logged.
+    disableRequestLogging: true,
+    forceCloseConnections: true,
+  });
+  app.setErrorHandler((err, req, reply) => {
+    const e = asCatalogError(err);
+    const status = httpStatusOf[e.code] ?? 500;
+    if (status >= 500) req.log.error({ code: e.code, err: e.message }, "request failed");
+    reply.code(status).send(errorBody(e));
+  });
+  app.setNotFoundHandler((req, reply) => {
+    reply.code(404).send(errorBody(noRoute(req.method, req.url)));
+  });
+  app.get("/livez", async () => ({ status: "ok" }));
+  // The mirror's state is detail, not a condition: a node whose containerd bypasses the mirror still
+  // stages models and serves its peers.
+  app.get("/readyz", async (_req, reply) => {
+    const mirror = deps.mirrorCheck();
+    return reply.code(deps.isReady() ? 200 : 503).send({
+      ready: deps.isReady(),
+      ...(mirror ? { mirror: { status: mirror.status, problems: mirror.problems.map((p) => p.code) } } : {}),
+    });
+  });
+  app.get("/metrics", async (_req, reply) => {
+    reply.header("content-type", deps.metrics.registry.contentType);
+    return deps.metrics.registry.metrics();
+  });
+  return app;
+}
