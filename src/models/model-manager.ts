@@ -440,11 +440,16 @@ export class ModelManager {
   }
 
   /**
-   * SIGTERM: refuse new work, let running jobs finish for up to `graceMs`, then abort them (their
-   * journals keep every durable part; a restart resumes). Resolves when every job has settled.
+   * SIGTERM: refuse new work, start no new part, let the parts in flight finish for up to `graceMs`,
+   * then abort them (their journals keep every durable part; a restart resumes). Resolves when every
+   * job has settled.
    */
   async drain(graceMs: number, hurry?: AbortSignal): Promise<void> {
     this.#draining = true;
+    // No part starts from here on (S3 or peer); the parts in flight may finish within the grace, and
+    // a job settles as soon as its last one is in, so the daemon exits then, not at the grace's end.
+    const stopping = new ColdstartError("CS_SHUTTING_DOWN", "daemon shutting down");
+    for (const r of this.#running.values()) r.job.stop(stopping);
     const all = () => Promise.allSettled([...this.#running.values()].map((r) => r.done));
     let timer: NodeJS.Timeout | undefined;
     const deadline = new Promise<void>((resolve) => {

@@ -110,6 +110,8 @@ export async function withRetry<T>(
     onRetry?: (err: unknown, n: number) => void;
     /** A counter of work done (bytes written): an attempt that advanced it resets the budget. */
     progress?: () => number;
+    /** When it returns an error, a failed attempt is not retried: that error is thrown instead. */
+    halted?: (() => Error | undefined) | undefined;
   } = {},
 ): Promise<T> {
   // `failed` counts consecutive attempts that made no progress; `n` every attempt (for backoff).
@@ -120,6 +122,8 @@ export async function withRetry<T>(
     } catch (err) {
       if (hooks.signal?.aborted) throw toS3Error(hooks.signal.reason ?? err, what.key, what.action);
       if (!isRetryable(err)) throw toS3Error(err, what.key, what.action);
+      const halt = hooks.halted?.();
+      if (halt) throw halt;
       const advanced = hooks.progress !== undefined && hooks.progress() !== before;
       failed = advanced ? 0 : failed + 1;
       if (failed >= policy.maxAttempts) {
@@ -137,6 +141,9 @@ export async function withRetry<T>(
       ).catch(() => {
         throw toS3Error(hooks.signal?.reason, what.key, what.action);
       });
+      // Stopped while backing off: the next attempt would be a new request.
+      const halted = hooks.halted?.();
+      if (halted) throw halted;
     }
   }
 }

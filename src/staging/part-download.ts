@@ -44,6 +44,8 @@ export interface PartContext {
   onRetry: (err: unknown, attempt: number) => void;
   /** Shared throughput cap, awaited per received chunk (the socket is not read meanwhile). */
   rateLimiter?: RateLimiter | undefined;
+  /** The job is stopping (SIGTERM): a failed attempt is not retried; this error is thrown instead. */
+  halted?: (() => Error | undefined) | undefined;
 }
 
 /**
@@ -104,7 +106,7 @@ export async function downloadPart(req: PartRequest, ctx: PartContext): Promise<
       },
       // A retry that resumed forward is not a failure to give up on: only attempts that brought
       // no new byte count against maxAttempts.
-      { signal: ctx.signal, onRetry: ctx.onRetry, progress: () => written },
+      { signal: ctx.signal, onRetry: ctx.onRetry, progress: () => written, halted: ctx.halted },
     );
     if (req.durable) {
       await fh.datasync().catch((e) => {

@@ -112,6 +112,8 @@ export class StageJob implements TaskOwner {
   readonly #files = new Map<string, FileState>();
   #manifest: ManifestStore | undefined;
   #listing = false;
+  /** Set by stop(): no part starts or retries after it. */
+  #stopping: ColdstartError | undefined;
   /** Peers waiting for a part to be in (see whenPiece), by relative path and part. */
   readonly #pieceWaiters = new Map<string, Set<(inNow: boolean) => void>>();
 
@@ -144,6 +146,23 @@ export class StageJob implements TaskOwner {
   /** Aborts the job: in-flight parts stop, journals keep what is durable. */
   abort(reason?: unknown): void {
     this.#abort.abort(reason);
+  }
+
+  /**
+   * Starts nothing new: parts still waiting for a slot settle with `reason` at once, a part in
+   * flight does not retry, and the job settles with `reason` as soon as the parts in flight are in
+   * (journaled) or failed. A job still listing or opening its files has no part in flight and is
+   * aborted outright. SIGTERM's drain: the daemon exits when nothing is in flight, not at the end of
+   * its grace, and no GET starts after the signal.
+   */
+  stop(reason: ColdstartError): void {
+    if (this.#stopping) return;
+    this.#stopping = reason;
+    if (this.#p.phase === "listing") {
+      this.#abort.abort(reason);
+      return;
+    }
+    this.#scheduler.cancel(this, reason);
   }
 
   #cancelQueued = () => {
@@ -309,7 +328,8 @@ export class StageJob implements TaskOwner {
 
     const manifest = await ManifestStore.open(this.#root, source);
     this.#manifest = manifest;
-    const limit: Limit = (task) => this.#scheduler.run(this, task);
+    const limit: Limit = (task) =>
+      this.#stopping ? Promise.reject(this.#stopping) : this.#scheduler.run(this, task);
     const pending: FilePlan[] = [];
     for (const f of files) {
       if (await this.#alreadyStaged(f, manifest)) {
@@ -538,6 +558,7 @@ export class StageJob implements TaskOwner {
         .map((p) =>
           limit(async () => {
             if (signal.aborted) throw toS3Error(signal.reason, plan.key, "GET");
+            if (this.#stopping) throw this.#stopping;
             await this.#downloadTracked(fs, p, (onSource) =>
               downloadPart(
                 {
@@ -567,6 +588,7 @@ export class StageJob implements TaskOwner {
                   onRetry: this.#onRetry(plan.key, "get"),
                   rateLimiter: o.rateLimiter,
                   onSource,
+                  halted: () => this.#stopping,
                 },
               ),
             );
@@ -576,8 +598,9 @@ export class StageJob implements TaskOwner {
             }
           }).catch((err) => {
             // First failure stops the job: a model with a missing file is not usable anyway, and the
-            // journal keeps every finished part for the next run.
-            this.#abort.abort(err);
+            // journal keeps every finished part for the next run. A part that did not start because
+            // the job is stopping leaves its siblings in flight to finish.
+            if (err !== this.#stopping) this.#abort.abort(err);
             throw err;
           }),
         ),

@@ -208,31 +208,6 @@ describe("coldstart daemon + coldstart wait", () => {
     expect(objectBytes(source) - total).toBeLessThanOrEqual(4 * MiB);
   });
 
-  it("SIGTERM drains: exits 0, and the next daemon resumes the interrupted model", async () => {
-    const p = await paths();
-    const d = await daemon(p, ["--shutdown-grace", "300ms"]);
-    const { source, files } = await seed(2, 3 * MiB);
-    fx.proxy.addRule({ match: { method: "GET", hasRange: true }, action: { kind: "delay", ms: 1500 } });
-    const put = await callDaemon({ url: d.api, token: TOKEN }, "PUT", "/v1/models/drain", { source });
-    expect(put.status).toBe(202);
-    await new Promise((r) => setTimeout(r, 500));
-    d.child.kill("SIGTERM");
-    const exit = await d.exited;
-    expect(exit.code).toBe(0);
-    const models = JSON.parse(await readFile(join(p.root, "state", "models.json"), "utf8")).models;
-    expect(models[0]).toMatchObject({ id: "drain", state: "staging" });
-
-    fx.proxy.clearRules();
-    const next = await daemon(p);
-    const ready = await callDaemon(
-      { url: next.api, token: TOKEN },
-      "GET",
-      "/v1/models/drain/ready?timeoutSeconds=60",
-    );
-    expect(ready.status).toBe(200);
-    expect(await digests(join(p.root, "models", "drain"), files)).toEqual(expectedDigests(files));
-  });
-
   it("labels its node for ready models and drops the label when the model goes (API-server double)", async () => {
     const apiServer = new KubeApiServerDouble();
     const server = await apiServer.start();
