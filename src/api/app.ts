@@ -1,10 +1,9 @@
-import { constants } from "node:fs";
-import { type FileHandle, open } from "node:fs/promises";
+import type { FileHandle } from "node:fs/promises";
 import { pipeline, Readable, Transform } from "node:stream";
 import Fastify, { type FastifyReply, type FastifyRequest } from "fastify";
 import type { Logger } from "pino";
 import type { CompileCacheManager, Identity } from "../compile-cache/cache-manager.js";
-import { ColdstartError } from "../errors.js";
+import { ColdstartError, isColdstartError } from "../errors.js";
 import type { Metrics } from "../metrics/metrics.js";
 import type { MirrorCheck } from "../mirror/containerd-check.js";
 import type { ImageResolver } from "../mirror/containerd-images.js";
@@ -14,6 +13,7 @@ import type { ModelManager, ModelRequest } from "../models/model-manager.js";
 import type { NodeFacts } from "../node/node-facts.js";
 import { PIECE_DIGEST_HEADER } from "../peers/http.js";
 import type { RateLimiter } from "../staging/rate-limiter.js";
+import { openFileBeneath } from "../store/beneath.js";
 import { bearerAccepted, type TokenFile } from "./auth.js";
 import { asCatalogError, errorBody, httpStatusOf, noRoute } from "./http-errors.js";
 
@@ -298,7 +298,7 @@ export function buildApp(deps: AppDeps, surface: Surface) {
       }
       const start = file.bounds[i] as number;
       const end = file.bounds[i + 1] as number;
-      const fh = await openFirst(file.paths, req.query.key);
+      const fh = await openFirst(deps.manager.root, file.locations, req.query.key, req.log);
       const stream = fh.createReadStream({ start, end: end - 1 });
       const counted = peerServed(deps);
       reply
@@ -395,13 +395,19 @@ export function buildApp(deps: AppDeps, surface: Surface) {
   return app;
 }
 
-/** Opens the first of a held file's paths that exists (a staging file may be renamed meanwhile). */
-async function openFirst(paths: string[], key: string): Promise<FileHandle> {
-  for (const path of paths) {
+/**
+ * Opens the first of a held file's locations that exists (a staging file may be renamed meanwhile),
+ * below the staging root without following a symlink at any depth: a model directory swapped for a
+ * link must not serve bytes from elsewhere (CS_PATH_UNSAFE, logged with the path).
+ */
+async function openFirst(root: string, locations: string[][], key: string, log: Logger): Promise<FileHandle> {
+  for (const segments of locations) {
     try {
-      return await open(path, constants.O_RDONLY | constants.O_NOFOLLOW);
+      const opened = await openFileBeneath(root, segments);
+      if (opened) return opened.fh;
     } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== "ENOENT") throw e;
+      if (isColdstartError(e, "CS_PATH_UNSAFE")) log.warn({ key, path: e.details.value }, e.message);
+      throw e;
     }
   }
   throw new ColdstartError("CS_PEER_NOT_HELD", `no longer holds ${key}`, { details: { key } });

@@ -13,6 +13,7 @@ import { parseS3Uri } from "../s3/uri.js";
 import type { RateLimiter } from "../staging/rate-limiter.js";
 import type { SlotScheduler } from "../staging/scheduler.js";
 import { type HeldFile, StageJob } from "../staging/stage-job.js";
+import { dirExistsBeneath } from "../store/beneath.js";
 import { type ManifestFile, ManifestStore } from "../store/manifest.js";
 import { ioError } from "../store/paths.js";
 import { validateModelId } from "./model-id.js";
@@ -125,7 +126,7 @@ export class ModelManager {
 
   /** Absolute directory of a model: the same on every node. */
   modelPath(id: string): string {
-    return join(this.#o.root, "models", ...id.split("/"));
+    return join(this.#o.root, ...this.#modelSegments(id));
   }
 
   /** Loads the registry, finishes interrupted evictions, removes orphans and resumes staging. */
@@ -365,18 +366,30 @@ export class ModelManager {
   async heldObject(bucket: string, key: string, etag: string): Promise<HeldFile | undefined> {
     let partial: HeldFile | undefined;
     for (const { record, rel, job } of this.#covering(bucket, key)) {
+      const dest = this.#modelSegments(record.id);
       if (job) {
-        partial ??= job.held(rel, etag);
+        const held = partial ? undefined : job.held(rel, etag);
+        if (held) partial = { ...held, locations: held.locations.map((l) => [...dest, ...l]) };
         continue;
       }
       if (record.state !== "ready") continue;
       const file = (await this.#manifestOf(record)).get(rel);
       if (file && file.etag === etag) {
-        const path = join(this.modelPath(record.id), ...rel.split("/"));
-        return { paths: [path], size: file.size, bounds: file.bounds, pieces: file.pieces, fetching: [] };
+        const location = [...dest, ...rel.split("/")];
+        return { locations: [location], size: file.size, bounds: file.bounds, pieces: file.pieces, fetching: [] };
       }
     }
     return partial;
+  }
+
+  /** The staging root: every HeldFile location is below it. */
+  get root(): string {
+    return this.#o.root;
+  }
+
+  /** A model's directory as segments below the staging root. */
+  #modelSegments(id: string): string[] {
+    return ["models", ...id.split("/")];
   }
 
   /**
@@ -418,7 +431,7 @@ export class ModelManager {
   async #manifestOf(r: ModelRecord): Promise<ReadonlyMap<string, ManifestFile>> {
     const cached = this.#manifests.get(r.id);
     if (cached && cached.readyAt === r.readyAt) return cached.files;
-    const files = await ManifestStore.read(this.modelPath(r.id), r.source);
+    const files = await ManifestStore.read(this.#o.root, this.#modelSegments(r.id), r.source);
     // Models evicted since are forgotten here too.
     for (const id of this.#manifests.keys()) if (!this.#o.registry.get(id)) this.#manifests.delete(id);
     this.#manifests.set(r.id, { readyAt: r.readyAt, files });
@@ -484,6 +497,7 @@ export class ModelManager {
       rateLimiter: this.#o.rateLimiter,
       // A resumed model's lock may belong to the replaced pod of this daemon: wait for it to go stale.
       lockWaitMs: 45_000,
+      within: this.#o.root,
       makeRoom: (need, free) => this.#makeRoom(record.id, need, free),
       // With peers, nodes staging a model at once each start elsewhere in it (see StageJob).
       spreadParts: this.#o.spreadParts,
@@ -710,9 +724,12 @@ export class ModelManager {
     const trash = join(this.#o.root, "trash");
     await mkdir(trash, { recursive: true });
     const gone = join(trash, randomUUID());
-    await rename(this.modelPath(r.id), gone).catch((e: NodeJS.ErrnoException) => {
-      if (e.code !== "ENOENT") throw ioError(e, `evicting ${r.id}`);
-    });
+    // Never through a planted symlink: the rename would move (and the rm delete) something outside.
+    if (await dirExistsBeneath(this.#o.root, this.#modelSegments(r.id))) {
+      await rename(this.modelPath(r.id), gone).catch((e: NodeJS.ErrnoException) => {
+        if (e.code !== "ENOENT") throw ioError(e, `evicting ${r.id}`);
+      });
+    }
     // Deleted before the queue moves on: room-making re-measures free space right after this.
     await rm(gone, { recursive: true, force: true });
     await this.#o.registry.delete(r.id);

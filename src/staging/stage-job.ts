@@ -1,7 +1,7 @@
 import { createHash } from "node:crypto";
 import { setMaxListeners } from "node:events";
 import { lstat, mkdir, open, readdir, readFile, realpath, rename, rm, stat } from "node:fs/promises";
-import { dirname, join, posix } from "node:path";
+import { dirname, join, posix, relative, sep } from "node:path";
 import type { Logger } from "pino";
 import { ColdstartError, isColdstartError, toColdstartError } from "../errors.js";
 import type { Metrics, Stage } from "../metrics/metrics.js";
@@ -12,6 +12,7 @@ import { describe, type RetryPolicy, toS3Error, withRetry } from "../s3/retry.js
 import { readSafetensorsHeader, type SafetensorsHeader } from "../safetensors/header.js";
 import { checkIndexAgainstShards, parseSafetensorsIndex } from "../safetensors/index-json.js";
 import { syncDir } from "../store/atomic-file.js";
+import { mkdirBeneath } from "../store/beneath.js";
 import { freeBytes } from "../store/disk.js";
 import { type JournalEntry, PartJournal } from "../store/journal.js";
 import { acquireLock, type HeldLock } from "../store/lock.js";
@@ -60,6 +61,11 @@ export interface StageJobOptions {
   rateLimiter?: RateLimiter | undefined;
   /** Take the model's parts in a random order (set when peers are configured). */
   spreadParts?: boolean | undefined;
+  /**
+   * The staging root `dest` lies below (the daemon's): every directory between them must be a real
+   * directory, never a symlink (CS_PATH_UNSAFE). The CLI's destination has none.
+   */
+  within?: string | undefined;
 }
 
 export interface StageProgress {
@@ -183,14 +189,14 @@ export class StageJob implements TaskOwner {
    * S3's checksums and the safetensors header, as it does bytes from S3.
    */
   held(relPath: string, etag: string): HeldFile | undefined {
-    const final = join(this.#root, ...relPath.split("/"));
+    const final = relPath.split("/");
     // Staging first: the manifest has a file's entry a moment before the rename puts it in place.
     const fs = this.#files.get(relPath);
     if (fs) {
       if (!fs.journal || fs.plan.etag !== etag) return undefined;
       return {
         // Renamed meanwhile (same inode, same bytes): then it is at its final path.
-        paths: [fs.tmpPath, final],
+        locations: [[STATE_DIR, "tmp", `${fs.id}.partial`], final],
         size: fs.plan.size,
         bounds: fs.plan.bounds,
         pieces: fs.plan.bounds.slice(1).map((_, p) => fs.done.get(p)?.sha256 ?? null),
@@ -200,7 +206,7 @@ export class StageJob implements TaskOwner {
     const committed = this.#manifest?.get(relPath);
     if (!committed || committed.etag !== etag) return undefined;
     return {
-      paths: [final],
+      locations: [final],
       size: committed.size,
       bounds: committed.bounds,
       pieces: committed.pieces,
@@ -281,6 +287,10 @@ export class StageJob implements TaskOwner {
 
   async #prepareDest(): Promise<string> {
     const dest = this.#o.dest;
+    const within = this.#o.within;
+    // A model directory is created one level at a time, never through a symlink planted on the way:
+    // mkdir -p would follow one and stage the model (and serve it) outside the staging root.
+    if (within) await mkdirBeneath(within, relative(within, dest).split(sep));
     await mkdir(dest, { recursive: true }).catch((e) => {
       throw new ColdstartError("CS_DEST_INVALID", `cannot create destination ${dest}: ${e.message}`, {
         cause: e,
@@ -772,8 +782,12 @@ type Limit = <T>(task: () => Promise<T>) => Promise<T>;
 
 /** What a job holds of one file (see StageJob.held): null pieces are not in yet. */
 export interface HeldFile {
-  /** Where its bytes are, tried in order. */
-  paths: string[];
+  /**
+   * Where its bytes are, tried in order: path segments below the destination (StageJob.held) or,
+   * from ModelManager.heldObject, below the staging root. Opened with openFileBeneath, never by a
+   * joined path: nothing below the root is followed if it is a symlink.
+   */
+  locations: string[][];
   size: number;
   bounds: number[];
   pieces: (string | null)[];

@@ -14,7 +14,7 @@
  * a walk of a few components costs microseconds against the megabytes read afterwards.
  */
 import { constants } from "node:fs";
-import { type FileHandle, open } from "node:fs/promises";
+import { type FileHandle, mkdir, open } from "node:fs/promises";
 import { ColdstartError } from "../errors.js";
 
 const DIR = constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW;
@@ -72,9 +72,48 @@ export async function readFileBeneath(root: string, segments: readonly string[])
   }
 }
 
-/** `rel` ("a/b/c") as segments, for callers that hold a relative path. */
-export function segmentsOf(rel: string): string[] {
-  return rel.split("/");
+/**
+ * Whether the directory `segments` names below `root` exists, reached without a symlink on the way
+ * (CS_PATH_UNSAFE otherwise): check before renaming or deleting it by path.
+ */
+export async function dirExistsBeneath(root: string, segments: readonly string[]): Promise<boolean> {
+  checkSegments(root, segments);
+  let dir = await openOrMissing(root, constants.O_RDONLY | constants.O_DIRECTORY, root, segments);
+  if (!dir) return false;
+  try {
+    for (const s of segments) {
+      const next = await openOrMissing(at(dir, s), DIR, root, segments);
+      if (!next) return false;
+      await dir.close();
+      dir = next;
+    }
+    return true;
+  } finally {
+    await dir.close().catch(() => {});
+  }
+}
+
+/**
+ * Makes the directories `segments` names below `root`, one at a time, refusing (CS_PATH_UNSAFE)
+ * where one exists as a symlink or a non-directory: what is then created or written below them
+ * stays below the root.
+ */
+export async function mkdirBeneath(root: string, segments: readonly string[]): Promise<void> {
+  checkSegments(root, segments);
+  let dir = await open(root, constants.O_RDONLY | constants.O_DIRECTORY);
+  try {
+    for (const s of segments) {
+      await mkdir(at(dir, s)).catch((e: NodeJS.ErrnoException) => {
+        if (e.code !== "EEXIST") throw e;
+      });
+      const next = await openOrMissing(at(dir, s), DIR, root, segments);
+      if (!next) throw unsafe(root, segments, "vanished while being created");
+      await dir.close();
+      dir = next;
+    }
+  } finally {
+    await dir.close().catch(() => {});
+  }
 }
 
 function at(dir: FileHandle, name: string): string {
@@ -116,7 +155,7 @@ function checkSegments(root: string, segments: readonly string[]): void {
 
 function unsafe(root: string, segments: readonly string[], why: string, cause?: unknown): ColdstartError {
   const path = describePath(root, segments);
-  return new ColdstartError("CS_PATH_UNSAFE", `refusing to read ${path}: it ${why}`, {
+  return new ColdstartError("CS_PATH_UNSAFE", `refusing ${path}: it ${why}`, {
     ...(cause === undefined ? {} : { cause }),
     details: { value: path },
   });

@@ -2,6 +2,7 @@ import { type FileHandle, open, readFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { ObjectChecksum } from "../s3/object-source.js";
 import { writeFileAtomic } from "./atomic-file.js";
+import { readFileBeneath } from "./beneath.js";
 import { ioError, STATE_DIR } from "./paths.js";
 
 /**
@@ -64,9 +65,19 @@ export class ManifestStore {
     return store;
   }
 
-  /** The committed files of a destination, read only: never compacted, never written (peers read this). */
-  static async read(root: string, source: string): Promise<ReadonlyMap<string, ManifestFile>> {
-    return (await readManifest(root, source)).files;
+  /**
+   * The committed files of the destination `dest` (segments under `root`), read only: never
+   * compacted, never written. Peers' questions read this, so it is opened without following a
+   * symlink anywhere below `root` (CS_PATH_UNSAFE otherwise; src/store/beneath.ts).
+   */
+  static async read(
+    root: string,
+    dest: readonly string[],
+    source: string,
+  ): Promise<ReadonlyMap<string, ManifestFile>> {
+    const segments = [...dest, STATE_DIR, MANIFEST_FILE];
+    const bytes = await readFileBeneath(root, segments);
+    return parseManifest(bytes?.toString("utf8") ?? "", { version: 1, source }).files;
   }
 
   get(relPath: string): ManifestFile | undefined {
@@ -127,12 +138,16 @@ export class ManifestStore {
 async function readManifest(root: string, source: string) {
   const path = join(root, STATE_DIR, MANIFEST_FILE);
   const header: Header = { version: 1, source };
-  const files = new Map<string, ManifestFile>();
   // Only "no manifest yet" means empty: an unreadable one must not be compacted over.
   const text = await readFile(path, "utf8").catch((e: NodeJS.ErrnoException) => {
     if (e.code === "ENOENT") return "";
     throw ioError(e, `reading manifest ${path}`);
   });
+  return { path, header, ...parseManifest(text, header) };
+}
+
+function parseManifest(text: string, header: Header) {
+  const files = new Map<string, ManifestFile>();
   const [first, ...rest] = text.split("\n");
   let lines = 0;
   if (first && sameHeader(first, header)) {
@@ -148,7 +163,7 @@ async function readManifest(root: string, source: string) {
       }
     }
   }
-  return { path, header, files, lines, first };
+  return { files, lines, first };
 }
 
 function sameHeader(line: string, header: Header): boolean {
