@@ -376,7 +376,13 @@ export class ModelManager {
       const file = (await this.#manifestOf(record)).get(rel);
       if (file && file.etag === etag) {
         const location = [...dest, ...rel.split("/")];
-        return { locations: [location], size: file.size, bounds: file.bounds, pieces: file.pieces, fetching: [] };
+        return {
+          locations: [location],
+          size: file.size,
+          bounds: file.bounds,
+          pieces: file.pieces,
+          fetching: [],
+        };
       }
     }
     return partial;

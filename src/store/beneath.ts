@@ -62,7 +62,10 @@ export async function openFileBeneath(
 }
 
 /** Like {@link openFileBeneath}, the whole file read into memory (for small files: manifests). */
-export async function readFileBeneath(root: string, segments: readonly string[]): Promise<Buffer | undefined> {
+export async function readFileBeneath(
+  root: string,
+  segments: readonly string[],
+): Promise<Buffer | undefined> {
   const f = await openFileBeneath(root, segments);
   if (!f) return undefined;
   try {
