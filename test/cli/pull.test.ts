@@ -1,4 +1,6 @@
 import { readdir } from "node:fs/promises";
+import { createServer } from "node:http";
+import type { AddressInfo } from "node:net";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { finish, coldstart as spawnColdstart } from "../support/processes.js";
@@ -84,6 +86,41 @@ describe("coldstart pull", () => {
     expect(out.code).toBe(1);
     expect(out.stderr.trim().split("\n")).toHaveLength(1);
     expect(out.stderr).toMatch(/^coldstart: CS_S3_ACCESS_DENIED key="m\/config.json": .*access denied/);
+  });
+
+  it("a listing answered 200 with a body that is not XML: exit 1, exactly one stderr line", async () => {
+    // Regression: the SDK's parse error carries a second line ("Deserialization error: to see the raw
+    // response, …"), which went to stderr as is. The spawned CLI gets no
+    // AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED, so on Node 20 this also pins that the SDK's
+    // version warning stays off stderr.
+    const server = createServer((_req, res) => {
+      res.writeHead(200, { "content-type": "text/plain" });
+      res.end("hello");
+    });
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    try {
+      const { port } = server.address() as AddressInfo;
+      const fake = { endpoint: `http://127.0.0.1:${port}`, accessKeyId: "AKIDFAKE", secretAccessKey: "fake" };
+      const out = await finish(
+        spawnColdstart(
+          [
+            "pull",
+            "s3://bucket/m/",
+            "--dest",
+            join(fx.work, "d"),
+            "--path-style",
+            "--endpoint",
+            fake.endpoint,
+          ],
+          { ...fake, region: "us-east-1" },
+        ),
+      );
+      expect(out.code).toBe(1);
+      expect(out.stderr).toMatch(/^coldstart: CS_S3_REQUEST_FAILED key="s3:\/\/bucket\/m\/": [^\n]+\n$/);
+    } finally {
+      server.closeAllConnections();
+      await new Promise((resolve) => server.close(resolve));
+    }
   });
 
   it("after SIGKILL at ~50%, a restart fetches only the missing parts", async () => {
