@@ -1,6 +1,7 @@
 import type { z } from "zod";
 import { ColdstartError } from "../errors.js";
 import { type Config, type Group, type OptionSpec, schema } from "./schema.js";
+import { closest } from "./suggest.js";
 
 /** Dotted option name, e.g. "download.partSizeBytes". */
 export type OptionName = string;
@@ -42,8 +43,9 @@ const SERVICE_LINK =
 
 /**
  * Resolves every option (flag, then env, then default), validates it against the schema, rejects
- * unknown COLDSTART_* variables (a misspelled one would otherwise be silently ignored) and returns
- * a deeply frozen Config. Throws CS_CONFIG_INVALID naming the option, its source and the value.
+ * unknown COLDSTART_* variables (a misspelled one would otherwise be silently ignored; the closest
+ * known one is suggested) and returns a deeply frozen Config. Throws CS_CONFIG_INVALID naming the
+ * option, its source, what the value must be and the value.
  */
 export function loadConfig(sources: ConfigSources = {}): Config {
   const env = sources.env ?? {};
@@ -53,9 +55,12 @@ export function loadConfig(sources: ConfigSources = {}): Config {
   const known = new Set(options.flatMap((o) => o.spec.env));
   for (const name of Object.keys(env)) {
     if (name.startsWith(PREFIX) && !known.has(name) && !BUILD_TIME.has(name) && !SERVICE_LINK.test(name)) {
-      throw new ColdstartError("CS_CONFIG_INVALID", `unknown environment variable ${name}`, {
-        details: { field: name },
-      });
+      const meant = closest(name.slice(PREFIX.length), envSpellings(options));
+      throw new ColdstartError(
+        "CS_CONFIG_INVALID",
+        `unknown environment variable ${name}${meant ? ` (did you mean ${meant}?)` : ""}`,
+        { details: { field: name } },
+      );
     }
   }
 
@@ -72,19 +77,88 @@ export function loadConfig(sources: ConfigSources = {}): Config {
       raw = flags.get(name);
       source = spec.flag ? `flag ${spec.flag.split(" ")[0]}` : "flag";
     }
-    const parsed = (spec.schema as z.ZodType).safeParse(raw);
+    const parsed = (spec.schema as z.ZodType).safeParse(raw, { error: plainReason, reportInput: true });
     if (!parsed.success) {
-      const reason = parsed.error.issues.map((i) => i.message).join("; ");
+      const issue = parsed.error.issues[0] as z.core.$ZodIssue;
+      // An entry of a list (a repeatable flag, a comma-separated variable): name that entry.
+      const [reason, value] =
+        issue.path.length > 0
+          ? [issue.message.replace(/^must /, "each entry must "), issue.input]
+          : [issue.message, raw];
       throw new ColdstartError(
         "CS_CONFIG_INVALID",
-        `${name} (from ${source}) is invalid: ${reason}; got ${JSON.stringify(raw)}`,
-        { details: { field: name, value: raw } },
+        `${name} (from ${source}) ${reason}, got ${show(value)}`,
+        {
+          details: { field: name, value: raw },
+        },
       );
     }
     out[group] ??= {};
     (out[group] as Record<string, unknown>)[key] = parsed.data;
   }
   return deepFreeze(out) as Config;
+}
+
+/**
+ * What a misspelled COLDSTART_ variable may have meant, by the part after the prefix: each variable's
+ * own name, and the option's name spelled as a variable (COLDSTART_DOWNLOAD_CONCURRENCY and
+ * COLDSTART_PART_SIZE_BYTES for download.concurrency's COLDSTART_CONCURRENCY and
+ * download.partSizeBytes's COLDSTART_PART_SIZE), a guess a reader of docs/config.md makes. A
+ * spelling two options share (TIMEOUT_MS: peers and wait) suggests neither.
+ */
+function envSpellings(options: OptionEntry[]): [string, string][] {
+  const meanings = new Map<string, Set<string>>();
+  const add = (spelling: string, name: string) =>
+    meanings.set(spelling, (meanings.get(spelling) ?? new Set()).add(name));
+  for (const { group, key, spec } of options) {
+    const own = spec.env.find((e) => e.startsWith(PREFIX));
+    if (own === undefined) continue;
+    add(own.slice(PREFIX.length), own);
+    add(`${screaming(group)}_${screaming(key)}`, own);
+    add(screaming(key), own);
+  }
+  return [...meanings].flatMap(([spelling, names]) =>
+    names.size === 1 ? [[spelling, [...names][0] as string] as [string, string]] : [],
+  );
+}
+
+const screaming = (camel: string) => camel.replace(/([a-z0-9])([A-Z])/g, "$1_$2").toUpperCase();
+
+/**
+ * The reason a value was refused, in words that complete "<option> (from <source>) …, got <value>".
+ * Messages the schema sets itself win over these; these replace zod's defaults ("Invalid input:
+ * expected number, received NaN").
+ */
+function plainReason(issue: z.core.$ZodRawIssue): string {
+  switch (issue.code) {
+    case "invalid_type":
+      return `must be ${TYPE_WORDS[issue.expected] ?? issue.expected}`;
+    case "too_small":
+      if (issue.origin === "string" && Number(issue.minimum) === 1) return "must not be empty";
+      return `must be ${issue.inclusive ? "at least" : "more than"} ${issue.minimum}`;
+    case "too_big":
+      return `must be ${issue.inclusive ? "at most" : "less than"} ${issue.maximum}`;
+    case "invalid_value":
+      return `must be one of ${issue.values.map(String).join(", ")}`;
+    case "invalid_format":
+      return issue.format === "url"
+        ? "must be a URL"
+        : `must be of the form ${issue.pattern ?? issue.format}`;
+    default:
+      return "must be a valid value";
+  }
+}
+
+const TYPE_WORDS: Record<string, string> = {
+  int: "a whole number",
+  number: "a number",
+  string: "a string",
+  boolean: "true or false",
+  array: "a list",
+};
+
+function show(value: unknown): string {
+  return JSON.stringify(value) ?? String(value);
 }
 
 /** The process environment, for code that must hand it to a library (in-cluster Kubernetes config). */

@@ -25,42 +25,81 @@ function option<S extends z.ZodType>(spec: OptionSpec<S>): OptionSpec<S> {
   return spec;
 }
 
+// A refusal reads "<option> (from <source>) must …, got <value>" (src/config/load.ts adds the
+// frame): a message here says what the value must be, never the value itself.
+
 /** A byte size: a whole number of bytes or a string with a unit (`8MiB`, `16 MiB`, `8MB` = 8,000,000). */
 const byteSize = z.union([z.number(), z.string()]).transform((v, ctx) => {
   const n = typeof v === "number" ? v : bytes.parse(v.trim());
   if (n === null || !Number.isSafeInteger(n)) {
-    ctx.addIssue({
-      code: "custom",
-      message: `expected a byte size like 8MiB or 8388608, got ${JSON.stringify(v)}`,
-    });
+    ctx.addIssue({ code: "custom", message: "must be a byte size like 8MiB or 8388608" });
     return z.NEVER;
   }
   return n;
 });
 
+/** A byte size from `min` to `max`, the bounds said in bytes and with a unit. */
+const byteSizeIn = (min: number, max = Number.MAX_SAFE_INTEGER) =>
+  byteSize.pipe(
+    z
+      .number()
+      .min(min, `must be at least ${min}${min > 0 ? ` (${bytes.format(min, { mode: "binary" })})` : ""}`)
+      .max(max, `must be at most ${max} (${bytes.format(max, { mode: "binary" })})`),
+  );
+
 /** A duration: milliseconds, or a string with a unit (`15m`, `30s`, `1h`). */
 const duration = z.union([z.number(), z.string()]).transform((v, ctx) => {
-  const n = typeof v === "number" ? v : /^\d+$/.test(v.trim()) ? Number(v) : ms(v.trim() as ms.StringValue);
+  const n = typeof v === "number" ? v : parseDuration(v.trim());
   if (n === undefined || !Number.isSafeInteger(n) || n < 0) {
-    ctx.addIssue({
-      code: "custom",
-      message: `expected a duration like 15m, 30s or 1500 (ms), got ${JSON.stringify(v)}`,
-    });
+    ctx.addIssue({ code: "custom", message: "must be a duration like 15m, 30s or 1500 (ms)" });
     return z.NEVER;
   }
   return n;
 });
+
+function parseDuration(s: string): number | undefined {
+  if (/^\d+$/.test(s)) return Number(s);
+  // ms throws rather than answer undefined for an empty string or one over 100 characters.
+  if (s === "" || s.length > 100) return undefined;
+  return ms(s as ms.StringValue);
+}
+
+/** A duration from `min` to `max` milliseconds, the bounds said with a unit. */
+const durationIn = (min: number, max = Number.MAX_SAFE_INTEGER) =>
+  duration.pipe(
+    z
+      .number()
+      .min(min, `must be at least ${ms(min)}`)
+      .max(max, `must be at most ${ms(max)}`),
+  );
 
 /** host:port for a TCP listener. */
 const hostPort = z
   .string()
-  .regex(/^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5}$/, "expected host:port, e.g. 127.0.0.1:8476");
+  .regex(/^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5}$/, "must be host:port, e.g. 127.0.0.1:8476");
 
-const boolish = z.union([z.boolean(), z.enum(["true", "false", "1", "0", "yes", "no"])]).transform((v) => {
-  return typeof v === "boolean" ? v : v === "true" || v === "1" || v === "yes";
-});
+const boolish = z
+  .union([z.boolean(), z.enum(["true", "false", "1", "0", "yes", "no"])], {
+    error: "must be true or false (or 1, 0, yes, no)",
+  })
+  .transform((v) => (typeof v === "boolean" ? v : v === "true" || v === "1" || v === "yes"));
 
-const int = (min: number, max: number) => z.coerce.number().int().min(min).max(max);
+/** A whole number from `min` to `max`, from a number or its decimal string. */
+const int = (min: number, max: number) =>
+  z.preprocess(
+    // Number("") is 0, but an empty value is no number rather than a zero.
+    (v) => (typeof v === "string" && v.trim() === "" ? Number.NaN : v),
+    z.coerce
+      .number({ error: "must be a whole number" })
+      .int("must be a whole number")
+      .min(min, `must be at least ${min}`)
+      .max(max, `must be at most ${max}`),
+  );
+
+/** An http:// or https:// URL. */
+const httpUrl = z.url({ protocol: /^https?$/, error: "must be an http:// or https:// URL" });
+
+const absolutePath = z.string().min(1, "must not be empty").startsWith("/", "must be an absolute path");
 
 /** Comma-separated list from env, array from repeatable flags. */
 const stringList = z
@@ -84,14 +123,14 @@ export const PLACEMENTS = [
 export const schema = {
   s3: {
     endpoint: option({
-      schema: z.url({ protocol: /^https?$/ }).optional(),
+      schema: httpUrl.optional(),
       default: undefined,
       env: ["COLDSTART_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"],
       flag: "--endpoint <url>",
       help: "S3 endpoint URL for S3-compatible stores; unset means AWS S3 for the region.",
     }),
     region: option({
-      schema: z.string().regex(/^[a-z0-9-]{1,64}$/),
+      schema: z.string().regex(/^[a-z0-9-]{1,64}$/, "must be a region name like us-east-1"),
       default: "us-east-1",
       env: ["COLDSTART_S3_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"],
       flag: "--region <region>",
@@ -114,13 +153,7 @@ export const schema = {
       help: "Ranged GETs in flight at once, across all files of a job (also the HTTP agent's socket count).",
     }),
     partSizeBytes: option({
-      schema: byteSize.pipe(
-        z
-          .number()
-          .int()
-          .min(MiB)
-          .max(5 * 1024 * MiB),
-      ),
+      schema: byteSizeIn(MiB, 5 * 1024 * MiB),
       default: 8 * MiB,
       env: ["COLDSTART_PART_SIZE"],
       flag: "--part-size <size>",
@@ -143,7 +176,7 @@ export const schema = {
       help: "Skip keys (relative to the prefix) matching any of these globs; wins over --include. Repeatable.",
     }),
     maxBytesPerSecond: option({
-      schema: byteSize.pipe(z.number().int().min(0)),
+      schema: byteSizeIn(0),
       default: 0,
       env: ["COLDSTART_MAX_BYTES_PER_SECOND"],
       flag: "--max-bytes-per-second <size>",
@@ -180,7 +213,7 @@ export const schema = {
   },
   daemon: {
     root: option({
-      schema: z.string().min(1).startsWith("/", "must be an absolute path"),
+      schema: absolutePath,
       default: "/var/lib/coldstart",
       env: ["COLDSTART_ROOT"],
       flag: "--root <dir>",
@@ -201,7 +234,7 @@ export const schema = {
       help: "Separate listener serving only /metrics, /livez and /readyz (no auth; nothing to mutate).",
     }),
     socketPath: option({
-      schema: z.string().min(1).startsWith("/", "must be an absolute path"),
+      schema: absolutePath,
       default: "/run/coldstart/coldstart.sock",
       env: ["COLDSTART_SOCKET"],
       flag: "--socket <path>",
@@ -222,13 +255,7 @@ export const schema = {
       help: "File of accepted API tokens, one per line (a mounted Secret); reloaded when it changes.",
     }),
     bodyLimitBytes: option({
-      schema: byteSize.pipe(
-        z
-          .number()
-          .int()
-          .min(1024)
-          .max(1024 * 1024),
-      ),
+      schema: byteSizeIn(1024, MiB),
       default: 64 * 1024,
       env: ["COLDSTART_BODY_LIMIT"],
       flag: "--body-limit <size>",
@@ -254,7 +281,7 @@ export const schema = {
   },
   eviction: {
     maxBytes: option({
-      schema: byteSize.pipe(z.number().int().min(0)),
+      schema: byteSizeIn(0),
       default: 0,
       env: ["COLDSTART_EVICTION_MAX_BYTES"],
       flag: "--max-bytes <size>",
@@ -284,7 +311,7 @@ export const schema = {
   },
   peers: {
     urls: option({
-      schema: stringList.pipe(z.array(z.url({ protocol: /^https?$/ }))),
+      schema: stringList.pipe(z.array(httpUrl)),
       default: [],
       env: ["COLDSTART_PEERS"],
       flag: "--peer <url>",
@@ -306,7 +333,7 @@ export const schema = {
       help: "This daemon's own address among the resolved ones (status.podIP), so it never asks itself.",
     }),
     timeoutMs: option({
-      schema: duration.pipe(z.number().int().min(100).max(60_000)),
+      schema: durationIn(100, 60_000),
       default: 2_000,
       env: ["COLDSTART_PEER_TIMEOUT"],
       flag: "--peer-timeout <duration>",
@@ -327,7 +354,7 @@ export const schema = {
       help: "Pieces asked of any one peer at once; each piece goes to the least busy peer that holds it, so load spreads over every holder.",
     }),
     maxUploadBytesPerSecond: option({
-      schema: byteSize.pipe(z.number().int().min(0)),
+      schema: byteSizeIn(0),
       default: 0,
       env: ["COLDSTART_PEER_MAX_UPLOAD_BYTES_PER_SECOND"],
       flag: "--peer-max-upload-bytes-per-second <size>",
@@ -343,7 +370,7 @@ export const schema = {
       help: 'Serve containerd a pull-through OCI mirror here (unset: no mirror). Point hosts.toml at it with capabilities ["pull"].',
     }),
     contentDir: option({
-      schema: z.string().min(1).startsWith("/", "must be an absolute path").optional(),
+      schema: absolutePath.optional(),
       default: undefined,
       env: ["COLDSTART_MIRROR_CONTENT_DIR"],
       flag: "--mirror-content-dir <dir>",
@@ -379,14 +406,16 @@ export const schema = {
       help: 'Answer manifests by tag too, with what this node\'s containerd, else a peer\'s (the newest), last pulled, not the registry\'s word (never latest; for immutable tags); managed hosts.toml files then give the mirror ["pull", "resolve"]. Off: tags are a miss and containerd asks the registry.',
     }),
     containerdSocket: option({
-      schema: z.string().min(1).startsWith("/", "must be an absolute path").optional(),
+      schema: absolutePath.optional(),
       default: undefined,
       env: ["COLDSTART_MIRROR_CONTAINERD_SOCKET"],
       flag: "--mirror-containerd-socket <path>",
       help: "containerd's gRPC socket (e.g. /host/run/containerd/containerd.sock): tags are looked up there, for this node's mirror and for peers' (GET /v1/peer/tag). Unset: this node knows no tags.",
     }),
     containerdNamespace: option({
-      schema: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,75}$/, "expected a containerd namespace name"),
+      schema: z
+        .string()
+        .regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,75}$/, "must be a containerd namespace name, e.g. k8s.io"),
       default: "k8s.io",
       env: ["COLDSTART_MIRROR_CONTAINERD_NAMESPACE"],
       flag: "--mirror-containerd-namespace <name>",
@@ -397,7 +426,7 @@ export const schema = {
     remote: option({
       schema: z
         .string()
-        .regex(/^s3:\/\/[A-Za-z0-9][A-Za-z0-9._-]{1,254}(\/\S*)?$/, "expected s3://BUCKET/PREFIX/")
+        .regex(/^s3:\/\/[A-Za-z0-9][A-Za-z0-9._-]{1,254}(\/\S*)?$/, "must be s3://BUCKET/PREFIX/")
         .optional(),
       default: undefined,
       env: ["COLDSTART_COMPILE_CACHE_REMOTE"],
@@ -420,35 +449,35 @@ export const schema = {
       help: "auto: publish a keyed directory once it has new artifacts and has been quiet; manual: only on `coldstart cache publish`; off: this node only reads.",
     }),
     quietPeriodMs: option({
-      schema: duration.pipe(z.number().int().min(1000)),
+      schema: durationIn(1000),
       default: 2 * 60_000,
       env: ["COLDSTART_COMPILE_CACHE_QUIET"],
       flag: "--compile-cache-quiet <duration>",
       help: "How long a keyed directory must stay unchanged before an automatic publish (the engine has finished compiling).",
     }),
     scanIntervalMs: option({
-      schema: duration.pipe(z.number().int().min(200)),
+      schema: durationIn(200),
       default: 30_000,
       env: ["COLDSTART_COMPILE_CACHE_SCAN_INTERVAL"],
       flag: "--compile-cache-scan-interval <duration>",
       help: "How often keyed directories are listed for new artifacts (publish, silent misses, sizes for eviction).",
     }),
     maxBytes: option({
-      schema: byteSize.pipe(z.number().int().min(MiB)),
+      schema: byteSizeIn(MiB),
       default: 20 * 1024 * MiB,
       env: ["COLDSTART_COMPILE_CACHE_MAX_BYTES"],
       flag: "--compile-cache-max-bytes <size>",
       help: "Largest cache published or restored (unpacked bytes); a bigger one is refused, not truncated.",
     }),
     retentionMs: option({
-      schema: duration.pipe(z.number().int().min(1000)),
+      schema: durationIn(1000),
       default: 30 * 24 * 3_600_000,
       env: ["COLDSTART_COMPILE_CACHE_RETENTION"],
       flag: "--retention <duration>",
       help: "`coldstart cache prune` removes remote caches neither published nor hit for this long.",
     }),
     uploadGraceMs: option({
-      schema: duration.pipe(z.number().int().min(1000)),
+      schema: durationIn(1000),
       default: 6 * 3_600_000,
       env: ["COLDSTART_COMPILE_CACHE_UPLOAD_GRACE"],
       flag: "--upload-grace <duration>",
@@ -494,7 +523,7 @@ export const schema = {
       help: "The daemon's unix socket (default /run/coldstart/coldstart.sock unless --url is given).",
     }),
     url: option({
-      schema: z.url({ protocol: /^https?$/ }).optional(),
+      schema: httpUrl.optional(),
       default: undefined,
       env: ["COLDSTART_WAIT_URL"],
       flag: "--url <url>",
@@ -529,7 +558,7 @@ export const schema = {
       help: "Also restore the compile cache keyed by this node's GPU and the identity flags (--vllm, --torch, ...) and point VLLM_CACHE_ROOT at it.",
     }),
     compileCacheTimeoutMs: option({
-      schema: duration.pipe(z.number().int().min(0).max(600_000)),
+      schema: durationIn(0, 600_000),
       default: 2 * 60_000,
       env: ["COLDSTART_WAIT_COMPILE_CACHE_TIMEOUT"],
       flag: "--compile-cache-timeout <duration>",
@@ -545,14 +574,14 @@ export const schema = {
   },
   node: {
     hostRoot: option({
-      schema: z.string().min(1).startsWith("/", "must be an absolute path"),
+      schema: absolutePath,
       default: "/",
       env: ["COLDSTART_HOST_ROOT"],
       flag: "--host-root <dir>",
       help: "Where the host's / is visible (a DaemonSet mounts it at /host): proc, sys and etc/cufile.json are read under it.",
     }),
     addonPath: option({
-      schema: z.string().min(1).startsWith("/", "must be an absolute path").optional(),
+      schema: absolutePath.optional(),
       default: undefined,
       env: ["COLDSTART_NATIVE_ADDON"],
       flag: "--native-addon <path>",
@@ -573,7 +602,7 @@ export const schema = {
       help: "nvidia-smi to ask for GPU facts when the native addon or NVML cannot be used.",
     }),
     probeTimeoutMs: option({
-      schema: duration.pipe(z.number().int().min(100).max(600_000)),
+      schema: durationIn(100, 600_000),
       default: 20_000,
       env: ["COLDSTART_PROBE_TIMEOUT"],
       flag: "--probe-timeout <duration>",
@@ -596,7 +625,7 @@ export const schema = {
       help: "libcufile to dlopen instead of the sonames libcufile.so.0 and libcufile.so.",
     }),
     cufileJson: option({
-      schema: z.string().min(1).startsWith("/", "must be an absolute path").optional(),
+      schema: absolutePath.optional(),
       default: undefined,
       env: ["COLDSTART_CUFILE_JSON", "CUFILE_ENV_PATH_JSON"],
       flag: "--cufile-json <path>",
@@ -619,7 +648,7 @@ export const schema = {
       default: "info",
       env: ["COLDSTART_LOG_LEVEL"],
       flag: "--log-level <level>",
-      help: "Structured log level (JSON logs on stderr).",
+      help: "Structured log level. Logs are JSON lines: the daemon's on stdout, pull's on stderr (its stdout holds the summary).",
     }),
   },
   output: {

@@ -112,10 +112,12 @@ describe("coldstart doctor", () => {
     const out = await doctor(hosts.gdsReady, ["--gds", "maybe"]);
     expect(out.code).toBe(2);
     expect(out.stderr).toMatch(
-      /^coldstart: CS_CONFIG_INVALID: gds\.mode \(from flag --gds\) is invalid: .*got "maybe"\n$/,
+      /^coldstart: CS_CONFIG_INVALID: gds\.mode \(from flag --gds\) must be one of auto, on, off, got "maybe"\n$/,
     );
     const placement = await doctor(hosts.gdsReady, ["--require-placement", "ssd"]);
     expect(placement.code).toBe(2);
-    expect(placement.stderr).toMatch(/placement\.require \(from flag --require-placement\) is invalid/);
+    expect(placement.stderr).toMatch(
+      /placement\.require \(from flag --require-placement\) each entry must be one of .*, got "ssd"\n$/,
+    );
   });
 });
