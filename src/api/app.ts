@@ -313,7 +313,11 @@ export function buildApp(deps: AppDeps, surface: Surface) {
   // A blob of this node's containerd content store, for a peer's mirror. Only local content: a peer
   // never relays, so mirrors cannot loop. The asking mirror verifies the digest.
   app.get<{ Params: { digest: string } }>("/v1/peer/blob/:digest", async (req, reply) => {
-    const blob = await deps.contentStore?.open(req.params.digest);
+    const blob = await deps.contentStore?.open(req.params.digest).catch((e: unknown) => {
+      // 403 CS_PATH_UNSAFE: a link planted in containerd's store; the answer is not logged by itself.
+      if (isColdstartError(e, "CS_PATH_UNSAFE")) req.log.warn({ path: e.details.value }, e.message);
+      throw e;
+    });
     if (!blob) {
       throw new ColdstartError(
         "CS_PEER_NOT_HELD",

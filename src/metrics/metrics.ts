@@ -128,10 +128,12 @@ export class Metrics {
   /** coldstart_peer_fallbacks_total{reason}: pieces a peer held that came from S3 after all. */
   readonly peerFallbacks: Counter<"reason">;
 
-  /** coldstart_mirror_requests_total{kind,outcome}: OCI mirror pulls (local, peer, miss, corrupt). */
+  /** coldstart_mirror_requests_total{kind,outcome}: OCI mirror pulls (local, peer, miss, corrupt, unsafe). */
   readonly mirrorRequests: Counter<"kind" | "outcome">;
   /** coldstart_mirror_bytes_total{source}: image bytes the mirror served, from the local store or a peer. */
   readonly mirrorBytes: Counter<"source">;
+  /** coldstart_mirror_digest_mismatches_total{source}: blobs whose bytes were not their digest (local, peer). */
+  readonly mirrorDigestMismatches: Counter<"source">;
   readonly mirrorTagResolutions: Counter<"outcome">;
 
   /** coldstart_mirror_config_problems{code}: 1 per containerd setting that bypasses the mirror. */
@@ -318,13 +320,19 @@ export class Metrics {
 
     this.mirrorRequests = new Counter({
       name: "coldstart_mirror_requests_total",
-      help: "OCI mirror requests by kind (manifest, blob) and outcome (local, peer, miss, corrupt).",
+      help: "OCI mirror requests by kind (manifest, blob) and outcome (local, peer, miss, corrupt, unsafe).",
       labelNames: ["kind", "outcome"] as const,
       registers,
     });
     this.mirrorBytes = new Counter({
       name: "coldstart_mirror_bytes_total",
       help: "Image bytes the OCI mirror served to containerd, by source (local, peer).",
+      labelNames: ["source"] as const,
+      registers,
+    });
+    this.mirrorDigestMismatches = new Counter({
+      name: "coldstart_mirror_digest_mismatches_total",
+      help: "Blobs the OCI mirror found not to be their digest, by whose store held them (local, peer).",
       labelNames: ["source"] as const,
       registers,
     });
@@ -352,8 +360,9 @@ export class Metrics {
     for (const reason of ["watermark", "api"]) this.compileCacheEvictions.inc({ reason }, 0);
     for (const direction of ["in", "out"]) this.peerBytes.inc({ direction }, 0);
     for (const kind of ["manifest", "blob"])
-      for (const outcome of ["local", "peer", "miss", "corrupt"])
+      for (const outcome of ["local", "peer", "miss", "corrupt", "unsafe"])
         this.mirrorRequests.inc({ kind, outcome }, 0);
+    for (const source of ["local", "peer"]) this.mirrorDigestMismatches.inc({ source }, 0);
     for (const reason of PEER_FALLBACK_REASONS) this.peerFallbacks.inc({ reason }, 0);
     for (const outcome of ["local", "peer", "miss"]) this.mirrorTagResolutions.inc({ outcome }, 0);
   }

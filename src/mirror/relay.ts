@@ -94,10 +94,15 @@ export class BlobRelay {
 /**
  * Passes a blob's bytes through while hashing them, and holds back the last chunk until the digest
  * and size are confirmed: a wrong blob ends in an error (the response is cut), so the client never
- * receives all of a blob that is not the one it asked for.
+ * receives all of a blob that is not the one it asked for. `onMatch` is told when the whole blob
+ * passed and matched, `onMismatch` when it did not (`digest` is a sha256 digest).
  */
-export function verifyingStream(digest: string, size: number, onMismatch: (why: string) => void): Transform {
-  const want = digest.slice("sha256:".length);
+export function verifyingStream(
+  digest: string,
+  size: number,
+  onMismatch: (why: string) => void,
+  onMatch?: () => void,
+): Transform {
   const hash = createHash("sha256");
   let seen = 0;
   let held: Buffer | undefined;
@@ -110,14 +115,25 @@ export function verifyingStream(digest: string, size: number, onMismatch: (why: 
       done(null, out);
     },
     flush(done) {
-      const got = hash.digest("hex");
-      if (got !== want || seen !== size) {
-        const why = `got ${seen} bytes with sha256:${got}, expected ${size} bytes of ${digest}`;
+      const why = digestMismatch(digest, size, seen, hash.digest("hex"));
+      if (why !== undefined) {
         onMismatch(why);
         done(new Error(why));
         return;
       }
+      onMatch?.();
       done(null, held);
     },
   });
+}
+
+/** Why `seen` bytes hashing to `sha256Hex` are not `size` bytes of `digest`; undefined when they are. */
+export function digestMismatch(
+  digest: string,
+  size: number,
+  seen: number,
+  sha256Hex: string,
+): string | undefined {
+  if (seen === size && digest === `sha256:${sha256Hex}`) return undefined;
+  return `got ${seen} bytes with sha256:${sha256Hex}, expected ${size} bytes of ${digest}`;
 }

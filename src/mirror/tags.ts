@@ -12,6 +12,7 @@ import type { Logger } from "pino";
 import { anySignal, bearerHeaders, PeerCooldown } from "../peers/http.js";
 import type { ImageResolver, ResolvedTag } from "./containerd-images.js";
 import { DIGEST } from "./content-store.js";
+import { NAME, TAG } from "./reference.js";
 
 export interface TagResolverOptions {
   /** This node's containerd, when its socket is configured. */
@@ -27,15 +28,12 @@ export interface Resolution extends ResolvedTag {
   from: string;
 }
 
-/** An OCI repository name and tag (distribution spec), so nothing else reaches containerd. */
-export const REPOSITORY =
-  /^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:\/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*$/;
-export const TAG = /^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$/;
 const REGISTRY = /^[A-Za-z0-9.-]+(?::[0-9]{1,5})?$/;
 
 /** containerd's name for an image by tag, or undefined when any part is not a valid reference. */
 export function imageRef(registry: string, repository: string, tag: string): string | undefined {
-  if (!REGISTRY.test(registry) || !REPOSITORY.test(repository) || !TAG.test(tag)) return undefined;
+  // The repository and tag grammar (distribution spec), so nothing else reaches containerd.
+  if (!REGISTRY.test(registry) || !NAME.test(repository) || !TAG.test(tag)) return undefined;
   if (registry.length + repository.length > 255) return undefined;
   return `${registry}/${repository}:${tag}`;
 }

@@ -38,6 +38,7 @@ const EXPECTED = {
   mirrorRequests: ["coldstart_mirror_requests_total", Counter, ["kind", "outcome"]],
   mirrorBytes: ["coldstart_mirror_bytes_total", Counter, ["source"]],
   mirrorTagResolutions: ["coldstart_mirror_tag_resolutions_total", Counter, ["outcome"]],
+  mirrorDigestMismatches: ["coldstart_mirror_digest_mismatches_total", Counter, ["source"]],
   mirrorConfigProblems: ["coldstart_mirror_config_problems", Gauge, ["code"]],
 } as const;
 
