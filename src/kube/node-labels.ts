@@ -48,6 +48,11 @@ export interface NodeLabelerOptions {
   retry?: { baseDelayMs: number; maxDelayMs: number };
   /** Deadline for one request to the API server, after which it is abandoned and retried. Default 30 s. */
   requestTimeoutMs?: number;
+  /**
+   * Waits out one backoff; must reject when `signal` aborts (close). Default: a timer that does not
+   * hold the process open. Tests pass their own to hold a backoff open or to skip it.
+   */
+  sleep?: (ms: number, signal: AbortSignal) => Promise<unknown>;
 }
 
 const DEFAULT_RETRY = { baseDelayMs: 1_000, maxDelayMs: 60_000 } as const;
@@ -77,6 +82,7 @@ export class NodeLabeler {
   readonly #api: CoreV1Api;
   readonly #log: Logger;
   readonly #retry: { baseDelayMs: number; maxDelayMs: number };
+  readonly #sleep: (ms: number, signal: AbortSignal) => Promise<unknown>;
   readonly #closed = new AbortController();
   /** hash → model id, sorted by hash so the annotation's JSON is stable. */
   #desired: ReadonlyMap<string, string> = new Map();
@@ -95,6 +101,7 @@ export class NodeLabeler {
       node: options.nodeName,
     });
     this.#retry = options.retry ?? DEFAULT_RETRY;
+    this.#sleep = options.sleep ?? ((ms, signal) => sleep(ms, undefined, { signal, ref: false }));
     this.#api = makeCoreApi(
       options.kubeConfig,
       options.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS,
@@ -182,7 +189,7 @@ export class NodeLabeler {
           this.#logFailure(err, attempt, delayMs);
           try {
             // A set() during this wait does not cut it short: the retry applies the newest state.
-            await sleep(delayMs, undefined, { signal: this.#closed.signal, ref: false });
+            await this.#sleep(delayMs, this.#closed.signal);
           } catch {
             return;
           }

@@ -16,6 +16,7 @@ import { useS3Fixture } from "../support/s3-fixture.js";
 import { digests, expectedDigests } from "../support/stage.js";
 import { file, syntheticModel } from "../support/synthetic-model.js";
 import { tmpfs, umount } from "../support/tmpfs.js";
+import { gate } from "../support/wait.js";
 
 const fx = useS3Fixture("cs-api-");
 const TOKEN = "s3cr3t-token-for-tests";
@@ -51,7 +52,9 @@ async function harness(env: Record<string, string> = {}, root = join(fx.work, "r
     endpoint: fx.proxy.url,
     pathStyle: true,
     maxSockets: 16,
-    requestTimeoutMs: 5000,
+    // No test here stalls S3: a slow answer on a loaded machine must not become a retry, which the
+    // tests that count requests would see.
+    requestTimeoutMs: 30_000,
   });
   const registry = await ModelRegistry.open(root);
   const manager = new ModelManager({
@@ -257,13 +260,23 @@ describe("HTTP API v1", () => {
   });
 
   it("answers the long-poll: 503 with Retry-After on timeout, 409 CS_MODEL_FAILED, 404", async () => {
-    fx.proxy.addRule({ match: { method: "GET" }, action: { kind: "delay", ms: 1500 }, times: 1 });
+    // S3 holds the model's first request until the 503 is in: "slow" cannot be ready before.
+    const s3Held = gate();
+    fx.proxy.addRule({
+      match: { method: "GET" },
+      action: { kind: "hook", fn: () => s3Held.opened },
+      times: 1,
+    });
     const { bucket } = await seedModel();
     await put("tcp", "slow", { source: `s3://${bucket}/m/` });
-    const pending = await h.tcp.inject({ url: "/v1/models/slow/ready?timeoutSeconds=0", headers: auth });
-    expect(pending.statusCode).toBe(503);
-    expect(pending.headers["retry-after"]).toBe("5");
-    expect(pending.json()).toMatchObject({ id: "slow" });
+    try {
+      const pending = await h.tcp.inject({ url: "/v1/models/slow/ready?timeoutSeconds=0", headers: auth });
+      expect(pending.statusCode).toBe(503);
+      expect(pending.headers["retry-after"]).toBe("5");
+      expect(pending.json()).toMatchObject({ id: "slow" });
+    } finally {
+      s3Held.open();
+    }
 
     const missing = await freshBucket(fx.client, "allowed");
     await put("tcp", "broken", { source: `s3://${missing}/nothing/` });

@@ -8,6 +8,7 @@ import { execFileSync, spawn } from "node:child_process";
 import { resolve } from "node:path";
 import { describe, expect, it } from "vitest";
 import { CLIENT_NS, SERVER_NS } from "../../bench/lab/netlab.js";
+import { waitFor } from "../support/wait.js";
 
 const NETLAB = resolve(import.meta.dirname, "../../bench/lab/netlab.ts");
 // The tsx command, as `npm run bench:lab:net` runs it: a parent that relays signals to the lab.
@@ -50,7 +51,18 @@ function netlab(args: string[]) {
 // No added RTT: the NFQUEUE delayer needs libnetfilter-queue, which the tests do not install.
 const LAB = ["--rtt-ms", "0", "--per-connection-mbit", "40", "--link-mbit", "200"];
 
-describe.skipIf(!namespacesPermitted())("the lab network (root)", () => {
+/** Whether a process whose command line contains `pattern` runs (pgrep -f). */
+const running = (pattern: string) => {
+  try {
+    execFileSync("pgrep", ["-f", pattern], { stdio: "ignore" });
+    return true;
+  } catch {
+    return false;
+  }
+};
+
+// A verify measures for 14 s of fixed time, plus the lab's start on a loaded machine.
+describe.skipIf(!namespacesPermitted())("the lab network (root)", { timeout: 180_000 }, () => {
   it("verify brings the lab up, reports its checks, and removes every namespace", async () => {
     const lab = netlab(["verify", ...LAB]);
     const code = await lab.exited;
@@ -66,16 +78,16 @@ describe.skipIf(!namespacesPermitted())("the lab network (root)", () => {
     const lab = netlab(["verify", ...LAB]);
     // Wait until the lab is up and measuring, then interrupt as a terminal does: every process of
     // the group at once, and tsx relays it to the lab once more.
-    for (let i = 0; i < 200 && !/^lab: /m.test(lab.output()); i++)
-      await new Promise((r) => setTimeout(r, 50));
+    await waitFor(() => /^lab: /m.test(lab.output()), { timeoutMs: 60_000, what: "the lab up" });
     expect(labNamespaces().sort()).toEqual([CLIENT_NS, SERVER_NS].sort());
-    await new Promise((r) => setTimeout(r, 1500));
+    // Measuring: its first measurement (6 s of fixed time) has started in the client namespace.
+    await waitFor(() => running("bench/lab/measure.mjs"), { timeoutMs: 60_000, what: "a measurement" });
     process.kill(-(lab.child.pid as number), "SIGINT");
     const code = await lab.exited;
     expect(code).toBe(130);
     expect(lab.output()).toMatch(/netlab: SIGINT: lab removed/);
     expect(labNamespaces()).toEqual([]);
     // Nothing the lab started in its namespaces is left running.
-    expect(() => execFileSync("pgrep", ["-f", "bench/lab/serve.mjs"])).toThrow();
+    expect(running("bench/lab/serve.mjs")).toBe(false);
   });
 });

@@ -14,6 +14,7 @@ import { builtAddon, type FakeLibraries, fakeLibraries } from "../support/native
 import { coldstart, type DaemonProcess, finish, startDaemonProcess } from "../support/processes.js";
 import { freshBucket, putFiles } from "../support/s3.js";
 import { useS3Fixture } from "../support/s3-fixture.js";
+import { waitFor } from "../support/wait.js";
 
 type NodeBody = NodeFacts & { disk: { freeBytes: number } };
 const fx = useS3Fixture("cs-nodefacts-");
@@ -67,7 +68,8 @@ async function seed(): Promise<string> {
   return `s3://${bucket}/m/`;
 }
 
-describe("node facts in the daemon", () => {
+// A daemon, its probes and `coldstart wait` as child processes beside the S3 server: generous.
+describe("node facts in the daemon", { timeout: 120_000 }, () => {
   it("serves them on /v1/node, exports metrics, labels the node and hands the loader to wait --env-file", async () => {
     const apiServer = new KubeApiServerDouble();
     const server = await apiServer.start();
@@ -119,7 +121,9 @@ describe("node facts in the daemon", () => {
       );
       expect(metrics).toContain("coldstart_native_addon_available 1");
 
-      await until(() => apiServer.labelsOf("gpu-node-1")["coldstart.io/gds"] === "enabled");
+      await waitFor(() => apiServer.labelsOf("gpu-node-1")["coldstart.io/gds"] === "enabled", {
+        what: "the coldstart.io/gds label on the node",
+      });
       expect(apiServer.labelsOf("gpu-node-1")["coldstart.io/gpu-product"]).toBe("NVIDIA-H100-80GB-HBM3");
 
       const lines = (await handshake(socket, "org/m")).trim().split("\n");
@@ -176,12 +180,4 @@ async function handshake(socket: string, id: string): Promise<string> {
   );
   expect(out.code, out.stderr).toBe(0);
   return readFile(envFile, "utf8");
-}
-
-async function until(check: () => boolean, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!check()) {
-    if (Date.now() > deadline) throw new Error("condition not met in time");
-    await new Promise((r) => setTimeout(r, 50));
-  }
 }

@@ -18,6 +18,7 @@ import {
 } from "../../src/kube/node-labels.js";
 import { expectColdstartError, expectRejection, thrownBy } from "../support/expect-error.js";
 import { KubeApiServerDouble, TOKEN } from "../support/kube-api-double.js";
+import { gate } from "../support/wait.js";
 
 const NODE = "gpu-node-1";
 const FAST_RETRY = { baseDelayMs: 20, maxDelayMs: 200 };
@@ -62,8 +63,9 @@ const modelLabels = (labels: Record<string, string>) =>
 
 const readyLabels = (ids: string[]) => Object.fromEntries(ids.map((id) => [modelLabelKey(id), "ready"]));
 
-// A broken labeler retries forever and flush() never settles: fail fast instead of at the 60 s default.
-describe("NodeLabeler against a Kubernetes API server double", { timeout: 10_000 }, () => {
+// A broken labeler retries forever and flush() never settles: fail sooner than at the 60 s default
+// (still generous for a loaded machine: a passing test here takes well under a second).
+describe("NodeLabeler against a Kubernetes API server double", { timeout: 30_000 }, () => {
   let api: KubeApiServerDouble;
   let server: string;
   const labelers: NodeLabeler[] = [];
@@ -304,23 +306,38 @@ describe("NodeLabeler against a Kubernetes API server double", { timeout: 10_000
   });
 
   it("a newer state set during backoff is what the retry applies", async () => {
-    const l = labeler({ retry: { baseDelayMs: 100, maxDelayMs: 100 } });
+    // The backoff lasts until the test ends it, so the second set() lands inside it on any machine.
+    const backingOff = gate();
+    const backoffOver = gate();
+    const l = labeler({
+      sleep: async () => {
+        backingOff.open();
+        await backoffOver.opened;
+      },
+    });
     api.faults.push({ status: 500 });
     l.set(["org/old"]);
-    await new Promise((r) => setTimeout(r, 20));
+    await backingOff.opened;
     l.set(["org/new"]);
+    backoffOver.open();
     await l.flush();
     expect(api.patches()).toHaveLength(1);
     expect(modelLabels(api.labelsOf(NODE))).toEqual(readyLabels(["org/new"]));
   });
 
   it("abandons a request the API server never answers, after requestTimeoutMs, and retries", async () => {
-    const l = labeler({ requestTimeoutMs: 100 });
+    // Only the hung request may run into the deadline; the others get a loaded machine's margin.
+    const l = labeler({ requestTimeoutMs: 1000 });
     api.faults.push({ hang: true });
     l.set(["org/a"]);
     await l.flush();
-    expect(api.requests.map((r) => r.method)).toEqual(["GET", "GET", "PATCH"]);
+    // Hung GET, abandoned (the double saw its connection closed), then a fresh sync. (Should the
+    // machine be slow enough for another request to miss the deadline, it is retried too.)
+    const methods = api.requests.map((r) => r.method);
+    expect(methods.slice(0, 2)).toEqual(["GET", "GET"]);
+    expect(methods.at(-1)).toBe("PATCH");
     expect(api.closedHung).toBe(1);
+    expect(modelLabels(api.labelsOf(NODE))).toEqual(readyLabels(["org/a"]));
   });
 
   it("an unknown node (404) is retried, not thrown", async () => {
@@ -333,7 +350,7 @@ describe("NodeLabeler against a Kubernetes API server double", { timeout: 10_000
     });
     labelers.push(l);
     l.set(["org/a"]);
-    await expect.poll(() => api.requests.length).toBeGreaterThanOrEqual(2);
+    await expect.poll(() => api.requests.length, { timeout: 20_000 }).toBeGreaterThanOrEqual(2);
     expect(lines.some((x) => x.status === 404)).toBe(true);
   });
 
@@ -342,11 +359,11 @@ describe("NodeLabeler against a Kubernetes API server double", { timeout: 10_000
     api.faults.push({ hang: true });
     l.set(["org/a"]);
     const pending = l.flush();
-    await expect.poll(() => api.requests.length).toBe(1);
+    await expect.poll(() => api.requests.length, { timeout: 20_000 }).toBe(1);
     l.close();
     await expectRejection(pending, "CS_ABORTED");
     await expectRejection(l.flush(), "CS_ABORTED");
-    await expect.poll(() => api.closedHung).toBe(1);
+    await expect.poll(() => api.closedHung, { timeout: 20_000 }).toBe(1);
     l.set(["org/b"]);
     await new Promise((r) => setTimeout(r, 50));
     expect(api.requests).toHaveLength(1);
@@ -424,7 +441,7 @@ function hasShellTools(): boolean {
   }
 }
 
-describe("loadKubeConfig", { timeout: 10_000 }, () => {
+describe("loadKubeConfig", { timeout: 30_000 }, () => {
   let dir: string;
   beforeEach(async () => {
     dir = await mkdtemp(join(tmpdir(), "coldstart-kube-"));

@@ -2,7 +2,7 @@
  * The native addon against ABI-level doubles of libnvidia-ml and libcufile (test/support/native),
  * always in a child process as the product runs it.
  */
-import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -10,6 +10,7 @@ import { cufileFacts } from "../../src/node/gds.js";
 import { gpuFacts } from "../../src/node/gpus.js";
 import { type CufileProbe, type GpuProbe, type ProbeOutcome, runProbe } from "../../src/node/native.js";
 import { builtAddon, type FakeLibraries, fakeLibraries } from "../support/native-doubles.js";
+import { settles, waitFor } from "../support/wait.js";
 
 let libs: FakeLibraries;
 let addonPath: string;
@@ -25,18 +26,56 @@ afterAll(async () => {
 
 const env = (vars: Record<string, string>) => ({ PATH: process.env.PATH ?? "", ...vars });
 
-async function gpus(vars: Record<string, string> = {}, timeoutMs = 10_000): Promise<ProbeOutcome<GpuProbe>> {
+/**
+ * The deadline of a probe that should answer: a Node child process on a loaded machine. Tests of the
+ * deadline itself give a short one to a probe that hangs for good, so no machine is too fast or slow.
+ */
+const PROBE_MS = 30_000;
+
+async function gpus(
+  vars: Record<string, string> = {},
+  timeoutMs = PROBE_MS,
+): Promise<ProbeOutcome<GpuProbe>> {
   return runProbe("gpus", { addonPath, libraryPath: libs.nvml, timeoutMs, env: env(vars) });
 }
 async function cufile(
   vars: Record<string, string> = {},
-  timeoutMs = 10_000,
+  timeoutMs = PROBE_MS,
 ): Promise<ProbeOutcome<CufileProbe>> {
   return runProbe("cufile", { addonPath, libraryPath: libs.cufile, timeoutMs, env: env(vars) });
 }
 function ok<T>(o: ProbeOutcome<T>): T {
   if (o.status !== "ok") throw new Error(`probe did not succeed: ${JSON.stringify(o)}`);
   return o.result;
+}
+
+/** Whether a process is still there (a zombie is not: it has exited, only its entry is left). */
+async function alive(pid: number): Promise<boolean> {
+  try {
+    return !/^\d+ \(.*\) Z /.test(await readFile(`/proc/${pid}/stat`, "utf8"));
+  } catch {
+    return false;
+  }
+}
+
+/** Whether a live process has `NAME=value` in its environment (a zombie's environment reads empty). */
+async function anyProcessWith(variable: string): Promise<boolean> {
+  const pids = (await readdir("/proc")).filter((n) => /^\d+$/.test(n));
+  const environs = await Promise.all(
+    pids.map((pid) => readFile(`/proc/${pid}/environ`, "utf8").catch(() => "")),
+  );
+  return environs.some((e) => e.split("\0").includes(variable));
+}
+
+/** The pid the NVML double wrote to `file` (FAKE_NVML_PID), once it has. */
+async function pidIn(file: string): Promise<number> {
+  const written = () =>
+    readFile(file, "utf8").then(
+      (t) => (t.endsWith("\n") ? t : ""),
+      () => "",
+    );
+  const text = await waitFor(written, { what: `a pid in ${file}` });
+  return Number(text.trim());
 }
 
 describe("NVML probe", () => {
@@ -67,7 +106,7 @@ describe("NVML probe", () => {
 
     const facts = await gpuFacts(await gpus({ FAKE_NVML: "h100x2" }), {
       nvidiaSmi: "/nonexistent",
-      timeoutMs: 1000,
+      timeoutMs: PROBE_MS,
     });
     expect(facts).toMatchObject({
       source: "nvml",
@@ -93,13 +132,13 @@ describe("NVML probe", () => {
 
   it("gives dlerror()'s text when the library is absent, and each missing symbol by name", async () => {
     const absent = ok(
-      await runProbe("gpus", { addonPath, libraryPath: join(dir, "libnvidia-ml.so.1"), timeoutMs: 10_000 }),
+      await runProbe("gpus", { addonPath, libraryPath: join(dir, "libnvidia-ml.so.1"), timeoutMs: PROBE_MS }),
     );
     expect(absent.library.loaded).toBe(false);
     expect(absent.library.reason).toContain("cannot open shared object file: No such file or directory");
 
     // The cuFile double has none of NVML's symbols.
-    const wrong = ok(await runProbe("gpus", { addonPath, libraryPath: libs.cufile, timeoutMs: 10_000 }));
+    const wrong = ok(await runProbe("gpus", { addonPath, libraryPath: libs.cufile, timeoutMs: PROBE_MS }));
     expect(wrong.library.loaded).toBe(true);
     expect(wrong.missingSymbols).toHaveLength(10);
     expect(wrong.missingSymbols[0]).toMatch(/undefined symbol: nvmlInit_v2/);
@@ -107,10 +146,12 @@ describe("NVML probe", () => {
   });
 
   it("returns at the deadline even when a forked helper keeps the probe's pipes open", async () => {
-    const started = Date.now();
-    expect(await gpus({ FAKE_NVML: "hang-forked" }, 1500)).toEqual({ status: "timeout", timeoutMs: 1500 });
-    // The helper holds stdout for 20 s; waiting for the pipes to close would take that long.
-    expect(Date.now() - started).toBeLessThan(5000);
+    // The helper holds stdout for as long as the caller holds the read end: a caller that waited for
+    // the pipes to close before letting go of them would never return (settles() fails it).
+    const o = await settles(gpus({ FAKE_NVML: "hang-forked" }, 1500), {
+      what: "the probe, whose helper holds its pipes until the caller lets go",
+    });
+    expect(o).toEqual({ status: "timeout", timeoutMs: 1500 });
   });
 
   it("finds its result line among what the library prints to stdout", async () => {
@@ -120,8 +161,8 @@ describe("NVML probe", () => {
 
   it("keeps the GPUs when an optional NVML symbol is missing (an older driver)", async () => {
     const facts = await gpuFacts(
-      await runProbe("gpus", { addonPath, libraryPath: libs.nvmlOld, timeoutMs: 10_000 }),
-      { nvidiaSmi: "/nonexistent", timeoutMs: 1000 },
+      await runProbe("gpus", { addonPath, libraryPath: libs.nvmlOld, timeoutMs: PROBE_MS }),
+      { nvidiaSmi: "/nonexistent", timeoutMs: PROBE_MS },
     );
     expect(facts.source).toBe("nvml");
     expect(facts.gpus).toHaveLength(2);
@@ -133,25 +174,32 @@ describe("NVML probe", () => {
   });
 
   it("kills the probe when the caller aborts (daemon shutdown)", async () => {
+    const pidFile = join(dir, "abort.pid");
     const stop = new AbortController();
-    setTimeout(() => stop.abort(), 300);
-    const started = Date.now();
-    const o = await runProbe("gpus", {
+    // A deadline no test waits for: only the abort can end this probe.
+    const probe = runProbe("gpus", {
       addonPath,
       libraryPath: libs.nvml,
-      timeoutMs: 30_000,
+      timeoutMs: 600_000,
       signal: stop.signal,
-      env: env({ FAKE_NVML: "hang" }),
+      env: env({ FAKE_NVML: "hang", FAKE_NVML_PID: pidFile }),
     });
+    // Abort once the probe is inside the hanging driver call.
+    const pid = await pidIn(pidFile);
+    stop.abort();
+    const o = await settles(probe, { what: "the aborted probe" });
     expect(o).toEqual({ status: "failed", reason: "probe cancelled (shutting down)" });
-    expect(Date.now() - started).toBeLessThan(5000);
+    await waitFor(async () => !(await alive(pid)), { what: `the aborted probe (pid ${pid}) gone` });
   });
 
   it("kills a probe whose driver call hangs and says so", async () => {
-    const started = Date.now();
-    const o = await gpus({ FAKE_NVML: "hang" }, 1500);
+    // Found by a mark in its environment: on a loaded machine the deadline may pass before the
+    // probe even reaches the driver, and it must be gone all the same.
+    const mark = `COLDSTART_TEST_PROBE=hang-${process.pid}-${Date.now()}`;
+    const [name, value] = mark.split("=") as [string, string];
+    const o = await gpus({ FAKE_NVML: "hang", [name]: value }, 1500);
     expect(o).toEqual({ status: "timeout", timeoutMs: 1500 });
-    expect(Date.now() - started).toBeLessThan(10_000);
+    await waitFor(async () => !(await anyProcessWith(mark)), { what: "the timed-out probe gone" });
   });
 });
 
@@ -210,7 +258,7 @@ describe("cuFile probe", () => {
 
   it("tries libcufile.so.0 then libcufile.so and reports both dlerror() texts", async () => {
     const r = ok(
-      await runProbe("cufile", { addonPath, timeoutMs: 10_000, env: env({ LD_LIBRARY_PATH: dir }) }),
+      await runProbe("cufile", { addonPath, timeoutMs: PROBE_MS, env: env({ LD_LIBRARY_PATH: dir }) }),
     );
     expect(r.library.loaded).toBe(false);
     expect(r.library.reason).toMatch(
@@ -223,7 +271,7 @@ describe("cuFile probe", () => {
     const r = ok(
       await runProbe("cufile", {
         addonPath,
-        timeoutMs: 10_000,
+        timeoutMs: PROBE_MS,
         env: env({ LD_LIBRARY_PATH: join(libs.cufile, "..") }),
       }),
     );
@@ -238,7 +286,7 @@ describe("cuFile probe", () => {
 
 describe("without the addon", () => {
   it("says native-unavailable with the reason when the file is missing", async () => {
-    const o = await runProbe("gpus", { addonPath: join(dir, "missing.node"), timeoutMs: 10_000 });
+    const o = await runProbe("gpus", { addonPath: join(dir, "missing.node"), timeoutMs: PROBE_MS });
     expect(o.status).toBe("native-unavailable");
     expect(o.status === "native-unavailable" && o.reason).toContain("ENOENT");
   });
@@ -246,7 +294,7 @@ describe("without the addon", () => {
   it("says native-unavailable with the loader's error when the file is not an addon", async () => {
     const bogus = join(dir, "bogus.node");
     await writeFile(bogus, "not an ELF file");
-    const o = await runProbe("cufile", { addonPath: bogus, timeoutMs: 10_000 });
+    const o = await runProbe("cufile", { addonPath: bogus, timeoutMs: PROBE_MS });
     expect(o.status).toBe("native-unavailable");
     expect(o.status === "native-unavailable" && o.reason).toMatch(
       /cannot load .*bogus\.node: .*(invalid ELF header|file too short)/,
@@ -262,7 +310,7 @@ describe("without the addon", () => {
     );
     const facts = await gpuFacts(
       { status: "native-unavailable", reason: "missing" },
-      { nvidiaSmi: smi, timeoutMs: 5000 },
+      { nvidiaSmi: smi, timeoutMs: PROBE_MS },
     );
     expect(facts).toEqual({
       source: "nvidia-smi",
@@ -272,16 +320,24 @@ describe("without the addon", () => {
       product: "NVIDIA-H100-PCIe",
       notes: ["NVML probe: native addon unavailable: missing"],
     });
-    // nvidia-smi hangs with a wedged driver too, and what it forks may hold its pipes.
+    // nvidia-smi hangs with a wedged driver too, and what it forks may hold its pipes: here for
+    // longer than settles() waits, so a fallback that waited for them would fail it.
     const hung = join(dir, "nvidia-smi-hung");
-    await writeFile(hung, "#!/bin/sh\nsleep 20 &\nsleep 20\n", { mode: 0o755 });
-    const started = Date.now();
-    const stuck = await gpuFacts({ status: "failed", reason: "x" }, { nvidiaSmi: hung, timeoutMs: 1000 });
-    expect(Date.now() - started).toBeLessThan(5000);
-    expect(stuck.notes[1]).toBe("nvidia-smi fallback: no answer within 1000 ms; killed");
+    const forked = join(dir, "nvidia-smi-hung.pid");
+    await writeFile(hung, `#!/bin/sh\nsleep 120 &\necho $! > '${forked}'\nexec sleep 120\n`, { mode: 0o755 });
+    try {
+      const stuck = await settles(
+        gpuFacts({ status: "failed", reason: "x" }, { nvidiaSmi: hung, timeoutMs: 1000 }),
+        { what: "the nvidia-smi fallback, whose child holds its pipes" },
+      );
+      expect(stuck.notes[1]).toBe("nvidia-smi fallback: no answer within 1000 ms; killed");
+    } finally {
+      const pid = Number(await readFile(forked, "utf8").catch(() => ""));
+      if (pid > 0) process.kill(pid, "SIGKILL");
+    }
     const none = await gpuFacts(
       { status: "failed", reason: "x" },
-      { nvidiaSmi: join(dir, "absent"), timeoutMs: 1000 },
+      { nvidiaSmi: join(dir, "absent"), timeoutMs: PROBE_MS },
     );
     expect(none.source).toBe("none");
     expect(none.notes[1]).toMatch(/nvidia-smi fallback: .*absent not found/);

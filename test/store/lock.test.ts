@@ -3,6 +3,7 @@ import { hostname, tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { acquireLock } from "../../src/store/lock.js";
+import { waitFor } from "../support/wait.js";
 
 let dir: string;
 beforeEach(async () => {
@@ -57,7 +58,8 @@ describe("destination lock", () => {
     // Frozen past the stale limit, then taken over by another pod.
     await writeFile(path, JSON.stringify({ pid: 7, host: "new-pod", nonce: "theirs" }));
     await expect(lock.verify()).rejects.toMatchObject({ code: "CS_DEST_LOCKED" });
-    await new Promise((r) => setTimeout(r, 100));
+    // The next heartbeat (every 20 ms) notices.
+    await waitFor(() => lost !== "", { what: "onLost" });
     expect(lost).toMatch(/taken over by pid 7 on new-pod/);
     await lock.release();
     expect(JSON.parse(await readFile(path, "utf8")).nonce).toBe("theirs");

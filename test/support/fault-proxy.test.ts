@@ -3,6 +3,7 @@ import http from "node:http";
 import type { AddressInfo } from "node:net";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { type FaultProxy, startFaultProxy } from "./fault-proxy.js";
+import { settles, waitFor } from "./wait.js";
 
 const MiB = 1024 * 1024;
 const DATA = randomBytes(MiB);
@@ -173,11 +174,6 @@ async function settledResources(): Promise<{ tcp: number; timers: number }> {
   return last;
 }
 
-async function waitFor(check: () => boolean, ms = 1000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!check() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
-}
-
 describe("fault proxy", () => {
   const upstream = new Upstream();
   let proxy: FaultProxy;
@@ -249,7 +245,7 @@ describe("fault proxy", () => {
         res.pause();
       },
     });
-    await waitFor(() => paused !== undefined);
+    await waitFor(() => paused !== undefined, { what: "the response" });
     // Let every buffer on the way fill up (kernel socket buffers hold a few MiB on loopback).
     await new Promise((r) => setTimeout(r, 200));
     expect(upstream.bigBytesWritten).toBeLessThan(BIG_BYTES / 2);
@@ -312,7 +308,8 @@ describe("fault proxy", () => {
   });
 
   it("stalls after N bytes: a client inactivity timeout fires; a patient client gets everything", async () => {
-    proxy.addRule({ action: { kind: "stall", afterBytes: 4096, ms: 5_000 }, times: 1 });
+    // Stalled for longer than the test runs: only the client's own timeout can end this one.
+    proxy.addRule({ action: { kind: "stall", afterBytes: 4096, ms: 600_000 }, times: 1 });
     const impatient = await request(objUrl(), { agent: false, timeoutMs: 300 });
     expect(impatient.timedOut).toBe(true);
     expect(impatient.body.length).toBe(4096);
@@ -320,7 +317,9 @@ describe("fault proxy", () => {
 
     proxy.addRule({ action: { kind: "stall", afterBytes: 4096, ms: 150 }, times: 1 });
     const started = Date.now();
-    const patient = await request(objUrl(), { agent: false, timeoutMs: 5_000 });
+    // (Its inactivity timeout far beyond the stall, however late the machine wakes up from it.)
+    const patient = await request(objUrl(), { agent: false, timeoutMs: 30_000 });
+    // A lower bound only: a slow machine stalls longer, never shorter.
     expect(Date.now() - started).toBeGreaterThanOrEqual(140);
     expect(patient.error).toBeUndefined();
     expect(patient.body.length).toBe(MiB);
@@ -446,25 +445,28 @@ describe("fault proxy", () => {
     try {
       await request(`${local.url}/bucket/a`, { agent }); // leaves an idle keep-alive connection
       expect(agent.freeSockets).not.toEqual({});
-      local.addRule({ action: { kind: "stall", afterBytes: 10, ms: 30_000 }, times: 1 });
-      local.addRule({ action: { kind: "delay", ms: 30_000 } });
+      // Stalled and delayed for longer than any test runs: a close() that waited for them fails
+      // settles() below (prompt means: without waiting for them, not within some milliseconds).
+      local.addRule({ action: { kind: "stall", afterBytes: 10, ms: 600_000 }, times: 1 });
+      local.addRule({ action: { kind: "delay", ms: 600_000 } });
       const stalled = request(`${local.url}/bucket/a`, { agent });
-      await waitFor(() => local.bytesServed().total === MiB + 10);
+      await waitFor(() => local.bytesServed().total === MiB + 10, { what: "the stall's first 10 bytes" });
       const delayed = request(`${local.url}/bucket/a`, { agent }).then(
         () => undefined,
         (err: NodeJS.ErrnoException) => err,
       );
-      await waitFor(() => local.requests.length === 3);
+      await waitFor(() => local.requests.length === 3, { what: "the delayed request at the proxy" });
 
-      const started = Date.now();
-      await local.close();
-      expect(Date.now() - started).toBeLessThan(500);
+      await settles(local.close(), { what: "close() with a stalled and a delayed request" });
       expect((await stalled).error).toBeDefined();
       expect((await delayed)?.code).toBe("ECONNRESET"); // closed before any response: "socket hang up"
-      await waitFor(() => {
-        const now = counted(process.getActiveResourcesInfo());
-        return now.tcp <= before.tcp && now.timers <= before.timers;
-      });
+      await waitFor(
+        () => {
+          const now = counted(process.getActiveResourcesInfo());
+          return now.tcp <= before.tcp && now.timers <= before.timers;
+        },
+        { what: "the proxy's sockets and timers gone" },
+      ).catch(() => {}); // the expectations below say which
       // At most: an unrelated timer from an earlier test may have expired meanwhile.
       const after = counted(process.getActiveResourcesInfo());
       expect(after.tcp).toBeLessThanOrEqual(before.tcp);

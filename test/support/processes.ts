@@ -75,13 +75,22 @@ export interface DaemonProcess {
   exited: Promise<Outcome>;
 }
 
+export interface DaemonStartOptions extends Pick<SpawnOptions, "built"> {
+  /**
+   * How long the daemon may take to log that it is ready before the start fails (default 30 s). A
+   * test that starts several daemons at once on a loaded machine gives more.
+   */
+  readyTimeoutMs?: number;
+}
+
 /** Starts `coldstart daemon` and resolves once it logs that it is ready (or rejects if it exits). */
 export async function startDaemonProcess(
   args: string[],
   s3: S3Endpoint,
   env: Record<string, string> = {},
-  options: Pick<SpawnOptions, "built"> = {},
+  options: DaemonStartOptions = {},
 ): Promise<DaemonProcess> {
+  const readyTimeoutMs = options.readyTimeoutMs ?? 30_000;
   const child = coldstart(
     ["daemon", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", ...args],
     s3,
@@ -109,8 +118,8 @@ export async function startDaemonProcess(
     });
     exited.then((o) => reject(new Error(`daemon exited ${o.code ?? o.signal} before ready: ${o.stderr}`)));
     setTimeout(
-      () => reject(new Error(`daemon not ready after 30 s; logs: ${JSON.stringify(logs)}`)),
-      30_000,
+      () => reject(new Error(`daemon not ready after ${readyTimeoutMs} ms; logs: ${JSON.stringify(logs)}`)),
+      readyTimeoutMs,
     ).unref();
   });
   const { api, metrics } = await ready;

@@ -7,11 +7,16 @@
  *   FAKE_NVML=none               the driver answers, with no GPUs
  *   FAKE_NVML=driver-not-loaded  nvmlInit_v2 fails with NVML_ERROR_DRIVER_NOT_LOADED (9)
  *   FAKE_NVML=hang               nvmlInit_v2 never returns (a wedged driver)
- *   FAKE_NVML=hang-forked        the same, after forking a helper that keeps stdout open for 20 s
+ *   FAKE_NVML=hang-forked        the same, after forking a helper that keeps stdout open for as long
+ *                                as someone holds its read end (at most 120 s)
  * FAKE_NVML_LOG=<file> appends one line per call, so tests can check init/shutdown pairing.
+ * FAKE_NVML_PID=<file> writes the pid of the process that called nvmlInit_v2 (was it killed?).
+ * FAKE_NVML_AFTER=<file> makes nvmlInit_v2 wait until that file exists (e.g. another double's log):
+ *   a driver that answers only once something else has happened, so tests can check an order.
  * FAKE_NVML_NOISE=1 prints a line to stdout from nvmlInit_v2, as chatty libraries do.
  * Built with -DFAKE_NVML_OLD it lacks nvmlSystemGetCudaDriverVersion, like an older driver.
  */
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -50,15 +55,35 @@ static nvmlReturn_t copy(char *dst, unsigned int size, const char *src) {
   return 0;
 }
 
+static void write_pid(void) {
+  const char *path = getenv("FAKE_NVML_PID");
+  if (path == NULL) return;
+  FILE *f = fopen(path, "w");
+  if (f == NULL) return;
+  fprintf(f, "%d\n", (int)getpid());
+  fclose(f);
+}
+
+static void wait_for_file(void) {
+  const char *path = getenv("FAKE_NVML_AFTER");
+  if (path == NULL) return;
+  while (access(path, F_OK) != 0) poll(NULL, 0, 10);
+}
+
 nvmlReturn_t nvmlInit_v2(void) {
   trace("nvmlInit_v2");
+  write_pid();
+  wait_for_file();
   if (getenv("FAKE_NVML_NOISE") != NULL) {
     printf("fake-nvml: initialising\n");
     fflush(stdout);
   }
   if (strcmp(scenario(), "driver-not-loaded") == 0) return 9;
   if (strcmp(scenario(), "hang-forked") == 0 && fork() == 0) {
-    sleep(20);
+    /* The write end of a pipe reports POLLERR once no reader is left: a caller that waits for the
+     * pipes to close without letting go of them itself waits here for good (well, 120 s). */
+    struct pollfd out = {STDOUT_FILENO, 0, 0};
+    poll(&out, 1, 120 * 1000);
     _exit(0);
   }
   if (strncmp(scenario(), "hang", 4) == 0) {
