@@ -11,6 +11,7 @@
  * tensor, and each tensor's byte range is exactly what its dtype and shape need.
  */
 import { open } from "node:fs/promises";
+import pLimit from "p-limit";
 import { ColdstartError } from "../errors.js";
 
 /** One tensor as the header describes it; `begin`/`end` are offsets into the data buffer. */
@@ -36,6 +37,13 @@ export interface SafetensorsHeader {
 
 /** The reference reader refuses headers longer than this. */
 export const MAX_HEADER_BYTES = 100_000_000;
+
+/**
+ * Deepest nesting a header may have. A valid one has three levels (the header object, a tensor's
+ * object, its shape and offsets arrays); refusing deeper ones before JSON.parse keeps a hostile
+ * header (100,000 nested arrays) from exhausting the stack anywhere later.
+ */
+export const MAX_HEADER_DEPTH = 8;
 
 /**
  * Element width in bits of every dtype the current reference implementation defines (safetensors 0.6+,
@@ -107,7 +115,18 @@ export function tensorByteLength(dtype: string, shape: readonly number[]): Tenso
  * the data buffer. `key` names the file in messages (defaults to `path`). Throws CS_SAFETENSORS_INVALID for
  * a file that is not a valid safetensors file, CS_IO_ERROR when it cannot be read.
  */
-export async function readSafetensorsHeader(path: string, key?: string): Promise<SafetensorsHeader> {
+export function readSafetensorsHeader(path: string, key?: string): Promise<SafetensorsHeader> {
+  return oneAtATime(() => readHeader(path, key));
+}
+
+/**
+ * Headers are checked one at a time in a process: a header may be 100 MB of JSON whose parse takes
+ * about ten times that while it is checked (1,000,000 tensors in 73 MB peak near 770 MB), so two at
+ * once must not add up. Shards finishing together wait for each other here, for milliseconds.
+ */
+const oneAtATime = pLimit(1);
+
+async function readHeader(path: string, key: string | undefined): Promise<SafetensorsHeader> {
   const label = key ?? path;
   let handle: Awaited<ReturnType<typeof open>> | undefined;
   try {
@@ -171,6 +190,10 @@ function validateHeader(
   } catch (err) {
     return fail("header is not valid UTF-8", err);
   }
+  const scan = scanJson(text);
+  if (scan.depth > MAX_HEADER_DEPTH) {
+    return fail(`header nests more than ${MAX_HEADER_DEPTH} levels deep (a valid one has 3)`);
+  }
   let parsed: unknown;
   try {
     // JSON whitespace (trailing 0x20 padding included) is allowed around the object, as in serde_json.
@@ -179,12 +202,17 @@ function validateHeader(
     return fail(`header is not valid JSON: ${err instanceof Error ? err.message : String(err)}`, err);
   }
   if (!isPlainObject(parsed)) return fail(`header must be a JSON object, got ${kindOf(parsed)}`);
-  const duplicate = findDuplicateJsonKey(text);
-  if (duplicate !== undefined) return fail(`header has duplicate key ${describeKeyPath(duplicate)}`);
+  // JSON.parse keeps the last of duplicate keys, so fewer keys than the text names means one repeats;
+  // only then is the (costlier) search for which one run.
+  if (countKeys(parsed) !== scan.keys) {
+    const duplicate = findDuplicateJsonKey(text);
+    if (duplicate !== undefined) return fail(`header has duplicate key ${describeKeyPath(duplicate)}`);
+  }
 
   let metadata: Record<string, string> | undefined;
   const tensors: TensorInfo[] = [];
-  for (const [name, entry] of Object.entries(parsed)) {
+  for (const name of Object.keys(parsed)) {
+    const entry = parsed[name];
     if (name === "__metadata__") {
       metadata = checkMetadata(entry, fail);
       continue;
@@ -264,6 +292,52 @@ export function findDuplicateJsonKey(text: string): string[] | undefined {
     }
   }
   return undefined;
+}
+
+/**
+ * One pass over a JSON text: its deepest nesting (counted up to just past `MAX_HEADER_DEPTH`) and
+ * how many object keys it names (a string followed by ":"). Strings are skipped whole, so brackets
+ * inside them do not count.
+ */
+function scanJson(text: string): { depth: number; keys: number } {
+  const tokens = /"[^"\\]*(?:\\.[^"\\]*)*"|[{}[\]:]/g;
+  let depth = 0;
+  let deepest = 0;
+  let keys = 0;
+  let afterString = false;
+  for (let m = tokens.exec(text); m !== null; m = tokens.exec(text)) {
+    const c = m[0];
+    if (c.length > 1) {
+      afterString = true;
+      continue;
+    }
+    if (c === ":") {
+      if (afterString) keys++;
+    } else if (c === "{" || c === "[") {
+      depth++;
+      if (depth > deepest) deepest = depth;
+      if (deepest > MAX_HEADER_DEPTH) break;
+    } else depth--;
+    afterString = false;
+  }
+  return { depth: deepest, keys };
+}
+
+/** Keys of every object in a parsed JSON value (arrays walked, not counted). */
+function countKeys(value: unknown): number {
+  if (Array.isArray(value)) {
+    let n = 0;
+    for (const v of value) if (typeof v === "object" && v !== null) n += countKeys(v);
+    return n;
+  }
+  if (typeof value !== "object" || value === null) return 0;
+  let n = 0;
+  for (const k in value) {
+    n++;
+    const v = (value as Record<string, unknown>)[k];
+    if (typeof v === "object" && v !== null) n += countKeys(v);
+  }
+  return n;
 }
 
 /** Reads the 8-byte length prefix and checks N against the limit and the file size; returns N. */

@@ -4,7 +4,7 @@
  */
 import { z } from "zod";
 import { ColdstartError } from "../errors.js";
-import type { SafetensorsHeader } from "./header.js";
+import type { SafetensorsHeader, TensorInfo } from "./header.js";
 import { findDuplicateJsonKey } from "./header.js";
 
 /** A parsed index. */
@@ -32,6 +32,23 @@ const indexSchema = z.looseObject({
  * strings, every shard a bare file name (one path component: not empty, not "." or "..", no "/", "\\" or
  * NUL), `metadata.total_size` a non-negative number when present. `key` names the file in messages.
  */
+/**
+ * The largest index coldstart reads (it is held in memory whole). Published models' indexes are
+ * well under 10 MB (one line per tensor); this bounds what a broken or hostile one can cost.
+ */
+export const MAX_INDEX_BYTES = 64 * 1024 * 1024;
+
+/** Refuses an index file larger than MAX_INDEX_BYTES before it is read. */
+export function checkIndexSize(bytes: number, key?: string): void {
+  if (bytes > MAX_INDEX_BYTES) {
+    throw invalid(
+      key ?? DEFAULT_LABEL,
+      key,
+      `is ${bytes} bytes, more than the ${MAX_INDEX_BYTES} an index may have`,
+    );
+  }
+}
+
 export function parseSafetensorsIndex(text: string, key?: string): SafetensorsIndex {
   const label = key ?? DEFAULT_LABEL;
   let parsed: unknown;
@@ -67,6 +84,17 @@ export function parseSafetensorsIndex(text: string, key?: string): SafetensorsIn
   return { totalSize: result.data.metadata?.total_size, weightMap };
 }
 
+/** What the index check needs of a shard's header (a SafetensorsHeader is one). */
+export interface ShardTensors {
+  tensors: readonly Pick<TensorInfo, "name" | "begin" | "end">[];
+}
+
+/** The part of a validated header the index check needs, and no more (a model's shards are held
+ * until its index is checked: names and offsets only, not shapes). */
+export function shardTensors(header: SafetensorsHeader): ShardTensors {
+  return { tensors: header.tensors.map(({ name, begin, end }) => ({ name, begin, end })) };
+}
+
 /**
  * Checks an index against its shards' headers (`shards`: shard file name -> parsed header): every shard the
  * index names is present; every tensor of every shard is in the map, under that shard; every tensor of the
@@ -75,7 +103,7 @@ export function parseSafetensorsIndex(text: string, key?: string): SafetensorsIn
  */
 export function checkIndexAgainstShards(
   index: SafetensorsIndex,
-  shards: Map<string, SafetensorsHeader>,
+  shards: ReadonlyMap<string, ShardTensors>,
   key?: string,
 ): void {
   const label = key ?? DEFAULT_LABEL;

@@ -9,8 +9,14 @@ import { retryReason } from "../metrics/retry-reason.js";
 import { isCrcAlgorithm, parseChecksumHeader } from "../s3/checksum.js";
 import type { ObjectChecksum, ObjectSource } from "../s3/object-source.js";
 import { describe, type RetryPolicy, toS3Error, withRetry } from "../s3/retry.js";
-import { readSafetensorsHeader, type SafetensorsHeader } from "../safetensors/header.js";
-import { checkIndexAgainstShards, parseSafetensorsIndex } from "../safetensors/index-json.js";
+import { readSafetensorsHeader } from "../safetensors/header.js";
+import {
+  checkIndexAgainstShards,
+  checkIndexSize,
+  parseSafetensorsIndex,
+  type ShardTensors,
+  shardTensors,
+} from "../safetensors/index-json.js";
 import { syncDir } from "../store/atomic-file.js";
 import { mkdirBeneath } from "../store/beneath.js";
 import { freeBytes } from "../store/disk.js";
@@ -118,6 +124,10 @@ export class StageJob implements TaskOwner {
   readonly #files = new Map<string, FileState>();
   #manifest: ManifestStore | undefined;
   #listing = false;
+  /** Files in several parts, opened (journal loaded or created) before any byte is fetched. */
+  readonly #opened: FileState[] = [];
+  /** Single-part files a worker took that are not committed yet (see #stageFiles). */
+  readonly #singles = new Map<string, FileState>();
   /** Set by stop(): no part starts or retries after it. */
   #stopping: ColdstartError | undefined;
   /** Peers waiting for a part to be in (see whenPiece), by relative path and part. */
@@ -338,53 +348,12 @@ export class StageJob implements TaskOwner {
 
     const manifest = await ManifestStore.open(this.#root, source);
     this.#manifest = manifest;
-    const limit: Limit = (task) =>
-      this.#stopping ? Promise.reject(this.#stopping) : this.#scheduler.run(this, task);
-    const pending: FilePlan[] = [];
-    for (const f of files) {
-      if (await this.#alreadyStaged(f, manifest)) {
-        this.#p.filesDone++;
-        this.#p.bytesDone += f.size;
-        this.#p.resumedBytes += f.size;
-      } else pending.push(f);
-    }
-    const opened = await Promise.allSettled(pending.map((f) => limit(() => this.#openFile(f))));
-    throwFirst(opened);
-    const todo = opened.map((r) => (r as PromiseFulfilledResult<FileState>).value);
-    await this.#checkSpace(todo);
-    for (const fs of todo) this.#files.set(fs.plan.relPath, fs);
-    this.#listing = false;
-
-    this.#partsLeft = todo.reduce((n, f) => n + f.plan.bounds.length - 1 - f.done.size, 0);
-    this.#p.phase = this.#partsLeft > 0 ? "downloading" : "verifying";
-    this.#downloadStarted = Date.now();
-    const headers = new Map<string, SafetensorsHeader>();
-    // Parts are queued here first, then handed to the scheduler in one order for the whole model.
-    const queued: (() => void)[] = [];
-    const enqueue: Limit = (task) =>
-      new Promise((resolve, reject) => queued.push(() => limit(task).then(resolve, reject)));
     try {
-      const downloads = todo.map(async (fs) => {
-        if (fs.plan.relPath.endsWith(INDEX_SUFFIX)) return this.#download(fs, enqueue);
-        await this.#download(fs, enqueue);
-        await this.#commit(fs, manifest, headers);
-      });
-      // Every #download queued its parts synchronously. With spreadParts, each node takes the parts
-      // in its own random order: nodes staging one model at once then mostly fetch different parts
-      // from S3 and the rest from each other (src/peers/peer-source.ts). A random order beats each
-      // node starting at a random point: two nodes that start near each other would race for the
-      // same parts all the way.
-      if (o.spreadParts) shuffle(queued);
-      for (const start of queued) start();
-      const settled = await Promise.allSettled(downloads);
-      throwFirst(settled);
-      // Indexes last: they are checked against every shard's header before they become visible.
-      for (const fs of todo.filter((f) => f.plan.relPath.endsWith(INDEX_SUFFIX))) {
-        await this.#commit(fs, manifest, headers, files);
-      }
+      await this.#stageFiles(files, manifest);
     } catch (err) {
       // Keep the manifest's appended entries: a rerun skips what was committed. Never mask `err`.
       await manifest.close().catch(() => {});
+      await this.#reclaim();
       throw err;
     }
     await manifest.close();
@@ -403,6 +372,132 @@ export class StageJob implements TaskOwner {
       retries: this.#p.retries,
       resumedBytes: this.#p.resumedBytes,
     };
+  }
+
+  /**
+   * Downloads and commits every file not staged yet. Memory follows the work in flight, not the
+   * number of files: a file in several parts is opened up front (its checksum plan, its journal,
+   * what peers may read of it), but a single-part file has no state until a worker takes it, and
+   * `concurrency` workers each take one part at a time from one list of (file, part) pairs.
+   */
+  async #stageFiles(files: FilePlan[], manifest: ManifestStore): Promise<void> {
+    const o = this.#o;
+    const signal = this.#abort.signal;
+    const limit: Limit = (task) =>
+      this.#stopping ? Promise.reject(this.#stopping) : this.#scheduler.run(this, task);
+    const pending: FilePlan[] = [];
+    for (const f of files) {
+      if (await this.#alreadyStaged(f, manifest)) {
+        this.#p.filesDone++;
+        this.#p.bytesDone += f.size;
+        this.#p.resumedBytes += f.size;
+      } else pending.push(f);
+    }
+    const multi = pending.filter((f) => f.bounds.length > 2);
+    const opened = await Promise.allSettled(multi.map((f) => limit(() => this.#openFile(f))));
+    for (const r of opened) if (r.status === "fulfilled") this.#opened.push(r.value);
+    throwFirst(opened);
+    await this.#checkSpace(pending);
+    for (const fs of this.#opened) this.#files.set(fs.plan.relPath, fs);
+    this.#listing = false;
+
+    // One work list for the whole model: a file's parts, or a single-part file's plan.
+    const work: Work[] = [];
+    for (const f of pending) {
+      if (f.bounds.length <= 2) work.push({ single: f });
+      else {
+        const fs = this.#files.get(f.relPath) as FileState;
+        for (let p = 0; p < fs.plan.bounds.length - 1; p++) if (!fs.done.has(p)) work.push({ fs, p });
+      }
+    }
+    // With spreadParts, each node takes the parts in its own random order: nodes staging one model
+    // at once then mostly fetch different parts from S3 and the rest from each other
+    // (src/peers/peer-source.ts). A random order beats each node starting at a random point: two
+    // nodes that start near each other would race for the same parts all the way.
+    if (o.spreadParts) shuffle(work);
+    this.#partsLeft = work.length;
+    this.#p.phase = work.length > 0 ? "downloading" : "verifying";
+    this.#downloadStarted = Date.now();
+    const headers = new Map<string, ShardTensors>();
+    const commits = new Set<Promise<void>>();
+    const commit = (fs: FileState) => {
+      if (fs.plan.relPath.endsWith(INDEX_SUFFIX)) return;
+      const c = this.#commitOrDiscard(fs, manifest, headers).finally(() => commits.delete(c));
+      commits.add(c);
+      c.catch((err) => this.#abort.abort(err));
+    };
+    // Files resumed with every part in: nothing to fetch, only to check and commit.
+    for (const fs of this.#opened) if (fs.done.size === fs.plan.bounds.length - 1) commit(fs);
+    let next = 0;
+    const worker = async () => {
+      while (next < work.length && !signal.aborted && !this.#stopping) {
+        const item = work[next++] as Work;
+        const fs = "single" in item ? this.#startSingle(item.single) : item.fs;
+        await this.#runPart(fs, "single" in item ? 0 : item.p, limit);
+        if (fs.done.size === fs.plan.bounds.length - 1) commit(fs);
+        // Commits run beside the downloads, but no more of them than there are workers.
+        while (commits.size >= this.#scheduler.concurrency) await Promise.race(commits).catch(() => {});
+      }
+    };
+    const workers = Array.from({ length: Math.min(this.#scheduler.concurrency, work.length) }, worker);
+    throwFirst([...(await Promise.allSettled(workers)), ...(await Promise.allSettled([...commits]))]);
+    if (signal.aborted) throw toColdstartError(signal.reason);
+    if (next < work.length && this.#stopping) throw this.#stopping;
+    // Indexes last: they are checked against every shard's header before they become visible.
+    for (const fs of [...this.#opened, ...this.#singles.values()]) {
+      if (fs.plan.relPath.endsWith(INDEX_SUFFIX)) await this.#commitOrDiscard(fs, manifest, headers, files);
+    }
+  }
+
+  /** A single-part file's state, made when a worker takes it (and dropped once it is committed). */
+  #startSingle(plan: FilePlan): FileState {
+    const id = tmpId(plan.relPath);
+    const fs: FileState = {
+      plan,
+      id,
+      tmpPath: join(this.#tmpDir, `${id}.partial`),
+      journal: undefined,
+      done: new Map(),
+      inFlight: new Map(),
+    };
+    this.#singles.set(plan.relPath, fs);
+    return fs;
+  }
+
+  /**
+   * Commits a downloaded file; a file whose bytes failed verification is discarded (temp file and
+   * journal), since a rerun would only find the same bytes wanting: it is fetched again instead.
+   */
+  async #commitOrDiscard(
+    fs: FileState,
+    manifest: ManifestStore,
+    headers: Map<string, ShardTensors>,
+    allFiles?: FilePlan[],
+  ): Promise<void> {
+    try {
+      await this.#commit(fs, manifest, headers, allFiles);
+      this.#singles.delete(fs.plan.relPath);
+    } catch (err) {
+      if (isColdstartError(err) && REFUSED_BYTES.has(err.code)) await this.#discard(fs);
+      throw err;
+    }
+  }
+
+  /** Removes a file's temp file and journal. */
+  async #discard(fs: FileState): Promise<void> {
+    this.#singles.delete(fs.plan.relPath);
+    await rm(fs.tmpPath, { force: true });
+    await rm(join(this.#tmpDir, `${fs.id}.journal`), { force: true });
+  }
+
+  /**
+   * After a failed (or stopped) job: what can never be resumed goes. A file in parts with no part
+   * journaled is only a sparse temp file and an empty journal; a single-part file that did not commit
+   * has no journal to resume from. Files with journaled parts stay for the next run.
+   */
+  async #reclaim(): Promise<void> {
+    const gone = [...this.#opened.filter((fs) => fs.done.size === 0), ...this.#singles.values()];
+    for (const fs of gone) await this.#discard(fs).catch(() => {});
   }
 
   async #alreadyStaged(f: FilePlan, manifest: ManifestStore): Promise<boolean> {
@@ -435,9 +530,8 @@ export class StageJob implements TaskOwner {
       inFlight: new Map<number, "s3" | "peer">(),
     };
     if (plan.bounds.length === 2) {
-      // One part: nothing to resume and no journal. Its download creates the temp file and syncs it,
-      // which spares a model's many small files five file operations each. A journal left by a
-      // listing that had the object in parts goes.
+      // Aligned to a single S3 part after all: nothing to resume and no journal. A journal left by a
+      // listing that had the object in more parts goes.
       await rm(journalPath, { force: true });
       return { ...base, journal: undefined, done: new Map() };
     }
@@ -527,10 +621,10 @@ export class StageJob implements TaskOwner {
     return { checksum, bounds, partStarts };
   }
 
-  async #checkSpace(todo: FileState[]): Promise<void> {
+  async #checkSpace(pending: FilePlan[]): Promise<void> {
     let need = 0;
-    for (const fs of todo) {
-      need += fs.plan.size;
+    for (const f of pending) need += f.size;
+    for (const fs of this.#opened) {
       for (const p of fs.done.keys())
         need -= (fs.plan.bounds[p + 1] as number) - (fs.plan.bounds[p] as number);
     }
@@ -549,73 +643,63 @@ export class StageJob implements TaskOwner {
     }
   }
 
-  async #download(fs: FileState, limit: Limit): Promise<void> {
+  /** Downloads part `p` of a file under a download slot and records it (see #downloadTracked). */
+  async #runPart(fs: FileState, p: number, limit: Limit): Promise<void> {
     const o = this.#o;
     const signal = this.#abort.signal;
     const { plan } = fs;
     const parts = plan.bounds.length - 1;
-    let sumAlgorithm = fs.checksum?.algorithm;
     // A resumed file must keep its checksum plan: parts journaled without a value cannot be combined.
-    if (sumAlgorithm && [...fs.done.values()].some((e) => e.sum === undefined)) {
-      sumAlgorithm = undefined;
-      delete fs.checksum;
+    if (fs.checksum && [...fs.done.values()].some((e) => e.sum === undefined)) delete fs.checksum;
+    try {
+      await limit(async () => {
+        if (signal.aborted) throw toS3Error(signal.reason, plan.key, "GET");
+        if (this.#stopping) throw this.#stopping;
+        await this.#downloadTracked(fs, p, (onSource) =>
+          downloadPart(
+            {
+              bucket: o.bucket,
+              key: plan.key,
+              etag: plan.etag,
+              size: plan.size,
+              tmpPath: fs.tmpPath,
+              index: p,
+              start: plan.bounds[p] as number,
+              end: plan.bounds[p + 1] as number,
+              whole: parts === 1,
+              create: parts === 1,
+              durable: fs.journal !== undefined || parts === 1,
+              sumAlgorithm: fs.checksum?.algorithm,
+            },
+            {
+              source: o.source,
+              retry: o.retry,
+              requestTimeoutMs: o.requestTimeoutMs,
+              signal,
+              onBytes: (n) => {
+                this.#p.bytesDone += n;
+                // Bytes from S3 only: a peer's are coldstart_peer_bytes_total{direction="in"}.
+                if (fs.inFlight.get(p) !== "peer") o.metrics?.downloadBytes.inc({ source: o.bucket }, n);
+              },
+              onRetry: this.#onRetry(plan.key, "get"),
+              rateLimiter: o.rateLimiter,
+              onSource,
+              halted: () => this.#stopping,
+            },
+          ),
+        );
+      });
+    } catch (err) {
+      // First failure stops the job: a model with a missing file is not usable anyway, and the
+      // journal keeps every finished part for the next run. A part that did not start because the
+      // job is stopping leaves the parts in flight to finish.
+      if (err !== this.#stopping) this.#abort.abort(err);
+      throw err;
     }
-    // allSettled: a failed part must not let the job finish (and release its lock) while sibling
-    // parts of the file are still writing.
-    const settled = await Promise.allSettled(
-      Array.from({ length: parts }, (_, p) => p)
-        .filter((p) => !fs.done.has(p))
-        .map((p) =>
-          limit(async () => {
-            if (signal.aborted) throw toS3Error(signal.reason, plan.key, "GET");
-            if (this.#stopping) throw this.#stopping;
-            await this.#downloadTracked(fs, p, (onSource) =>
-              downloadPart(
-                {
-                  bucket: o.bucket,
-                  key: plan.key,
-                  etag: plan.etag,
-                  size: plan.size,
-                  tmpPath: fs.tmpPath,
-                  index: p,
-                  start: plan.bounds[p] as number,
-                  end: plan.bounds[p + 1] as number,
-                  whole: parts === 1,
-                  create: parts === 1,
-                  durable: fs.journal !== undefined || parts === 1,
-                  sumAlgorithm,
-                },
-                {
-                  source: o.source,
-                  retry: o.retry,
-                  requestTimeoutMs: o.requestTimeoutMs,
-                  signal,
-                  onBytes: (n) => {
-                    this.#p.bytesDone += n;
-                    // Bytes from S3 only: a peer's are coldstart_peer_bytes_total{direction="in"}.
-                    if (fs.inFlight.get(p) !== "peer") o.metrics?.downloadBytes.inc({ source: o.bucket }, n);
-                  },
-                  onRetry: this.#onRetry(plan.key, "get"),
-                  rateLimiter: o.rateLimiter,
-                  onSource,
-                  halted: () => this.#stopping,
-                },
-              ),
-            );
-            if (--this.#partsLeft === 0) {
-              this.#p.phase = "verifying";
-              this.#observe("download", Date.now() - this.#downloadStarted);
-            }
-          }).catch((err) => {
-            // First failure stops the job: a model with a missing file is not usable anyway, and the
-            // journal keeps every finished part for the next run. A part that did not start because
-            // the job is stopping leaves its siblings in flight to finish.
-            if (err !== this.#stopping) this.#abort.abort(err);
-            throw err;
-          }),
-        ),
-    );
-    throwFirst(settled);
+    if (--this.#partsLeft === 0) {
+      this.#p.phase = "verifying";
+      this.#observe("download", Date.now() - this.#downloadStarted);
+    }
   }
 
   /**
@@ -655,7 +739,7 @@ export class StageJob implements TaskOwner {
   async #commit(
     fs: FileState,
     manifest: ManifestStore,
-    headers: Map<string, SafetensorsHeader>,
+    headers: Map<string, ShardTensors>,
     allFiles?: FilePlan[],
   ): Promise<void> {
     const { plan } = fs;
@@ -688,7 +772,7 @@ export class StageJob implements TaskOwner {
     }
 
     if (plan.relPath.endsWith(".safetensors")) {
-      headers.set(plan.relPath, await readSafetensorsHeader(fs.tmpPath, plan.key));
+      headers.set(plan.relPath, shardTensors(await readSafetensorsHeader(fs.tmpPath, plan.key)));
     } else if (plan.relPath.endsWith(INDEX_SUFFIX) && allFiles) {
       await this.#checkIndex(fs, headers, allFiles);
     }
@@ -741,22 +825,19 @@ export class StageJob implements TaskOwner {
     this.#p.filesDone++;
   }
 
-  async #checkIndex(
-    fs: FileState,
-    headers: Map<string, SafetensorsHeader>,
-    allFiles: FilePlan[],
-  ): Promise<void> {
+  async #checkIndex(fs: FileState, headers: Map<string, ShardTensors>, allFiles: FilePlan[]): Promise<void> {
     const { plan } = fs;
+    checkIndexSize(plan.size, plan.key);
     const text = await readFileText(fs.tmpPath, plan.key);
     const index = parseSafetensorsIndex(text, plan.key);
     const dir = posix.dirname(plan.relPath);
-    const shards = new Map<string, SafetensorsHeader>();
+    const shards = new Map<string, ShardTensors>();
     const staged = new Set(allFiles.map((f) => f.relPath));
     for (const shard of new Set(index.weightMap.values())) {
       const rel = dir === "." ? shard : `${dir}/${shard}`;
       let h = headers.get(rel);
       if (!h && staged.has(rel)) {
-        h = await readSafetensorsHeader(join(this.#root, ...rel.split("/")), rel);
+        h = shardTensors(await readSafetensorsHeader(join(this.#root, ...rel.split("/")), rel));
         headers.set(rel, h);
       }
       if (h) shards.set(shard, h);
@@ -779,6 +860,18 @@ function tmpId(relPath: string): string {
 }
 
 type Limit = <T>(task: () => Promise<T>) => Promise<T>;
+
+/** One item of a job's work list: a part of a file in several parts, or a whole single-part file. */
+type Work = { fs: FileState; p: number } | { single: FilePlan };
+
+/** Verification failures: the bytes on disk are known bad, so their temp file is discarded. */
+const REFUSED_BYTES = new Set([
+  "CS_SIZE_MISMATCH",
+  "CS_CHECKSUM_MISMATCH",
+  "CS_SAFETENSORS_INVALID",
+  "CS_SAFETENSORS_INDEX_INVALID",
+  "CS_OBJECT_CHANGED",
+]);
 
 /** What a job holds of one file (see StageJob.held): null pieces are not in yet. */
 export interface HeldFile {

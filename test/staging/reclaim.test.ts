@@ -1,0 +1,79 @@
+// Regressions (issue 15, defect 8): files refused by validation left their bytes in
+// DEST/.coldstart/tmp, and jobs that failed before downloading left full-length sparse `.partial` and
+// `.journal` files. What can never be resumed is reclaimed; a header nested 100,000 deep is
+// CS_SAFETENSORS_INVALID, not CS_IO_ERROR "Maximum call stack size exceeded".
+import { randomBytes } from "node:crypto";
+import { mkdir, readdir, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { describe, expect, it } from "vitest";
+import { readSafetensorsHeader } from "../../src/safetensors/header.js";
+import { expectRejection } from "../support/expect-error.js";
+import { freshBucket, putFiles } from "../support/s3.js";
+import { useS3Fixture } from "../support/s3-fixture.js";
+import { listTree, stage } from "../support/stage.js";
+import { file, syntheticModel } from "../support/synthetic-model.js";
+import { tmpfs, umount } from "../support/tmpfs.js";
+
+const fx = useS3Fixture("cs-reclaim-");
+const MiB = 1024 * 1024;
+
+/** A .safetensors file whose header names a dtype that does not exist: refused after download. */
+function badShard(bytes: number): Buffer {
+  const header = Buffer.from(
+    JSON.stringify({ w: { dtype: "F17", shape: [bytes / 2], data_offsets: [0, bytes] } }),
+  );
+  const len = Buffer.alloc(8);
+  len.writeBigUInt64LE(BigInt(header.length));
+  return Buffer.concat([len, header, randomBytes(bytes)]);
+}
+
+describe("nothing that can never be resumed is left in .coldstart/tmp", () => {
+  it.each([
+    ["in one part", 64 * 1024],
+    ["in several parts", 3 * MiB],
+  ])("a file refused by validation (%s) leaves no temp file or journal", async (_what, bytes) => {
+    const bucket = await freshBucket(fx.client, "rc");
+    await putFiles(fx.client, bucket, "m/", [file("bad.safetensors", badShard(bytes))]);
+    const dest = join(fx.work, "d");
+    await expectRejection(
+      stage(fx.s3, { bucket, prefix: "m/", dest, partSizeBytes: MiB }),
+      "CS_SAFETENSORS_INVALID",
+    );
+    expect(await listTree(dest)).toEqual([]);
+    expect(await readdir(join(dest, ".coldstart", "tmp"))).toEqual([]);
+  });
+
+  it("a job refused for space before downloading leaves no sparse temp files or empty journals", async () => {
+    const mnt = await tmpfs(fx.work, 4 * MiB);
+    try {
+      const bucket = await freshBucket(fx.client, "rc");
+      await putFiles(fx.client, bucket, "m/", syntheticModel({ shards: 2, shardBytes: 3 * MiB }));
+      const dest = join(mnt, "d");
+      await expectRejection(
+        stage(fx.s3, { bucket, prefix: "m/", dest, partSizeBytes: MiB }),
+        "CS_INSUFFICIENT_SPACE",
+      );
+      expect(await readdir(join(dest, ".coldstart", "tmp"))).toEqual([]);
+    } finally {
+      umount(mnt);
+    }
+  });
+});
+
+describe("safetensors header limits", () => {
+  it("a header nested 100,000 deep is CS_SAFETENSORS_INVALID naming the depth", async () => {
+    const depth = 100_000;
+    const json = `{"w":{"dtype":"F16","shape":${"[".repeat(depth)}${"]".repeat(depth)},"data_offsets":[0,0]}}`;
+    const len = Buffer.alloc(8);
+    len.writeBigUInt64LE(BigInt(json.length));
+    await mkdir(fx.work, { recursive: true });
+    const path = join(fx.work, "deep.safetensors");
+    await writeFile(path, Buffer.concat([len, Buffer.from(json)]));
+    const err = await expectRejection(
+      readSafetensorsHeader(path, "m/deep.safetensors"),
+      "CS_SAFETENSORS_INVALID",
+    );
+    expect(err.message).toMatch(/nests more than 8 levels/);
+    expect(err.details.key).toBe("m/deep.safetensors");
+  });
+});
