@@ -42,12 +42,13 @@ export function pullCommand(setExit: (code: number) => void): Command {
 async function pull(uri: string, dest: string, config: Config): Promise<number> {
   // Loaded here, not at the top: every `coldstart` command would otherwise pay for the AWS SDK and the
   // staging engine at start-up (about a second), `wait` in an init container included.
-  const [{ retryPolicyFrom }, { s3SourceFromConfig }, { RateLimiter }, { StageJob }] = await Promise.all([
-    import("../s3/retry.js"),
-    import("../s3/s3-object-source.js"),
-    import("../staging/rate-limiter.js"),
-    import("../staging/stage-job.js"),
-  ]);
+  const [{ lowSpeedFrom, retryPolicyFrom }, { s3SourceFromConfig }, { RateLimiter }, { StageJob }] =
+    await Promise.all([
+      import("../s3/retry.js"),
+      import("../s3/s3-object-source.js"),
+      import("../staging/rate-limiter.js"),
+      import("../staging/stage-job.js"),
+    ]);
   const { bucket, prefix } = parseS3Uri(uri);
   const logger = createLogger(config.log.level, pinoDestination(2)).child({ component: "pull" });
   const source = s3SourceFromConfig(config);
@@ -66,6 +67,7 @@ async function pull(uri: string, dest: string, config: Config): Promise<number> 
     filters: { include: config.download.include, exclude: config.download.exclude },
     retry: retryPolicyFrom(config.download),
     requestTimeoutMs: config.download.requestTimeoutMs,
+    lowSpeed: lowSpeedFrom(config.download),
     rateLimiter:
       config.download.maxBytesPerSecond > 0 ? new RateLimiter(config.download.maxBytesPerSecond) : undefined,
     signal: abort.signal,

@@ -189,6 +189,20 @@ export const schema = {
       flag: "--request-timeout-ms <ms>",
       help: "Inactivity timeout per request: no response or no body bytes for this long counts as a stall and is retried.",
     }),
+    lowSpeedBytesPerSecond: option({
+      schema: byteSizeIn(0),
+      default: 64 * 1024,
+      env: ["COLDSTART_LOW_SPEED_LIMIT"],
+      flag: "--low-speed-limit <size>",
+      help: "A request whose body arrives slower than this, over download.lowSpeedTimeMs of reading, is abandoned and resumed on a new connection (retry reason low_speed; it counts against download.maxAttempts however many bytes it brought). 0: off. Like curl's --speed-limit.",
+    }),
+    lowSpeedTimeMs: option({
+      schema: durationIn(1000, 3_600_000),
+      default: 30_000,
+      env: ["COLDSTART_LOW_SPEED_TIME"],
+      flag: "--low-speed-time <duration>",
+      help: "The window download.lowSpeedBytesPerSecond is averaged over (time spent waiting for the rate cap or the disk does not count). Like curl's --speed-time.",
+    }),
     maxAttempts: option({
       schema: int(1, 100),
       default: 10,

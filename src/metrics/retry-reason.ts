@@ -10,6 +10,7 @@ export const RETRY_REASONS = [
   "reset",
   "truncated",
   "stall",
+  "low_speed",
   "timeout",
   "other",
 ] as const;
@@ -51,8 +52,9 @@ export function retryReason(err: unknown): RetryReason {
     if (status === 408 || sdkCode === "RequestTimeout") return "timeout";
   }
   if (name === "TransientError") {
+    if (message.includes("(low speed)")) return "low_speed";
     if (message.includes("stall")) return "stall";
-    if (message.includes("body ended after")) return "truncated";
+    if (message.includes("body ended after") || message.includes("(truncated)")) return "truncated";
   }
   if (sdkCode === "SlowDown") return "slowdown";
   if (name === "TimeoutError" || code === "ETIMEDOUT" || sdkCode === "RequestTimeout") return "timeout";

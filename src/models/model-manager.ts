@@ -8,7 +8,7 @@ import type { Config } from "../config/schema.js";
 import { ColdstartError, toColdstartError } from "../errors.js";
 import type { EvictionReason, Metrics } from "../metrics/metrics.js";
 import type { ObjectSource } from "../s3/object-source.js";
-import { retryPolicyFrom } from "../s3/retry.js";
+import { lowSpeedFrom, retryPolicyFrom } from "../s3/retry.js";
 import { parseS3Uri } from "../s3/uri.js";
 import type { RateLimiter } from "../staging/rate-limiter.js";
 import type { SlotScheduler } from "../staging/scheduler.js";
@@ -498,6 +498,7 @@ export class ModelManager {
       filters: { include: record.include, exclude: record.exclude },
       retry: retryPolicyFrom(download),
       requestTimeoutMs: download.requestTimeoutMs,
+      lowSpeed: lowSpeedFrom(download),
       logger: this.#o.logger.child({ model: record.id }),
       metrics: this.#o.metrics,
       rateLimiter: this.#o.rateLimiter,

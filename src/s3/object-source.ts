@@ -45,6 +45,11 @@ export interface GetResponse {
   checksum: ObjectChecksum | undefined;
   /** Must be consumed or destroyed, or its socket stays busy. */
   body: Readable;
+  /**
+   * Whether the server closed the connection (cleanly) while the body was read: a body that then
+   * ends short was truncated, not reset. Absent where the transport cannot tell.
+   */
+  closedByServer?: (() => boolean) | undefined;
 }
 
 /**

@@ -30,6 +30,16 @@ const RETRYABLE_NET = new Set([
 /** A failure of one attempt that a fresh attempt may not repeat (the engine's own, not from S3). */
 export class TransientError extends Error {
   override readonly name = "TransientError";
+  /**
+   * The attempt brought bytes but too few to count as progress (a body below the low-speed limit):
+   * it counts against maxAttempts, or a drip of one byte a second would be retried forever.
+   */
+  readonly noProgress: boolean;
+
+  constructor(message: string, options: { cause?: unknown; noProgress?: boolean } = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.noProgress = options.noProgress ?? false;
+  }
 }
 
 export function isRetryable(err: unknown): boolean {
@@ -82,6 +92,11 @@ export interface RetryPolicy {
   maxDelayMs: number;
 }
 
+/** The minimum-throughput rule the config's download options describe. */
+export function lowSpeedFrom(d: Config["download"]): { bytesPerSecond: number; windowMs: number } {
+  return { bytesPerSecond: d.lowSpeedBytesPerSecond, windowMs: d.lowSpeedTimeMs };
+}
+
 /** The retry policy the config's download options describe. */
 export function retryPolicyFrom(d: Config["download"]): RetryPolicy {
   return { maxAttempts: d.maxAttempts, baseDelayMs: d.retryBaseDelayMs, maxDelayMs: d.retryMaxDelayMs };
@@ -124,7 +139,10 @@ export async function withRetry<T>(
       if (!isRetryable(err)) throw toS3Error(err, what.key, what.action);
       const halt = hooks.halted?.();
       if (halt) throw halt;
-      const advanced = hooks.progress !== undefined && hooks.progress() !== before;
+      const advanced =
+        hooks.progress !== undefined &&
+        hooks.progress() !== before &&
+        !(err instanceof TransientError && err.noProgress);
       failed = advanced ? 0 : failed + 1;
       if (failed >= policy.maxAttempts) {
         throw new ColdstartError(

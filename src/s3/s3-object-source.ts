@@ -1,5 +1,6 @@
 import { Agent as HttpAgent } from "node:http";
 import { Agent as HttpsAgent } from "node:https";
+import type { Socket } from "node:net";
 import type { Readable } from "node:stream";
 import {
   GetObjectAttributesCommand,
@@ -85,7 +86,10 @@ export class S3ObjectSource implements ObjectSource {
         httpAgent: this.#agents[0],
         httpsAgent: this.#agents[1],
         connectionTimeout: options.requestTimeoutMs,
-        requestTimeout: options.requestTimeoutMs,
+        // The socket's own inactivity timer covers the wait for response headers. A second longer
+        // than the body's watch (src/staging/part-download.ts), so a body that stops is always
+        // reported as a stall by that watch, not as a reset by this one destroying the socket.
+        requestTimeout: options.requestTimeoutMs + SOCKET_TIMEOUT_MARGIN_MS,
       }),
     });
   }
@@ -170,13 +174,15 @@ export class S3ObjectSource implements ObjectSource {
     const out = await this.#count("get", () =>
       this.client.send(cmd, options.signal ? { abortSignal: options.signal } : {}),
     );
+    const body = out.Body as Readable & { socket?: Socket | null };
     return {
       statusCode: out.$metadata.httpStatusCode ?? 0,
       contentLength: out.ContentLength,
       contentRange: out.ContentRange,
       etag: out.ETag,
       checksum: checksumOf(out),
-      body: out.Body as Readable,
+      body,
+      closedByServer: watchServerClose(body),
     };
   }
 
@@ -204,6 +210,27 @@ export class S3ObjectSource implements ObjectSource {
     this.client.destroy();
     for (const a of this.#agents) a.destroy();
   }
+}
+
+/** See `requestTimeout` above. */
+const SOCKET_TIMEOUT_MARGIN_MS = 1000;
+
+/**
+ * Whether the server closed its side of the connection (FIN) while this body was being read: then a
+ * body that ends short was truncated, where a reset (RST) would have been a socket error. Node's
+ * response stream reports both as "aborted"; only the socket can tell them apart.
+ */
+function watchServerClose(body: Readable & { socket?: Socket | null }): () => boolean {
+  const socket = body.socket;
+  if (!socket) return () => false;
+  let closed = false;
+  const onEnd = () => {
+    closed = true;
+  };
+  socket.once("end", onEnd);
+  // The socket goes back to the pool (keep-alive) when the body is done: leave it as found.
+  body.once("close", () => socket.off("end", onEnd));
+  return () => closed;
 }
 
 /**

@@ -32,10 +32,21 @@ export interface PartRequest {
   sumAlgorithm?: ObjectChecksum["algorithm"] | undefined;
 }
 
+/** The minimum-throughput rule per request (download.lowSpeed*): off when `bytesPerSecond` is 0. */
+export interface LowSpeed {
+  bytesPerSecond: number;
+  /** Reading time the rate is averaged over. */
+  windowMs: number;
+}
+
 export interface PartContext {
   source: ObjectSource;
   retry: RetryPolicy;
   requestTimeoutMs: number;
+  /** A body slower than this is abandoned and resumed on a new connection (absent: off). */
+  lowSpeed?: LowSpeed | undefined;
+  /** Milliseconds now (tests inject a clock; the rule measures reading time, not wall time). */
+  now?: (() => number) | undefined;
   signal: AbortSignal;
   /** Called with every body byte count written to disk (progress). */
   onBytes: (n: number) => void;
@@ -210,12 +221,38 @@ async function streamToFile(
       () => body.destroy(new TransientError(`no bytes for ${ctx.requestTimeoutMs} ms (stall)`)),
       ctx.requestTimeoutMs,
     );
+    waitingSince = now();
+  };
+  // The low-speed rule (curl's speed-limit): bytes received per ms spent waiting on the socket, over
+  // windows of `windowMs` of such waiting. Time spent on the rate cap or the disk is not the
+  // network's, so it is not counted; a drip of a byte a second that never trips the inactivity
+  // timer is caught here. Checked as chunks arrive: no timer per chunk.
+  const now = ctx.now ?? Date.now;
+  const low = ctx.lowSpeed && ctx.lowSpeed.bytesPerSecond > 0 ? ctx.lowSpeed : undefined;
+  let waitingSince = 0;
+  let windowWaitMs = 0;
+  let windowBytes = 0;
+  const checkSpeed = (n: number) => {
+    if (!low) return;
+    windowWaitMs += now() - waitingSince;
+    windowBytes += n;
+    if (windowWaitMs < low.windowMs) return;
+    const rate = (windowBytes * 1000) / windowWaitMs;
+    if (rate < low.bytesPerSecond) {
+      throw new TransientError(
+        `${Math.round(rate)} bytes/s over ${Math.round(windowWaitMs)} ms, below the ${low.bytesPerSecond} bytes/s minimum (low speed)`,
+        { noProgress: true },
+      );
+    }
+    windowWaitMs = 0;
+    windowBytes = 0;
   };
   const onAbort = () => body.destroy(ctx.signal.reason);
   ctx.signal.addEventListener("abort", onAbort, { once: true });
   arm();
   try {
     for await (const chunk of body as AsyncIterable<Buffer>) {
+      checkSpeed(chunk.length);
       arm();
       if (total + pendingBytes + chunk.length > expected) {
         throw new ColdstartError(
@@ -244,6 +281,14 @@ async function streamToFile(
   } catch (err) {
     if (err instanceof ColdstartError) throw err;
     await flush();
+    // Node reports a body cut by a clean close and one cut by a reset alike ("aborted"): the
+    // source can tell which (a server closing early is a truncation, counted as such).
+    if (!(err instanceof TransientError) && res.closedByServer?.()) {
+      throw new TransientError(
+        `body ended after ${total} of ${expected} bytes: the server closed the connection (truncated)`,
+        { cause: err },
+      );
+    }
     throw err;
   } finally {
     clearTimeout(timer);

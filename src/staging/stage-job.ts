@@ -24,7 +24,7 @@ import { type JournalEntry, PartJournal } from "../store/journal.js";
 import { acquireLock, type HeldLock } from "../store/lock.js";
 import { type ManifestFile, ManifestStore } from "../store/manifest.js";
 import { ioError, prepareTarget, STATE_DIR } from "../store/paths.js";
-import { downloadPart } from "./part-download.js";
+import { downloadPart, type LowSpeed } from "./part-download.js";
 import { alignedBounds, type FilePlan, type Filters, planJob, shuffle } from "./plan.js";
 import type { RateLimiter } from "./rate-limiter.js";
 import { SlotScheduler, type TaskOwner } from "./scheduler.js";
@@ -54,6 +54,8 @@ export interface StageJobOptions {
   filters: Filters;
   retry: RetryPolicy;
   requestTimeoutMs: number;
+  /** The minimum-throughput rule per request (download.lowSpeed*); absent: off. */
+  lowSpeed?: LowSpeed | undefined;
   signal?: AbortSignal;
   logger?: Logger;
   /** Bytes received, retries by reason, and per-stage durations. */
@@ -675,6 +677,7 @@ export class StageJob implements TaskOwner {
               source: o.source,
               retry: o.retry,
               requestTimeoutMs: o.requestTimeoutMs,
+              lowSpeed: o.lowSpeed,
               signal,
               onBytes: (n) => {
                 this.#p.bytesDone += n;

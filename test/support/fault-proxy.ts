@@ -30,6 +30,11 @@ export type FaultAction =
   | { kind: "truncate"; afterBytes: number }
   /** Forward, send `afterBytes` body bytes, send nothing for `ms`, then continue normally. */
   | { kind: "stall"; afterBytes: number; ms: number }
+  /**
+   * Forward, but send the body `bytes` at a time, one slice every `everyMs` (a slow drip that never
+   * goes silent long enough to trip an inactivity timer).
+   */
+  | { kind: "drip"; bytes: number; everyMs: number }
   /** Wait `ms` before forwarding (the request body is not read meanwhile). */
   | { kind: "delay"; ms: number }
   /**
@@ -98,14 +103,19 @@ export interface FaultProxy {
    * non-2xx bodies (error XML) are not counted: this measures object data delivered.
    */
   bytesServed(): { total: number; byPath: Map<string, number> };
-  /** Forget the recorded requests and zero the byte counters. */
+  /**
+   * Response faults that actually happened, by kind: a reset, truncate or stall whose response was
+   * longer than its `afterBytes` (a rule applied to a shorter body is a no-op and is not counted).
+   */
+  faultsFired(): Record<"reset" | "truncate" | "stall", number>;
+  /** Forget the recorded requests and zero the byte and fault counters. */
   resetStats(): void;
   /** Stop listening, destroy every client and upstream connection, cancel pending stalls and delays. */
   close(): Promise<void>;
 }
 
 /** The response-side faults, applied while relaying an upstream response. */
-type ResponseFault = Extract<FaultAction, { kind: "reset" | "truncate" | "stall" | "headers" }>;
+type ResponseFault = Extract<FaultAction, { kind: "reset" | "truncate" | "stall" | "headers" | "drip" }>;
 
 interface RuleState {
   rule: FaultRule;
@@ -190,6 +200,7 @@ class FaultProxyServer implements FaultProxy {
   /** Cancels for pending delays and stalls, so close() does not wait for them. */
   private readonly sleepers = new Set<() => void>();
   private served = { total: 0, byPath: new Map<string, number>() };
+  private fired = { reset: 0, truncate: 0, stall: 0 };
   private seq = 0;
   private closed = false;
   private closing: Promise<void> | undefined;
@@ -231,9 +242,14 @@ class FaultProxyServer implements FaultProxy {
     return { total: this.served.total, byPath: new Map(this.served.byPath) };
   }
 
+  faultsFired(): Record<"reset" | "truncate" | "stall", number> {
+    return { ...this.fired };
+  }
+
   resetStats(): void {
     this.requests.length = 0;
     this.served = { total: 0, byPath: new Map() };
+    this.fired = { reset: 0, truncate: 0, stall: 0 };
   }
 
   close(): Promise<void> {
@@ -448,7 +464,15 @@ class FaultProxyServer implements FaultProxy {
       for await (const data of upRes as AsyncIterable<Buffer>) {
         let chunk = data;
         if (res.destroyed || this.closed) return;
+        if (fault?.kind === "drip") {
+          for (let at = 0; at < chunk.length; at += fault.bytes) {
+            if (!(await write(chunk.subarray(at, at + fault.bytes)))) return;
+            if (!(await this.sleep(fault.everyMs, res))) return;
+          }
+          continue;
+        }
         if (passed + chunk.length > limit && fault !== undefined && fault.kind !== "headers") {
+          this.fired[fault.kind]++;
           const head = chunk.subarray(0, limit - passed);
           chunk = chunk.subarray(head.length);
           if (head.length > 0 && !(await write(head))) return;
