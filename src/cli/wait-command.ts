@@ -283,8 +283,9 @@ function progress(s: ModelStatus, json: boolean, started: number): void {
   }
   const pct = s.bytesTotal > 0 ? ((100 * s.bytesDone) / s.bytesTotal).toFixed(1) : "0.0";
   const eta = s.etaSeconds === null ? "?" : `${s.etaSeconds}s`;
+  const waiting = s.waiting ? `, waiting for space: ${s.waiting.message}` : "";
   process.stderr.write(
-    `coldstart: ${s.id} ${s.state} ${pct}% ${mib(s.bytesDone)}/${mib(s.bytesTotal)} MiB, ${mib(s.bytesPerSecond)} MiB/s, ETA ${eta}, files ${s.filesDone}/${s.filesTotal}\n`,
+    `coldstart: ${s.id} ${s.state} ${pct}% ${mib(s.bytesDone)}/${mib(s.bytesTotal)} MiB, ${mib(s.bytesPerSecond)} MiB/s, ETA ${eta}, files ${s.filesDone}/${s.filesTotal}${waiting}\n`,
   );
 }
 
@@ -307,7 +308,18 @@ function finished(s: ModelStatus, json: boolean, started: number, cache: Restore
 
 function pick(s: ModelStatus) {
   const { id, state, path, bytesDone, bytesTotal, filesDone, filesTotal, bytesPerSecond, etaSeconds } = s;
-  return { id, state, path, bytesDone, bytesTotal, filesDone, filesTotal, bytesPerSecond, etaSeconds };
+  return {
+    id,
+    state,
+    path,
+    bytesDone,
+    bytesTotal,
+    filesDone,
+    filesTotal,
+    bytesPerSecond,
+    etaSeconds,
+    ...(s.waiting ? { waiting: s.waiting } : {}),
+  };
 }
 
 function isStatus(body: unknown): body is ModelStatus {

@@ -79,6 +79,8 @@ export class Metrics {
   readonly stageDuration: Histogram<"stage">;
   /** coldstart_models{state}: models known to the daemon, by state. */
   readonly models: Gauge<"state">;
+  /** coldstart_models_waiting_for_space: models whose staging waits for room (pinned or in-use models hold it). */
+  readonly modelsWaitingForSpace: Gauge;
   /** coldstart_staging_root_used_bytes: bytes of staged models under the staging root. */
   readonly rootUsedBytes: Gauge;
   /** coldstart_staging_root_free_bytes: free bytes on the staging root's file system (statfs). */
@@ -180,6 +182,11 @@ export class Metrics {
       name: "coldstart_models",
       help: "Models known to the daemon, by state.",
       labelNames: ["state"] as const,
+      registers,
+    });
+    this.modelsWaitingForSpace = new Gauge({
+      name: "coldstart_models_waiting_for_space",
+      help: "Models whose staging waits for room that pinned models or models in use hold now.",
       registers,
     });
     this.rootUsedBytes = new Gauge({

@@ -36,6 +36,11 @@ export interface ModelStatus {
   readyAt: string | null;
   lastUsedAt: string | null;
   error?: { code: string; message: string };
+  /**
+   * Present while the model's staging waits for room that pinned models or models in use hold now
+   * (state stays `staging`): how many bytes it needs and why it cannot have them yet.
+   */
+  waiting?: { reason: "space"; needBytes: number; since: string; message: string };
 }
 
 export interface ModelRequest {
@@ -109,6 +114,10 @@ export class ModelManager {
   readonly #waitingSince = new Map<string, number>();
   /** Evictions (and the room-making that picks them) run one at a time. */
   #evicting: Promise<unknown> = Promise.resolve();
+  /** Jobs waiting for room (#makeRoom), by model id: shown in their status. */
+  readonly #waitingForSpace = new Map<string, NonNullable<ModelStatus["waiting"]>>();
+  /** Woken by every change that may free room (a model settles, is unpinned, evicted or deleted). */
+  readonly #spaceWaiters = new Set<() => void>();
   /** Bytes each running job still had to write when it was admitted (#makeRoom). */
   readonly #reserved = new Map<string, number>();
   #draining = false;
@@ -302,6 +311,8 @@ export class ModelManager {
     if (r.state === "evicting") throw new ColdstartError("CS_MODEL_IN_USE", `model ${id} is being evicted`);
     r.pinned = pinned;
     await this.#o.registry.put(r);
+    // An unpinned model may be what a job waiting for room needs.
+    if (!pinned) this.#wakeSpaceWaiters();
     return this.#status(r);
   }
 
@@ -328,8 +339,17 @@ export class ModelManager {
     await this.#evict(r, "api");
   }
 
-  /** Evicts least recently used models while disk use is over the high watermark (down to low). */
+  /**
+   * Evicts least recently used models while disk use is over the high watermark (down to low). The
+   * daemon calls it every 30 s; jobs waiting for room look again after it (a grace may have ended,
+   * or something outside coldstart freed disk).
+   */
   async enforceWatermarks(): Promise<void> {
+    await this.#enforceWatermarks();
+    this.#wakeSpaceWaiters();
+  }
+
+  async #enforceWatermarks(): Promise<void> {
     return this.#exclusive(async () => {
       const { highWatermarkPercent: high, lowWatermarkPercent: low, maxBytes } = this.#o.config.eviction;
       const overBudget = () => maxBytes > 0 && this.#readyBytes() > maxBytes;
@@ -505,7 +525,7 @@ export class ModelManager {
       // A resumed model's lock may belong to the replaced pod of this daemon: wait for it to go stale.
       lockWaitMs: 45_000,
       within: this.#o.root,
-      makeRoom: (need, free) => this.#makeRoom(record.id, need, free),
+      makeRoom: (need, _free, signal) => this.#makeRoom(record.id, need, signal),
       // With peers, nodes staging a model at once each start elsewhere in it (see StageJob).
       spreadParts: this.#o.spreadParts,
     });
@@ -565,56 +585,169 @@ export class ModelManager {
   /**
    * Before a job downloads: evict least recently used models until its remaining bytes fit the free
    * space (less what other running jobs still have to write) and the byte budget (counting those
-   * jobs too), or fail with CS_INSUFFICIENT_SPACE before anything is evicted.
+   * jobs too). When they cannot fit now but could once models leave their in-use grace, are unpinned
+   * or other jobs settle, the job waits (status `waiting`), looking again at every change and at
+   * least every 30 s; only a model that could never fit, everything evictable gone, fails at once
+   * with CS_INSUFFICIENT_SPACE. Nothing is evicted for a model that cannot fit yet.
    */
-  async #makeRoom(forId: string, need: number, _freeBefore: number): Promise<void> {
-    return this.#exclusive(async () => {
-      const budget = this.#o.config.eviction.maxBytes;
-      // Measured inside the queue: other jobs' reservations and evictions are settled.
-      const free = (await this.disk()).freeBytes;
-      const others = this.#othersBytes(forId);
-      const avail = (freeNow: number) => freeNow - others.toWrite;
-      const used = this.#readyBytes() + others.total;
-      const fitsBudget = (freed: number) => budget === 0 || used - freed + need <= budget;
-      const fits = (freeNow: number, freed: number) => need <= avail(freeNow) && fitsBudget(freed);
-      const candidates = this.#victims(forId);
-      // Something other than a model frees disk but not budget: taken only while space is short.
-      const helps = (c: Victim, freeNow: number) => c.model || need > avail(freeNow);
-      let possible = 0;
-      let possibleModels = 0;
-      for (const c of candidates) {
-        if (fits(free + possible, possibleModels)) break;
-        if (!helps(c, free + possible)) continue;
-        possible += c.bytes;
-        if (c.model) possibleModels += c.bytes;
-      }
-      if (!fits(free + possible, possibleModels)) {
-        throw new ColdstartError(
-          "CS_INSUFFICIENT_SPACE",
-          `model ${forId} needs ${need} more bytes; ${Math.max(avail(free), 0)} free after running jobs` +
-            (budget ? `, ${used} of the ${budget}-byte budget in use` : "") +
-            `; evicting every evictable model would free only ${possible}`,
-          { details: { value: need } },
-        );
-      }
-      let freed = 0;
-      let freeNow = free;
-      for (const c of candidates) {
-        if (fits(freeNow, freed)) break;
-        if (!helps(c, freeNow)) continue;
-        if (await c.evict(fitsBudget(freed) ? "watermark" : "budget")) {
-          if (c.model) freed += c.bytes;
-          freeNow = (await this.disk()).freeBytes;
+  async #makeRoom(forId: string, need: number, signal: AbortSignal): Promise<void> {
+    try {
+      for (;;) {
+        const verdict = await this.#exclusive(() => this.#tryMakeRoom(forId, need));
+        if (verdict === "done") return;
+        if (!this.#waitingForSpace.has(forId)) {
+          this.#waitingForSpace.set(forId, {
+            reason: "space",
+            needBytes: need,
+            since: new Date(this.#now()).toISOString(),
+            message: verdict.message,
+          });
+          this.#o.logger.warn({ model: forId, needBytes: need }, `waiting for space: ${verdict.message}`);
+          this.#o.metrics?.modelsWaitingForSpace.set(this.#waitingForSpace.size);
+          this.#changed(forId);
         }
+        await this.#spaceMayHaveChanged(verdict.retryInMs, signal);
       }
-      if (!fits(freeNow, freed)) {
-        throw new ColdstartError(
-          "CS_INSUFFICIENT_SPACE",
-          `model ${forId} needs ${need} more bytes; ${Math.max(avail(freeNow), 0)} free after evicting ${freed}`,
-        );
+    } finally {
+      if (this.#waitingForSpace.delete(forId)) {
+        this.#o.metrics?.modelsWaitingForSpace.set(this.#waitingForSpace.size);
+        this.#changed(forId);
       }
-      // Reserved until the job settles, so the next job's check counts these bytes.
-      this.#reserved.set(forId, need);
+    }
+  }
+
+  /**
+   * One attempt at making room (inside the eviction queue): "done" (room made and reserved),
+   * CS_INSUFFICIENT_SPACE thrown when the model could never fit, or why it cannot fit yet and when
+   * a model now spared leaves its in-use grace.
+   */
+  async #tryMakeRoom(forId: string, need: number): Promise<"done" | { message: string; retryInMs: number }> {
+    const budget = this.#o.config.eviction.maxBytes;
+    // Measured inside the queue: other jobs' reservations and evictions are settled.
+    const free = (await this.disk()).freeBytes;
+    const others = this.#othersBytes(forId);
+    const avail = (freeNow: number) => freeNow - others.toWrite;
+    const used = this.#readyBytes() + others.total;
+    const fitsBudget = (freed: number) => budget === 0 || used - freed + need <= budget;
+    const fits = (freeNow: number, freed: number) => need <= avail(freeNow) && fitsBudget(freed);
+    this.#neverFits(forId, need, free, budget);
+    const candidates = this.#victims(forId);
+    // Something other than a model frees disk but not budget: taken only while space is short.
+    const helps = (c: Victim, freeNow: number) => c.model || need > avail(freeNow);
+    let possible = 0;
+    let possibleModels = 0;
+    for (const c of candidates) {
+      if (fits(free + possible, possibleModels)) break;
+      if (!helps(c, free + possible)) continue;
+      possible += c.bytes;
+      if (c.model) possibleModels += c.bytes;
+    }
+    if (!fits(free + possible, possibleModels)) {
+      const message =
+        `needs ${need} more bytes; ${Math.max(avail(free), 0)} free after running jobs` +
+        (budget ? `, ${used} of the ${budget}-byte budget in use` : "") +
+        `; evicting every model evictable now would free only ${possible}` +
+        `; the rest is held by pinned models, models in use or within eviction.inUseGraceMs, and running jobs`;
+      return { message, retryInMs: this.#nextGraceEndMs() };
+    }
+    let freed = 0;
+    let freeNow = free;
+    for (const c of candidates) {
+      if (fits(freeNow, freed)) break;
+      if (!helps(c, freeNow)) continue;
+      if (await c.evict(fitsBudget(freed) ? "watermark" : "budget")) {
+        if (c.model) freed += c.bytes;
+        freeNow = (await this.disk()).freeBytes;
+      }
+    }
+    if (!fits(freeNow, freed)) {
+      return {
+        message: `needs ${need} more bytes; ${Math.max(avail(freeNow), 0)} free after evicting ${freed}`,
+        retryInMs: this.#nextGraceEndMs(),
+      };
+    }
+    // Reserved until the job settles, so the next job's check counts these bytes.
+    this.#reserved.set(forId, need);
+    return "done";
+  }
+
+  /**
+   * Throws CS_INSUFFICIENT_SPACE when `need` could not fit even with every model that is not pinned
+   * gone (ready, in use or staging) and every other evictable thing: waiting would be for nothing.
+   */
+  #neverFits(forId: string, need: number, free: number, budget: number): void {
+    let pinnedReady = 0;
+    let unpinnedReady = 0;
+    for (const r of this.#o.registry.all()) {
+      if (r.id === forId || r.state !== "ready") continue;
+      if (r.pinned) pinnedReady += r.bytesTotal;
+      else unpinnedReady += r.bytesTotal;
+    }
+    let pinnedOthersToWrite = 0;
+    let pinnedOthersTotal = 0;
+    let unpinnedOthersOnDisk = 0;
+    for (const [id, r] of this.#running) {
+      if (id === forId) continue;
+      const p = r.job.progress();
+      const reserved = this.#reserved.get(id) ?? 0;
+      if (this.#o.registry.get(id)?.pinned) {
+        pinnedOthersToWrite += Math.max(reserved - (p.bytesDone - p.resumedBytes), 0);
+        pinnedOthersTotal += p.bytesTotal;
+      } else unpinnedOthersOnDisk += p.bytesDone;
+    }
+    const extras = (this.#o.extraEvictables?.() ?? []).reduce((n, e) => n + e.bytes, 0);
+    const eventually = free + unpinnedReady + extras + unpinnedOthersOnDisk - pinnedOthersToWrite;
+    const budgetLeft = budget - pinnedReady - pinnedOthersTotal;
+    if (need <= eventually && (budget === 0 || need <= budgetLeft)) return;
+    throw new ColdstartError(
+      "CS_INSUFFICIENT_SPACE",
+      `model ${forId} needs ${need} more bytes and can never have them: ` +
+        (need > eventually
+          ? `${Math.max(eventually, 0)} bytes would be free with every model that is not pinned evicted (pinned models hold ${pinnedReady})`
+          : `the ${budget}-byte budget (eviction.maxBytes) leaves ${Math.max(budgetLeft, 0)} beside pinned models`),
+      { details: { value: need } },
+    );
+  }
+
+  /** Milliseconds until the first model now spared for its in-use grace becomes evictable (≤ 30 s). */
+  #nextGraceEndMs(): number {
+    const grace = this.#o.config.eviction.inUseGraceMs;
+    const now = this.#now();
+    let next = now + 30_000;
+    for (const r of this.#o.registry.all()) {
+      if (r.state !== "ready" || r.pinned) continue;
+      for (const end of [
+        r.inUseUntil && Date.parse(r.inUseUntil),
+        r.readyAt && Date.parse(r.readyAt) + grace,
+      ]) {
+        if (typeof end === "number" && end > now && end < next) next = end;
+      }
+    }
+    return Math.max(next - now, 1);
+  }
+
+  /** Resolves at the next change that may free room (or after `ms`); rejects when `signal` aborts. */
+  #spaceMayHaveChanged(ms: number, signal: AbortSignal): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const done = () => {
+        clearTimeout(timer);
+        this.#spaceWaiters.delete(done);
+        signal.removeEventListener("abort", onAbort);
+      };
+      const onAbort = () => {
+        done();
+        reject(signal.reason);
+      };
+      const timer = setTimeout(() => {
+        done();
+        resolve();
+      }, ms);
+      this.#spaceWaiters.add(() => {
+        done();
+        resolve();
+      });
+      if (signal.aborted) onAbort();
+      else signal.addEventListener("abort", onAbort, { once: true });
     });
   }
 
@@ -820,11 +953,13 @@ export class ModelManager {
       readyAt: r.readyAt ?? null,
       lastUsedAt: r.lastUsedAt ?? null,
       ...(r.error ? { error: r.error } : {}),
+      ...(this.#waitingForSpace.has(r.id) ? { waiting: this.#waitingForSpace.get(r.id) } : {}),
     };
   }
 
   #changed(id?: string): void {
     if (id) for (const l of this.#listeners.get(id) ?? []) l();
+    this.#wakeSpaceWaiters();
     this.#o.onStateChanged?.();
     this.#o.onReadyChanged?.(
       this.#o.registry
@@ -832,6 +967,11 @@ export class ModelManager {
         .filter((r) => r.state === "ready")
         .map((r) => r.id),
     );
+  }
+
+  /** Jobs waiting for room look again (each waiter's callback removes itself). */
+  #wakeSpaceWaiters(): void {
+    for (const wake of [...this.#spaceWaiters]) wake();
   }
 
   #now(): number {

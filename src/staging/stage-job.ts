@@ -50,7 +50,7 @@ export interface StageJobOptions {
    * Called before the free-space check with the bytes the job still needs and the bytes free: the
    * daemon evicts least recently used models here (or throws CS_INSUFFICIENT_SPACE itself).
    */
-  makeRoom?: (needBytes: number, freeBytes: number) => Promise<void>;
+  makeRoom?: (needBytes: number, freeBytes: number, signal: AbortSignal) => Promise<void>;
   filters: Filters;
   retry: RetryPolicy;
   requestTimeoutMs: number;
@@ -632,7 +632,7 @@ export class StageJob implements TaskOwner {
     }
     let free = await freeBytes(this.#root);
     if (this.#o.makeRoom) {
-      await this.#o.makeRoom(need, free);
+      await this.#o.makeRoom(need, free, this.#abort.signal);
       free = await freeBytes(this.#root);
     }
     // Temp files are sparse: space is taken as parts land, so the whole remainder must fit.

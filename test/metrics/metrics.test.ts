@@ -12,6 +12,7 @@ const EXPECTED = {
   s3InFlight: ["coldstart_s3_requests_in_flight", Gauge, []],
   stageDuration: ["coldstart_stage_duration_seconds", Histogram, ["stage"]],
   models: ["coldstart_models", Gauge, ["state"]],
+  modelsWaitingForSpace: ["coldstart_models_waiting_for_space", Gauge, []],
   rootUsedBytes: ["coldstart_staging_root_used_bytes", Gauge, []],
   rootFreeBytes: ["coldstart_staging_root_free_bytes", Gauge, []],
   evictions: ["coldstart_evictions_total", Counter, ["reason"]],
