@@ -67,10 +67,23 @@ export function toS3Error(err: unknown, key: string, what: string): ColdstartErr
   if (err instanceof ColdstartError) return err;
   const status = statusOf(err);
   const name = nameOf(err);
-  const reason = `${status ?? ""} ${name} ${err instanceof Error ? err.message : String(err)}`.trim();
+  // The first line only: the SDK appends advice about its own hidden fields on a second.
+  const message = (err instanceof Error ? err.message : String(err)).split("\n")[0]?.trim() ?? "";
+  const reason = `${status ?? ""} ${name} ${message}`.trim();
   const opts = { cause: err, details: { key } };
   if ((err as { name?: string } | null)?.name === "AbortError") {
     return new ColdstartError("CS_ABORTED", `${what} ${key} was cancelled`, opts);
+  }
+  if (name === "CredentialsProviderError") {
+    return new ColdstartError(
+      "CS_S3_ACCESS_DENIED",
+      `${what} ${key}: no AWS credentials (${message}). The SDK's chain looked at, in order: the ` +
+        "environment (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY), the shared config and credentials " +
+        "files (AWS_PROFILE, ~/.aws), IRSA web identity (AWS_WEB_IDENTITY_TOKEN_FILE with AWS_ROLE_ARN), " +
+        "EKS Pod Identity (AWS_CONTAINER_CREDENTIALS_FULL_URI) and the instance's metadata service; set " +
+        "one of them (in a pod: its service account's IRSA annotation or Pod Identity association)",
+      opts,
+    );
   }
   if (status === 403)
     return new ColdstartError("CS_S3_ACCESS_DENIED", `${what} ${key}: access denied (${reason})`, opts);

@@ -61,7 +61,8 @@ export function alignedBounds(partSizes: readonly number[], partSize: number, wh
 }
 
 /**
- * Lists the prefix and turns every object that passes the filters into a FilePlan. Directory
+ * Lists the prefix and turns every object that passes the filters into a FilePlan (with how many
+ * objects were listed, and how many of them the filters removed). Directory
  * markers (keys ending in "/" with no bytes) are skipped. Any unsafe key fails the whole plan before
  * a byte is written: a model with a file we refuse to place is not a model we can stage.
  */
@@ -72,18 +73,24 @@ export async function planJob(
   filters: Filters,
   partSize: number,
   signal?: AbortSignal,
-): Promise<FilePlan[]> {
+): Promise<{ files: FilePlan[]; listed: number; filteredOut: number }> {
   const keep = compileFilters(filters);
   const files: FilePlan[] = [];
+  let listed = 0;
+  let filteredOut = 0;
   for await (const o of source.list(bucket, prefix, signal)) {
     if (!o.key.startsWith(prefix)) continue;
     const relPath = o.key.slice(prefix.length);
     if (relPath.endsWith("/") && o.size === 0) continue;
-    if (!keep(relPath)) continue;
+    listed++;
+    if (!keep(relPath)) {
+      filteredOut++;
+      continue;
+    }
     const segments = safeRelativePath(relPath, o.key);
     files.push(toPlan(o, relPath, segments, partSize));
   }
-  return files;
+  return { files, listed, filteredOut };
 }
 
 function toPlan(o: ObjectInfo, relPath: string, segments: string[], partSize: number): FilePlan {

@@ -333,7 +333,7 @@ export class StageJob implements TaskOwner {
     const source = `s3://${o.bucket}/${o.prefix}`;
     const listStarted = Date.now();
     this.#listing = true;
-    const files = await withRetry(
+    const { files, listed, filteredOut } = await withRetry(
       o.retry,
       { key: source, action: "LIST" },
       () => planJob(o.source, o.bucket, o.prefix, o.filters, o.partSizeBytes, signal),
@@ -341,7 +341,12 @@ export class StageJob implements TaskOwner {
     );
     this.#observe("list", Date.now() - listStarted);
     if (files.length === 0) {
-      throw new ColdstartError("CS_NO_OBJECTS", `no objects under ${source} match the filters`, {
+      const { include, exclude } = o.filters;
+      const why =
+        listed === 0
+          ? "the listing returned no objects (is the prefix right, and may these credentials list it?)"
+          : `${listed} listed, all ${filteredOut} removed by the filters (include ${JSON.stringify(include)}, exclude ${JSON.stringify(exclude)})`;
+      throw new ColdstartError("CS_NO_OBJECTS", `no objects under ${source} to stage: ${why}`, {
         details: { key: o.prefix },
       });
     }
