@@ -19,11 +19,21 @@ have_all() {
   return 0
 }
 
-if have_all; then
-  if [ -e /usr/lib/x86_64-linux-gnu/libasan.so.8 ] || [ "$(uname -m)" != x86_64 ]; then
-    echo "install-test-deps: Ceph RGW and the build tools already installed ($(radosgw --version 2>/dev/null | head -n1 || echo radosgw))" >&2
-    exit 0
-  fi
+missing() {
+  local b out=()
+  for b in "${BINS[@]}"; do command -v "$b" >/dev/null 2>&1 || out+=("$b"); done
+  if [ "$(uname -m)" = x86_64 ] && [ ! -e /usr/lib/x86_64-linux-gnu/libasan.so.8 ]; then out+=(libasan.so.8); fi
+  echo "${out[*]}"
+}
+
+if [ -z "$(missing)" ]; then
+  echo "install-test-deps: Ceph RGW and the build tools already installed ($(radosgw --version 2>/dev/null | head -n1 || echo radosgw))" >&2
+  exit 0
+fi
+# --check: only say whether anything is missing (exit 1 naming it), install nothing.
+if [ "${1:-}" = --check ]; then
+  echo "install-test-deps: missing: $(missing)" >&2
+  exit 1
 fi
 
 die() { echo "install-test-deps: ERROR: $*" >&2; exit 1; }
