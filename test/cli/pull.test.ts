@@ -1,3 +1,4 @@
+import type { ChildProcess } from "node:child_process";
 import { readdir } from "node:fs/promises";
 import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
@@ -8,6 +9,7 @@ import { freshBucket, putFiles } from "../support/s3.js";
 import { useS3Fixture } from "../support/s3-fixture.js";
 import { digests, expectedDigests } from "../support/stage.js";
 import { syntheticModel } from "../support/synthetic-model.js";
+import { gate, waitFor } from "../support/wait.js";
 
 const MiB = 1024 * 1024;
 const fx = useS3Fixture("cs-cli-");
@@ -131,8 +133,17 @@ describe("coldstart pull", () => {
     const dest = join(fx.work, "dest");
     const concurrency = 4;
     const partSize = MiB;
-    // Slow each ranged GET down so the kill lands mid-job.
-    fx.proxy.addRule({ match: { method: "GET", hasRange: true }, action: { kind: "delay", ms: 60 } });
+    // 36 ranged GETs (9 per shard, the last a few header bytes): the first 26 (at least 22 MiB) come
+    // through, every later one waits at the proxy until after the kill, so the kill always lands
+    // mid-job, past half of it, however fast or slow the machine is. At most two shards are complete
+    // then, so at least 7 MiB is journaled but not committed: more than a broken resume could hide
+    // under the bound below. The small files are whole GETs.
+    const held = gate();
+    fx.proxy.addRule({
+      match: { method: "GET", hasRange: true },
+      skip: 26,
+      action: { kind: "hook", fn: () => held.opened },
+    });
     const args = [
       "pull",
       `s3://${bucket}/m/`,
@@ -151,18 +162,22 @@ describe("coldstart pull", () => {
     ];
 
     const first = coldstart(args);
-    let killedAt = 0;
-    first.stdout?.on("data", (d: Buffer) => {
-      for (const line of d.toString().split("\n")) {
-        if (!line.startsWith('{"event":"progress"')) continue;
-        const p = JSON.parse(line);
-        if (killedAt === 0 && p.bytesDone >= total / 2) {
-          killedAt = p.bytesDone;
-          first.kill("SIGKILL");
-        }
-      }
-    });
-    const killed = await finish(first);
+    const printed = jsonLines(first);
+    const exited = finish(first);
+    let killedAt: number;
+    try {
+      killedAt = await waitFor(
+        () => {
+          if (first.exitCode !== null) throw new Error(`pull exited ${first.exitCode} before the kill`);
+          const p = printed().find((l) => l.event === "progress" && Number(l.bytesDone) >= total / 2);
+          return p ? Number(p.bytesDone) : 0;
+        },
+        { what: "progress past half of the model" },
+      );
+    } finally {
+      first.kill("SIGKILL");
+    }
+    const killed = await exited;
     expect(killed.signal).toBe("SIGKILL");
     expect(killedAt).toBeGreaterThan(0);
     // Object bytes only: listings are GETs too.
@@ -175,6 +190,7 @@ describe("coldstart pull", () => {
     expect(servedBeforeKill).toBeLessThan(total);
     fx.proxy.resetStats();
     fx.proxy.clearRules();
+    held.open();
 
     const second = await finish(coldstart(args));
     expect(second.code, second.stderr).toBe(0);
@@ -189,3 +205,21 @@ describe("coldstart pull", () => {
     expect(await readdir(join(dest, ".coldstart", "tmp"))).toEqual([]);
   });
 });
+
+/** The JSON lines a child has printed so far (whole lines only: a pipe read may end mid-line). */
+function jsonLines(child: ChildProcess): () => Record<string, unknown>[] {
+  const lines: Record<string, unknown>[] = [];
+  let partial = "";
+  child.stdout?.on("data", (b: Buffer) => {
+    const parts = (partial + b.toString()).split("\n");
+    partial = parts.pop() ?? "";
+    for (const line of parts) {
+      try {
+        lines.push(JSON.parse(line));
+      } catch {
+        // not a JSON line
+      }
+    }
+  });
+  return () => lines;
+}

@@ -11,6 +11,7 @@ import { freshBucket, putFiles } from "../support/s3.js";
 import { useS3Fixture } from "../support/s3-fixture.js";
 import { digests, expectedDigests } from "../support/stage.js";
 import { syntheticModel } from "../support/synthetic-model.js";
+import { settles, waitFor } from "../support/wait.js";
 
 const fx = useS3Fixture("cs-shutdown-");
 const MiB = 1024 * 1024;
@@ -24,16 +25,11 @@ afterEach(async () => {
   }
 });
 
-async function until(what: string, cond: () => boolean, timeoutMs = 45_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
-
 describe("SIGTERM", () => {
-  it("starts no GET after the signal, lets the parts in flight finish, exits at once, and the next daemon resumes", async () => {
+  // Two daemon starts and a ready poll of up to 120 s: more than the default test timeout allows.
+  it("starts no GET after the signal, lets the parts in flight finish, exits at once, and the next daemon resumes", {
+    timeout: 180_000,
+  }, async () => {
     const bucket = await freshBucket(fx.client, "sd");
     const files = syntheticModel({ shards: 2, shardBytes: 8 * MiB });
     await putFiles(fx.client, bucket, "m/", files);
@@ -75,14 +71,21 @@ describe("SIGTERM", () => {
     });
     expect(put.status).toBe(202);
     const gets = () => fx.proxy.requests.filter(isObjectGet).length;
-    await until("four GETs in flight", () => gets() === 4);
+    await waitFor(() => gets() === 4, { timeoutMs: 45_000, what: "four GETs in flight" });
     d.child.kill("SIGTERM");
-    await until("the daemon to drain", () => d.logs.some((l) => l.msg === "draining"));
+    await waitFor(() => d.logs.some((l) => l.msg === "draining"), {
+      timeoutMs: 45_000,
+      what: "the daemon to drain",
+    });
     const atSignal = gets();
     const what = (r: RecordedRequest) => `${r.path} ${r.headers.range ?? "whole"}`;
     const inFlight = fx.proxy.requests.filter(isObjectGet).map(what);
     open();
-    const exit = await d.exited;
+    // Its grace is 10 minutes: ending only at the test's timeout would mean it waited for the grace.
+    const exit = await settles(d.exited, {
+      timeoutMs: 60_000,
+      what: "the daemon's exit once the parts in flight end",
+    });
     expect(exit.code, exit.stderr).toBe(0);
     expect(gets() - atSignal, "GETs started after SIGTERM").toBe(0);
     const models = JSON.parse(await readFile(join(root, "state", "models.json"), "utf8")).models;

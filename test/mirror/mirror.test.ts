@@ -55,6 +55,8 @@ async function daemon(name: string, content: string, peers: string[] = []) {
       "--mirror-registry",
       "registry.invalid",
       ...peers.flatMap((p) => ["--peer", p]),
+      // A peer slow to answer on a loaded machine must not turn a relay into a miss (404).
+      ...(peers.length > 0 ? ["--peer-timeout", "30s"] : []),
     ],
     fx.s3,
   );

@@ -51,14 +51,15 @@ describe("native builds", () => {
     });
     expect(warnings(`${stdout}\n${stderr}`)).toEqual([]);
     const addonPath = join(work, "build/Release/coldstart_native.node");
-    const o = await runProbe("gpus", { addonPath, libraryPath: libs.nvml, timeoutMs: 10_000 });
+    const o = await runProbe("gpus", { addonPath, libraryPath: libs.nvml, timeoutMs: 30_000 });
     expect(o.status === "ok" && o.result.gpus.map((g) => g.uuid)).toEqual([
       "GPU-11111111-2222-3333-4444-555555555555",
       "GPU-66666666-7777-8888-9999-000000000000",
     ]);
   });
 
-  describe("under AddressSanitizer", () => {
+  // Sanitized probes run one after another, each allowed 30 s: ten of them outlast the default timeout.
+  describe("under AddressSanitizer", { timeout: BUILD_TIMEOUT }, () => {
     const asan = "/usr/lib/x86_64-linux-gnu/libasan.so.8";
     let addonPath: string;
     let reports: string;

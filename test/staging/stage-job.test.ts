@@ -11,6 +11,7 @@ import { useS3Fixture } from "../support/s3-fixture.js";
 import { digests, expectedDigests, listTree, stage } from "../support/stage.js";
 import { file, sha256, syntheticModel } from "../support/synthetic-model.js";
 import { tmpfs, umount } from "../support/tmpfs.js";
+import { gate, settles, waitFor } from "../support/wait.js";
 
 const MiB = 1024 * 1024;
 const fx = useS3Fixture("cs-stage-");
@@ -477,10 +478,11 @@ describe("faults at the network seam", () => {
     const bucket = await freshBucket(fx.client);
     const body = randomBytes(3 * MiB);
     await putFiles(fx.client, bucket, "m/", [file("w.bin", body)]);
+    // Silent for as long as the test may run: only the client's inactivity timeout can end it.
     fx.proxy.addRule({
       match: { method: "GET", hasRange: true },
       times: 1,
-      action: { kind: "stall", afterBytes: 1000, ms: 4000 },
+      action: { kind: "stall", afterBytes: 1000, ms: 60_000 },
     });
 
     const result = await stage(s3, {
@@ -488,7 +490,7 @@ describe("faults at the network seam", () => {
       prefix: "m/",
       dest,
       endpoint: fx.proxy.url,
-      requestTimeoutMs: 500,
+      requestTimeoutMs: 2_000,
     });
 
     expect(result.retries).toBeGreaterThanOrEqual(1);
@@ -501,13 +503,26 @@ describe("regressions from review", () => {
     const bucket = await freshBucket(fx.client);
     const body = randomBytes(4 * MiB);
     await putFiles(fx.client, bucket, "m/", [file("w.bin", body)]);
-    fx.proxy.addRule({ match: { method: "GET", hasRange: true }, action: { kind: "delay", ms: 200 } });
+    // The first job's first part waits at the proxy: the job is mid-download, holding the lock, until
+    // the second has been refused.
+    const held = gate();
+    fx.proxy.addRule({
+      match: { method: "GET", hasRange: true },
+      times: 1,
+      action: { kind: "hook", fn: () => held.opened },
+    });
     const first = stage(s3, { bucket, prefix: "m/", dest, endpoint: fx.proxy.url, concurrency: 1 });
-    await new Promise((r) => setTimeout(r, 100));
-    await expectRejection(
-      stage(s3, { bucket, prefix: "m/", dest, endpoint: fx.proxy.url }),
-      "CS_DEST_LOCKED",
-    );
+    try {
+      await waitFor(() => fx.proxy.requests.some((r) => r.method === "GET" && r.headers.range), {
+        what: "the first job's first ranged GET",
+      });
+      await expectRejection(
+        stage(s3, { bucket, prefix: "m/", dest, endpoint: fx.proxy.url }),
+        "CS_DEST_LOCKED",
+      );
+    } finally {
+      held.open();
+    }
     await first;
     expect(sha256(await readFile(join(dest, "w.bin")))).toBe(sha256(body));
   });
@@ -518,13 +533,34 @@ describe("regressions from review", () => {
       file("a.bin", randomBytes(3 * MiB)),
       file("b.bin", randomBytes(3 * MiB)),
     ]);
-    fx.proxy.addRule({ match: { method: "GET", hasRange: true }, action: { kind: "delay", ms: 400 } });
+    // Every part waits at the proxy: with one slot, the first is in flight and five are queued when
+    // the job is cancelled, however fast the machine.
+    const held = gate();
+    fx.proxy.addRule({
+      match: { method: "GET", hasRange: true },
+      action: { kind: "hook", fn: () => held.opened },
+    });
     const abort = new AbortController();
-    setTimeout(() => abort.abort(Object.assign(new Error("received SIGINT"), { name: "AbortError" })), 200);
-    await expectRejection(
-      stage(s3, { bucket, prefix: "m/", dest, endpoint: fx.proxy.url, concurrency: 1, signal: abort.signal }),
-      "CS_ABORTED",
-    );
+    const job = stage(s3, {
+      bucket,
+      prefix: "m/",
+      dest,
+      endpoint: fx.proxy.url,
+      concurrency: 1,
+      signal: abort.signal,
+      // Far beyond the wait below: only the abort can end the GET held at the proxy.
+      requestTimeoutMs: 120_000,
+    });
+    try {
+      await waitFor(() => fx.proxy.requests.some((r) => r.method === "GET" && r.headers.range), {
+        what: "the first ranged GET",
+      });
+      abort.abort(Object.assign(new Error("received SIGINT"), { name: "AbortError" }));
+      // The part in flight is cancelled too: the job ends while its GET is still held.
+      await settles(expectRejection(job, "CS_ABORTED"), { what: "the job to end after the abort" });
+    } finally {
+      held.open();
+    }
     expect(await listTree(dest)).toEqual([]);
   });
 

@@ -17,6 +17,11 @@ export interface StageArgs {
   include?: string[];
   exclude?: string[];
   maxAttempts?: number;
+  /**
+   * The client's inactivity timeout. Default 30 s: far above any wait a loaded machine makes, so a slow
+   * answer is never retried (counts of retries and requests stay exact); a test that wants a stall
+   * caught passes a short one.
+   */
   requestTimeoutMs?: number;
   maxBytesPerSecond?: number;
   signal?: AbortSignal;
@@ -27,7 +32,7 @@ export async function stage(s3: S3Endpoint, args: StageArgs): Promise<StageResul
   process.env.AWS_ACCESS_KEY_ID = s3.accessKeyId;
   process.env.AWS_SECRET_ACCESS_KEY = s3.secretAccessKey;
   const concurrency = args.concurrency ?? 8;
-  const requestTimeoutMs = args.requestTimeoutMs ?? 5_000;
+  const requestTimeoutMs = args.requestTimeoutMs ?? 30_000;
   const source = new S3ObjectSource({
     region: s3.region,
     endpoint: args.endpoint ?? s3.endpoint,
