@@ -136,6 +136,10 @@ export interface CompileCacheManagerOptions {
   metrics?: Metrics | undefined;
   nodeName?: string | undefined;
   version: string;
+  /**
+   * The clock (ms since the epoch) that decides quiet periods, in-use grace and every recorded
+   * time; Date.now by default. Tests inject one and call `scan()` themselves.
+   */
   now?: () => number;
 }
 
@@ -345,8 +349,13 @@ export class CompileCacheManager {
     if (!remoteUri) return done("miss");
     const store = this.#o.remoteFor(remoteUri);
     const tmp = join(this.#tmpDir(), randomUUID());
+    const discardTmp = () =>
+      rm(tmp, { recursive: true, force: true }).catch((e) =>
+        this.#o.logger.warn({ key: r.key, path: tmp, err: String(e) }, "removing a restore's temp directory"),
+      );
+    let unpacking: Promise<{ bytes: number; sha256: string }> | undefined;
     try {
-      const m = await store.manifest(r.key, signal);
+      const m = await bounded(store.manifest(r.key, signal), signal);
       r.remoteCheckedAt = this.#iso();
       if (!m) {
         r.remoteState = "absent";
@@ -359,18 +368,20 @@ export class CompileCacheManager {
         );
       }
       await mkdir(tmp, { recursive: true });
-      const packed = await unpackVerified(await store.pack(r.key, m, signal), tmp, m.files, signal);
+      unpacking = (async () => unpackVerified(await store.pack(r.key, m, signal), tmp, m.files, signal))();
+      const packed = await bounded(unpacking, signal);
       if (packed.bytes !== m.pack.bytes || packed.sha256 !== m.pack.sha256) {
         throw remoteInvalid(
           `${r.key}: the pack has ${packed.bytes} bytes with SHA-256 ${packed.sha256}, the manifest says ${m.pack.bytes} and ${m.pack.sha256}`,
         );
       }
-      signal.throwIfAborted();
+      await chmod(tmp, 0o777);
       // Installed by one rename; the keyed directory may exist only empty (an earlier miss).
       await rmdir(path).catch((e: NodeJS.ErrnoException) => {
         if (e.code !== "ENOENT") throw e;
       });
-      await chmod(tmp, 0o777);
+      // Past the deadline the pod has started with an empty cache: nothing lands under its feet.
+      signal.throwIfAborted();
       await rename(tmp, path);
       r.restored = { at: this.#iso(), manifestCreatedAt: m.createdAt, files: m.files };
       delete r.silentMissAt;
@@ -381,7 +392,10 @@ export class CompileCacheManager {
         .catch((e) => this.#o.logger.warn({ key: r.key, err: String(e) }, "recording a hit"));
       return done("hit");
     } catch (err) {
-      await rm(tmp, { recursive: true, force: true });
+      // An unpack abandoned at the deadline may still be closing its files: its directory goes
+      // once it has (unpackVerified never makes the directory again once it is gone).
+      if (unpacking && signal.aborted) void unpacking.then(discardTmp, discardTmp);
+      await discardTmp();
       // ENOTEMPTY: something wrote into the keyed directory meanwhile; that copy stays.
       if (
         (err as NodeJS.ErrnoException).code === "ENOTEMPTY" ||
@@ -488,7 +502,10 @@ export class CompileCacheManager {
       if (listing.bytes > this.#o.config.compileCache.maxBytes) return finish("too_large");
       if (await store.hasManifest(r.key)) return this.#remoteHas(r, finish);
       // Packed from checked hard links, never through the pod's directory tree itself.
-      await snapshotFiles(path, listing.files, snap);
+      if (!(await snapshotFiles(path, listing.files, snap))) {
+        this.#observe(r, await listCacheDir(path));
+        return finish("changed");
+      }
       const files = await digestFiles(snap, listing.files);
       const body = packStream(
         snap,
@@ -545,7 +562,9 @@ export class CompileCacheManager {
 
   /**
    * One pass over the keyed directories: sizes and changes (for eviction and the API), silent misses
-   * of restored keys, and automatic publishes of keys that grew and then went quiet.
+   * of restored keys, and automatic publishes of keys that grew and then went quiet. Resolves once
+   * the pass, and any publish it started, is done. A timer calls it every
+   * compileCache.scanIntervalMs; a test calls it directly, on the clock it injected (`now`).
    */
   async scan(): Promise<void> {
     const cc = this.#o.config.compileCache;
@@ -792,6 +811,24 @@ export class CompileCacheManager {
   #iso(): string {
     return new Date(this.#now()).toISOString();
   }
+}
+
+/**
+ * `work`, or a rejection with the signal's reason the moment it fires, whichever comes first. A
+ * restore's deadline is a promise to the pod (its `wait` gives up soon after), so it must not hang
+ * on a step that fails to honour the signal; the abandoned step keeps the signal and winds down by
+ * itself.
+ */
+function bounded<T>(work: Promise<T>, signal: AbortSignal): Promise<T> {
+  // Abandoned, its failure is no one's to handle.
+  work.catch(() => {});
+  if (signal.aborted) return Promise.reject(signal.reason);
+  let onAbort = () => {};
+  const aborted = new Promise<never>((_, reject) => {
+    onAbort = () => reject(signal.reason);
+    signal.addEventListener("abort", onAbort, { once: true });
+  });
+  return Promise.race([work, aborted]).finally(() => signal.removeEventListener("abort", onAbort));
 }
 
 /** Any valid GPU: checks the pod's identity on its own (cacheKey needs all inputs). */

@@ -3,6 +3,7 @@ import { mkdir, mkdtemp, readdir, readFile, rename, rm, stat, symlink, writeFile
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Readable } from "node:stream";
+import { buffer } from "node:stream/consumers";
 import * as tar from "tar";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import {
@@ -15,6 +16,7 @@ import {
   unpackVerified,
 } from "../../src/compile-cache/pack.js";
 import { expectRejection } from "../support/expect-error.js";
+import { openFilesUnder, pseudoSource, waitFor } from "./harness.js";
 
 let work: string;
 beforeEach(async () => {
@@ -198,5 +200,116 @@ describe("compile-cache packs", () => {
     // The link to the outside file was made, found foreign, and removed: nothing of it stays.
     expect((await listCacheDir(snap)).files).toEqual([]);
     await expect(stat(join(snap, "inductor", "secret.py"))).rejects.toMatchObject({ code: "ENOENT" });
+  });
+
+  describe("regression: a damaged pack hung the unpack (and its restore) for ever", () => {
+    /** Three sources a few deflate blocks each, packed, and what the manifest says of them. */
+    async function compressiblePack(): Promise<{ pack: Buffer; files: CacheFile[] }> {
+      const dir = join(work, "compressible");
+      for (let i = 0; i < 3; i++) await put(dir, `inductor/c${i}/k${i}.py`, pseudoSource(i + 7, 200_000));
+      const files = await digestFiles(dir, (await listCacheDir(dir)).files);
+      return { pack: await buffer(packOf(dir, files)), files };
+    }
+
+    /** The unpack's error, or a failure naming `what` if it has not settled well after any real end. */
+    async function refusal(what: string, unpack: Promise<unknown>): Promise<unknown> {
+      let timer: NodeJS.Timeout | undefined;
+      const stuck = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`${what}: the unpack never settled`)), 30_000);
+      });
+      try {
+        return await Promise.race([unpack.then(() => new Error(`${what}: unpacked`)), stuck]).catch((e) => e);
+      } finally {
+        clearTimeout(timer);
+      }
+    }
+
+    it("a byte flipped or a cut anywhere in the stream is refused, and no file is left open", async () => {
+      const { pack, files } = await compressiblePack();
+      const cases: [string, Buffer][] = [];
+      for (let k = 0; k < 120; k++) {
+        const at = Math.floor((pack.length * k) / 120);
+        const b = Buffer.from(pack);
+        b[at] = (b[at] as number) ^ 0x5a;
+        cases.push([`byte ${at} flipped`, b]);
+      }
+      for (let k = 0; k < 40; k++) {
+        const len = Math.floor((pack.length * k) / 40);
+        cases.push([`cut to ${len} bytes`, pack.subarray(0, len)]);
+      }
+      for (const [what, body] of cases) {
+        const dest = await mkdtemp(join(work, "dest-"));
+        // In pieces, as a response arrives: the parser is mid-file when the damage comes.
+        const pieces = [];
+        for (let at = 0; at < body.length; at += 16 * 1024) pieces.push(body.subarray(at, at + 16 * 1024));
+        const err = await refusal(what, unpackVerified(Readable.from(pieces), dest, files));
+        // A flipped gzip mtime or OS byte unpacks fine; only the pack's digest (the caller's) sees it.
+        if (err instanceof Error && err.message.endsWith("unpacked")) continue;
+        expect((err as { code?: string }).code, `${what}: ${(err as Error).message}`).toBe(
+          "CS_CACHE_REMOTE_INVALID",
+        );
+        expect(await openFilesUnder(dest), what).toEqual([]);
+      }
+    }, 120_000);
+
+    it("an abort while a file is being written ends the unpack with the abort's reason, its file closed", async () => {
+      const { pack, files } = await compressiblePack();
+      const dest = join(work, "dest");
+      await mkdir(dest);
+      // Half the pack, then nothing: a stalled response.
+      const stalled = new Readable({ read() {} });
+      stalled.push(pack.subarray(0, Math.floor(pack.length / 2)));
+      const controller = new AbortController();
+      const unpack = unpackVerified(stalled, dest, files, controller.signal);
+      await waitFor("a file being written", async () => (await openFilesUnder(dest)).length > 0);
+      const reason = new Error("deadline");
+      controller.abort(reason);
+      expect(await refusal("the aborted unpack", unpack)).toBe(reason);
+      expect(await openFilesUnder(dest)).toEqual([]);
+      expect(stalled.destroyed).toBe(true);
+    });
+
+    it("a body that breaks by itself is its own error (a failed transfer), not a bad pack", async () => {
+      const { pack, files } = await compressiblePack();
+      const dest = join(work, "dest");
+      await mkdir(dest);
+      const cut = Object.assign(new Error("aborted"), { code: "ECONNRESET" });
+      const body = new Readable({ read() {} });
+      body.push(pack.subarray(0, Math.floor(pack.length / 2)));
+      setImmediate(() => body.destroy(cut));
+      expect(await refusal("the broken body", unpackVerified(body, dest, files))).toBe(cut);
+      expect(await openFilesUnder(dest)).toEqual([]);
+    });
+  });
+
+  it("regression: a listing raced through a swapped directory could pack a file from outside; the snapshot refuses it", async () => {
+    const outside = join(work, "outside");
+    await put(outside, "inductor/secret.py", "token");
+    await put(outside, "secret.py", "token");
+    const dir = join(work, "cache");
+    await put(dir, "real.py", "x");
+    await symlink(join(outside, "inductor"), join(dir, "inductor"));
+    await symlink(join(outside, "secret.py"), join(dir, "alias.py"));
+    await symlink(outside, join(work, "keyed-link"));
+    // What listCacheDir returns when the pod swaps a directory for a link between reading the
+    // directory and stat'ing its files: the outside file, with its own inode.
+    const raced = async (path: string, real: string) => {
+      const st = await stat(real);
+      return [{ path, bytes: st.size, mtimeMs: st.mtimeMs, dev: st.dev, ino: st.ino }];
+    };
+    const at = [
+      // an intermediate directory that is a symlink
+      [dir, await raced("inductor/secret.py", join(outside, "inductor", "secret.py"))],
+      // the file itself a symlink
+      [dir, await raced("alias.py", join(outside, "secret.py"))],
+      // the keyed directory itself a symlink
+      [join(work, "keyed-link"), await raced("inductor/secret.py", join(outside, "inductor", "secret.py"))],
+    ] as const;
+    for (const [i, [keyed, listing]] of at.entries()) {
+      const snap = join(work, `snap-${i}`);
+      const err = await expectRejection(snapshotFiles(keyed, [...listing], snap), "CS_KEY_UNSAFE");
+      expect(err.message).toContain(listing[0]?.path);
+      expect((await listCacheDir(snap)).files, listing[0]?.path).toEqual([]);
+    }
   });
 });

@@ -3,61 +3,53 @@
  * the daemon must never change, read or upload anything outside the keyed directory. Real files, the
  * real S3 server (RGW), the node's manager in process.
  */
-import { mkdir, readFile, rm, stat, symlink, writeFile } from "node:fs/promises";
-import { join } from "node:path";
-import { GetObjectCommand } from "@aws-sdk/client-s3";
-import pino from "pino";
-import { afterEach, describe, expect, it } from "vitest";
-import { CompileCacheManager } from "../../src/compile-cache/cache-manager.js";
-import { compileCacheClient, RemoteStore } from "../../src/compile-cache/remote.js";
-import { loadConfig } from "../../src/config/load.js";
-import { parseS3Uri } from "../../src/s3/uri.js";
+import { mkdir, readFile, rename, rm, stat, symlink, writeFile } from "node:fs/promises";
+import { dirname, join } from "node:path";
+import { gunzipSync } from "node:zlib";
+import * as tar from "tar";
+import { describe, expect, it } from "vitest";
 import { freshBucket } from "../support/s3.js";
 import { useS3Fixture } from "../support/s3-fixture.js";
+import { H100, readManifest, readObject, remoteKeys, useManagers } from "./harness.js";
 
 const fx = useS3Fixture("cs-cc-safety-");
-const GPU = { gpuProduct: "NVIDIA-H100-80GB-HBM3", computeCapability: "9.0", driverMajor: "570" };
+const managers = useManagers(fx);
 const identity = { vllm: "0.11.0" };
-const stops: (() => Promise<void>)[] = [];
-afterEach(async () => {
-  for (const s of stops.splice(0)) await s();
-});
 
-async function node(root: string, remote: string, gpu: () => typeof GPU = () => GPU) {
-  process.env.AWS_ACCESS_KEY_ID = fx.s3.accessKeyId;
-  process.env.AWS_SECRET_ACCESS_KEY = fx.s3.secretAccessKey;
-  const config = loadConfig({
-    env: {
-      COLDSTART_ROOT: root,
-      COLDSTART_COMPILE_CACHE_REMOTE: remote,
-      COLDSTART_COMPILE_CACHE_PUBLISH: "manual",
-      COLDSTART_COMPILE_CACHE_SCAN_INTERVAL: "1h",
-      COLDSTART_S3_ENDPOINT: fx.s3.endpoint,
-      COLDSTART_S3_PATH_STYLE: "true",
-      COLDSTART_S3_REGION: fx.s3.region,
-    },
-  });
-  const client = compileCacheClient(config);
-  const m = new CompileCacheManager({
-    root,
-    config,
-    remoteFor: (uri) => new RemoteStore(client, parseS3Uri(uri)),
-    gpu,
-    logger: pino({ level: "silent" }),
-    version: "test",
-  });
-  await m.start();
-  stops.push(async () => {
-    await m.stop();
-    client.destroy();
-  });
-  return m;
+async function node(root: string, remote: string, gpu: () => typeof H100 = () => H100, viaProxy = false) {
+  return (await managers({ root, remote, gpu, viaProxy })).m;
 }
 
 async function manifestFiles(bucket: string, key: string): Promise<string[]> {
-  const out = await fx.client.send(new GetObjectCommand({ Bucket: bucket, Key: `cc/${key}/manifest.json` }));
-  const m = JSON.parse((await out.Body?.transformToString()) ?? "{}") as { files: { path: string }[] };
+  const m = await readManifest(fx, bucket, `cc/${key}/manifest.json`);
   return m.files.map((f) => f.path).sort();
+}
+
+const SECRET = "OUTSIDE-THE-KEYED-DIRECTORY";
+
+/** A directory the daemon can read and no pod should: every file in it holds SECRET. */
+async function hostSecrets(dir: string, files: string[]): Promise<void> {
+  for (const rel of files) {
+    await mkdir(dirname(join(dir, rel)), { recursive: true });
+    await writeFile(join(dir, rel), `${SECRET} ${rel}\n`);
+  }
+}
+
+/** The uploaded pack's entries, and whether any byte of it, unpacked, is from outside. */
+async function uploaded(bucket: string, key: string): Promise<{ entries: string[]; leaked: boolean }> {
+  const m = await readManifest(fx, bucket, `cc/${key}/manifest.json`);
+  const raw = gunzipSync(await readObject(fx, bucket, `cc/${key}/${m.pack.name}`));
+  const entries: string[] = [];
+  const parser = new tar.Parser({
+    onReadEntry: (e) => {
+      entries.push(e.path.replace(/^\.\//, ""));
+      e.resume();
+    },
+  });
+  const ended = new Promise((resolve) => parser.on("end", resolve));
+  parser.end(raw);
+  await ended;
+  return { entries: entries.sort(), leaked: raw.includes(SECRET) };
 }
 
 describe("what a pod plants in its keyed directory", () => {
@@ -104,7 +96,7 @@ describe("what a pod plants in its keyed directory", () => {
   it("a node without one GPU kind answers an error outcome, not a refusal: the pod is not its fault", async () => {
     const bucket = await freshBucket(fx.client, "ccsafe");
     const m = await node(join(fx.work, "root"), `s3://${bucket}/cc/`, () => ({
-      ...GPU,
+      ...H100,
       gpuProduct: "mixed",
     }));
     const r = await m.restore({ identity, timeoutMs: 10_000 });
@@ -113,5 +105,90 @@ describe("what a pod plants in its keyed directory", () => {
     await expect(m.restore({ identity: { vllm: "bad version" }, timeoutMs: 10_000 })).rejects.toMatchObject({
       code: "CS_CACHE_KEY_INVALID",
     });
+  });
+
+  it("a symlink planted at every depth is never followed: only the real files are packed, no byte from outside", async () => {
+    const bucket = await freshBucket(fx.client, "ccsafe");
+    const m = await node(join(fx.work, "root"), `s3://${bucket}/cc/`);
+    const outside = join(fx.work, "host");
+    await hostSecrets(outside, ["secret.py", "inductor/c0/k0.py", "inductor/c1/k1.py", "deep/a/b/x.py"]);
+    const r = await m.restore({ identity, timeoutMs: 10_000 });
+    const base = join(r.path, "torch_compile_cache", "h", "rank_0_0");
+    await mkdir(join(base, "inductor", "c0"), { recursive: true });
+    await writeFile(join(base, "inductor", "c0", "k0.py"), "inside = 1\n");
+    await writeFile(join(r.path, "top.json"), "{}");
+    const links: [string, string][] = [
+      // depth 1: a file, a directory, the root of the host, a dangling one
+      ["alias.py", join(outside, "secret.py")],
+      ["linked", outside],
+      ["slash", "/"],
+      ["dangling.py", join(outside, "nothing-here")],
+      // depth 2: a directory beside the real tree
+      ["torch_compile_cache/elsewhere", join(outside, "inductor")],
+      // depth 4: a sibling of a real directory, named like the pod's own
+      ["torch_compile_cache/h/rank_0_0/inductor/c1", join(outside, "inductor", "c1")],
+      // depth 5: a file next to a real one, and a relative link climbing out
+      ["torch_compile_cache/h/rank_0_0/inductor/c0/alias.py", join(outside, "secret.py")],
+      ["torch_compile_cache/h/rank_0_0/inductor/c0/up.py", "../../../../../../host/secret.py"],
+    ];
+    for (const [at, to] of links) await symlink(to, join(r.path, at));
+
+    expect((await m.publish(r.key, "api")).outcome).toBe("published");
+    const real = ["top.json", "torch_compile_cache/h/rank_0_0/inductor/c0/k0.py"];
+    expect(await manifestFiles(bucket, r.key)).toEqual(real);
+    const pack = await uploaded(bucket, r.key);
+    expect(pack.entries).toEqual(real);
+    expect(pack.leaked).toBe(false);
+  });
+
+  it("a directory, the keyed directory or a file swapped for a symlink mid-publish fails it: nothing uploaded", async () => {
+    const bucket = await freshBucket(fx.client, "ccsafe");
+    const m = await node(join(fx.work, "root"), `s3://${bucket}/cc/`, () => H100, true);
+    const outside = join(fx.work, "host");
+    const r = await m.restore({ identity, timeoutMs: 10_000 });
+    const rel = "torch_compile_cache/h/rank_0_0/inductor/c0/k0.py";
+    // The outside holds the same layout, so every listed path also names a file there.
+    await hostSecrets(outside, [rel, `key/${rel}`, "h/rank_0_0/inductor/c0/k0.py", "k0.py"]);
+    await mkdir(dirname(join(r.path, rel)), { recursive: true });
+    await writeFile(join(r.path, rel), "inside = 1\n");
+    const swaps: [string, () => Promise<void>][] = [
+      [
+        "an intermediate directory",
+        async () => {
+          await rename(join(r.path, "torch_compile_cache", "h"), join(fx.work, "moved-h"));
+          await symlink(join(outside, "h"), join(r.path, "torch_compile_cache", "h"));
+        },
+      ],
+      [
+        "the keyed directory",
+        async () => {
+          await rename(r.path, join(fx.work, "moved-key"));
+          await symlink(join(outside, "key"), r.path);
+        },
+      ],
+      [
+        "the file",
+        async () => {
+          await rm(join(r.path, rel));
+          await symlink(join(outside, "k0.py"), join(r.path, rel));
+        },
+      ],
+    ];
+    for (const [what, swap] of swaps) {
+      // Between the listing and the packing: the publish asks whether the remote has the key.
+      fx.proxy.addRule({
+        match: { method: "HEAD", path: "/manifest.json" },
+        times: 1,
+        action: { kind: "hook", fn: swap },
+      });
+      const result = await m.publish(r.key, "api");
+      expect([what, result.outcome, result.error?.code]).toEqual([what, "failed", "CS_KEY_UNSAFE"]);
+      expect(await remoteKeys(fx, bucket), what).toEqual([]);
+      // Put back for the next swap: a real directory with the real file.
+      await rm(r.path, { recursive: true, force: true });
+      await mkdir(dirname(join(r.path, rel)), { recursive: true });
+      await writeFile(join(r.path, rel), "inside = 1\n");
+    }
+    expect(await readFile(join(outside, rel), "utf8")).toContain(SECRET);
   });
 });
