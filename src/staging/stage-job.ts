@@ -364,7 +364,7 @@ export class StageJob implements TaskOwner {
       throw err;
     }
     await manifest.close();
-    await this.#removeOrphans(files);
+    await this.#removeOrphans();
     this.#observe("verify", this.#verifyMs);
     this.#observe("commit", this.#commitMs);
 
@@ -427,9 +427,15 @@ export class StageJob implements TaskOwner {
     this.#downloadStarted = Date.now();
     const headers = new Map<string, ShardTensors>();
     const commits = new Set<Promise<void>>();
+    // Workers waiting for a commit to finish (one resolver each; no Promise.race over the set, which
+    // would leave a reaction on every pending commit each time it is asked).
+    const commitDone: (() => void)[] = [];
     const commit = (fs: FileState) => {
       if (fs.plan.relPath.endsWith(INDEX_SUFFIX)) return;
-      const c = this.#commitOrDiscard(fs, manifest, headers).finally(() => commits.delete(c));
+      const c = this.#commitOrDiscard(fs, manifest, headers).finally(() => {
+        commits.delete(c);
+        commitDone.shift()?.();
+      });
       commits.add(c);
       c.catch((err) => this.#abort.abort(err));
     };
@@ -442,8 +448,10 @@ export class StageJob implements TaskOwner {
         const fs = "single" in item ? this.#startSingle(item.single) : item.fs;
         await this.#runPart(fs, "single" in item ? 0 : item.p, limit);
         if (fs.done.size === fs.plan.bounds.length - 1) commit(fs);
-        // Commits run beside the downloads, but no more of them than there are workers.
-        while (commits.size >= this.#scheduler.concurrency) await Promise.race(commits).catch(() => {});
+        // Commits run beside the downloads (each waits on fsyncs), bounded so that a slow disk
+        // holds the downloads back instead of piling up finished files in memory.
+        while (commits.size >= COMMITS_PER_WORKER * this.#scheduler.concurrency)
+          await new Promise<void>((resolve) => commitDone.push(resolve));
       }
     };
     const workers = Array.from({ length: Math.min(this.#scheduler.concurrency, work.length) }, worker);
@@ -853,11 +861,14 @@ export class StageJob implements TaskOwner {
     checkIndexAgainstShards(index, shards, plan.key);
   }
 
-  /** Temp files of objects no longer in the source (or filtered out) would otherwise leak forever. */
-  async #removeOrphans(files: FilePlan[]): Promise<void> {
-    const keep = new Set(files.map((f) => tmpId(f.relPath)));
+  /**
+   * After a job that staged every file: whatever is left in the temp directory is stale (objects no
+   * longer in the source or filtered out, a journal of a file now fetched in one part) and would
+   * otherwise leak forever.
+   */
+  async #removeOrphans(): Promise<void> {
     for (const name of await readdir(this.#tmpDir).catch(() => [] as string[])) {
-      if (!keep.has(name.split(".")[0] ?? "")) await rm(join(this.#tmpDir, name), { force: true });
+      await rm(join(this.#tmpDir, name), { force: true });
     }
   }
 }
@@ -868,6 +879,9 @@ function tmpId(relPath: string): string {
 }
 
 type Limit = <T>(task: () => Promise<T>) => Promise<T>;
+
+/** Commits in flight per download worker: a few, so fsync latency does not stall the downloads. */
+const COMMITS_PER_WORKER = 8;
 
 /** One item of a job's work list: a part of a file in several parts, or a whole single-part file. */
 type Work = { fs: FileState; p: number } | { single: FilePlan };
