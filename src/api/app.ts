@@ -15,7 +15,7 @@ import { PIECE_DIGEST_HEADER } from "../peers/http.js";
 import type { RateLimiter } from "../staging/rate-limiter.js";
 import { openFileBeneath } from "../store/beneath.js";
 import { bearerAccepted, type TokenFile } from "./auth.js";
-import { asCatalogError, errorBody, httpStatusOf, noRoute } from "./http-errors.js";
+import { answerCatalogError, answerNoRoute } from "./http-errors.js";
 
 /** Which listener an app serves: the authenticated TCP API, or the node-local handshake socket. */
 export type Surface = "tcp" | "socket";
@@ -141,15 +141,8 @@ export function buildApp(deps: AppDeps, surface: Surface) {
   // JSON only: anything else is 415, not a string handed to the schema.
   app.removeContentTypeParser("text/plain");
 
-  app.setErrorHandler((err, req, reply) => {
-    const e = asCatalogError(err);
-    const status = httpStatusOf[e.code] ?? 500;
-    if (status >= 500) req.log.error({ code: e.code, err: e.message }, "request failed");
-    reply.code(status).send(errorBody(e));
-  });
-  app.setNotFoundHandler((req, reply) => {
-    reply.code(404).send(errorBody(noRoute(req.method, req.url)));
-  });
+  app.setErrorHandler(answerCatalogError);
+  app.setNotFoundHandler(answerNoRoute);
   app.addHook("onResponse", async (req, reply) => {
     deps.metrics?.httpRequests.inc({
       route: req.routeOptions.url ?? "unmatched",

@@ -1,3 +1,4 @@
+import type { FastifyReply, FastifyRequest } from "fastify";
 import { ColdstartError, type ErrorCode, isColdstartError, toColdstartError } from "../errors.js";
 
 /** The one place that knows HTTP status codes for catalog errors. */
@@ -38,7 +39,7 @@ export const fastifyCodes: Record<string, ErrorCode> = {
 };
 
 /** A thrown value as a catalog error: fastify's own request errors mapped, anything else wrapped. */
-export function asCatalogError(err: unknown): ColdstartError {
+function asCatalogError(err: unknown): ColdstartError {
   if (isColdstartError(err)) return err;
   const validation = (err as { validation?: ValidationIssue[]; validationContext?: string }).validation;
   if (Array.isArray(validation) && validation[0]) {
@@ -51,15 +52,24 @@ export function asCatalogError(err: unknown): ColdstartError {
 }
 
 /** The control API's error body: `{"error":{"code","message","details"?}}` (docs/api.md). */
-export function errorBody(e: ColdstartError): { error: Record<string, unknown> } {
+function errorBody(e: ColdstartError): { error: Record<string, unknown> } {
   // details (which key, field, value) when there are any: automation acts on them.
   const details = Object.keys(e.details).length > 0 ? { details: e.details } : {};
   return { error: { code: e.code, message: e.message, ...details } };
 }
 
-/** The 404 of a path no route serves, on every control listener (API, socket, metrics). */
-export function noRoute(method: string, url: string): ColdstartError {
-  return new ColdstartError("CS_REQUEST_INVALID", `no route ${method} ${url.split("?")[0]}`);
+/** Every control listener's error handler (API, socket, metrics): the catalog's status and body. */
+export function answerCatalogError(err: unknown, req: FastifyRequest, reply: FastifyReply): void {
+  const e = asCatalogError(err);
+  const status = httpStatusOf[e.code] ?? 500;
+  if (status >= 500) req.log.error({ code: e.code, err: e.message }, "request failed");
+  reply.code(status).send(errorBody(e));
+}
+
+/** The 404 of a path no route serves, on every control listener: the catalog's shape. */
+export function answerNoRoute(req: FastifyRequest, reply: FastifyReply): void {
+  const e = new ColdstartError("CS_REQUEST_INVALID", `no route ${req.method} ${req.url.split("?")[0]}`);
+  reply.code(404).send(errorBody(e));
 }
 
 /** One of ajv's errors as fastify hands them over (err.validation). */

@@ -6,7 +6,7 @@ import Fastify from "fastify";
 import type { Logger } from "pino";
 import type { Metrics } from "../metrics/metrics.js";
 import type { MirrorCheck } from "../mirror/containerd-check.js";
-import { asCatalogError, errorBody, httpStatusOf, noRoute } from "./http-errors.js";
+import { answerCatalogError, answerNoRoute } from "./http-errors.js";
 
 export interface MetricsAppDeps {
   metrics: Metrics;
@@ -22,15 +22,8 @@ export function buildMetricsApp(deps: MetricsAppDeps) {
     disableRequestLogging: true,
     forceCloseConnections: true,
   });
-  app.setErrorHandler((err, req, reply) => {
-    const e = asCatalogError(err);
-    const status = httpStatusOf[e.code] ?? 500;
-    if (status >= 500) req.log.error({ code: e.code, err: e.message }, "request failed");
-    reply.code(status).send(errorBody(e));
-  });
-  app.setNotFoundHandler((req, reply) => {
-    reply.code(404).send(errorBody(noRoute(req.method, req.url)));
-  });
+  app.setErrorHandler(answerCatalogError);
+  app.setNotFoundHandler(answerNoRoute);
   app.get("/livez", async () => ({ status: "ok" }));
   // The mirror's state is detail, not a condition: a node whose containerd bypasses the mirror still
   // stages models and serves its peers.

@@ -4,7 +4,7 @@ import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { finish, coldstart as spawnColdstart } from "../support/processes.js";
+import { finish, jsonLines, coldstart as spawnColdstart } from "../support/processes.js";
 import { freshBucket, putFiles } from "../support/s3.js";
 import { useS3Fixture } from "../support/s3-fixture.js";
 import { digests, expectedDigests } from "../support/stage.js";
@@ -205,21 +205,3 @@ describe("coldstart pull", () => {
     expect(await readdir(join(dest, ".coldstart", "tmp"))).toEqual([]);
   });
 });
-
-/** The JSON lines a child has printed so far (whole lines only: a pipe read may end mid-line). */
-function jsonLines(child: ChildProcess): () => Record<string, unknown>[] {
-  const lines: Record<string, unknown>[] = [];
-  let partial = "";
-  child.stdout?.on("data", (b: Buffer) => {
-    const parts = (partial + b.toString()).split("\n");
-    partial = parts.pop() ?? "";
-    for (const line of parts) {
-      try {
-        lines.push(JSON.parse(line));
-      } catch {
-        // not a JSON line
-      }
-    }
-  });
-  return () => lines;
-}

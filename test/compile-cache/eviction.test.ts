@@ -12,9 +12,8 @@ import { loadConfig } from "../../src/config/load.js";
 import { Metrics } from "../../src/metrics/metrics.js";
 import { ModelManager } from "../../src/models/model-manager.js";
 import { ModelRegistry } from "../../src/models/model-registry.js";
-import { S3ObjectSource } from "../../src/s3/s3-object-source.js";
 import { SlotScheduler } from "../../src/staging/scheduler.js";
-import { freshBucket, putFiles } from "../support/s3.js";
+import { freshBucket, putFiles, testSource } from "../support/s3.js";
 import { useS3Fixture } from "../support/s3-fixture.js";
 import { file } from "../support/synthetic-model.js";
 import { tmpfs, umount } from "../support/tmpfs.js";
@@ -33,8 +32,6 @@ async function onSmallDisk(sizeMiB: number, body: (root: string) => Promise<void
 }
 
 async function harness(root: string, clock: { t: number }) {
-  process.env.AWS_ACCESS_KEY_ID = fx.s3.accessKeyId;
-  process.env.AWS_SECRET_ACCESS_KEY = fx.s3.secretAccessKey;
   await mkdir(root, { recursive: true });
   const config = loadConfig({
     env: {
@@ -63,13 +60,7 @@ async function harness(root: string, clock: { t: number }) {
     version: "test",
     now,
   });
-  const source = new S3ObjectSource({
-    region: fx.s3.region,
-    endpoint: fx.proxy.url,
-    pathStyle: true,
-    maxSockets: 8,
-    requestTimeoutMs: 5000,
-  });
+  const source = testSource(fx.s3, { endpoint: fx.proxy.url });
   const manager = new ModelManager({
     root,
     registry: await ModelRegistry.open(root),

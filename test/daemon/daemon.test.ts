@@ -9,6 +9,7 @@ import {
   coldstart,
   type DaemonProcess,
   finish,
+  jsonLines,
   type Outcome,
   startDaemonProcess,
 } from "../support/processes.js";
@@ -90,24 +91,6 @@ function wait(p: Paths, id: string, args: string[] = [], progressIntervalMs = 10
   );
   waiters.push(child);
   return child;
-}
-
-/** The JSON lines a child has printed so far (whole lines only: a pipe read may end mid-line). */
-function jsonLines(child: ChildProcess): () => Record<string, unknown>[] {
-  const lines: Record<string, unknown>[] = [];
-  let partial = "";
-  child.stdout?.on("data", (b: Buffer) => {
-    const parts = (partial + b.toString()).split("\n");
-    partial = parts.pop() ?? "";
-    for (const line of parts) {
-      try {
-        lines.push(JSON.parse(line));
-      } catch {
-        // not a JSON line
-      }
-    }
-  });
-  return () => lines;
 }
 
 /**

@@ -10,9 +10,8 @@ import { loadConfig } from "../../src/config/load.js";
 import { Metrics } from "../../src/metrics/metrics.js";
 import { ModelManager } from "../../src/models/model-manager.js";
 import { ModelRegistry } from "../../src/models/model-registry.js";
-import { S3ObjectSource } from "../../src/s3/s3-object-source.js";
 import { SlotScheduler } from "../../src/staging/scheduler.js";
-import { freshBucket, putFiles } from "../support/s3.js";
+import { freshBucket, putFiles, testSource } from "../support/s3.js";
 import { useS3Fixture } from "../support/s3-fixture.js";
 import { file } from "../support/synthetic-model.js";
 import { tmpfs, umount } from "../support/tmpfs.js";
@@ -43,15 +42,7 @@ async function onSmallDisk() {
       COLDSTART_EVICTION_LOW_WATERMARK: "99",
     },
   });
-  process.env.AWS_ACCESS_KEY_ID = fx.s3.accessKeyId;
-  process.env.AWS_SECRET_ACCESS_KEY = fx.s3.secretAccessKey;
-  const source = new S3ObjectSource({
-    region: fx.s3.region,
-    endpoint: fx.s3.endpoint,
-    pathStyle: true,
-    maxSockets: 8,
-    requestTimeoutMs: 30_000,
-  });
+  const source = testSource(fx.s3);
   const metrics = new Metrics(undefined, { defaultMetrics: false });
   const manager = new ModelManager({
     root,

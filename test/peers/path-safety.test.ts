@@ -11,9 +11,9 @@ import { buildApp } from "../../src/api/app.js";
 import { loadConfig } from "../../src/config/load.js";
 import { ModelManager } from "../../src/models/model-manager.js";
 import { ModelRegistry } from "../../src/models/model-registry.js";
-import { S3ObjectSource } from "../../src/s3/s3-object-source.js";
+import type { S3ObjectSource } from "../../src/s3/s3-object-source.js";
 import { SlotScheduler } from "../../src/staging/scheduler.js";
-import { freshBucket, putFiles } from "../support/s3.js";
+import { freshBucket, putFiles, testSource } from "../support/s3.js";
 import { useS3Fixture } from "../support/s3-fixture.js";
 import { file } from "../support/synthetic-model.js";
 
@@ -34,15 +34,7 @@ beforeEach(async () => {
   const config = loadConfig({
     env: { COLDSTART_ROOT: root, COLDSTART_SOURCES_ALLOW: "s3://ps-*/**", COLDSTART_PART_SIZE: "1MiB" },
   });
-  const source = new S3ObjectSource({
-    region: fx.s3.region,
-    endpoint: fx.proxy.url,
-    pathStyle: true,
-    maxSockets: 8,
-    requestTimeoutMs: 30_000,
-  });
-  process.env.AWS_ACCESS_KEY_ID = fx.s3.accessKeyId;
-  process.env.AWS_SECRET_ACCESS_KEY = fx.s3.secretAccessKey;
+  const source = testSource(fx.s3, { endpoint: fx.proxy.url });
   const logger = pino({ level: "silent" });
   const manager = new ModelManager({
     root,

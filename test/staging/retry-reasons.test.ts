@@ -5,9 +5,8 @@ import { randomBytes } from "node:crypto";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { Metrics } from "../../src/metrics/metrics.js";
-import { S3ObjectSource } from "../../src/s3/s3-object-source.js";
 import { StageJob } from "../../src/staging/stage-job.js";
-import { freshBucket, putFiles } from "../support/s3.js";
+import { freshBucket, putFiles, testSource } from "../support/s3.js";
 import { useS3Fixture } from "../support/s3-fixture.js";
 import { digests, expectedDigests } from "../support/stage.js";
 import { file } from "../support/synthetic-model.js";
@@ -33,12 +32,8 @@ function lcg(seed: number): () => number {
 }
 
 async function stageWithMetrics(bucket: string, dest: string, concurrency: number) {
-  process.env.AWS_ACCESS_KEY_ID = fx.s3.accessKeyId;
-  process.env.AWS_SECRET_ACCESS_KEY = fx.s3.secretAccessKey;
-  const source = new S3ObjectSource({
-    region: fx.s3.region,
+  const source = testSource(fx.s3, {
     endpoint: fx.proxy.url,
-    pathStyle: true,
     maxSockets: concurrency + 4,
     requestTimeoutMs: 2_000,
   });
@@ -94,33 +89,8 @@ describe("retry reasons", () => {
       times: faults.status,
       action: { kind: "status", status: 503 },
     });
-    process.env.AWS_ACCESS_KEY_ID = fx.s3.accessKeyId;
-    process.env.AWS_SECRET_ACCESS_KEY = fx.s3.secretAccessKey;
-    const source = new S3ObjectSource({
-      region: fx.s3.region,
-      endpoint: fx.proxy.url,
-      pathStyle: true,
-      maxSockets: 8,
-      requestTimeoutMs: 2_000,
-    });
-    const metrics = new Metrics(undefined, { defaultMetrics: false });
     const dest = join(fx.work, "d");
-    try {
-      await new StageJob({
-        source,
-        bucket,
-        prefix: "m/",
-        dest,
-        partSizeBytes: MiB,
-        concurrency: 4,
-        filters: { include: [], exclude: [] },
-        retry: { maxAttempts: 10, baseDelayMs: 5, maxDelayMs: 50 },
-        requestTimeoutMs: 2_000,
-        metrics,
-      }).run();
-    } finally {
-      source.close();
-    }
+    const metrics = await stageWithMetrics(bucket, dest, 4);
     expect(await digests(dest, files)).toEqual(expectedDigests(files));
     expect(await retriesByReason(metrics)).toEqual({
       "get/reset": faults.reset,

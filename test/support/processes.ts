@@ -134,3 +134,21 @@ export async function freePort(): Promise<number> {
   await new Promise((resolve) => server.close(resolve));
   return port;
 }
+
+/** The JSON lines a child has printed so far (whole lines only: a pipe read may end mid-line). */
+export function jsonLines(child: ChildProcess): () => Record<string, unknown>[] {
+  const lines: Record<string, unknown>[] = [];
+  let partial = "";
+  child.stdout?.on("data", (b: Buffer) => {
+    const parts = (partial + b.toString()).split("\n");
+    partial = parts.pop() ?? "";
+    for (const line of parts) {
+      try {
+        lines.push(JSON.parse(line));
+      } catch {
+        // not a JSON line
+      }
+    }
+  });
+  return () => lines;
+}

@@ -7,6 +7,7 @@ import {
   UploadPartCommand,
 } from "@aws-sdk/client-s3";
 import pLimit from "p-limit";
+import { S3ObjectSource } from "../../src/s3/s3-object-source.js";
 import type { SyntheticFile } from "./synthetic-model.js";
 
 export interface S3Endpoint {
@@ -25,6 +26,25 @@ export function seedClient(s3: S3Endpoint): S3Client {
     credentials: { accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey },
     requestChecksumCalculation: "WHEN_REQUIRED",
     responseChecksumValidation: "WHEN_REQUIRED",
+  });
+}
+
+/**
+ * The product's S3 source against the test server (or, with `endpoint`, the fault proxy in front of
+ * it), with credentials from the environment as in production.
+ */
+export function testSource(
+  s3: S3Endpoint,
+  options: { endpoint?: string; maxSockets?: number; requestTimeoutMs?: number } = {},
+): S3ObjectSource {
+  process.env.AWS_ACCESS_KEY_ID = s3.accessKeyId;
+  process.env.AWS_SECRET_ACCESS_KEY = s3.secretAccessKey;
+  return new S3ObjectSource({
+    region: s3.region,
+    endpoint: options.endpoint ?? s3.endpoint,
+    pathStyle: true,
+    maxSockets: options.maxSockets ?? 8,
+    requestTimeoutMs: options.requestTimeoutMs ?? 30_000,
   });
 }
 

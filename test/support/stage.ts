@@ -1,9 +1,8 @@
 import { readdir, readFile } from "node:fs/promises";
 import { join, relative } from "node:path";
-import { S3ObjectSource } from "../../src/s3/s3-object-source.js";
 import { RateLimiter } from "../../src/staging/rate-limiter.js";
 import { StageJob, type StageJobOptions, type StageResult } from "../../src/staging/stage-job.js";
-import type { S3Endpoint } from "./s3.js";
+import { type S3Endpoint, testSource } from "./s3.js";
 import { type SyntheticFile, sha256 } from "./synthetic-model.js";
 
 export interface StageArgs {
@@ -29,14 +28,10 @@ export interface StageArgs {
 
 /** Runs the staging engine in-process (credentials from the environment, as in production). */
 export async function stage(s3: S3Endpoint, args: StageArgs): Promise<StageResult> {
-  process.env.AWS_ACCESS_KEY_ID = s3.accessKeyId;
-  process.env.AWS_SECRET_ACCESS_KEY = s3.secretAccessKey;
   const concurrency = args.concurrency ?? 8;
   const requestTimeoutMs = args.requestTimeoutMs ?? 30_000;
-  const source = new S3ObjectSource({
-    region: s3.region,
-    endpoint: args.endpoint ?? s3.endpoint,
-    pathStyle: true,
+  const source = testSource(s3, {
+    ...(args.endpoint ? { endpoint: args.endpoint } : {}),
     maxSockets: concurrency + 4,
     requestTimeoutMs,
   });
