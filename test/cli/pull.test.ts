@@ -1,4 +1,3 @@
-import type { ChildProcess } from "node:child_process";
 import { readdir } from "node:fs/promises";
 import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
