@@ -16,6 +16,7 @@ import { loadConfig } from "../../src/config/load.js";
 import { Metrics } from "../../src/metrics/metrics.js";
 import { parseS3Uri } from "../../src/s3/uri.js";
 import type { S3Fixture } from "../support/s3-fixture.js";
+import { waitFor as waitUntil } from "../support/wait.js";
 
 export const H100: GpuIdentity = {
   gpuProduct: "NVIDIA-H100-80GB-HBM3",
@@ -134,20 +135,13 @@ export async function openFilesUnder(dir: string): Promise<string[]> {
   return held;
 }
 
-/**
- * Resolves once `check` holds; fails naming `what` if it still does not after `deadlineMs`, which
- * only bounds a failure (a loaded machine still passes, later).
- */
+/** test/support/wait.ts's waitFor, in the (what, check) order these tests read best in. */
 export async function waitFor(
   what: string,
   check: () => Promise<boolean>,
   deadlineMs = 30_000,
 ): Promise<void> {
-  const deadline = performance.now() + deadlineMs;
-  while (!(await check())) {
-    if (performance.now() > deadline) throw new Error(`still not ${what} after ${deadlineMs} ms`);
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
+  await waitUntil(check, { what, timeoutMs: deadlineMs });
 }
 
 /** Generated-code-like text from a seed: deflate codes it in Huffman blocks, yet not to nothing. */
