@@ -160,6 +160,7 @@ export async function startDaemon(config: Config, parentLogger?: Logger): Promis
       for (const [state, n] of Object.entries(manager.countByState())) metrics.models.set({ state }, n);
     },
     extraEvictables: () => compileCaches.evictables(),
+    extraBytes: () => compileCaches.localBytes(),
   });
   // Anything that fails from here on must undo what started, or a half-started daemon keeps
   // serving (and staging) while its command reports failure and never exits.

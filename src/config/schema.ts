@@ -191,10 +191,10 @@ export const schema = {
     }),
     lowSpeedBytesPerSecond: option({
       schema: byteSizeIn(0),
-      default: 64 * 1024,
+      default: 16 * 1024,
       env: ["COLDSTART_LOW_SPEED_LIMIT"],
       flag: "--low-speed-limit <size>",
-      help: "A request whose body arrives slower than this, over download.lowSpeedTimeMs of reading, is abandoned and resumed on a new connection (retry reason low_speed; it counts against download.maxAttempts however many bytes it brought). 0: off. Like curl's --speed-limit.",
+      help: "Per request: a body that arrives slower than this, over download.lowSpeedTimeMs of reading, is abandoned and resumed on a new connection (retry reason low_speed; it counts against download.maxAttempts however many bytes it brought). It is a floor for a stuck connection, not for a slow link: a job's requests share the link, so keep it below link speed / download.concurrency (16KiB x 32 = 4 Mbit/s). 0: off. Like curl's --speed-limit.",
     }),
     lowSpeedTimeMs: option({
       schema: durationIn(1000, 3_600_000),

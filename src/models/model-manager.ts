@@ -1,11 +1,11 @@
 import { randomUUID } from "node:crypto";
-import { lstat, mkdir, readdir, rename, rm, statfs } from "node:fs/promises";
+import { lstat, mkdir, readdir, rm, statfs } from "node:fs/promises";
 import { join } from "node:path";
 import picomatch from "picomatch";
 import type { Logger } from "pino";
 import type { Evictable } from "../compile-cache/cache-manager.js";
 import type { Config } from "../config/schema.js";
-import { ColdstartError, toColdstartError } from "../errors.js";
+import { ColdstartError, isColdstartError, toColdstartError } from "../errors.js";
 import type { EvictionReason, Metrics } from "../metrics/metrics.js";
 import type { ObjectSource } from "../s3/object-source.js";
 import { lowSpeedFrom, retryPolicyFrom } from "../s3/retry.js";
@@ -13,7 +13,7 @@ import { parseS3Uri } from "../s3/uri.js";
 import type { RateLimiter } from "../staging/rate-limiter.js";
 import type { SlotScheduler } from "../staging/scheduler.js";
 import { type HeldFile, StageJob } from "../staging/stage-job.js";
-import { dirExistsBeneath } from "../store/beneath.js";
+import { renameBeneath } from "../store/beneath.js";
 import { type ManifestFile, ManifestStore } from "../store/manifest.js";
 import { ioError } from "../store/paths.js";
 import { validateModelId } from "./model-id.js";
@@ -73,6 +73,8 @@ export interface ModelManagerOptions {
    * by last use (compile caches). The byte budget counts models only.
    */
   extraEvictables?: () => Evictable[];
+  /** Bytes of everything extraEvictables may ever offer, evictable now or not (compile caches). */
+  extraBytes?: () => number;
   now?: () => number;
 }
 
@@ -687,7 +689,9 @@ export class ModelManager {
     let pinnedOthersTotal = 0;
     let unpinnedOthersOnDisk = 0;
     for (const [id, r] of this.#running) {
-      if (id === forId) continue;
+      // A job that is itself waiting for room is not admitted: its bytes free nothing while it waits
+      // (counting them, two waiting jobs could each wait for the other for ever).
+      if (id === forId || !this.#reserved.has(id)) continue;
       const p = r.job.progress();
       const reserved = this.#reserved.get(id) ?? 0;
       if (this.#o.registry.get(id)?.pinned) {
@@ -695,7 +699,8 @@ export class ModelManager {
         pinnedOthersTotal += p.bytesTotal;
       } else unpinnedOthersOnDisk += p.bytesDone;
     }
-    const extras = (this.#o.extraEvictables?.() ?? []).reduce((n, e) => n + e.bytes, 0);
+    // Every compile cache, evictable now or once its grace or quiet period ends.
+    const extras = this.#o.extraBytes?.() ?? 0;
     const eventually = free + unpinnedReady + extras + unpinnedOthersOnDisk - pinnedOthersToWrite;
     const budgetLeft = budget - pinnedReady - pinnedOthersTotal;
     if (need <= eventually && (budget === 0 || need <= budgetLeft)) return;
@@ -731,21 +736,19 @@ export class ModelManager {
     return new Promise((resolve, reject) => {
       const done = () => {
         clearTimeout(timer);
-        this.#spaceWaiters.delete(done);
+        this.#spaceWaiters.delete(wake);
         signal.removeEventListener("abort", onAbort);
       };
       const onAbort = () => {
         done();
         reject(signal.reason);
       };
-      const timer = setTimeout(() => {
+      const wake = () => {
         done();
         resolve();
-      }, ms);
-      this.#spaceWaiters.add(() => {
-        done();
-        resolve();
-      });
+      };
+      const timer = setTimeout(wake, ms);
+      this.#spaceWaiters.add(wake);
       if (signal.aborted) onAbort();
       else signal.addEventListener("abort", onAbort, { once: true });
     });
@@ -865,11 +868,9 @@ export class ModelManager {
     await mkdir(trash, { recursive: true });
     const gone = join(trash, randomUUID());
     // Never through a planted symlink: the rename would move (and the rm delete) something outside.
-    if (await dirExistsBeneath(this.#o.root, this.#modelSegments(r.id))) {
-      await rename(this.modelPath(r.id), gone).catch((e: NodeJS.ErrnoException) => {
-        if (e.code !== "ENOENT") throw ioError(e, `evicting ${r.id}`);
-      });
-    }
+    await renameBeneath(this.#o.root, this.#modelSegments(r.id), gone).catch((e) => {
+      throw isColdstartError(e) ? e : ioError(e as NodeJS.ErrnoException, `evicting ${r.id}`);
+    });
     // Deleted before the queue moves on: room-making re-measures free space right after this.
     await rm(gone, { recursive: true, force: true });
     await this.#o.registry.delete(r.id);

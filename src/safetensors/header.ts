@@ -40,8 +40,8 @@ export const MAX_HEADER_BYTES = 100_000_000;
 
 /**
  * Deepest nesting a header may have. A valid one has three levels (the header object, a tensor's
- * object, its shape and offsets arrays); refusing deeper ones before JSON.parse keeps a hostile
- * header (100,000 nested arrays) from exhausting the stack anywhere later.
+ * object, its shape and offsets arrays); refusing deeper ones right after parsing, before anything
+ * walks the value, keeps a hostile header (100,000 nested arrays) from exhausting the stack.
  */
 export const MAX_HEADER_DEPTH = 8;
 
@@ -190,16 +190,19 @@ function validateHeader(
   } catch (err) {
     return fail("header is not valid UTF-8", err);
   }
-  const scan = scanJson(text);
-  if (scan.depth > MAX_HEADER_DEPTH) {
-    return fail(`header nests more than ${MAX_HEADER_DEPTH} levels deep (a valid one has 3)`);
-  }
   let parsed: unknown;
   try {
     // JSON whitespace (trailing 0x20 padding included) is allowed around the object, as in serde_json.
+    // V8's parser is not recursive: a header nested 100,000 deep parses. Parsed first, so the scan
+    // below only ever meets closed strings (its string pattern is quadratic on an unclosed one).
     parsed = JSON.parse(text);
   } catch (err) {
     return fail(`header is not valid JSON: ${err instanceof Error ? err.message : String(err)}`, err);
+  }
+  // Before anything walks the parsed value recursively (or stringifies a part of it for a message).
+  const scan = scanJson(text);
+  if (scan.depth > MAX_HEADER_DEPTH) {
+    return fail(`header nests more than ${MAX_HEADER_DEPTH} levels deep (a valid one has 3)`);
   }
   if (!isPlainObject(parsed)) return fail(`header must be a JSON object, got ${kindOf(parsed)}`);
   // JSON.parse keeps the last of duplicate keys, so fewer keys than the text names means one repeats;
@@ -295,7 +298,8 @@ export function findDuplicateJsonKey(text: string): string[] | undefined {
 }
 
 /**
- * One pass over a JSON text: its deepest nesting (counted up to just past `MAX_HEADER_DEPTH`) and
+ * One pass over a JSON text JSON.parse accepted (its strings are closed, which keeps the string
+ * pattern linear): its deepest nesting (counted up to just past `MAX_HEADER_DEPTH`) and
  * how many object keys it names (a string followed by ":"). Strings are skipped whole, so brackets
  * inside them do not count.
  */

@@ -320,6 +320,16 @@ export class StageJob implements TaskOwner {
       );
     }
     const root = await realpath(dest);
+    // A directory swapped for a link between the walk above and here would move the job's root.
+    if (within && root !== join(await realpath(within), relative(within, dest))) {
+      throw new ColdstartError(
+        "CS_PATH_UNSAFE",
+        `refusing ${dest}: it resolves to ${root}, outside ${within}`,
+        {
+          details: { value: dest },
+        },
+      );
+    }
     this.#tmpDir = join(root, STATE_DIR, "tmp");
     await mkdir(this.#tmpDir, { recursive: true }).catch((e) => {
       throw ioError(e, `creating ${this.#tmpDir}`);
@@ -431,7 +441,8 @@ export class StageJob implements TaskOwner {
     // would leave a reaction on every pending commit each time it is asked).
     const commitDone: (() => void)[] = [];
     const commit = (fs: FileState) => {
-      if (fs.plan.relPath.endsWith(INDEX_SUFFIX)) return;
+      if (fs.plan.relPath.endsWith(INDEX_SUFFIX) || fs.committing) return;
+      fs.committing = true;
       const c = this.#commitOrDiscard(fs, manifest, headers).finally(() => {
         commits.delete(c);
         commitDone.shift()?.();
@@ -454,7 +465,9 @@ export class StageJob implements TaskOwner {
           await new Promise<void>((resolve) => commitDone.push(resolve));
       }
     };
-    const workers = Array.from({ length: Math.min(this.#scheduler.concurrency, work.length) }, worker);
+    // One more worker than slots: a job holding every slot still has a part queued when one frees,
+    // so the scheduler's priorities hold (a waited-for model keeps its slots against prefetches).
+    const workers = Array.from({ length: Math.min(this.#scheduler.concurrency + 1, work.length) }, worker);
     throwFirst([...(await Promise.allSettled(workers)), ...(await Promise.allSettled([...commits]))]);
     if (signal.aborted) throw toColdstartError(signal.reason);
     if (next < work.length && this.#stopping) throw this.#stopping;
@@ -561,7 +574,15 @@ export class StageJob implements TaskOwner {
         this.#p.resumedBytes += n;
         this.#p.bytesDone += n;
       }
-      return { ...base, journal: loaded.journal, done: loaded.done };
+      // A resumed file must keep its checksum plan: parts journaled without a value cannot be
+      // combined, so then the file is staged on size, ETag and piece digests alone.
+      const sums = [...loaded.done.values()].every((e) => e.sum !== undefined);
+      return {
+        ...base,
+        ...(sums ? {} : { checksum: undefined }),
+        journal: loaded.journal,
+        done: loaded.done,
+      };
     }
     // The old journal goes first: a crash below must never leave it beside a fresh, zero-filled
     // temp file whose size matches (a resume would trust zeros).
@@ -664,8 +685,6 @@ export class StageJob implements TaskOwner {
     const signal = this.#abort.signal;
     const { plan } = fs;
     const parts = plan.bounds.length - 1;
-    // A resumed file must keep its checksum plan: parts journaled without a value cannot be combined.
-    if (fs.checksum && [...fs.done.values()].some((e) => e.sum === undefined)) delete fs.checksum;
     try {
       await limit(async () => {
         if (signal.aborted) throw toS3Error(signal.reason, plan.key, "GET");
@@ -923,6 +942,8 @@ interface FileState {
   checksum?: ObjectChecksum | undefined;
   /** For a composite checksum: where each S3 part starts. */
   partStarts?: number[] | undefined;
+  /** Set once its commit is started: a file is committed once, whoever finished its last part. */
+  committing?: boolean;
 }
 
 async function readFileText(path: string, key: string): Promise<string> {

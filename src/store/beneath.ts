@@ -14,7 +14,7 @@
  * a walk of a few components costs microseconds against the megabytes read afterwards.
  */
 import { constants } from "node:fs";
-import { type FileHandle, mkdir, open } from "node:fs/promises";
+import { type FileHandle, mkdir, open, rename } from "node:fs/promises";
 import { ColdstartError } from "../errors.js";
 
 const DIR = constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW;
@@ -76,21 +76,27 @@ export async function readFileBeneath(
 }
 
 /**
- * Whether the directory `segments` names below `root` exists, reached without a symlink on the way
- * (CS_PATH_UNSAFE otherwise): check before renaming or deleting it by path.
+ * Renames what `segments` names below `root` to `to`, reaching its parent without following a
+ * symlink (CS_PATH_UNSAFE otherwise); the entry itself is moved as it is, a link as a link, never
+ * what it points at. False when it does not exist. For eviction: what is then deleted under `to`
+ * was below the root.
  */
-export async function dirExistsBeneath(root: string, segments: readonly string[]): Promise<boolean> {
+export async function renameBeneath(root: string, segments: readonly string[], to: string): Promise<boolean> {
   checkSegments(root, segments);
   let dir = await openOrMissing(root, constants.O_RDONLY | constants.O_DIRECTORY, root, segments);
   if (!dir) return false;
   try {
-    for (const s of segments) {
+    for (const s of segments.slice(0, -1)) {
       const next = await openOrMissing(at(dir, s), DIR, root, segments);
       if (!next) return false;
       await dir.close();
       dir = next;
     }
+    await rename(at(dir, segments[segments.length - 1] as string), to);
     return true;
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === "ENOENT") return false;
+    throw e;
   } finally {
     await dir.close().catch(() => {});
   }

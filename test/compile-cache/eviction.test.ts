@@ -17,6 +17,7 @@ import { freshBucket, putFiles, testSource } from "../support/s3.js";
 import { useS3Fixture } from "../support/s3-fixture.js";
 import { file } from "../support/synthetic-model.js";
 import { tmpfs, umount } from "../support/tmpfs.js";
+import { waitFor } from "../support/wait.js";
 
 const fx = useS3Fixture("cs-cc-evict-");
 const MiB = 1024 * 1024;
@@ -70,6 +71,7 @@ async function harness(root: string, clock: { t: number }) {
     logger,
     metrics,
     extraEvictables: () => caches.evictables(),
+    extraBytes: () => caches.localBytes(),
     now,
   });
   await manager.start();
@@ -126,6 +128,35 @@ describe("compile caches in the staging root's eviction", () => {
         ).toEqual(["a", "b"]);
         const evicted = await h.metrics.compileCacheEvictions.get();
         expect(evicted.values.find((v) => v.labels.reason === "watermark")?.value).toBe(1);
+      } finally {
+        await h.close();
+      }
+    });
+  });
+
+  // Regression (review of issue 15): a model whose room a handed-over compile cache holds failed at
+  // once with CS_INSUFFICIENT_SPACE; only evictable caches counted as room that could ever free.
+  it("a model that needs the room of a cache still in its in-use grace waits for it, then takes it", async () => {
+    await onSmallDisk(24, async (root) => {
+      const clock = { t: Date.parse("2026-11-22T10:00:00Z") };
+      const h = await harness(root, clock);
+      try {
+        const bucket = await freshBucket(fx.client, "ccev");
+        await putFiles(fx.client, bucket, "big/", [file("w.bin", Buffer.alloc(16 * MiB, 2))]);
+        const cache = await h.caches.restore({ identity: { vllm: "0.11.0" }, timeoutMs: 5000 });
+        await writeFile(join(cache.path, "graph.bin"), Buffer.alloc(10 * MiB, 1));
+        await h.caches.scan();
+        expect(h.caches.evictables()).toEqual([]); // handed over: in its grace
+
+        await h.manager.request("big", { source: `s3://${bucket}/big/` }, { waited: false });
+        const waiting = await waitFor(() => h.manager.get("big").waiting, { what: "big to wait for space" });
+        expect(waiting.reason).toBe("space");
+
+        clock.t += 60 * 60_000; // the cache's grace and quiet period are over
+        await h.manager.enforceWatermarks();
+        const { outcome, status } = await h.manager.waitReady("big", 30_000);
+        expect([outcome, status.error?.code]).toEqual(["ready", undefined]);
+        expect(h.caches.list()).toEqual([]);
       } finally {
         await h.close();
       }

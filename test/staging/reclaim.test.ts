@@ -61,6 +61,22 @@ describe("nothing that can never be resumed is left in .coldstart/tmp", () => {
 });
 
 describe("safetensors header limits", () => {
+  // Regression (review of issue 15): the nesting scan ran before JSON.parse, and its string pattern
+  // is quadratic on a string that never closes; 1 MB of `\"` took minutes on the event loop.
+  it("a header with an unclosed string is refused as invalid JSON (the test's timeout is the bound)", async () => {
+    const json = `{"${'\\"'.repeat(500_000)}`;
+    const len = Buffer.alloc(8);
+    len.writeBigUInt64LE(BigInt(json.length));
+    await mkdir(fx.work, { recursive: true });
+    const path = join(fx.work, "unclosed.safetensors");
+    await writeFile(path, Buffer.concat([len, Buffer.from(json)]));
+    const err = await expectRejection(
+      readSafetensorsHeader(path, "m/unclosed.safetensors"),
+      "CS_SAFETENSORS_INVALID",
+    );
+    expect(err.message).toMatch(/header is not valid JSON/);
+  });
+
   it("a header nested 100,000 deep is CS_SAFETENSORS_INVALID naming the depth", async () => {
     const depth = 100_000;
     const json = `{"w":{"dtype":"F16","shape":${"[".repeat(depth)}${"]".repeat(depth)},"data_offsets":[0,0]}}`;
