@@ -3,9 +3,9 @@
  * (the one place that decides which query values may be printed), and the pino logger every
  * component is a child of redacts credential headers wherever an object carrying them is logged.
  */
-import pino, { type DestinationStream, type Logger } from "pino";
+import pino, { type Logger } from "pino";
 
-export const REDACTED = "[redacted]";
+const REDACTED = "[redacted]";
 
 /**
  * Query parameters whose values are printed: the ones coldstart's listeners define, none of which
@@ -85,32 +85,16 @@ const REDACT_PATHS = [
   "*.token",
 ];
 
-/** pino options every coldstart logger is made with: redacted requests and credential headers. */
-export function loggerOptions(level: string): pino.LoggerOptions {
-  return {
+/**
+ * The root logger of a coldstart process (components take children of it, and fastify's apps use it
+ * with their own `req` serializer replaced by this one): request URLs and credential headers
+ * redacted. On stdout unless `fd` says otherwise (the CLI logs to stderr: stdout is its output).
+ */
+export function createLogger(level: string, fd?: number): Logger {
+  const options: pino.LoggerOptions = {
     level,
     serializers: { req: requestSerializer },
     redact: { paths: REDACT_PATHS, censor: REDACTED },
   };
-}
-
-/** The root logger of a coldstart process (components take children of it). */
-export function createLogger(level: string, destination?: DestinationStream): Logger {
-  return destination ? pino(loggerOptions(level), destination) : pino(loggerOptions(level));
-}
-
-/**
- * A child of `logger` that redacts as {@link createLogger}'s does, for a logger made elsewhere (an
- * embedding program's, a test's): every fastify app the daemon builds logs through one of these.
- */
-export function redactingChild(logger: Logger, bindings: pino.Bindings = {}): Logger {
-  return logger.child(bindings, {
-    serializers: { req: requestSerializer },
-    redact: { paths: REDACT_PATHS, censor: REDACTED },
-  });
-}
-
-/** A pino destination on a file descriptor (the CLI logs to stderr: stdout is its output). */
-export function pinoDestination(fd: number): DestinationStream {
-  return pino.destination(fd);
+  return fd === undefined ? pino(options) : pino(options, pino.destination(fd));
 }

@@ -17,7 +17,7 @@ import { environment } from "./config/load.js";
 import type { Config } from "./config/schema.js";
 import { ColdstartError } from "./errors.js";
 import { loadKubeConfig, NodeLabeler } from "./kube/node-labels.js";
-import { createLogger, redactingChild } from "./log.js";
+import { createLogger } from "./log.js";
 import { Metrics } from "./metrics/metrics.js";
 import { checkContainerd, MIRROR_CHECK_CODES, type MirrorCheck } from "./mirror/containerd-check.js";
 import { containerdImages } from "./mirror/containerd-images.js";
@@ -59,10 +59,11 @@ export interface Daemon {
   stop(graceMs: number, hurry?: AbortSignal): Promise<void>;
 }
 
-export async function startDaemon(config: Config, parentLogger?: Logger): Promise<Daemon> {
-  // Every component logs through a child of this one: request URLs and credential headers redacted,
-  // whoever made the parent. The daemon's own lines say component "daemon"; each component's, its own.
-  const logger = parentLogger ? redactingChild(parentLogger) : createLogger(config.log.level);
+export async function startDaemon(
+  config: Config,
+  // Redacting (src/log.ts), and without a component of its own: each component's child names its own.
+  logger: Logger = createLogger(config.log.level),
+): Promise<Daemon> {
   const log = logger.child({ component: "daemon" });
   const d = config.daemon;
   const [host, portText] = splitHostPort(d.listen);

@@ -3,7 +3,7 @@ import { pipeline, Readable, Transform } from "node:stream";
 import Fastify, { type FastifyReply, type FastifyRequest } from "fastify";
 import type { Logger } from "pino";
 import type { CompileCacheManager, Identity } from "../compile-cache/cache-manager.js";
-import { ColdstartError, isColdstartError } from "../errors.js";
+import { ColdstartError } from "../errors.js";
 import type { Metrics } from "../metrics/metrics.js";
 import type { MirrorCheck } from "../mirror/containerd-check.js";
 import type { ImageResolver } from "../mirror/containerd-images.js";
@@ -291,7 +291,7 @@ export function buildApp(deps: AppDeps, surface: Surface) {
       }
       const start = file.bounds[i] as number;
       const end = file.bounds[i + 1] as number;
-      const fh = await openFirst(deps.manager.root, file.locations, req.query.key, req.log);
+      const fh = await openFirst(deps.manager.root, file.locations, req.query.key);
       const stream = fh.createReadStream({ start, end: end - 1 });
       const counted = peerServed(deps);
       reply
@@ -306,11 +306,7 @@ export function buildApp(deps: AppDeps, surface: Surface) {
   // A blob of this node's containerd content store, for a peer's mirror. Only local content: a peer
   // never relays, so mirrors cannot loop. The asking mirror verifies the digest.
   app.get<{ Params: { digest: string } }>("/v1/peer/blob/:digest", async (req, reply) => {
-    const blob = await deps.contentStore?.open(req.params.digest).catch((e: unknown) => {
-      // 403 CS_PATH_UNSAFE: a link planted in containerd's store; the answer is not logged by itself.
-      if (isColdstartError(e, "CS_PATH_UNSAFE")) req.log.warn({ path: e.details.value }, e.message);
-      throw e;
-    });
+    const blob = await deps.contentStore?.open(req.params.digest);
     if (!blob) {
       throw new ColdstartError(
         "CS_PEER_NOT_HELD",
@@ -395,17 +391,12 @@ export function buildApp(deps: AppDeps, surface: Surface) {
 /**
  * Opens the first of a held file's locations that exists (a staging file may be renamed meanwhile),
  * below the staging root without following a symlink at any depth: a model directory swapped for a
- * link must not serve bytes from elsewhere (CS_PATH_UNSAFE, logged with the path).
+ * link must not serve bytes from elsewhere (CS_PATH_UNSAFE).
  */
-async function openFirst(root: string, locations: string[][], key: string, log: Logger): Promise<FileHandle> {
+async function openFirst(root: string, locations: string[][], key: string): Promise<FileHandle> {
   for (const segments of locations) {
-    try {
-      const opened = await openFileBeneath(root, segments);
-      if (opened) return opened.fh;
-    } catch (e) {
-      if (isColdstartError(e, "CS_PATH_UNSAFE")) log.warn({ key, path: e.details.value }, e.message);
-      throw e;
-    }
+    const opened = await openFileBeneath(root, segments);
+    if (opened) return opened.fh;
   }
   throw new ColdstartError("CS_PEER_NOT_HELD", `no longer holds ${key}`, { details: { key } });
 }

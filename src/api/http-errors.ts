@@ -63,6 +63,8 @@ export function answerCatalogError(err: unknown, req: FastifyRequest, reply: Fas
   const e = asCatalogError(err);
   const status = httpStatusOf[e.code] ?? 500;
   if (status >= 500) req.log.error({ code: e.code, err: e.message }, "request failed");
+  // Someone planted a link under the root: the operator must hear of it, whichever route met it.
+  else if (e.code === "CS_PATH_UNSAFE") req.log.warn({ code: e.code, path: e.details.value }, e.message);
   reply.code(status).send(errorBody(e));
 }
 

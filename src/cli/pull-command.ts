@@ -2,7 +2,7 @@ import { Command } from "commander";
 import { loadConfigFromProcess } from "../config/load.js";
 import type { Config } from "../config/schema.js";
 import { toColdstartError } from "../errors.js";
-import { createLogger, pinoDestination } from "../log.js";
+import { createLogger } from "../log.js";
 import { parseS3Uri } from "../s3/uri.js";
 import { addSchemaOptions, flagsOf } from "./options.js";
 import { printSummary, startProgress } from "./progress.js";
@@ -50,7 +50,7 @@ async function pull(uri: string, dest: string, config: Config): Promise<number> 
       import("../staging/stage-job.js"),
     ]);
   const { bucket, prefix } = parseS3Uri(uri);
-  const logger = createLogger(config.log.level, pinoDestination(2)).child({ component: "pull" });
+  const logger = createLogger(config.log.level, 2).child({ component: "pull" });
   const source = s3SourceFromConfig(config);
   const abort = new AbortController();
   const onSignal = (sig: NodeJS.Signals) =>

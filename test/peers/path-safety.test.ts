@@ -3,8 +3,9 @@
 // (`O_NOFOLLOW` guarded only the last path component). Nothing outside the staging root may be read
 // for any request: a symlink at any depth is refused with 403 CS_PATH_UNSAFE.
 import { randomFillSync } from "node:crypto";
-import { cp, mkdir, readFile, rename, rm, symlink, writeFile } from "node:fs/promises";
+import { cp, lstat, mkdir, readdir, readFile, rename, rm, symlink, writeFile } from "node:fs/promises";
 import { join } from "node:path";
+import { HeadObjectCommand } from "@aws-sdk/client-s3";
 import pino from "pino";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { buildApp } from "../../src/api/app.js";
@@ -16,6 +17,7 @@ import { SlotScheduler } from "../../src/staging/scheduler.js";
 import { freshBucket, putFiles, testSource } from "../support/s3.js";
 import { useS3Fixture } from "../support/s3-fixture.js";
 import { file } from "../support/synthetic-model.js";
+import { waitFor } from "../support/wait.js";
 
 const fx = useS3Fixture("cs-pathsafe-");
 const MiB = 1024 * 1024;
@@ -25,6 +27,8 @@ interface Harness {
   manager: ModelManager;
   app: ReturnType<typeof buildApp>;
   source: S3ObjectSource;
+  /** What the daemon logged at warn and above. */
+  logs: Record<string, unknown>[];
 }
 let h: Harness;
 
@@ -35,7 +39,8 @@ beforeEach(async () => {
     env: { COLDSTART_ROOT: root, COLDSTART_SOURCES_ALLOW: "s3://ps-*/**", COLDSTART_PART_SIZE: "1MiB" },
   });
   const source = testSource(fx.s3, { endpoint: fx.proxy.url });
-  const logger = pino({ level: "silent" });
+  const logs: Record<string, unknown>[] = [];
+  const logger = pino({ level: "warn" }, { write: (line: string) => logs.push(JSON.parse(line)) });
   const manager = new ModelManager({
     root,
     registry: await ModelRegistry.open(root),
@@ -49,7 +54,7 @@ beforeEach(async () => {
     { manager, logger, tokens: undefined, bodyLimitBytes: 4096, isReady: () => true },
     "tcp",
   );
-  h = { root, manager, app, source };
+  h = { root, manager, app, source, logs };
 });
 
 afterEach(async () => {
@@ -73,9 +78,7 @@ async function stageModel() {
   expect(ready.statusCode).toBe(200);
   const object = await h.app.inject({ url: `/v1/peer/object?bucket=${bucket}&key=m/sub/w.bin&etag=x` });
   expect(object.statusCode).toBe(404); // the ETag is checked
-  const { ETag } = await import("@aws-sdk/client-s3").then(({ HeadObjectCommand }) =>
-    fx.client.send(new HeadObjectCommand({ Bucket: bucket, Key: "m/sub/w.bin" })),
-  );
+  const { ETag } = await fx.client.send(new HeadObjectCommand({ Bucket: bucket, Key: "m/sub/w.bin" }));
   const q = `bucket=${bucket}&key=${encodeURIComponent("m/sub/w.bin")}&etag=${encodeURIComponent(ETag ?? "")}`;
   return { body, q };
 }
@@ -101,7 +104,6 @@ async function plantAt(path: string, outside: string): Promise<() => Promise<voi
 }
 
 async function findFiles(at: string, name: string): Promise<string[]> {
-  const { readdir, lstat } = await import("node:fs/promises");
   const st = await lstat(at);
   if (st.isFile()) return at.endsWith(name) ? [at] : [];
   if (!st.isDirectory()) return [];
@@ -170,6 +172,10 @@ describe("peer routes never read outside the staging root", () => {
         await restore();
       }
     }
+    // Every refusal is logged for the operator, with the path that crosses the link.
+    const refusals = h.logs.filter((l) => l.code === "CS_PATH_UNSAFE");
+    expect(refusals.length).toBeGreaterThan(0);
+    expect(refusals.every((l) => String(l.path).startsWith(h.root))).toBe(true);
     const again = await piece();
     expect(again.statusCode).toBe(200);
     expect(again.rawPayload.equals(body.subarray(MiB, 2 * MiB))).toBe(true);
@@ -191,16 +197,15 @@ describe("peer routes never read outside the staging root", () => {
       url: "/v1/models/org%2Fs",
       payload: { source: `s3://${bucket}/m/` },
     });
-    const { HeadObjectCommand } = await import("@aws-sdk/client-s3");
     const { ETag } = await fx.client.send(new HeadObjectCommand({ Bucket: bucket, Key: "m/w.bin" }));
     const q = `bucket=${bucket}&key=m%2Fw.bin&etag=${encodeURIComponent(ETag ?? "")}`;
-    const deadline = Date.now() + 60_000;
-    for (;;) {
-      const o = await h.app.inject({ url: `/v1/peer/object?${q}` });
-      if (o.statusCode === 200 && o.json().pieces[0] && o.json().pieces[1]) break;
-      if (Date.now() > deadline) throw new Error("the first two parts never came in");
-      await new Promise((r) => setTimeout(r, 50));
-    }
+    await waitFor(
+      async () => {
+        const o = await h.app.inject({ url: `/v1/peer/object?${q}` });
+        return o.statusCode === 200 && o.json().pieces[0] && o.json().pieces[1];
+      },
+      { timeoutMs: 60_000, what: "the first two parts to be in" },
+    );
     const good = await h.app.inject({ url: `/v1/peer/piece?${q}&piece=0` });
     expect(good.rawPayload.equals(body.subarray(0, MiB))).toBe(true);
     const model = join(h.root, "models", "org", "s");
