@@ -22,6 +22,7 @@ import type { Manifest } from "../../src/compile-cache/remote.js";
 import type { FaultAction } from "../support/fault-proxy.js";
 import { freshBucket } from "../support/s3.js";
 import { useS3Fixture } from "../support/s3-fixture.js";
+import { settles } from "../support/wait.js";
 import {
   counted,
   type ManagerNode,
@@ -199,24 +200,12 @@ function corruptions(pack: Buffer): Corruption[] {
   return out;
 }
 
-/** The restore, or a failure naming it if it has not answered `slackMs` past its own timeout. */
-async function answered(node: ManagerNode, timeoutMs: number, what: string): Promise<RestoreResult> {
-  const slackMs = 30_000;
-  let timer: NodeJS.Timeout | undefined;
-  const stuck = new Promise<never>((_, reject) => {
-    timer = setTimeout(
-      () =>
-        reject(
-          new Error(`${what}: the restore is still running ${slackMs} ms past its ${timeoutMs} ms timeout`),
-        ),
-      timeoutMs + slackMs,
-    );
+/** The restore, or a failure naming it if it has not answered 30 s past its own timeout. */
+function answered(node: ManagerNode, timeoutMs: number, what: string): Promise<RestoreResult> {
+  return settles(node.m.restore({ identity, timeoutMs }), {
+    timeoutMs: timeoutMs + 30_000,
+    what: `${what}: the restore, 30000 ms past its ${timeoutMs} ms timeout`,
   });
-  try {
-    return await Promise.race([node.m.restore({ identity, timeoutMs }), stuck]);
-  } finally {
-    clearTimeout(timer);
-  }
 }
 
 /** Nothing of a failed restore is left: no installed file, no temp file, no open handle, key free. */

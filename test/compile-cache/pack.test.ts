@@ -16,6 +16,7 @@ import {
   unpackVerified,
 } from "../../src/compile-cache/pack.js";
 import { expectRejection } from "../support/expect-error.js";
+import { settles } from "../support/wait.js";
 import { openFilesUnder, pseudoSource, waitFor } from "./harness.js";
 
 let work: string;
@@ -212,16 +213,12 @@ describe("compile-cache packs", () => {
     }
 
     /** The unpack's error, or a failure naming `what` if it has not settled well after any real end. */
-    async function refusal(what: string, unpack: Promise<unknown>): Promise<unknown> {
-      let timer: NodeJS.Timeout | undefined;
-      const stuck = new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new Error(`${what}: the unpack never settled`)), 30_000);
-      });
-      try {
-        return await Promise.race([unpack.then(() => new Error(`${what}: unpacked`)), stuck]).catch((e) => e);
-      } finally {
-        clearTimeout(timer);
-      }
+    function refusal(what: string, unpack: Promise<unknown>): Promise<unknown> {
+      const outcome = unpack.then(
+        () => new Error(`${what}: unpacked`),
+        (e: unknown) => e,
+      );
+      return settles(outcome, { what: `${what}: the unpack` });
     }
 
     it("a byte flipped or a cut anywhere in the stream is refused, and no file is left open", async () => {

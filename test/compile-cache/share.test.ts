@@ -7,7 +7,6 @@
 import { createHash, randomBytes } from "node:crypto";
 import { mkdir, readdir, readFile, rename, stat, writeFile } from "node:fs/promises";
 import { dirname, isAbsolute, join, relative } from "node:path";
-import { setTimeout as sleep } from "node:timers/promises";
 import {
   GetObjectCommand,
   ListMultipartUploadsCommand,
@@ -20,6 +19,7 @@ import { builtAddon, fakeLibraries } from "../support/native-doubles.js";
 import { coldstart, type DaemonProcess, finish, startDaemonProcess } from "../support/processes.js";
 import { freshBucket, putFiles } from "../support/s3.js";
 import { useS3Fixture } from "../support/s3-fixture.js";
+import { gate } from "../support/wait.js";
 import { pseudoSource, waitFor } from "./harness.js";
 
 const fx = useS3Fixture("cs-cc-");
@@ -216,6 +216,17 @@ async function remoteKeys(s: Shared): Promise<string[]> {
   return (out.Contents ?? []).map((o) => o.Key ?? "").sort();
 }
 
+/** An object of the shared bucket, whole. */
+async function remoteBytes(s: Shared, key: string): Promise<Buffer> {
+  const out = await fx.client.send(new GetObjectCommand({ Bucket: s.bucket, Key: key }));
+  return Buffer.from((await out.Body?.transformToByteArray()) ?? []);
+}
+
+/** The remote manifest of a compile-cache key. */
+async function remoteManifest(s: Shared, key: string) {
+  return JSON.parse((await remoteBytes(s, `compile-cache/${key}/manifest.json`)).toString("utf8"));
+}
+
 async function metric(n: Node, line: string): Promise<number> {
   const res = await fetch(`${n.daemon.metrics}/metrics`);
   const text = await res.text();
@@ -335,13 +346,7 @@ describe("compile caches shared through one bucket", DAEMONS, () => {
       async () => (await metric(a, 'coldstart_compile_cache_publishes_total{outcome="published"}')) === 1,
       60_000,
     );
-    const manifest = JSON.parse(
-      (await (
-        await fx.client.send(
-          new GetObjectCommand({ Bucket: s.bucket, Key: `compile-cache/${key}/manifest.json` }),
-        )
-      ).Body?.transformToString()) ?? "{}",
-    );
+    const manifest = await remoteManifest(s, key);
     expect(manifest).toMatchObject({ format: "coldstart-compile-cache/v1", key, publisher: { node: "a" } });
     expect(manifest.files.map((f: { path: string }) => f.path).sort()).toEqual(
       Object.keys(withoutNoise(await tree(dir))).sort(),
@@ -417,25 +422,27 @@ describe("compile caches shared through one bucket", DAEMONS, () => {
     await compile(h2.env.VLLM_CACHE_ROOT ?? "", "same", 8, 256 * 1024);
     await writeFile(join(h1.env.VLLM_CACHE_ROOT ?? "", "only-a1.json"), "{}");
     await writeFile(join(h2.env.VLLM_CACHE_ROOT ?? "", "only-a2.json"), "{}");
-    // Both uploads are held until both have begun: each found no manifest before it. The bound only
-    // keeps a broken run from hanging; then `arrived` below says what went wrong.
+    // Both uploads are held until both have begun: each found no manifest before it.
     let arrived = 0;
-    let release = () => {};
-    const both = new Promise<void>((r) => {
-      release = r;
-    });
+    const both = gate();
     fx.proxy.addRule({
       match: { method: "PUT", path: "/packs/" },
       times: 2,
       action: {
         kind: "hook",
         fn: async () => {
-          if (++arrived === 2) release();
-          await Promise.race([both, sleep(30_000)]);
+          if (++arrived === 2) both.open();
+          await both.opened;
         },
       },
     });
-    const [p1, p2] = await Promise.all([publish(a1, key), publish(a2, key)]);
+    const publishing = Promise.all([publish(a1, key), publish(a2, key)]);
+    try {
+      await waitFor("both uploads to begin (each found no manifest)", async () => arrived === 2);
+    } finally {
+      both.open(); // a broken run must not leave an upload held
+    }
+    const [p1, p2] = await publishing;
     expect(arrived).toBe(2);
     const outcomes = [p1.body?.outcome, p2.body?.outcome].sort();
     // With a conditional PUT the loser sees "exists"; where the store ignores If-None-Match both
@@ -468,8 +475,12 @@ describe("compile caches shared through one bucket", DAEMONS, () => {
     const b = await node("b", s, "h100x2");
     // The pack never comes: only the daemon's deadline can end the restore. `wait` gives the answer
     // 2 s past it, then goes on without (no variables): "timeout" is the daemon's own answer.
-    fx.proxy.addRule({ match: { method: "GET", path: "/packs/" }, action: { kind: "delay", ms: 600_000 } });
-    const slow = await handshake(b, s, [...IDENTITY, "--compile-cache-timeout", "2s"]);
+    const never = gate();
+    fx.proxy.addRule({
+      match: { method: "GET", path: "/packs/" },
+      action: { kind: "hook", fn: () => never.opened },
+    });
+    const slow = await handshake(b, s, [...IDENTITY, "--compile-cache-timeout", "2s"]).finally(never.open);
     expect(slow.out.code, slow.out.stderr).toBe(0);
     expect(slow.env.COLDSTART_COMPILE_CACHE).toBe("timeout");
     expect(await metric(b, 'coldstart_compile_cache_restores_total{outcome="timeout"}')).toBe(1);
@@ -482,11 +493,7 @@ describe("compile caches shared through one bucket", DAEMONS, () => {
   it("a tampered pack or a manifest with an unsafe path is refused: a miss for the pod, nothing installed", async () => {
     const { s, key } = await publishedBy("a", 3);
     const manifestKey = `compile-cache/${key}/manifest.json`;
-    const manifest = JSON.parse(
-      (await (
-        await fx.client.send(new GetObjectCommand({ Bucket: s.bucket, Key: manifestKey }))
-      ).Body?.transformToString()) ?? "",
-    );
+    const manifest = await remoteManifest(s, key);
 
     // The pack's bytes replaced (same length): the digest check refuses it.
     const packKey = `compile-cache/${key}/${manifest.pack.name}`;
@@ -530,18 +537,9 @@ describe("regression: a restore of a pack with one flipped byte never answered",
     await mkdir(dirname(join(first.env.VLLM_CACHE_ROOT ?? "", rel)), { recursive: true });
     await writeFile(join(first.env.VLLM_CACHE_ROOT ?? "", rel), pseudoSource(1, 1536 * 1024));
     expect((await publish(a, key)).body?.outcome).toBe("published");
-    const manifestKey = `compile-cache/${key}/manifest.json`;
-    const manifest = JSON.parse(
-      (await (
-        await fx.client.send(new GetObjectCommand({ Bucket: s.bucket, Key: manifestKey }))
-      ).Body?.transformToString()) ?? "",
-    );
+    const manifest = await remoteManifest(s, key);
     const packKey = `compile-cache/${key}/${manifest.pack.name}`;
-    const pack = Buffer.from(
-      (await (
-        await fx.client.send(new GetObjectCommand({ Bucket: s.bucket, Key: packKey }))
-      ).Body?.transformToByteArray()) ?? [],
-    );
+    const pack = await remoteBytes(s, packKey);
     const at = Math.floor(pack.length * 0.4);
     pack[at] = (pack[at] as number) ^ 0x5a;
     await fx.client.send(new PutObjectCommand({ Bucket: s.bucket, Key: packKey, Body: pack }));
