@@ -272,21 +272,16 @@ export function buildApp(deps: AppDeps, surface: Surface) {
       const wait = Math.min(Number(req.query.wait ?? "0"), MAX_PIECE_WAIT_MS);
       // Only for a piece this node fetches from S3 itself: one it fetches from a peer could be the
       // asker's own, and two nodes must never wait for each other.
-      if (
-        file.pieces[i] === null &&
-        wait > 0 &&
-        file.fetching.includes(i) &&
-        (await deps.manager.whenPiece(bucket, key, etag, i, wait))
-      ) {
+      const waited = file.pieces[i] === null && wait > 0 && file.fetching.includes(i);
+      if (waited && (await deps.manager.whenPiece(bucket, key, etag, i, wait))) {
         file = await held(req.query);
       }
       if (file.pieces[i] === null) {
+        // Which answer this is (at once, or after the wait ran out) is the asker's to log.
         throw new ColdstartError(
           "CS_PEER_NOT_HELD",
-          `piece ${i} of s3://${req.query.bucket}/${req.query.key} is not in yet`,
-          {
-            details: { key: req.query.key },
-          },
+          `piece ${i} of s3://${req.query.bucket}/${req.query.key} is not in yet${waited ? ` after waiting ${wait} ms` : ""}`,
+          { details: { key: req.query.key } },
         );
       }
       const start = file.bounds[i] as number;
