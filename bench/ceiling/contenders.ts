@@ -6,7 +6,7 @@
 import { execFileSync } from "node:child_process";
 import { existsSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
-import { tryRun } from "../lab/tools.js";
+import { awsCopyArgs, tryRun } from "../lab/tools.js";
 import type { Protocol } from "./origin.js";
 
 const ROOT = resolve(import.meta.dirname, "../..");
@@ -103,18 +103,7 @@ export function findContenders(): { found: Contender[]; missing: string[] } {
       kind: "external",
       command: (t) => [
         bin,
-        [
-          "s3",
-          "cp",
-          "--recursive",
-          `s3://${t.bucket}/${t.prefix}`,
-          t.dest,
-          "--endpoint-url",
-          t.endpoint,
-          "--no-progress",
-          "--only-show-errors",
-          ...(t.protocol === "https" ? ["--ca-bundle", t.caFile] : []),
-        ],
+        [...awsCopyArgs(t), ...(t.protocol === "https" ? ["--ca-bundle", t.caFile] : [])],
       ],
     });
   };

@@ -32,7 +32,7 @@ import { cpus, loadavg, release, totalmem } from "node:os";
 import { join, relative, resolve } from "node:path";
 import { pipeline } from "node:stream/promises";
 import { Command, InvalidArgumentError } from "commander";
-import { gitCommit, tryRun } from "../lab/tools.js";
+import { count, gitCommit, list, tryRun } from "../lab/tools.js";
 import { CONTENDER_IDS, type Contender, contenderEnv, findContenders, type Target } from "./contenders.js";
 import { type ModelFile, writeModel } from "./model.js";
 import { checkOrigin, type Origin, type Protocol, startOrigin } from "./origin.js";
@@ -53,16 +53,6 @@ const NOT_S3 =
   "the origin is nginx on loopback, NOT S3: static files, a static listing, no auth, no checksums, " +
   "no multipart objects, no per-connection limits; it measures the client, not a network or S3";
 
-const list = (v: string) =>
-  v
-    .split(",")
-    .map((s) => s.trim())
-    .filter(Boolean);
-const count = (v: string) => {
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError(`expected a whole number ≥ 1, got ${v}`);
-  return n;
-};
 const positive = (v: string) => {
   const n = Number(v);
   if (!Number.isFinite(n) || n <= 0) throw new InvalidArgumentError(`expected a number > 0, got ${v}`);

@@ -34,7 +34,7 @@ import {
 } from "./netlab.js";
 import { chart, judge, type Sample, summarize, tables } from "./results.js";
 import { SCENARIOS, type SeededFile } from "./scenarios.js";
-import { findTools, gitCommit, machineLine, type Tool, toolEnv } from "./tools.js";
+import { count, findTools, gitCommit, list, machineLine, type Tool, toolEnv } from "./tools.js";
 
 const ROOT = resolve(import.meta.dirname, "../..");
 const RGW_PORT = 7480;
@@ -47,17 +47,6 @@ interface Failure {
   run: number;
   why: string;
 }
-
-const list = (v: string) =>
-  v
-    .split(",")
-    .map((s) => s.trim())
-    .filter(Boolean);
-const count = (v: string) => {
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError(`expected a whole number ≥ 1, got ${v}`);
-  return n;
-};
 
 const program = withLabFlags(
   new Command("bench:lab").description(

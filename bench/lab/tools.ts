@@ -7,6 +7,7 @@ import { execFileSync } from "node:child_process";
 import { existsSync } from "node:fs";
 import { cpus, release, totalmem } from "node:os";
 import { resolve } from "node:path";
+import { InvalidArgumentError } from "commander";
 
 export interface Target {
   endpoint: string;
@@ -26,6 +27,35 @@ export interface Tool {
 }
 
 const ROOT = resolve(import.meta.dirname, "../..");
+
+/** A comma-separated option value as a list (the benches' --scenarios, --tools, --protocols). */
+export const list = (v: string): string[] =>
+  v
+    .split(",")
+    .map((s) => s.trim())
+    .filter(Boolean);
+
+/** A whole-number option value of at least 1 (--runs and the like). */
+export const count = (v: string): number => {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError(`expected a whole number ≥ 1, got ${v}`);
+  return n;
+};
+
+/** `aws s3 cp --recursive` of a prefix into a directory, quiet: the part of its argv every bench shares. */
+export function awsCopyArgs(t: { bucket: string; prefix: string; dest: string; endpoint: string }): string[] {
+  return [
+    "s3",
+    "cp",
+    "--recursive",
+    `s3://${t.bucket}/${t.prefix}`,
+    t.dest,
+    "--endpoint-url",
+    t.endpoint,
+    "--no-progress",
+    "--only-show-errors",
+  ];
+}
 
 /** A command's trimmed stdout, or null if it is missing or fails. */
 export function tryRun(cmd: string, args: string[]): string | null {
@@ -49,18 +79,7 @@ function awsCli(id: string, bin: string, where: string): Tool | null {
     id,
     name: `aws s3 cp --recursive (${version}, ${where})`,
     version,
-    command: (t) => [
-      bin,
-      [
-        "s3",
-        "cp",
-        "--recursive",
-        `s3://${t.bucket}/${t.prefix}`,
-        t.dest,
-        "--endpoint-url",
-        t.endpoint,
-      ].concat(["--no-progress", "--only-show-errors"]),
-    ],
+    command: (t) => [bin, awsCopyArgs(t)],
   };
 }
 
