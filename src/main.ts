@@ -160,8 +160,7 @@ export async function startDaemon(
     onStateChanged: () => {
       for (const [state, n] of Object.entries(manager.countByState())) metrics.models.set({ state }, n);
     },
-    extraEvictables: () => compileCaches.evictables(),
-    extraBytes: () => compileCaches.localBytes(),
+    extra: compileCaches,
   });
   // Anything that fails from here on must undo what started, or a half-started daemon keeps
   // serving (and staging) while its command reports failure and never exits.

@@ -69,16 +69,24 @@ export interface ModelManagerOptions {
   onStateChanged?: () => void;
   metrics?: Metrics;
   /**
-   * Other things under the staging root that free-space eviction may take, merged with the models
-   * by last use (compile caches). The byte budget counts models only.
+   * Other things under the staging root that free-space eviction may take (compile caches): what
+   * it may take now, merged with the models by last use, and the bytes of all of them, evictable
+   * now or once their grace ends (what a model waiting for room may count on). The byte budget
+   * counts models only.
    */
-  extraEvictables?: () => Evictable[];
-  /** Bytes of everything extraEvictables may ever offer, evictable now or not (compile caches). */
-  extraBytes?: () => number;
+  extra?: EvictableStore;
   now?: () => number;
 }
 
-/** One candidate of free-space eviction: a model or something an extraEvictables source offers. */
+/** What ModelManagerOptions.extra offers free-space eviction (a CompileCacheManager is one). */
+export interface EvictableStore {
+  /** What may be evicted now. */
+  evictables(): Evictable[];
+  /** Bytes of everything it holds, evictable now or not. */
+  localBytes(): number;
+}
+
+/** One candidate of free-space eviction: a model or something ModelManagerOptions.extra offers. */
 interface Victim {
   bytes: number;
   lastUse: number;
@@ -700,7 +708,7 @@ export class ModelManager {
       } else unpinnedOthersOnDisk += p.bytesDone;
     }
     // Every compile cache, evictable now or once its grace or quiet period ends.
-    const extras = this.#o.extraBytes?.() ?? 0;
+    const extras = this.#o.extra?.localBytes() ?? 0;
     const eventually = free + unpinnedReady + extras + unpinnedOthersOnDisk - pinnedOthersToWrite;
     const budgetLeft = budget - pinnedReady - pinnedOthersTotal;
     if (need <= eventually && (budget === 0 || need <= budgetLeft)) return;
@@ -827,7 +835,7 @@ export class ModelManager {
         model: true,
         evict: (reason) => this.#evict(r, reason),
       }));
-    const extra: Victim[] = (this.#o.extraEvictables?.() ?? []).map((e) => ({
+    const extra: Victim[] = (this.#o.extra?.evictables() ?? []).map((e) => ({
       bytes: e.bytes,
       lastUse: e.lastUse,
       model: false,

@@ -70,8 +70,7 @@ async function harness(root: string, clock: { t: number }) {
     config,
     logger,
     metrics,
-    extraEvictables: () => caches.evictables(),
-    extraBytes: () => caches.localBytes(),
+    extra: caches,
     now,
   });
   await manager.start();
