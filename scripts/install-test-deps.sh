@@ -11,14 +11,6 @@ set -euo pipefail
 PKGS=(radosgw ceph-mon ceph-osd ceph-common cmake g++ make python3 libasan8 iproute2 procps containerd)
 BINS=(radosgw radosgw-admin ceph-mon ceph-osd ceph monmaptool ceph-authtool cmake g++ cc make python3 ip tc pgrep containerd ctr)
 
-have_all() {
-  local b
-  for b in "${BINS[@]}"; do
-    command -v "$b" >/dev/null 2>&1 || return 1
-  done
-  return 0
-}
-
 missing() {
   local b out=()
   for b in "${BINS[@]}"; do command -v "$b" >/dev/null 2>&1 || out+=("$b"); done
@@ -50,5 +42,6 @@ echo "install-test-deps: apt-get install ${PKGS[*]}" >&2
 apt-get install -y -q --no-install-recommends "${PKGS[@]}" >&2 \
   || die "apt-get install -y --no-install-recommends ${PKGS[*]} failed"
 
-have_all || die "packages installed but some binaries are still missing (need: ${BINS[*]})"
+still=$(missing)
+[ -z "$still" ] || die "packages installed but some are still missing: $still"
 echo "install-test-deps: OK ($(radosgw --version 2>/dev/null | head -n1))" >&2
