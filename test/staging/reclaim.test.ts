@@ -17,14 +17,25 @@ import { tmpfs, umount } from "../support/tmpfs.js";
 const fx = useS3Fixture("cs-reclaim-");
 const MiB = 1024 * 1024;
 
+/** A .safetensors file's bytes: the 8-byte length, the header text, the data. */
+function safetensorsBytes(header: string, data: Buffer = Buffer.alloc(0)): Buffer {
+  const len = Buffer.alloc(8);
+  len.writeBigUInt64LE(BigInt(Buffer.byteLength(header)));
+  return Buffer.concat([len, Buffer.from(header), data]);
+}
+
 /** A .safetensors file whose header names a dtype that does not exist: refused after download. */
 function badShard(bytes: number): Buffer {
-  const header = Buffer.from(
-    JSON.stringify({ w: { dtype: "F17", shape: [bytes / 2], data_offsets: [0, bytes] } }),
-  );
-  const len = Buffer.alloc(8);
-  len.writeBigUInt64LE(BigInt(header.length));
-  return Buffer.concat([len, header, randomBytes(bytes)]);
+  const header = JSON.stringify({ w: { dtype: "F17", shape: [bytes / 2], data_offsets: [0, bytes] } });
+  return safetensorsBytes(header, randomBytes(bytes));
+}
+
+/** Reads the header of a file holding `header` (as the staging engine does after a download). */
+async function checkHeader(name: string, header: string) {
+  await mkdir(fx.work, { recursive: true });
+  const path = join(fx.work, name);
+  await writeFile(path, safetensorsBytes(header));
+  return expectRejection(readSafetensorsHeader(path, `m/${name}`), "CS_SAFETENSORS_INVALID");
 }
 
 describe("nothing that can never be resumed is left in .coldstart/tmp", () => {
@@ -64,30 +75,16 @@ describe("safetensors header limits", () => {
   // Regression (review of issue 15): the nesting scan ran before JSON.parse, and its string pattern
   // is quadratic on a string that never closes; 1 MB of `\"` took minutes on the event loop.
   it("a header with an unclosed string is refused as invalid JSON (the test's timeout is the bound)", async () => {
-    const json = `{"${'\\"'.repeat(500_000)}`;
-    const len = Buffer.alloc(8);
-    len.writeBigUInt64LE(BigInt(json.length));
-    await mkdir(fx.work, { recursive: true });
-    const path = join(fx.work, "unclosed.safetensors");
-    await writeFile(path, Buffer.concat([len, Buffer.from(json)]));
-    const err = await expectRejection(
-      readSafetensorsHeader(path, "m/unclosed.safetensors"),
-      "CS_SAFETENSORS_INVALID",
-    );
+    const err = await checkHeader("unclosed.safetensors", `{"${'\\"'.repeat(500_000)}`);
     expect(err.message).toMatch(/header is not valid JSON/);
   });
 
   it("a header nested 100,000 deep is CS_SAFETENSORS_INVALID naming the depth", async () => {
     const depth = 100_000;
-    const json = `{"w":{"dtype":"F16","shape":${"[".repeat(depth)}${"]".repeat(depth)},"data_offsets":[0,0]}}`;
-    const len = Buffer.alloc(8);
-    len.writeBigUInt64LE(BigInt(json.length));
-    await mkdir(fx.work, { recursive: true });
-    const path = join(fx.work, "deep.safetensors");
-    await writeFile(path, Buffer.concat([len, Buffer.from(json)]));
-    const err = await expectRejection(
-      readSafetensorsHeader(path, "m/deep.safetensors"),
-      "CS_SAFETENSORS_INVALID",
+    const shape = `${"[".repeat(depth)}${"]".repeat(depth)}`;
+    const err = await checkHeader(
+      "deep.safetensors",
+      `{"w":{"dtype":"F16","shape":${shape},"data_offsets":[0,0]}}`,
     );
     expect(err.message).toMatch(/nests more than 8 levels/);
     expect(err.details.key).toBe("m/deep.safetensors");
