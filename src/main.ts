@@ -42,6 +42,7 @@ import { s3SourceFromConfig } from "./s3/s3-object-source.js";
 import { parseS3Uri } from "./s3/uri.js";
 import { RateLimiter } from "./staging/rate-limiter.js";
 import { SlotScheduler } from "./staging/scheduler.js";
+import { partWorkersFor } from "./staging/workers/pool.js";
 
 const VERSION = (
   JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8")) as { version: string }
@@ -114,6 +115,8 @@ export async function startDaemon(
         metrics,
       })
     : s3;
+  // The byte path: parts are received, hashed and written on these threads, not the event loop's.
+  const workers = partWorkersFor(config.download.workers);
   let labeler: NodeLabeler | undefined;
   try {
     labeler = nodeLabeler(config, logger, log);
@@ -121,6 +124,7 @@ export async function startDaemon(
     tokens?.close();
     peers?.stop();
     source.close();
+    await workers?.close();
     throw err;
   }
   let ready = false;
@@ -153,6 +157,7 @@ export async function startDaemon(
     rateLimiter:
       config.download.maxBytesPerSecond > 0 ? new RateLimiter(config.download.maxBytesPerSecond) : undefined,
     spreadParts: peers !== undefined,
+    runPart: workers?.run,
     config,
     logger: logger.child({ component: "models" }),
     metrics,
@@ -232,6 +237,7 @@ export async function startDaemon(
     peers?.stop();
     images?.close();
     source.close();
+    await workers?.close();
   };
   let apiAddress: string;
   let metricsAddress: string;
@@ -378,6 +384,7 @@ export async function startDaemon(
       peers?.stop();
       images?.close();
       source.close();
+      await workers?.close();
       log.info("coldstart daemon stopped");
     },
   };

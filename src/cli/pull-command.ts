@@ -42,16 +42,23 @@ export function pullCommand(setExit: (code: number) => void): Command {
 async function pull(uri: string, dest: string, config: Config): Promise<number> {
   // Loaded here, not at the top: every `coldstart` command would otherwise pay for the AWS SDK and the
   // staging engine at start-up (about a second), `wait` in an init container included.
-  const [{ lowSpeedFrom, retryPolicyFrom }, { s3SourceFromConfig }, { RateLimiter }, { StageJob }] =
-    await Promise.all([
-      import("../s3/retry.js"),
-      import("../s3/s3-object-source.js"),
-      import("../staging/rate-limiter.js"),
-      import("../staging/stage-job.js"),
-    ]);
+  const [
+    { lowSpeedFrom, retryPolicyFrom },
+    { s3SourceFromConfig },
+    { RateLimiter },
+    { StageJob },
+    { partWorkersFor },
+  ] = await Promise.all([
+    import("../s3/retry.js"),
+    import("../s3/s3-object-source.js"),
+    import("../staging/rate-limiter.js"),
+    import("../staging/stage-job.js"),
+    import("../staging/workers/pool.js"),
+  ]);
   const { bucket, prefix } = parseS3Uri(uri);
   const logger = createLogger(config.log.level, 2).child({ component: "pull" });
   const source = s3SourceFromConfig(config);
+  const workers = partWorkersFor(config.download.workers);
   const abort = new AbortController();
   const onSignal = (sig: NodeJS.Signals) =>
     abort.abort(Object.assign(new Error(`received ${sig}`), { name: "AbortError" }));
@@ -72,6 +79,7 @@ async function pull(uri: string, dest: string, config: Config): Promise<number> 
       config.download.maxBytesPerSecond > 0 ? new RateLimiter(config.download.maxBytesPerSecond) : undefined,
     signal: abort.signal,
     logger,
+    runPart: workers?.run,
   });
   // A bar on a terminal; otherwise JSON lines: on stdout with --json (the summary ends them), else on
   // stderr so stdout holds only the human summary.
@@ -89,6 +97,7 @@ async function pull(uri: string, dest: string, config: Config): Promise<number> 
     progress.stop();
     process.off("SIGINT", onSignal);
     process.off("SIGTERM", onSignal);
+    await workers?.close();
     source.close();
   }
 }

@@ -152,6 +152,15 @@ export const schema = {
       flag: "--concurrency <n>",
       help: "Ranged GETs in flight at once, across all files of a job (also the HTTP agent's socket count).",
     }),
+    workers: option({
+      schema: z.union([z.literal("auto"), int(0, 256)], {
+        error: "must be auto or a whole number from 0 to 256",
+      }),
+      default: "auto",
+      env: ["COLDSTART_WORKERS"],
+      flag: "--workers <n>",
+      help: "Threads that receive, hash and write parts, each with its own connections, so the byte path scales with cores and never holds the event loop that answers the API. auto: the cores the process may use (its cgroup CPU quota included), at most 16. 0: every part on the main thread (for debugging).",
+    }),
     partSizeBytes: option({
       schema: byteSizeIn(MiB, 5 * 1024 * MiB),
       default: 8 * MiB,

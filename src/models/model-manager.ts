@@ -13,6 +13,7 @@ import { parseS3Uri } from "../s3/uri.js";
 import type { RateLimiter } from "../staging/rate-limiter.js";
 import type { SlotScheduler } from "../staging/scheduler.js";
 import { type HeldFile, StageJob } from "../staging/stage-job.js";
+import type { PartRunner } from "../staging/workers/pool.js";
 import { renameBeneath } from "../store/beneath.js";
 import { type ManifestFile, ManifestStore } from "../store/manifest.js";
 import { ioError } from "../store/paths.js";
@@ -59,6 +60,8 @@ export interface ModelManagerOptions {
   scheduler: SlotScheduler;
   /** download.maxBytesPerSecond across all jobs, when set. */
   rateLimiter?: RateLimiter | undefined;
+  /** Runs each part (the daemon's worker threads); absent: on the main thread. */
+  runPart?: PartRunner | undefined;
   /** Peers are asked for pieces: each job takes its model's parts in a random order (see StageJob). */
   spreadParts?: boolean | undefined;
   config: Pick<Config, "download" | "eviction" | "sources">;
@@ -532,6 +535,7 @@ export class ModelManager {
       logger: this.#o.logger.child({ model: record.id }),
       metrics: this.#o.metrics,
       rateLimiter: this.#o.rateLimiter,
+      runPart: this.#o.runPart,
       // A resumed model's lock may belong to the replaced pod of this daemon: wait for it to go stale.
       lockWaitMs: 45_000,
       within: this.#o.root,

@@ -19,8 +19,16 @@ import { createHash } from "node:crypto";
 import { Readable } from "node:stream";
 import pLimit, { type LimitFunction } from "p-limit";
 import type { Logger } from "pino";
+import { ColdstartError } from "../errors.js";
 import type { Metrics, PEER_FALLBACK_REASONS } from "../metrics/metrics.js";
-import type { GetOptions, GetResponse, ObjectHead, ObjectInfo, ObjectSource } from "../s3/object-source.js";
+import type {
+  GetOptions,
+  GetResponse,
+  ObjectHead,
+  ObjectInfo,
+  ObjectSource,
+  ResolvedGet,
+} from "../s3/object-source.js";
 import { shuffle } from "../staging/plan.js";
 import { anySignal, bearerHeaders, PeerCooldown, PIECE_DIGEST_HEADER } from "./http.js";
 
@@ -141,6 +149,25 @@ export class PeerAwareSource implements ObjectSource {
   }
 
   async get(bucket: string, key: string, options: GetOptions): Promise<GetResponse> {
+    const piece = await this.#fromPeers(bucket, key, options);
+    if (piece) {
+      const { body, kind: _, ...rest } = piece;
+      return { ...rest, body: Readable.from([body]) };
+    }
+    return this.#inner.get(bucket, key, options);
+  }
+
+  async resolveGet(bucket: string, key: string, options: GetOptions): Promise<ResolvedGet> {
+    const piece = await this.#fromPeers(bucket, key, options);
+    if (piece) return piece;
+    if (!this.#inner.resolveGet) {
+      throw new ColdstartError("CS_INTERNAL", `GET ${key}: the source behind the peers cannot sign a GET`);
+    }
+    return this.#inner.resolveGet(bucket, key, options);
+  }
+
+  /** The piece from a peer, verified, or undefined for S3 (told to `onSource` either way). */
+  async #fromPeers(bucket: string, key: string, options: GetOptions): Promise<PieceResponse | undefined> {
     const etag = options.ifMatch;
     if (etag && this.#o.urls().length > 0) {
       const want = { bucket, key, etag, options };
@@ -156,7 +183,7 @@ export class PeerAwareSource implements ObjectSource {
       }
     }
     options.onSource?.(false);
-    return this.#inner.get(bucket, key, options);
+    return undefined;
   }
 
   /**
@@ -207,7 +234,7 @@ export class PeerAwareSource implements ObjectSource {
   }
 
   /** One piece from one peer, or undefined (counted, and the peer judged) for S3. */
-  async #fromPeer(want: PieceWant): Promise<GetResponse | undefined> {
+  async #fromPeer(want: PieceWant): Promise<PieceResponse | undefined> {
     const { held, bucket, key, etag, piece, options } = want;
     let limit = this.#perPeer.get(held.peer);
     if (!limit) {
@@ -366,7 +393,7 @@ export class PeerAwareSource implements ObjectSource {
     }
   }
 
-  async #fetchPiece(want: PieceWant): Promise<GetResponse> {
+  async #fetchPiece(want: PieceWant): Promise<PieceResponse> {
     const { held, bucket, key, etag, piece, options } = want;
     const start = held.bounds[piece] as number;
     const end = held.bounds[piece + 1] as number;
@@ -452,12 +479,13 @@ export class PeerAwareSource implements ObjectSource {
     // cannot vouch for it, so S3 is asked (HEAD: metadata only) and the engine checks the peer's bytes.
     const checksum = ranged ? undefined : (await this.#inner.head(bucket, key, options.signal)).checksum;
     return {
+      kind: "response",
       statusCode: ranged ? 206 : 200,
       contentLength: bytes.length,
       contentRange: ranged ? `bytes ${start}-${end - 1}/${held.size}` : undefined,
       etag,
       checksum: checksum?.type === "FULL_OBJECT" ? checksum : undefined,
-      body: Readable.from([bytes]),
+      body: bytes,
     };
   }
 
@@ -466,6 +494,9 @@ export class PeerAwareSource implements ObjectSource {
     return undefined;
   }
 }
+
+/** A verified piece, held in memory: the engine reads it as a GET's response. */
+type PieceResponse = Extract<ResolvedGet, { kind: "response" }> & { body: Buffer };
 
 /** The piece whose bounds are exactly the requested range (or the whole object, in one piece). */
 function pieceOf(held: Held, range: GetOptions["range"]): number | undefined {

@@ -53,6 +53,29 @@ export interface GetResponse {
 }
 
 /**
+ * Where one GET goes, for a thread other than the one that decided it (src/staging/workers): a
+ * signed request to send as-is, or a response the source already holds (a peer's piece, verified).
+ */
+export type ResolvedGet =
+  | {
+      kind: "request";
+      url: string;
+      /** Every header the signature covers (Range, If-Match, x-amz-checksum-mode): sent unchanged. */
+      headers: Record<string, string>;
+      /** Told the request's outcome, an HTTP status or "error" (request metrics). */
+      settled?: ((status: number | "error") => void) | undefined;
+    }
+  | {
+      kind: "response";
+      statusCode: number;
+      contentLength: number | undefined;
+      contentRange: string | undefined;
+      etag: string | undefined;
+      checksum: ObjectChecksum | undefined;
+      body: Uint8Array;
+    };
+
+/**
  * The seam between the staging engine and an object store. The engine owns retries, ranges and
  * verification; an implementation only speaks the protocol, one request per call, no retries.
  * Errors are thrown as-is (with an HTTP status where there is one, see `statusOf`).
@@ -69,6 +92,12 @@ export interface ObjectSource {
   partSizes(bucket: string, key: string, signal?: AbortSignal): Promise<number[] | undefined>;
   /** One GET: the whole object or one range. */
   get(bucket: string, key: string, options: GetOptions): Promise<GetResponse>;
+  /**
+   * The GET `get` would send, signed now with the current credentials, for another thread to send;
+   * absent where the source can only be read in-process. Each attempt resolves anew, so credentials
+   * that rotate (IRSA, Pod Identity) are picked up as they are by the SDK's own calls.
+   */
+  resolveGet?(bucket: string, key: string, options: GetOptions): Promise<ResolvedGet>;
   /** Releases sockets. */
   close(): void;
 }

@@ -11,9 +11,11 @@ import {
   paginateListObjectsV2,
   S3Client,
 } from "@aws-sdk/client-s3";
+import { getSignedUrl } from "@aws-sdk/s3-request-presigner";
 import { NodeHttpHandler } from "@smithy/node-http-handler";
 import type { MiddlewareStack } from "@smithy/types";
 import type { Config } from "../config/schema.js";
+import { ColdstartError } from "../errors.js";
 import type { Metrics, S3Operation } from "../metrics/metrics.js";
 import type {
   GetOptions,
@@ -22,6 +24,7 @@ import type {
   ObjectHead,
   ObjectInfo,
   ObjectSource,
+  ResolvedGet,
 } from "./object-source.js";
 import { statusOf } from "./retry.js";
 
@@ -186,6 +189,49 @@ export class S3ObjectSource implements ObjectSource {
     };
   }
 
+  async resolveGet(bucket: string, key: string, options: GetOptions): Promise<ResolvedGet> {
+    const headers: Record<string, string> = {};
+    if (options.range) headers.range = `bytes=${options.range.start}-${options.range.end}`;
+    if (options.ifMatch) headers["if-match"] = options.ifMatch;
+    if (options.checksumMode) headers["x-amz-checksum-mode"] = "ENABLED";
+    const cmd = new GetObjectCommand({
+      Bucket: bucket,
+      Key: key,
+      ...(options.range ? { Range: headers.range } : {}),
+      ...(options.ifMatch ? { IfMatch: options.ifMatch } : {}),
+    });
+    if (options.checksumMode) askForChecksum(cmd);
+    // Signed now, with the credentials the SDK's chain holds now (it refreshes them before they
+    // expire); the URL is used at once, for this one attempt. Range, If-Match and the checksum mode
+    // stay headers, covered by the signature, so the URL is good for exactly this request.
+    const url = await getSignedUrl(this.client, cmd, {
+      expiresIn: PRESIGN_EXPIRES_S,
+      unhoistableHeaders: new Set(["x-amz-checksum-mode"]),
+    });
+    const signed = new URL(url).searchParams.get("X-Amz-SignedHeaders")?.split(";") ?? [];
+    const missing = signed.filter((h) => h !== "host" && headers[h] === undefined);
+    if (missing.length > 0) {
+      throw new ColdstartError(
+        "CS_INTERNAL",
+        `GET ${key}: the signature covers headers not sent: ${missing.join(", ")}`,
+      );
+    }
+    const m = this.#metrics;
+    m?.s3InFlight.inc();
+    let open = m !== undefined;
+    return {
+      kind: "request",
+      url,
+      headers,
+      settled: (status) => {
+        if (!open) return;
+        open = false;
+        m?.s3InFlight.dec();
+        m?.s3Requests.inc({ operation: "get", status: String(status) });
+      },
+    };
+  }
+
   /** Counts one request by operation and outcome (the status, or "error" without one). */
   async #count<T extends { $metadata: { httpStatusCode?: number } }>(
     op: S3Operation,
@@ -211,6 +257,12 @@ export class S3ObjectSource implements ObjectSource {
     for (const a of this.#agents) a.destroy();
   }
 }
+
+/**
+ * A presigned GET is sent within milliseconds of signing; the window only has to cover a clock
+ * that is a little off and a queue on the worker's side.
+ */
+const PRESIGN_EXPIRES_S = 300;
 
 /** See `requestTimeout` above. */
 const SOCKET_TIMEOUT_MARGIN_MS = 1000;

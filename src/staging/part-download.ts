@@ -60,11 +60,13 @@ export interface PartContext {
   signal: AbortSignal;
   /** Called with every body byte count written to disk (progress). */
   onBytes: (n: number) => void;
+  /** Bytes told to onBytes that will be written again (the part starts over on another thread). */
+  onDiscard?: ((n: number) => void) | undefined;
   /** Each attempt, before its request goes out: whether a peer or S3 answers it. */
   onSource?: ((fromPeer: boolean) => void) | undefined;
   onRetry: (err: unknown, attempt: number) => void;
   /** Shared throughput cap, awaited per received chunk (the socket is not read meanwhile). */
-  rateLimiter?: RateLimiter | undefined;
+  rateLimiter?: Pick<RateLimiter, "take"> | undefined;
   /** The job is stopping (SIGTERM): a failed attempt is not retried; this error is thrown instead. */
   halted?: (() => Error | undefined) | undefined;
 }

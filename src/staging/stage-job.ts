@@ -29,6 +29,7 @@ import { alignedBounds, type FilePlan, type Filters, planJob, shuffle } from "./
 import type { RateLimiter } from "./rate-limiter.js";
 import { SlotScheduler, type TaskOwner } from "./scheduler.js";
 import { verifyChecksum } from "./verify.js";
+import type { PartRunner } from "./workers/pool.js";
 
 export interface StageJobOptions {
   source: ObjectSource;
@@ -65,6 +66,11 @@ export interface StageJobOptions {
    * lock, heartbeat stopped) before failing with CS_DEST_LOCKED. The CLI fails at once.
    */
   lockWaitMs?: number;
+  /**
+   * Runs each part: the daemon's and the CLI's pool of worker threads (download.workers); absent,
+   * on this thread (downloadPart).
+   */
+  runPart?: PartRunner | undefined;
   /** Throughput cap shared with other jobs (download.maxBytesPerSecond). */
   rateLimiter?: RateLimiter | undefined;
   /** Take the model's parts in a random order (set when peers are configured). */
@@ -690,7 +696,7 @@ export class StageJob implements TaskOwner {
         if (signal.aborted) throw toS3Error(signal.reason, plan.key, "GET");
         if (this.#stopping) throw this.#stopping;
         await this.#downloadTracked(fs, p, (onSource) =>
-          downloadPart(
+          (o.runPart ?? downloadPart)(
             {
               bucket: o.bucket,
               key: plan.key,
@@ -715,6 +721,9 @@ export class StageJob implements TaskOwner {
                 this.#p.bytesDone += n;
                 // Bytes from S3 only: a peer's are coldstart_peer_bytes_total{direction="in"}.
                 if (fs.inFlight.get(p) !== "peer") o.metrics?.downloadBytes.inc({ source: o.bucket }, n);
+              },
+              onDiscard: (n) => {
+                this.#p.bytesDone -= n;
               },
               onRetry: this.#onRetry(plan.key, "get"),
               rateLimiter: o.rateLimiter,

@@ -1,0 +1,157 @@
+/**
+ * A part worker's thread: receives parts from src/staging/workers/pool.ts and runs each through the
+ * same downloadPart the in-process path runs (retries, resume within the part, Content-Range and
+ * length checks, digests, positional writes, fdatasync), with a source that asks the main thread
+ * where each attempt's GET goes and then sends it on this thread's own connections.
+ */
+import { Readable } from "node:stream";
+import { parentPort } from "node:worker_threads";
+import type { GetOptions, GetResponse, ObjectSource } from "../../s3/object-source.js";
+import { TransientError } from "../../s3/retry.js";
+import { downloadPart } from "../part-download.js";
+import { WorkerHttp } from "./http-get.js";
+import { type FromWorker, fromWire, HALTED, type PartSettings, type ToWorker, toWire } from "./protocol.js";
+
+/** Progress is told in batches of this many bytes (and at the end of each attempt), not per write. */
+const BYTES_BATCH = 1024 * 1024;
+/** Rate-capped parts ask for bytes in grants of this size: one message per grant, not per chunk. */
+const GRANT = 1024 * 1024;
+
+const port = parentPort;
+if (!port) throw new Error("part-worker.ts runs as a worker thread");
+const http = new WorkerHttp();
+
+interface Running {
+  abort: AbortController;
+  halted: boolean;
+  calls: Map<number, { resolve: (v: unknown) => void; reject: (e: unknown) => void }>;
+}
+const running = new Map<number, Running>();
+let nextCall = 0;
+const post = (m: FromWorker) => port.postMessage(m);
+
+/** Posts a call to the main thread and waits for its answer (resolved, granted). */
+function ask<T>(part: Running, message: (call: number) => FromWorker): Promise<T> {
+  const call = nextCall++;
+  return new Promise<T>((resolve, reject) => {
+    part.calls.set(call, { resolve: resolve as (v: unknown) => void, reject });
+    post(message(call));
+  });
+}
+
+/** Thrown by `halted` once the main thread stops the job: recognised there by `halted: true`. */
+class Halted extends Error {}
+
+port.on("message", (m: ToWorker) => {
+  if (m.t === "part") {
+    void runPart(m.id, m.req, m.settings);
+    return;
+  }
+  const part = running.get(m.id);
+  if (!part) return;
+  if (m.t === "abort") part.abort.abort(fromWire(m.reason));
+  else if (m.t === "halt") part.halted = true;
+  else {
+    const call = part.calls.get(m.call);
+    if (!call) return;
+    part.calls.delete(m.call);
+    if (m.error?.name === HALTED) {
+      // Stopping: this attempt fails as retryable, and the retry loop then sees `halted`.
+      part.halted = true;
+      call.reject(new TransientError("the job is stopping"));
+    } else if (m.error) call.reject(fromWire(m.error));
+    else call.resolve(m.t === "resolved" ? m.resolved : undefined);
+  }
+});
+
+async function runPart(id: number, req: import("../part-download.js").PartRequest, s: PartSettings) {
+  const part: Running = { abort: new AbortController(), halted: false, calls: new Map() };
+  running.set(id, part);
+  const signal = part.abort.signal;
+  let unreported = 0;
+  const flushBytes = () => {
+    if (unreported === 0) return;
+    post({ t: "bytes", id, n: unreported });
+    unreported = 0;
+  };
+  let granted = 0;
+  const source = remoteSource(id, part, s.requestTimeoutMs, flushBytes);
+  try {
+    const entry = await downloadPart(req, {
+      source,
+      retry: s.retry,
+      requestTimeoutMs: s.requestTimeoutMs,
+      lowSpeed: s.lowSpeed,
+      signal,
+      onBytes: (n) => {
+        unreported += n;
+        if (unreported >= BYTES_BATCH) flushBytes();
+      },
+      onRetry: (err, attempt) => {
+        flushBytes();
+        post({ t: "retry", id, attempt, error: toWire(err) });
+      },
+      rateLimiter: s.rateLimited
+        ? {
+            take: async (n: number) => {
+              while (granted < n) {
+                const want = Math.max(GRANT, n - granted);
+                await ask(part, (call) => ({ t: "take", id, call, n: want }));
+                granted += want;
+              }
+              granted -= n;
+            },
+          }
+        : undefined,
+      halted: () => (part.halted ? new Halted("stopping") : undefined),
+    });
+    flushBytes();
+    post({ t: "done", id, entry });
+  } catch (err) {
+    flushBytes();
+    post({ t: "failed", id, error: toWire(err), halted: err instanceof Halted });
+  } finally {
+    running.delete(id);
+  }
+}
+
+/** The main thread says where each attempt goes; this thread sends it and reads the body. */
+function remoteSource(id: number, part: Running, timeoutMs: number, beforeAsk: () => void): ObjectSource {
+  const refuse = () => {
+    throw new Error("a part worker only sends GETs");
+  };
+  return {
+    list: refuse,
+    head: refuse,
+    partSizes: refuse,
+    close: () => {},
+    async get(_bucket: string, _key: string, options: GetOptions): Promise<GetResponse> {
+      beforeAsk();
+      let call = -1;
+      const resolved = await ask<import("./protocol.js").WireResolved>(part, (c) => {
+        call = c;
+        return {
+          t: "resolve",
+          id,
+          call: c,
+          range: options.range,
+          ifMatch: options.ifMatch,
+          checksumMode: options.checksumMode ?? false,
+        };
+      });
+      if (resolved.kind === "response") {
+        const { body, ...rest } = resolved;
+        return { ...rest, body: Readable.from([Buffer.from(body.buffer, body.byteOffset, body.byteLength)]) };
+      }
+      try {
+        const res = await http.get(resolved, timeoutMs, options.signal ?? part.abort.signal);
+        post({ t: "settled", id, call, status: res.statusCode });
+        return res;
+      } catch (err) {
+        const status = (err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode;
+        post({ t: "settled", id, call, status: status ?? "error" });
+        throw err;
+      }
+    },
+  };
+}
