@@ -158,6 +158,10 @@ describe("coldstart pull", () => {
       "1MiB",
       "--progress-interval-ms",
       "100",
+      // Killed with both worker threads holding parts: a part is journaled only once its thread
+      // has made it durable, so the bound below holds across threads.
+      "--workers",
+      "2",
     ];
 
     const first = coldstart(args);

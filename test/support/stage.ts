@@ -2,6 +2,7 @@ import { readdir, readFile } from "node:fs/promises";
 import { join, relative } from "node:path";
 import { RateLimiter } from "../../src/staging/rate-limiter.js";
 import { StageJob, type StageJobOptions, type StageResult } from "../../src/staging/stage-job.js";
+import { type PartRunner, PartWorkers } from "../../src/staging/workers/pool.js";
 import { type S3Endpoint, testSource } from "./s3.js";
 import { type SyntheticFile, sha256 } from "./synthetic-model.js";
 
@@ -24,6 +25,25 @@ export interface StageArgs {
   requestTimeoutMs?: number;
   maxBytesPerSecond?: number;
   signal?: AbortSignal;
+  /** Runs each part; default: the file's runner (see useStageRunner). */
+  runPart?: PartRunner;
+}
+
+/** Where `stage` runs each part: the worker threads the daemon and the CLI use, or the main thread. */
+export type StageRunner = "workers" | "main";
+let runner: StageRunner = "workers";
+let pool: PartWorkers | undefined;
+
+/** For suites that run every test on both byte paths. */
+export function useStageRunner(r: StageRunner): void {
+  runner = r;
+}
+
+/** The runner `stage` uses now: one pool of two threads for the whole test file (idle threads are unref'd). */
+export function stageRunner(): PartRunner | undefined {
+  if (runner === "main") return undefined;
+  pool ??= new PartWorkers({ size: 2 });
+  return pool.run;
 }
 
 /** Runs the staging engine in-process (credentials from the environment, as in production). */
@@ -45,6 +65,7 @@ export async function stage(s3: S3Endpoint, args: StageArgs): Promise<StageResul
     filters: { include: args.include ?? [], exclude: args.exclude ?? [] },
     retry: { maxAttempts: args.maxAttempts ?? 10, baseDelayMs: 5, maxDelayMs: 50 },
     requestTimeoutMs,
+    runPart: args.runPart ?? stageRunner(),
     ...(args.maxBytesPerSecond ? { rateLimiter: new RateLimiter(args.maxBytesPerSecond) } : {}),
     ...(args.signal ? { signal: args.signal } : {}),
   };

@@ -13,7 +13,7 @@ import { WorkerHttp } from "./http-get.js";
 import { type FromWorker, fromWire, HALTED, type PartSettings, type ToWorker, toWire } from "./protocol.js";
 
 /** Progress is told in batches of this many bytes (and at the end of each attempt), not per write. */
-const BYTES_BATCH = 1024 * 1024;
+const BYTES_BATCH = 4 * 1024 * 1024;
 /** Rate-capped parts ask for bytes in grants of this size: one message per grant, not per chunk. */
 const GRANT = 1024 * 1024;
 
@@ -82,6 +82,7 @@ async function runPart(id: number, req: import("../part-download.js").PartReques
       retry: s.retry,
       requestTimeoutMs: s.requestTimeoutMs,
       lowSpeed: s.lowSpeed,
+      blockingWrites: true,
       signal,
       onBytes: (n) => {
         unreported += n;
