@@ -29,6 +29,8 @@ interface Slot {
   worker: Worker;
   parts: Map<number, Flight>;
   dead: boolean;
+  /** What the thread threw, if it died of an uncaught error: said in the retry's reason. */
+  error?: string;
 }
 
 interface Flight {
@@ -126,7 +128,9 @@ export class PartWorkers {
     // An idle pool does not keep the process alive; a part in flight holds its own promise.
     worker.unref();
     worker.on("message", (m: FromWorker) => this.#onMessage(slot, m));
-    worker.on("error", () => {});
+    worker.on("error", (err) => {
+      slot.error = err instanceof Error ? err.message : String(err);
+    });
     worker.on("exit", (code) => this.#onExit(slot, code));
     this.#o.onSpawn?.(worker);
     return slot;
@@ -239,7 +243,9 @@ export class PartWorkers {
         flight.reject(halt ?? new ColdstartError("CS_ABORTED", `GET ${flight.req.key} was cancelled`));
         continue;
       }
-      const err = new TransientError(`the part worker thread exited (code ${code}) during the part`);
+      const err = new TransientError(
+        `the part worker thread exited (code ${code}${slot.error ? `: ${slot.error}` : ""}) during the part`,
+      );
       if (++flight.restarts >= flight.ctx.retry.maxAttempts) {
         flight.reject(
           new ColdstartError(
