@@ -1,8 +1,9 @@
 // Starts/stops a throw-away Ceph RADOS Gateway (real S3 server) for tests.
 // Wraps test/support/rgw/start-rgw.sh and stop-rgw.sh; node built-ins only.
 import { mkdtempSync } from "node:fs";
+import { readdir, readFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { basename, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { onPath, type RunResult, runCommand, tail } from "./commands.js";
 
@@ -111,4 +112,35 @@ export async function startRgw(opts: { dir?: string; timeoutMs?: number } = {}):
     region: info.region,
     stop,
   };
+}
+
+/**
+ * Runs `radosgw-admin ARGS` against the cluster whose radosgw serves `endpoint` and resolves with its
+ * stdout; rejects on a non-zero exit. Test files get only the endpoint from the global setup, so the
+ * cluster's ceph.conf is found through /proc: the live radosgw started with `--conf FILE` whose
+ * frontend listens on the endpoint's host:port.
+ */
+export async function radosgwAdmin(endpoint: string, args: string[]): Promise<string> {
+  const { hostname, port } = new URL(endpoint);
+  const listens = new RegExp(`endpoint=${hostname.replaceAll(".", "\\.")}:${port}(\\s|$)`, "m");
+  let conf: string | undefined;
+  for (const pid of (await readdir("/proc")).filter((d) => /^\d+$/.test(d))) {
+    // A process may be gone by the time it is read.
+    const argv = (await readFile(`/proc/${pid}/cmdline`, "utf8").catch(() => "")).split("\0");
+    const at = argv.indexOf("--conf");
+    const file = argv[at + 1];
+    if (basename(argv[0] ?? "") !== "radosgw" || at < 0 || !file) continue;
+    if (listens.test(await readFile(file, "utf8").catch(() => ""))) {
+      conf = file;
+      break;
+    }
+  }
+  if (!conf) throw new Error(`no running radosgw serves ${endpoint}`);
+  const res = await runCommand("radosgw-admin", ["--conf", conf, ...args], 60_000);
+  if (res.code !== 0) {
+    throw new Error(
+      `radosgw-admin ${args.join(" ")} failed (exit ${res.code ?? res.signal}):\n${tail(res.stderr)}`,
+    );
+  }
+  return res.stdout;
 }
