@@ -371,16 +371,24 @@ async function streamToFile(
           body.resume();
         }, fail);
       });
+      // A paused stream still ends once its buffer is empty: the last chunk may still be waiting on
+      // the rate cap or a write, and is taken before the body counts as read.
+      let ended = false;
       body.once("end", () => {
-        if (settled) return;
-        settled = true;
-        resolve();
+        ended = true;
+        const done = () => {
+          if (settled) return;
+          settled = true;
+          resolve();
+        };
+        if (current) current.then(done, fail);
+        else done();
       });
       body.once("error", fail);
       // Closed without 'end' or 'error' (destroyed): the async iterator's "premature close".
-      body.once("close", () =>
-        fail(Object.assign(new Error("premature close"), { code: "ERR_STREAM_PREMATURE_CLOSE" })),
-      );
+      body.once("close", () => {
+        if (!ended) fail(Object.assign(new Error("premature close"), { code: "ERR_STREAM_PREMATURE_CLOSE" }));
+      });
     });
     clearTimeout(watch);
     await flush();

@@ -1,0 +1,102 @@
+import { createHash, randomBytes } from "node:crypto";
+import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Readable } from "node:stream";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import type { GetOptions, ObjectSource } from "../../src/s3/object-source.js";
+import { downloadPart } from "../../src/staging/part-download.js";
+import { gate, waitFor } from "../support/wait.js";
+
+// Unit tier: the engine's part loop against an in-memory ObjectSource (the seam's own contract), for
+// orderings a real server cannot be made to produce on demand.
+
+const KiB = 1024;
+let dir: string;
+beforeEach(async () => {
+  dir = await mkdtemp(join(tmpdir(), "cs-part-"));
+});
+afterEach(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+
+/** Serves `bytes` as one object, each body in two chunks; `bodies` holds every body handed out. */
+function memorySource(bytes: Buffer, bodies: Readable[]): ObjectSource {
+  const refuse = () => {
+    throw new Error("not used");
+  };
+  return {
+    list: refuse,
+    head: refuse,
+    partSizes: refuse,
+    close: () => {},
+    async get(_b: string, _k: string, o: GetOptions) {
+      const start = o.range?.start ?? 0;
+      const end = o.range?.end ?? bytes.length - 1;
+      const slice = bytes.subarray(start, end + 1);
+      const half = Math.floor(slice.length / 2);
+      const body = Readable.from([slice.subarray(0, half), slice.subarray(half)], { objectMode: false });
+      bodies.push(body);
+      return {
+        statusCode: 206,
+        contentLength: slice.length,
+        contentRange: `bytes ${start}-${end}/${bytes.length}`,
+        etag: '"e"',
+        checksum: undefined,
+        body,
+      };
+    },
+  };
+}
+
+describe("downloadPart", () => {
+  it.each([
+    ["asynchronous writes (the main thread)", false],
+    ["blocking writes (a worker thread)", true],
+  ])(
+    "takes the last chunk that waits on the rate cap after the body has ended, with %s",
+    async (_, blocking) => {
+      const bytes = randomBytes(300 * KiB);
+      const bodies: Readable[] = [];
+      const release = gate();
+      const tmpPath = join(dir, "part");
+      const retries: unknown[] = [];
+      let takes = 0;
+      const entry = downloadPart(
+        {
+          bucket: "b",
+          key: "k",
+          etag: '"e"',
+          size: bytes.length,
+          tmpPath,
+          create: true,
+          index: 0,
+          start: 0,
+          end: bytes.length,
+          whole: false,
+          durable: false,
+        },
+        {
+          source: memorySource(bytes, bodies),
+          retry: { maxAttempts: 3, baseDelayMs: 1, maxDelayMs: 1 },
+          requestTimeoutMs: 60_000,
+          signal: new AbortController().signal,
+          onBytes: () => {},
+          onRetry: (err) => retries.push(err),
+          blockingWrites: blocking,
+          // The second chunk is held at the cap until its body has ended: a paused stream still ends.
+          rateLimiter: { take: async () => (++takes === 2 ? release.opened : undefined) },
+        },
+      );
+      await waitFor(() => bodies[0]?.readableEnded === true, {
+        what: "the body ended while its last chunk waits",
+      });
+      release.open();
+      const done = await entry;
+
+      expect(retries).toEqual([]);
+      expect(done.sha256).toBe(createHash("sha256").update(bytes).digest("hex"));
+      expect((await readFile(tmpPath)).equals(bytes)).toBe(true);
+    },
+  );
+});
