@@ -25,8 +25,42 @@ export async function writeFileAtomic(path: string, data: string | Uint8Array, m
   await syncDir(dirname(path));
 }
 
-/** fsync of a directory: makes renames and creations inside it durable. */
-export async function syncDir(dir: string): Promise<void> {
+/**
+ * fsync of a directory: makes renames and creations inside it durable (once they are done: call it
+ * after them). Calls on one directory share syncs (group commit): a sync that is already running
+ * may have started before the caller's rename, so the caller shares the one that starts after it.
+ * Many small files committed at once into one directory then cost a few syncs, not one each.
+ */
+export function syncDir(dir: string): Promise<void> {
+  const entry = dirSyncs.get(dir);
+  if (!entry) return startDirSync(dir);
+  entry.next ??= entry.running.then(noop, noop).then(() => {
+    entry.next = undefined;
+    return startDirSync(dir);
+  });
+  return entry.next;
+}
+
+interface DirSync {
+  running: Promise<void>;
+  /** The sync that starts when `running` ends, shared by every caller that came meanwhile. */
+  next: Promise<void> | undefined;
+}
+const dirSyncs = new Map<string, DirSync>();
+const noop = () => {};
+
+function startDirSync(dir: string): Promise<void> {
+  const running = fsyncDir(dir).finally(() => {
+    const entry = dirSyncs.get(dir);
+    if (entry?.running === running && !entry.next) dirSyncs.delete(dir);
+  });
+  const entry = dirSyncs.get(dir);
+  if (entry) entry.running = running;
+  else dirSyncs.set(dir, { running, next: undefined });
+  return running;
+}
+
+async function fsyncDir(dir: string): Promise<void> {
   const fh = await open(dir, "r");
   try {
     await fh.sync();
