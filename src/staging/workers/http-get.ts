@@ -1,7 +1,7 @@
 import { Agent as HttpAgent, request as httpRequest, type IncomingMessage } from "node:http";
 import { Agent as HttpsAgent, request as httpsRequest } from "node:https";
-import type { Socket } from "node:net";
-import type { GetResponse, ObjectChecksum } from "../../s3/object-source.js";
+import { checksumFromHeaders } from "../../s3/checksum.js";
+import { type GetResponse, type ObjectChecksum, watchServerClose } from "../../s3/object-source.js";
 import type { WireRequest } from "./protocol.js";
 
 /** An S3 error body is a few hundred bytes of XML; more than this is not read. */
@@ -115,35 +115,11 @@ function stringHeader(v: string | string[] | undefined): string | undefined {
   return Array.isArray(v) ? v[0] : v;
 }
 
-const CHECKSUM_HEADERS: [ObjectChecksum["algorithm"], string][] = [
-  ["CRC64NVME", "x-amz-checksum-crc64nvme"],
-  ["CRC32C", "x-amz-checksum-crc32c"],
-  ["CRC32", "x-amz-checksum-crc32"],
-  ["SHA256", "x-amz-checksum-sha256"],
-  ["SHA1", "x-amz-checksum-sha1"],
-];
-
-/** The x-amz-checksum-* S3 sent, as src/s3/s3-object-source.ts reads it from the SDK's output. */
+/** The x-amz-checksum-* S3 sent (a malformed one counts as absent), with its value as sent. */
 function checksumOf(headers: IncomingMessage["headers"]): ObjectChecksum | undefined {
-  for (const [algorithm, name] of CHECKSUM_HEADERS) {
-    const value = stringHeader(headers[name]);
-    if (!value) continue;
-    const type =
-      stringHeader(headers["x-amz-checksum-type"]) ?? (/-\d+$/.test(value) ? "COMPOSITE" : "FULL_OBJECT");
-    return { algorithm, value, type: type === "COMPOSITE" ? "COMPOSITE" : "FULL_OBJECT" };
-  }
-  return undefined;
-}
-
-/** See src/s3/s3-object-source.ts: a FIN while the body is read means truncation, not a reset. */
-function watchServerClose(res: IncomingMessage): () => boolean {
-  const socket: Socket | null = res.socket;
-  if (!socket) return () => false;
-  let closed = false;
-  const onEnd = () => {
-    closed = true;
-  };
-  socket.once("end", onEnd);
-  res.once("close", () => socket.off("end", onEnd));
-  return () => closed;
+  const flat: Record<string, string | undefined> = {};
+  for (const [name, v] of Object.entries(headers)) flat[name] = stringHeader(v);
+  const found = checksumFromHeaders(flat);
+  const value = found && flat[`x-amz-checksum-${found.alg.toLowerCase()}`];
+  return found && value ? { algorithm: found.alg, value, type: found.type } : undefined;
 }
