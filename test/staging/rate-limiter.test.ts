@@ -1,15 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { RateLimiter } from "../../src/staging/rate-limiter.js";
-import { settles, waitFor } from "../support/wait.js";
-
-/** A fake clock: sleeping advances time, so the test measures the limiter's arithmetic, not the machine. */
-function fakeClock() {
-  let t = 0;
-  const sleep = async (ms: number) => {
-    t += ms;
-  };
-  return { now: () => t, sleep, elapsed: () => t };
-}
+import { fakeClock, settles, waitFor } from "../support/wait.js";
 
 describe("RateLimiter", () => {
   it("lets a one-second burst through, then holds the average to the cap", async () => {

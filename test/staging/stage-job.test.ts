@@ -4,6 +4,7 @@ import { join } from "node:path";
 import { PutObjectCommand } from "@aws-sdk/client-s3";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { buildSafetensors } from "../../src/safetensors/build.js";
+import { RateLimiter } from "../../src/staging/rate-limiter.js";
 import type { ManifestFile } from "../../src/store/manifest.js";
 import { expectRejection } from "../support/expect-error.js";
 import { freshBucket, putFiles, putMultipart } from "../support/s3.js";
@@ -11,7 +12,7 @@ import { useS3Fixture } from "../support/s3-fixture.js";
 import { digests, expectedDigests, listTree, stage, useStageRunner } from "../support/stage.js";
 import { file, sha256, syntheticModel } from "../support/synthetic-model.js";
 import { tmpfs, umount } from "../support/tmpfs.js";
-import { gate, settles, waitFor } from "../support/wait.js";
+import { fakeClock, gate, settles, waitFor } from "../support/wait.js";
 
 const MiB = 1024 * 1024;
 const fx = useS3Fixture("cs-stage-");
@@ -640,14 +641,22 @@ describe.each([
   });
 
   describe("throughput cap", () => {
-    it("holds a download to download.maxBytesPerSecond (lower bound only: a slow machine is slower)", async () => {
+    it("holds a download to download.maxBytesPerSecond: every byte waits its turn on the limiter's clock", async () => {
       const bucket = await freshBucket(fx.client);
       const body = randomBytes(4 * MiB);
       await putFiles(fx.client, bucket, "m/", [file("w.bin", body)]);
-      const started = Date.now();
-      await stage(s3, { bucket, prefix: "m/", dest, maxBytesPerSecond: 1 * MiB, concurrency: 4 });
+      // The limiter's clock moves only when it sleeps: what is measured is how long the cap made the
+      // bytes wait, whatever the machine's speed. A byte that bypassed the cap would shorten it.
+      const clock = fakeClock();
+      await stage(s3, {
+        bucket,
+        prefix: "m/",
+        dest,
+        rateLimiter: new RateLimiter(1 * MiB, clock),
+        concurrency: 4,
+      });
       // 1 MiB of burst, then 3 MiB at 1 MiB/s.
-      expect(Date.now() - started).toBeGreaterThanOrEqual(2800);
+      expect(clock.elapsed()).toBeGreaterThanOrEqual(3000);
       expect(sha256(await readFile(join(dest, "w.bin")))).toBe(sha256(body));
     });
   });

@@ -1,6 +1,6 @@
 import { readdir, readFile } from "node:fs/promises";
 import { join, relative } from "node:path";
-import { RateLimiter } from "../../src/staging/rate-limiter.js";
+import type { RateLimiter } from "../../src/staging/rate-limiter.js";
 import { StageJob, type StageJobOptions, type StageResult } from "../../src/staging/stage-job.js";
 import { type PartRunner, PartWorkers } from "../../src/staging/workers/pool.js";
 import { type S3Endpoint, testSource } from "./s3.js";
@@ -23,7 +23,8 @@ export interface StageArgs {
    * caught passes a short one.
    */
   requestTimeoutMs?: number;
-  maxBytesPerSecond?: number;
+  /** download.maxBytesPerSecond's limiter (a test gives it a fake clock). */
+  rateLimiter?: RateLimiter;
   signal?: AbortSignal;
   /** Runs each part; default: the file's runner (see useStageRunner). */
   runPart?: PartRunner;
@@ -66,7 +67,7 @@ export async function stage(s3: S3Endpoint, args: StageArgs): Promise<StageResul
     retry: { maxAttempts: args.maxAttempts ?? 10, baseDelayMs: 5, maxDelayMs: 50 },
     requestTimeoutMs,
     runPart: args.runPart ?? stageRunner(),
-    ...(args.maxBytesPerSecond ? { rateLimiter: new RateLimiter(args.maxBytesPerSecond) } : {}),
+    ...(args.rateLimiter ? { rateLimiter: args.rateLimiter } : {}),
     ...(args.signal ? { signal: args.signal } : {}),
   };
   try {

@@ -63,3 +63,19 @@ export function gate(): { opened: Promise<void>; open: () => void } {
   });
   return { opened, open };
 }
+
+/**
+ * A clock for a RateLimiter on which sleeping advances time at once: a test measures the limiter's
+ * arithmetic (how long the bytes had to wait), not the machine.
+ */
+export function fakeClock(): {
+  now: () => number;
+  sleep: (ms: number) => Promise<void>;
+  elapsed: () => number;
+} {
+  let t = 0;
+  const sleep = async (ms: number) => {
+    t += ms;
+  };
+  return { now: () => t, sleep, elapsed: () => t };
+}
