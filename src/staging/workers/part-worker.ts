@@ -8,9 +8,17 @@ import { Readable } from "node:stream";
 import { parentPort } from "node:worker_threads";
 import type { GetOptions, GetResponse, ObjectSource } from "../../s3/object-source.js";
 import { TransientError } from "../../s3/retry.js";
-import { downloadPart } from "../part-download.js";
+import { downloadPart, type PartRequest } from "../part-download.js";
 import { WorkerHttp } from "./http-get.js";
-import { type FromWorker, fromWire, HALTED, type PartSettings, type ToWorker, toWire } from "./protocol.js";
+import {
+  type FromWorker,
+  fromWire,
+  HALTED,
+  type PartSettings,
+  type ToWorker,
+  toWire,
+  type WireResolved,
+} from "./protocol.js";
 
 /** Progress is told in batches of this many bytes (and at the end of each attempt), not per write. */
 const BYTES_BATCH = 4 * 1024 * 1024;
@@ -50,7 +58,6 @@ port.on("message", (m: ToWorker) => {
   const part = running.get(m.id);
   if (!part) return;
   if (m.t === "abort") part.abort.abort(fromWire(m.reason));
-  else if (m.t === "halt") part.halted = true;
   else {
     const call = part.calls.get(m.call);
     if (!call) return;
@@ -64,7 +71,7 @@ port.on("message", (m: ToWorker) => {
   }
 });
 
-async function runPart(id: number, req: import("../part-download.js").PartRequest, s: PartSettings) {
+async function runPart(id: number, req: PartRequest, s: PartSettings) {
   const part: Running = { abort: new AbortController(), halted: false, calls: new Map() };
   running.set(id, part);
   const signal = part.abort.signal;
@@ -95,7 +102,7 @@ async function runPart(id: number, req: import("../part-download.js").PartReques
       rateLimiter: s.rateLimited
         ? {
             take: async (n: number) => {
-              while (granted < n) {
+              if (granted < n) {
                 const want = Math.max(GRANT, n - granted);
                 await ask(part, (call) => ({ t: "take", id, call, n: want }));
                 granted += want;
@@ -129,7 +136,7 @@ function remoteSource(id: number, part: Running, timeoutMs: number, beforeAsk: (
     async get(_bucket: string, _key: string, options: GetOptions): Promise<GetResponse> {
       beforeAsk();
       let call = -1;
-      const resolved = await ask<import("./protocol.js").WireResolved>(part, (c) => {
+      const resolved = await ask<WireResolved>(part, (c) => {
         call = c;
         return {
           t: "resolve",

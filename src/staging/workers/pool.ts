@@ -9,7 +9,7 @@ import { readFileSync } from "node:fs";
 import { availableParallelism } from "node:os";
 import { Worker } from "node:worker_threads";
 import { ColdstartError } from "../../errors.js";
-import type { ResolvedGet } from "../../s3/object-source.js";
+import type { ObjectSource, ResolvedGet } from "../../s3/object-source.js";
 import { TransientError, toS3Error } from "../../s3/retry.js";
 import type { JournalEntry } from "../../store/journal.js";
 import { downloadPart, type PartContext, type PartRequest } from "../part-download.js";
@@ -36,6 +36,8 @@ interface Slot {
 interface Flight {
   req: PartRequest;
   ctx: PartContext;
+  /** The source's resolveGet (run() takes only sources that have one). */
+  resolveGet: NonNullable<ObjectSource["resolveGet"]>;
   resolve: (e: JournalEntry) => void;
   reject: (e: unknown) => void;
   /** Resolved GETs awaiting their outcome (metrics), by call. */
@@ -64,11 +66,14 @@ export class PartWorkers {
 
   /** Same contract as downloadPart: resolves once the part's bytes are written (and durable if asked). */
   run: PartRunner = (req, ctx) => {
-    if (!ctx.source.resolveGet || this.#closed) return downloadPart(req, ctx);
+    const { source } = ctx;
+    if (!source.resolveGet || this.#closed) return downloadPart(req, ctx);
+    const resolveGet = source.resolveGet.bind(source);
     return new Promise<JournalEntry>((resolve, reject) => {
       const flight: Flight = {
         req,
         ctx,
+        resolveGet,
         resolve,
         reject,
         settling: new Map(),
@@ -99,6 +104,7 @@ export class PartWorkers {
     if (ctx.signal.aborted) onAbort();
     else ctx.signal.addEventListener("abort", onAbort, { once: true });
     flight.detach = () => ctx.signal.removeEventListener("abort", onAbort);
+    // A job that is stopping refuses the part's first GET at "resolve", as every later one.
     post({
       t: "part",
       id,
@@ -110,8 +116,6 @@ export class PartWorkers {
         rateLimited: ctx.rateLimiter !== undefined,
       },
     });
-    // The job may stop after the part started: checked whenever the worker would retry.
-    if (ctx.halted?.()) post({ t: "halt", id });
   }
 
   /** The live thread with the fewest parts in flight (a new one while the pool is not full). */
@@ -148,31 +152,31 @@ export class PartWorkers {
           post({ t: "resolved", id: m.id, call: m.call, error: { name: HALTED, message: "stopping" } });
           return;
         }
-        const resolveGet = ctx.source.resolveGet?.bind(ctx.source);
-        if (!resolveGet) return;
-        resolveGet(flight.req.bucket, flight.req.key, {
-          ...(m.range ? { range: m.range } : {}),
-          ...(m.ifMatch ? { ifMatch: m.ifMatch } : {}),
-          checksumMode: m.checksumMode,
-          signal: ctx.signal,
-          onSource: ctx.onSource,
-        }).then(
-          (resolved) => {
-            if (resolved.kind === "request") flight.settling.set(m.call, resolved);
-            const wire: WireResolved =
-              resolved.kind === "request"
-                ? { kind: "request", url: resolved.url, headers: resolved.headers }
-                : resolved;
-            // A buffer of its own moves without a copy; a slice of a shared pool is copied.
-            const body = wire.kind === "response" ? wire.body : undefined;
-            const transfer =
-              body && body.byteOffset === 0 && body.byteLength === body.buffer.byteLength
-                ? [body.buffer as ArrayBuffer]
-                : [];
-            slot.worker.postMessage({ t: "resolved", id: m.id, call: m.call, resolved: wire }, transfer);
-          },
-          (err) => post({ t: "resolved", id: m.id, call: m.call, error: toWire(err) }),
-        );
+        flight
+          .resolveGet(flight.req.bucket, flight.req.key, {
+            ...(m.range ? { range: m.range } : {}),
+            ...(m.ifMatch ? { ifMatch: m.ifMatch } : {}),
+            checksumMode: m.checksumMode,
+            signal: ctx.signal,
+            onSource: ctx.onSource,
+          })
+          .then(
+            (resolved) => {
+              if (resolved.kind === "request") flight.settling.set(m.call, resolved);
+              const wire: WireResolved =
+                resolved.kind === "request"
+                  ? { kind: "request", url: resolved.url, headers: resolved.headers }
+                  : resolved;
+              // A buffer of its own moves without a copy; a slice of a shared pool is copied.
+              const body = wire.kind === "response" ? wire.body : undefined;
+              const transfer =
+                body && body.byteOffset === 0 && body.byteLength === body.buffer.byteLength
+                  ? [body.buffer as ArrayBuffer]
+                  : [];
+              slot.worker.postMessage({ t: "resolved", id: m.id, call: m.call, resolved: wire }, transfer);
+            },
+            (err) => post({ t: "resolved", id: m.id, call: m.call, error: toWire(err) }),
+          );
         return;
       }
       case "settled": {

@@ -49,8 +49,7 @@ export type ToWorker =
   | { t: "part"; id: number; req: PartRequest; settings: PartSettings }
   | { t: "resolved"; id: number; call: number; resolved?: WireResolved; error?: WireError }
   | { t: "granted"; id: number; call: number; error?: WireError }
-  | { t: "abort"; id: number; reason: WireError }
-  | { t: "halt"; id: number };
+  | { t: "abort"; id: number; reason: WireError };
 
 export type FromWorker =
   | {
