@@ -168,13 +168,7 @@ export class S3ObjectSource implements ObjectSource {
   }
 
   async get(bucket: string, key: string, options: GetOptions): Promise<GetResponse> {
-    const cmd = new GetObjectCommand({
-      Bucket: bucket,
-      Key: key,
-      ...(options.range ? { Range: `bytes=${options.range.start}-${options.range.end}` } : {}),
-      ...(options.ifMatch ? { IfMatch: options.ifMatch } : {}),
-    });
-    if (options.checksumMode) askForChecksum(cmd);
+    const cmd = getCommand(bucket, key, options);
     const out = await this.#count("get", () =>
       this.client.send(cmd, options.signal ? { abortSignal: options.signal } : {}),
     );
@@ -191,17 +185,12 @@ export class S3ObjectSource implements ObjectSource {
   }
 
   async resolveGet(bucket: string, key: string, options: GetOptions): Promise<ResolvedGet> {
+    const cmd = getCommand(bucket, key, options);
+    // The headers the command puts on the request, as the worker must send them.
     const headers: Record<string, string> = {};
-    if (options.range) headers.range = `bytes=${options.range.start}-${options.range.end}`;
-    if (options.ifMatch) headers["if-match"] = options.ifMatch;
+    if (cmd.input.Range) headers.range = cmd.input.Range;
+    if (cmd.input.IfMatch) headers["if-match"] = cmd.input.IfMatch;
     if (options.checksumMode) headers["x-amz-checksum-mode"] = "ENABLED";
-    const cmd = new GetObjectCommand({
-      Bucket: bucket,
-      Key: key,
-      ...(options.range ? { Range: headers.range } : {}),
-      ...(options.ifMatch ? { IfMatch: options.ifMatch } : {}),
-    });
-    if (options.checksumMode) askForChecksum(cmd);
     // Signed now, with the credentials the SDK's chain holds now (it refreshes them before they
     // expire); the URL is used at once, for this one attempt. Range, If-Match and the checksum mode
     // stay headers, covered by the signature, so the URL is good for exactly this request.
@@ -267,6 +256,18 @@ const PRESIGN_EXPIRES_S = 300;
 
 /** See `requestTimeout` above. */
 const SOCKET_TIMEOUT_MARGIN_MS = 1000;
+
+/** The one GetObject `get` sends and `resolveGet` signs. */
+function getCommand(bucket: string, key: string, options: GetOptions): GetObjectCommand {
+  const cmd = new GetObjectCommand({
+    Bucket: bucket,
+    Key: key,
+    ...(options.range ? { Range: `bytes=${options.range.start}-${options.range.end}` } : {}),
+    ...(options.ifMatch ? { IfMatch: options.ifMatch } : {}),
+  });
+  if (options.checksumMode) askForChecksum(cmd);
+  return cmd;
+}
 
 /**
  * Sends `x-amz-checksum-mode: ENABLED` as a raw header rather than the ChecksumMode input member:
