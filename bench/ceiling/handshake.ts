@@ -27,8 +27,8 @@
  * sequence is reported beside them, and so is each request's time inside the daemon (fastify's
  * responseTime, from its info logs).
  */
-import { type ChildProcess, execFileSync, spawn, spawnSync } from "node:child_process";
-import { existsSync, mkdirSync, readFileSync, rmdirSync, writeFileSync } from "node:fs";
+import { type ChildProcess, execFileSync, spawn } from "node:child_process";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { rm, writeFile } from "node:fs/promises";
 import { Agent, request } from "node:http";
 import { cpus, loadavg, release, totalmem } from "node:os";
@@ -37,11 +37,12 @@ import { performance } from "node:perf_hooks";
 import { setTimeout as sleep } from "node:timers/promises";
 import { pathToFileURL } from "node:url";
 import { Command, InvalidArgumentError } from "commander";
-import { count, gitCommit, list } from "../lab/tools.js";
+import { count, gitCommit, list, positive } from "../lab/tools.js";
 import { contenderEnv } from "./contenders.js";
+import { CLK_TCK, log, machineBusySeconds, mountTmpfs, preflight, settle } from "./machine.js";
 import { type ModelFile, writeModel } from "./model.js";
 import { checkOrigin, type Origin, type OriginOptions, startOrigin, stopProcess } from "./origin.js";
-import { type Teardown, withTeardown } from "./teardown.js";
+import { withTeardown } from "./teardown.js";
 
 const ROOT = resolve(import.meta.dirname, "../..");
 process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= "true";
@@ -65,11 +66,6 @@ const GATE =
   "data:text/javascript,await import(process.env.BENCH_PRELOAD);process.stderr.write('parked\\n');" +
   "await new Promise((r)=>process.stdin.once('data',()=>{process.stdin.destroy();r()}));";
 
-const positive = (v: string) => {
-  const n = Number(v);
-  if (!Number.isFinite(n) || n <= 0) throw new InvalidArgumentError(`expected a number > 0, got ${v}`);
-  return n;
-};
 const whole = (v: string) => {
   const n = Number(v);
   if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError(`expected a whole number ≥ 0, got ${v}`);
@@ -161,18 +157,25 @@ interface ConfigResult {
   busyBefore: number;
 }
 
-preflight();
+preflight("bench:handshake", [["nginx", "nginx-light"]], ROOT);
 const COMMIT = gitCommit(
   ROOT,
   [relative(ROOT, opts.results)].filter((f) => !f.startsWith("..")),
 );
-const CLK_TCK = Number(execFileSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).trim());
 const loadAtStart = readFileSync("/proc/loadavg", "utf8").trim();
 const results: ConfigResult[] = [];
 const live = new Set<ChildProcess>();
 
 await withTeardown(async (teardown) => {
-  const mount = mountTmpfs(teardown);
+  // Room for the origins' copies, one staging root and headroom: the daemon evicts above 90% of its
+  // filesystem's use, which the origins' copies count in.
+  const models = opts.busyGib * GIB + opts.readyMib * MIB;
+  const mount = mountTmpfs(teardown, {
+    work: opts.work,
+    name: "coldstart-handshake",
+    sizeBytes: 3 * models + GIB,
+    needBytes: 2 * models + GIB,
+  });
   // Undone before the unmount: a daemon still running keeps files open on the tmpfs.
   teardown.add("stop the daemon and the wait processes", () => {
     for (const c of live) stopProcess(c);
@@ -226,61 +229,6 @@ await withTeardown(async (teardown) => {
   }
   await publish(busyBytes, total(ready.files), ready.origin);
 });
-
-function log(line: string): void {
-  process.stderr.write(`${line}\n`);
-}
-
-function preflight(): void {
-  if (process.platform !== "linux" || process.getuid?.() !== 0) {
-    log("bench:handshake needs root on Linux (it mounts a tmpfs and may apt-get install nginx-light)");
-    process.exit(2);
-  }
-  const has = (bin: string) => spawnSync("sh", ["-c", `command -v ${bin}`], { stdio: "ignore" }).status === 0;
-  if (!has("nginx")) {
-    log("handshake: apt-get install nginx-light");
-    const apt = (...args: string[]) =>
-      spawnSync("apt-get", args, {
-        stdio: "inherit",
-        env: { ...process.env, DEBIAN_FRONTEND: "noninteractive" },
-      }).status === 0;
-    const install = () => apt("install", "-y", "--no-install-recommends", "nginx-light");
-    if (!install() && !(apt("update") && install())) {
-      log("bench:handshake: apt-get install nginx-light failed");
-      process.exit(2);
-    }
-  }
-  if (!existsSync(resolve(ROOT, "dist/cli/bin.js"))) {
-    log("bench:handshake: coldstart is not built: `npm run build` (npm run bench:handshake does it)");
-    process.exit(2);
-  }
-}
-
-/**
- * Room for the origins' copies and one staging root, and headroom: the daemon evicts above 90% of its
- * filesystem's use, which the origins' copies count in.
- */
-function mountTmpfs(teardown: Teardown): string {
-  const models = opts.busyGib * GIB + opts.readyMib * MIB;
-  const sizeMib = Math.ceil((3 * models + GIB) / MIB);
-  const need = 2 * models + GIB;
-  const available =
-    Number(/^MemAvailable:\s+(\d+) kB$/m.exec(readFileSync("/proc/meminfo", "utf8"))?.[1]) * 1024;
-  if (available < need)
-    throw new Error(
-      `the models need ${Math.ceil(need / MIB)} MiB of memory, have ${Math.floor(available / MIB)} MiB`,
-    );
-  mkdirSync(opts.work, { recursive: true });
-  const dir = execFileSync("mktemp", ["-d", join(opts.work, "coldstart-handshake-XXXXXX")], {
-    encoding: "utf8",
-  }).trim();
-  teardown.add(`remove ${dir}`, () => rmdirSync(dir));
-  execFileSync("mount", ["-t", "tmpfs", "-o", `size=${sizeMib}m,mode=0700`, "tmpfs", dir]);
-  teardown.add(`unmount ${dir}`, () => {
-    if (spawnSync("umount", [dir], { stdio: "ignore" }).status !== 0) execFileSync("umount", ["-l", dir]);
-  });
-  return dir;
-}
 
 // ---------------------------------------------------------------------------------------------------
 // The daemon
@@ -593,7 +541,7 @@ async function measureSetting(
   tokenFile: string,
 ): Promise<ConfigResult> {
   const tag = `workers ${workers}`;
-  const busyBefore = await settle(tag);
+  const busyBefore = await settle(tag, opts.settle);
   const load1 = loadavg()[0] ?? 0;
   const result: ConfigResult = { workers, batches: [], voided: 0, load: [load1, load1], busyBefore };
 
@@ -718,27 +666,6 @@ async function measureSetting(
  * cores), as bench/ceiling/run.ts does: whatever is busy then is someone else, and would be during
  * the measurement too. Returns the busy cores of the last second measured.
  */
-async function settle(tag: string): Promise<number> {
-  const deadline = Date.now() + opts.settle * 1000;
-  for (let waited = false; ; waited = true) {
-    const before = machineBusySeconds();
-    await sleep(1000);
-    const busy = machineBusySeconds() - before;
-    if (busy < 0.2 || Date.now() > deadline) {
-      if (waited) log(`${tag}: ${busy < 0.2 ? "idle" : `still ${busy.toFixed(2)} busy cores: going on`}`);
-      return busy;
-    }
-    if (!waited) log(`${tag}: the machine is busy (${busy.toFixed(2)} cores) with something else: waiting`);
-  }
-}
-
-/** CPU-seconds the whole machine spent busy (not idle, not waiting for I/O), from /proc/stat. */
-function machineBusySeconds(): number {
-  const [, ...ticks] = (readFileSync("/proc/stat", "utf8").split("\n")[0] ?? "").trim().split(/\s+/);
-  const [user, nice, system, , , irq, softirq, steal] = ticks.map(Number);
-  return ((user ?? 0) + (nice ?? 0) + (system ?? 0) + (irq ?? 0) + (softirq ?? 0) + (steal ?? 0)) / CLK_TCK;
-}
-
 // ---------------------------------------------------------------------------------------------------
 // Results
 

@@ -16,28 +16,21 @@
  *   4. a table on stdout, bench/RESULTS-ceiling.md and bench/results-ceiling.png
  *   5. nginx is stopped and the tmpfs unmounted on every way out, ^C included
  */
-import { type ChildProcess, execFileSync, spawn, spawnSync } from "node:child_process";
+import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { createHash } from "node:crypto";
-import {
-  createReadStream,
-  existsSync,
-  mkdirSync,
-  readdirSync,
-  readFileSync,
-  rmdirSync,
-  statSync,
-} from "node:fs";
-import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { createReadStream, existsSync, mkdirSync, readdirSync, readFileSync, statSync } from "node:fs";
+import { readFile, rm, writeFile } from "node:fs/promises";
 import { cpus, loadavg, release, totalmem } from "node:os";
 import { join, relative, resolve } from "node:path";
 import { pipeline } from "node:stream/promises";
 import { Command, InvalidArgumentError } from "commander";
-import { count, gitCommit, list, tryRun } from "../lab/tools.js";
+import { count, gitCommit, list, positive, tryRun } from "../lab/tools.js";
 import { CONTENDER_IDS, type Contender, contenderEnv, findContenders, type Target } from "./contenders.js";
+import { CLK_TCK, log, machineBusySeconds, mountTmpfs, preflight, settle } from "./machine.js";
 import { type ModelFile, writeModel } from "./model.js";
 import { checkOrigin, type Origin, type Protocol, startOrigin } from "./origin.js";
 import { chart, machineTable, runTable, type Sample, summarize, table, threadTable } from "./results.js";
-import { type Teardown, withTeardown } from "./teardown.js";
+import { withTeardown } from "./teardown.js";
 
 const ROOT = resolve(import.meta.dirname, "../..");
 // Node 20 here; the image ships Node 24 (see src/cli/bin.ts). The self-check uses the SDK in-process.
@@ -52,12 +45,6 @@ const RUN_TIMEOUT_MS = 10 * 60_000;
 const NOT_S3 =
   "the origin is nginx on loopback, NOT S3: static files, a static listing, no auth, no checksums, " +
   "no multipart objects, no per-connection limits; it measures the client, not a network or S3";
-
-const positive = (v: string) => {
-  const n = Number(v);
-  if (!Number.isFinite(n) || n <= 0) throw new InvalidArgumentError(`expected a number > 0, got ${v}`);
-  return n;
-};
 
 const program = new Command("bench:ceiling")
   .description("coldstart pull and the baselines against nginx on loopback: the client is the limit")
@@ -93,7 +80,18 @@ for (const p of opts.protocols)
   if (p !== "http" && p !== "https") throw new InvalidArgumentError(`unknown protocol "${p}" (http, https)`);
 const protocols = opts.protocols as Protocol[];
 
-preflight();
+preflight(
+  "bench:ceiling",
+  [
+    ["nginx", "nginx-light"],
+    ["rclone", "rclone"],
+    ["gnuplot", "gnuplot-nox"],
+    ["/usr/bin/time", "time"],
+    ["openssl", "openssl"],
+    ["umount", "mount"],
+  ],
+  ROOT,
+);
 const { found, missing } = findContenders();
 for (const id of opts.tools ?? [])
   if (!(CONTENDER_IDS as readonly string[]).includes(id))
@@ -106,7 +104,6 @@ const COMMIT = gitCommit(
   ROOT,
   [opts.results, opts.chart].map((f) => relative(ROOT, f)).filter((f) => !f.startsWith("..")),
 );
-const CLK_TCK = Number(execFileSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).trim());
 const stressAtStart = busyWith();
 const samples: Sample[] = [];
 const failures: { contender: string; protocol: Protocol; run: number; why: string }[] = [];
@@ -116,7 +113,13 @@ log(`ceiling: ${NOT_S3}`);
 for (const m of skipped) log(`ceiling: skipped: ${m}`);
 
 await withTeardown(async (teardown) => {
-  const mount = await mountTmpfs(teardown);
+  // The origin's copy of the model and one destination at a time.
+  const mount = mountTmpfs(teardown, {
+    work: opts.work,
+    name: "coldstart-ceiling",
+    sizeBytes: 2 * opts.sizeGib * GIB + 512 * MIB,
+    needBytes: 2 * opts.sizeGib * GIB + 1536 * MIB,
+  });
   log(`ceiling: tmpfs on ${mount}`);
   const started = Date.now();
   const files = writeModel(join(mount, "origin", BUCKET, PREFIX), opts.sizeGib * GIB, opts.shards);
@@ -182,7 +185,8 @@ await withTeardown(async (teardown) => {
           dest,
           caFile: origin.caFile,
         };
-        const idleBefore = await settle();
+        // This bench is idle between runs: whatever is busy then is someone else.
+        const idleBefore = await settle("ceiling", opts.settle);
         const got = await measure(c, target, env, origin, join(mount, "usage"));
         const why = "why" in got ? got.why : await checkDigests(dest, files);
         await rm(dest, { recursive: true, force: true });
@@ -210,76 +214,9 @@ await withTeardown(async (teardown) => {
   await publish(files, bytes, origin, verification, mount);
 });
 
-function log(line: string): void {
-  process.stderr.write(`${line}\n`);
-}
-
-/** Installs what is missing with apt-get (root), or says what to install. */
-function preflight(): void {
-  if (process.platform !== "linux" || process.getuid?.() !== 0) {
-    log("bench:ceiling needs root on Linux (it mounts a tmpfs and may apt-get install nginx-light)");
-    process.exit(2);
-  }
-  const has = (bin: string) => spawnSync("sh", ["-c", `command -v ${bin}`], { stdio: "ignore" }).status === 0;
-  const needs: [string, string][] = [
-    ["nginx", "nginx-light"],
-    ["rclone", "rclone"],
-    ["gnuplot", "gnuplot-nox"],
-    ["/usr/bin/time", "time"],
-    ["openssl", "openssl"],
-    ["umount", "mount"],
-  ];
-  const pkgs = needs.filter(([bin]) => !has(bin)).map(([, pkg]) => pkg);
-  if (pkgs.length) {
-    log(`ceiling: apt-get install ${pkgs.join(" ")}`);
-    const apt = (...args: string[]) =>
-      spawnSync("apt-get", args, {
-        stdio: "inherit",
-        env: { ...process.env, DEBIAN_FRONTEND: "noninteractive" },
-      }).status === 0;
-    const install = () => apt("install", "-y", "--no-install-recommends", ...pkgs);
-    if (!install() && !(apt("update") && install())) {
-      log(`bench:ceiling: apt-get install ${pkgs.join(" ")} failed`);
-      process.exit(2);
-    }
-  }
-  if (!existsSync(resolve(ROOT, "dist/cli/bin.js"))) {
-    log("bench:ceiling: coldstart is not built: `npm run build` (npm run bench:ceiling does it)");
-    process.exit(2);
-  }
-}
-
 /** What else is keeping the machine busy: stress-ng's pids, if any. */
 function busyWith(): string {
   return tryRun("pgrep", ["stress-ng"])?.split("\n").join(" ") ?? "";
-}
-
-/** A tmpfs for the origin's copy of the model and one destination at a time, unmounted on every way out. */
-async function mountTmpfs(teardown: Teardown): Promise<string> {
-  const sizeMib = Math.ceil((2 * opts.sizeGib * GIB + 512 * MIB) / MIB);
-  const available =
-    Number(/^MemAvailable:\s+(\d+) kB$/m.exec(readFileSync("/proc/meminfo", "utf8"))?.[1]) * 1024;
-  if (available < sizeMib * MIB + GIB)
-    throw new Error(
-      `a ${sizeMib} MiB tmpfs needs ${sizeMib + 1024} MiB available, have ${Math.floor(available / MIB)} MiB`,
-    );
-  const dir = await mkdtemp(join(opts.work, "coldstart-ceiling-"));
-  teardown.add(`remove ${dir}`, () => rmdirSync(dir));
-  execFileSync("mount", ["-t", "tmpfs", "-o", `size=${sizeMib}m,mode=0700`, "tmpfs", dir]);
-  teardown.add(`unmount ${dir}`, () => unmount(dir));
-  return dir;
-}
-
-function unmount(dir: string): void {
-  const pause = new Int32Array(new SharedArrayBuffer(4));
-  for (let i = 0; i < 8; i++) {
-    if (spawnSync("umount", [dir], { stdio: "ignore" }).status === 0) return;
-    Atomics.wait(pause, 0, 0, 250);
-  }
-  // Busy: after a signal, most likely a file this process had open (a digest check's read stream),
-  // closed as it exits; the lazy unmount frees the memory then.
-  execFileSync("umount", ["-l", dir]);
-  log(`ceiling: ${dir} was busy: unmounted lazily`);
 }
 
 /** SIGKILLs a contender's process group (it runs in its own) and waits until its leader has exited. */
@@ -407,34 +344,6 @@ async function measure(
     originSeconds,
     machineSeconds,
   };
-}
-
-/**
- * Waits (up to --settle seconds) for a second in which the whole machine is nearly idle: this bench
- * is, between runs, so whatever is busy then is someone else, and would be during the run too.
- * Returns the busy cores of the last second measured.
- */
-async function settle(): Promise<number> {
-  const deadline = Date.now() + opts.settle * 1000;
-  let waited = false;
-  for (;;) {
-    const before = machineBusySeconds();
-    await new Promise((r) => setTimeout(r, 1000));
-    const busy = machineBusySeconds() - before;
-    if (busy < 0.2 || Date.now() > deadline) {
-      if (waited) log(`ceiling: ${busy < 0.2 ? "idle" : `still ${busy.toFixed(2)} busy cores: going on`}`);
-      return busy;
-    }
-    if (!waited) log(`ceiling: the machine is busy (${busy.toFixed(2)} cores) with something else: waiting`);
-    waited = true;
-  }
-}
-
-/** CPU-seconds the whole machine spent busy (not idle, not waiting for I/O), from /proc/stat. */
-function machineBusySeconds(): number {
-  const [, ...ticks] = (readFileSync("/proc/stat", "utf8").split("\n")[0] ?? "").trim().split(/\s+/);
-  const [user, nice, system, , , irq, softirq, steal] = ticks.map(Number);
-  return ((user ?? 0) + (nice ?? 0) + (system ?? 0) + (irq ?? 0) + (softirq ?? 0) + (steal ?? 0)) / CLK_TCK;
 }
 
 /** User + system CPU-seconds of a process and its live children (nginx's master and workers). */

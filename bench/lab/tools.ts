@@ -42,6 +42,13 @@ export const count = (v: string): number => {
   return n;
 };
 
+/** A number option value above 0 (sizes, seconds). */
+export const positive = (v: string): number => {
+  const n = Number(v);
+  if (!Number.isFinite(n) || n <= 0) throw new InvalidArgumentError(`expected a number > 0, got ${v}`);
+  return n;
+};
+
 /** `aws s3 cp --recursive` of a prefix into a directory, quiet: the part of its argv every bench shares. */
 export function awsCopyArgs(t: { bucket: string; prefix: string; dest: string; endpoint: string }): string[] {
   return [
