@@ -218,13 +218,6 @@ async function streamToFile(
   let pendingBytes = 0;
 
   // One positional write per WRITE_CHUNK of socket chunks copied into a reused buffer.
-  const write = (bytes: number, done: number): number => {
-    try {
-      return writeSync(fh.fd, buffer, done, bytes - done, position + total + done);
-    } catch (e) {
-      throw ioError(e as NodeJS.ErrnoException, `writing ${req.tmpPath}`, req.key);
-    }
-  };
   const flushed = (bytes: number) => {
     pendingBytes = 0;
     total += bytes;
@@ -235,7 +228,12 @@ async function streamToFile(
     const bytes = pendingBytes;
     if (bytes === 0) return undefined;
     if (ctx.blockingWrites) {
-      for (let done = 0; done < bytes; ) done += write(bytes, done);
+      try {
+        for (let done = 0; done < bytes; )
+          done += writeSync(fh.fd, buffer, done, bytes - done, position + total + done);
+      } catch (e) {
+        throw ioError(e as NodeJS.ErrnoException, `writing ${req.tmpPath}`, req.key);
+      }
       flushed(bytes);
       return undefined;
     }
@@ -313,26 +311,23 @@ async function streamToFile(
     }
     return store(chunk);
   };
-  const store = (chunk: Buffer): Promise<void> | undefined => {
-    sink.digest(chunk);
-    let at = 0;
-    const copy = (): Promise<void> | undefined => {
-      while (at < chunk.length) {
-        const n = chunk.copy(buffer, pendingBytes, at);
-        pendingBytes += n;
-        at += n;
-        if (pendingBytes === WRITE_CHUNK) {
-          // A slow disk is not a stalled socket: the stall watch does not count writes.
-          const pending = flush();
-          if (pending) {
-            waiting = true;
-            return pending.then(copy);
-          }
+  /** Hashes the chunk and copies it from `from` on into the write buffer, writing it when full. */
+  const store = (chunk: Buffer, from = 0): Promise<void> | undefined => {
+    if (from === 0) sink.digest(chunk);
+    for (let at = from; at < chunk.length; ) {
+      const n = chunk.copy(buffer, pendingBytes, at);
+      pendingBytes += n;
+      at += n;
+      if (pendingBytes === WRITE_CHUNK) {
+        // A slow disk is not a stalled socket: the stall watch does not count writes.
+        const pending = flush();
+        if (pending) {
+          waiting = true;
+          return pending.then(() => store(chunk, at));
         }
       }
-      return undefined;
-    };
-    return copy();
+    }
+    return undefined;
   };
 
   const onAbort = () => body.destroy(ctx.signal.reason);
