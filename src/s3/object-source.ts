@@ -45,12 +45,28 @@ export interface GetResponse {
   etag: string | undefined;
   checksum: ObjectChecksum | undefined;
   /** Must be consumed or destroyed, or its socket stays busy. */
-  body: Readable;
+  body: BodyStream;
   /**
    * Whether the server closed the connection (cleanly) while the body was read: a body that then
    * ends short was truncated, not reset. Absent where the transport cannot tell.
    */
   closedByServer?: (() => boolean) | undefined;
+}
+
+/**
+ * What a GET's body is read through: a Readable, or the part workers' own socket reader
+ * (src/staging/workers/http1.ts), whose chunks are views of a buffer reused after each 'data' event.
+ */
+export interface BodyStream {
+  on(event: "data", listener: (chunk: Buffer) => void): unknown;
+  once(event: "end" | "close", listener: () => void): unknown;
+  once(event: "error", listener: (err: Error) => void): unknown;
+  pause(): unknown;
+  resume(): unknown;
+  destroy(err?: Error): unknown;
+  readonly destroyed: boolean;
+  /** Chunks are valid only during their 'data' event: a reader that keeps one must copy it. */
+  readonly reusesChunks?: boolean;
 }
 
 /**

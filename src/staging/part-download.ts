@@ -290,6 +290,8 @@ async function streamToFile(
     windowBytes = 0;
   };
 
+  /** A chunk kept past its 'data' event: copied when the body reuses its buffer (part workers). */
+  const hold = (chunk: Buffer): Buffer => (body.reusesChunks ? Buffer.from(chunk) : chunk);
   /** Takes one chunk; a promise when the chunk must wait (rate cap, asynchronous write). */
   const take = (chunk: Buffer): Promise<void> | undefined => {
     checkSpeed(chunk.length);
@@ -303,17 +305,18 @@ async function streamToFile(
     }
     if (ctx.rateLimiter) {
       const limiter = ctx.rateLimiter;
+      const kept = hold(chunk);
       return (async () => {
         waiting = true;
-        await limiter.take(chunk.length, ctx.signal);
-        await store(chunk);
+        await limiter.take(kept.length, ctx.signal);
+        await store(kept);
       })();
     }
     return store(chunk);
   };
   /** Hashes the chunk and copies it from `from` on into the write buffer, writing it when full. */
-  const store = (chunk: Buffer, from = 0): Promise<void> | undefined => {
-    if (from === 0) sink.digest(chunk);
+  const store = (chunk: Buffer, from = 0, digest = true): Promise<void> | undefined => {
+    if (digest) sink.digest(chunk);
     for (let at = from; at < chunk.length; ) {
       const n = chunk.copy(buffer, pendingBytes, at);
       pendingBytes += n;
@@ -323,7 +326,8 @@ async function streamToFile(
         const pending = flush();
         if (pending) {
           waiting = true;
-          return pending.then(() => store(chunk, at));
+          const rest = hold(chunk.subarray(at));
+          return pending.then(() => store(rest, 0, false));
         }
       }
     }
