@@ -2,8 +2,9 @@
  * The part workers' HTTP/1.1 client, for GETs. Each connection reads into one buffer of its own
  * (net.Socket's `onread`) instead of node:http's fresh 64 KiB buffer per read, which the garbage
  * collector then has to find: with node:http, `coldstart pull` of bench:ceiling's 2 GiB model took
- * 0.7 CPU-s per GiB more and peaked at 405 MB RSS on Node 24 instead of 180 MB. Body chunks are therefore views of the connection's buffer, valid only during their 'data'
- * event (`reusesChunks`); a chunk that arrives while the body is paused is copied.
+ * 0.7 CPU-s per GiB more and peaked at 405 MB RSS on Node 24 instead of 180 MB. Body chunks are
+ * therefore views of the connection's buffer, valid only during their 'data' event
+ * (`reusesChunks`); a chunk that arrives while the body is paused is copied.
  *
  * Framing is RFC 9112's for responses: Content-Length, chunked, or until close; 1xx skipped; a
  * connection is reused only after a complete response that did not ask to close it.
