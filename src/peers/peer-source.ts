@@ -5,10 +5,11 @@
  * S3 stays the authority. Listing, HEAD and part sizes always come from S3, and so do the ETag and
  * the checksums the staging engine checks every file against. A peer only ever serves pieces of a
  * file it staged itself from the same key at the same ETag: a verified file of a ready model, or the
- * parts already journaled by a model it is staging now. Each piece is hashed here against the SHA-256
- * the peer gives (its manifest's or journal's) before a byte of it reaches the staging engine: a
- * piece is held in memory until verified, so a corrupt or truncated one costs a re-fetch from S3,
- * never a bad byte on disk. The engine then checks every whole file against S3's checksums and the
+ * parts already journaled by a model it is staging now. Each piece is hashed against the SHA-256 the
+ * peer gives (its manifest's or journal's): on a part worker (src/staging/workers) as it is written,
+ * its bytes taken back if it does not match; in process, in memory before the engine sees a byte. A
+ * corrupt or truncated piece costs a re-fetch from S3, never a bad byte in a journaled part or a
+ * committed file. The engine then checks every whole file against S3's checksums and the
  * safetensors header, over peer bytes as over S3 bytes. Peers relay nothing, so there are no loops.
  *
  * Nodes staging one model at once take its parts in random order (StageJob spreadParts) and wait
@@ -27,6 +28,7 @@ import type {
   ObjectHead,
   ObjectInfo,
   ObjectSource,
+  PieceOutcome,
   ResolvedGet,
 } from "../s3/object-source.js";
 import { shuffle } from "../staging/plan.js";
@@ -149,16 +151,20 @@ export class PeerAwareSource implements ObjectSource {
   }
 
   async get(bucket: string, key: string, options: GetOptions): Promise<GetResponse> {
-    const piece = await this.#fromPeers(bucket, key, options);
+    const piece = await this.#fromPeers(bucket, key, options, (want) => this.#fetchPiece(want));
     if (piece) {
-      const { body, kind: _, ...rest } = piece;
+      const { body, ...rest } = piece;
       return { ...rest, body: Readable.from([body]) };
     }
     return this.#inner.get(bucket, key, options);
   }
 
+  /**
+   * For a part worker: a request for the piece to a peer that holds it (the worker reads it, checks
+   * it against the piece's digest as it writes, and reports back), else S3's signed GET.
+   */
   async resolveGet(bucket: string, key: string, options: GetOptions): Promise<ResolvedGet> {
-    const piece = await this.#fromPeers(bucket, key, options);
+    const piece = await this.#fromPeers(bucket, key, options, (want) => this.#pieceRequest(want));
     if (piece) return piece;
     if (!this.#inner.resolveGet) {
       throw new ColdstartError("CS_INTERNAL", `GET ${key}: the source behind the peers cannot sign a GET`);
@@ -166,10 +172,15 @@ export class PeerAwareSource implements ObjectSource {
     return this.#inner.resolveGet(bucket, key, options);
   }
 
-  /** The piece from a peer, verified, or undefined for S3 (told to `onSource` either way). */
-  async #fromPeers(bucket: string, key: string, options: GetOptions): Promise<PieceResponse | undefined> {
+  /** The piece from a peer (as `ask` gets it), or undefined for S3 (told to `onSource` either way). */
+  async #fromPeers<T>(
+    bucket: string,
+    key: string,
+    options: GetOptions,
+    ask: (want: PieceWant) => Promise<Slotted<T>>,
+  ): Promise<T | undefined> {
     const etag = options.ifMatch;
-    if (etag && this.#o.urls().length > 0) {
+    if (etag && !options.skipPeers && this.#o.urls().length > 0) {
       const want = { bucket, key, etag, options };
       let choice = this.#choose(await this.#locate(bucket, key, etag, options.signal), want);
       // Peers staging it said "not this piece" a while ago: they may have it, or fetch it, by now.
@@ -178,7 +189,7 @@ export class PeerAwareSource implements ObjectSource {
       if (choice.why) this.#fallback(choice.why);
       else if (choice.pick) {
         options.onSource?.(true);
-        const got = await this.#fromPeer({ ...want, ...choice.pick });
+        const got = await this.#withSlots({ ...want, ...choice.pick }, ask);
         if (got) return got;
       }
     }
@@ -233,43 +244,94 @@ export class PeerAwareSource implements ObjectSource {
     return entry ? Date.now() - entry.at : Number.POSITIVE_INFINITY;
   }
 
-  /** One piece from one peer, or undefined (counted, and the peer judged) for S3. */
-  async #fromPeer(want: PieceWant): Promise<PieceResponse | undefined> {
-    const { held, bucket, key, etag, piece, options } = want;
+  /**
+   * `ask` within one of that peer's slots and one of the node's, which it keeps until its `until`
+   * (a worker reading the piece); a failure judges the peer. Undefined for S3.
+   */
+  #withSlots<T>(want: PieceWant, ask: (want: PieceWant) => Promise<Slotted<T>>): Promise<T | undefined> {
+    const { held, options } = want;
     let limit = this.#perPeer.get(held.peer);
     if (!limit) {
       limit = pLimit(this.#o.maxInFlightPerPeer);
       this.#perPeer.set(held.peer, limit);
     }
-    // A slot on that peer, then one of the node's: a piece is held in memory until verified, so the
-    // node's slots bound memory (maxInFlight x part size). Waiting is still nearer than S3.
-    return limit(() =>
-      this.#slots(async () => {
-        try {
-          options.signal?.throwIfAborted();
-          // The peer may have failed while this part waited for its slot.
-          if (!this.#resting.ready(held.peer)) return this.#fallback("unreachable");
-          return await this.#fetchPiece(want);
-        } catch (err) {
-          if (options.signal?.aborted) throw err;
-          const why = (err as { why?: PeerFallbackReason }).why ?? "unreachable";
-          // A piece waited for that did not come (its S3 fetch failed or took too long there).
-          if (want.wait && why === "not_held") return this.#fallback("pending");
-          this.#o.logger.warn(
-            { peer: held.peer, key, piece, why, err: (err as Error).message },
-            "piece from S3 instead of the peer",
-          );
-          // Evicted or restaged there since: only that peer's copy of this object is forgotten.
-          // Anything else: the peer is left alone a while.
-          if (why === "not_held") this.#forget(held.peer, locKey(bucket, key, etag));
-          else this.#down(held.peer);
-          return this.#fallback(why);
-        }
-      }),
-    ).finally(() => {
-      // Pod IPs come and go: a peer's limiter lives while it has work.
-      if (limit.activeCount + limit.pendingCount === 0) this.#perPeer.delete(held.peer);
+    // A slot on that peer, then one of the node's: an in-process piece is held in memory until
+    // verified, so the node's slots bound memory (maxInFlight x part size). Waiting is still nearer
+    // than S3.
+    return new Promise<T | undefined>((resolve, reject) => {
+      limit(() =>
+        this.#slots(async () => {
+          try {
+            options.signal?.throwIfAborted();
+            // The peer may have failed while this part waited for its slot.
+            if (!this.#resting.ready(held.peer)) return resolve(this.#fallback("unreachable"));
+            const got = await ask(want);
+            resolve(got.value);
+            await got.until;
+          } catch (err) {
+            if (options.signal?.aborted) return reject(err);
+            resolve(this.#judge(want, (err as { why?: PeerFallbackReason }).why ?? "unreachable", err));
+          }
+        }),
+      ).finally(() => {
+        // Pod IPs come and go: a peer's limiter lives while it has work.
+        if (limit.activeCount + limit.pendingCount === 0) this.#perPeer.delete(held.peer);
+      });
     });
+  }
+
+  /** A piece the peer did not give: counted, logged, and the peer or its copy set aside. */
+  #judge(want: PieceWant, why: PeerFallbackReason, err: unknown): undefined {
+    const { held, bucket, key, etag, piece } = want;
+    // A piece waited for that did not come (its S3 fetch failed or took too long there).
+    if (want.wait && why === "not_held") return this.#fallback("pending");
+    this.#o.logger.warn(
+      { peer: held.peer, key, piece, why, err: err instanceof Error ? err.message : String(err) },
+      "piece from S3 instead of the peer",
+    );
+    // Evicted or restaged there since: only that peer's copy of this object is forgotten.
+    // Anything else: the peer is left alone a while.
+    if (why === "not_held") this.#forget(held.peer, locKey(bucket, key, etag));
+    else this.#down(held.peer);
+    return this.#fallback(why);
+  }
+
+  /**
+   * The request for a piece, for a part worker to send. It keeps its slots until the worker says how
+   * the piece went (its bytes hashed to the digest, or why not), and the peer is judged by that.
+   */
+  async #pieceRequest(want: PieceWant): Promise<Slotted<ResolvedGet>> {
+    const { held, bucket, key, etag, piece, options } = want;
+    const start = held.bounds[piece] as number;
+    const end = held.bounds[piece + 1] as number;
+    const ranged = options.range !== undefined;
+    // As for an in-process piece: a whole-object GET's checksum is S3's word, asked with a HEAD.
+    const checksum = ranged ? undefined : (await this.#inner.head(bucket, key, options.signal)).checksum;
+    let settle: (status: number | "error", outcome?: PieceOutcome) => void = () => {};
+    const settled = new Promise<PieceOutcome>((resolve) => {
+      settle = (_status, outcome) => resolve(outcome ?? "unreachable");
+    });
+    const value: ResolvedGet = {
+      url: this.#pieceUrl(want).href,
+      headers: bearerHeaders(this.#o.token()),
+      headTimeoutMs: this.#o.timeoutMs + (want.wait ? PIECE_WAIT_MS : 0),
+      piece: {
+        length: end - start,
+        sha256: held.pieces[piece] ?? undefined,
+        digestHeader: PIECE_DIGEST_HEADER,
+        statusCode: ranged ? 206 : 200,
+        contentRange: ranged ? `bytes ${start}-${end - 1}/${held.size}` : undefined,
+        etag,
+        checksum: checksum?.type === "FULL_OBJECT" ? checksum : undefined,
+      },
+      settled: (status, outcome) => settle(status, outcome),
+    };
+    // The slots stay taken until the worker has read the piece (or given up on it).
+    const until = settled.then((outcome) => {
+      if (outcome === "ok") this.#o.metrics?.peerBytes.inc({ direction: "in" }, end - start);
+      else if (!options.signal?.aborted) this.#judge(want, outcome, `the piece came ${outcome}`);
+    });
+    return { value, until };
   }
 
   /** Leaves a peer alone for PEER_DOWN_MS, and forgets everything located there. */
@@ -393,20 +455,26 @@ export class PeerAwareSource implements ObjectSource {
     }
   }
 
-  async #fetchPiece(want: PieceWant): Promise<PieceResponse> {
-    const { held, bucket, key, etag, piece, options } = want;
-    const start = held.bounds[piece] as number;
-    const end = held.bounds[piece + 1] as number;
-    const wait = want.wait ? PIECE_WAIT_MS : 0;
-    // start: the peer refuses if its piece no longer begins there (its file was cut anew since).
+  /** Where a piece is asked for. `start`: the peer refuses if its piece no longer begins there. */
+  #pieceUrl(want: PieceWant): URL {
+    const { held, bucket, key, etag, piece } = want;
     const query = new URLSearchParams({
       bucket,
       key,
       etag,
       piece: String(piece),
-      start: String(start),
-      wait: String(wait),
+      start: String(held.bounds[piece]),
+      wait: String(want.wait ? PIECE_WAIT_MS : 0),
     });
+    return new URL(`/v1/peer/piece?${query}`, held.peer);
+  }
+
+  /** The piece, read into memory here and verified before the engine sees a byte of it. */
+  async #fetchPiece(want: PieceWant): Promise<Slotted<PieceResponse>> {
+    const { held, bucket, key, piece, options } = want;
+    const start = held.bounds[piece] as number;
+    const end = held.bounds[piece + 1] as number;
+    const wait = want.wait ? PIECE_WAIT_MS : 0;
     // Headers within timeoutMs (after the wait); then the body may take as long as it keeps flowing
     // (STALL_MS).
     const stall = new AbortController();
@@ -414,7 +482,7 @@ export class PeerAwareSource implements ObjectSource {
       () => stall.abort(new Error("peer did not answer")),
       this.#o.timeoutMs + wait,
     );
-    const res = await fetch(new URL(`/v1/peer/piece?${query}`, held.peer), {
+    const res = await fetch(this.#pieceUrl(want), {
       headers: bearerHeaders(this.#o.token()),
       signal: anySignal(options.signal, stall.signal),
     }).finally(() => clearTimeout(headersTimer));
@@ -479,13 +547,14 @@ export class PeerAwareSource implements ObjectSource {
     // cannot vouch for it, so S3 is asked (HEAD: metadata only) and the engine checks the peer's bytes.
     const checksum = ranged ? undefined : (await this.#inner.head(bucket, key, options.signal)).checksum;
     return {
-      kind: "response",
-      statusCode: ranged ? 206 : 200,
-      contentLength: bytes.length,
-      contentRange: ranged ? `bytes ${start}-${end - 1}/${held.size}` : undefined,
-      etag,
-      checksum: checksum?.type === "FULL_OBJECT" ? checksum : undefined,
-      body: bytes,
+      value: {
+        statusCode: ranged ? 206 : 200,
+        contentLength: bytes.length,
+        contentRange: ranged ? `bytes ${start}-${end - 1}/${held.size}` : undefined,
+        etag: want.etag,
+        checksum: checksum?.type === "FULL_OBJECT" ? checksum : undefined,
+        body: bytes,
+      },
     };
   }
 
@@ -496,7 +565,13 @@ export class PeerAwareSource implements ObjectSource {
 }
 
 /** A verified piece, held in memory: the engine reads it as a GET's response. */
-type PieceResponse = Extract<ResolvedGet, { kind: "response" }> & { body: Buffer };
+type PieceResponse = Omit<GetResponse, "body"> & { body: Buffer };
+
+/** What a peer gave, and until when it keeps its slots (a worker still reading the piece). */
+interface Slotted<T> {
+  value: T | undefined;
+  until?: Promise<unknown>;
+}
 
 /** The piece whose bounds are exactly the requested range (or the whole object, in one piece). */
 function pieceOf(held: Held, range: GetOptions["range"]): number | undefined {

@@ -35,6 +35,8 @@ export interface GetOptions {
   signal?: AbortSignal;
   /** Told before the request goes out whether a peer or S3 will answer it (src/peers). */
   onSource?: ((fromPeer: boolean) => void) | undefined;
+  /** A peer failed this attempt already: S3 answers it (src/peers). */
+  skipPeers?: boolean | undefined;
 }
 
 export interface GetResponse {
@@ -51,6 +53,13 @@ export interface GetResponse {
    * ends short was truncated, not reset. Absent where the transport cannot tell.
    */
   closedByServer?: (() => boolean) | undefined;
+  /**
+   * The body counts only whole and verified (a peer's piece, read on a part worker): it must hash
+   * to this SHA-256, and an attempt that fails partway takes back what it wrote of it.
+   */
+  wholeSha256?: string | undefined;
+  /** Told once how the body went: undefined when read whole (and verified), else the failure. */
+  settle?: ((err: unknown) => void) | undefined;
 }
 
 /**
@@ -71,26 +80,42 @@ export interface BodyStream {
 
 /**
  * Where one GET goes, for a thread other than the one that decided it (src/staging/workers): a
- * signed request to send as-is, or a response the source already holds (a peer's piece, verified).
+ * request to send as-is, to S3 (signed) or to a peer that holds the piece asked for.
  */
-export type ResolvedGet =
-  | {
-      kind: "request";
-      url: string;
-      /** Every header the signature covers (Range, If-Match, x-amz-checksum-mode): sent unchanged. */
-      headers: Record<string, string>;
-      /** Told the request's outcome, an HTTP status or "error" (request metrics). */
-      settled?: ((status: number | "error") => void) | undefined;
-    }
-  | {
-      kind: "response";
-      statusCode: number;
-      contentLength: number | undefined;
-      contentRange: string | undefined;
-      etag: string | undefined;
-      checksum: ObjectChecksum | undefined;
-      body: Uint8Array;
-    };
+export interface ResolvedGet {
+  url: string;
+  /** Every header the signature covers (Range, If-Match, x-amz-checksum-mode): sent unchanged. */
+  headers: Record<string, string>;
+  /** Bounds the wait for the response head instead of the request timeout (a peer that holds the
+   * request until a piece it is fetching is in). */
+  headTimeoutMs?: number | undefined;
+  /** The answer is a peer's piece (src/peers): how it stands in for the GET asked, and its digest. */
+  piece?: PieceAnswer | undefined;
+  /**
+   * Told the request's outcome once: an HTTP status or "error" (request metrics), and for a piece,
+   * how its bytes went once read (only "ok" once they hashed to the piece's digest).
+   */
+  settled?: ((status: number | "error", piece?: PieceOutcome) => void) | undefined;
+}
+
+/**
+ * A peer answers 200 with exactly `length` bytes, which stand for the response S3 would have given
+ * (status, Content-Range, ETag, the object's checksum); they count only if they hash to `sha256`,
+ * or, for a piece the peer was still fetching, to the digest it sends with them.
+ */
+export interface PieceAnswer {
+  length: number;
+  sha256: string | undefined;
+  /** The response header in which the peer sends the piece's digest. */
+  digestHeader: string;
+  statusCode: number;
+  contentRange: string | undefined;
+  etag: string;
+  checksum: ObjectChecksum | undefined;
+}
+
+/** How a piece from a peer went: "ok", or why S3 serves it after all. */
+export type PieceOutcome = "ok" | "not_held" | "unreachable" | "corrupt";
 
 /**
  * The seam between the staging engine and an object store. The engine owns retries, ranges and

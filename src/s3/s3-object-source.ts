@@ -210,7 +210,6 @@ export class S3ObjectSource implements ObjectSource {
     m?.s3InFlight.inc();
     let open = m !== undefined;
     return {
-      kind: "request",
       url,
       headers,
       settled: (status) => {

@@ -4,7 +4,7 @@ import { open } from "node:fs/promises";
 import { ColdstartError } from "../errors.js";
 import { createChecksum, type StreamingChecksum } from "../s3/checksum.js";
 import type { GetResponse, ObjectChecksum, ObjectSource } from "../s3/object-source.js";
-import { type RetryPolicy, TransientError, withRetry } from "../s3/retry.js";
+import { isRetryable, type RetryPolicy, TransientError, withRetry } from "../s3/retry.js";
 import type { JournalEntry } from "../store/journal.js";
 import { ioError } from "../store/paths.js";
 import type { RateLimiter } from "./rate-limiter.js";
@@ -85,10 +85,18 @@ export interface PartContext {
  */
 export async function downloadPart(req: PartRequest, ctx: PartContext): Promise<JournalEntry> {
   const length = req.end - req.start;
-  const sha = createHash("sha256");
+  let sha = createHash("sha256");
   let sum: StreamingChecksum | undefined = req.sumAlgorithm ? createChecksum(req.sumAlgorithm) : undefined;
   let written = 0;
   let checksum: ObjectChecksum | undefined;
+  /** Takes back every byte of the part: a peer's piece that failed partway or did not verify. */
+  const discard = () => {
+    ctx.onDiscard?.(written);
+    written = 0;
+    sha = createHash("sha256");
+    sum = req.sumAlgorithm ? createChecksum(req.sumAlgorithm) : undefined;
+    checksum = undefined;
+  };
 
   const fh = await open(req.tmpPath, req.create ? "w" : "r+").catch((e) => {
     throw ioError(e, `opening ${req.tmpPath}`, req.key);
@@ -110,7 +118,10 @@ export async function downloadPart(req: PartRequest, ctx: PartContext): Promise<
           signal: ctx.signal,
           onSource: ctx.onSource,
         });
+        const whole = res.wholeSha256;
         try {
+          if (whole !== undefined && written !== 0)
+            throw new Error("a piece that must verify whole starts mid-part");
           checkResponse(req, res, from, ranged);
           if (!ranged && res.checksum?.type === "FULL_OBJECT") {
             checksum = res.checksum;
@@ -126,11 +137,22 @@ export async function downloadPart(req: PartRequest, ctx: PartContext): Promise<
               ctx.onBytes(n);
             },
           });
+          if (written !== length) throw new TransientError(`body ended after ${written} of ${length} bytes`);
+          if (whole !== undefined) {
+            const got = sha.copy().digest("hex");
+            if (got !== whole)
+              throw new PieceMismatch(`GET ${req.key}: piece has SHA-256 ${got}, expected ${whole}`);
+          }
+          res.settle?.(undefined);
+        } catch (err) {
+          res.settle?.(err);
+          if (whole === undefined) throw err;
+          // Whatever went wrong with a peer's piece, S3 still has it: the next attempt asks there.
+          discard();
+          if (isRetryable(err) || ctx.signal.aborted) throw err;
+          throw new TransientError(`piece from a peer: ${(err as Error).message}`, { cause: err });
         } finally {
           if (!res.body.destroyed) res.body.destroy();
-        }
-        if (written !== length) {
-          throw new TransientError(`body ended after ${written} of ${length} bytes`);
         }
       },
       // A retry that resumed forward is not a failure to give up on: only attempts that brought
@@ -152,6 +174,9 @@ export async function downloadPart(req: PartRequest, ctx: PartContext): Promise<
     ...(checksum ? { checksum } : {}),
   };
 }
+
+/** A peer's piece whose bytes do not hash to its digest: they are taken back and fetched again. */
+export class PieceMismatch extends TransientError {}
 
 function checkResponse(req: PartRequest, res: GetResponse, from: number, ranged: boolean): void {
   const invalid = (why: string) =>

@@ -9,7 +9,7 @@ import { join } from "node:path";
 import { HeadObjectCommand } from "@aws-sdk/client-s3";
 import { afterEach, describe, expect, it } from "vitest";
 import { callDaemon } from "../../src/api/client.js";
-import { type FaultProxy, startFaultProxy } from "../support/fault-proxy.js";
+import { type FaultProxy, type RecordedRequest, startFaultProxy } from "../support/fault-proxy.js";
 import { type DaemonProcess, freePort, NO_GPU_FLAGS, startDaemonProcess } from "../support/processes.js";
 import { freshBucket, putFiles } from "../support/s3.js";
 import { useS3Fixture } from "../support/s3-fixture.js";
@@ -321,6 +321,43 @@ describe("model pieces from peers", { timeout: 180_000 }, () => {
     expect(await metric(b, 'coldstart_peer_fallbacks_total{reason="corrupt"}')).toBe(1);
     // The bad piece (1 MiB) came from S3, and after it the suspect peer was left alone for a while.
     expect(fx.proxy.bytesServed().total).toBeGreaterThanOrEqual(MiB);
+  });
+
+  it.each([
+    ["on part workers (bytes written as they come, taken back)", "auto"],
+    ["in process (bytes held in memory until verified)", "0"],
+  ])("a piece cut off or reset mid-body comes from S3 instead, %s", async (_, workers) => {
+    const { source, files } = await seed();
+    const a = await node("a");
+    await stage(a, source);
+    const toA = await startFaultProxy(a.daemon.api);
+    proxies.push(toA);
+    // Whole 1 MiB pieces of the shards (not a shard's short last piece): the first is cut short,
+    // the second reset, partway.
+    const shardPiece = (r: RecordedRequest) => {
+      const q = new URLSearchParams(r.query);
+      return (
+        r.path === "/v1/peer/piece" &&
+        /\.safetensors$/.test(q.get("key") ?? "") &&
+        Number(q.get("start")) < 4 * MiB
+      );
+    };
+    toA.addRule({
+      match: { predicate: shardPiece },
+      times: 1,
+      action: { kind: "truncate", afterBytes: 300_000 },
+    });
+    toA.addRule({
+      match: { predicate: shardPiece },
+      skip: 1,
+      times: 1,
+      action: { kind: "reset", afterBytes: 500_000 },
+    });
+    const b = await node("b", [toA.url], ["--workers", workers]);
+    await stage(b, source);
+    expect(await digests(modelDir(b), files)).toEqual(expectedDigests(files));
+    expect(toA.faultsFired()).toMatchObject({ truncate: 1, reset: 1 });
+    expect(await metric(b, 'coldstart_peer_fallbacks_total{reason="unreachable"}')).toBeGreaterThanOrEqual(1);
   });
 
   it("a peer killed mid-transfer still lets the others complete", async () => {

@@ -1,7 +1,8 @@
+import { ColdstartError } from "../../errors.js";
 import { checksumFromHeaders } from "../../s3/checksum.js";
-import type { GetResponse, ObjectChecksum } from "../../s3/object-source.js";
-import { Http1Client, type SocketBody } from "./http1.js";
-import type { WireRequest } from "./protocol.js";
+import type { GetResponse, ObjectChecksum, PieceAnswer } from "../../s3/object-source.js";
+import { Http1Client, type Http1Response, type SocketBody } from "./http1.js";
+import type { WireResolved } from "./protocol.js";
 
 /** An S3 error body is a few hundred bytes of XML; more than this is not read. */
 const MAX_ERROR_BODY = 64 * 1024;
@@ -14,10 +15,14 @@ const MAX_ERROR_BODY = 64 * 1024;
 export class WorkerHttp {
   readonly #client = new Http1Client();
 
-  /** Sends one signed GET. `timeoutMs` bounds the connection and the wait for the response head. */
-  async get(signed: WireRequest, timeoutMs: number, signal: AbortSignal): Promise<GetResponse> {
-    const res = await this.#client.get(new URL(signed.url), signed.headers, timeoutMs, signal);
+  /**
+   * Sends one GET, signed or to a peer. `timeoutMs` bounds the connection and the wait for the
+   * response head (a peer's own bound where it holds the request for a piece it is fetching).
+   */
+  async get(to: WireResolved, timeoutMs: number, signal: AbortSignal): Promise<GetResponse> {
+    const res = await this.#client.get(new URL(to.url), to.headers, to.headTimeoutMs ?? timeoutMs, signal);
     if (res.status < 200 || res.status >= 300) throw await statusError(res.body, res.status);
+    if (to.piece) return pieceResponse(to.piece, res);
     return {
       statusCode: res.status,
       contentLength: numberHeader(res.headers["content-length"]),
@@ -53,6 +58,34 @@ async function statusError(body: SocketBody, status: number): Promise<Error> {
   err.Code = code;
   err.$metadata = { httpStatusCode: status };
   return err;
+}
+
+/**
+ * A peer's 200 for a piece, standing for the response S3 would have given. What its head can tell
+ * is checked here (digest, length); its bytes are checked against the digest as they are written.
+ */
+function pieceResponse(piece: PieceAnswer, res: Http1Response): GetResponse {
+  const sent = res.headers[piece.digestHeader];
+  const expected = piece.sha256 ?? sent;
+  const refuse = (why: string) => {
+    res.body.destroy();
+    return new ColdstartError("CS_S3_RESPONSE_INVALID", `peer ${why}`);
+  };
+  if (res.status !== 200) throw refuse(`answered ${res.status} for a piece`);
+  if (!expected || (sent !== undefined && sent !== expected))
+    throw refuse(`sent a piece with digest ${sent}, expected ${expected}`);
+  const length = numberHeader(res.headers["content-length"]);
+  if (length !== piece.length) throw refuse(`announced ${length} bytes for a ${piece.length}-byte piece`);
+  return {
+    statusCode: piece.statusCode,
+    contentLength: piece.length,
+    contentRange: piece.contentRange,
+    etag: piece.etag,
+    checksum: piece.checksum,
+    body: res.body,
+    closedByServer: res.closedByServer,
+    wholeSha256: expected,
+  };
 }
 
 /** The SDK names a body-less error by its status (HEAD-like answers, proxies). */

@@ -4,11 +4,11 @@
  * length checks, digests, positional writes, fdatasync), with a source that asks the main thread
  * where each attempt's GET goes and then sends it on this thread's own connections.
  */
-import { Readable } from "node:stream";
 import { parentPort } from "node:worker_threads";
-import type { GetOptions, GetResponse, ObjectSource } from "../../s3/object-source.js";
+import { ColdstartError } from "../../errors.js";
+import type { GetOptions, GetResponse, ObjectSource, PieceOutcome } from "../../s3/object-source.js";
 import { TransientError } from "../../s3/retry.js";
-import { downloadPart, type PartRequest } from "../part-download.js";
+import { downloadPart, type PartRequest, PieceMismatch } from "../part-download.js";
 import { WorkerHttp } from "./http-get.js";
 import {
   type FromWorker,
@@ -91,6 +91,10 @@ async function runPart(id: number, req: PartRequest, s: PartSettings) {
       lowSpeed: s.lowSpeed,
       blockingWrites: true,
       signal,
+      onDiscard: (n) => {
+        flushBytes();
+        post({ t: "discard", id, n });
+      },
       onBytes: (n) => {
         unreported += n;
         if (unreported >= BYTES_BATCH) flushBytes();
@@ -123,6 +127,13 @@ async function runPart(id: number, req: PartRequest, s: PartSettings) {
   }
 }
 
+/** How a peer's piece went, for the main thread to judge the peer by (src/peers/peer-source.ts). */
+function pieceOutcome(err: unknown, status?: number): PieceOutcome {
+  if (err === undefined) return "ok";
+  if (status === 404) return "not_held";
+  return err instanceof PieceMismatch || err instanceof ColdstartError ? "corrupt" : "unreachable";
+}
+
 /** The main thread says where each attempt goes; this thread sends it and reads the body. */
 function remoteSource(id: number, part: Running, timeoutMs: number, beforeAsk: () => void): ObjectSource {
   const refuse = () => {
@@ -135,30 +146,39 @@ function remoteSource(id: number, part: Running, timeoutMs: number, beforeAsk: (
     close: () => {},
     async get(_bucket: string, _key: string, options: GetOptions): Promise<GetResponse> {
       beforeAsk();
-      let call = -1;
-      const resolved = await ask<WireResolved>(part, (c) => {
-        call = c;
-        return {
-          t: "resolve",
-          id,
-          call: c,
-          range: options.range,
-          ifMatch: options.ifMatch,
-          checksumMode: options.checksumMode ?? false,
-        };
-      });
-      if (resolved.kind === "response") {
-        const { body, ...rest } = resolved;
-        return { ...rest, body: Readable.from([Buffer.from(body.buffer, body.byteOffset, body.byteLength)]) };
-      }
-      try {
-        const res = await http.get(resolved, timeoutMs, options.signal ?? part.abort.signal);
-        post({ t: "settled", id, call, status: res.statusCode });
-        return res;
-      } catch (err) {
-        const status = (err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode;
-        post({ t: "settled", id, call, status: status ?? "error" });
-        throw err;
+      // A peer that fails before its piece's first byte costs no attempt: S3 is asked at once.
+      for (let skipPeers = false; ; skipPeers = true) {
+        let call = -1;
+        const resolved = await ask<WireResolved>(part, (c) => {
+          call = c;
+          return {
+            t: "resolve",
+            id,
+            call: c,
+            range: options.range,
+            ifMatch: options.ifMatch,
+            checksumMode: options.checksumMode ?? false,
+            skipPeers,
+          };
+        });
+        const signal = options.signal ?? part.abort.signal;
+        try {
+          const res = await http.get(resolved, timeoutMs, signal);
+          if (!resolved.piece) {
+            post({ t: "settled", id, call, status: res.statusCode });
+            return res;
+          }
+          // A peer's piece is judged once its bytes are in: only bytes that hash to its digest count.
+          return {
+            ...res,
+            settle: (err) => post({ t: "settled", id, call, status: 200, piece: pieceOutcome(err) }),
+          };
+        } catch (err) {
+          const status = (err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode;
+          const piece = resolved.piece ? pieceOutcome(err, status) : undefined;
+          post({ t: "settled", id, call, status: status ?? "error", ...(piece ? { piece } : {}) });
+          if (!piece || signal.aborted) throw err;
+        }
       }
     },
   };

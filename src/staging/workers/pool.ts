@@ -157,23 +157,15 @@ export class PartWorkers {
             ...(m.range ? { range: m.range } : {}),
             ...(m.ifMatch ? { ifMatch: m.ifMatch } : {}),
             checksumMode: m.checksumMode,
+            skipPeers: m.skipPeers,
             signal: ctx.signal,
             onSource: ctx.onSource,
           })
           .then(
             (resolved) => {
-              if (resolved.kind === "request") flight.settling.set(m.call, resolved);
-              const wire: WireResolved =
-                resolved.kind === "request"
-                  ? { kind: "request", url: resolved.url, headers: resolved.headers }
-                  : resolved;
-              // A buffer of its own moves without a copy; a slice of a shared pool is copied.
-              const body = wire.kind === "response" ? wire.body : undefined;
-              const transfer =
-                body && body.byteOffset === 0 && body.byteLength === body.buffer.byteLength
-                  ? [body.buffer as ArrayBuffer]
-                  : [];
-              slot.worker.postMessage({ t: "resolved", id: m.id, call: m.call, resolved: wire }, transfer);
+              flight.settling.set(m.call, resolved);
+              const { settled: _, ...wire } = resolved;
+              slot.worker.postMessage({ t: "resolved", id: m.id, call: m.call, resolved: wire });
             },
             (err) => post({ t: "resolved", id: m.id, call: m.call, error: toWire(err) }),
           );
@@ -182,7 +174,7 @@ export class PartWorkers {
       case "settled": {
         const resolved = flight.settling.get(m.call);
         flight.settling.delete(m.call);
-        if (resolved?.kind === "request") resolved.settled?.(m.status);
+        resolved?.settled?.(m.status, m.piece);
         return;
       }
       case "take":
@@ -198,6 +190,10 @@ export class PartWorkers {
       case "bytes":
         flight.bytes += m.n;
         ctx.onBytes(m.n);
+        return;
+      case "discard":
+        flight.bytes -= m.n;
+        ctx.onDiscard?.(m.n);
         return;
       case "retry":
         ctx.onRetry(fromWire(m.error), m.attempt);
@@ -222,7 +218,7 @@ export class PartWorkers {
     slot.parts.delete(id);
     if (slot.parts.size === 0) slot.worker.unref();
     flight.detach();
-    for (const r of flight.settling.values()) if (r.kind === "request") r.settled?.("error");
+    for (const r of flight.settling.values()) r.settled?.("error", r.piece ? "unreachable" : undefined);
     flight.settling.clear();
   }
 

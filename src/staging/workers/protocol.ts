@@ -5,7 +5,7 @@
  * the fdatasync) and asks the main thread once per attempt, never per chunk.
  */
 import { ColdstartError, type ErrorCode, type ErrorDetails } from "../../errors.js";
-import type { ResolvedGet } from "../../s3/object-source.js";
+import type { PieceOutcome, ResolvedGet } from "../../s3/object-source.js";
 import type { RetryPolicy } from "../../s3/retry.js";
 import { TransientError } from "../../s3/retry.js";
 import type { JournalEntry } from "../../store/journal.js";
@@ -25,17 +25,8 @@ export interface WireError {
   coldstart?: boolean;
 }
 
-/** A GET the worker sends itself: URL and headers, signed by the main thread for this attempt. */
-export interface WireRequest {
-  kind: "request";
-  url: string;
-  headers: Record<string, string>;
-}
-
-/** A response the main thread already holds (a peer's piece, verified there): its bytes move over. */
-export type WireResponse = Extract<ResolvedGet, { kind: "response" }>;
-
-export type WireResolved = WireRequest | WireResponse;
+/** A GET the worker sends itself: where, with which headers, and for a peer's piece what it stands for. */
+export type WireResolved = Omit<ResolvedGet, "settled">;
 
 export interface PartSettings {
   retry: RetryPolicy;
@@ -59,10 +50,14 @@ export type FromWorker =
       range: { start: number; end: number } | undefined;
       ifMatch: string | undefined;
       checksumMode: boolean;
+      /** A peer failed this attempt's request: S3 answers it. */
+      skipPeers: boolean;
     }
-  | { t: "settled"; id: number; call: number; status: number | "error" }
+  | { t: "settled"; id: number; call: number; status: number | "error"; piece?: PieceOutcome }
   | { t: "take"; id: number; call: number; n: number }
   | { t: "bytes"; id: number; n: number }
+  /** Bytes told that are taken back: a peer's piece that failed partway or did not verify. */
+  | { t: "discard"; id: number; n: number }
   | { t: "retry"; id: number; attempt: number; error: WireError }
   | { t: "done"; id: number; entry: JournalEntry }
   | { t: "failed"; id: number; error: WireError; halted: boolean };
