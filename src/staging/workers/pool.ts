@@ -13,7 +13,7 @@ import type { ObjectSource, ResolvedGet } from "../../s3/object-source.js";
 import { TransientError, toS3Error } from "../../s3/retry.js";
 import type { JournalEntry } from "../../store/journal.js";
 import { downloadPart, type PartContext, type PartRequest } from "../part-download.js";
-import { type FromWorker, fromWire, HALTED, type ToWorker, toWire, type WireResolved } from "./protocol.js";
+import { type FromWorker, fromWire, HALTED, type ToWorker, toWire } from "./protocol.js";
 
 /** Runs one part: downloadPart itself, or a pool that runs it on another thread. */
 export type PartRunner = (req: PartRequest, ctx: PartContext) => Promise<JournalEntry>;
