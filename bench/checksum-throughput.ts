@@ -1,5 +1,5 @@
 /**
- * Single-thread throughput of each checksum implementation in src/s3/checksum.ts, beside the AWS
+ * Single-thread throughput of each checksum implementation in src/checksums/, beside the AWS
  * SDK's own CRC32C/CRC64NVME (what the SDK runs when it validates responses) and, when installed,
  * the optional native packages evaluated for it.
  *
@@ -10,11 +10,11 @@
  */
 import { createRequire } from "node:module";
 import {
-  type ChecksumAlgorithm,
   type ChecksumImplementation,
   checksumImplementation,
   createChecksum,
-} from "../src/s3/checksum.js";
+} from "../src/checksums/streaming.js";
+import type { ChecksumAlgorithm } from "../src/checksums/types.js";
 
 const MiB = 1024 * 1024;
 const sizeMiB = Number(process.argv[2] ?? 256);

@@ -1,5 +1,6 @@
 import type { Socket } from "node:net";
 import type { Readable } from "node:stream";
+import type { ObjectChecksum } from "../checksums/types.js";
 
 /** One object from a listing. */
 export interface ObjectInfo {
@@ -7,14 +8,6 @@ export interface ObjectInfo {
   size: number;
   /** Quoted ETag as S3 returns it, e.g. `"9b2cf535f27731c974343645a3985328-3"`. */
   etag: string;
-}
-
-/** What S3 says about an object's integrity data (x-amz-checksum-*), when it has any. */
-export interface ObjectChecksum {
-  algorithm: "CRC32" | "CRC32C" | "CRC64NVME" | "SHA1" | "SHA256";
-  /** base64 value as sent, possibly with a composite "-N" suffix. */
-  value: string;
-  type: "FULL_OBJECT" | "COMPOSITE";
 }
 
 export interface ObjectHead {

@@ -14,13 +14,13 @@ import {
 import { getSignedUrl } from "@aws-sdk/s3-request-presigner";
 import { NodeHttpHandler } from "@smithy/node-http-handler";
 import type { MiddlewareStack } from "@smithy/types";
+import type { ObjectChecksum } from "../checksums/types.js";
 import type { Config } from "../config/schema.js";
 import { ColdstartError } from "../errors.js";
 import type { Metrics, S3Operation } from "../metrics/metrics.js";
 import type {
   GetOptions,
   GetResponse,
-  ObjectChecksum,
   ObjectHead,
   ObjectInfo,
   ObjectSource,

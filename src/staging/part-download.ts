@@ -1,9 +1,10 @@
 import { createHash } from "node:crypto";
 import { writeSync } from "node:fs";
 import { open } from "node:fs/promises";
+import { createChecksum } from "../checksums/streaming.js";
+import type { ObjectChecksum, StreamingChecksum } from "../checksums/types.js";
 import { ColdstartError } from "../errors.js";
-import { createChecksum, type StreamingChecksum } from "../s3/checksum.js";
-import type { GetResponse, ObjectChecksum, ObjectSource } from "../s3/object-source.js";
+import type { GetResponse, ObjectSource } from "../s3/object-source.js";
 import { isRetryable, type RetryPolicy, TransientError, withRetry } from "../s3/retry.js";
 import type { JournalEntry } from "../store/journal.js";
 import { ioError } from "../store/paths.js";

@@ -3,11 +3,12 @@ import { setMaxListeners } from "node:events";
 import { lstat, mkdir, open, readdir, readFile, realpath, rename, rm, stat } from "node:fs/promises";
 import { dirname, join, posix, relative, sep } from "node:path";
 import type { Logger } from "pino";
+import { parseChecksumHeader } from "../checksums/headers.js";
+import { isCrcAlgorithm, type ObjectChecksum } from "../checksums/types.js";
 import { ColdstartError, isColdstartError, toColdstartError } from "../errors.js";
 import type { Metrics, Stage } from "../metrics/metrics.js";
 import { retryReason } from "../metrics/retry-reason.js";
-import { isCrcAlgorithm, parseChecksumHeader } from "../s3/checksum.js";
-import type { ObjectChecksum, ObjectSource } from "../s3/object-source.js";
+import type { ObjectSource } from "../s3/object-source.js";
 import { describe, type RetryPolicy, toS3Error, withRetry } from "../s3/retry.js";
 import { readSafetensorsHeader } from "../safetensors/header.js";
 import {

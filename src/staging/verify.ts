@@ -1,6 +1,7 @@
+import { combineCrc, compositeOf } from "../checksums/combine.js";
+import { parseChecksumHeader } from "../checksums/headers.js";
+import { isCrcAlgorithm, type ObjectChecksum } from "../checksums/types.js";
 import { ColdstartError } from "../errors.js";
-import { combineCrc, compositeOf, isCrcAlgorithm, parseChecksumHeader } from "../s3/checksum.js";
-import type { ObjectChecksum } from "../s3/object-source.js";
 import type { JournalEntry } from "../store/journal.js";
 import type { FilePlan } from "./plan.js";
 

@@ -1,5 +1,5 @@
 import { appendFile, readFile, rm } from "node:fs/promises";
-import type { ObjectChecksum } from "../s3/object-source.js";
+import type { ObjectChecksum } from "../checksums/types.js";
 import { ioError } from "./paths.js";
 
 /** What a journal was started for; a resume is only valid for the exact same object and plan. */

@@ -1,6 +1,6 @@
 import { type FileHandle, open, readFile } from "node:fs/promises";
 import { join } from "node:path";
-import type { ObjectChecksum } from "../s3/object-source.js";
+import type { ObjectChecksum } from "../checksums/types.js";
 import { writeFileAtomic } from "./atomic-file.js";
 import { readFileBeneath } from "./beneath.js";
 import { ioError, STATE_DIR } from "./paths.js";

@@ -230,7 +230,7 @@ describe.each([
       const body = randomBytes(300_000);
       await putFiles(fx.client, bucket, "m/", [file("tokenizer.json", body)]);
       // RGW ignores x-amz-checksum-*: the fx.proxy plays an S3 that returns them.
-      const { createChecksum } = await import("../../src/s3/checksum.js");
+      const { createChecksum } = await import("../../src/checksums/streaming.js");
       const good = createChecksum("CRC32C");
       good.update(body);
       fx.proxy.addRule({
@@ -262,7 +262,7 @@ describe.each([
       const bucket = await freshBucket(fx.client);
       const body = randomBytes(5 * MiB + 17);
       await putFiles(fx.client, bucket, "m/", [file("w.bin", body)]);
-      const { createChecksum } = await import("../../src/s3/checksum.js");
+      const { createChecksum } = await import("../../src/checksums/streaming.js");
       const crc = createChecksum("CRC64NVME");
       crc.update(body);
       const value = crc.digest().toString("base64");
@@ -326,7 +326,8 @@ describe.each([
     }
 
     async function composite(alg: "CRC32" | "SHA256", chunks: Buffer[]): Promise<string> {
-      const { createChecksum, compositeOf } = await import("../../src/s3/checksum.js");
+      const { createChecksum } = await import("../../src/checksums/streaming.js");
+      const { compositeOf } = await import("../../src/checksums/combine.js");
       const values = chunks.map((c) => {
         const h = createChecksum(alg);
         h.update(c);

@@ -1,6 +1,7 @@
+import { checksumFromHeaders } from "../../checksums/headers.js";
+import type { ObjectChecksum } from "../../checksums/types.js";
 import { ColdstartError } from "../../errors.js";
-import { checksumFromHeaders } from "../../s3/checksum.js";
-import type { GetResponse, ObjectChecksum, PieceAnswer } from "../../s3/object-source.js";
+import type { GetResponse, PieceAnswer } from "../../s3/object-source.js";
 import { Http1Client, type Http1Response, type SocketBody } from "./http1.js";
 import type { WireResolved } from "./protocol.js";
 

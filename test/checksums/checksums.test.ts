@@ -2,19 +2,15 @@ import { createHash } from "node:crypto";
 import * as zlib from "node:zlib";
 import { Crc32cJs, Crc64NvmeJs } from "@aws-sdk/checksums/crc";
 import { describe, expect, it } from "vitest";
-import { ColdstartError } from "../../src/errors.js";
+import { combineCrc, compositeOf } from "../../src/checksums/combine.js";
+import { checksumFromHeaders, parseChecksumHeader } from "../../src/checksums/headers.js";
 import {
-  type ChecksumAlgorithm,
   type ChecksumImplementation,
-  type CrcAlgorithm,
-  checksumFromHeaders,
   checksumImplementation,
-  combineCrc,
-  compositeOf,
   createChecksum,
-  isCrcAlgorithm,
-  parseChecksumHeader,
-} from "../../src/s3/checksum.js";
+} from "../../src/checksums/streaming.js";
+import { type ChecksumAlgorithm, type CrcAlgorithm, isCrcAlgorithm } from "../../src/checksums/types.js";
+import { ColdstartError } from "../../src/errors.js";
 
 const ALGORITHMS: ChecksumAlgorithm[] = ["CRC32", "CRC32C", "CRC64NVME", "SHA1", "SHA256"];
 const CRCS: CrcAlgorithm[] = ["CRC32", "CRC32C", "CRC64NVME"];
