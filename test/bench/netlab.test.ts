@@ -3,6 +3,8 @@
  * where the kernel refuses a network namespace). What is asserted is that the lab always cleans up,
  * on success and on a ^C to its whole process group; whether its shaping is exact is the lab's own
  * self-check and the unit tests of the tc batch, since other tests share these cores.
+ *
+ * Tier: integration (root, kernel network namespaces, the lab's processes).
  */
 import { execFileSync, spawn } from "node:child_process";
 import { resolve } from "node:path";

@@ -3,6 +3,8 @@
  * and cmake-js from native/CMakeLists.txt (the one `npm install` runs) under AddressSanitizer. Both
  * must compile without a warning under -Wall -Wextra, and the sanitized build runs every probe
  * scenario against the ABI doubles without a report.
+ *
+ * Tier: integration (two full compiles of the addon).
  */
 import { execFile } from "node:child_process";
 import { existsSync } from "node:fs";
