@@ -6,7 +6,8 @@ import { defineConfig } from "vitest/config";
  * test/global-setup.ts, asked for with useS3Fixture; a real containerd, startContainerd) or say
  * `Tier: integration` in their header (root network namespaces, full compiles). They form the
  * integration tier; everything else is the unit tier (`npm run test:unit`: no RGW start, no server).
- * `npm test` runs both.
+ * `npm test` runs both. The unit tier alone runs three files at once (`npm run test:unit`): its
+ * longest file mostly waits out a probe deadline.
  */
 const NEEDS_SERVER = /\buseS3Fixture\(|\bstartContainerd\(|inject\("s3"\)|^ \* Tier: integration\b/m;
 const testFiles = readdirSync("test", { recursive: true, encoding: "utf8" })
