@@ -24,7 +24,9 @@ import type {
 import { toS3Error } from "../s3/retry.js";
 import { parseS3Uri } from "../s3/uri.js";
 import { writeFileAtomic } from "../store/atomic-file.js";
+import type { Evictable } from "../store/eviction.js";
 import { ioError } from "../store/paths.js";
+import { RootLayout } from "../store/root-layout.js";
 import { type CacheKeyInput, cacheKey } from "./key.js";
 import {
   type CacheFile,
@@ -116,15 +118,6 @@ export interface PublishResult {
   error?: { code: string; message: string };
 }
 
-/** Something under the staging root that eviction may take (ModelManager merges these by last use). */
-export interface Evictable {
-  kind: "compile-cache";
-  id: string;
-  bytes: number;
-  lastUse: number;
-  evict(): Promise<boolean>;
-}
-
 export interface CompileCacheManagerOptions {
   root: string;
   config: Pick<Config, "compileCache" | "eviction">;
@@ -160,8 +153,11 @@ export class CompileCacheManager {
   #stopped = false;
   readonly #stop = new AbortController();
 
+  readonly #layout: RootLayout;
+
   constructor(options: CompileCacheManagerOptions) {
     this.#o = options;
+    this.#layout = new RootLayout(options.root);
     const uri = options.config.compileCache.remote;
     const loc = uri ? parseS3Uri(uri, "compileCache.remote") : undefined;
     this.#defaultRemote = loc ? `s3://${loc.bucket}/${loc.prefix}` : null;
@@ -171,7 +167,7 @@ export class CompileCacheManager {
   }
 
   get dir(): string {
-    return join(this.#o.root, "compile-cache");
+    return this.#layout.compileCaches;
   }
 
   pathOf(key: string): string {
@@ -186,6 +182,7 @@ export class CompileCacheManager {
         throw ioError(e, `creating ${d}`);
       });
     }
+    await this.#layout.emptyTrash("compile-cache");
     // Restores interrupted by a crash: never complete, never visible.
     for (const e of await readdir(this.#tmpDir()))
       await rm(join(this.#tmpDir(), e), { recursive: true, force: true });
@@ -670,9 +667,9 @@ export class CompileCacheManager {
   }
 
   async #evictOnce(r: CacheRecord, reason: "watermark" | "api"): Promise<boolean> {
-    const trash = join(this.#o.root, "trash");
+    const trash = this.#layout.trash("compile-cache");
     await mkdir(trash, { recursive: true });
-    const gone = join(trash, `cc-${randomUUID()}`);
+    const gone = join(trash, randomUUID());
     // A symlink planted in place of the directory is moved, not followed.
     await rename(this.pathOf(r.key), gone).catch((e: NodeJS.ErrnoException) => {
       if (e.code !== "ENOENT") throw ioError(e, `evicting compile cache ${r.key}`);
@@ -703,9 +700,9 @@ export class CompileCacheManager {
     const st = await lstat(path).catch(() => undefined);
     if (st && !st.isDirectory()) {
       this.#o.logger.warn({ key, path }, "the keyed directory was replaced by a non-directory; moved aside");
-      const trash = join(this.#o.root, "trash");
+      const trash = this.#layout.trash("compile-cache");
       await mkdir(trash, { recursive: true });
-      await rename(path, join(trash, `cc-${randomUUID()}`));
+      await rename(path, join(trash, randomUUID()));
     }
     if (!st?.isDirectory()) {
       await mkdir(path, { mode: 0o777 }).catch((e: NodeJS.ErrnoException) => {
@@ -797,11 +794,11 @@ export class CompileCacheManager {
   }
 
   #stateDir(): string {
-    return join(this.#o.root, "state", "compile-caches");
+    return this.#layout.compileCacheRecords;
   }
 
   #tmpDir(): string {
-    return join(this.#o.root, "tmp", "compile-cache");
+    return this.#layout.compileCacheTmp;
   }
 
   #now(): number {

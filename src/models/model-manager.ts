@@ -3,7 +3,6 @@ import { lstat, mkdir, readdir, rm, statfs } from "node:fs/promises";
 import { join } from "node:path";
 import picomatch from "picomatch";
 import type { Logger } from "pino";
-import type { Evictable } from "../compile-cache/cache-manager.js";
 import type { Config } from "../config/schema.js";
 import { ColdstartError, isColdstartError, toColdstartError } from "../errors.js";
 import type { EvictionReason, Metrics } from "../metrics/metrics.js";
@@ -15,8 +14,10 @@ import type { SlotScheduler } from "../staging/scheduler.js";
 import { type HeldFile, StageJob } from "../staging/stage-job.js";
 import type { PartRunner } from "../staging/workers/pool.js";
 import { renameBeneath } from "../store/beneath.js";
+import type { EvictableStore } from "../store/eviction.js";
 import { type ManifestFile, ManifestStore } from "../store/manifest.js";
 import { ioError } from "../store/paths.js";
+import { RootLayout } from "../store/root-layout.js";
 import { validateModelId } from "./model-id.js";
 import type { ModelRecord, ModelRegistry, ModelState } from "./model-registry.js";
 
@@ -81,14 +82,6 @@ export interface ModelManagerOptions {
   now?: () => number;
 }
 
-/** What ModelManagerOptions.extra offers free-space eviction (a CompileCacheManager is one). */
-export interface EvictableStore {
-  /** What may be evicted now. */
-  evictables(): Evictable[];
-  /** Bytes of everything it holds, evictable now or not. */
-  localBytes(): number;
-}
-
 /** One candidate of free-space eviction: a model or something ModelManagerOptions.extra offers. */
 interface Victim {
   bytes: number;
@@ -139,8 +132,10 @@ export class ModelManager {
     { readyAt: string | undefined; files: ReadonlyMap<string, ManifestFile> }
   >();
 
+  readonly #layout: RootLayout;
   constructor(options: ModelManagerOptions) {
     this.#o = options;
+    this.#layout = new RootLayout(options.root);
     const patterns = options.config.sources.allow;
     const match = patterns.length ? picomatch([...patterns], { dot: true }) : () => false;
     this.#allowed = (source) => match(source);
@@ -153,10 +148,10 @@ export class ModelManager {
 
   /** Loads the registry, finishes interrupted evictions, removes orphans and resumes staging. */
   async start(): Promise<void> {
-    await mkdir(join(this.#o.root, "models"), { recursive: true }).catch((e) => {
-      throw ioError(e, `creating ${this.#o.root}/models`);
+    await mkdir(this.#layout.models, { recursive: true }).catch((e) => {
+      throw ioError(e, `creating ${this.#layout.models}`);
     });
-    await rm(join(this.#o.root, "trash"), { recursive: true, force: true });
+    await this.#layout.emptyTrash("models");
     for (const r of this.#o.registry.all()) {
       if (r.state === "evicting") await this.#evict(r, "resume");
     }
@@ -428,7 +423,7 @@ export class ModelManager {
 
   /** A model's directory as segments below the staging root. */
   #modelSegments(id: string): string[] {
-    return ["models", ...id.split("/")];
+    return this.#layout.modelSegments(id);
   }
 
   /**
@@ -876,7 +871,7 @@ export class ModelManager {
     r.state = "evicting";
     await this.#o.registry.put(r);
     this.#changed(r.id);
-    const trash = join(this.#o.root, "trash");
+    const trash = this.#layout.trash("models");
     await mkdir(trash, { recursive: true });
     const gone = join(trash, randomUUID());
     // Never through a planted symlink: the rename would move (and the rm delete) something outside.
@@ -899,7 +894,7 @@ export class ModelManager {
   async #removeOrphans(): Promise<void> {
     const ids = new Set(this.#o.registry.all().map((r) => r.id));
     const walk = async (rel: string[]) => {
-      const dir = join(this.#o.root, "models", ...rel);
+      const dir = join(this.#layout.models, ...rel);
       for (const e of await readdir(dir, { withFileTypes: true }).catch(() => [])) {
         const id = [...rel, e.name].join("/");
         if (ids.has(id)) continue;

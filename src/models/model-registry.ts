@@ -1,8 +1,9 @@
 import { mkdir, readFile } from "node:fs/promises";
-import { join } from "node:path";
+import { dirname } from "node:path";
 import { ColdstartError } from "../errors.js";
 import { writeFileAtomic } from "../store/atomic-file.js";
 import { ioError } from "../store/paths.js";
+import { RootLayout } from "../store/root-layout.js";
 import { validateModelId } from "./model-id.js";
 
 export type ModelState = "pending" | "staging" | "verifying" | "ready" | "failed" | "evicting";
@@ -41,11 +42,11 @@ export class ModelRegistry {
   }
 
   static async open(root: string): Promise<ModelRegistry> {
-    const dir = join(root, "state");
-    await mkdir(dir, { recursive: true }).catch((e) => {
-      throw ioError(e, `creating ${dir}`);
+    const file = new RootLayout(root).registryFile;
+    await mkdir(dirname(file), { recursive: true }).catch((e) => {
+      throw ioError(e, `creating ${dirname(file)}`);
     });
-    const reg = new ModelRegistry(join(dir, "models.json"));
+    const reg = new ModelRegistry(file);
     // Only "no file yet" means no models. Any other failure must stop the start: an empty registry
     // would make every staged model an orphan, and orphans are deleted.
     const text = await readFile(reg.path, "utf8").catch((e: NodeJS.ErrnoException) => {

@@ -21,6 +21,7 @@ import { Readable } from "node:stream";
 import pLimit, { type LimitFunction } from "p-limit";
 import type { Logger } from "pino";
 import { ColdstartError } from "../errors.js";
+import { shuffle } from "../lib/shuffle.js";
 import type { Metrics, PEER_FALLBACK_REASONS } from "../metrics/metrics.js";
 import type {
   GetOptions,
@@ -31,7 +32,6 @@ import type {
   PieceOutcome,
   ResolvedGet,
 } from "../s3/object-source.js";
-import { shuffle } from "../staging/plan.js";
 import { anySignal, bearerHeaders, PeerCooldown, PIECE_DIGEST_HEADER } from "./http.js";
 
 export interface PeerOptions {

@@ -1,4 +1,3 @@
-import { randomInt } from "node:crypto";
 import picomatch from "picomatch";
 import type { ObjectInfo, ObjectSource } from "../s3/object-source.js";
 import { safeRelativePath } from "../store/paths.js";
@@ -95,13 +94,4 @@ export async function planJob(
 
 function toPlan(o: ObjectInfo, relPath: string, segments: string[], partSize: number): FilePlan {
   return { key: o.key, relPath, segments, size: o.size, etag: o.etag, bounds: partBounds(o.size, partSize) };
-}
-
-/** Fisher-Yates, in place; returns `items`. Parts in random order, peers in random samples. */
-export function shuffle<T>(items: T[]): T[] {
-  for (let i = items.length - 1; i > 0; i--) {
-    const j = randomInt(i + 1);
-    [items[i], items[j]] = [items[j] as T, items[i] as T];
-  }
-  return items;
 }
