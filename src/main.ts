@@ -38,11 +38,11 @@ import {
 } from "./node/node-facts.js";
 import { PeerDirectory } from "./peers/discovery.js";
 import { PeerAwareSource } from "./peers/peer-source.js";
-import { s3SourceFromConfig } from "./s3/s3-object-source.js";
 import { parseS3Uri } from "./s3/uri.js";
 import { RateLimiter } from "./staging/rate-limiter.js";
 import { SlotScheduler } from "./staging/scheduler.js";
 import { partWorkersFor } from "./staging/workers/pool.js";
+import { rateLimiterFrom, s3SourceFromConfig, stageSettingsFrom } from "./wiring/staging.js";
 
 const VERSION = (
   JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8")) as { version: string }
@@ -154,8 +154,8 @@ export async function startDaemon(
     registry,
     source,
     scheduler: new SlotScheduler(config.download.concurrency),
-    rateLimiter:
-      config.download.maxBytesPerSecond > 0 ? new RateLimiter(config.download.maxBytesPerSecond) : undefined,
+    rateLimiter: rateLimiterFrom(config.download),
+    stage: stageSettingsFrom(config.download),
     spreadParts: peers !== undefined,
     runPart: workers?.run,
     config,

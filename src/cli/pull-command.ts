@@ -42,19 +42,12 @@ export function pullCommand(setExit: (code: number) => void): Command {
 async function pull(uri: string, dest: string, config: Config): Promise<number> {
   // Loaded here, not at the top: every `coldstart` command would otherwise pay for the AWS SDK and the
   // staging engine at start-up (about a second), `wait` in an init container included.
-  const [
-    { lowSpeedFrom, retryPolicyFrom },
-    { s3SourceFromConfig },
-    { RateLimiter },
-    { StageJob },
-    { partWorkersFor },
-  ] = await Promise.all([
-    import("../s3/retry.js"),
-    import("../s3/s3-object-source.js"),
-    import("../staging/rate-limiter.js"),
-    import("../staging/stage-job.js"),
-    import("../staging/workers/pool.js"),
-  ]);
+  const [{ rateLimiterFrom, s3SourceFromConfig, stageSettingsFrom }, { StageJob }, { partWorkersFor }] =
+    await Promise.all([
+      import("../wiring/staging.js"),
+      import("../staging/stage-job.js"),
+      import("../staging/workers/pool.js"),
+    ]);
   const { bucket, prefix } = parseS3Uri(uri);
   const logger = createLogger(config.log.level, 2).child({ component: "pull" });
   const source = s3SourceFromConfig(config);
@@ -69,14 +62,9 @@ async function pull(uri: string, dest: string, config: Config): Promise<number> 
     bucket,
     prefix,
     dest,
-    partSizeBytes: config.download.partSizeBytes,
-    concurrency: config.download.concurrency,
+    ...stageSettingsFrom(config.download),
     filters: { include: config.download.include, exclude: config.download.exclude },
-    retry: retryPolicyFrom(config.download),
-    requestTimeoutMs: config.download.requestTimeoutMs,
-    lowSpeed: lowSpeedFrom(config.download),
-    rateLimiter:
-      config.download.maxBytesPerSecond > 0 ? new RateLimiter(config.download.maxBytesPerSecond) : undefined,
+    rateLimiter: rateLimiterFrom(config.download),
     signal: abort.signal,
     logger,
     runPart: workers?.run,

@@ -7,7 +7,6 @@ import type { Config } from "../config/schema.js";
 import { ColdstartError, isColdstartError, toColdstartError } from "../errors.js";
 import type { EvictionReason, Metrics } from "../metrics/metrics.js";
 import type { ObjectSource } from "../s3/object-source.js";
-import { lowSpeedFrom, retryPolicyFrom } from "../s3/retry.js";
 import { parseS3Uri } from "../s3/uri.js";
 import type { RateLimiter } from "../staging/rate-limiter.js";
 import type { SlotScheduler } from "../staging/scheduler.js";
@@ -18,6 +17,7 @@ import type { EvictableStore } from "../store/eviction.js";
 import { type ManifestFile, ManifestStore } from "../store/manifest.js";
 import { ioError } from "../store/paths.js";
 import { RootLayout } from "../store/root-layout.js";
+import type { StageSettings } from "../wiring/staging.js";
 import { validateModelId } from "./model-id.js";
 import type { ModelRecord, ModelRegistry, ModelState } from "./model-registry.js";
 
@@ -65,7 +65,9 @@ export interface ModelManagerOptions {
   runPart?: PartRunner | undefined;
   /** Peers are asked for pieces: each job takes its model's parts in a random order (see StageJob). */
   spreadParts?: boolean | undefined;
-  config: Pick<Config, "download" | "eviction" | "sources">;
+  /** What config.download decides for every job (src/wiring/staging.ts). */
+  stage: StageSettings;
+  config: Pick<Config, "eviction" | "sources">;
   logger: Logger;
   /** Told the ids of ready models whenever that set changes (node labels). */
   onReadyChanged?: (readyIds: string[]) => void;
@@ -512,21 +514,16 @@ export class ModelManager {
 
   #startJob(record: ModelRecord, priority: number): void {
     if (this.#running.has(record.id)) return;
-    const { download } = this.#o.config;
     const { bucket, prefix } = parseS3Uri(record.source);
     const job = new StageJob({
       source: this.#o.source,
       bucket,
       prefix,
       dest: this.modelPath(record.id),
-      partSizeBytes: download.partSizeBytes,
-      concurrency: download.concurrency,
+      ...this.#o.stage,
       scheduler: this.#o.scheduler,
       priority,
       filters: { include: record.include, exclude: record.exclude },
-      retry: retryPolicyFrom(download),
-      requestTimeoutMs: download.requestTimeoutMs,
-      lowSpeed: lowSpeedFrom(download),
       logger: this.#o.logger.child({ model: record.id }),
       metrics: this.#o.metrics,
       rateLimiter: this.#o.rateLimiter,

@@ -1,5 +1,4 @@
 import { setTimeout as sleep } from "node:timers/promises";
-import type { Config } from "../config/schema.js";
 import { ColdstartError } from "../errors.js";
 
 /** HTTP status of an SDK error, if it carries one. */
@@ -103,16 +102,6 @@ export interface RetryPolicy {
   maxAttempts: number;
   baseDelayMs: number;
   maxDelayMs: number;
-}
-
-/** The minimum-throughput rule the config's download options describe. */
-export function lowSpeedFrom(d: Config["download"]): { bytesPerSecond: number; windowMs: number } {
-  return { bytesPerSecond: d.lowSpeedBytesPerSecond, windowMs: d.lowSpeedTimeMs };
-}
-
-/** The retry policy the config's download options describe. */
-export function retryPolicyFrom(d: Config["download"]): RetryPolicy {
-  return { maxAttempts: d.maxAttempts, baseDelayMs: d.retryBaseDelayMs, maxDelayMs: d.retryMaxDelayMs };
 }
 
 /** Exponential backoff with full jitter (AWS Architecture Blog): sleep uniform(0, min(cap, base·2^n)). */

@@ -15,7 +15,6 @@ import { getSignedUrl } from "@aws-sdk/s3-request-presigner";
 import { NodeHttpHandler } from "@smithy/node-http-handler";
 import type { MiddlewareStack } from "@smithy/types";
 import type { ObjectChecksum } from "../checksums/types.js";
-import type { Config } from "../config/schema.js";
 import { ColdstartError } from "../errors.js";
 import type { Metrics, S3Operation } from "../metrics/metrics.js";
 import type {
@@ -39,24 +38,6 @@ export interface S3SourceOptions {
   requestTimeoutMs: number;
   /** Counts requests by operation and status, and requests in flight. */
   metrics?: Metrics | undefined;
-}
-
-/**
- * The source the CLI and the daemon use, from the one config: sockets for every ranged GET of the
- * download budget plus headroom for listings, HEADs and attribute calls.
- */
-export function s3SourceFromConfig(
-  config: Pick<Config, "s3" | "download">,
-  options: { metrics?: Metrics } = {},
-): S3ObjectSource {
-  return new S3ObjectSource({
-    region: config.s3.region,
-    endpoint: config.s3.endpoint,
-    pathStyle: config.s3.pathStyle,
-    maxSockets: config.download.concurrency + 8,
-    requestTimeoutMs: config.download.requestTimeoutMs,
-    metrics: options.metrics,
-  });
 }
 
 /**

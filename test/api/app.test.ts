@@ -11,6 +11,7 @@ import { ModelManager } from "../../src/models/model-manager.js";
 import { ModelRegistry } from "../../src/models/model-registry.js";
 import { S3ObjectSource } from "../../src/s3/s3-object-source.js";
 import { SlotScheduler } from "../../src/staging/scheduler.js";
+import { stageSettingsFrom } from "../../src/wiring/staging.js";
 import { freshBucket, putFiles } from "../support/s3.js";
 import { useS3Fixture } from "../support/s3-fixture.js";
 import { digests, expectedDigests } from "../support/stage.js";
@@ -63,6 +64,7 @@ async function harness(env: Record<string, string> = {}, root = join(fx.work, "r
     source,
     scheduler: new SlotScheduler(8),
     config,
+    stage: stageSettingsFrom(config.download),
     logger,
   });
   await manager.start();

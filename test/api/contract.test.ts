@@ -14,6 +14,7 @@ import { ModelManager } from "../../src/models/model-manager.js";
 import { ModelRegistry } from "../../src/models/model-registry.js";
 import { S3ObjectSource } from "../../src/s3/s3-object-source.js";
 import { SlotScheduler } from "../../src/staging/scheduler.js";
+import { stageSettingsFrom } from "../../src/wiring/staging.js";
 
 let root: string;
 let api: ReturnType<typeof buildApp>;
@@ -37,6 +38,7 @@ beforeAll(async () => {
     source,
     scheduler: new SlotScheduler(1),
     config,
+    stage: stageSettingsFrom(config.download),
     logger,
   });
   const metrics = new Metrics(undefined, { defaultMetrics: false });

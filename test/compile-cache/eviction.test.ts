@@ -13,6 +13,7 @@ import { Metrics } from "../../src/metrics/metrics.js";
 import { ModelManager } from "../../src/models/model-manager.js";
 import { ModelRegistry } from "../../src/models/model-registry.js";
 import { SlotScheduler } from "../../src/staging/scheduler.js";
+import { stageSettingsFrom } from "../../src/wiring/staging.js";
 import { freshBucket, putFiles, testSource } from "../support/s3.js";
 import { useS3Fixture } from "../support/s3-fixture.js";
 import { file } from "../support/synthetic-model.js";
@@ -68,6 +69,7 @@ async function harness(root: string, clock: { t: number }) {
     source,
     scheduler: new SlotScheduler(4),
     config,
+    stage: stageSettingsFrom(config.download),
     logger,
     metrics,
     extra: caches,

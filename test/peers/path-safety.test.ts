@@ -14,6 +14,7 @@ import { ModelManager } from "../../src/models/model-manager.js";
 import { ModelRegistry } from "../../src/models/model-registry.js";
 import type { S3ObjectSource } from "../../src/s3/s3-object-source.js";
 import { SlotScheduler } from "../../src/staging/scheduler.js";
+import { stageSettingsFrom } from "../../src/wiring/staging.js";
 import { freshBucket, putFiles, testSource } from "../support/s3.js";
 import { useS3Fixture } from "../support/s3-fixture.js";
 import { file } from "../support/synthetic-model.js";
@@ -47,6 +48,7 @@ beforeEach(async () => {
     source,
     scheduler: new SlotScheduler(4),
     config,
+    stage: stageSettingsFrom(config.download),
     logger,
   });
   await manager.start();
@@ -153,12 +155,14 @@ describe("peer routes never read outside the staging root", () => {
         if (object.statusCode === 200) expect(object.json()).toEqual(description);
         else expect(object.json().error.code).toBe("CS_PATH_UNSAFE");
         // A daemon that has not read the manifest yet (a restart) must refuse to read it now.
+        const coldConfig = loadConfig({ env: { COLDSTART_ROOT: h.root } });
         const cold = new ModelManager({
           root: h.root,
           registry: await ModelRegistry.open(h.root),
           source: h.source,
           scheduler: new SlotScheduler(1),
-          config: loadConfig({ env: { COLDSTART_ROOT: h.root } }),
+          config: coldConfig,
+          stage: stageSettingsFrom(coldConfig.download),
           logger: pino({ level: "silent" }),
         });
         const { bucket, key, etag } = Object.fromEntries(new URLSearchParams(q));
