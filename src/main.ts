@@ -15,14 +15,15 @@ import { gpuKeyInput } from "./compile-cache/key.js";
 import { compileCacheClient, RemoteStore } from "./compile-cache/remote.js";
 import { environment } from "./config/load.js";
 import type { Config } from "./config/schema.js";
+import { watchContainerd } from "./daemon/containerd-watch.js";
+import { Lifecycle } from "./daemon/lifecycle.js";
+import { reprobeNodeFacts } from "./daemon/node-reprobe.js";
 import { ColdstartError } from "./errors.js";
 import { loadKubeConfig, NodeLabeler } from "./kube/node-labels.js";
 import { createLogger } from "./log.js";
 import { Metrics } from "./metrics/metrics.js";
-import { checkContainerd, MIRROR_CHECK_CODES, type MirrorCheck } from "./mirror/containerd-check.js";
 import { containerdImages } from "./mirror/containerd-images.js";
 import { ContentStore } from "./mirror/content-store.js";
-import { type ManagedHosts, manageHostsToml } from "./mirror/hosts-toml.js";
 import { BlobRelay } from "./mirror/relay.js";
 import { TagResolver } from "./mirror/tags.js";
 import { ModelManager } from "./models/model-manager.js";
@@ -31,6 +32,7 @@ import {
   collectNodeFacts,
   factLabels,
   type NodeFacts,
+  type NodeFactsOptions,
   nodeFactsOptions,
   nodePolicy,
   policyViolations,
@@ -67,7 +69,7 @@ export async function startDaemon(
 ): Promise<Daemon> {
   const log = logger.child({ component: "daemon" });
   const d = config.daemon;
-  const [host, portText] = splitHostPort(d.listen);
+  const [host] = splitHostPort(d.listen);
   if (d.auth === "none" && !isLoopback(host)) {
     throw new ColdstartError(
       "CS_CONFIG_INVALID",
@@ -84,13 +86,39 @@ export async function startDaemon(
   }
   // Node facts first: gds.mode on and placement.require refuse to start before anything listens.
   const factsOptions = nodeFactsOptions(config);
-  let facts = await collectNodeFacts(factsOptions);
+  const facts = await collectNodeFacts(factsOptions);
   const violation = policyViolations(facts, nodePolicy(config))[0];
   if (violation) throw violation;
   logNodeFacts(log, facts);
   // Opened next: nothing else has started yet if the state is unreadable.
   const registry = await ModelRegistry.open(d.root);
-  const tokens = d.auth === "token" && d.tokenFile ? new TokenFile(d.tokenFile, { logger }) : undefined;
+  // From here on every component registers how it stops as it starts: a failed start and a shutdown
+  // run those in reverse, so a half-started daemon never keeps serving while its command fails.
+  const life = new Lifecycle(log);
+  try {
+    return await compose(config, logger, log, life, registry, facts, factsOptions);
+  } catch (err) {
+    await life.close({ graceMs: 0 });
+    throw err;
+  }
+}
+
+async function compose(
+  config: Config,
+  logger: Logger,
+  log: Logger,
+  life: Lifecycle,
+  registry: ModelRegistry,
+  initialFacts: NodeFacts,
+  factsOptions: NodeFactsOptions,
+): Promise<Daemon> {
+  const d = config.daemon;
+  const [host, portText] = splitHostPort(d.listen);
+  let facts = initialFacts;
+  const tokens =
+    d.auth === "token" && d.tokenFile
+      ? life.add("tokens", new TokenFile(d.tokenFile, { logger }), (t) => t.close())
+      : undefined;
   const metrics = new Metrics();
   const s3 = s3SourceFromConfig(config, { metrics });
   // With peers, a staging job asks them for verified pieces first; S3 stays the authority.
@@ -103,33 +131,47 @@ export async function startDaemon(
           logger: logger.child({ component: "peers" }),
         })
       : undefined;
-  await peers?.start();
-  const source = peers
-    ? new PeerAwareSource(s3, {
-        urls: () => peers.urls(),
-        token: () => tokens?.first,
-        timeoutMs: config.peers.timeoutMs,
-        maxInFlight: config.peers.maxInFlight,
-        maxInFlightPerPeer: config.peers.maxInFlightPerPeer,
-        logger: logger.child({ component: "peers" }),
-        metrics,
-      })
-    : s3;
+  const source = life.add(
+    "object source",
+    peers
+      ? new PeerAwareSource(s3, {
+          urls: () => peers.urls(),
+          token: () => tokens?.first,
+          timeoutMs: config.peers.timeoutMs,
+          maxInFlight: config.peers.maxInFlight,
+          maxInFlightPerPeer: config.peers.maxInFlightPerPeer,
+          logger: logger.child({ component: "peers" }),
+          metrics,
+        })
+      : s3,
+    (s) => s.close(),
+  );
+  if (peers) {
+    life.defer("peers", () => peers.stop());
+    await peers.start();
+  }
   // The byte path: parts are received, hashed and written on these threads, not the event loop's.
   const workers = partWorkersFor(config.download.workers);
-  let labeler: NodeLabeler | undefined;
-  try {
-    labeler = nodeLabeler(config, logger, log);
-  } catch (err) {
-    tokens?.close();
-    peers?.stop();
-    source.close();
-    await workers?.close();
-    throw err;
+  if (workers) life.defer("part workers", () => workers.close());
+  const labeler = nodeLabeler(config, logger, log);
+  if (labeler) {
+    life.defer("node labels", async () => {
+      await labeler.flush().catch(() => {});
+      labeler.close();
+    });
   }
+  // containerd's Images API, for tags (this node's mirror and peers' questions).
+  const images = config.mirror.containerdSocket
+    ? life.add(
+        "containerd images",
+        containerdImages(config.mirror.containerdSocket, config.mirror.containerdNamespace),
+        (i) => i.close(),
+      )
+    : undefined;
   let ready = false;
   // One client for every compile-cache remote, made on first use: a node without one opens nothing.
   let ccClient: ReturnType<typeof compileCacheClient> | undefined;
+  life.defer("compile-cache client", () => ccClient?.destroy());
   const remotes = new Map<string, RemoteStore>();
   const compileCaches = new CompileCacheManager({
     root: d.root,
@@ -167,8 +209,6 @@ export async function startDaemon(
     },
     extra: compileCaches,
   });
-  // Anything that fails from here on must undo what started, or a half-started daemon keeps
-  // serving (and staging) while its command reports failure and never exits.
   publishNodeFacts(metrics, facts);
   const contentStore = config.mirror.listen
     ? new ContentStore(
@@ -176,10 +216,7 @@ export async function startDaemon(
           join(config.node.hostRoot, "var/lib/containerd/io.containerd.content.v1.content"),
       )
     : undefined;
-  // containerd's Images API, for tags (this node's mirror and peers' questions).
-  const images = config.mirror.containerdSocket
-    ? containerdImages(config.mirror.containerdSocket, config.mirror.containerdNamespace)
-    : undefined;
+  let mirrorWatch: Awaited<ReturnType<typeof watchContainerd>> | undefined;
   const deps = {
     manager,
     compileCaches,
@@ -191,7 +228,7 @@ export async function startDaemon(
     bodyLimitBytes: d.bodyLimitBytes,
     isReady: () => ready,
     nodeFacts: () => facts,
-    mirrorCheck: () => mirrorCheck,
+    mirrorCheck: () => mirrorWatch?.current(),
     peerUploadLimiter:
       config.peers.maxUploadBytesPerSecond > 0
         ? new RateLimiter(config.peers.maxUploadBytesPerSecond)
@@ -226,96 +263,56 @@ export async function startDaemon(
     : undefined;
   const sock = buildApp(deps, "socket");
   const metricsApp = buildMetricsApp({ ...deps, metrics });
-  const undo = async () => {
-    await managedHosts?.restore().catch(() => {});
-    await manager.drain(0).catch(() => {});
-    await compileCaches.stop();
-    ccClient?.destroy();
-    await Promise.allSettled([api.close(), sock.close(), metricsApp.close(), mirrorApp?.close()]);
-    labeler?.close();
-    tokens?.close();
-    peers?.stop();
-    images?.close();
-    source.close();
-    await workers?.close();
-  };
-  let apiAddress: string;
-  let metricsAddress: string;
+  // Closed after the drain below (registered before it): long-polls are cut, and waiters reconnect
+  // (with retries) to the next daemon.
+  life.defer("listeners", () =>
+    Promise.allSettled([api.close(), sock.close(), metricsApp.close(), mirrorApp?.close()]),
+  );
+  // Running jobs get the stop's grace to finish (then abort, journals kept); none on a failed start.
+  life.defer("staging", ({ graceMs, hurry }) =>
+    Promise.all([manager.drain(graceMs, hurry), compileCaches.stop()]),
+  );
+  await manager.start();
+  await compileCaches.start();
+  // After the manager has told the labeler which models are ready: a sync before that would see no
+  // ready models and strip the node's model labels on every restart.
+  labeler?.setFacts(factLabels(facts));
+  const apiAddress = await listen(
+    () => api.listen({ host, port: Number(portText) }),
+    "daemon.listen",
+    d.listen,
+  );
+  const [mHost, mPort] = splitHostPort(d.metricsListen);
+  const metricsAddress = await listen(
+    () => metricsApp.listen({ host: mHost, port: Number(mPort) }),
+    "daemon.metricsListen",
+    d.metricsListen,
+  );
   let mirrorAddress: string | undefined;
-  let mirrorCheck: MirrorCheck | undefined;
-  let mirrorTimer: NodeJS.Timeout | undefined;
-  let managedHosts: ManagedHosts | undefined;
-  try {
-    await manager.start();
-    await compileCaches.start();
-    // After the manager has told the labeler which models are ready: a sync before that would see no
-    // ready models and strip the node's model labels on every restart.
-    labeler?.setFacts(factLabels(facts));
-    apiAddress = await listen(() => api.listen({ host, port: Number(portText) }), "daemon.listen", d.listen);
-    const [mHost, mPort] = splitHostPort(d.metricsListen);
-    metricsAddress = await listen(
-      () => metricsApp.listen({ host: mHost, port: Number(mPort) }),
-      "daemon.metricsListen",
-      d.metricsListen,
+  if (mirrorApp && config.mirror.listen) {
+    const [mh, mp] = splitHostPort(config.mirror.listen);
+    mirrorAddress = await listen(
+      () => mirrorApp.listen({ host: mh, port: Number(mp) }),
+      "mirror.listen",
+      config.mirror.listen,
     );
-    if (mirrorApp && config.mirror.listen) {
-      const [mh, mp] = splitHostPort(config.mirror.listen);
-      mirrorAddress = await listen(
-        () => mirrorApp.listen({ host: mh, port: Number(mp) }),
-        "mirror.listen",
-        config.mirror.listen,
-      );
-      // Whether containerd will ask the mirror at all; looked at again every 5 minutes (the GPU
-      // Operator may rewrite the config after the daemon starts).
-      // The port actually bound (mirror.listen may say 0).
-      const bound = mirrorAddress ?? config.mirror.listen;
-      const listenPort = Number(bound.slice(bound.lastIndexOf(":") + 1));
-      const check = async () => {
-        const c = await checkContainerd({
-          hostRoot: config.node.hostRoot,
-          registries: config.mirror.registries,
-          resolveTags: config.mirror.resolveTags,
-          mirrorPort: listenPort,
-        });
-        if (c.status !== mirrorCheck?.status) {
-          for (const p of c.problems) log.warn({ code: p.code }, p.message);
-          if (c.status === "ok") log.info({ certsDir: c.certsDir }, "containerd uses the mirror");
-        }
-        mirrorCheck = c;
-        for (const code of MIRROR_CHECK_CODES)
-          metrics.mirrorConfigProblems.set({ code }, c.problems.some((p) => p.code === code) ? 1 : 0);
-      };
-      await check();
-      if (config.mirror.manageHostsToml) {
-        const certsDir = mirrorCheck?.certsDir;
-        if (!certsDir) {
-          log.error(
-            { codes: mirrorCheck?.problems.map((p) => p.code) },
-            "mirror.manageHostsToml: containerd has no registry config_path to write hosts.toml under",
-          );
-        } else {
-          managedHosts = await manageHostsToml({
-            certsDir,
-            registries: config.mirror.registries,
-            mirrorUrl: `http://${config.mirror.hostAddress}:${listenPort}`,
-            token: tokens?.first,
-            resolve: config.mirror.resolveTags,
-          });
-          log.info({ files: managedHosts.files }, "hosts.toml now sends pulls to this mirror first");
-          await check();
-        }
-      }
-      mirrorTimer = setInterval(() => check().catch(() => {}), 5 * 60_000);
-      mirrorTimer.unref();
-    }
-    await mkdir(dirname(d.socketPath), { recursive: true, mode: 0o750 });
-    await rm(d.socketPath, { force: true }); // a socket file left by a killed predecessor
-    await listen(() => sock.listen({ path: d.socketPath }), "daemon.socketPath", d.socketPath);
-    await chmod(d.socketPath, 0o660);
-  } catch (err) {
-    await undo();
-    throw err;
+    // containerd goes back to the node's own hosts.toml (and the registry) while no mirror runs.
+    mirrorWatch = life.add(
+      "containerd watch",
+      await watchContainerd({
+        config,
+        listenPort: Number(mirrorAddress.slice(mirrorAddress.lastIndexOf(":") + 1)),
+        token: tokens?.first,
+        log,
+        metrics,
+      }),
+      (w) => w.stop(),
+    );
   }
+  await mkdir(dirname(d.socketPath), { recursive: true, mode: 0o750 });
+  await rm(d.socketPath, { force: true }); // a socket file left by a killed predecessor
+  await listen(() => sock.listen({ path: d.socketPath }), "daemon.socketPath", d.socketPath);
+  await chmod(d.socketPath, 0o660);
 
   const refreshDisk = async () => {
     const disk = await manager.disk();
@@ -324,37 +321,24 @@ export async function startDaemon(
     metrics.compileCacheLocalBytes.set(compileCaches.localBytes());
     await manager.enforceWatermarks();
   };
-  const timer = setInterval(
+  const diskTimer = setInterval(
     () => refreshDisk().catch((e) => log.error({ err: String(e) }, "disk check")),
     30_000,
   );
-  timer.unref();
-  // A daemon that starts before the GPU Operator has loaded the driver and nvidia-fs (minutes into a
-  // node's life) would otherwise keep "no GPU" or "unavailable" for good. Until GDS is enabled, look
-  // again: every minute for half an hour, then every ten. Cheap: file reads and NVML; cuFile (CUDA
-  // contexts on every GPU) runs again only when nvidia-fs, cufile.json or the GPUs changed.
-  const stopProbing = new AbortController();
-  const startedAt = Date.now();
-  const reprobe = () => {
-    if (stopProbing.signal.aborted) return;
-    const delay = Date.now() - startedAt < 30 * 60_000 ? 60_000 : 10 * 60_000;
-    setTimeout(() => {
-      if (facts.gds.verdict === "enabled" && facts.gpus.gpus.length > 0) return;
-      collectNodeFacts(factsOptions, { previous: facts, signal: stopProbing.signal })
-        .then((next) => {
-          if (stopProbing.signal.aborted) return;
-          const changed =
-            next.gds.verdict !== facts.gds.verdict || next.gpus.gpus.length !== facts.gpus.gpus.length;
-          facts = next;
-          publishNodeFacts(metrics, facts);
-          labeler?.setFacts(factLabels(facts));
-          if (changed) logNodeFacts(log, next);
-        })
-        .catch((e) => log.error({ err: String(e) }, "node facts"))
-        .finally(reprobe);
-    }, delay).unref();
-  };
-  reprobe();
+  diskTimer.unref();
+  life.defer("disk check", () => clearInterval(diskTimer));
+  const reprobe = reprobeNodeFacts({
+    options: factsOptions,
+    initial: facts,
+    log,
+    onFacts: (next, changed) => {
+      facts = next;
+      publishNodeFacts(metrics, facts);
+      labeler?.setFacts(factLabels(facts));
+      if (changed) logNodeFacts(log, next);
+    },
+  });
+  life.defer("node re-probe", () => reprobe.stop());
   // Like the timer's passes, the first one only logs: a full disk must not half-start the daemon.
   await refreshDisk().catch((e) => log.error({ err: String(e) }, "disk check"));
   ready = true;
@@ -369,22 +353,7 @@ export async function startDaemon(
     compileCaches,
     async stop(graceMs, hurry) {
       ready = false;
-      clearInterval(timer);
-      clearInterval(mirrorTimer);
-      // containerd goes back to the node's own hosts.toml (and the registry) while no mirror runs.
-      await managedHosts?.restore().catch((e) => log.error({ err: String(e) }, "restoring hosts.toml"));
-      stopProbing.abort();
-      await Promise.all([manager.drain(graceMs, hurry), compileCaches.stop()]);
-      ccClient?.destroy();
-      // Long-polls are cut: waiters reconnect (with retries) to the next daemon.
-      await Promise.allSettled([api.close(), sock.close(), metricsApp.close(), mirrorApp?.close()]);
-      await labeler?.flush().catch(() => {});
-      labeler?.close();
-      tokens?.close();
-      peers?.stop();
-      images?.close();
-      source.close();
-      await workers?.close();
+      await life.close({ graceMs, hurry });
       log.info("coldstart daemon stopped");
     },
   };
