@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { Readable } from "node:stream";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import type { GetOptions, ObjectSource } from "../../src/s3/object-source.js";
-import { downloadPart } from "../../src/staging/part-download.js";
+import { downloadPart, type PartRequest } from "../../src/staging/part-download.js";
 import { gate, waitFor } from "../support/wait.js";
 
 // Unit tier: the engine's part loop against an in-memory ObjectSource (the seam's own contract), for
@@ -112,6 +112,23 @@ function memorySource(bytes: Buffer, bodies: Readable[], reusing?: ReusingBody[]
   };
 }
 
+/** One part spanning the whole `size`-byte object "k", fetched as a range into a new temp file. */
+function wholePart(tmpPath: string, size: number): PartRequest {
+  return {
+    bucket: "b",
+    key: "k",
+    etag: '"e"',
+    size,
+    tmpPath,
+    create: true,
+    index: 0,
+    start: 0,
+    end: size,
+    whole: false,
+    durable: false,
+  };
+}
+
 describe("downloadPart", () => {
   it.each([
     ["asynchronous writes (the main thread)", false],
@@ -125,32 +142,17 @@ describe("downloadPart", () => {
       const tmpPath = join(dir, "part");
       const retries: unknown[] = [];
       let takes = 0;
-      const entry = downloadPart(
-        {
-          bucket: "b",
-          key: "k",
-          etag: '"e"',
-          size: bytes.length,
-          tmpPath,
-          create: true,
-          index: 0,
-          start: 0,
-          end: bytes.length,
-          whole: false,
-          durable: false,
-        },
-        {
-          source: memorySource(bytes, bodies),
-          retry: { maxAttempts: 3, baseDelayMs: 1, maxDelayMs: 1 },
-          requestTimeoutMs: 60_000,
-          signal: new AbortController().signal,
-          onBytes: () => {},
-          onRetry: (err) => retries.push(err),
-          blockingWrites: blocking,
-          // The second chunk is held at the cap until its body has ended: a paused stream still ends.
-          rateLimiter: { take: async () => (++takes === 2 ? release.opened : undefined) },
-        },
-      );
+      const entry = downloadPart(wholePart(tmpPath, bytes.length), {
+        source: memorySource(bytes, bodies),
+        retry: { maxAttempts: 3, baseDelayMs: 1, maxDelayMs: 1 },
+        requestTimeoutMs: 60_000,
+        signal: new AbortController().signal,
+        onBytes: () => {},
+        onRetry: (err) => retries.push(err),
+        blockingWrites: blocking,
+        // The second chunk is held at the cap until its body has ended: a paused stream still ends.
+        rateLimiter: { take: async () => (++takes === 2 ? release.opened : undefined) },
+      });
       await waitFor(() => bodies[0]?.readableEnded === true, {
         what: "the body ended while its last chunk waits",
       });
@@ -169,32 +171,17 @@ describe("downloadPart", () => {
     const release = gate();
     const tmpPath = join(dir, "part");
     let takes = 0;
-    const entry = downloadPart(
-      {
-        bucket: "b",
-        key: "k",
-        etag: '"e"',
-        size: bytes.length,
-        tmpPath,
-        create: true,
-        index: 0,
-        start: 0,
-        end: bytes.length,
-        whole: false,
-        durable: false,
-      },
-      {
-        source: memorySource(bytes, [], reusing),
-        retry: { maxAttempts: 1, baseDelayMs: 1, maxDelayMs: 1 },
-        requestTimeoutMs: 60_000,
-        signal: new AbortController().signal,
-        onBytes: () => {},
-        onRetry: () => {},
-        blockingWrites: true,
-        // The third chunk waits at the cap while the body's buffer is overwritten by the next read.
-        rateLimiter: { take: async () => (++takes === 3 ? release.opened : undefined) },
-      },
-    );
+    const entry = downloadPart(wholePart(tmpPath, bytes.length), {
+      source: memorySource(bytes, [], reusing),
+      retry: { maxAttempts: 1, baseDelayMs: 1, maxDelayMs: 1 },
+      requestTimeoutMs: 60_000,
+      signal: new AbortController().signal,
+      onBytes: () => {},
+      onRetry: () => {},
+      blockingWrites: true,
+      // The third chunk waits at the cap while the body's buffer is overwritten by the next read.
+      rateLimiter: { take: async () => (++takes === 3 ? release.opened : undefined) },
+    });
     await waitFor(() => takes >= 3);
     release.open();
     const done = await entry;
