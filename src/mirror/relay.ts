@@ -7,7 +7,7 @@ import { createHash } from "node:crypto";
 import { Readable, Transform } from "node:stream";
 import type { ReadableStream as WebReadableStream } from "node:stream/web";
 import type { Logger } from "pino";
-import { anySignal, bearerHeaders } from "../peers/http.js";
+import { anySignal, bearerHeaders } from "../lib/node-client.js";
 
 export interface RelayOptions {
   urls: () => string[];

@@ -9,7 +9,7 @@
  * keeps resolving to the old image while any node has it. `latest` is therefore never answered.
  */
 import type { Logger } from "pino";
-import { anySignal, bearerHeaders, PeerCooldown } from "../peers/http.js";
+import { anySignal, bearerHeaders, PeerCooldown } from "../lib/node-client.js";
 import type { ImageResolver, ResolvedTag } from "./containerd-images.js";
 import { DIGEST } from "./content-store.js";
 import { NAME, TAG } from "./reference.js";

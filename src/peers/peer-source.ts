@@ -21,6 +21,7 @@ import { Readable } from "node:stream";
 import pLimit, { type LimitFunction } from "p-limit";
 import type { Logger } from "pino";
 import { ColdstartError } from "../errors.js";
+import { anySignal, bearerHeaders, PeerCooldown } from "../lib/node-client.js";
 import { shuffle } from "../lib/shuffle.js";
 import type { Metrics, PEER_FALLBACK_REASONS } from "../metrics/metrics.js";
 import type {
@@ -32,7 +33,7 @@ import type {
   PieceOutcome,
   ResolvedGet,
 } from "../s3/object-source.js";
-import { anySignal, bearerHeaders, PeerCooldown, PIECE_DIGEST_HEADER } from "./http.js";
+import { PIECE_DIGEST_HEADER } from "./protocol.js";
 
 export interface PeerOptions {
   /** Base URLs of peers' TCP APIs, asked each time (discovery may change them). */

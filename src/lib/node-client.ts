@@ -1,4 +1,7 @@
-/** Small pieces every peer client shares (model pieces, the image mirror's relay). */
+/**
+ * What every client of another node's daemon shares: peers' model pieces (src/peers) and the image
+ * mirror's relay and tags (src/mirror).
+ */
 
 /** The shared bearer token as request headers; none without a token (`daemon.auth: none`). */
 export function bearerHeaders(token: string | undefined): Record<string, string> {
@@ -9,9 +12,6 @@ export function bearerHeaders(token: string | undefined): Record<string, string>
 export function anySignal(a: AbortSignal | undefined, b: AbortSignal): AbortSignal {
   return a ? AbortSignal.any([a, b]) : b;
 }
-
-/** The SHA-256 (hex) of the piece a peer sends, from its journal or manifest. */
-export const PIECE_DIGEST_HEADER = "x-coldstart-piece-sha256";
 
 /**
  * Peers left alone for a while after they failed (unreachable, too slow, talking nonsense), so a
