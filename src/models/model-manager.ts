@@ -18,6 +18,7 @@ import { type ManifestFile, ManifestStore } from "../store/manifest.js";
 import { ioError } from "../store/paths.js";
 import { RootLayout } from "../store/root-layout.js";
 import type { StageSettings } from "../wiring/staging.js";
+import { inUseGrace, ModelEviction, type SpaceWait } from "./eviction.js";
 import { validateModelId } from "./model-id.js";
 import type { ModelRecord, ModelRegistry, ModelState } from "./model-registry.js";
 
@@ -42,7 +43,7 @@ export interface ModelStatus {
    * Present while the model's staging waits for room that pinned models or models in use hold now
    * (state stays `staging`): how many bytes it needs and why it cannot have them yet.
    */
-  waiting?: { reason: "space"; needBytes: number; since: string; message: string };
+  waiting?: SpaceWait;
 }
 
 export interface ModelRequest {
@@ -84,14 +85,6 @@ export interface ModelManagerOptions {
   now?: () => number;
 }
 
-/** One candidate of free-space eviction: a model or something ModelManagerOptions.extra offers. */
-interface Victim {
-  bytes: number;
-  lastUse: number;
-  model: boolean;
-  evict(reason: "watermark" | "budget"): Promise<boolean>;
-}
-
 /** A model a pod is waiting for goes ahead of background prefetches. */
 const PRIORITY_WAITED = 10;
 const PRIORITY_PREFETCH = 0;
@@ -120,14 +113,7 @@ export class ModelManager {
   readonly #listeners = new Map<string, Set<() => void>>();
   /** When the current wait for a model began (first poll while not ready): handshake durations. */
   readonly #waitingSince = new Map<string, number>();
-  /** Evictions (and the room-making that picks them) run one at a time. */
-  #evicting: Promise<unknown> = Promise.resolve();
-  /** Jobs waiting for room (#makeRoom), by model id: shown in their status. */
-  readonly #waitingForSpace = new Map<string, NonNullable<ModelStatus["waiting"]>>();
-  /** Woken by every change that may free room (a model settles, is unpinned, evicted or deleted). */
-  readonly #spaceWaiters = new Set<() => void>();
-  /** Bytes each running job still had to write when it was admitted (#makeRoom). */
-  readonly #reserved = new Map<string, number>();
+  readonly #eviction: ModelEviction;
   #draining = false;
   readonly #manifests = new Map<
     string,
@@ -138,6 +124,24 @@ export class ModelManager {
   constructor(options: ModelManagerOptions) {
     this.#o = options;
     this.#layout = new RootLayout(options.root);
+    this.#eviction = new ModelEviction(
+      {
+        records: () => this.#o.registry.all(),
+        record: (id) => this.#o.registry.get(id),
+        running: () => [...this.#running].map(([id, r]) => [id, r.job.progress()] as const),
+        isRunning: (id) => this.#running.has(id),
+        remove: (r, reason) => this.#removeModel(r, reason),
+        disk: () => this.disk(),
+        changed: (id) => this.#changed(id),
+      },
+      {
+        config: options.config.eviction,
+        extra: options.extra,
+        logger: options.logger,
+        metrics: options.metrics,
+        now: () => this.#now(),
+      },
+    );
     const patterns = options.config.sources.allow;
     const match = patterns.length ? picomatch([...patterns], { dot: true }) : () => false;
     this.#allowed = (source) => match(source);
@@ -155,7 +159,7 @@ export class ModelManager {
     });
     await this.#layout.emptyTrash("models");
     for (const r of this.#o.registry.all()) {
-      if (r.state === "evicting") await this.#evict(r, "resume");
+      if (r.state === "evicting") await this.#eviction.evict(r, "resume");
     }
     await this.#removeOrphans();
     for (const r of this.#o.registry.all()) {
@@ -300,7 +304,7 @@ export class ModelManager {
    * the eviction queue, so an eviction that picked the model has either finished or not started.
    */
   async markInUse(id: string): Promise<{ status: ModelStatus; waitedSeconds: number } | undefined> {
-    const handed = await this.#exclusive(async () => {
+    const handed = await this.#eviction.exclusive(async () => {
       const r = this.#o.registry.get(id);
       if (r?.state !== "ready") return undefined;
       const now = this.#now();
@@ -322,13 +326,13 @@ export class ModelManager {
     r.pinned = pinned;
     await this.#o.registry.put(r);
     // An unpinned model may be what a job waiting for room needs.
-    if (!pinned) this.#wakeSpaceWaiters();
+    if (!pinned) this.#eviction.wake();
     return this.#status(r);
   }
 
   /** DELETE: evicts now, unless pinned, being staged, or within the in-use grace period. */
   async remove(id: string): Promise<void> {
-    return this.#exclusive(() => this.#remove(id));
+    return this.#eviction.exclusive(() => this.#remove(id));
   }
 
   async #remove(id: string): Promise<void> {
@@ -338,7 +342,11 @@ export class ModelManager {
         "CS_MODEL_PINNED",
         `model ${id} is pinned; unpin it (PATCH {"pin":false}) first`,
       );
-    if (this.#running.has(id) || this.#inGrace(r) || (r.state !== "ready" && r.state !== "failed")) {
+    if (
+      this.#running.has(id) ||
+      inUseGrace(r, this.#now()) ||
+      (r.state !== "ready" && r.state !== "failed")
+    ) {
       throw new ColdstartError(
         "CS_MODEL_IN_USE",
         this.#running.has(id)
@@ -346,7 +354,7 @@ export class ModelManager {
           : `model ${id} was handed to a pod at ${r.lastUsedAt}; in use until ${r.inUseUntil}`,
       );
     }
-    await this.#evict(r, "api");
+    await this.#eviction.evict(r, "api");
   }
 
   /**
@@ -354,27 +362,8 @@ export class ModelManager {
    * daemon calls it every 30 s; jobs waiting for room look again after it (a grace may have ended,
    * or something outside coldstart freed disk).
    */
-  async enforceWatermarks(): Promise<void> {
-    await this.#enforceWatermarks();
-    this.#wakeSpaceWaiters();
-  }
-
-  async #enforceWatermarks(): Promise<void> {
-    return this.#exclusive(async () => {
-      const { highWatermarkPercent: high, lowWatermarkPercent: low, maxBytes } = this.#o.config.eviction;
-      const overBudget = () => maxBytes > 0 && this.#readyBytes() > maxBytes;
-      while (overBudget()) {
-        const victim = this.#evictionCandidates()[0];
-        if (!victim) break;
-        await this.#evict(victim, "budget");
-      }
-      let use = await this.#diskUsePercent();
-      if (use <= high) return;
-      for (const victim of this.#victims()) {
-        if (use <= low) break;
-        if (await victim.evict("watermark")) use = await this.#diskUsePercent();
-      }
-    });
+  enforceWatermarks(): Promise<void> {
+    return this.#eviction.enforceWatermarks();
   }
 
   /** Disk facts of the staging root, for /v1/node and metrics. */
@@ -531,7 +520,7 @@ export class ModelManager {
       // A resumed model's lock may belong to the replaced pod of this daemon: wait for it to go stale.
       lockWaitMs: 45_000,
       within: this.#o.root,
-      makeRoom: (need, _free, signal) => this.#makeRoom(record.id, need, signal),
+      makeRoom: (need, _free, signal) => this.#eviction.makeRoom(record.id, need, signal),
       // With peers, nodes staging a model at once each start elsewhere in it (see StageJob).
       spreadParts: this.#o.spreadParts,
     });
@@ -564,7 +553,7 @@ export class ModelManager {
         }
       } finally {
         this.#running.delete(record.id);
-        this.#reserved.delete(record.id);
+        this.#eviction.release(record.id);
       }
       // Deleted meanwhile (it cannot be while running, but never resurrect a record that is gone).
       if (this.#o.registry.get(record.id) === record) {
@@ -586,206 +575,6 @@ export class ModelManager {
     record.state = "failed";
     record.error = { code: err.code, message: err.message };
     await this.#o.registry.put(record);
-  }
-
-  /**
-   * Before a job downloads: evict least recently used models until its remaining bytes fit the free
-   * space (less what other running jobs still have to write) and the byte budget (counting those
-   * jobs too). When they cannot fit now but could once models leave their in-use grace, are unpinned
-   * or other jobs settle, the job waits (status `waiting`), looking again at every change and at
-   * least every 30 s; only a model that could never fit, everything evictable gone, fails at once
-   * with CS_INSUFFICIENT_SPACE. Nothing is evicted for a model that cannot fit yet.
-   */
-  async #makeRoom(forId: string, need: number, signal: AbortSignal): Promise<void> {
-    try {
-      for (;;) {
-        const verdict = await this.#exclusive(() => this.#tryMakeRoom(forId, need));
-        if (verdict === "done") return;
-        if (!this.#waitingForSpace.has(forId)) {
-          this.#waitingForSpace.set(forId, {
-            reason: "space",
-            needBytes: need,
-            since: new Date(this.#now()).toISOString(),
-            message: verdict.message,
-          });
-          this.#o.logger.warn({ model: forId, needBytes: need }, `waiting for space: ${verdict.message}`);
-          this.#o.metrics?.modelsWaitingForSpace.set(this.#waitingForSpace.size);
-          this.#changed(forId);
-        }
-        await this.#spaceMayHaveChanged(verdict.retryInMs, signal);
-      }
-    } finally {
-      if (this.#waitingForSpace.delete(forId)) {
-        this.#o.metrics?.modelsWaitingForSpace.set(this.#waitingForSpace.size);
-        this.#changed(forId);
-      }
-    }
-  }
-
-  /**
-   * One attempt at making room (inside the eviction queue): "done" (room made and reserved),
-   * CS_INSUFFICIENT_SPACE thrown when the model could never fit, or why it cannot fit yet and when
-   * a model now spared leaves its in-use grace.
-   */
-  async #tryMakeRoom(forId: string, need: number): Promise<"done" | { message: string; retryInMs: number }> {
-    const budget = this.#o.config.eviction.maxBytes;
-    // Measured inside the queue: other jobs' reservations and evictions are settled.
-    const free = (await this.disk()).freeBytes;
-    const others = this.#othersBytes(forId);
-    const avail = (freeNow: number) => freeNow - others.toWrite;
-    const used = this.#readyBytes() + others.total;
-    const fitsBudget = (freed: number) => budget === 0 || used - freed + need <= budget;
-    const fits = (freeNow: number, freed: number) => need <= avail(freeNow) && fitsBudget(freed);
-    this.#neverFits(forId, need, free, budget);
-    const candidates = this.#victims(forId);
-    // Something other than a model frees disk but not budget: taken only while space is short.
-    const helps = (c: Victim, freeNow: number) => c.model || need > avail(freeNow);
-    let possible = 0;
-    let possibleModels = 0;
-    for (const c of candidates) {
-      if (fits(free + possible, possibleModels)) break;
-      if (!helps(c, free + possible)) continue;
-      possible += c.bytes;
-      if (c.model) possibleModels += c.bytes;
-    }
-    if (!fits(free + possible, possibleModels)) {
-      const message =
-        `needs ${need} more bytes; ${Math.max(avail(free), 0)} free after running jobs` +
-        (budget ? `, ${used} of the ${budget}-byte budget in use` : "") +
-        `; evicting every model evictable now would free only ${possible}` +
-        `; the rest is held by pinned models, models in use or within eviction.inUseGraceMs, and running jobs`;
-      return { message, retryInMs: this.#nextGraceEndMs() };
-    }
-    let freed = 0;
-    let freeNow = free;
-    for (const c of candidates) {
-      if (fits(freeNow, freed)) break;
-      if (!helps(c, freeNow)) continue;
-      if (await c.evict(fitsBudget(freed) ? "watermark" : "budget")) {
-        if (c.model) freed += c.bytes;
-        freeNow = (await this.disk()).freeBytes;
-      }
-    }
-    if (!fits(freeNow, freed)) {
-      return {
-        message: `needs ${need} more bytes; ${Math.max(avail(freeNow), 0)} free after evicting ${freed}`,
-        retryInMs: this.#nextGraceEndMs(),
-      };
-    }
-    // Reserved until the job settles, so the next job's check counts these bytes.
-    this.#reserved.set(forId, need);
-    return "done";
-  }
-
-  /**
-   * Throws CS_INSUFFICIENT_SPACE when `need` could not fit even with every model that is not pinned
-   * gone (ready, in use or staging) and every other evictable thing: waiting would be for nothing.
-   */
-  #neverFits(forId: string, need: number, free: number, budget: number): void {
-    let pinnedReady = 0;
-    let unpinnedReady = 0;
-    for (const r of this.#o.registry.all()) {
-      if (r.id === forId || r.state !== "ready") continue;
-      if (r.pinned) pinnedReady += r.bytesTotal;
-      else unpinnedReady += r.bytesTotal;
-    }
-    let pinnedOthersToWrite = 0;
-    let pinnedOthersTotal = 0;
-    let unpinnedOthersOnDisk = 0;
-    for (const [id, r] of this.#running) {
-      // A job that is itself waiting for room is not admitted: its bytes free nothing while it waits
-      // (counting them, two waiting jobs could each wait for the other for ever).
-      if (id === forId || !this.#reserved.has(id)) continue;
-      const p = r.job.progress();
-      const reserved = this.#reserved.get(id) ?? 0;
-      if (this.#o.registry.get(id)?.pinned) {
-        pinnedOthersToWrite += Math.max(reserved - (p.bytesDone - p.resumedBytes), 0);
-        pinnedOthersTotal += p.bytesTotal;
-      } else unpinnedOthersOnDisk += p.bytesDone;
-    }
-    // Every compile cache, evictable now or once its grace or quiet period ends.
-    const extras = this.#o.extra?.localBytes() ?? 0;
-    const eventually = free + unpinnedReady + extras + unpinnedOthersOnDisk - pinnedOthersToWrite;
-    const budgetLeft = budget - pinnedReady - pinnedOthersTotal;
-    if (need <= eventually && (budget === 0 || need <= budgetLeft)) return;
-    throw new ColdstartError(
-      "CS_INSUFFICIENT_SPACE",
-      `model ${forId} needs ${need} more bytes and can never have them: ` +
-        (need > eventually
-          ? `${Math.max(eventually, 0)} bytes would be free with every model that is not pinned evicted (pinned models hold ${pinnedReady})`
-          : `the ${budget}-byte budget (eviction.maxBytes) leaves ${Math.max(budgetLeft, 0)} beside pinned models`),
-      { details: { value: need } },
-    );
-  }
-
-  /** Milliseconds until the first model now spared for its in-use grace becomes evictable (≤ 30 s). */
-  #nextGraceEndMs(): number {
-    const grace = this.#o.config.eviction.inUseGraceMs;
-    const now = this.#now();
-    let next = now + 30_000;
-    for (const r of this.#o.registry.all()) {
-      if (r.state !== "ready" || r.pinned) continue;
-      for (const end of [
-        r.inUseUntil && Date.parse(r.inUseUntil),
-        r.readyAt && Date.parse(r.readyAt) + grace,
-      ]) {
-        if (typeof end === "number" && end > now && end < next) next = end;
-      }
-    }
-    return Math.max(next - now, 1);
-  }
-
-  /** Resolves at the next change that may free room (or after `ms`); rejects when `signal` aborts. */
-  #spaceMayHaveChanged(ms: number, signal: AbortSignal): Promise<void> {
-    return new Promise((resolve, reject) => {
-      const done = () => {
-        clearTimeout(timer);
-        this.#spaceWaiters.delete(wake);
-        signal.removeEventListener("abort", onAbort);
-      };
-      const onAbort = () => {
-        done();
-        reject(signal.reason);
-      };
-      const wake = () => {
-        done();
-        resolve();
-      };
-      const timer = setTimeout(wake, ms);
-      this.#spaceWaiters.add(wake);
-      if (signal.aborted) onAbort();
-      else signal.addEventListener("abort", onAbort, { once: true });
-    });
-  }
-
-  /** Bytes of ready models. */
-  #readyBytes(): number {
-    return this.#o.registry.all().reduce((n, r) => n + (r.state === "ready" ? r.bytesTotal : 0), 0);
-  }
-
-  /**
-   * Other running jobs: bytes they reserved and have not written yet (space they will still take),
-   * and their whole size (what they count against the byte budget once ready).
-   */
-  #othersBytes(exceptId: string): { toWrite: number; total: number } {
-    let toWrite = 0;
-    let total = 0;
-    for (const [id, r] of this.#running) {
-      if (id === exceptId) continue;
-      const reserved = this.#reserved.get(id);
-      if (reserved === undefined) continue;
-      const p = r.job.progress();
-      toWrite += Math.max(reserved - (p.bytesDone - p.resumedBytes), 0);
-      total += p.bytesTotal;
-    }
-    return { toWrite, total };
-  }
-
-  /** Runs `fn` after every eviction (or room-making) queued before it: one at a time. */
-  #exclusive<T>(fn: () => Promise<T>): Promise<T> {
-    const run = this.#evicting.then(fn, fn);
-    this.#evicting = run.catch(() => {});
-    return run;
   }
 
   /** Raises the model's priority now and keeps it up for a while after the last waiter's poll. */
@@ -813,58 +602,11 @@ export class ModelManager {
     }
   }
 
-  /** Ready, unpinned, not staging, past the in-use grace; least recently used first. */
-  #evictionCandidates(): ModelRecord[] {
-    return this.#o.registry
-      .all()
-      .filter((r) => this.#evictable(r))
-      .sort((a, b) => lastUseOf(a) - lastUseOf(b));
-  }
-
-  /** Models and the extra evictables, least recently used first. */
-  #victims(exceptId?: string): Victim[] {
-    const models: Victim[] = this.#evictionCandidates()
-      .filter((r) => r.id !== exceptId)
-      .map((r) => ({
-        bytes: r.bytesTotal,
-        lastUse: lastUseOf(r),
-        model: true,
-        evict: (reason) => this.#evict(r, reason),
-      }));
-    const extra: Victim[] = (this.#o.extra?.evictables() ?? []).map((e) => ({
-      bytes: e.bytes,
-      lastUse: e.lastUse,
-      model: false,
-      evict: () => e.evict(),
-    }));
-    return [...models, ...extra].sort((a, b) => a.lastUse - b.lastUse);
-  }
-
-  /**
-   * Whether automatic eviction (watermarks, budget, room-making) may take the model. A model that
-   * became ready within the grace period is spared too: it was just staged for someone, and the
-   * watermark pass right after its job must not take it before the pod's hand-over does.
-   */
-  #evictable(r: ModelRecord): boolean {
-    const fresh =
-      r.readyAt !== undefined && Date.parse(r.readyAt) + this.#o.config.eviction.inUseGraceMs > this.#now();
-    return (
-      this.#o.registry.get(r.id) === r &&
-      r.state === "ready" &&
-      !r.pinned &&
-      !fresh &&
-      !this.#running.has(r.id) &&
-      !this.#inGrace(r)
-    );
-  }
-
   /**
    * Removes a model: marks it evicting (persisted, so a crash mid-way finishes on restart), renames
    * its directory into <root>/trash (the model path disappears at once), deletes it, forgets it.
    */
-  async #evict(r: ModelRecord, reason: EvictionReason | "resume"): Promise<boolean> {
-    // Chosen earlier; pinned, handed to a pod or restarted since? Then it stays.
-    if ((reason === "watermark" || reason === "budget") && !this.#evictable(r)) return false;
+  async #removeModel(r: ModelRecord, reason: EvictionReason | "resume"): Promise<void> {
     r.state = "evicting";
     await this.#o.registry.put(r);
     this.#changed(r.id);
@@ -884,7 +626,6 @@ export class ModelManager {
     }
     this.#o.logger.info({ model: r.id, reason, bytes: r.bytesTotal }, "model evicted");
     this.#changed(r.id);
-    return true;
   }
 
   /** Directories under <root>/models/ that belong to no model (a crash between steps, manual copies). */
@@ -904,15 +645,6 @@ export class ModelManager {
       }
     };
     await walk([]);
-  }
-
-  async #diskUsePercent(): Promise<number> {
-    const d = await this.disk();
-    return d.totalBytes > 0 ? ((d.totalBytes - d.freeBytes) / d.totalBytes) * 100 : 0;
-  }
-
-  #inGrace(r: ModelRecord): boolean {
-    return r.inUseUntil !== undefined && Date.parse(r.inUseUntil) > this.#now();
   }
 
   #record(idIn: string): ModelRecord {
@@ -958,13 +690,13 @@ export class ModelManager {
       readyAt: r.readyAt ?? null,
       lastUsedAt: r.lastUsedAt ?? null,
       ...(r.error ? { error: r.error } : {}),
-      ...(this.#waitingForSpace.has(r.id) ? { waiting: this.#waitingForSpace.get(r.id) } : {}),
+      ...(this.#eviction.waiting(r.id) ? { waiting: this.#eviction.waiting(r.id) } : {}),
     };
   }
 
   #changed(id?: string): void {
     if (id) for (const l of this.#listeners.get(id) ?? []) l();
-    this.#wakeSpaceWaiters();
+    this.#eviction.wake();
     this.#o.onStateChanged?.();
     this.#o.onReadyChanged?.(
       this.#o.registry
@@ -974,18 +706,9 @@ export class ModelManager {
     );
   }
 
-  /** Jobs waiting for room look again (each waiter's callback removes itself). */
-  #wakeSpaceWaiters(): void {
-    for (const wake of [...this.#spaceWaiters]) wake();
-  }
-
   #now(): number {
     return (this.#o.now ?? Date.now)();
   }
-}
-
-function lastUseOf(r: ModelRecord): number {
-  return Date.parse(r.lastUsedAt ?? r.readyAt ?? r.startedAt ?? "1970-01-01");
 }
 
 async function isDir(path: string): Promise<boolean> {
