@@ -1,7 +1,7 @@
 import { Command, Option } from "commander";
 import { callDaemon, type JsonResponse } from "../api/client.js";
-import type { CacheStatus } from "../compile-cache/cache-manager.js";
 import { type CacheKeyInput, cacheKey, gpuKeyInput } from "../compile-cache/key.js";
+import type { CacheStatus } from "../compile-cache/types.js";
 import { loadConfigFromProcess } from "../config/load.js";
 import type { Config } from "../config/schema.js";
 import { ColdstartError, type ErrorCode, toColdstartError } from "../errors.js";

@@ -1,7 +1,7 @@
 import { setTimeout as sleep } from "node:timers/promises";
 import { Command } from "commander";
 import { callDaemon, type DaemonEndpoint, type JsonResponse } from "../api/client.js";
-import type { RestoreResult } from "../compile-cache/cache-manager.js";
+import type { RestoreResult } from "../compile-cache/types.js";
 import { loadConfigFromProcess } from "../config/load.js";
 import type { Config } from "../config/schema.js";
 import { ColdstartError, type ErrorCode, toColdstartError } from "../errors.js";

@@ -10,26 +10,20 @@
  */
 import { randomUUID } from "node:crypto";
 import { constants } from "node:fs";
-import { chmod, lstat, mkdir, open, readdir, readFile, rename, rm, rmdir } from "node:fs/promises";
+import { chmod, lstat, mkdir, open, readdir, rename, rm, rmdir } from "node:fs/promises";
 import { join } from "node:path";
 import picomatch from "picomatch";
 import type { Logger } from "pino";
 import type { Config } from "../config/schema.js";
 import { ColdstartError, toColdstartError } from "../errors.js";
-import type {
-  COMPILE_CACHE_PUBLISH_OUTCOMES,
-  COMPILE_CACHE_RESTORE_OUTCOMES,
-  Metrics,
-} from "../metrics/metrics.js";
+import type { Metrics } from "../metrics/metrics.js";
 import { toS3Error } from "../s3/retry.js";
 import { parseS3Uri } from "../s3/uri.js";
-import { writeFileAtomic } from "../store/atomic-file.js";
 import type { Evictable } from "../store/eviction.js";
 import { ioError } from "../store/paths.js";
 import { RootLayout } from "../store/root-layout.js";
-import { type CacheKeyInput, cacheKey } from "./key.js";
+import { cacheKey } from "./key.js";
 import {
-  type CacheFile,
   type DirListing,
   digestFiles,
   listCacheDir,
@@ -38,85 +32,17 @@ import {
   snapshotFiles,
   unpackVerified,
 } from "./pack.js";
+import { type CacheRecord, CacheRecords, validKeyName } from "./records.js";
 import { MANIFEST_FORMAT, type Manifest, type RemoteStore } from "./remote.js";
-
-export type RestoreOutcome = (typeof COMPILE_CACHE_RESTORE_OUTCOMES)[number];
-export type PublishOutcome = (typeof COMPILE_CACHE_PUBLISH_OUTCOMES)[number];
-
-/** The framework identity a pod declares; the GPU part of the key comes from this node's facts. */
-export type Identity = Omit<CacheKeyInput, "gpuProduct" | "computeCapability" | "driverMajor">;
-export type GpuIdentity = Pick<CacheKeyInput, "gpuProduct" | "computeCapability" | "driverMajor">;
-
-/** What the daemon remembers of one keyed directory, `<root>/state/compile-caches/<key>.json`. */
-interface CacheRecord {
-  key: string;
-  canonical: string;
-  /** The remote this key restores from and publishes to (s3://bucket/prefix/), null for none. */
-  remote: string | null;
-  createdAt: string;
-  lastUsedAt: string;
-  /** Not evicted before this: handed to a pod. */
-  inUseUntil?: string | undefined;
-  bytes: number;
-  files: number;
-  fingerprint?: string | undefined;
-  changedAt?: string | undefined;
-  /** Set when the directory came from the remote: the manifest's files, to tell growth from it. */
-  restored?: { at: string; manifestCreatedAt: string; files: CacheFile[] } | undefined;
-  published?: { at: string; fingerprint: string; pack: string } | undefined;
-  remoteState: "present" | "absent" | "unknown";
-  remoteCheckedAt?: string | undefined;
-  silentMissAt?: string | undefined;
-}
-
-/** A keyed cache as the API shows it. */
-export interface CacheStatus {
-  key: string;
-  path: string;
-  bytes: number;
-  files: number;
-  createdAt: string;
-  lastUsedAt: string;
-  changedAt: string | null;
-  origin: "restored" | "local";
-  restoredAt: string | null;
-  silentMissAt: string | null;
-  busy: "restoring" | "publishing" | null;
-  remote: {
-    uri: string | null;
-    state: "present" | "absent" | "unknown";
-    checkedAt: string | null;
-    publishedAt: string | null;
-  };
-}
-
-export interface RestoreRequest {
-  identity: Identity;
-  /** Another remote than compileCache.remote; must be in compileCache.allow. */
-  remote?: string | undefined;
-  timeoutMs: number;
-}
-
-export interface RestoreResult {
-  key: string;
-  path: string;
-  outcome: RestoreOutcome;
-  bytes: number;
-  files: number;
-  seconds: number;
-  remote: string | null;
-  error?: { code: string; message: string };
-}
-
-export interface PublishResult {
-  key: string;
-  outcome: PublishOutcome;
-  bytes: number;
-  files: number;
-  packBytes: number;
-  seconds: number;
-  error?: { code: string; message: string };
-}
+import type {
+  CacheStatus,
+  GpuIdentity,
+  PublishOutcome,
+  PublishResult,
+  RestoreOutcome,
+  RestoreRequest,
+  RestoreResult,
+} from "./types.js";
 
 export interface CompileCacheManagerOptions {
   root: string;
@@ -138,7 +64,7 @@ export interface CompileCacheManagerOptions {
 
 export class CompileCacheManager {
   readonly #o: CompileCacheManagerOptions;
-  readonly #records = new Map<string, CacheRecord>();
+  readonly #records: CacheRecords;
   readonly #restoring = new Map<string, Promise<RestoreResult>>();
   readonly #publishing = new Map<string, Promise<PublishResult>>();
   /** Evictions in progress: a restore of the same key waits for its eviction to finish. */
@@ -158,6 +84,7 @@ export class CompileCacheManager {
   constructor(options: CompileCacheManagerOptions) {
     this.#o = options;
     this.#layout = new RootLayout(options.root);
+    this.#records = new CacheRecords(this.#layout.compileCacheRecords, options.logger);
     const uri = options.config.compileCache.remote;
     const loc = uri ? parseS3Uri(uri, "compileCache.remote") : undefined;
     this.#defaultRemote = loc ? `s3://${loc.bucket}/${loc.prefix}` : null;
@@ -186,28 +113,18 @@ export class CompileCacheManager {
     // Restores interrupted by a crash: never complete, never visible.
     for (const e of await readdir(this.#tmpDir()))
       await rm(join(this.#tmpDir(), e), { recursive: true, force: true });
-    for (const name of await readdir(stateDir)) {
-      if (!name.endsWith(".json")) continue;
-      try {
-        const r = JSON.parse(await readFile(join(stateDir, name), "utf8")) as CacheRecord;
-        if (`${r.key}.json` !== name || !validKeyName(r.key)) throw new Error("key does not match file");
-        this.#records.set(r.key, r);
-      } catch (err) {
-        this.#o.logger.warn({ file: name, err: String(err) }, "ignoring unreadable compile-cache record");
-      }
-    }
+    await this.#records.load();
     const onDisk = new Set(await readdir(this.dir));
-    for (const [key] of this.#records) {
-      if (!onDisk.has(key)) {
-        this.#records.delete(key);
-        await rm(join(stateDir, `${key}.json`), { force: true });
-      }
+    for (const r of this.#records.all()) {
+      if (!onDisk.has(r.key)) await this.#records.delete(r.key);
     }
     for (const name of onDisk) {
       if (this.#records.has(name) || !validKeyName(name)) continue;
-      // A directory without a record (lost state, a pod that created it): keep it, local only.
+      // A directory without a record (lost state, a pod that created it): keep it, local only. (It
+      // was written only if already known, so such a directory was never adopted: listed, counted
+      // or evicted.)
       const now = this.#iso();
-      await this.#put({
+      await this.#adopt({
         key: name,
         canonical: "",
         remote: this.#defaultRemote,
@@ -237,11 +154,14 @@ export class CompileCacheManager {
   }
 
   list(): CacheStatus[] {
-    return [...this.#records.values()].sort((a, b) => a.key.localeCompare(b.key)).map((r) => this.#status(r));
+    return this.#records
+      .all()
+      .sort((a, b) => a.key.localeCompare(b.key))
+      .map((r) => this.#status(r));
   }
 
   get(key: string): CacheStatus {
-    return this.#status(this.#record(key));
+    return this.#status(this.#records.require(key));
   }
 
   /**
@@ -293,7 +213,7 @@ export class CompileCacheManager {
         files: 0,
         remoteState: "unknown",
       };
-      this.#records.set(key, r);
+      this.#records.set(r);
     }
     r.canonical = canonical;
     // The latest asker's remote is where this key publishes to.
@@ -320,7 +240,7 @@ export class CompileCacheManager {
       extra: Partial<RestoreResult> = {},
     ): Promise<RestoreResult> => {
       await this.#ensureKeyDir(r.key);
-      await this.#put(r);
+      await this.#records.put(r);
       const seconds = (this.#now() - started) / 1000;
       this.#o.metrics?.compileCacheRestores.inc({ outcome });
       this.#o.metrics?.compileCacheRestoreDuration.observe({ outcome }, seconds);
@@ -414,7 +334,7 @@ export class CompileCacheManager {
    * the key (the first complete manifest wins). Never leaves a manifest without its pack.
    */
   async publish(keyIn: string, reason: "api" | "quiet"): Promise<PublishResult> {
-    const r = this.#record(keyIn);
+    const r = this.#records.require(keyIn);
     if (this.#o.config.compileCache.publish === "off") {
       throw new ColdstartError(
         "CS_CACHE_NO_REMOTE",
@@ -539,7 +459,7 @@ export class CompileCacheManager {
       r.published = { at: this.#iso(), fingerprint: listing.fingerprint, pack: pack.name };
       r.remoteState = "present";
       r.remoteCheckedAt = this.#iso();
-      await this.#put(r);
+      await this.#records.put(r);
       return finish("published");
     } catch (err) {
       const e = toS3Error(err, r.key, "compile cache");
@@ -553,7 +473,7 @@ export class CompileCacheManager {
   async #remoteHas(r: CacheRecord, finish: (o: PublishOutcome) => PublishResult): Promise<PublishResult> {
     r.remoteState = "present";
     r.remoteCheckedAt = this.#iso();
-    await this.#put(r);
+    await this.#records.put(r);
     return finish("exists");
   }
 
@@ -565,11 +485,11 @@ export class CompileCacheManager {
    */
   async scan(): Promise<void> {
     const cc = this.#o.config.compileCache;
-    for (const r of [...this.#records.values()]) {
+    for (const r of this.#records.all()) {
       if (this.#stopped) return;
       if (this.#restoring.has(r.key) || this.#evictions.has(r.key)) continue;
       const listing = await listCacheDir(this.pathOf(r.key));
-      if (this.#observe(r, listing)) await this.#put(r);
+      if (this.#observe(r, listing)) await this.#records.put(r);
       this.#checkSilentMiss(r, listing);
       const quietFor = this.#now() - Date.parse(r.changedAt ?? r.createdAt);
       const due =
@@ -609,12 +529,13 @@ export class CompileCacheManager {
       },
       `compile cache ${r.key} was restored but the engine compiled again (silent miss): its own hash differs from the publisher's`,
     );
-    void this.#put(r).catch(() => {});
+    void this.#records.put(r).catch(() => {});
   }
 
   /** Keyed directories eviction may take: not busy, not handed over within the grace, not being written. */
   evictables(): Evictable[] {
-    return [...this.#records.values()]
+    return this.#records
+      .all()
       .filter(
         (r) =>
           !this.#restoring.has(r.key) &&
@@ -633,7 +554,7 @@ export class CompileCacheManager {
 
   /** DELETE: removes the local copy now (the remote keeps its own). */
   async remove(keyIn: string): Promise<void> {
-    const r = this.#record(keyIn);
+    const r = this.#records.require(keyIn);
     if (this.#restoring.has(r.key) || this.#publishing.has(r.key) || this.#evictions.has(r.key)) {
       throw new ColdstartError(
         "CS_CACHE_BUSY",
@@ -651,9 +572,7 @@ export class CompileCacheManager {
 
   /** Local bytes of all keyed directories (the metric, refreshed with the disk every 30 s). */
   localBytes(): number {
-    let n = 0;
-    for (const r of this.#records.values()) n += r.bytes;
-    return n;
+    return this.#records.localBytes();
   }
 
   #evict(r: CacheRecord, reason: "watermark" | "api"): Promise<boolean> {
@@ -674,8 +593,7 @@ export class CompileCacheManager {
     await rename(this.pathOf(r.key), gone).catch((e: NodeJS.ErrnoException) => {
       if (e.code !== "ENOENT") throw ioError(e, `evicting compile cache ${r.key}`);
     });
-    this.#records.delete(r.key);
-    await rm(join(this.#stateDir(), `${r.key}.json`), { force: true });
+    await this.#records.delete(r.key);
     await rm(gone, { recursive: true, force: true });
     this.#o.metrics?.compileCacheEvictions.inc({ reason });
     this.#o.logger.info({ key: r.key, reason, bytes: r.bytes }, "compile cache evicted");
@@ -747,28 +665,10 @@ export class CompileCacheManager {
     return uri;
   }
 
-  #record(keyIn: string): CacheRecord {
-    if (!validKeyName(keyIn)) {
-      throw new ColdstartError(
-        "CS_CACHE_KEY_INVALID",
-        `${JSON.stringify(keyIn)} is not a compile-cache key`,
-        {
-          details: { field: "key", value: keyIn },
-        },
-      );
-    }
-    const r = this.#records.get(keyIn);
-    if (!r) {
-      throw new ColdstartError("CS_CACHE_NOT_FOUND", `no compile cache ${keyIn} on this node`, {
-        details: { field: "key", value: keyIn },
-      });
-    }
-    return r;
-  }
-
-  async #put(r: CacheRecord): Promise<void> {
-    if (this.#records.get(r.key) !== r) return;
-    await writeFileAtomic(join(this.#stateDir(), `${r.key}.json`), JSON.stringify(r));
+  /** Makes a directory found without a record one of the node's caches. */
+  async #adopt(r: CacheRecord): Promise<void> {
+    this.#records.set(r);
+    await this.#records.put(r);
   }
 
   #status(r: CacheRecord): CacheStatus {
@@ -833,8 +733,3 @@ const STAND_IN_GPU = { gpuProduct: "stand-in", computeCapability: "9.0", driverM
 
 /** A publish still running after this is aborted; the next quiet period tries again. */
 const PUBLISH_DEADLINE_MS = 60 * 60_000;
-
-/** What a key looks like (key.ts builds them): a single safe path segment. */
-export function validKeyName(key: string): boolean {
-  return /^[a-z0-9][a-z0-9-]{0,199}$/.test(key) && !key.endsWith("-");
-}

@@ -1,5 +1,5 @@
 import type { FastifyPluginAsync } from "fastify";
-import type { Identity } from "../../compile-cache/cache-manager.js";
+import type { Identity } from "../../compile-cache/types.js";
 import { ColdstartError } from "../../errors.js";
 import type { AppDeps } from "../deps.js";
 
