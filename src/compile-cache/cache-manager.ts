@@ -10,39 +10,25 @@
  */
 import { randomUUID } from "node:crypto";
 import { constants } from "node:fs";
-import { chmod, lstat, mkdir, open, readdir, rename, rm, rmdir } from "node:fs/promises";
+import { lstat, mkdir, open, readdir, rename, rm } from "node:fs/promises";
 import { join } from "node:path";
 import picomatch from "picomatch";
 import type { Logger } from "pino";
 import type { Config } from "../config/schema.js";
 import { ColdstartError, toColdstartError } from "../errors.js";
 import type { Metrics } from "../metrics/metrics.js";
-import { toS3Error } from "../s3/retry.js";
 import { parseS3Uri } from "../s3/uri.js";
 import type { Evictable } from "../store/eviction.js";
 import { ioError } from "../store/paths.js";
 import { RootLayout } from "../store/root-layout.js";
+import type { CacheContext } from "./context.js";
 import { cacheKey } from "./key.js";
-import {
-  type DirListing,
-  digestFiles,
-  listCacheDir,
-  packStream,
-  remoteInvalid,
-  snapshotFiles,
-  unpackVerified,
-} from "./pack.js";
-import { type CacheRecord, CacheRecords, validKeyName } from "./records.js";
-import { MANIFEST_FORMAT, type Manifest, type RemoteStore } from "./remote.js";
-import type {
-  CacheStatus,
-  GpuIdentity,
-  PublishOutcome,
-  PublishResult,
-  RestoreOutcome,
-  RestoreRequest,
-  RestoreResult,
-} from "./types.js";
+import { type DirListing, listCacheDir } from "./pack.js";
+import { publishOnce } from "./publish.js";
+import { type CacheRecord, CacheRecords, observeListing, validKeyName } from "./records.js";
+import type { RemoteStore } from "./remote.js";
+import { restoreOnce } from "./restore.js";
+import type { CacheStatus, GpuIdentity, PublishResult, RestoreRequest, RestoreResult } from "./types.js";
 
 export interface CompileCacheManagerOptions {
   root: string;
@@ -65,6 +51,7 @@ export interface CompileCacheManagerOptions {
 export class CompileCacheManager {
   readonly #o: CompileCacheManagerOptions;
   readonly #records: CacheRecords;
+  readonly #ctx: CacheContext;
   readonly #restoring = new Map<string, Promise<RestoreResult>>();
   readonly #publishing = new Map<string, Promise<PublishResult>>();
   /** Evictions in progress: a restore of the same key waits for its eviction to finish. */
@@ -85,6 +72,20 @@ export class CompileCacheManager {
     this.#o = options;
     this.#layout = new RootLayout(options.root);
     this.#records = new CacheRecords(this.#layout.compileCacheRecords, options.logger);
+    this.#ctx = {
+      records: this.#records,
+      pathOf: (key) => this.pathOf(key),
+      tmpDir: this.#layout.compileCacheTmp,
+      remoteFor: options.remoteFor,
+      ensureKeyDir: (key) => this.#ensureKeyDir(key),
+      maxBytes: options.config.compileCache.maxBytes,
+      stopSignal: this.#stop.signal,
+      nodeName: options.nodeName,
+      version: options.version,
+      logger: options.logger,
+      metrics: options.metrics,
+      now: () => this.#now(),
+    };
     const uri = options.config.compileCache.remote;
     const loc = uri ? parseS3Uri(uri, "compileCache.remote") : undefined;
     this.#defaultRemote = loc ? `s3://${loc.bucket}/${loc.prefix}` : null;
@@ -223,110 +224,13 @@ export class CompileCacheManager {
     if (!running) {
       // One restore per key, bounded by the first asker's timeout; later askers share it.
       const deadline = AbortSignal.timeout(req.timeoutMs);
-      running = this.#restoreOnce(r, remote, AbortSignal.any([deadline, this.#stop.signal])).finally(() =>
-        this.#restoring.delete(key),
+      running = restoreOnce(this.#ctx, r, remote, AbortSignal.any([deadline, this.#stop.signal])).finally(
+        () => this.#restoring.delete(key),
       );
       this.#restoring.set(key, running);
     }
     const result = await running;
     return { ...result, seconds: (this.#now() - started) / 1000 };
-  }
-
-  async #restoreOnce(r: CacheRecord, remoteUri: string | null, signal: AbortSignal): Promise<RestoreResult> {
-    const started = this.#now();
-    const path = this.pathOf(r.key);
-    const done = async (
-      outcome: RestoreOutcome,
-      extra: Partial<RestoreResult> = {},
-    ): Promise<RestoreResult> => {
-      await this.#ensureKeyDir(r.key);
-      await this.#records.put(r);
-      const seconds = (this.#now() - started) / 1000;
-      this.#o.metrics?.compileCacheRestores.inc({ outcome });
-      this.#o.metrics?.compileCacheRestoreDuration.observe({ outcome }, seconds);
-      this.#o.logger.info({ key: r.key, outcome, seconds, ...extra.error }, "compile cache restore");
-      return {
-        key: r.key,
-        path,
-        outcome,
-        bytes: r.bytes,
-        files: r.files,
-        seconds,
-        remote: remoteUri,
-        ...extra,
-      };
-    };
-    // Made (0777) before anything is fetched: a pod whose wait gives up early can still write here.
-    await this.#ensureKeyDir(r.key);
-    const local = await listCacheDir(path);
-    if (local.files.length > 0) {
-      this.#observe(r, local);
-      return done("local");
-    }
-    if (!remoteUri) return done("miss");
-    const store = this.#o.remoteFor(remoteUri);
-    const tmp = join(this.#tmpDir(), randomUUID());
-    const discardTmp = () =>
-      rm(tmp, { recursive: true, force: true }).catch((e) =>
-        this.#o.logger.warn({ key: r.key, path: tmp, err: String(e) }, "removing a restore's temp directory"),
-      );
-    let unpacking: Promise<{ bytes: number; sha256: string }> | undefined;
-    try {
-      const m = await bounded(store.manifest(r.key, signal), signal);
-      r.remoteCheckedAt = this.#iso();
-      if (!m) {
-        r.remoteState = "absent";
-        return done("miss");
-      }
-      r.remoteState = "present";
-      if (m.bytes > this.#o.config.compileCache.maxBytes) {
-        throw remoteInvalid(
-          `${r.key} unpacks to ${m.bytes} bytes, more than compileCache.maxBytes (${this.#o.config.compileCache.maxBytes})`,
-        );
-      }
-      await mkdir(tmp, { recursive: true });
-      unpacking = (async () => unpackVerified(await store.pack(r.key, m, signal), tmp, m.files, signal))();
-      const packed = await bounded(unpacking, signal);
-      if (packed.bytes !== m.pack.bytes || packed.sha256 !== m.pack.sha256) {
-        throw remoteInvalid(
-          `${r.key}: the pack has ${packed.bytes} bytes with SHA-256 ${packed.sha256}, the manifest says ${m.pack.bytes} and ${m.pack.sha256}`,
-        );
-      }
-      await chmod(tmp, 0o777);
-      // Installed by one rename; the keyed directory may exist only empty (an earlier miss).
-      await rmdir(path).catch((e: NodeJS.ErrnoException) => {
-        if (e.code !== "ENOENT") throw e;
-      });
-      // Past the deadline the pod has started with an empty cache: nothing lands under its feet.
-      signal.throwIfAborted();
-      await rename(tmp, path);
-      r.restored = { at: this.#iso(), manifestCreatedAt: m.createdAt, files: m.files };
-      delete r.silentMissAt;
-      this.#observe(r, await listCacheDir(path));
-      this.#o.metrics?.compileCacheRestoreBytes.inc(m.bytes);
-      store
-        .recordHit(r.key)
-        .catch((e) => this.#o.logger.warn({ key: r.key, err: String(e) }, "recording a hit"));
-      return done("hit");
-    } catch (err) {
-      // An unpack abandoned at the deadline may still be closing its files: its directory goes
-      // once it has (unpackVerified never makes the directory again once it is gone).
-      if (unpacking && signal.aborted) void unpacking.then(discardTmp, discardTmp);
-      await discardTmp();
-      // ENOTEMPTY: something wrote into the keyed directory meanwhile; that copy stays.
-      if (
-        (err as NodeJS.ErrnoException).code === "ENOTEMPTY" ||
-        (err as NodeJS.ErrnoException).code === "EEXIST"
-      )
-        return done("local");
-      if (signal.aborted) return done("timeout");
-      const e = toS3Error(err, r.key, "compile cache");
-      this.#o.logger.warn(
-        { key: r.key, code: e.code, err: e.message },
-        "compile cache restore failed; the pod compiles",
-      );
-      return done("error", { error: { code: e.code, message: e.message } });
-    }
   }
 
   /**
@@ -358,123 +262,10 @@ export class CompileCacheManager {
     }
     let running = this.#publishing.get(r.key);
     if (!running) {
-      running = this.#publishOnce(r, r.remote, reason).finally(() => this.#publishing.delete(r.key));
+      running = publishOnce(this.#ctx, r, r.remote, reason).finally(() => this.#publishing.delete(r.key));
       this.#publishing.set(r.key, running);
     }
     return running;
-  }
-
-  async #publishOnce(r: CacheRecord, remoteUri: string, reason: string): Promise<PublishResult> {
-    const started = this.#now();
-    const path = this.pathOf(r.key);
-    const store = this.#o.remoteFor(remoteUri);
-    // A stalled upload must not hold the key (no eviction, no other publish) for ever.
-    const signal = AbortSignal.any([this.#stop.signal, AbortSignal.timeout(PUBLISH_DEADLINE_MS)]);
-    const snap = join(this.#tmpDir(), `publish-${randomUUID()}`);
-    let listing: DirListing = { files: [], bytes: 0, fingerprint: "" };
-    let packBytes = 0;
-    const finish = (outcome: PublishOutcome, error?: ColdstartError): PublishResult => {
-      const seconds = (this.#now() - started) / 1000;
-      this.#o.metrics?.compileCachePublishes.inc({ outcome });
-      this.#o.metrics?.compileCachePublishDuration.observe({ outcome }, seconds);
-      if (outcome === "published") this.#o.metrics?.compileCachePublishBytes.inc(packBytes);
-      const level = outcome === "failed" || outcome === "too_large" ? "warn" : "info";
-      this.#o.logger[level](
-        {
-          key: r.key,
-          outcome,
-          reason,
-          files: listing.files.length,
-          bytes: listing.bytes,
-          packBytes,
-          seconds,
-          ...(error ? { code: error.code, err: error.message } : {}),
-        },
-        "compile cache publish",
-      );
-      return {
-        key: r.key,
-        outcome,
-        bytes: listing.bytes,
-        files: listing.files.length,
-        packBytes,
-        seconds,
-        ...(error ? { error: { code: error.code, message: error.message } } : {}),
-      };
-    };
-    let packName: string | undefined;
-    // A pack no manifest names is invisible to readers. Deleting it is a courtesy: daemons need no
-    // delete right (deploy/iam/policy.json), and `cache prune` removes what is left.
-    const discard = async (name: string) => {
-      await store
-        .delete([store.objectKey(r.key, name)])
-        .catch((e) =>
-          this.#o.logger.info({ key: r.key, pack: name, err: String(e) }, "unused pack left for cache prune"),
-        );
-    };
-    try {
-      listing = await listCacheDir(path);
-      this.#observe(r, listing);
-      if (listing.files.length === 0) return finish("empty");
-      if (listing.bytes > this.#o.config.compileCache.maxBytes) return finish("too_large");
-      if (await store.hasManifest(r.key)) return this.#remoteHas(r, finish);
-      // Packed from checked hard links, never through the pod's directory tree itself.
-      if (!(await snapshotFiles(path, listing.files, snap))) {
-        this.#observe(r, await listCacheDir(path));
-        return finish("changed");
-      }
-      const files = await digestFiles(snap, listing.files);
-      const body = packStream(
-        snap,
-        files.map((f) => f.path),
-      );
-      const pack = await store.uploadPack(r.key, body, signal).finally(() => body.destroy());
-      packName = pack.name;
-      packBytes = pack.bytes;
-      // The engine wrote on while we packed: what we uploaded may not be what we digested.
-      const after = await listCacheDir(path);
-      if (after.fingerprint !== listing.fingerprint) {
-        await discard(pack.name);
-        this.#observe(r, after);
-        return finish("changed");
-      }
-      if (await store.hasManifest(r.key)) {
-        await discard(pack.name);
-        return this.#remoteHas(r, finish);
-      }
-      const manifest: Manifest = {
-        format: MANIFEST_FORMAT,
-        key: r.key,
-        canonical: r.canonical,
-        createdAt: this.#iso(),
-        publisher: { ...(this.#o.nodeName ? { node: this.#o.nodeName } : {}), version: this.#o.version },
-        pack,
-        bytes: listing.bytes,
-        files,
-      };
-      if ((await store.putManifest(manifest)) === "exists") {
-        await discard(pack.name);
-        return this.#remoteHas(r, finish);
-      }
-      r.published = { at: this.#iso(), fingerprint: listing.fingerprint, pack: pack.name };
-      r.remoteState = "present";
-      r.remoteCheckedAt = this.#iso();
-      await this.#records.put(r);
-      return finish("published");
-    } catch (err) {
-      const e = toS3Error(err, r.key, "compile cache");
-      if (packName) await discard(packName);
-      return finish("failed", e);
-    } finally {
-      await rm(snap, { recursive: true, force: true });
-    }
-  }
-
-  async #remoteHas(r: CacheRecord, finish: (o: PublishOutcome) => PublishResult): Promise<PublishResult> {
-    r.remoteState = "present";
-    r.remoteCheckedAt = this.#iso();
-    await this.#records.put(r);
-    return finish("exists");
   }
 
   /**
@@ -489,7 +280,7 @@ export class CompileCacheManager {
       if (this.#stopped) return;
       if (this.#restoring.has(r.key) || this.#evictions.has(r.key)) continue;
       const listing = await listCacheDir(this.pathOf(r.key));
-      if (this.#observe(r, listing)) await this.#records.put(r);
+      if (observeListing(r, this.#iso(), listing)) await this.#records.put(r);
       this.#checkSilentMiss(r, listing);
       const quietFor = this.#now() - Date.parse(r.changedAt ?? r.createdAt);
       const due =
@@ -635,16 +426,6 @@ export class CompileCacheManager {
     }
   }
 
-  /** Updates sizes and the change time from a listing; true when something changed. */
-  #observe(r: CacheRecord, listing: DirListing): boolean {
-    if (r.fingerprint === listing.fingerprint) return false;
-    r.fingerprint = listing.fingerprint;
-    r.bytes = listing.bytes;
-    r.files = listing.files.length;
-    r.changedAt = this.#iso();
-    return true;
-  }
-
   #handedOver(r: CacheRecord): void {
     const now = this.#now();
     r.lastUsedAt = new Date(now).toISOString();
@@ -710,26 +491,5 @@ export class CompileCacheManager {
   }
 }
 
-/**
- * `work`, or a rejection with the signal's reason the moment it fires, whichever comes first. A
- * restore's deadline is a promise to the pod (its `wait` gives up soon after), so it must not hang
- * on a step that fails to honour the signal; the abandoned step keeps the signal and winds down by
- * itself.
- */
-function bounded<T>(work: Promise<T>, signal: AbortSignal): Promise<T> {
-  // Abandoned, its failure is no one's to handle.
-  work.catch(() => {});
-  if (signal.aborted) return Promise.reject(signal.reason);
-  let onAbort = () => {};
-  const aborted = new Promise<never>((_, reject) => {
-    onAbort = () => reject(signal.reason);
-    signal.addEventListener("abort", onAbort, { once: true });
-  });
-  return Promise.race([work, aborted]).finally(() => signal.removeEventListener("abort", onAbort));
-}
-
 /** Any valid GPU: checks the pod's identity on its own (cacheKey needs all inputs). */
 const STAND_IN_GPU = { gpuProduct: "stand-in", computeCapability: "9.0", driverMajor: "1" } as const;
-
-/** A publish still running after this is aborted; the next quiet period tries again. */
-const PUBLISH_DEADLINE_MS = 60 * 60_000;

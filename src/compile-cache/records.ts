@@ -3,7 +3,7 @@ import { join } from "node:path";
 import type { Logger } from "pino";
 import { ColdstartError } from "../errors.js";
 import { writeFileAtomic } from "../store/atomic-file.js";
-import type { CacheFile } from "./pack.js";
+import type { CacheFile, DirListing } from "./pack.js";
 
 /** What the daemon remembers of one keyed directory, `<root>/state/compile-caches/<key>.json`. */
 export interface CacheRecord {
@@ -30,6 +30,16 @@ export interface CacheRecord {
 /** What a key looks like (key.ts builds them): a single safe path segment. */
 export function validKeyName(key: string): boolean {
   return /^[a-z0-9][a-z0-9-]{0,199}$/.test(key) && !key.endsWith("-");
+}
+
+/** Updates sizes and the change time (`at`) from a listing; true when something changed. */
+export function observeListing(r: CacheRecord, at: string, listing: DirListing): boolean {
+  if (r.fingerprint === listing.fingerprint) return false;
+  r.fingerprint = listing.fingerprint;
+  r.bytes = listing.bytes;
+  r.files = listing.files.length;
+  r.changedAt = at;
+  return true;
 }
 
 /**
