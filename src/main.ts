@@ -33,8 +33,6 @@ import {
   factLabels,
   type NodeFacts,
   type NodeFactsOptions,
-  nodeFactsOptions,
-  nodePolicy,
   policyViolations,
   publishNodeFacts,
 } from "./node/node-facts.js";
@@ -44,6 +42,7 @@ import { parseS3Uri } from "./s3/uri.js";
 import { RateLimiter } from "./staging/rate-limiter.js";
 import { SlotScheduler } from "./staging/scheduler.js";
 import { partWorkersFor } from "./staging/workers/pool.js";
+import { nodeFactsOptions, nodePolicy } from "./wiring/node.js";
 import { rateLimiterFrom, s3SourceFromConfig, stageSettingsFrom } from "./wiring/staging.js";
 
 const VERSION = (

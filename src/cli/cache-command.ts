@@ -2,7 +2,7 @@ import { Command, Option } from "commander";
 import { callDaemon, type JsonResponse } from "../api/client.js";
 import { type CacheKeyInput, cacheKey, gpuKeyInput } from "../compile-cache/key.js";
 import type { CacheStatus } from "../compile-cache/types.js";
-import { loadConfigFromProcess } from "../config/load.js";
+import { environment, loadConfigFromProcess } from "../config/load.js";
 import type { Config } from "../config/schema.js";
 import { ColdstartError, type ErrorCode, toColdstartError } from "../errors.js";
 import { probeGpuFacts } from "../node/node-facts.js";
@@ -51,7 +51,7 @@ export function cacheCommand(setExit: (code: number) => void): Command {
       };
       let source = "flags";
       if (!gpu.gpuProduct || !gpu.computeCapability || !gpu.driverMajor) {
-        const { facts } = await probeGpuFacts(config.node);
+        const { facts } = await probeGpuFacts({ ...config.node, env: environment() });
         let probed: Partial<ReturnType<typeof gpuKeyInput>>;
         try {
           probed = gpuKeyInput(facts);

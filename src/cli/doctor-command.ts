@@ -2,7 +2,8 @@ import { Command } from "commander";
 import { loadConfigFromProcess } from "../config/load.js";
 import { toColdstartError } from "../errors.js";
 import { type Check, doctorChecks } from "../node/doctor.js";
-import { collectNodeFacts, nodeFactsOptions, nodePolicy } from "../node/node-facts.js";
+import { collectNodeFacts } from "../node/node-facts.js";
+import { nodeFactsOptions, nodePolicy } from "../wiring/node.js";
 import { addSchemaOptions, flagsOf } from "./options.js";
 import { EXIT, reportError } from "./report.js";
 

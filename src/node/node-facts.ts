@@ -4,8 +4,6 @@
  * refuse to start), serves it on GET /v1/node, exports it as metrics and labels, and hands the loader
  * choice to pods through `coldstart wait --env-file`. `coldstart doctor` prints it as checks.
  */
-import { environment } from "../config/load.js";
-import type { Config } from "../config/schema.js";
 import { ColdstartError } from "../errors.js";
 import { GDS_LABEL, GPU_PRODUCT_LABEL } from "../kube/label-keys.js";
 import type { Metrics } from "../metrics/metrics.js";
@@ -32,22 +30,8 @@ export interface NodeFactsOptions {
   nvmlLibrary?: string | undefined;
   cufileLibrary?: string | undefined;
   cufileJson?: string | undefined;
-  /** Environment of the probe processes (default: inherited). */
-  env?: NodeJS.ProcessEnv | undefined;
-}
-
-export function nodeFactsOptions(config: Config): NodeFactsOptions {
-  return {
-    hostRoot: config.node.hostRoot,
-    stagingRoot: config.daemon.root,
-    gdsMode: config.gds.mode,
-    probeTimeoutMs: config.node.probeTimeoutMs,
-    nvidiaSmi: config.node.nvidiaSmi,
-    addonPath: config.node.addonPath,
-    nvmlLibrary: config.node.nvmlLibrary,
-    cufileLibrary: config.gds.cufileLibrary,
-    cufileJson: config.gds.cufileJson,
-  };
+  /** Environment of the probe processes (config's view of the process's: src/wiring/node.ts). */
+  env: NodeJS.ProcessEnv;
 }
 
 export interface NativeFacts {
@@ -117,7 +101,7 @@ export async function collectNodeFacts(o: NodeFactsOptions, c: CollectOptions = 
       ...probe,
       libraryPath: o.cufileLibrary,
       // CUFILE_ENV_PATH_JSON names the file assessed, so the library reads exactly that one.
-      env: json.path ? { ...(o.env ?? environment()), CUFILE_ENV_PATH_JSON: json.path } : o.env,
+      env: json.path ? { ...o.env, CUFILE_ENV_PATH_JSON: json.path } : o.env,
     });
   const last = c.previous ? cufileRuns.get(c.previous) : undefined;
   // A first collection has nothing to reuse: probe cuFile alongside NVML rather than after it (and
@@ -169,10 +153,6 @@ function nativeFacts(...outcomes: (ProbeOutcome<unknown> | null)[]): NativeFacts
 export interface NodePolicy {
   gdsMode: GdsMode;
   placementRequire: readonly Placement[];
-}
-
-export function nodePolicy(config: Config): NodePolicy {
-  return { gdsMode: config.gds.mode, placementRequire: config.placement.require };
 }
 
 /** The errors that make these facts unacceptable under the policy (empty: fine to run). */
