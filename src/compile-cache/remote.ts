@@ -67,7 +67,13 @@ export interface RemoteObject {
   lastModified: number;
 }
 
-/** An S3 client for compile caches: unlike staging, uploads and small reads use the SDK's retries. */
+/**
+ * An S3 client for compile caches. Unlike staging (src/s3/s3-object-source.ts, maxAttempts 1: the
+ * engine retries each part itself, resuming after the bytes already written, with its own metrics),
+ * compile caches let the SDK retry: their calls are a manifest read, one pack stream and one upload,
+ * none resumable mid-body, so the SDK's whole-request retry is all a retry could be, and each
+ * outcome is judged by the manifest's digests, not by the transport.
+ */
 export function compileCacheClient(config: Pick<Config, "s3">): S3Client {
   return new S3Client({
     region: config.s3.region,

@@ -19,6 +19,7 @@ import {
 } from "@kubernetes/client-node";
 import { type Logger, pino } from "pino";
 import { ColdstartError } from "../errors.js";
+import { backoffDelayMs } from "../lib/backoff.js";
 
 export {
   GDS_LABEL,
@@ -185,7 +186,7 @@ export class NodeLabeler {
         } catch (err) {
           if (this.#closed.signal.aborted) return;
           attempt++;
-          const delayMs = backoffMs(attempt, this.#retry);
+          const delayMs = backoffDelayMs(this.#retry, attempt - 1, "equal");
           this.#logFailure(err, attempt, delayMs);
           try {
             // A set() during this wait does not cut it short: the retry applies the newest state.
@@ -290,12 +291,6 @@ function planPatch(
   if (added + removed > 0) metadata.labels = labelPatch;
   if (annotationChanged) metadata.annotations = { [MODELS_ANNOTATION]: annotation };
   return { body: { metadata }, added, removed };
-}
-
-/** Exponential backoff with equal jitter, so that a DaemonSet's pods do not retry in lockstep after an outage. */
-function backoffMs(attempt: number, retry: { baseDelayMs: number; maxDelayMs: number }): number {
-  const ceiling = Math.min(retry.maxDelayMs, retry.baseDelayMs * 2 ** Math.min(attempt - 1, 30));
-  return Math.round(ceiling / 2 + (Math.random() * ceiling) / 2);
 }
 
 function reasonOf(err: unknown): string {

@@ -1,5 +1,6 @@
 import { setTimeout as sleep } from "node:timers/promises";
 import { ColdstartError } from "../errors.js";
+import { backoffDelayMs } from "../lib/backoff.js";
 
 /** HTTP status of an SDK error, if it carries one. */
 export function statusOf(err: unknown): number | undefined {
@@ -104,16 +105,6 @@ export interface RetryPolicy {
   maxDelayMs: number;
 }
 
-/** Exponential backoff with full jitter (AWS Architecture Blog): sleep uniform(0, min(cap, base·2^n)). */
-export function backoffDelayMs(
-  policy: RetryPolicy,
-  attempt: number,
-  random: () => number = Math.random,
-): number {
-  const ceiling = Math.min(policy.maxDelayMs, policy.baseDelayMs * 2 ** Math.min(attempt, 30));
-  return Math.floor(random() * ceiling);
-}
-
 /**
  * Runs `attempt` until it succeeds, a permanent error occurs, or the budget is spent. `onRetry` is
  * told of each retry (for counters and logs). Abort cancels the backoff sleep too.
@@ -155,7 +146,7 @@ export async function withRetry<T>(
       }
       hooks.onRetry?.(err, n + 1);
       await sleep(
-        backoffDelayMs(policy, failed),
+        backoffDelayMs(policy, failed, "full"),
         undefined,
         hooks.signal ? { signal: hooks.signal } : {},
       ).catch(() => {
