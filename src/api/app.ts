@@ -67,7 +67,7 @@ export function buildApp(deps: AppDeps, surface: Surface) {
   app.register(modelRoutes, { deps, surface });
   app.register(peerRoutes, {
     deps: {
-      holder: deps.manager,
+      holder: deps.manager.pieces,
       metrics: deps.metrics,
       contentStore: deps.contentStore,
       images: deps.images,

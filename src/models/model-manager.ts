@@ -10,15 +10,15 @@ import type { ObjectSource } from "../s3/object-source.js";
 import { parseS3Uri } from "../s3/uri.js";
 import type { RateLimiter } from "../staging/rate-limiter.js";
 import type { SlotScheduler } from "../staging/scheduler.js";
-import { type HeldFile, StageJob } from "../staging/stage-job.js";
+import { StageJob } from "../staging/stage-job.js";
 import type { PartRunner } from "../staging/workers/pool.js";
 import { renameBeneath } from "../store/beneath.js";
 import type { EvictableStore } from "../store/eviction.js";
-import { type ManifestFile, ManifestStore } from "../store/manifest.js";
 import { ioError } from "../store/paths.js";
 import { RootLayout } from "../store/root-layout.js";
 import type { StageSettings } from "../wiring/staging.js";
 import { inUseGrace, ModelEviction, type SpaceWait } from "./eviction.js";
+import { HeldPieces } from "./held-pieces.js";
 import { validateModelId } from "./model-id.js";
 import type { ModelRecord, ModelRegistry, ModelState } from "./model-registry.js";
 
@@ -114,16 +114,19 @@ export class ModelManager {
   /** When the current wait for a model began (first poll while not ready): handshake durations. */
   readonly #waitingSince = new Map<string, number>();
   readonly #eviction: ModelEviction;
+  /** What this node holds for peers (src/peers/serve.ts). */
+  readonly pieces: HeldPieces;
   #draining = false;
-  readonly #manifests = new Map<
-    string,
-    { readyAt: string | undefined; files: ReadonlyMap<string, ManifestFile> }
-  >();
 
   readonly #layout: RootLayout;
   constructor(options: ModelManagerOptions) {
     this.#o = options;
     this.#layout = new RootLayout(options.root);
+    this.pieces = new HeldPieces(options.root, {
+      records: () => this.#o.registry.all(),
+      record: (id) => this.#o.registry.get(id),
+      jobOf: (id) => this.#running.get(id)?.job,
+    });
     this.#eviction = new ModelEviction(
       {
         records: () => this.#o.registry.all(),
@@ -377,90 +380,9 @@ export class ModelManager {
     };
   }
 
-  /**
-   * What this node can serve a peer of `bucket/key` at ETag `etag`: the verified, committed file of a
-   * ready model, else what a model staging now holds of it (StageJob.held: the pieces already
-   * durable), else undefined.
-   */
-  async heldObject(bucket: string, key: string, etag: string): Promise<HeldFile | undefined> {
-    let partial: HeldFile | undefined;
-    for (const { record, rel, job } of this.#covering(bucket, key)) {
-      const dest = this.#modelSegments(record.id);
-      if (job) {
-        const held = partial ? undefined : job.held(rel, etag);
-        if (held) partial = { ...held, locations: held.locations.map((l) => [...dest, ...l]) };
-        continue;
-      }
-      if (record.state !== "ready") continue;
-      const file = (await this.#manifestOf(record)).get(rel);
-      if (file && file.etag === etag) {
-        const location = [...dest, ...rel.split("/")];
-        return {
-          locations: [location],
-          size: file.size,
-          bounds: file.bounds,
-          pieces: file.pieces,
-          fetching: [],
-        };
-      }
-    }
-    return partial;
-  }
-
-  /** The staging root: every HeldFile location is below it. */
-  get root(): string {
-    return this.#o.root;
-  }
-
   /** A model's directory as segments below the staging root. */
   #modelSegments(id: string): string[] {
     return this.#layout.modelSegments(id);
-  }
-
-  /**
-   * Whether a model staging now covers `bucket/key` but has not listed its files yet: a peer asking
-   * about the key is told to ask again soon rather than that nobody has it.
-   */
-  planning(bucket: string, key: string): boolean {
-    for (const { job } of this.#covering(bucket, key)) if (job?.listing) return true;
-    return false;
-  }
-
-  /**
-   * Waits (up to `timeoutMs`) for part `piece` of `bucket/key` at `etag` to be in, in a model staging
-   * now (StageJob.whenPiece); false at once when no staging model has that file.
-   */
-  async whenPiece(
-    bucket: string,
-    key: string,
-    etag: string,
-    piece: number,
-    timeoutMs: number,
-  ): Promise<boolean> {
-    for (const { rel, job } of this.#covering(bucket, key))
-      if (job?.held(rel, etag)) return job.whenPiece(rel, piece, timeoutMs);
-    return false;
-  }
-
-  /** The models whose source covers `bucket/key`, with the key relative to it and the job staging it. */
-  *#covering(bucket: string, key: string): Generator<{ record: ModelRecord; rel: string; job?: StageJob }> {
-    for (const record of this.#o.registry.all()) {
-      const { bucket: b, prefix } = parseS3Uri(record.source);
-      if (b !== bucket || !key.startsWith(prefix)) continue;
-      const job = this.#running.get(record.id)?.job;
-      yield { record, rel: key.slice(prefix.length), ...(job ? { job } : {}) };
-    }
-  }
-
-  /** A ready model's manifest entries, read once per readiness (a restage makes a new one). */
-  async #manifestOf(r: ModelRecord): Promise<ReadonlyMap<string, ManifestFile>> {
-    const cached = this.#manifests.get(r.id);
-    if (cached && cached.readyAt === r.readyAt) return cached.files;
-    const files = await ManifestStore.read(this.#o.root, this.#modelSegments(r.id), r.source);
-    // Models evicted since are forgotten here too.
-    for (const id of this.#manifests.keys()) if (!this.#o.registry.get(id)) this.#manifests.delete(id);
-    this.#manifests.set(r.id, { readyAt: r.readyAt, files });
-    return files;
   }
 
   /** Models by state (metrics). */

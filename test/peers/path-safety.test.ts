@@ -166,7 +166,7 @@ describe("peer routes never read outside the staging root", () => {
           logger: pino({ level: "silent" }),
         });
         const { bucket, key, etag } = Object.fromEntries(new URLSearchParams(q));
-        const held = await cold.heldObject(bucket ?? "", key ?? "", etag ?? "").then(
+        const held = await cold.pieces.heldObject(bucket ?? "", key ?? "", etag ?? "").then(
           (f) => f?.pieces,
           (e: { code?: string }) => e.code,
         );
