@@ -1,36 +1,29 @@
 import { createHash } from "node:crypto";
 import { setMaxListeners } from "node:events";
-import { lstat, mkdir, open, readdir, readFile, realpath, rename, rm, stat } from "node:fs/promises";
-import { dirname, join, posix, relative, sep } from "node:path";
+import { lstat, mkdir, open, readdir, realpath, rename, rm, stat } from "node:fs/promises";
+import { dirname, join, relative, sep } from "node:path";
 import type { Logger } from "pino";
-import { parseChecksumHeader } from "../checksums/headers.js";
-import { isCrcAlgorithm, type ObjectChecksum } from "../checksums/types.js";
+import type { ObjectChecksum } from "../checksums/types.js";
 import { ColdstartError, isColdstartError, toColdstartError } from "../errors.js";
 import { shuffle } from "../lib/shuffle.js";
 import type { Metrics, Stage } from "../metrics/metrics.js";
 import { retryReason } from "../metrics/retry-reason.js";
 import type { ObjectSource } from "../s3/object-source.js";
 import { describe, type RetryPolicy, toS3Error, withRetry } from "../s3/retry.js";
-import { readSafetensorsHeader } from "../safetensors/header.js";
-import {
-  checkIndexAgainstShards,
-  checkIndexSize,
-  parseSafetensorsIndex,
-  type ShardTensors,
-  shardTensors,
-} from "../safetensors/index-json.js";
+import type { ShardTensors } from "../safetensors/index-json.js";
 import { syncDir } from "../store/atomic-file.js";
 import { mkdirBeneath } from "../store/beneath.js";
 import { freeBytes } from "../store/disk.js";
 import { type JournalEntry, PartJournal } from "../store/journal.js";
 import { acquireLock, type HeldLock } from "../store/lock.js";
-import { type ManifestFile, ManifestStore } from "../store/manifest.js";
+import { ManifestStore } from "../store/manifest.js";
 import { ioError, prepareTarget, STATE_DIR } from "../store/paths.js";
+import { checksumPlan } from "./checksum-plan.js";
 import { downloadPart, type LowSpeed } from "./part-download.js";
-import { alignedBounds, type FilePlan, type Filters, planJob } from "./plan.js";
+import { type FilePlan, type Filters, planJob } from "./plan.js";
 import type { RateLimiter } from "./rate-limiter.js";
 import { SlotScheduler, type TaskOwner } from "./scheduler.js";
-import { verifyChecksum } from "./verify.js";
+import { INDEX_SUFFIX, manifestEntry, verifyStaged } from "./verify.js";
 import type { PartRunner } from "./workers/pool.js";
 
 export interface StageJobOptions {
@@ -107,8 +100,6 @@ export interface StageResult {
   retries: number;
   resumedBytes: number;
 }
-
-const INDEX_SUFFIX = ".safetensors.index.json";
 
 /**
  * Stages every object under an S3 prefix into a directory: parallel ranged GETs under one
@@ -551,7 +542,19 @@ export class StageJob implements TaskOwner {
    * or starts a fresh temp file and journal.
    */
   async #openFile(listed: FilePlan): Promise<FileState> {
-    const check = listed.bounds.length > 2 ? await this.#checksumPlan(listed) : {};
+    const o = this.#o;
+    const check =
+      listed.bounds.length > 2
+        ? await checksumPlan(listed, {
+            source: o.source,
+            bucket: o.bucket,
+            retry: o.retry,
+            partSizeBytes: o.partSizeBytes,
+            signal: this.#abort.signal,
+            onRetry: this.#onRetry(listed.key, "head"),
+            logger: o.logger,
+          })
+        : {};
     const plan = check.bounds ? { ...listed, bounds: check.bounds } : listed;
     const id = tmpId(plan.relPath);
     const tmpPath = join(this.#tmpDir, `${id}.partial`);
@@ -607,62 +610,6 @@ export class StageJob implements TaskOwner {
     }
     const journal = plan.bounds.length > 2 ? await PartJournal.create(journalPath, header) : undefined;
     return { ...base, journal, done: new Map() };
-  }
-
-  /**
-   * For a file fetched in several ranges (which carry no checksum from S3), asks HEAD for the
-   * object's checksum. A full-object CRC is rebuilt from the ranges' CRCs. A composite checksum
-   * (multipart, `…-N`) needs the real part sizes (GetObjectAttributes; never guessed): ranges are
-   * then aligned to part boundaries, and SHA parts kept whole since SHA values cannot be combined.
-   * Anything else is staged on size and ETag alone.
-   */
-  async #checksumPlan(
-    plan: FilePlan,
-  ): Promise<{ checksum?: ObjectChecksum; bounds?: number[]; partStarts?: number[] }> {
-    const o = this.#o;
-    const signal = this.#abort.signal;
-    const head = await withRetry(
-      o.retry,
-      { key: plan.key, action: "HEAD" },
-      () => o.source.head(o.bucket, plan.key, signal),
-      { signal, onRetry: this.#onRetry(plan.key, "head") },
-    );
-    if (head.etag !== plan.etag || head.size !== plan.size) {
-      throw new ColdstartError(
-        "CS_OBJECT_CHANGED",
-        `HEAD ${plan.key}: now ${head.size} bytes ETag ${head.etag}, listed as ${plan.size} bytes ETag ${plan.etag}`,
-        { details: { key: plan.key } },
-      );
-    }
-    const checksum = head.checksum;
-    if (!checksum) return {};
-    if (checksum.type === "FULL_OBJECT") {
-      if (isCrcAlgorithm(checksum.algorithm)) return { checksum };
-      o.logger?.info(
-        { key: plan.key, checksum },
-        "a full-object SHA cannot be rebuilt from ranges; not checked",
-      );
-      return {};
-    }
-    const parts = parseChecksumHeader(checksum.value)?.parts;
-    const sizes = parts
-      ? await withRetry(
-          o.retry,
-          { key: plan.key, action: "GetObjectAttributes" },
-          () => o.source.partSizes(o.bucket, plan.key, signal),
-          { signal, onRetry: this.#onRetry(plan.key, "head") },
-        )
-      : undefined;
-    if (!sizes || sizes.length !== parts || sizes.reduce((a, b) => a + b, 0) !== plan.size) {
-      o.logger?.info(
-        { key: plan.key, checksum },
-        "part sizes unknown (GetObjectAttributes); composite checksum not checked",
-      );
-      return {};
-    }
-    const partStarts = sizes.map((_, i) => sizes.slice(0, i).reduce((a, b) => a + b, 0));
-    const bounds = alignedBounds(sizes, o.partSizeBytes, !isCrcAlgorithm(checksum.algorithm));
-    return { checksum, bounds, partStarts };
   }
 
   async #checkSpace(pending: FilePlan[]): Promise<void> {
@@ -797,48 +744,21 @@ export class StageJob implements TaskOwner {
     }
     const done = entries as JournalEntry[];
     const verifyStarted = Date.now();
-    const st = await stat(fs.tmpPath);
-    if (st.size !== plan.size) {
-      throw new ColdstartError(
-        "CS_SIZE_MISMATCH",
-        `${plan.key}: staged ${st.size} bytes, S3 lists ${plan.size}`,
-        {
-          details: { key: plan.key },
-        },
-      );
-    }
-    const offered = fs.checksum ?? (done.length === 1 ? done[0]?.checksum : undefined);
-    // Only a checksum the bytes were actually checked against goes into the manifest.
-    const checksum = offered && verifyChecksum(plan, offered, done, fs.partStarts) ? offered : undefined;
-    if (offered && !checksum) {
-      this.#o.logger?.warn(
-        { key: plan.key, checksum: offered },
-        "S3 checksum could not be checked (values missing)",
-      );
-    }
-
-    if (plan.relPath.endsWith(".safetensors")) {
-      headers.set(plan.relPath, shardTensors(await readSafetensorsHeader(fs.tmpPath, plan.key)));
-    } else if (plan.relPath.endsWith(INDEX_SUFFIX) && allFiles) {
-      await this.#checkIndex(fs, headers, allFiles);
-    }
-
+    const checksum = await verifyStaged({
+      plan,
+      tmpPath: fs.tmpPath,
+      done,
+      offered: fs.checksum ?? (done.length === 1 ? done[0]?.checksum : undefined),
+      partStarts: fs.partStarts,
+      headers,
+      allFiles,
+      root: this.#root,
+      logger: this.#o.logger,
+    });
     const commitStarted = Date.now();
     this.#verifyMs += commitStarted - verifyStarted;
     const target = await prepareTarget(this.#root, plan.segments, plan.key);
-    const pieces = done.map((e) => e.sha256);
-    const entry: ManifestFile = {
-      key: plan.key,
-      size: plan.size,
-      etag: plan.etag,
-      bounds: plan.bounds,
-      pieces,
-      root: createHash("sha256")
-        .update(Buffer.concat(pieces.map((h) => Buffer.from(h, "hex"))))
-        .digest("hex"),
-      ...(checksum ? { checksum } : {}),
-      stagedAt: new Date().toISOString(),
-    };
+    const entry = manifestEntry(plan, done, checksum);
     // The order makes every crash point resumable without refetching the file: temp durable ->
     // manifest entry -> rename (+ dir fsync) -> journal gone. Killed before the rename: the journal
     // and the complete temp file are still there, so a rerun commits without a byte fetched.
@@ -869,26 +789,6 @@ export class StageJob implements TaskOwner {
     await fs.journal?.remove();
     this.#commitMs += Date.now() - commitStarted;
     this.#p.filesDone++;
-  }
-
-  async #checkIndex(fs: FileState, headers: Map<string, ShardTensors>, allFiles: FilePlan[]): Promise<void> {
-    const { plan } = fs;
-    checkIndexSize(plan.size, plan.key);
-    const text = await readFileText(fs.tmpPath, plan.key);
-    const index = parseSafetensorsIndex(text, plan.key);
-    const dir = posix.dirname(plan.relPath);
-    const shards = new Map<string, ShardTensors>();
-    const staged = new Set(allFiles.map((f) => f.relPath));
-    for (const shard of new Set(index.weightMap.values())) {
-      const rel = dir === "." ? shard : `${dir}/${shard}`;
-      let h = headers.get(rel);
-      if (!h && staged.has(rel)) {
-        h = shardTensors(await readSafetensorsHeader(join(this.#root, ...rel.split("/")), rel));
-        headers.set(rel, h);
-      }
-      if (h) shards.set(shard, h);
-    }
-    checkIndexAgainstShards(index, shards, plan.key);
   }
 
   /**
@@ -955,12 +855,6 @@ interface FileState {
   partStarts?: number[] | undefined;
   /** Set once its commit is started: a file is committed once, whoever finished its last part. */
   committing?: boolean;
-}
-
-async function readFileText(path: string, key: string): Promise<string> {
-  return readFile(path, "utf8").catch((e) => {
-    throw ioError(e, `reading ${path}`, key);
-  });
 }
 
 /** Rethrows the first real failure; CS_ABORTED from parts cancelled because of it comes second. */
