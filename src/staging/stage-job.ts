@@ -1,9 +1,7 @@
-import { createHash } from "node:crypto";
 import { setMaxListeners } from "node:events";
-import { lstat, mkdir, open, readdir, realpath, rename, rm, stat } from "node:fs/promises";
-import { dirname, join, relative, sep } from "node:path";
+import { lstat, open, readdir, rename, rm } from "node:fs/promises";
+import { dirname, join } from "node:path";
 import type { Logger } from "pino";
-import type { ObjectChecksum } from "../checksums/types.js";
 import { ColdstartError, isColdstartError, toColdstartError } from "../errors.js";
 import { shuffle } from "../lib/shuffle.js";
 import type { Metrics, Stage } from "../metrics/metrics.js";
@@ -12,17 +10,18 @@ import type { ObjectSource } from "../s3/object-source.js";
 import { describe, type RetryPolicy, toS3Error, withRetry } from "../s3/retry.js";
 import type { ShardTensors } from "../safetensors/index-json.js";
 import { syncDir } from "../store/atomic-file.js";
-import { mkdirBeneath } from "../store/beneath.js";
 import { freeBytes } from "../store/disk.js";
-import { type JournalEntry, PartJournal } from "../store/journal.js";
+import type { JournalEntry } from "../store/journal.js";
 import { acquireLock, type HeldLock } from "../store/lock.js";
 import { ManifestStore } from "../store/manifest.js";
 import { ioError, prepareTarget, STATE_DIR } from "../store/paths.js";
 import { checksumPlan } from "./checksum-plan.js";
+import { prepareDestination } from "./destination.js";
 import { downloadPart, type LowSpeed } from "./part-download.js";
 import { type FilePlan, type Filters, planJob } from "./plan.js";
 import type { RateLimiter } from "./rate-limiter.js";
 import { SlotScheduler, type TaskOwner } from "./scheduler.js";
+import { type FileState, openTempFile, tmpId } from "./temp-file.js";
 import { INDEX_SUFFIX, manifestEntry, verifyStaged } from "./verify.js";
 import type { PartRunner } from "./workers/pool.js";
 
@@ -273,7 +272,7 @@ export class StageJob implements TaskOwner {
     outer?.addEventListener("abort", onOuterAbort, { once: true });
     let lock: HeldLock | undefined;
     try {
-      this.#root = await this.#prepareDest();
+      ({ root: this.#root, tmpDir: this.#tmpDir } = await prepareDestination(this.#o.dest, this.#o.within));
       lock = await acquireLock(join(this.#root, STATE_DIR, "lock"), {
         waitMs: this.#o.lockWaitMs ?? 0,
         signal: this.#abort.signal,
@@ -294,46 +293,6 @@ export class StageJob implements TaskOwner {
       this.#listing = false;
       await lock?.release();
     }
-  }
-
-  async #prepareDest(): Promise<string> {
-    const dest = this.#o.dest;
-    const within = this.#o.within;
-    // A model directory is created one level at a time, never through a symlink planted on the way:
-    // mkdir -p would follow one and stage the model (and serve it) outside the staging root.
-    if (within) await mkdirBeneath(within, relative(within, dest).split(sep));
-    await mkdir(dest, { recursive: true }).catch((e) => {
-      throw new ColdstartError("CS_DEST_INVALID", `cannot create destination ${dest}: ${e.message}`, {
-        cause: e,
-        details: { field: "dest", value: dest },
-      });
-    });
-    const st = await lstat(dest).catch((e) => {
-      throw ioError(e, `inspecting destination ${dest}`);
-    });
-    if (!st.isDirectory()) {
-      throw new ColdstartError(
-        "CS_DEST_INVALID",
-        `destination ${dest} is ${st.isSymbolicLink() ? "a symlink" : "not a directory"}`,
-        { details: { field: "dest", value: dest } },
-      );
-    }
-    const root = await realpath(dest);
-    // A directory swapped for a link between the walk above and here would move the job's root.
-    if (within && root !== join(await realpath(within), relative(within, dest))) {
-      throw new ColdstartError(
-        "CS_PATH_UNSAFE",
-        `refusing ${dest}: it resolves to ${root}, outside ${within}`,
-        {
-          details: { value: dest },
-        },
-      );
-    }
-    this.#tmpDir = join(root, STATE_DIR, "tmp");
-    await mkdir(this.#tmpDir, { recursive: true }).catch((e) => {
-      throw ioError(e, `creating ${this.#tmpDir}`);
-    });
-    return root;
   }
 
   async #stage(): Promise<StageResult> {
@@ -556,60 +515,10 @@ export class StageJob implements TaskOwner {
           })
         : {};
     const plan = check.bounds ? { ...listed, bounds: check.bounds } : listed;
-    const id = tmpId(plan.relPath);
-    const tmpPath = join(this.#tmpDir, `${id}.partial`);
-    const journalPath = join(this.#tmpDir, `${id}.journal`);
-    const header = { v: 1 as const, key: plan.key, size: plan.size, etag: plan.etag, bounds: plan.bounds };
-    const base = {
-      plan,
-      id,
-      tmpPath,
-      checksum: check.checksum,
-      partStarts: check.partStarts,
-      inFlight: new Map<number, "s3" | "peer">(),
-    };
-    if (plan.bounds.length === 2) {
-      // Aligned to a single S3 part after all: nothing to resume and no journal. A journal left by a
-      // listing that had the object in more parts goes.
-      await rm(journalPath, { force: true });
-      return { ...base, journal: undefined, done: new Map() };
-    }
-    const loaded = await PartJournal.load(journalPath, header);
-    const tmpSize = await stat(tmpPath).then(
-      (s) => s.size,
-      () => -1,
-    );
-    if (loaded && tmpSize === plan.size) {
-      for (const p of loaded.done.keys()) {
-        const n = (plan.bounds[p + 1] as number) - (plan.bounds[p] as number);
-        this.#p.resumedBytes += n;
-        this.#p.bytesDone += n;
-      }
-      // A resumed file must keep its checksum plan: parts journaled without a value cannot be
-      // combined, so then the file is staged on size, ETag and piece digests alone.
-      const sums = [...loaded.done.values()].every((e) => e.sum !== undefined);
-      return {
-        ...base,
-        ...(sums ? {} : { checksum: undefined }),
-        journal: loaded.journal,
-        done: loaded.done,
-      };
-    }
-    // The old journal goes first: a crash below must never leave it beside a fresh, zero-filled
-    // temp file whose size matches (a resume would trust zeros).
-    await rm(journalPath, { force: true });
-    const fh = await open(tmpPath, "w").catch((e) => {
-      throw ioError(e, `creating ${tmpPath}`, plan.key);
-    });
-    try {
-      await fh.truncate(plan.size);
-    } catch (e) {
-      throw ioError(e as NodeJS.ErrnoException, `sizing ${tmpPath}`, plan.key);
-    } finally {
-      await fh.close();
-    }
-    const journal = plan.bounds.length > 2 ? await PartJournal.create(journalPath, header) : undefined;
-    return { ...base, journal, done: new Map() };
+    const { file, resumedBytes } = await openTempFile(plan, this.#tmpDir, check);
+    this.#p.resumedBytes += resumedBytes;
+    this.#p.bytesDone += resumedBytes;
+    return file;
   }
 
   async #checkSpace(pending: FilePlan[]): Promise<void> {
@@ -803,11 +712,6 @@ export class StageJob implements TaskOwner {
   }
 }
 
-/** The name a file's temp file and journal share in .coldstart/tmp/. */
-function tmpId(relPath: string): string {
-  return createHash("sha256").update(relPath).digest("hex").slice(0, 32);
-}
-
 type Limit = <T>(task: () => Promise<T>) => Promise<T>;
 
 /** Commits in flight per download worker: a few, so fsync latency does not stall the downloads. */
@@ -838,23 +742,6 @@ export interface HeldFile {
   pieces: (string | null)[];
   /** Pieces not in yet that this node is fetching from S3 now: a peer may wait for them. */
   fetching: number[];
-}
-
-interface FileState {
-  plan: FilePlan;
-  id: string;
-  tmpPath: string;
-  /** Absent for single-part files: they either commit whole or are fetched again. */
-  journal: PartJournal | undefined;
-  done: Map<number, JournalEntry>;
-  /** Parts in flight, until journaled, by who answers their current attempt (see #downloadTracked). */
-  inFlight: Map<number, "s3" | "peer">;
-  /** The object's checksum (full-object CRC, or composite) the ranges' values rebuild, if S3 has one. */
-  checksum?: ObjectChecksum | undefined;
-  /** For a composite checksum: where each S3 part starts. */
-  partStarts?: number[] | undefined;
-  /** Set once its commit is started: a file is committed once, whoever finished its last part. */
-  committing?: boolean;
 }
 
 /** Rethrows the first real failure; CS_ABORTED from parts cancelled because of it comes second. */
