@@ -330,7 +330,8 @@ export class PeerAwareSource implements ObjectSource {
     // The slots stay taken until the worker has read the piece (or given up on it).
     const until = settled.then((outcome) => {
       if (outcome === "ok") this.#o.metrics?.peerBytes.inc({ direction: "in" }, end - start);
-      else if (!options.signal?.aborted) this.#judge(want, outcome, `the piece came ${outcome}`);
+      else if (outcome !== "abandoned" && !options.signal?.aborted)
+        this.#judge(want, outcome, `the piece came ${outcome}`);
     });
     return { value, until };
   }

@@ -107,8 +107,11 @@ export interface PieceAnswer {
   checksum: ObjectChecksum | undefined;
 }
 
-/** How a piece from a peer went: "ok", or why S3 serves it after all. */
-export type PieceOutcome = "ok" | "not_held" | "unreachable" | "corrupt";
+/**
+ * How a piece from a peer went: "ok", why S3 serves it after all, or "abandoned" when this node gave
+ * it up for its own reasons (its thread died, its disk failed, the part ended): the peer is not judged.
+ */
+export type PieceOutcome = "ok" | "not_held" | "unreachable" | "corrupt" | "abandoned";
 
 /**
  * The seam between the staging engine and an object store. The engine owns retries, ranges and

@@ -116,6 +116,8 @@ export async function downloadPart(req: PartRequest, ctx: PartContext): Promise<
           ...(ranged ? { range: { start: from, end: req.end - 1 } } : {}),
           ifMatch: req.etag,
           checksumMode: !ranged,
+          // A resumed range is not a whole piece: S3 answers it.
+          skipPeers: written !== 0,
           signal: ctx.signal,
           onSource: ctx.onSource,
         });
@@ -149,8 +151,9 @@ export async function downloadPart(req: PartRequest, ctx: PartContext): Promise<
           res.settle?.(err);
           if (whole === undefined) throw err;
           // Whatever went wrong with a peer's piece, S3 still has it: the next attempt asks there.
+          // This node's own failures (a full disk, an I/O error) stay what they are.
           discard();
-          if (isRetryable(err) || ctx.signal.aborted) throw err;
+          if (isRetryable(err) || ctx.signal.aborted || isLocalFailure(err)) throw err;
           throw new TransientError(`piece from a peer: ${(err as Error).message}`, { cause: err });
         } finally {
           if (!res.body.destroyed) res.body.destroy();
@@ -178,6 +181,11 @@ export async function downloadPart(req: PartRequest, ctx: PartContext): Promise<
 
 /** A peer's piece whose bytes do not hash to its digest: they are taken back and fetched again. */
 export class PieceMismatch extends TransientError {}
+
+/** A failure of this node (its disk), not of whoever sent the bytes. */
+export function isLocalFailure(err: unknown): boolean {
+  return err instanceof ColdstartError && (err.code === "CS_IO_ERROR" || err.code === "CS_DISK_FULL");
+}
 
 function checkResponse(req: PartRequest, res: GetResponse, from: number, ranged: boolean): void {
   const invalid = (why: string) =>

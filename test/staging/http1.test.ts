@@ -8,6 +8,7 @@ import { join } from "node:path";
 import { createServer as createTlsServer } from "node:tls";
 import { afterEach, describe, expect, it } from "vitest";
 import { TransientError } from "../../src/s3/retry.js";
+import { WorkerHttp } from "../../src/staging/workers/http-get.js";
 import { Http1Client, type Http1Response } from "../../src/staging/workers/http1.js";
 import { waitFor } from "../support/wait.js";
 
@@ -294,6 +295,22 @@ describe("the part workers' HTTP/1.1 client", () => {
       expect(sha(await read(await get(c, url), true))).toBe(sha(body));
     } finally {
       rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("regression: an error answer whose document stalls fails with its status, not never", async () => {
+    const { url } = await rawServer((s) => {
+      // The head and part of the document, then nothing: the old reader waited for its end for ever.
+      s.write("HTTP/1.1 503 Slow Down\r\nContent-Length: 300\r\n\r\n<Error><Code>SlowDown</Code>");
+    });
+    const http = new WorkerHttp();
+    try {
+      const err = await http
+        .get({ url: `${url}/k`, headers: {} }, 200, new AbortController().signal)
+        .catch((e) => e);
+      expect(err).toMatchObject({ name: "SlowDown", $metadata: { httpStatusCode: 503 } });
+    } finally {
+      http.close();
     }
   });
 

@@ -22,7 +22,8 @@ export class WorkerHttp {
    */
   async get(to: WireResolved, timeoutMs: number, signal: AbortSignal): Promise<GetResponse> {
     const res = await this.#client.get(new URL(to.url), to.headers, to.headTimeoutMs ?? timeoutMs, signal);
-    if (res.status < 200 || res.status >= 300) throw await statusError(res.body, res.status);
+    if (res.status < 200 || res.status >= 300)
+      throw await statusError(res.body, res.status, timeoutMs, signal);
     if (to.piece) return pieceResponse(to.piece, res);
     return {
       statusCode: res.status,
@@ -40,17 +41,36 @@ export class WorkerHttp {
   }
 }
 
-/** Reads an S3 error document into an error shaped like the SDK's (name = <Code>). */
-async function statusError(body: SocketBody, status: number): Promise<Error> {
+/**
+ * Reads an S3 error document into an error shaped like the SDK's (name = <Code>). The status is what
+ * matters: the document is read for at most `timeoutMs` and MAX_ERROR_BODY bytes, and an abort ends
+ * it too, so a sender that stalls mid-document cannot hold the part.
+ */
+async function statusError(
+  body: SocketBody,
+  status: number,
+  timeoutMs: number,
+  signal: AbortSignal,
+): Promise<Error> {
   const text = await new Promise<string>((resolve) => {
     let read = "";
+    const stop = () => body.destroy();
+    const timer = setTimeout(stop, timeoutMs);
+    signal.addEventListener("abort", stop, { once: true });
+    const done = () => {
+      clearTimeout(timer);
+      signal.removeEventListener("abort", stop);
+      resolve(read);
+    };
     body.on("data", (chunk: Buffer) => {
-      if (read.length < MAX_ERROR_BODY) read += chunk.toString("utf8");
+      read += chunk.toString("utf8");
+      if (read.length >= MAX_ERROR_BODY) stop();
     });
-    body.once("end", () => resolve(read));
-    // The status is what matters; a body cut short only loses the message.
-    body.once("error", () => resolve(read));
-    body.once("close", () => resolve(read));
+    body.once("end", done);
+    // A body cut short (or cut here) only loses the message.
+    body.once("error", done);
+    body.once("close", done);
+    if (signal.aborted) stop();
   });
   const code = /<Code>([^<]{1,128})<\/Code>/.exec(text)?.[1] ?? statusName(status);
   const message = /<Message>([^<]{0,512})<\/Message>/.exec(text)?.[1] ?? "";

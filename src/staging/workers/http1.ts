@@ -349,6 +349,8 @@ export class SocketBody extends EventEmitter {
   readonly reusesChunks = true;
   destroyed = false;
   #flowing = false;
+  /** pause() was called: adding a 'data' listener does not start the flow (as for a Readable). */
+  #paused = false;
   #queue: (Buffer | null | Error)[] = [];
   readonly #socket: Socket;
   readonly #abandon: () => void;
@@ -362,16 +364,25 @@ export class SocketBody extends EventEmitter {
 
   override on(event: string | symbol, listener: (...args: never[]) => void): this {
     super.on(event, listener as (...args: unknown[]) => void);
-    if (event === "data" && !this.#flowing) queueMicrotask(() => this.resume());
+    if (event === "data" && !this.#flowing && !this.#paused)
+      queueMicrotask(() => {
+        if (!this.#paused) this.resume();
+      });
     return this;
+  }
+
+  override addListener(event: string | symbol, listener: (...args: never[]) => void): this {
+    return this.on(event, listener);
   }
 
   pause(): this {
     this.#flowing = false;
+    this.#paused = true;
     return this;
   }
 
   resume(): this {
+    this.#paused = false;
     if (this.destroyed || this.#flowing) return this;
     this.#flowing = true;
     while (this.#flowing && this.#queue.length > 0 && !this.destroyed)

@@ -8,7 +8,7 @@ import { parentPort } from "node:worker_threads";
 import { ColdstartError } from "../../errors.js";
 import type { GetOptions, GetResponse, ObjectSource, PieceOutcome } from "../../s3/object-source.js";
 import { TransientError } from "../../s3/retry.js";
-import { downloadPart, type PartRequest, PieceMismatch } from "../part-download.js";
+import { downloadPart, isLocalFailure, type PartRequest, PieceMismatch } from "../part-download.js";
 import { WorkerHttp } from "./http-get.js";
 import {
   type FromWorker,
@@ -127,11 +127,17 @@ async function runPart(id: number, req: PartRequest, s: PartSettings) {
   }
 }
 
-/** How a peer's piece went, for the main thread to judge the peer by (src/peers/peer-source.ts). */
+/**
+ * How a peer's piece went, for the main thread to judge the peer by (src/peers/peer-source.ts). Only
+ * what the peer caused counts against it: this node's own failures (its disk, the job stopping) are
+ * "abandoned".
+ */
 function pieceOutcome(err: unknown, status?: number): PieceOutcome {
   if (err === undefined) return "ok";
   if (status === 404) return "not_held";
-  return err instanceof PieceMismatch || err instanceof ColdstartError ? "corrupt" : "unreachable";
+  if (err instanceof PieceMismatch) return "corrupt";
+  if (isLocalFailure(err)) return "abandoned";
+  return err instanceof ColdstartError ? "corrupt" : "unreachable";
 }
 
 /** The main thread says where each attempt goes; this thread sends it and reads the body. */
@@ -147,7 +153,7 @@ function remoteSource(id: number, part: Running, timeoutMs: number, beforeAsk: (
     async get(_bucket: string, _key: string, options: GetOptions): Promise<GetResponse> {
       beforeAsk();
       // A peer that fails before its piece's first byte costs no attempt: S3 is asked at once.
-      for (let skipPeers = false; ; skipPeers = true) {
+      for (let skipPeers = options.skipPeers ?? false; ; skipPeers = true) {
         let call = -1;
         const resolved = await ask<WireResolved>(part, (c) => {
           call = c;

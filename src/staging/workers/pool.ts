@@ -163,6 +163,12 @@ export class PartWorkers {
           })
           .then(
             (resolved) => {
+              // The part ended meanwhile (its thread died, or it was restarted elsewhere): nobody
+              // will send this request, and a peer's slots must not wait for a settle that never comes.
+              if (slot.dead || slot.parts.get(m.id) !== flight) {
+                resolved.settled?.("error", resolved.piece ? "abandoned" : undefined);
+                return;
+              }
               flight.settling.set(m.call, resolved);
               const { settled: _, ...wire } = resolved;
               slot.worker.postMessage({ t: "resolved", id: m.id, call: m.call, resolved: wire });
@@ -218,7 +224,8 @@ export class PartWorkers {
     slot.parts.delete(id);
     if (slot.parts.size === 0) slot.worker.unref();
     flight.detach();
-    for (const r of flight.settling.values()) r.settled?.("error", r.piece ? "unreachable" : undefined);
+    // Requests the part no longer waits on: not the peer's fault (our thread died, or the part ended).
+    for (const r of flight.settling.values()) r.settled?.("error", r.piece ? "abandoned" : undefined);
     flight.settling.clear();
   }
 
