@@ -85,6 +85,7 @@ export class CompileCacheManager {
       logger: options.logger,
       metrics: options.metrics,
       now: () => this.#now(),
+      iso: () => this.#iso(),
     };
     const uri = options.config.compileCache.remote;
     const loc = uri ? parseS3Uri(uri, "compileCache.remote") : undefined;
@@ -335,8 +336,6 @@ export class CompileCacheManager {
           this.#idle(r),
       )
       .map((r) => ({
-        kind: "compile-cache" as const,
-        id: r.key,
         bytes: r.bytes,
         lastUse: Math.max(Date.parse(r.lastUsedAt), Date.parse(r.changedAt ?? r.createdAt)),
         evict: () => this.#evict(r, "watermark"),

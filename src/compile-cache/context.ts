@@ -22,4 +22,6 @@ export interface CacheContext {
   logger: Logger;
   metrics?: Metrics | undefined;
   now(): number;
+  /** now(), as the ISO time records keep. */
+  iso(): string;
 }

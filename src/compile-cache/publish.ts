@@ -72,13 +72,13 @@ export async function publishOnce(
   };
   try {
     listing = await listCacheDir(path);
-    observeListing(r, new Date(ctx.now()).toISOString(), listing);
+    observeListing(r, ctx.iso(), listing);
     if (listing.files.length === 0) return finish("empty");
     if (listing.bytes > ctx.maxBytes) return finish("too_large");
     if (await store.hasManifest(r.key)) return remoteHas(ctx, r, finish);
     // Packed from checked hard links, never through the pod's directory tree itself.
     if (!(await snapshotFiles(path, listing.files, snap))) {
-      observeListing(r, new Date(ctx.now()).toISOString(), await listCacheDir(path));
+      observeListing(r, ctx.iso(), await listCacheDir(path));
       return finish("changed");
     }
     const files = await digestFiles(snap, listing.files);
@@ -93,7 +93,7 @@ export async function publishOnce(
     const after = await listCacheDir(path);
     if (after.fingerprint !== listing.fingerprint) {
       await discard(pack.name);
-      observeListing(r, new Date(ctx.now()).toISOString(), after);
+      observeListing(r, ctx.iso(), after);
       return finish("changed");
     }
     if (await store.hasManifest(r.key)) {
@@ -104,7 +104,7 @@ export async function publishOnce(
       format: MANIFEST_FORMAT,
       key: r.key,
       canonical: r.canonical,
-      createdAt: new Date(ctx.now()).toISOString(),
+      createdAt: ctx.iso(),
       publisher: { ...(ctx.nodeName ? { node: ctx.nodeName } : {}), version: ctx.version },
       pack,
       bytes: listing.bytes,
@@ -115,12 +115,12 @@ export async function publishOnce(
       return remoteHas(ctx, r, finish);
     }
     r.published = {
-      at: new Date(ctx.now()).toISOString(),
+      at: ctx.iso(),
       fingerprint: listing.fingerprint,
       pack: pack.name,
     };
     r.remoteState = "present";
-    r.remoteCheckedAt = new Date(ctx.now()).toISOString();
+    r.remoteCheckedAt = ctx.iso();
     await ctx.records.put(r);
     return finish("published");
   } catch (err) {
@@ -137,7 +137,7 @@ async function remoteHas(
   finish: (o: PublishOutcome) => PublishResult,
 ): Promise<PublishResult> {
   r.remoteState = "present";
-  r.remoteCheckedAt = new Date(ctx.now()).toISOString();
+  r.remoteCheckedAt = ctx.iso();
   await ctx.records.put(r);
   return finish("exists");
 }

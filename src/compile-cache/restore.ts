@@ -45,7 +45,7 @@ export async function restoreOnce(
   await ctx.ensureKeyDir(r.key);
   const local = await listCacheDir(path);
   if (local.files.length > 0) {
-    observeListing(r, new Date(ctx.now()).toISOString(), local);
+    observeListing(r, ctx.iso(), local);
     return done("local");
   }
   if (!remoteUri) return done("miss");
@@ -58,7 +58,7 @@ export async function restoreOnce(
   let unpacking: Promise<{ bytes: number; sha256: string }> | undefined;
   try {
     const m = await bounded(store.manifest(r.key, signal), signal);
-    r.remoteCheckedAt = new Date(ctx.now()).toISOString();
+    r.remoteCheckedAt = ctx.iso();
     if (!m) {
       r.remoteState = "absent";
       return done("miss");
@@ -85,9 +85,9 @@ export async function restoreOnce(
     // Past the deadline the pod has started with an empty cache: nothing lands under its feet.
     signal.throwIfAborted();
     await rename(tmp, path);
-    r.restored = { at: new Date(ctx.now()).toISOString(), manifestCreatedAt: m.createdAt, files: m.files };
+    r.restored = { at: ctx.iso(), manifestCreatedAt: m.createdAt, files: m.files };
     delete r.silentMissAt;
-    observeListing(r, new Date(ctx.now()).toISOString(), await listCacheDir(path));
+    observeListing(r, ctx.iso(), await listCacheDir(path));
     ctx.metrics?.compileCacheRestoreBytes.inc(m.bytes);
     store.recordHit(r.key).catch((e) => ctx.logger.warn({ key: r.key, err: String(e) }, "recording a hit"));
     return done("hit");

@@ -14,9 +14,8 @@ export function reprobeNodeFacts(o: {
   log: Logger;
   /** Told every new set of facts (metrics, labels); `changed` when the verdict or GPU count moved. */
   onFacts: (facts: NodeFacts, changed: boolean) => void;
-  now?: () => number;
-}): { current: () => NodeFacts; stop: () => void } {
-  const now = o.now ?? Date.now;
+}): { stop: () => void } {
+  const now = Date.now;
   const stopped = new AbortController();
   const startedAt = now();
   let facts = o.initial;
@@ -41,7 +40,6 @@ export function reprobeNodeFacts(o: {
   };
   next();
   return {
-    current: () => facts,
     stop: () => {
       stopped.abort();
       clearTimeout(timer);

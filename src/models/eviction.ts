@@ -2,10 +2,10 @@ import type { Logger } from "pino";
 import type { Config } from "../config/schema.js";
 import { ColdstartError } from "../errors.js";
 import type { EvictionReason, Metrics } from "../metrics/metrics.js";
-import type { EvictableStore } from "../store/eviction.js";
+import type { Evictable, EvictableStore } from "../store/eviction.js";
 import type { ModelRecord } from "./model-registry.js";
 
-/** What eviction needs of the models it may take: the model manager implements it. */
+/** What eviction needs of the models it may take: the model manager gives it. */
 export interface EvictionHost {
   /** Every model record (the registry). */
   records(): ModelRecord[];
@@ -15,7 +15,7 @@ export interface EvictionHost {
   running(): Iterable<[string, { bytesDone: number; resumedBytes: number; bytesTotal: number }]>;
   isRunning(id: string): boolean;
   /** Takes the model off the disk now: renamed away, deleted, forgotten, counted. */
-  remove(r: ModelRecord, reason: EvictionReason | "resume"): Promise<void>;
+  remove(r: ModelRecord, reason: EvictionReason): Promise<void>;
   /** The staging root's disk. */
   disk(): Promise<{ totalBytes: number; freeBytes: number }>;
   /** A model started or stopped waiting for room: its status changed. */
@@ -40,9 +40,7 @@ export interface ModelEvictionOptions {
 }
 
 /** One candidate of free-space eviction: a model or something ModelEvictionOptions.extra offers. */
-interface Victim {
-  bytes: number;
-  lastUse: number;
+interface Victim extends Pick<Evictable, "bytes" | "lastUse"> {
   model: boolean;
   evict(reason: "watermark" | "budget"): Promise<boolean>;
 }
@@ -102,10 +100,9 @@ export class ModelEviction {
     this.wake();
   }
 
-  /** Takes `r` unless something now spares it (pinned, handed to a pod, restaged) for watermark and budget. */
-  async evict(r: ModelRecord, reason: EvictionReason | "resume"): Promise<boolean> {
-    // Chosen earlier; pinned, handed to a pod or restarted since? Then it stays.
-    if ((reason === "watermark" || reason === "budget") && !this.evictable(r)) return false;
+  /** Takes `r` unless something spared it since it was chosen (pinned, handed to a pod, restaged). */
+  async #evict(r: ModelRecord, reason: "watermark" | "budget"): Promise<boolean> {
+    if (!this.#evictable(r)) return false;
     await this.#host.remove(r, reason);
     return true;
   }
@@ -124,7 +121,7 @@ export class ModelEviction {
       while (overBudget()) {
         const victim = this.#evictionCandidates()[0];
         if (!victim) break;
-        await this.evict(victim, "budget");
+        await this.#evict(victim, "budget");
       }
       let use = await this.#diskUsePercent();
       if (use <= high) return;
@@ -330,7 +327,7 @@ export class ModelEviction {
   #evictionCandidates(): ModelRecord[] {
     return this.#host
       .records()
-      .filter((r) => this.evictable(r))
+      .filter((r) => this.#evictable(r))
       .sort((a, b) => lastUseOf(a) - lastUseOf(b));
   }
 
@@ -342,7 +339,7 @@ export class ModelEviction {
         bytes: r.bytesTotal,
         lastUse: lastUseOf(r),
         model: true,
-        evict: (reason) => this.evict(r, reason),
+        evict: (reason) => this.#evict(r, reason),
       }));
     const extra: Victim[] = (this.#o.extra?.evictables() ?? []).map((e) => ({
       bytes: e.bytes,
@@ -358,7 +355,7 @@ export class ModelEviction {
    * became ready within the grace period is spared too: it was just staged for someone, and the
    * watermark pass right after its job must not take it before the pod's hand-over does.
    */
-  evictable(r: ModelRecord): boolean {
+  #evictable(r: ModelRecord): boolean {
     const fresh =
       r.readyAt !== undefined && Date.parse(r.readyAt) + this.#o.config.inUseGraceMs > this.#now();
     return (

@@ -162,7 +162,7 @@ export class ModelManager {
     });
     await this.#layout.emptyTrash("models");
     for (const r of this.#o.registry.all()) {
-      if (r.state === "evicting") await this.#eviction.evict(r, "resume");
+      if (r.state === "evicting") await this.#removeModel(r, "resume");
     }
     await this.#removeOrphans();
     for (const r of this.#o.registry.all()) {
@@ -357,7 +357,7 @@ export class ModelManager {
           : `model ${id} was handed to a pod at ${r.lastUsedAt}; in use until ${r.inUseUntil}`,
       );
     }
-    await this.#eviction.evict(r, "api");
+    await this.#removeModel(r, "api");
   }
 
   /**
@@ -442,7 +442,7 @@ export class ModelManager {
       // A resumed model's lock may belong to the replaced pod of this daemon: wait for it to go stale.
       lockWaitMs: 45_000,
       within: this.#o.root,
-      makeRoom: (need, _free, signal) => this.#eviction.makeRoom(record.id, need, signal),
+      makeRoom: (need, signal) => this.#eviction.makeRoom(record.id, need, signal),
       // With peers, nodes staging a model at once each start elsewhere in it (see StageJob).
       spreadParts: this.#o.spreadParts,
     });

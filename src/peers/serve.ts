@@ -17,7 +17,7 @@ import type { HeldFile } from "../staging/stage-job.js";
 import { openFileBeneath } from "../store/beneath.js";
 import { PIECE_DIGEST_HEADER } from "./protocol.js";
 
-/** What the node holds for peers: the model manager implements it. */
+/** What the node holds for peers: models/held-pieces.ts implements it. */
 export interface PieceHolder {
   /** The staging root every held file's locations are relative to. */
   readonly root: string;

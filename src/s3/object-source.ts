@@ -1,5 +1,3 @@
-import type { Socket } from "node:net";
-import type { Readable } from "node:stream";
 import type { ObjectChecksum } from "../checksums/types.js";
 
 /** One object from a listing. */
@@ -138,22 +136,4 @@ export interface ObjectSource {
   resolveGet?(bucket: string, key: string, options: GetOptions): Promise<ResolvedGet>;
   /** Releases sockets. */
   close(): void;
-}
-
-/**
- * Whether the server closed its side of the connection (FIN) while this body was being read: then a
- * body that ends short was truncated, where a reset (RST) would have been a socket error. Node's
- * response stream reports both as "aborted"; only the socket can tell them apart.
- */
-export function watchServerClose(body: Readable & { socket?: Socket | null }): () => boolean {
-  const socket = body.socket;
-  if (!socket) return () => false;
-  let closed = false;
-  const onEnd = () => {
-    closed = true;
-  };
-  socket.once("end", onEnd);
-  // The socket goes back to the pool (keep-alive) when the body is done: leave it as found.
-  body.once("close", () => socket.off("end", onEnd));
-  return () => closed;
 }

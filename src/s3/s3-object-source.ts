@@ -25,7 +25,6 @@ import type {
   ObjectSource,
   ResolvedGet,
 } from "./object-source.js";
-import { watchServerClose } from "./object-source.js";
 import { statusOf } from "./retry.js";
 
 export interface S3SourceOptions {
@@ -279,4 +278,22 @@ function checksumOf(out: GetObjectCommandOutput | HeadObjectCommandOutput): Obje
     return { algorithm, value, type: type === "COMPOSITE" ? "COMPOSITE" : "FULL_OBJECT" };
   }
   return undefined;
+}
+
+/**
+ * Whether the server closed its side of the connection (FIN) while this body was being read: then a
+ * body that ends short was truncated, where a reset (RST) would have been a socket error. Node's
+ * response stream reports both as "aborted"; only the socket can tell them apart.
+ */
+function watchServerClose(body: Readable & { socket?: Socket | null }): () => boolean {
+  const socket = body.socket;
+  if (!socket) return () => false;
+  let closed = false;
+  const onEnd = () => {
+    closed = true;
+  };
+  socket.once("end", onEnd);
+  // The socket goes back to the pool (keep-alive) when the body is done: leave it as found.
+  body.once("close", () => socket.off("end", onEnd));
+  return () => closed;
 }

@@ -42,10 +42,10 @@ export interface StageJobOptions {
   /** Initial priority against other jobs on a shared scheduler (higher first); see `setPriority`. */
   priority?: number;
   /**
-   * Called before the free-space check with the bytes the job still needs and the bytes free: the
-   * daemon evicts least recently used models here (or throws CS_INSUFFICIENT_SPACE itself).
+   * Called before the free-space check with the bytes the job still needs: the daemon evicts least
+   * recently used models here, measuring free space itself (or throws CS_INSUFFICIENT_SPACE).
    */
-  makeRoom?: (needBytes: number, freeBytes: number, signal: AbortSignal) => Promise<void>;
+  makeRoom?: (needBytes: number, signal: AbortSignal) => Promise<void>;
   filters: Filters;
   retry: RetryPolicy;
   requestTimeoutMs: number;
@@ -528,11 +528,8 @@ export class StageJob implements TaskOwner {
       for (const p of fs.done.keys())
         need -= (fs.plan.bounds[p + 1] as number) - (fs.plan.bounds[p] as number);
     }
-    let free = await freeBytes(this.#root);
-    if (this.#o.makeRoom) {
-      await this.#o.makeRoom(need, free, this.#abort.signal);
-      free = await freeBytes(this.#root);
-    }
+    await this.#o.makeRoom?.(need, this.#abort.signal);
+    const free = await freeBytes(this.#root);
     // Temp files are sparse: space is taken as parts land, so the whole remainder must fit.
     if (need > free) {
       throw new ColdstartError(
@@ -733,7 +730,7 @@ const REFUSED_BYTES = new Set([
 export interface HeldFile {
   /**
    * Where its bytes are, tried in order: path segments below the destination (StageJob.held) or,
-   * from ModelManager.heldObject, below the staging root. Opened with openFileBeneath, never by a
+   * from HeldPieces.heldObject (src/models/held-pieces.ts), below the staging root. Opened with openFileBeneath, never by a
    * joined path: nothing below the root is followed if it is a symlink.
    */
   locations: string[][];

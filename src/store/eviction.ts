@@ -5,8 +5,6 @@
 
 /** Something under the staging root that eviction may take (ModelManager merges these by last use). */
 export interface Evictable {
-  kind: "compile-cache";
-  id: string;
   bytes: number;
   lastUse: number;
   evict(): Promise<boolean>;

@@ -55,7 +55,7 @@ export class Http1Client {
     const origin = `${url.protocol}//${url.host}`;
     for (;;) {
       signal.throwIfAborted();
-      const idle = this.#idle.get(origin)?.pop();
+      const idle = this.#take(origin);
       const conn = idle ?? new Connection(url, this.#tls, (c) => this.#release(origin, c));
       try {
         return await conn.send(head, timeoutMs, signal);
@@ -72,6 +72,15 @@ export class Http1Client {
     this.#idle.clear();
   }
 
+  /** The connection to `origin` released last (LIFO), if one is idle. */
+  #take(origin: string): Connection | undefined {
+    const list = this.#idle.get(origin);
+    const conn = list?.pop();
+    // Peers' addresses come and go: an origin with no idle connection is forgotten.
+    if (list?.length === 0) this.#idle.delete(origin);
+    return conn;
+  }
+
   #release(origin: string, conn: Connection): void {
     if (this.#closed) {
       conn.destroy();
@@ -83,6 +92,7 @@ export class Http1Client {
     conn.onDead = () => {
       const at = list.indexOf(conn);
       if (at >= 0) list.splice(at, 1);
+      if (list.length === 0 && this.#idle.get(origin) === list) this.#idle.delete(origin);
     };
   }
 }

@@ -28,7 +28,6 @@ export interface PartWorkersOptions {
 interface Slot {
   worker: Worker;
   parts: Map<number, Flight>;
-  dead: boolean;
   /** What the thread threw, if it died of an uncaught error: said in the retry's reason. */
   error?: string;
 }
@@ -120,14 +119,13 @@ export class PartWorkers {
 
   /** The live thread with the fewest parts in flight (a new one while the pool is not full). */
   #pick(): Slot {
-    const live = this.#slots.filter((s) => !s.dead);
-    if (live.length < this.size) return this.#spawn();
-    return live.reduce((a, b) => (b.parts.size < a.parts.size ? b : a));
+    if (this.#slots.length < this.size) return this.#spawn();
+    return this.#slots.reduce((a, b) => (b.parts.size < a.parts.size ? b : a));
   }
 
   #spawn(): Slot {
     const worker = newWorker();
-    const slot: Slot = { worker, parts: new Map(), dead: false };
+    const slot: Slot = { worker, parts: new Map() };
     this.#slots.push(slot);
     // An idle pool does not keep the process alive; a part in flight holds its own promise.
     worker.unref();
@@ -165,7 +163,7 @@ export class PartWorkers {
             (resolved) => {
               // The part ended meanwhile (its thread died, or it was restarted elsewhere): nobody
               // will send this request, and a peer's slots must not wait for a settle that never comes.
-              if (slot.dead || slot.parts.get(m.id) !== flight) {
+              if (slot.parts.get(m.id) !== flight) {
                 resolved.settled?.("error", resolved.piece ? "abandoned" : undefined);
                 return;
               }
@@ -235,7 +233,6 @@ export class PartWorkers {
    * written again. Its progress is taken back so bytesDone stays true.
    */
   #onExit(slot: Slot, code: number): void {
-    slot.dead = true;
     const i = this.#slots.indexOf(slot);
     if (i >= 0) this.#slots.splice(i, 1);
     for (const [id, flight] of slot.parts) {
