@@ -122,9 +122,14 @@ export async function downloadPart(req: PartRequest, ctx: PartContext): Promise<
           onSource: ctx.onSource,
         });
         const whole = res.wholeSha256;
+        // skipPeers above keeps a resumed range from peers: a piece must start the part.
+        if (whole !== undefined && written !== 0) {
+          throw new ColdstartError(
+            "CS_INTERNAL",
+            `GET ${req.key}: a peer's piece offered for a resumed range`,
+          );
+        }
         try {
-          if (whole !== undefined && written !== 0)
-            throw new Error("a piece that must verify whole starts mid-part");
           checkResponse(req, res, from, ranged);
           if (!ranged && res.checksum?.type === "FULL_OBJECT") {
             checksum = res.checksum;

@@ -55,7 +55,8 @@ export function verifyChecksum(
     actual = over(0, ranges.length);
   } else {
     if (!partStarts || expected.parts !== partStarts.length) return false;
-    const firstRange = partStarts.map((start) => plan.bounds.indexOf(start));
+    const rangeAt = new Map(plan.bounds.map((b, i) => [b, i]));
+    const firstRange = partStarts.map((start) => rangeAt.get(start) ?? -1);
     if (firstRange.some((i) => i < 0)) return false;
     const values: Buffer[] = [];
     for (const [p, from] of firstRange.entries()) {
