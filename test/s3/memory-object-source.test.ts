@@ -11,6 +11,7 @@ objectSourceConformance("in memory", async () => {
     put: async (key, body) => {
       source.put(bucket, key, body);
     },
+    partSizesKnown: true,
     putMultipart: async (key, body, partSize) => {
       const sizes: number[] = [];
       for (let at = 0; at < body.length; at += partSize) sizes.push(Math.min(partSize, body.length - at));

@@ -9,6 +9,8 @@ export interface ConformanceStore {
   bucket: string;
   put(key: string, body: Buffer): Promise<void>;
   putMultipart(key: string, body: Buffer, partSize: number): Promise<void>;
+  /** Whether the store answers GetObjectAttributes (Ceph RGW 16.2 does not: part sizes unknown). */
+  partSizesKnown: boolean;
 }
 
 const KiB = 1024;
@@ -101,7 +103,7 @@ export function objectSourceConformance(name: string, open: () => Promise<Confor
 
     it("part sizes are the uploaded ones or unknown, never guessed", async () => {
       const parts = await s.source.partSizes(s.bucket, "m/multi.bin");
-      if (parts !== undefined) expect(parts).toEqual([5 * 1024 * KiB, 5 * 1024 * KiB, 1024 * KiB]);
+      expect(parts).toEqual(s.partSizesKnown ? [5 * 1024 * KiB, 5 * 1024 * KiB, 1024 * KiB] : undefined);
       const single = await s.source.partSizes(s.bucket, "m/a.json");
       expect(single === undefined || (single.length === 1 && single[0] === small.length)).toBe(true);
     });
@@ -109,7 +111,10 @@ export function objectSourceConformance(name: string, open: () => Promise<Confor
     it("a GET with an aborted signal fails without an answer", async () => {
       const abort = new AbortController();
       abort.abort(new Error("stop"));
-      await expect(s.source.get(s.bucket, "m/a.json", { signal: abort.signal })).rejects.toThrow();
+      const err = await s.source.get(s.bucket, "m/a.json", { signal: abort.signal }).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(Error);
+      // No HTTP status: the request never got an answer.
+      expect(statusOf(err)).toBeUndefined();
     });
   });
 }

@@ -21,5 +21,7 @@ objectSourceConformance("S3 (Ceph RGW)", async () => {
       await fx.client.send(new PutObjectCommand({ Bucket: bucket, Key: key, Body: body }));
     },
     putMultipart: (key, body, partSize) => putMultipart(fx.client, bucket, key, body, partSize),
+    // Ceph RGW 16.2 ignores ?attributes (it answers with the object): part sizes are unknown.
+    partSizesKnown: false,
   };
 });

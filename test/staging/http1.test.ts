@@ -157,15 +157,19 @@ describe("the part workers' HTTP/1.1 client", () => {
     expect(seen.connections).toHaveLength(2);
   });
 
-  it("a kept-alive connection the server closed while idle is replaced, not failed", async () => {
-    const { url, seen } = await rawServer((s) => {
-      // Answers, then closes without saying so: the client finds out only when it reuses the socket.
-      s.end("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nz");
+  it("a kept-alive connection the server dropped while idle is replaced, not failed", async () => {
+    const { url, seen } = await rawServer((s, _r, i) => {
+      // The second request meets a socket the server has given up on: it closes without an answer,
+      // which the client learns only once it has reused the connection.
+      if (i === 1) s.destroy();
+      else s.write("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nz");
     });
     const c = client();
     expect((await read(await get(c, `${url}/a`))).toString()).toBe("z");
     expect((await read(await get(c, `${url}/b`))).toString()).toBe("z");
     expect(seen.connections).toHaveLength(2);
+    // Sent on the reused connection, then again on a fresh one.
+    expect(seen.requests.map((r) => r.split(" ")[1])).toEqual(["/a", "/b", "/b"]);
   });
 
   it("a body cut by the server's FIN fails as closed by the server; a reset does not", async () => {
@@ -204,19 +208,22 @@ describe("the part workers' HTTP/1.1 client", () => {
   });
 
   it("a malformed answer is a retryable error naming what was wrong, and the socket is dropped", async () => {
-    const cases = [
-      "HTTP/2 200 OK\r\n\r\n",
-      "HTTP/1.1 200 OK\r\nContent-Length: 5, 6\r\n\r\n",
-      "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
-      "HTTP/1.1 200 OK\r\n folded: x\r\n\r\n",
+    const cases: [string, RegExp][] = [
+      ["HTTP/2 200 OK\r\n\r\n", /status line "HTTP\/2 200 OK"/],
+      ["HTTP/1.1 200 OK\r\nContent-Length: 5, 6\r\n\r\n", /Content-Length "5, 6"/],
+      ["HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", /Transfer-Encoding "gzip"/],
+      ["HTTP/1.1 200 OK\r\n folded: x\r\n\r\n", /header line " folded: x"/],
     ];
-    const { url } = await rawServer((s, _r, i) => s.write(cases[i] ?? ""));
+    const { url, seen } = await rawServer((s, _r, i) => s.write(cases[i]?.[0] ?? ""));
     const c = client();
-    for (const _ of cases) {
+    for (const [, says] of cases) {
       const err = await get(c, `${url}/k`).catch((e: unknown) => e);
       expect(err).toBeInstanceOf(TransientError);
       expect((err as Error).message).toMatch(/^malformed HTTP response: /);
+      expect((err as Error).message).toMatch(says);
     }
+    // Each socket was dropped: every request came on a connection of its own.
+    expect(seen.connections).toHaveLength(cases.length);
     const bad = await rawServer((s) =>
       s.write("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"),
     );
