@@ -3,6 +3,8 @@ import { mkdir, readdir, readFile, stat, symlink, writeFile } from "node:fs/prom
 import { join } from "node:path";
 import { PutObjectCommand } from "@aws-sdk/client-s3";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { compositeOf } from "../../src/checksums/combine.js";
+import { createChecksum } from "../../src/checksums/streaming.js";
 import { buildSafetensors } from "../../src/safetensors/build.js";
 import { RateLimiter } from "../../src/staging/rate-limiter.js";
 import type { ManifestFile } from "../../src/store/manifest.js";
@@ -230,7 +232,6 @@ describe.each([
       const body = randomBytes(300_000);
       await putFiles(fx.client, bucket, "m/", [file("tokenizer.json", body)]);
       // RGW ignores x-amz-checksum-*: the fx.proxy plays an S3 that returns them.
-      const { createChecksum } = await import("../../src/checksums/streaming.js");
       const good = createChecksum("CRC32C");
       good.update(body);
       fx.proxy.addRule({
@@ -262,7 +263,6 @@ describe.each([
       const bucket = await freshBucket(fx.client);
       const body = randomBytes(5 * MiB + 17);
       await putFiles(fx.client, bucket, "m/", [file("w.bin", body)]);
-      const { createChecksum } = await import("../../src/checksums/streaming.js");
       const crc = createChecksum("CRC64NVME");
       crc.update(body);
       const value = crc.digest().toString("base64");
@@ -300,8 +300,18 @@ describe.each([
       body.subarray(2 * MB5),
     ];
 
-    /** The proxy plays an S3 that holds a composite checksum and answers GetObjectAttributes. */
-    function serveComposite(key: string, alg: "CRC32" | "SHA256", value: string, sizes: number[]) {
+    /**
+     * The proxy plays an S3 that holds the composite checksum of `claimed` (the body's parts unless
+     * given) for the object `body`, and answers GetObjectAttributes with the body's part sizes.
+     */
+    async function serveComposite(
+      key: string,
+      alg: "CRC32" | "SHA256",
+      body: Buffer,
+      claimed: Buffer[] = partsOf(body),
+    ): Promise<void> {
+      const value = await composite(alg, claimed);
+      const sizes = partsOf(body).map((b) => b.length);
       const header = `x-amz-checksum-${alg.toLowerCase()}`;
       fx.proxy.addRule({
         match: { method: "HEAD", path: key },
@@ -326,8 +336,6 @@ describe.each([
     }
 
     async function composite(alg: "CRC32" | "SHA256", chunks: Buffer[]): Promise<string> {
-      const { createChecksum } = await import("../../src/checksums/streaming.js");
-      const { compositeOf } = await import("../../src/checksums/combine.js");
       const values = chunks.map((c) => {
         const h = createChecksum(alg);
         h.update(c);
@@ -346,12 +354,7 @@ describe.each([
       const bucket = await freshBucket(fx.client);
       const body = randomBytes(2 * MB5 + MiB + 123);
       await putMultipart(fx.client, bucket, "m/w.bin", body, MB5);
-      serveComposite(
-        "w.bin",
-        "CRC32",
-        await composite("CRC32", partsOf(body)),
-        partsOf(body).map((b) => b.length),
-      );
+      await serveComposite("w.bin", "CRC32", body);
 
       await stage(s3, { bucket, prefix: "m/", dest, endpoint: fx.proxy.url, partSizeBytes: 2 * MiB });
 
@@ -368,12 +371,7 @@ describe.each([
       await putMultipart(fx.client, bucket, "m/w.bin", body, MB5);
       const wrong = partsOf(Buffer.from(body));
       wrong[1] = Buffer.alloc(wrong[1]?.length ?? 0);
-      serveComposite(
-        "w.bin",
-        "CRC32",
-        await composite("CRC32", wrong),
-        partsOf(body).map((b) => b.length),
-      );
+      await serveComposite("w.bin", "CRC32", body, wrong);
 
       const err = await expectRejection(
         stage(s3, { bucket, prefix: "m/", dest, endpoint: fx.proxy.url, partSizeBytes: 2 * MiB }),
@@ -387,12 +385,7 @@ describe.each([
       const bucket = await freshBucket(fx.client);
       const body = randomBytes(2 * MB5 + 777);
       await putMultipart(fx.client, bucket, "m/w.bin", body, MB5);
-      serveComposite(
-        "w.bin",
-        "SHA256",
-        await composite("SHA256", partsOf(body)),
-        partsOf(body).map((b) => b.length),
-      );
+      await serveComposite("w.bin", "SHA256", body);
 
       await stage(s3, { bucket, prefix: "m/", dest, endpoint: fx.proxy.url, partSizeBytes: 2 * MiB });
 
@@ -658,6 +651,9 @@ describe.each([
       });
       // 1 MiB of burst, then 3 MiB at 1 MiB/s.
       expect(clock.elapsed()).toBeGreaterThanOrEqual(3000);
+      // And no byte charged twice (once on a worker, again on the main thread) or fetched again:
+      // either would add about 1000 ms per MiB. Sleeps round up to whole milliseconds (3000–3001).
+      expect(clock.elapsed()).toBeLessThan(3100);
       expect(sha256(await readFile(join(dest, "w.bin")))).toBe(sha256(body));
     });
   });
