@@ -8,11 +8,11 @@ import { TokenFile } from "../../src/api/auth.js";
 import type { Surface } from "../../src/api/deps.js";
 import { loadConfig } from "../../src/config/load.js";
 import { Metrics } from "../../src/metrics/metrics.js";
-import { ModelManager } from "../../src/models/model-manager.js";
+import type { ModelManager } from "../../src/models/model-manager.js";
 import { ModelRegistry } from "../../src/models/model-registry.js";
 import { S3ObjectSource } from "../../src/s3/s3-object-source.js";
 import { SlotScheduler } from "../../src/staging/scheduler.js";
-import { stageSettingsFrom } from "../../src/wiring/staging.js";
+import { testManager } from "../support/manager.js";
 import { freshBucket, putFiles } from "../support/s3.js";
 import { useS3Fixture } from "../support/s3-fixture.js";
 import { digests, expectedDigests } from "../support/stage.js";
@@ -59,13 +59,12 @@ async function harness(env: Record<string, string> = {}, root = join(fx.work, "r
     requestTimeoutMs: 30_000,
   });
   const registry = await ModelRegistry.open(root);
-  const manager = new ModelManager({
+  const manager = await testManager({
     root,
     registry,
     source,
     scheduler: new SlotScheduler(8),
     config,
-    stage: stageSettingsFrom(config.download),
     logger,
   });
   await manager.start();

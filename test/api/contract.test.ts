@@ -10,11 +10,9 @@ import { buildApp } from "../../src/api/app.js";
 import { buildMetricsApp } from "../../src/api/metrics-app.js";
 import { loadConfig } from "../../src/config/load.js";
 import { Metrics } from "../../src/metrics/metrics.js";
-import { ModelManager } from "../../src/models/model-manager.js";
-import { ModelRegistry } from "../../src/models/model-registry.js";
 import { S3ObjectSource } from "../../src/s3/s3-object-source.js";
 import { SlotScheduler } from "../../src/staging/scheduler.js";
-import { stageSettingsFrom } from "../../src/wiring/staging.js";
+import { testManager } from "../support/manager.js";
 
 let root: string;
 let api: ReturnType<typeof buildApp>;
@@ -32,13 +30,11 @@ beforeAll(async () => {
     maxSockets: 1,
     requestTimeoutMs: 1000,
   });
-  const manager = new ModelManager({
+  const manager = await testManager({
     root,
-    registry: await ModelRegistry.open(root),
     source,
     scheduler: new SlotScheduler(1),
     config,
-    stage: stageSettingsFrom(config.download),
     logger,
   });
   const metrics = new Metrics(undefined, { defaultMetrics: false });

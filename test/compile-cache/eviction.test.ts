@@ -10,10 +10,8 @@ import { describe, expect, it } from "vitest";
 import { CompileCacheManager } from "../../src/compile-cache/cache-manager.js";
 import { loadConfig } from "../../src/config/load.js";
 import { Metrics } from "../../src/metrics/metrics.js";
-import { ModelManager } from "../../src/models/model-manager.js";
-import { ModelRegistry } from "../../src/models/model-registry.js";
 import { SlotScheduler } from "../../src/staging/scheduler.js";
-import { stageSettingsFrom } from "../../src/wiring/staging.js";
+import { testManager } from "../support/manager.js";
 import { freshBucket, putFiles, testSource } from "../support/s3.js";
 import { useS3Fixture } from "../support/s3-fixture.js";
 import { file } from "../support/synthetic-model.js";
@@ -63,13 +61,11 @@ async function harness(root: string, clock: { t: number }) {
     now,
   });
   const source = testSource(fx.s3, { endpoint: fx.proxy.url });
-  const manager = new ModelManager({
+  const manager = await testManager({
     root,
-    registry: await ModelRegistry.open(root),
     source,
     scheduler: new SlotScheduler(4),
     config,
-    stage: stageSettingsFrom(config.download),
     logger,
     metrics,
     extra: caches,

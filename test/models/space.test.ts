@@ -8,10 +8,9 @@ import pino from "pino";
 import { afterEach, describe, expect, it } from "vitest";
 import { loadConfig } from "../../src/config/load.js";
 import { Metrics } from "../../src/metrics/metrics.js";
-import { ModelManager } from "../../src/models/model-manager.js";
-import { ModelRegistry } from "../../src/models/model-registry.js";
+import type { ModelManager } from "../../src/models/model-manager.js";
 import { SlotScheduler } from "../../src/staging/scheduler.js";
-import { stageSettingsFrom } from "../../src/wiring/staging.js";
+import { testManager } from "../support/manager.js";
 import { freshBucket, putFiles, testSource } from "../support/s3.js";
 import { useS3Fixture } from "../support/s3-fixture.js";
 import { file } from "../support/synthetic-model.js";
@@ -48,13 +47,11 @@ async function onSmallDisk() {
   const managers: ModelManager[] = [];
   /** A manager on the root, as a (re)started daemon makes it: the state on disk is reloaded. */
   const open = async () => {
-    const m = new ModelManager({
+    const m = await testManager({
       root,
-      registry: await ModelRegistry.open(root),
       source,
       scheduler: new SlotScheduler(4),
       config,
-      stage: stageSettingsFrom(config.download),
       logger: pino({ level: "silent" }),
       metrics,
       now: () => now,

@@ -10,11 +10,10 @@ import pino from "pino";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { buildApp } from "../../src/api/app.js";
 import { loadConfig } from "../../src/config/load.js";
-import { ModelManager } from "../../src/models/model-manager.js";
-import { ModelRegistry } from "../../src/models/model-registry.js";
+import type { ModelManager } from "../../src/models/model-manager.js";
 import type { S3ObjectSource } from "../../src/s3/s3-object-source.js";
 import { SlotScheduler } from "../../src/staging/scheduler.js";
-import { stageSettingsFrom } from "../../src/wiring/staging.js";
+import { testManager } from "../support/manager.js";
 import { freshBucket, putFiles, testSource } from "../support/s3.js";
 import { useS3Fixture } from "../support/s3-fixture.js";
 import { file } from "../support/synthetic-model.js";
@@ -42,13 +41,11 @@ beforeEach(async () => {
   const source = testSource(fx.s3, { endpoint: fx.proxy.url });
   const logs: Record<string, unknown>[] = [];
   const logger = pino({ level: "warn" }, { write: (line: string) => logs.push(JSON.parse(line)) });
-  const manager = new ModelManager({
+  const manager = await testManager({
     root,
-    registry: await ModelRegistry.open(root),
     source,
     scheduler: new SlotScheduler(4),
     config,
-    stage: stageSettingsFrom(config.download),
     logger,
   });
   await manager.start();
@@ -156,13 +153,11 @@ describe("peer routes never read outside the staging root", () => {
         else expect(object.json().error.code).toBe("CS_PATH_UNSAFE");
         // A daemon that has not read the manifest yet (a restart) must refuse to read it now.
         const coldConfig = loadConfig({ env: { COLDSTART_ROOT: h.root } });
-        const cold = new ModelManager({
+        const cold = await testManager({
           root: h.root,
-          registry: await ModelRegistry.open(h.root),
           source: h.source,
           scheduler: new SlotScheduler(1),
           config: coldConfig,
-          stage: stageSettingsFrom(coldConfig.download),
           logger: pino({ level: "silent" }),
         });
         const { bucket, key, etag } = Object.fromEntries(new URLSearchParams(q));
