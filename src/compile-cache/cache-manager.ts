@@ -1,14 +1,3 @@
-/**
- * Keyed compile caches on this node, `<root>/compile-cache/<key>/`: restored from the shared store
- * before a pod starts, published once the pod's engine has compiled into them, checked for silent
- * misses, and evicted with the models under the staging root's watermarks.
- *
- * Concurrent publishers of one key: the first complete manifest wins. A cache is one engine run's
- * self-consistent output (vLLM's index names the Inductor artifacts it wrote), so two runs' files
- * must not be mixed file by file; two complete caches of one key are equivalent, because the key
- * holds everything that makes artifacts incompatible. See docs/compile-cache.md.
- */
-import { randomUUID } from "node:crypto";
 import { constants } from "node:fs";
 import { lstat, mkdir, open, readdir, rename, rm } from "node:fs/promises";
 import { join } from "node:path";
@@ -328,13 +317,7 @@ export class CompileCacheManager {
   evictables(): Evictable[] {
     return this.#records
       .all()
-      .filter(
-        (r) =>
-          !this.#restoring.has(r.key) &&
-          !this.#publishing.has(r.key) &&
-          !this.#evictions.has(r.key) &&
-          this.#idle(r),
-      )
+      .filter((r) => !this.#busy(r.key) && this.#idle(r))
       .map((r) => ({
         bytes: r.bytes,
         lastUse: Math.max(Date.parse(r.lastUsedAt), Date.parse(r.changedAt ?? r.createdAt)),
@@ -345,7 +328,7 @@ export class CompileCacheManager {
   /** DELETE: removes the local copy now (the remote keeps its own). */
   async remove(keyIn: string): Promise<void> {
     const r = this.#records.require(keyIn);
-    if (this.#restoring.has(r.key) || this.#publishing.has(r.key) || this.#evictions.has(r.key)) {
+    if (this.#busy(r.key)) {
       throw new ColdstartError(
         "CS_CACHE_BUSY",
         `compile cache ${r.key} is being restored, published or evicted`,
@@ -366,8 +349,7 @@ export class CompileCacheManager {
   }
 
   #evict(r: CacheRecord, reason: "watermark" | "api"): Promise<boolean> {
-    if (this.#evictions.has(r.key) || this.#restoring.has(r.key) || this.#publishing.has(r.key))
-      return Promise.resolve(false);
+    if (this.#busy(r.key)) return Promise.resolve(false);
     // Chosen a while ago (eviction awaits between victims): handed over or written since? It stays.
     if (reason === "watermark" && !this.#idle(r)) return Promise.resolve(false);
     const running = this.#evictOnce(r, reason).finally(() => this.#evictions.delete(r.key));
@@ -376,9 +358,7 @@ export class CompileCacheManager {
   }
 
   async #evictOnce(r: CacheRecord, reason: "watermark" | "api"): Promise<boolean> {
-    const trash = this.#layout.trash("compile-cache");
-    await mkdir(trash, { recursive: true });
-    const gone = join(trash, randomUUID());
+    const gone = await this.#layout.trashSlot("compile-cache");
     // A symlink planted in place of the directory is moved, not followed.
     await rename(this.pathOf(r.key), gone).catch((e: NodeJS.ErrnoException) => {
       if (e.code !== "ENOENT") throw ioError(e, `evicting compile cache ${r.key}`);
@@ -408,9 +388,7 @@ export class CompileCacheManager {
     const st = await lstat(path).catch(() => undefined);
     if (st && !st.isDirectory()) {
       this.#o.logger.warn({ key, path }, "the keyed directory was replaced by a non-directory; moved aside");
-      const trash = this.#layout.trash("compile-cache");
-      await mkdir(trash, { recursive: true });
-      await rename(path, join(trash, randomUUID()));
+      await rename(path, await this.#layout.trashSlot("compile-cache"));
     }
     if (!st?.isDirectory()) {
       await mkdir(path, { mode: 0o777 }).catch((e: NodeJS.ErrnoException) => {
@@ -479,6 +457,11 @@ export class CompileCacheManager {
 
   #tmpDir(): string {
     return this.#layout.compileCacheTmp;
+  }
+
+  /** Being restored, published or evicted: nothing else may touch the key meanwhile. */
+  #busy(key: string): boolean {
+    return this.#restoring.has(key) || this.#publishing.has(key) || this.#evictions.has(key);
   }
 
   #now(): number {

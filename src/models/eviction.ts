@@ -50,6 +50,11 @@ export function inUseGrace(r: ModelRecord, now: number): boolean {
   return r.inUseUntil !== undefined && Date.parse(r.inUseUntil) > now;
 }
 
+/** Of the bytes a job reserved when admitted, those it has not written yet (resumed bytes were on disk). */
+function stillToWrite(reserved: number, p: { bytesDone: number; resumedBytes: number }): number {
+  return Math.max(reserved - (p.bytesDone - p.resumedBytes), 0);
+}
+
 export function lastUseOf(r: ModelRecord): number {
   return Date.parse(r.lastUsedAt ?? r.readyAt ?? r.startedAt ?? "1970-01-01");
 }
@@ -242,7 +247,7 @@ export class ModelEviction {
       if (id === forId || !this.#reserved.has(id)) continue;
       const reserved = this.#reserved.get(id) ?? 0;
       if (this.#host.record(id)?.pinned) {
-        pinnedOthersToWrite += Math.max(reserved - (p.bytesDone - p.resumedBytes), 0);
+        pinnedOthersToWrite += stillToWrite(reserved, p);
         pinnedOthersTotal += p.bytesTotal;
       } else unpinnedOthersOnDisk += p.bytesDone;
     }
@@ -317,7 +322,7 @@ export class ModelEviction {
       if (id === exceptId) continue;
       const reserved = this.#reserved.get(id);
       if (reserved === undefined) continue;
-      toWrite += Math.max(reserved - (p.bytesDone - p.resumedBytes), 0);
+      toWrite += stillToWrite(reserved, p);
       total += p.bytesTotal;
     }
     return { toWrite, total };

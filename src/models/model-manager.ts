@@ -1,4 +1,3 @@
-import { randomUUID } from "node:crypto";
 import { lstat, mkdir, readdir, rm, statfs } from "node:fs/promises";
 import { join } from "node:path";
 import picomatch from "picomatch";
@@ -532,9 +531,7 @@ export class ModelManager {
     r.state = "evicting";
     await this.#o.registry.put(r);
     this.#changed(r.id);
-    const trash = this.#layout.trash("models");
-    await mkdir(trash, { recursive: true });
-    const gone = join(trash, randomUUID());
+    const gone = await this.#layout.trashSlot("models");
     // Never through a planted symlink: the rename would move (and the rm delete) something outside.
     await renameBeneath(this.#o.root, this.#modelSegments(r.id), gone).catch((e) => {
       throw isColdstartError(e) ? e : ioError(e as NodeJS.ErrnoException, `evicting ${r.id}`);

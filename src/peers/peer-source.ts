@@ -319,7 +319,6 @@ export class PeerAwareSource implements ObjectSource {
       piece: {
         length: end - start,
         sha256: held.pieces[piece] ?? undefined,
-        digestHeader: PIECE_DIGEST_HEADER,
         statusCode: ranged ? 206 : 200,
         contentRange: ranged ? `bytes ${start}-${end - 1}/${held.size}` : undefined,
         etag,

@@ -97,8 +97,6 @@ export interface ResolvedGet {
 export interface PieceAnswer {
   length: number;
   sha256: string | undefined;
-  /** The response header in which the peer sends the piece's digest. */
-  digestHeader: string;
   statusCode: number;
   contentRange: string | undefined;
   etag: string;

@@ -497,23 +497,20 @@ export class StageJob implements TaskOwner {
   }
 
   /**
-   * Decides how the file is cut and checked (see #checksumPlan), then loads a valid journal (resume)
-   * or starts a fresh temp file and journal.
+   * For a file listed in several parts: decides how it is cut and checked (checksum-plan.ts), then
+   * loads a valid journal (resume) or starts a fresh temp file and journal.
    */
   async #openFile(listed: FilePlan): Promise<FileState> {
     const o = this.#o;
-    const check =
-      listed.bounds.length > 2
-        ? await checksumPlan(listed, {
-            source: o.source,
-            bucket: o.bucket,
-            retry: o.retry,
-            partSizeBytes: o.partSizeBytes,
-            signal: this.#abort.signal,
-            onRetry: this.#onRetry(listed.key, "head"),
-            logger: o.logger,
-          })
-        : {};
+    const check = await checksumPlan(listed, {
+      source: o.source,
+      bucket: o.bucket,
+      retry: o.retry,
+      partSizeBytes: o.partSizeBytes,
+      signal: this.#abort.signal,
+      onRetry: this.#onRetry(listed.key, "head"),
+      logger: o.logger,
+    });
     const plan = check.bounds ? { ...listed, bounds: check.bounds } : listed;
     const { file, resumedBytes } = await openTempFile(plan, this.#tmpDir, check);
     this.#p.resumedBytes += resumedBytes;

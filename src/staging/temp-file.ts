@@ -89,6 +89,6 @@ export async function openTempFile(
   } finally {
     await fh.close();
   }
-  const journal = plan.bounds.length > 2 ? await PartJournal.create(journalPath, header) : undefined;
+  const journal = await PartJournal.create(journalPath, header);
   return { file: { ...base, journal, done: new Map() }, resumedBytes: 0 };
 }

@@ -1,4 +1,5 @@
-import { readdir, rm } from "node:fs/promises";
+import { randomUUID } from "node:crypto";
+import { mkdir, readdir, rm } from "node:fs/promises";
 import { join } from "node:path";
 
 /**
@@ -46,6 +47,13 @@ export class RootLayout {
   /** Where one manager moves what it evicts; only that manager empties it. */
   trash(owner: "models" | "compile-cache"): string {
     return join(this.root, "trash", owner);
+  }
+
+  /** A fresh name in the owner's trash, its directory made: where something is renamed away. */
+  async trashSlot(owner: "models" | "compile-cache"): Promise<string> {
+    const dir = this.trash(owner);
+    await mkdir(dir, { recursive: true });
+    return join(dir, randomUUID());
   }
 
   /**
