@@ -1,6 +1,6 @@
 import bytes from "bytes-iec";
 import cliProgress from "cli-progress";
-import type { StageProgress, StageResult } from "../staging/stage-job.js";
+import type { StageProgress, StageResult } from "../staging/job-types.js";
 
 export interface ProgressView {
   stop(): void;

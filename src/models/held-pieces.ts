@@ -1,6 +1,7 @@
 import type { PieceHolder } from "../peers/serve.js";
 import { parseS3Uri } from "../s3/uri.js";
-import type { HeldFile, StageJob } from "../staging/stage-job.js";
+import type { HeldFile } from "../staging/piece-board.js";
+import type { StageJob } from "../staging/stage-job.js";
 import { type ManifestFile, ManifestStore } from "../store/manifest.js";
 import { RootLayout } from "../store/root-layout.js";
 import type { ModelRecord } from "./model-registry.js";

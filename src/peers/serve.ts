@@ -1,8 +1,8 @@
 /**
- * The peer protocol's serving half (its client is peer-source.ts), a fastify plugin the API mounts:
- * what this node holds verified, one piece of it, and for peers' image mirrors a blob of this
- * node's containerd content store and what a tag points at. TCP with a token only; served from this
- * node's own files, never relayed from elsewhere, so answers cannot loop.
+ * The peer protocol's serving half (its client: locator.ts and piece-client.ts), a fastify plugin
+ * the API mounts: what this node holds verified, one piece of it, and for peers' image mirrors a
+ * blob of this node's containerd content store and what a tag points at. TCP with a token only;
+ * served from this node's own files, never relayed from elsewhere, so answers cannot loop.
  */
 import type { FileHandle } from "node:fs/promises";
 import { pipeline, Readable, Transform } from "node:stream";
@@ -12,8 +12,8 @@ import type { Metrics } from "../metrics/metrics.js";
 import type { ImageResolver } from "../mirror/containerd-images.js";
 import type { ContentStore } from "../mirror/content-store.js";
 import { imageRef } from "../mirror/tags.js";
+import type { HeldFile } from "../staging/piece-board.js";
 import type { RateLimiter } from "../staging/rate-limiter.js";
-import type { HeldFile } from "../staging/stage-job.js";
 import { openFileBeneath } from "../store/beneath.js";
 import { PIECE_DIGEST_HEADER } from "./protocol.js";
 

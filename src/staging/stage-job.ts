@@ -1,104 +1,27 @@
 import { setMaxListeners } from "node:events";
-import { lstat, open, readdir, rename, rm } from "node:fs/promises";
-import { dirname, join } from "node:path";
-import type { Logger } from "pino";
+import { readdir, rm } from "node:fs/promises";
+import { join } from "node:path";
 import { ColdstartError, isColdstartError, toColdstartError } from "../errors.js";
 import { shuffle } from "../lib/shuffle.js";
-import type { Metrics, Stage } from "../metrics/metrics.js";
+import type { Stage } from "../metrics/metrics.js";
 import { retryReason } from "../metrics/retry-reason.js";
-import type { ObjectSource } from "../s3/object-source.js";
-import { describe, type RetryPolicy, toS3Error, withRetry } from "../s3/retry.js";
+import { describe, toS3Error, withRetry } from "../s3/retry.js";
 import type { ShardTensors } from "../safetensors/index-json.js";
-import { syncDir } from "../store/atomic-file.js";
 import { freeBytes } from "../store/disk.js";
 import type { JournalEntry } from "../store/journal.js";
 import { acquireLock, type HeldLock } from "../store/lock.js";
 import { ManifestStore } from "../store/manifest.js";
-import { ioError, prepareTarget, STATE_DIR } from "../store/paths.js";
+import { STATE_DIR } from "../store/paths.js";
 import { checksumPlan } from "./checksum-plan.js";
+import { commitFile, isCommitted, refusesBytes } from "./commit.js";
 import { prepareDestination } from "./destination.js";
-import { downloadPart, type LowSpeed } from "./part-download.js";
-import { type FilePlan, type Filters, planJob } from "./plan.js";
-import type { RateLimiter } from "./rate-limiter.js";
+import type { StageJobOptions, StageProgress, StageResult } from "./job-types.js";
+import { downloadPart } from "./part-download.js";
+import { type HeldFile, PieceBoard } from "./piece-board.js";
+import { type FilePlan, planJob } from "./plan.js";
 import { SlotScheduler, type TaskOwner } from "./scheduler.js";
-import { type FileState, openTempFile, tmpId } from "./temp-file.js";
-import { INDEX_SUFFIX, manifestEntry, verifyStaged } from "./verify.js";
-import type { PartRunner } from "./workers/pool.js";
-
-export interface StageJobOptions {
-  source: ObjectSource;
-  bucket: string;
-  prefix: string;
-  /** Destination directory (created if missing). */
-  dest: string;
-  partSizeBytes: number;
-  /**
-   * The download budget the job's ranged GETs and HEADs run under. The daemon shares one across all
-   * jobs; absent, the job makes its own of `concurrency` slots.
-   */
-  scheduler?: SlotScheduler;
-  /** Slots of the job's own scheduler when none is given. */
-  concurrency: number;
-  /** Initial priority against other jobs on a shared scheduler (higher first); see `setPriority`. */
-  priority?: number;
-  /**
-   * Called before the free-space check with the bytes the job still needs: the daemon evicts least
-   * recently used models here, measuring free space itself (or throws CS_INSUFFICIENT_SPACE).
-   */
-  makeRoom?: (needBytes: number, signal: AbortSignal) => Promise<void>;
-  filters: Filters;
-  retry: RetryPolicy;
-  requestTimeoutMs: number;
-  /** The minimum-throughput rule per request (download.lowSpeed*); absent: off. */
-  lowSpeed?: LowSpeed | undefined;
-  signal?: AbortSignal;
-  logger?: Logger;
-  /** Bytes received, retries by reason, and per-stage durations. */
-  metrics?: Metrics | undefined;
-  /**
-   * How long to wait for another holder's destination lock to go stale (a replaced daemon pod's
-   * lock, heartbeat stopped) before failing with CS_DEST_LOCKED. The CLI fails at once.
-   */
-  lockWaitMs?: number;
-  /**
-   * Runs each part: the daemon's and the CLI's pool of worker threads (download.workers); absent,
-   * on this thread (downloadPart).
-   */
-  runPart?: PartRunner | undefined;
-  /** Throughput cap shared with other jobs (download.maxBytesPerSecond). */
-  rateLimiter?: RateLimiter | undefined;
-  /** Take the model's parts in a random order (set when peers are configured). */
-  spreadParts?: boolean | undefined;
-  /**
-   * The staging root `dest` lies below (the daemon's): every directory between them must be a real
-   * directory, never a symlink (CS_PATH_UNSAFE). The CLI's destination has none.
-   */
-  within?: string | undefined;
-}
-
-export interface StageProgress {
-  /** downloading: parts in flight; verifying: every byte is in, last files being checked and committed. */
-  phase: "listing" | "downloading" | "verifying" | "done" | "failed";
-  filesTotal: number;
-  filesDone: number;
-  bytesTotal: number;
-  /** Bytes in place: downloaded this run plus resumed. */
-  bytesDone: number;
-  /** Bytes not fetched again because a journal or the manifest already had them. */
-  resumedBytes: number;
-  retries: number;
-  startedAt: number;
-}
-
-export interface StageResult {
-  files: number;
-  bytes: number;
-  seconds: number;
-  /** Bytes transferred this run per second of wall time (resumed bytes excluded). */
-  bytesPerSecond: number;
-  retries: number;
-  resumedBytes: number;
-}
+import { discardTempFile, type FileState, openTempFile, partRequest, singleFile } from "./temp-file.js";
+import { INDEX_SUFFIX } from "./verify.js";
 
 /**
  * Stages every object under an S3 prefix into a directory: parallel ranged GETs under one
@@ -120,9 +43,8 @@ export class StageJob implements TaskOwner {
   #commitMs = 0;
   #root = "";
   #tmpDir = "";
-  /** Files being staged, by relative path, and the manifest of those committed (peers read both). */
-  readonly #files = new Map<string, FileState>();
-  #manifest: ManifestStore | undefined;
+  /** What peers may read of the files being staged and committed. */
+  readonly #board = new PieceBoard();
   #listing = false;
   /** Files in several parts, opened (journal loaded or created) before any byte is fetched. */
   readonly #opened: FileState[] = [];
@@ -130,8 +52,6 @@ export class StageJob implements TaskOwner {
   readonly #singles = new Map<string, FileState>();
   /** Set by stop(): no part starts or retries after it. */
   #stopping: ColdstartError | undefined;
-  /** Peers waiting for a part to be in (see whenPiece), by relative path and part. */
-  readonly #pieceWaiters = new Map<string, Set<(inNow: boolean) => void>>();
 
   constructor(options: StageJobOptions) {
     this.#o = options;
@@ -191,64 +111,14 @@ export class StageJob implements TaskOwner {
     );
   };
 
-  /**
-   * What this job holds of one file, for peers: the committed file with every piece, or a file still
-   * staging with the pieces already durable in its temp file (their digests from the journal, so
-   * null where a piece is not in yet). A single-part file is held only once committed: its one part
-   * is not journaled. The asking node checks every piece's digest and then the whole file against
-   * S3's checksums and the safetensors header, as it does bytes from S3.
-   */
+  /** What this job holds of one file, for peers (see PieceBoard.held). */
   held(relPath: string, etag: string): HeldFile | undefined {
-    const final = relPath.split("/");
-    // Staging first: the manifest has a file's entry a moment before the rename puts it in place.
-    const fs = this.#files.get(relPath);
-    if (fs) {
-      if (!fs.journal || fs.plan.etag !== etag) return undefined;
-      return {
-        // Renamed meanwhile (same inode, same bytes): then it is at its final path.
-        locations: [[STATE_DIR, "tmp", `${fs.id}.partial`], final],
-        size: fs.plan.size,
-        bounds: fs.plan.bounds,
-        pieces: fs.plan.bounds.slice(1).map((_, p) => fs.done.get(p)?.sha256 ?? null),
-        fetching: [...fs.inFlight].flatMap(([p, from]) => (from === "s3" ? [p] : [])),
-      };
-    }
-    const committed = this.#manifest?.get(relPath);
-    if (!committed || committed.etag !== etag) return undefined;
-    return {
-      locations: [final],
-      size: committed.size,
-      bounds: committed.bounds,
-      pieces: committed.pieces,
-      fetching: [],
-    };
+    return this.#board.held(relPath, etag);
   }
 
-  /**
-   * Resolves true once part `p` of a file this job stages is durable (journaled), false if it is not
-   * within `timeoutMs` or the job ends first. A peer waits here for a part this node is fetching.
-   */
+  /** Resolves true once part `p` of a file is durable, false after `timeoutMs` or the job's end. */
   whenPiece(relPath: string, p: number, timeoutMs: number): Promise<boolean> {
-    const fs = this.#files.get(relPath);
-    if (!fs) return Promise.resolve(this.#manifest?.get(relPath) !== undefined);
-    if (fs.done.has(p)) return Promise.resolve(true);
-    const k = `${relPath}\0${p}`;
-    return new Promise((resolve) => {
-      const waiters = this.#pieceWaiters.get(k) ?? new Set();
-      this.#pieceWaiters.set(k, waiters);
-      const finish = (inNow: boolean) => {
-        clearTimeout(timer);
-        waiters.delete(finish);
-        if (waiters.size === 0) this.#pieceWaiters.delete(k);
-        resolve(inNow);
-      };
-      const timer = setTimeout(() => finish(false), timeoutMs);
-      waiters.add(finish);
-    });
-  }
-
-  #pieceIn(relPath: string, p: number): void {
-    for (const finish of [...(this.#pieceWaiters.get(`${relPath}\0${p}`) ?? [])]) finish(true);
+    return this.#board.whenPiece(relPath, p, timeoutMs);
   }
 
   /** True from when the job holds its lock until its files are listed and opened (see held). */
@@ -286,10 +156,7 @@ export class StageJob implements TaskOwner {
       throw toColdstartError(err);
     } finally {
       outer?.removeEventListener("abort", onOuterAbort);
-      // Peers waiting for parts of a job that ended get S3's answer instead.
-      for (const waiters of [...this.#pieceWaiters.values()])
-        for (const finish of [...waiters]) finish(false);
-      this.#files.clear();
+      this.#board.end();
       this.#listing = false;
       await lock?.release();
     }
@@ -322,7 +189,7 @@ export class StageJob implements TaskOwner {
     this.#p.bytesTotal = files.reduce((n, f) => n + f.size, 0);
 
     const manifest = await ManifestStore.open(this.#root, source);
-    this.#manifest = manifest;
+    this.#board.manifest = manifest;
     try {
       await this.#stageFiles(files, manifest);
     } catch (err) {
@@ -362,18 +229,19 @@ export class StageJob implements TaskOwner {
       this.#stopping ? Promise.reject(this.#stopping) : this.#scheduler.run(this, task);
     const pending: FilePlan[] = [];
     for (const f of files) {
-      if (await this.#alreadyStaged(f, manifest)) {
+      if (await isCommitted(f, manifest, this.#root, this.#tmpDir)) {
         this.#p.filesDone++;
         this.#p.bytesDone += f.size;
         this.#p.resumedBytes += f.size;
       } else pending.push(f);
     }
     const multi = pending.filter((f) => f.bounds.length > 2);
-    const opened = await Promise.allSettled(multi.map((f) => limit(() => this.#openFile(f))));
-    for (const r of opened) if (r.status === "fulfilled") this.#opened.push(r.value);
-    throwFirst(opened);
+    const openings = await Promise.allSettled(multi.map((f) => limit(() => this.#openFile(f))));
+    for (const r of openings) if (r.status === "fulfilled") this.#opened.push(r.value);
+    throwFirst(openings);
     await this.#checkSpace(pending);
-    for (const fs of this.#opened) this.#files.set(fs.plan.relPath, fs);
+    const opened = new Map(this.#opened.map((fs) => [fs.plan.relPath, fs]));
+    for (const fs of this.#opened) this.#board.track(fs);
     this.#listing = false;
 
     // One work list for the whole model: a file's parts, or a single-part file's plan.
@@ -381,7 +249,7 @@ export class StageJob implements TaskOwner {
     for (const f of pending) {
       if (f.bounds.length <= 2) work.push({ single: f });
       else {
-        const fs = this.#files.get(f.relPath) as FileState;
+        const fs = opened.get(f.relPath) as FileState;
         for (let p = 0; p < fs.plan.bounds.length - 1; p++) if (!fs.done.has(p)) work.push({ fs, p });
       }
     }
@@ -437,15 +305,7 @@ export class StageJob implements TaskOwner {
 
   /** A single-part file's state, made when a worker takes it (and dropped once it is committed). */
   #startSingle(plan: FilePlan): FileState {
-    const id = tmpId(plan.relPath);
-    const fs: FileState = {
-      plan,
-      id,
-      tmpPath: join(this.#tmpDir, `${id}.partial`),
-      journal: undefined,
-      done: new Map(),
-      inFlight: new Map(),
-    };
+    const fs = singleFile(plan, this.#tmpDir);
     this.#singles.set(plan.relPath, fs);
     return fs;
   }
@@ -461,10 +321,24 @@ export class StageJob implements TaskOwner {
     allFiles?: FilePlan[],
   ): Promise<void> {
     try {
-      await this.#commit(fs, manifest, headers, allFiles);
+      const o = this.#o;
+      const ms = await commitFile(fs, {
+        root: this.#root,
+        manifest,
+        headers,
+        allFiles,
+        lock: this.#lock,
+        logger: o.logger,
+      });
+      const dropped = Date.now();
+      this.#board.committed(fs.plan.relPath);
       this.#singles.delete(fs.plan.relPath);
+      await fs.journal?.remove();
+      this.#verifyMs += ms.verifyMs;
+      this.#commitMs += ms.commitMs + (Date.now() - dropped);
+      this.#p.filesDone++;
     } catch (err) {
-      if (isColdstartError(err) && REFUSED_BYTES.has(err.code)) await this.#discard(fs);
+      if (refusesBytes(err)) await this.#discard(fs);
       throw err;
     }
   }
@@ -472,8 +346,7 @@ export class StageJob implements TaskOwner {
   /** Removes a file's temp file and journal. */
   async #discard(fs: FileState): Promise<void> {
     this.#singles.delete(fs.plan.relPath);
-    await rm(fs.tmpPath, { force: true });
-    await rm(join(this.#tmpDir, `${fs.id}.journal`), { force: true });
+    await discardTempFile(fs, this.#tmpDir);
   }
 
   /**
@@ -484,16 +357,6 @@ export class StageJob implements TaskOwner {
   async #reclaim(): Promise<void> {
     const gone = [...this.#opened.filter((fs) => fs.done.size === 0), ...this.#singles.values()];
     for (const fs of gone) await this.#discard(fs).catch(() => {});
-  }
-
-  async #alreadyStaged(f: FilePlan, manifest: ManifestStore): Promise<boolean> {
-    const m = manifest.get(f.relPath);
-    if (!m || m.etag !== f.etag || m.size !== f.size) return false;
-    const st = await lstat(join(this.#root, ...f.segments)).catch(() => undefined);
-    if (st?.isFile() !== true || st.size !== f.size) return false;
-    // A crash between the rename and the journal's removal leaves the journal: it is spent.
-    await rm(join(this.#tmpDir, `${tmpId(f.relPath)}.journal`), { force: true });
-    return true;
   }
 
   /**
@@ -542,47 +405,30 @@ export class StageJob implements TaskOwner {
     const o = this.#o;
     const signal = this.#abort.signal;
     const { plan } = fs;
-    const parts = plan.bounds.length - 1;
     try {
       await limit(async () => {
         if (signal.aborted) throw toS3Error(signal.reason, plan.key, "GET");
         if (this.#stopping) throw this.#stopping;
         await this.#downloadTracked(fs, p, (onSource) =>
-          (o.runPart ?? downloadPart)(
-            {
-              bucket: o.bucket,
-              key: plan.key,
-              etag: plan.etag,
-              size: plan.size,
-              tmpPath: fs.tmpPath,
-              index: p,
-              start: plan.bounds[p] as number,
-              end: plan.bounds[p + 1] as number,
-              whole: parts === 1,
-              create: parts === 1,
-              durable: fs.journal !== undefined || parts === 1,
-              sumAlgorithm: fs.checksum?.algorithm,
+          (o.runPart ?? downloadPart)(partRequest(fs, p, o.bucket), {
+            source: o.source,
+            retry: o.retry,
+            requestTimeoutMs: o.requestTimeoutMs,
+            lowSpeed: o.lowSpeed,
+            signal,
+            onBytes: (n) => {
+              this.#p.bytesDone += n;
+              // Bytes from S3 only: a peer's are coldstart_peer_bytes_total{direction="in"}.
+              if (fs.inFlight.get(p) !== "peer") o.metrics?.downloadBytes.inc({ source: o.bucket }, n);
             },
-            {
-              source: o.source,
-              retry: o.retry,
-              requestTimeoutMs: o.requestTimeoutMs,
-              lowSpeed: o.lowSpeed,
-              signal,
-              onBytes: (n) => {
-                this.#p.bytesDone += n;
-                // Bytes from S3 only: a peer's are coldstart_peer_bytes_total{direction="in"}.
-                if (fs.inFlight.get(p) !== "peer") o.metrics?.downloadBytes.inc({ source: o.bucket }, n);
-              },
-              onDiscard: (n) => {
-                this.#p.bytesDone -= n;
-              },
-              onRetry: this.#onRetry(plan.key, "get"),
-              rateLimiter: o.rateLimiter,
-              onSource,
-              halted: () => this.#stopping,
+            onDiscard: (n) => {
+              this.#p.bytesDone -= n;
             },
-          ),
+            onRetry: this.#onRetry(plan.key, "get"),
+            rateLimiter: o.rateLimiter,
+            onSource,
+            halted: () => this.#stopping,
+          }),
         );
       });
     } catch (err) {
@@ -612,7 +458,7 @@ export class StageJob implements TaskOwner {
       const entry = await run((fromPeer) => fs.inFlight.set(p, fromPeer ? "peer" : "s3"));
       await fs.journal?.record(entry, fs.plan.key);
       fs.done.set(p, entry);
-      this.#pieceIn(fs.plan.relPath, p);
+      this.#board.pieceIn(fs.plan.relPath, p);
     } finally {
       fs.inFlight.delete(p);
     }
@@ -629,69 +475,6 @@ export class StageJob implements TaskOwner {
 
   #observe(stage: Stage, ms: number): void {
     this.#o.metrics?.stageDuration.observe({ stage }, ms / 1000);
-  }
-
-  /** Verifies a fully downloaded temp file and renames it into place, then records it. */
-  async #commit(
-    fs: FileState,
-    manifest: ManifestStore,
-    headers: Map<string, ShardTensors>,
-    allFiles?: FilePlan[],
-  ): Promise<void> {
-    const { plan } = fs;
-    const entries = Array.from({ length: plan.bounds.length - 1 }, (_, p) => fs.done.get(p));
-    if (entries.some((e) => e === undefined)) {
-      throw new ColdstartError("CS_INTERNAL", `${plan.key}: committing with parts missing`, {
-        details: { key: plan.key },
-      });
-    }
-    const done = entries as JournalEntry[];
-    const verifyStarted = Date.now();
-    const checksum = await verifyStaged({
-      plan,
-      tmpPath: fs.tmpPath,
-      done,
-      offered: fs.checksum ?? (done.length === 1 ? done[0]?.checksum : undefined),
-      partStarts: fs.partStarts,
-      headers,
-      allFiles,
-      root: this.#root,
-      logger: this.#o.logger,
-    });
-    const commitStarted = Date.now();
-    this.#verifyMs += commitStarted - verifyStarted;
-    const target = await prepareTarget(this.#root, plan.segments, plan.key);
-    const entry = manifestEntry(plan, done, checksum);
-    // The order makes every crash point resumable without refetching the file: temp durable ->
-    // manifest entry -> rename (+ dir fsync) -> journal gone. Killed before the rename: the journal
-    // and the complete temp file are still there, so a rerun commits without a byte fetched.
-    // Killed after it: the manifest knows the final file, and a leftover journal is dropped.
-    // A single part was fdatasync'd by its download, before this commit could start.
-    if (done.length > 1) {
-      try {
-        const fh = await open(fs.tmpPath, "r+");
-        try {
-          await fh.sync();
-        } finally {
-          await fh.close();
-        }
-      } catch (e) {
-        throw ioError(e as NodeJS.ErrnoException, `syncing ${fs.tmpPath}`, plan.key);
-      }
-    }
-    // Nothing becomes visible under a lock that is no longer ours.
-    await this.#lock?.verify();
-    await manifest.put(plan.relPath, entry);
-    try {
-      await rename(fs.tmpPath, target);
-      await syncDir(dirname(target));
-    } catch (e) {
-      throw ioError(e as NodeJS.ErrnoException, `committing ${target}`, plan.key);
-    }
-    this.#files.delete(plan.relPath);
-    await fs.journal?.remove();
-    this.#commitMs += Date.now() - commitStarted;
-    this.#p.filesDone++;
   }
 
   /**
@@ -713,30 +496,6 @@ const COMMITS_PER_WORKER = 8;
 
 /** One item of a job's work list: a part of a file in several parts, or a whole single-part file. */
 type Work = { fs: FileState; p: number } | { single: FilePlan };
-
-/** Verification failures: the bytes on disk are known bad, so their temp file is discarded. */
-const REFUSED_BYTES = new Set([
-  "CS_SIZE_MISMATCH",
-  "CS_CHECKSUM_MISMATCH",
-  "CS_SAFETENSORS_INVALID",
-  "CS_SAFETENSORS_INDEX_INVALID",
-  "CS_OBJECT_CHANGED",
-]);
-
-/** What a job holds of one file (see StageJob.held): null pieces are not in yet. */
-export interface HeldFile {
-  /**
-   * Where its bytes are, tried in order: path segments below the destination (StageJob.held) or,
-   * from HeldPieces.heldObject (src/models/held-pieces.ts), below the staging root. Opened with openFileBeneath, never by a
-   * joined path: nothing below the root is followed if it is a symlink.
-   */
-  locations: string[][];
-  size: number;
-  bounds: number[];
-  pieces: (string | null)[];
-  /** Pieces not in yet that this node is fetching from S3 now: a peer may wait for them. */
-  fetching: number[];
-}
 
 /** Rethrows the first real failure; CS_ABORTED from parts cancelled because of it comes second. */
 function throwFirst(results: PromiseSettledResult<unknown>[]): void {

@@ -4,6 +4,7 @@ import { join } from "node:path";
 import type { ObjectChecksum } from "../checksums/types.js";
 import { type JournalEntry, PartJournal } from "../store/journal.js";
 import { ioError } from "../store/paths.js";
+import type { PartRequest } from "./part-download.js";
 import type { FilePlan } from "./plan.js";
 
 /** One file of a job while it stages: its plan, temp file, journal and the parts in and in flight. */
@@ -91,4 +92,43 @@ export async function openTempFile(
   }
   const journal = await PartJournal.create(journalPath, header);
   return { file: { ...base, journal, done: new Map() }, resumedBytes: 0 };
+}
+
+/** A single-part file's state: no journal (it commits whole or is fetched again). */
+export function singleFile(plan: FilePlan, tmpDir: string): FileState {
+  const id = tmpId(plan.relPath);
+  return {
+    plan,
+    id,
+    tmpPath: join(tmpDir, `${id}.partial`),
+    journal: undefined,
+    done: new Map(),
+    inFlight: new Map(),
+  };
+}
+
+/** Removes a file's temp file and journal. */
+export async function discardTempFile(fs: FileState, tmpDir: string): Promise<void> {
+  await rm(fs.tmpPath, { force: true });
+  await rm(join(tmpDir, `${fs.id}.journal`), { force: true });
+}
+
+/** Part `p` of a file as a download request (part-download.ts, or a worker thread). */
+export function partRequest(fs: FileState, p: number, bucket: string): PartRequest {
+  const { plan } = fs;
+  const parts = plan.bounds.length - 1;
+  return {
+    bucket,
+    key: plan.key,
+    etag: plan.etag,
+    size: plan.size,
+    tmpPath: fs.tmpPath,
+    index: p,
+    start: plan.bounds[p] as number,
+    end: plan.bounds[p + 1] as number,
+    whole: parts === 1,
+    create: parts === 1,
+    durable: fs.journal !== undefined || parts === 1,
+    sumAlgorithm: fs.checksum?.algorithm,
+  };
 }

@@ -6,14 +6,8 @@
 import type { Config } from "../config/schema.js";
 import type { Metrics } from "../metrics/metrics.js";
 import { S3ObjectSource } from "../s3/s3-object-source.js";
+import type { StageSettings } from "../staging/job-types.js";
 import { RateLimiter } from "../staging/rate-limiter.js";
-import type { StageJobOptions } from "../staging/stage-job.js";
-
-/** What config.download decides for every staging job. */
-export type StageSettings = Pick<
-  StageJobOptions,
-  "partSizeBytes" | "concurrency" | "retry" | "requestTimeoutMs" | "lowSpeed"
->;
 
 export function stageSettingsFrom(d: Config["download"]): StageSettings {
   return {

@@ -1,7 +1,8 @@
 import { readdir, readFile } from "node:fs/promises";
 import { join, relative } from "node:path";
+import type { StageJobOptions, StageResult } from "../../src/staging/job-types.js";
 import type { RateLimiter } from "../../src/staging/rate-limiter.js";
-import { StageJob, type StageJobOptions, type StageResult } from "../../src/staging/stage-job.js";
+import { StageJob } from "../../src/staging/stage-job.js";
 import { type PartRunner, PartWorkers } from "../../src/staging/workers/pool.js";
 import { type S3Endpoint, testSource } from "./s3.js";
 import { type SyntheticFile, sha256 } from "./synthetic-model.js";
