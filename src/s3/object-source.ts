@@ -97,6 +97,8 @@ export interface ResolvedGet {
 export interface PieceAnswer {
   length: number;
   sha256: string | undefined;
+  /** The response header a peer sends a piece's digest in (for a piece it was still fetching). */
+  digestHeader: string;
   statusCode: number;
   contentRange: string | undefined;
   etag: string;

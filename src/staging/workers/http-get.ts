@@ -1,7 +1,6 @@
 import { checksumFromHeaders } from "../../checksums/headers.js";
 import type { ObjectChecksum } from "../../checksums/types.js";
 import { ColdstartError } from "../../errors.js";
-import { PIECE_DIGEST_HEADER } from "../../peers/protocol.js";
 import type { GetResponse, PieceAnswer } from "../../s3/object-source.js";
 import { Http1Client, type Http1Response, type SocketBody } from "./http1.js";
 import type { WireResolved } from "./protocol.js";
@@ -87,7 +86,7 @@ async function statusError(
  * is checked here (digest, length); its bytes are checked against the digest as they are written.
  */
 function pieceResponse(piece: PieceAnswer, res: Http1Response): GetResponse {
-  const sent = res.headers[PIECE_DIGEST_HEADER];
+  const sent = res.headers[piece.digestHeader];
   const expected = piece.sha256 ?? sent;
   const refuse = (why: string) => {
     res.body.destroy();
