@@ -6,7 +6,7 @@ import { loadConfigFromProcess } from "../config/load.js";
 import type { Config } from "../config/schema.js";
 import { ColdstartError, type ErrorCode, toColdstartError } from "../errors.js";
 import { validateModelId } from "../models/model-id.js";
-import type { ModelStatus } from "../models/model-manager.js";
+import type { ModelStatus } from "../models/status.js";
 import { writeFileAtomic } from "../store/atomic-file.js";
 import { daemonEndpoint } from "./endpoint.js";
 import { addIdentityOptions, type IdentityFlags, identityOf } from "./identity-options.js";

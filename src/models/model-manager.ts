@@ -1,49 +1,18 @@
-import { lstat, mkdir, readdir, rm, statfs } from "node:fs/promises";
+import { lstat, statfs } from "node:fs/promises";
 import { join } from "node:path";
 import picomatch from "picomatch";
-import type { Logger } from "pino";
 import type { Config } from "../config/schema.js";
-import { ColdstartError, isColdstartError, toColdstartError } from "../errors.js";
-import type { EvictionReason, Metrics } from "../metrics/metrics.js";
-import type { ObjectSource } from "../s3/object-source.js";
+import { ColdstartError } from "../errors.js";
 import { parseS3Uri } from "../s3/uri.js";
-import type { RateLimiter } from "../staging/rate-limiter.js";
-import type { SlotScheduler } from "../staging/scheduler.js";
-import { StageJob } from "../staging/stage-job.js";
-import type { PartRunner } from "../staging/workers/pool.js";
-import { renameBeneath } from "../store/beneath.js";
 import type { EvictableStore } from "../store/eviction.js";
-import { ioError } from "../store/paths.js";
 import { RootLayout } from "../store/root-layout.js";
-import type { StageSettings } from "../wiring/staging.js";
-import { inUseGrace, ModelEviction, type SpaceWait } from "./eviction.js";
+import { inUseGrace, ModelEviction } from "./eviction.js";
 import { HeldPieces } from "./held-pieces.js";
 import { validateModelId } from "./model-id.js";
-import type { ModelRecord, ModelRegistry, ModelState } from "./model-registry.js";
-
-/** A model as the API shows it. */
-export interface ModelStatus {
-  id: string;
-  source: string;
-  state: ModelState;
-  path: string;
-  pinned: boolean;
-  bytesTotal: number;
-  bytesDone: number;
-  filesTotal: number;
-  filesDone: number;
-  bytesPerSecond: number;
-  etaSeconds: number | null;
-  startedAt: string | null;
-  readyAt: string | null;
-  lastUsedAt: string | null;
-  error?: { code: string; message: string };
-  /**
-   * Present while the model's staging waits for room that pinned models or models in use hold now
-   * (state stays `staging`): how many bytes it needs and why it cannot have them yet.
-   */
-  waiting?: SpaceWait;
-}
+import type { ModelRecord, ModelState } from "./model-registry.js";
+import { ModelRemoval } from "./removal.js";
+import { StageRunner, type StageRunnerOptions } from "./stage-runner.js";
+import { countByState, type ModelStatus, modelStatus } from "./status.js";
 
 export interface ModelRequest {
   source: string;
@@ -54,26 +23,13 @@ export interface ModelRequest {
 
 export type WaitOutcome = "ready" | "failed" | "timeout";
 
-export interface ModelManagerOptions {
-  root: string;
-  registry: ModelRegistry;
-  source: ObjectSource;
-  scheduler: SlotScheduler;
-  /** download.maxBytesPerSecond across all jobs, when set. */
-  rateLimiter?: RateLimiter | undefined;
-  /** Runs each part (the daemon's worker threads); absent: on the main thread. */
-  runPart?: PartRunner | undefined;
-  /** Peers are asked for pieces: each job takes its model's parts in a random order (see StageJob). */
-  spreadParts?: boolean | undefined;
-  /** What config.download decides for every job (src/wiring/staging.ts). */
-  stage: StageSettings;
+/** The stage runner's options (how every job is built) and what the manager itself needs. */
+export interface ModelManagerOptions extends StageRunnerOptions {
   config: Pick<Config, "eviction" | "sources">;
-  logger: Logger;
   /** Told the ids of ready models whenever that set changes (node labels). */
   onReadyChanged?: (readyIds: string[]) => void;
   /** Told of every state change (metrics). */
   onStateChanged?: () => void;
-  metrics?: Metrics;
   /**
    * Other things under the staging root that free-space eviction may take (compile caches): what
    * it may take now, merged with the models by last use, and the bytes of all of them, evictable
@@ -81,23 +37,7 @@ export interface ModelManagerOptions {
    * counts models only.
    */
   extra?: EvictableStore;
-  now?: () => number;
 }
-
-/** A model a pod is waiting for goes ahead of background prefetches. */
-const PRIORITY_WAITED = 10;
-const PRIORITY_PREFETCH = 0;
-
-interface Running {
-  job: StageJob;
-  done: Promise<void>;
-  waiters: number;
-  /** Lowers the priority again some time after the last waiter left. */
-  decay?: NodeJS.Timeout;
-}
-
-/** How long a model stays at the waited-for priority after its last waiter's poll ended. */
-const WAITED_PRIORITY_LINGER_MS = 15_000;
 
 /**
  * Owns the models under <root>/models/: one staging job per model however many ask (single flight),
@@ -108,31 +48,47 @@ const WAITED_PRIORITY_LINGER_MS = 15_000;
 export class ModelManager {
   readonly #o: ModelManagerOptions;
   readonly #allowed: (source: string) => boolean;
-  readonly #running = new Map<string, Running>();
+  readonly #layout: RootLayout;
   readonly #listeners = new Map<string, Set<() => void>>();
   /** When the current wait for a model began (first poll while not ready): handshake durations. */
   readonly #waitingSince = new Map<string, number>();
+  readonly #jobs: StageRunner;
   readonly #eviction: ModelEviction;
+  readonly #removal: ModelRemoval;
   /** What this node holds for peers (src/peers/serve.ts). */
   readonly pieces: HeldPieces;
-  #draining = false;
 
-  readonly #layout: RootLayout;
   constructor(options: ModelManagerOptions) {
     this.#o = options;
     this.#layout = new RootLayout(options.root);
+    this.#jobs = new StageRunner(
+      {
+        modelPath: (id) => this.modelPath(id),
+        makeRoom: (id, need, signal) => this.#eviction.makeRoom(id, need, signal),
+        release: (id) => this.#eviction.release(id),
+        changed: (id) => this.#changed(id),
+        settled: (r) => this.#settled(r),
+      },
+      options,
+    );
+    this.#removal = new ModelRemoval(options.root, {
+      registry: options.registry,
+      logger: options.logger,
+      metrics: options.metrics,
+      changed: (id) => this.#changed(id),
+    });
     this.pieces = new HeldPieces(options.root, {
       records: () => this.#o.registry.all(),
       record: (id) => this.#o.registry.get(id),
-      jobOf: (id) => this.#running.get(id)?.job,
+      jobOf: (id) => this.#jobs.jobOf(id),
     });
     this.#eviction = new ModelEviction(
       {
         records: () => this.#o.registry.all(),
         record: (id) => this.#o.registry.get(id),
-        running: () => [...this.#running].map(([id, r]) => [id, r.job.progress()] as const),
-        isRunning: (id) => this.#running.has(id),
-        remove: (r, reason) => this.#removeModel(r, reason),
+        running: () => this.#jobs.progress(),
+        isRunning: (id) => this.#jobs.isRunning(id),
+        remove: (r, reason) => this.#removal.remove(r, reason),
         disk: () => this.disk(),
         changed: (id) => this.#changed(id),
       },
@@ -151,19 +107,12 @@ export class ModelManager {
 
   /** Absolute directory of a model: the same on every node. */
   modelPath(id: string): string {
-    return join(this.#o.root, ...this.#modelSegments(id));
+    return join(this.#o.root, ...this.#layout.modelSegments(id));
   }
 
   /** Loads the registry, finishes interrupted evictions, removes orphans and resumes staging. */
   async start(): Promise<void> {
-    await mkdir(this.#layout.models, { recursive: true }).catch((e) => {
-      throw ioError(e, `creating ${this.#layout.models}`);
-    });
-    await this.#layout.emptyTrash("models");
-    for (const r of this.#o.registry.all()) {
-      if (r.state === "evicting") await this.#removeModel(r, "resume");
-    }
-    await this.#removeOrphans();
+    await this.#removal.recover();
     for (const r of this.#o.registry.all()) {
       if (r.state === "ready" && !(await isDir(this.modelPath(r.id)))) {
         this.#o.logger.warn({ model: r.id }, "ready model's directory is gone; staging it again");
@@ -171,11 +120,11 @@ export class ModelManager {
       }
       if (r.state === "pending" || r.state === "staging" || r.state === "verifying") {
         if (!this.#allowed(r.source)) {
-          await this.#fail(
+          await this.#jobs.fail(
             r,
             new ColdstartError("CS_SOURCE_NOT_ALLOWED", `source ${r.source} is no longer allowed`),
           );
-        } else this.#startJob(r, PRIORITY_PREFETCH);
+        } else this.#jobs.start(r, false);
       }
     }
     this.#changed();
@@ -209,7 +158,6 @@ export class ModelManager {
     }
     const include = [...(req.include ?? [])];
     const exclude = [...(req.exclude ?? [])];
-    const priority = opts.waited ? PRIORITY_WAITED : PRIORITY_PREFETCH;
     const existing = this.#o.registry.get(id);
     if (!existing) this.#refuseNested(id);
     if (existing) {
@@ -231,8 +179,8 @@ export class ModelManager {
         existing.pinned = req.pin;
         await this.#o.registry.put(existing);
       }
-      if (existing.state === "failed") this.#startJob(existing, priority);
-      if (opts.waited) this.#waited(id);
+      if (existing.state === "failed") this.#jobs.start(existing, opts.waited);
+      if (opts.waited) this.#jobs.waited(id);
       return { status: this.#status(existing), created: false };
     }
     const record: ModelRecord = {
@@ -247,8 +195,8 @@ export class ModelManager {
     };
     // The job is registered before anything is awaited (single flight; a racing DELETE sees it),
     // and persists the record itself: a failed write fails the job, visibly, instead of stranding it.
-    this.#startJob(record, priority);
-    if (opts.waited) this.#waited(id);
+    this.#jobs.start(record, opts.waited);
+    if (opts.waited) this.#jobs.waited(id);
     return { status: this.#status(record), created: true };
   }
 
@@ -265,11 +213,7 @@ export class ModelManager {
     const settled = (s: ModelState) => s === "ready" || s === "failed";
     if (settled(r.state)) return { outcome: r.state as WaitOutcome, status: this.#status(r) };
     if (!this.#waitingSince.has(id)) this.#waitingSince.set(id, this.#now());
-    const running = this.#running.get(id);
-    if (running) {
-      running.waiters++;
-      running.job.setPriority(PRIORITY_WAITED);
-    }
+    const leave = this.#jobs.join(id);
     try {
       await new Promise<void>((resolve) => {
         const set = this.#listeners.get(id) ?? new Set();
@@ -289,8 +233,7 @@ export class ModelManager {
         signal?.addEventListener("abort", finish, { once: true });
       });
     } finally {
-      // Waiters poll in a loop: keep the priority through the gap between two polls.
-      if (running && --running.waiters === 0) this.#waited(id);
+      leave();
     }
     const now = this.#o.registry.get(id);
     if (!now) throw new ColdstartError("CS_MODEL_NOT_FOUND", `model ${id} was removed while waiting`);
@@ -345,18 +288,18 @@ export class ModelManager {
         `model ${id} is pinned; unpin it (PATCH {"pin":false}) first`,
       );
     if (
-      this.#running.has(id) ||
+      this.#jobs.isRunning(id) ||
       inUseGrace(r, this.#now()) ||
       (r.state !== "ready" && r.state !== "failed")
     ) {
       throw new ColdstartError(
         "CS_MODEL_IN_USE",
-        this.#running.has(id)
+        this.#jobs.isRunning(id)
           ? `model ${id} is being staged`
           : `model ${id} was handed to a pod at ${r.lastUsedAt}; in use until ${r.inUseUntil}`,
       );
     }
-    await this.#removeModel(r, "api");
+    await this.#removal.remove(r, "api");
   }
 
   /**
@@ -379,23 +322,9 @@ export class ModelManager {
     };
   }
 
-  /** A model's directory as segments below the staging root. */
-  #modelSegments(id: string): string[] {
-    return this.#layout.modelSegments(id);
-  }
-
   /** Models by state (metrics). */
   countByState(): Record<ModelState, number> {
-    const out: Record<ModelState, number> = {
-      pending: 0,
-      staging: 0,
-      verifying: 0,
-      ready: 0,
-      failed: 0,
-      evicting: 0,
-    };
-    for (const r of this.#o.registry.all()) out[this.#liveState(r)]++;
-    return out;
+    return countByState(this.#o.registry.all(), (id) => this.#jobs.progressOf(id));
   }
 
   /**
@@ -403,111 +332,19 @@ export class ModelManager {
    * then abort them (their journals keep every durable part; a restart resumes). Resolves when every
    * job has settled.
    */
-  async drain(graceMs: number, hurry?: AbortSignal): Promise<void> {
-    this.#draining = true;
-    // No part starts from here on (S3 or peer); the parts in flight may finish within the grace, and
-    // a job settles as soon as its last one is in, so the daemon exits then, not at the grace's end.
-    const stopping = new ColdstartError("CS_SHUTTING_DOWN", "daemon shutting down");
-    for (const r of this.#running.values()) r.job.stop(stopping);
-    const all = () => Promise.allSettled([...this.#running.values()].map((r) => r.done));
-    let timer: NodeJS.Timeout | undefined;
-    const deadline = new Promise<void>((resolve) => {
-      timer = setTimeout(resolve, graceMs);
-      hurry?.addEventListener("abort", () => resolve(), { once: true });
-    });
-    await Promise.race([all(), deadline]);
-    clearTimeout(timer);
-    for (const r of this.#running.values())
-      r.job.abort(new ColdstartError("CS_SHUTTING_DOWN", "daemon shutting down"));
-    await all();
+  drain(graceMs: number, hurry?: AbortSignal): Promise<void> {
+    return this.#jobs.drain(graceMs, hurry);
   }
 
-  #startJob(record: ModelRecord, priority: number): void {
-    if (this.#running.has(record.id)) return;
-    const { bucket, prefix } = parseS3Uri(record.source);
-    const job = new StageJob({
-      source: this.#o.source,
-      bucket,
-      prefix,
-      dest: this.modelPath(record.id),
-      ...this.#o.stage,
-      scheduler: this.#o.scheduler,
-      priority,
-      filters: { include: record.include, exclude: record.exclude },
-      logger: this.#o.logger.child({ model: record.id }),
-      metrics: this.#o.metrics,
-      rateLimiter: this.#o.rateLimiter,
-      runPart: this.#o.runPart,
-      // A resumed model's lock may belong to the replaced pod of this daemon: wait for it to go stale.
-      lockWaitMs: 45_000,
-      within: this.#o.root,
-      makeRoom: (need, signal) => this.#eviction.makeRoom(record.id, need, signal),
-      // With peers, nodes staging a model at once each start elsewhere in it (see StageJob).
-      spreadParts: this.#o.spreadParts,
-    });
-    record.state = "staging";
-    record.startedAt = new Date(this.#now()).toISOString();
-    delete record.error;
-    delete record.readyAt;
-    const running: Running = { job, waiters: 0, done: Promise.resolve() };
-    this.#running.set(record.id, running);
-    this.#o.registry.set(record);
-    running.done = (async () => {
-      this.#changed(record.id);
-      try {
-        await this.#o.registry.put(record);
-        const result = await job.run();
-        record.state = "ready";
-        record.bytesTotal = result.bytes;
-        record.filesTotal = result.files;
-        record.readyAt = new Date(this.#now()).toISOString();
-        this.#o.logger.info({ model: record.id, ...result }, "model ready");
-      } catch (err) {
-        const e = toColdstartError(err);
-        if (this.#draining && (e.code === "CS_SHUTTING_DOWN" || e.code === "CS_ABORTED")) {
-          // Interrupted by shutdown: stays "staging" on disk, resumed at the next start.
-          this.#o.logger.info({ model: record.id }, "staging interrupted by shutdown; will resume");
-        } else {
-          record.state = "failed";
-          record.error = { code: e.code, message: e.message };
-          this.#o.logger.warn({ model: record.id, code: e.code, err: e.message }, "staging failed");
-        }
-      } finally {
-        this.#running.delete(record.id);
-        this.#eviction.release(record.id);
-      }
-      // Deleted meanwhile (it cannot be while running, but never resurrect a record that is gone).
-      if (this.#o.registry.get(record.id) === record) {
-        await this.#o.registry
-          .put(record)
-          .catch((e) => this.#o.logger.error({ err: String(e) }, "persisting state"));
-      }
-      if (record.state !== "ready" && record.state !== "staging") this.#waitingSince.delete(record.id);
-      this.#changed(record.id);
-      if (record.state === "ready") {
-        await this.enforceWatermarks().catch((e) =>
-          this.#o.logger.error({ err: String(e) }, "eviction failed"),
-        );
-      }
-    })();
-  }
-
-  async #fail(record: ModelRecord, err: ColdstartError): Promise<void> {
-    record.state = "failed";
-    record.error = { code: err.code, message: err.message };
-    await this.#o.registry.put(record);
-  }
-
-  /** Raises the model's priority now and keeps it up for a while after the last waiter's poll. */
-  #waited(id: string): void {
-    const running = this.#running.get(id);
-    if (!running) return;
-    running.job.setPriority(PRIORITY_WAITED);
-    clearTimeout(running.decay);
-    running.decay = setTimeout(() => {
-      if (running.waiters === 0) running.job.setPriority(PRIORITY_PREFETCH);
-    }, WAITED_PRIORITY_LINGER_MS);
-    running.decay.unref();
+  /** A model's job settled (its outcome persisted): waiters, labels and eviction learn of it. */
+  async #settled(record: ModelRecord): Promise<void> {
+    if (record.state !== "ready" && record.state !== "staging") this.#waitingSince.delete(record.id);
+    this.#changed(record.id);
+    if (record.state === "ready") {
+      await this.enforceWatermarks().catch((e) =>
+        this.#o.logger.error({ err: String(e) }, "eviction failed"),
+      );
+    }
   }
 
   /** Nested ids would share directories (evicting `org` would delete `org/llama`). */
@@ -523,49 +360,6 @@ export class ModelManager {
     }
   }
 
-  /**
-   * Removes a model: marks it evicting (persisted, so a crash mid-way finishes on restart), renames
-   * its directory into <root>/trash (the model path disappears at once), deletes it, forgets it.
-   */
-  async #removeModel(r: ModelRecord, reason: EvictionReason | "resume"): Promise<void> {
-    r.state = "evicting";
-    await this.#o.registry.put(r);
-    this.#changed(r.id);
-    const gone = await this.#layout.trashSlot("models");
-    // Never through a planted symlink: the rename would move (and the rm delete) something outside.
-    await renameBeneath(this.#o.root, this.#modelSegments(r.id), gone).catch((e) => {
-      throw isColdstartError(e) ? e : ioError(e as NodeJS.ErrnoException, `evicting ${r.id}`);
-    });
-    // Deleted before the queue moves on: room-making re-measures free space right after this.
-    await rm(gone, { recursive: true, force: true });
-    await this.#o.registry.delete(r.id);
-    if (reason !== "resume") {
-      this.#o.metrics?.evictions.inc({ reason });
-      this.#o.metrics?.evictedBytes.inc(r.bytesTotal);
-    }
-    this.#o.logger.info({ model: r.id, reason, bytes: r.bytesTotal }, "model evicted");
-    this.#changed(r.id);
-  }
-
-  /** Directories under <root>/models/ that belong to no model (a crash between steps, manual copies). */
-  async #removeOrphans(): Promise<void> {
-    const ids = new Set(this.#o.registry.all().map((r) => r.id));
-    const walk = async (rel: string[]) => {
-      const dir = join(this.#layout.models, ...rel);
-      for (const e of await readdir(dir, { withFileTypes: true }).catch(() => [])) {
-        const id = [...rel, e.name].join("/");
-        if (ids.has(id)) continue;
-        if (e.isDirectory() && [...ids].some((m) => m.startsWith(`${id}/`))) {
-          await walk([...rel, e.name]);
-          continue;
-        }
-        this.#o.logger.warn({ path: join(dir, e.name) }, "removing orphan in the models directory");
-        await rm(join(dir, e.name), { recursive: true, force: true });
-      }
-    };
-    await walk([]);
-  }
-
   #record(idIn: string): ModelRecord {
     const id = validateModelId(idIn);
     const r = this.#o.registry.get(id);
@@ -577,40 +371,16 @@ export class ModelManager {
   }
 
   #refuseWhenDraining(): void {
-    if (this.#draining)
+    if (this.#jobs.draining)
       throw new ColdstartError("CS_SHUTTING_DOWN", "the daemon is shutting down; retry on its successor");
   }
 
-  #liveState(r: ModelRecord): ModelState {
-    const running = this.#running.get(r.id);
-    return running?.job.progress().phase === "verifying" ? "verifying" : r.state;
-  }
-
   #status(r: ModelRecord): ModelStatus {
-    const running = this.#running.get(r.id);
-    const p = running?.job.progress();
-    const seconds = p ? Math.max((Date.now() - p.startedAt) / 1000, 0.001) : 0;
-    const rate = p ? Math.round((p.bytesDone - p.resumedBytes) / seconds) : 0;
-    const bytesTotal = p && p.phase !== "listing" ? p.bytesTotal : r.bytesTotal;
-    const bytesDone = p ? p.bytesDone : r.state === "ready" ? r.bytesTotal : 0;
-    return {
-      id: r.id,
-      source: r.source,
-      state: this.#liveState(r),
+    return modelStatus(r, {
+      progress: this.#jobs.progressOf(r.id),
       path: this.modelPath(r.id),
-      pinned: r.pinned,
-      bytesTotal,
-      bytesDone,
-      filesTotal: p && p.phase !== "listing" ? p.filesTotal : r.filesTotal,
-      filesDone: p ? p.filesDone : r.state === "ready" ? r.filesTotal : 0,
-      bytesPerSecond: rate,
-      etaSeconds: p && rate > 0 ? Math.ceil((bytesTotal - bytesDone) / rate) : r.state === "ready" ? 0 : null,
-      startedAt: r.startedAt ?? null,
-      readyAt: r.readyAt ?? null,
-      lastUsedAt: r.lastUsedAt ?? null,
-      ...(r.error ? { error: r.error } : {}),
-      ...(this.#eviction.waiting(r.id) ? { waiting: this.#eviction.waiting(r.id) } : {}),
-    };
+      waiting: this.#eviction.waiting(r.id),
+    });
   }
 
   #changed(id?: string): void {
