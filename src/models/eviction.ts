@@ -14,6 +14,8 @@ export interface EvictionHost {
   /** Each running job's progress, by model id. */
   running(): Iterable<[string, { bytesDone: number; resumedBytes: number; bytesTotal: number }]>;
   isRunning(id: string): boolean;
+  /** True while a volume has the model mounted into a pod: never evicted then. */
+  mounted(id: string): boolean;
   /** Takes the model off the disk now: renamed away, deleted, forgotten, counted. */
   remove(r: ModelRecord, reason: EvictionReason): Promise<void>;
   /** The staging root's disk. */
@@ -202,7 +204,7 @@ export class ModelEviction {
         `needs ${need} more bytes; ${Math.max(avail(free), 0)} free after running jobs` +
         (budget ? `, ${used} of the ${budget}-byte budget in use` : "") +
         `; evicting every model evictable now would free only ${possible}` +
-        `; the rest is held by pinned models, models in use or within eviction.inUseGraceMs, and running jobs`;
+        `; the rest is held by pinned models, models in use or within eviction.inUseGraceMs, models mounted into pods (CSI volumes), and running jobs`;
       return { message, retryInMs: this.#nextGraceEndMs() };
     }
     let freed = 0;
@@ -369,6 +371,7 @@ export class ModelEviction {
       !r.pinned &&
       !fresh &&
       !this.#host.isRunning(r.id) &&
+      !this.#host.mounted(r.id) &&
       !inUseGrace(r, this.#now())
     );
   }

@@ -55,6 +55,8 @@ export class ModelManager {
   readonly #jobs: StageRunner;
   readonly #eviction: ModelEviction;
   readonly #removal: ModelRemoval;
+  /** Models mounted into pods (CSI volumes), by holder (the volume's target path). */
+  readonly #holds = new Map<string, string>();
   /** What this node holds for peers (src/peers/serve.ts). */
   readonly pieces: HeldPieces;
 
@@ -88,6 +90,7 @@ export class ModelManager {
         record: (id) => this.#o.registry.get(id),
         running: () => this.#jobs.progress(),
         isRunning: (id) => this.#jobs.isRunning(id),
+        mounted: (id) => this.mounts(id) > 0,
         remove: (r, reason) => this.#removal.remove(r, reason),
         disk: () => this.disk(),
         changed: (id) => this.#changed(id),
@@ -265,6 +268,48 @@ export class ModelManager {
     return handed;
   }
 
+  /**
+   * A volume mounted the model into a pod (`holder`: the volume's target path): no eviction and no
+   * DELETE takes it until `release(holder)`. Returns undefined if the model is not ready (evicted in
+   * between): the caller must not mount it. Runs in the eviction queue, like markInUse.
+   */
+  async hold(id: string, holder: string): Promise<ModelStatus | undefined> {
+    const held = await this.#eviction.exclusive(async () => {
+      const r = this.#o.registry.get(id);
+      if (r?.state !== "ready") return undefined;
+      this.#holds.set(holder, id);
+      r.lastUsedAt = new Date(this.#now()).toISOString();
+      this.#waitingSince.delete(id);
+      return this.#status(r);
+    });
+    if (held) await this.#o.registry.flush();
+    return held;
+  }
+
+  /**
+   * The holder's volume is unmounted: the model stays out of eviction's reach for the in-use grace
+   * (a restarting pod mounts it again), then is an LRU candidate like any other.
+   */
+  async release(holder: string): Promise<void> {
+    const id = this.#holds.get(holder);
+    if (id === undefined) return;
+    this.#holds.delete(holder);
+    const r = this.#o.registry.get(id);
+    if (!r) return;
+    const now = this.#now();
+    r.lastUsedAt = new Date(now).toISOString();
+    r.inUseUntil = new Date(now + this.#o.config.eviction.inUseGraceMs).toISOString();
+    await this.#o.registry.flush();
+    this.#changed(id);
+  }
+
+  /** How many volumes have the model mounted now. */
+  mounts(id: string): number {
+    let n = 0;
+    for (const held of this.#holds.values()) if (held === id) n++;
+    return n;
+  }
+
   async setPin(id: string, pinned: boolean): Promise<ModelStatus> {
     const r = this.#record(id);
     if (r.state === "evicting") throw new ColdstartError("CS_MODEL_IN_USE", `model ${id} is being evicted`);
@@ -287,6 +332,13 @@ export class ModelManager {
         "CS_MODEL_PINNED",
         `model ${id} is pinned; unpin it (PATCH {"pin":false}) first`,
       );
+    const mounts = this.mounts(id);
+    if (mounts > 0) {
+      throw new ColdstartError(
+        "CS_MODEL_IN_USE",
+        `model ${id} is mounted into ${mounts} pod${mounts === 1 ? "" : "s"} (CSI volumes); it can be removed once they are gone`,
+      );
+    }
     if (
       this.#jobs.isRunning(id) ||
       inUseGrace(r, this.#now()) ||
@@ -380,6 +432,7 @@ export class ModelManager {
       progress: this.#jobs.progressOf(r.id),
       path: this.modelPath(r.id),
       waiting: this.#eviction.waiting(r.id),
+      mounts: this.mounts(r.id),
     });
   }
 

@@ -18,6 +18,8 @@ export interface ModelStatus {
   startedAt: string | null;
   readyAt: string | null;
   lastUsedAt: string | null;
+  /** CSI volumes that have the model mounted into pods now (it is never evicted while any do). */
+  mounts: number;
   error?: { code: string; message: string };
   /**
    * Present while the model's staging waits for room that pinned models or models in use hold now
@@ -34,6 +36,8 @@ export interface StatusFacts {
   path: string;
   /** Why its job waits for room, when it does. */
   waiting?: SpaceWait | undefined;
+  /** CSI volumes that have it mounted. */
+  mounts?: number | undefined;
 }
 
 /** The stored state, except that a running job's verifying phase (never persisted) shows as such. */
@@ -63,6 +67,7 @@ export function modelStatus(r: ModelRecord, facts: StatusFacts): ModelStatus {
     startedAt: r.startedAt ?? null,
     readyAt: r.readyAt ?? null,
     lastUsedAt: r.lastUsedAt ?? null,
+    mounts: facts.mounts ?? 0,
     ...(r.error ? { error: r.error } : {}),
     ...(facts.waiting ? { waiting: facts.waiting } : {}),
   };
