@@ -50,6 +50,8 @@ COPY --from=build /src/package.json ./
 COPY --from=build /src/node_modules/ node_modules/
 COPY --from=build /src/dist/ dist/
 COPY --from=build /src/bin/ bin/
+# The CSI driver's vendored .proto files, loaded at run time (src/csi/protos.ts resolves them here).
+COPY --from=build /src/src/csi/proto/ src/csi/proto/
 COPY --from=build /src/build/Release/coldstart_native.node build/Release/
 RUN ln -s /app/bin/coldstart.js /usr/local/bin/coldstart
 # Non-root by default. The DaemonSet and the init container run as uid 0 without capabilities, for

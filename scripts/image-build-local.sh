@@ -62,4 +62,9 @@ buildah run --isolation chroot "$ctr" -- coldstart doctor --json --root /tmp/col
   | node -e 'let s="";process.stdin.on("data",(d)=>(s+=d)).on("end",()=>{const r=JSON.parse(s);
       if(!r.facts.native.available){console.error("addon unavailable in the image: "+r.facts.native.reason);process.exit(1)}
       console.log(JSON.stringify({summary:r.summary,native:r.facts.native,gds:r.facts.gds.verdict,placement:r.facts.placement.placement}))})'
+echo "image-build-local: the CSI driver's protos and mount(8)" >&2
+buildah run --isolation chroot "$ctr" -- node -e 'import("/app/dist/csi/protos.js").then((m)=>{
+    const s=m.csiServices(); if(!s.Node.NodePublishVolume||!s.Registration.GetInfo) process.exit(1);
+    console.log("csi protos: ok")})'
+buildah run --isolation chroot "$ctr" -- sh -c 'command -v mount && command -v umount'
 buildah images --format '{{.Name}}:{{.Tag}} {{.Size}}' "$IMAGE"

@@ -36,7 +36,8 @@ export const errorCodes = {
   CS_MODEL_SOURCE_CONFLICT: "The model id is already registered with another source (or filters).",
   CS_MODEL_FAILED: "Staging the model failed; the status carries the underlying error.",
   CS_MODEL_PINNED: "The model is pinned and cannot be deleted or evicted; unpin it first.",
-  CS_MODEL_IN_USE: "The model is being staged or was handed to a pod within the grace period.",
+  CS_MODEL_IN_USE:
+    "The model is being staged, is mounted into a pod (CSI volume), or was handed to a pod within the grace period.",
   CS_SOURCE_NOT_ALLOWED: "The source is not in the daemon's allowlist (sources.allow).",
   CS_UNAUTHORIZED: "The request carries no valid bearer token.",
   CS_REQUEST_INVALID: "The request body or query does not match the API's schema, or is not valid JSON.",
@@ -58,6 +59,12 @@ export const errorCodes = {
   CS_PEER_NOT_HELD: "This node holds no verified copy of the object asked for by a peer.",
   CS_CONTAINERD_UNAVAILABLE:
     "containerd's API on mirror.containerdSocket did not answer (no socket, containerd down, or too slow).",
+  CS_CSI_VOLUME_INVALID:
+    "A CSI request or its volume attributes miss a required field, hold an unknown key or an invalid value (the message names it).",
+  CS_CSI_NAMESPACE_DENIED: "No csi.allow rule lets the pod's namespace mount that source (default deny).",
+  CS_CSI_TARGET_BUSY: "The CSI target path already holds another volume (the CSI spec's ALREADY_EXISTS).",
+  CS_CSI_VOLUME_NOT_FOUND: "No volume with that id is published at that path on this node.",
+  CS_CSI_MOUNT_FAILED: "Mounting or unmounting a published volume failed; mount's own message is kept.",
   CS_INTERNAL: "A bug: an invariant coldstart relies on did not hold.",
 } as const;
 

@@ -16,6 +16,7 @@ import { compileCacheClient, RemoteStore } from "./compile-cache/remote.js";
 import { environment } from "./config/load.js";
 import type { Config } from "./config/schema.js";
 import { watchContainerd } from "./daemon/containerd-watch.js";
+import { recoverCsiDriver } from "./daemon/csi-driver.js";
 import { Lifecycle } from "./daemon/lifecycle.js";
 import { reprobeNodeFacts } from "./daemon/node-reprobe.js";
 import { ColdstartError } from "./errors.js";
@@ -271,6 +272,21 @@ async function compose(
   life.defer("staging", ({ graceMs, hurry }) =>
     Promise.all([manager.drain(graceMs, hurry), compileCaches.stop()]),
   );
+  // Before the models start: a volume still mounted into a pod holds its model from the outset.
+  const csi = config.csi.socketPath
+    ? await recoverCsiDriver({
+        config,
+        models: manager,
+        advice: () => ({
+          loadFormat: facts.gds.loadFormat,
+          gds: facts.gds.verdict,
+          gpuProduct: facts.gpus.product ?? "",
+        }),
+        version: VERSION,
+        logger,
+        metrics,
+      })
+    : undefined;
   await manager.start();
   await compileCaches.start();
   // After the manager has told the labeler which models are ready: a sync before that would see no
@@ -312,6 +328,10 @@ async function compose(
   await rm(d.socketPath, { force: true }); // a socket file left by a killed predecessor
   await listen(() => sock.listen({ path: d.socketPath }), "daemon.socketPath", d.socketPath);
   await chmod(d.socketPath, 0o660);
+  if (csi) {
+    // Closed before the drain: the kubelet sends no new publish to a daemon that is going.
+    life.add("csi driver", await csi.serve({ ready: () => ready }), (s) => s.close());
+  }
 
   const refreshDisk = async () => {
     const disk = await manager.disk();

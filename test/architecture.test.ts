@@ -24,8 +24,10 @@ const LAYERS: string[][] = [
   ["node", "mirror", "staging"],
   ["peers", "compile-cache"],
   ["models"],
-  // The HTTP edge, the daemon's components and the config-to-components mapping.
-  ["api", "daemon", "wiring"],
+  // The edges: HTTP (the API) and gRPC (the kubelet's CSI calls).
+  ["api", "csi"],
+  // The daemon's components and the config-to-components mapping.
+  ["daemon", "wiring"],
   // Composition root, then the command line that starts it.
   ["main"],
   ["cli"],

@@ -17,6 +17,7 @@ const GROUPS = new Set([
   "placement",
   "peers",
   "mirror",
+  "csi",
   "log",
   // Not retention nor upload grace: those are `cache prune`'s, which runs apart from the daemons.
   "compileCache.remote",

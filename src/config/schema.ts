@@ -655,6 +655,46 @@ export const schema = {
       help: "cufile.json to read (and hand to the cuFile probe) instead of <node.hostRoot>/etc/cufile.json.",
     }),
   },
+  csi: {
+    socketPath: option({
+      schema: absolutePath.optional(),
+      default: undefined,
+      env: ["COLDSTART_CSI_SOCKET"],
+      flag: "--csi-socket <path>",
+      help: "Unix socket of the CSI node plugin (driver models.coldstart.io), at the same path on the host and in the pod, e.g. /var/lib/kubelet/plugins/models.coldstart.io/csi.sock. Unset: no CSI driver.",
+    }),
+    registrationDir: option({
+      schema: absolutePath.optional(),
+      default: undefined,
+      env: ["COLDSTART_CSI_REGISTRATION_DIR"],
+      flag: "--csi-registration-dir <dir>",
+      help: "The kubelet's plugin registration directory (/var/lib/kubelet/plugins_registry): the daemon registers its CSI driver there itself. Unset: it does not register (tests, or a node-driver-registrar sidecar).",
+    }),
+    allow: option({
+      schema: stringList.pipe(
+        z.array(
+          z
+            .string()
+            .regex(
+              /^[^=]+=.+$/,
+              "must be <namespace glob>=<source glob>, e.g. ml-*=s3://models/meta-llama/**",
+            ),
+        ),
+      ),
+      default: [],
+      env: ["COLDSTART_CSI_ALLOW"],
+      flag: "--csi-allow <namespace=source>",
+      repeatable: true,
+      help: "Which pod namespaces may mount which sources through the CSI driver: <namespace glob>=<source glob>. Default deny: a namespace no rule names gets PermissionDenied. sources.allow applies too.",
+    }),
+    publishWaitMs: option({
+      schema: durationIn(0, 110_000),
+      default: 100_000,
+      env: ["COLDSTART_CSI_PUBLISH_WAIT"],
+      flag: "--csi-publish-wait <duration>",
+      help: "How long a NodePublishVolume call is held while its model stages before answering UNAVAILABLE with the progress; kept under the kubelet's 2-minute deadline for the call, so the pod starts the moment the model is ready instead of after a retry backoff.",
+    }),
+  },
   placement: {
     require: option({
       schema: stringList.pipe(z.array(z.enum(PLACEMENTS))),

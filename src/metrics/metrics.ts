@@ -141,6 +141,13 @@ export class Metrics {
   /** coldstart_mirror_config_problems{code}: 1 per containerd setting that bypasses the mirror. */
   readonly mirrorConfigProblems: Gauge<"code">;
 
+  /** coldstart_csi_publishes_total{outcome}: NodePublishVolume answers (ok, not_ready, failed, denied, invalid, error). */
+  readonly csiPublishes: Counter<"outcome">;
+  /** coldstart_csi_publish_duration_seconds{outcome}: how long each NodePublishVolume call was held. */
+  readonly csiPublishDuration: Histogram<"outcome">;
+  /** coldstart_csi_volumes: CSI volumes published on this node now. */
+  readonly csiVolumes: Gauge;
+
   constructor(registry?: Registry, options: MetricsOptions = {}) {
     const { defaultMetrics = true } = options;
     this.registry = registry ?? new Registry();
@@ -357,6 +364,25 @@ export class Metrics {
       registers,
     });
 
+    this.csiPublishes = new Counter({
+      name: "coldstart_csi_publishes_total",
+      help: "NodePublishVolume answers by outcome: ok, not_ready (still staging: retried), failed (staging failed), denied (csi.allow), invalid (request or attributes), error.",
+      labelNames: ["outcome"] as const,
+      registers,
+    });
+    this.csiPublishDuration = new Histogram({
+      name: "coldstart_csi_publish_duration_seconds",
+      help: "How long each NodePublishVolume call was held (staging, mounting) before its answer, by outcome.",
+      labelNames: ["outcome"] as const,
+      buckets: [...HANDSHAKE_WAIT_BUCKETS],
+      registers,
+    });
+    this.csiVolumes = new Gauge({
+      name: "coldstart_csi_volumes",
+      help: "CSI volumes published (mounted into pods) on this node now.",
+      registers,
+    });
+
     // Export every value of the small closed label sets from the start, so that rate() and absent-vs-zero
     // alerts work before the first event (a series that appears late loses its first increase).
     for (const state of MODEL_STATES) this.models.set({ state }, 0);
@@ -372,8 +398,13 @@ export class Metrics {
     for (const source of ["local", "peer"]) this.mirrorDigestMismatches.inc({ source }, 0);
     for (const reason of PEER_FALLBACK_REASONS) this.peerFallbacks.inc({ reason }, 0);
     for (const outcome of ["local", "peer", "miss"]) this.mirrorTagResolutions.inc({ outcome }, 0);
+    for (const outcome of CSI_PUBLISH_OUTCOMES) this.csiPublishes.inc({ outcome }, 0);
   }
 }
+
+/** How a NodePublishVolume call ended (coldstart_csi_publishes_total{outcome}). */
+export const CSI_PUBLISH_OUTCOMES = ["ok", "not_ready", "failed", "denied", "invalid", "error"] as const;
+export type CsiPublishOutcome = (typeof CSI_PUBLISH_OUTCOMES)[number];
 
 /** Names of all coldstart_* metrics registered by `m` (default process metrics left out). */
 export function metricNames(m: Metrics): string[] {

@@ -11,6 +11,9 @@ import { join } from "node:path";
  *   state/models.json            the model registry
  *   state/compile-caches/<key>.json   one record per compile cache
  *   tmp/compile-cache/           compile-cache packs being unpacked (never visible half-done)
+ *   csi/<volume>/                one per published CSI volume: coldstart.json and coldstart.env
+ *                                beside model/, where the model is bind-mounted read-only
+ *   state/csi-volumes.json       the published CSI volumes (found again after a restart)
  *   trash/models/, trash/compile-cache/   what eviction moved aside, each owned and emptied by
  *                                its manager (a directory renamed away vanishes at once, and is
  *                                deleted after)
@@ -38,6 +41,15 @@ export class RootLayout {
 
   get compileCacheRecords(): string {
     return join(this.root, "state", "compile-caches");
+  }
+
+  /** One directory per published CSI volume (src/csi/volumes.ts). */
+  get csiVolumes(): string {
+    return join(this.root, "csi");
+  }
+
+  get csiVolumesFile(): string {
+    return join(this.root, "state", "csi-volumes.json");
   }
 
   get compileCacheTmp(): string {

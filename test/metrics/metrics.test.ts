@@ -41,6 +41,9 @@ const EXPECTED = {
   mirrorTagResolutions: ["coldstart_mirror_tag_resolutions_total", Counter, ["outcome"]],
   mirrorDigestMismatches: ["coldstart_mirror_digest_mismatches_total", Counter, ["source"]],
   mirrorConfigProblems: ["coldstart_mirror_config_problems", Gauge, ["code"]],
+  csiPublishes: ["coldstart_csi_publishes_total", Counter, ["outcome"]],
+  csiPublishDuration: ["coldstart_csi_publish_duration_seconds", Histogram, ["outcome"]],
+  csiVolumes: ["coldstart_csi_volumes", Gauge, []],
 } as const;
 
 type MetricField = keyof typeof EXPECTED;

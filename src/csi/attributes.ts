@@ -1,0 +1,96 @@
+/**
+ * What a CSI volume asks for, from the NodePublishVolume request: the pod's `volumeAttributes`
+ * (model id, source, filters: exactly what the API's PUT takes) and the pod facts the kubelet adds
+ * with `podInfoOnMount`. Every key is checked: a misspelt attribute is refused, not ignored.
+ */
+import { ColdstartError } from "../errors.js";
+import { validateModelId } from "../models/model-id.js";
+import { parseS3Uri } from "../s3/uri.js";
+
+/** The keys the kubelet sets (podInfoOnMount); its values win over a pod's own volumeAttributes. */
+export const POD_NAMESPACE = "csi.storage.k8s.io/pod.namespace";
+export const POD_NAME = "csi.storage.k8s.io/pod.name";
+export const POD_UID = "csi.storage.k8s.io/pod.uid";
+export const POD_SERVICE_ACCOUNT = "csi.storage.k8s.io/serviceAccount.name";
+export const EPHEMERAL = "csi.storage.k8s.io/ephemeral";
+
+/** The attributes a pod may set. */
+const ATTRIBUTES = ["model", "source", "include", "exclude"] as const;
+
+export interface VolumeSpec {
+  modelId: string;
+  /** s3://bucket/prefix/ as the API normalises it. */
+  source: string;
+  include: string[];
+  exclude: string[];
+  pod: { namespace: string; name: string; uid: string; serviceAccount: string };
+}
+
+/** A field of the request is missing or wrong: INVALID_ARGUMENT, naming the field and the value. */
+export function invalid(field: string, value: unknown, why: string): ColdstartError {
+  return new ColdstartError(
+    "CS_CSI_VOLUME_INVALID",
+    `${field} ${why}${value === undefined ? "" : `, got ${JSON.stringify(value)}`}`,
+    { details: { field, value } },
+  );
+}
+
+export function volumeSpec(context: Record<string, string>): VolumeSpec {
+  for (const key of Object.keys(context)) {
+    if (!key.startsWith("csi.storage.k8s.io/") && !(ATTRIBUTES as readonly string[]).includes(key)) {
+      throw invalid(
+        `volumeAttributes.${key}`,
+        undefined,
+        `is not an attribute (known: ${ATTRIBUTES.join(", ")})`,
+      );
+    }
+  }
+  // Only inline volumes: a PersistentVolume would outlive the pod and bypass the namespace check.
+  if (context[EPHEMERAL] !== "true") {
+    throw invalid(
+      EPHEMERAL,
+      context[EPHEMERAL],
+      'must be "true": the driver serves CSI ephemeral inline volumes only, and needs the CSIDriver\'s podInfoOnMount',
+    );
+  }
+  const namespace = context[POD_NAMESPACE];
+  if (!namespace)
+    throw invalid(POD_NAMESPACE, namespace, "is missing (the CSIDriver must set podInfoOnMount: true)");
+  const model = context.model;
+  if (!model) throw invalid("volumeAttributes.model", model, "is required: the model id");
+  const source = context.source;
+  if (!source) throw invalid("volumeAttributes.source", source, "is required: s3://bucket/prefix/");
+  const { bucket, prefix } = parseS3Uri(source, "volumeAttributes.source");
+  return {
+    modelId: validateModelId(model),
+    source: `s3://${bucket}/${prefix}`,
+    include: globs(context, "include"),
+    exclude: globs(context, "exclude"),
+    pod: {
+      namespace,
+      name: context[POD_NAME] ?? "",
+      uid: context[POD_UID] ?? "",
+      serviceAccount: context[POD_SERVICE_ACCOUNT] ?? "",
+    },
+  };
+}
+
+/**
+ * include/exclude: one glob, or a JSON array of globs (`'["*.json", "*.safetensors"]'`). Not a
+ * comma list: a glob's braces hold commas (`*.{json,safetensors}`).
+ */
+function globs(context: Record<string, string>, key: "include" | "exclude"): string[] {
+  const raw = context[key];
+  if (raw === undefined || raw.trim() === "") return [];
+  if (!raw.trimStart().startsWith("[")) return [raw.trim()];
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(raw);
+  } catch {
+    throw invalid(`volumeAttributes.${key}`, raw, "must be one glob or a JSON array of globs");
+  }
+  if (!Array.isArray(parsed) || !parsed.every((g) => typeof g === "string" && g.length > 0)) {
+    throw invalid(`volumeAttributes.${key}`, raw, "must be a JSON array of non-empty strings");
+  }
+  return parsed as string[];
+}

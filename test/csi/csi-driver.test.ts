@@ -1,0 +1,369 @@
+/**
+ * The CSI driver end to end: a real daemon (child process) serving the CSI node service on a unix
+ * socket, a real gRPC client playing the kubelet (test/support/kubelet.ts), real bind mounts into
+ * temporary target directories (the tests run as root, as CI does), RGW behind the fault proxy.
+ */
+
+import { access, mkdir, readdir, readFile, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { status } from "@grpc/grpc-js";
+import { afterEach, describe, expect, it } from "vitest";
+import { callDaemon } from "../../src/api/client.js";
+import { isMounted, Kubelet, kubeletBackoffMs, type Pod, unmountUnder } from "../support/kubelet.js";
+import { type DaemonProcess, startDaemonProcess } from "../support/processes.js";
+import { freshBucket, putFiles } from "../support/s3.js";
+import { useS3Fixture } from "../support/s3-fixture.js";
+import { digests, expectedDigests } from "../support/stage.js";
+import { type SyntheticFile, syntheticModel } from "../support/synthetic-model.js";
+import { gate, waitFor } from "../support/wait.js";
+
+const fx = useS3Fixture("cs-csi-");
+const TOKEN = "csi-test-token";
+const daemons: DaemonProcess[] = [];
+const kubelets: Kubelet[] = [];
+
+afterEach(async () => {
+  for (const k of kubelets.splice(0)) k.close();
+  for (const d of daemons.splice(0)) {
+    if (d.child.exitCode === null && d.child.signalCode === null) d.child.kill("SIGKILL");
+    await d.exited.catch(() => {});
+  }
+  // Before the fixture removes the work directory: nothing may stay mounted below it.
+  await unmountUnder(fx.work);
+});
+
+interface Node {
+  root: string;
+  csiSocket: string;
+  pods: string;
+  tokens: string;
+}
+
+async function node(): Promise<Node> {
+  const tokens = join(fx.work, "tokens");
+  await writeFile(tokens, `${TOKEN}\n`);
+  const pods = join(fx.work, "kubelet", "pods");
+  await mkdir(pods, { recursive: true });
+  return {
+    root: join(fx.work, "root"),
+    csiSocket: join(fx.work, "kubelet", "plugins", "models.coldstart.io", "csi.sock"),
+    pods,
+    tokens,
+  };
+}
+
+async function daemon(n: Node, extra: string[] = []): Promise<{ d: DaemonProcess; kubelet: Kubelet }> {
+  const d = await startDaemonProcess(
+    [
+      "--root",
+      n.root,
+      "--socket",
+      join(fx.work, "run", "coldstart.sock"),
+      "--token-file",
+      n.tokens,
+      "--allow-source",
+      "s3://cs-csi-*/**",
+      "--csi-socket",
+      n.csiSocket,
+      "--csi-allow",
+      "ml-*=s3://cs-csi-*/**",
+      "--endpoint",
+      fx.proxy.url,
+      "--path-style",
+      "--part-size",
+      "1MiB",
+      "--concurrency",
+      "4",
+      ...extra,
+    ],
+    fx.s3,
+  );
+  daemons.push(d);
+  const kubelet = new Kubelet(n.csiSocket);
+  kubelets.push(kubelet);
+  return { d, kubelet };
+}
+
+async function model(shards = 2): Promise<{ bucket: string; files: SyntheticFile[]; source: string }> {
+  const bucket = await freshBucket(fx.client, "cs-csi");
+  const files = syntheticModel({ shards, shardBytes: 2 * 1024 * 1024 });
+  await putFiles(fx.client, bucket, "m/", files);
+  return { bucket, files, source: `s3://${bucket}/m/` };
+}
+
+let pods = 0;
+function pod(namespace = "ml-serving"): Pod {
+  pods++;
+  return { namespace, name: `vllm-${pods}`, uid: `0000-${process.pid}-${pods}` };
+}
+
+function api(d: DaemonProcess, method: string, path: string, body?: unknown) {
+  return callDaemon({ url: d.api, token: TOKEN }, method, path, body);
+}
+
+async function expectReadOnly(path: string): Promise<void> {
+  await expect(writeFile(path, "x")).rejects.toMatchObject({ code: "EROFS" });
+}
+
+describe("the CSI driver", () => {
+  it("answers the identity and node-info calls the kubelet makes at registration", async () => {
+    const n = await node();
+    const { kubelet } = await daemon(n);
+    const info = await kubelet.identity("GetPluginInfo");
+    expect(info.body).toMatchObject({ name: "models.coldstart.io" });
+    expect(await kubelet.identity("Probe")).toMatchObject({ ok: true, body: { ready: { value: true } } });
+    expect((await kubelet.node("NodeGetInfo")).body).toMatchObject({ nodeId: expect.any(String) });
+    const caps = (await kubelet.node("NodeGetCapabilities")).body as { capabilities: unknown[] };
+    expect(caps.capabilities).toEqual([expect.objectContaining({ rpc: { type: "GET_VOLUME_STATS" } })]);
+  });
+
+  it("publishes the verified model read-only with the loader advice beside it, and nothing else", async () => {
+    const n = await node();
+    const { d, kubelet } = await daemon(n);
+    const a = await model();
+    const b = await model(1);
+    // Another model on the node: the pod must not see it.
+    expect((await api(d, "PUT", "/v1/models/other", { source: b.source })).status).toBe(202);
+    const p = pod();
+    const target = await Kubelet.targetFor(n.pods, p);
+    const res = await kubelet.publish("csi-a1", target, { model: "llama", source: a.source }, p);
+    expect(res).toMatchObject({ ok: true });
+
+    expect(await isMounted(target)).toBe(true);
+    expect((await readdir(target)).sort()).toEqual(["coldstart.env", "coldstart.json", "model"]);
+    expect(await digests(join(target, "model"), a.files)).toEqual(expectedDigests(a.files));
+    const advice = JSON.parse(await readFile(join(target, "coldstart.json"), "utf8"));
+    expect(advice).toMatchObject({
+      modelId: "llama",
+      source: a.source,
+      modelDir: "model",
+      loadFormat: "safetensors",
+    });
+    expect(await readFile(join(target, "coldstart.env"), "utf8")).toContain(
+      "COLDSTART_LOAD_FORMAT='safetensors'",
+    );
+    // Read-only, the model and the volume's own files alike.
+    await expectReadOnly(join(target, "model", "config.json"));
+    await expectReadOnly(join(target, "model", "planted"));
+    await expectReadOnly(join(target, "planted"));
+    // Nothing of the other model, nor of the staging root, is reachable.
+    const tree = await readdir(target, { recursive: true });
+    expect(tree.some((f) => f.includes("other"))).toBe(false);
+    expect(((await api(d, "GET", "/v1/models/llama")).body as { mounts: number }).mounts).toBe(1);
+    // The staged model itself was not written into.
+    await expect(access(join(n.root, "models", "llama", "coldstart.json"))).rejects.toThrow();
+  });
+
+  it("keeps a mounted model from eviction and DELETE; unpublish unmounts and releases it", async () => {
+    const n = await node();
+    const a = await model();
+    const b = await model(1);
+    const sizeOf = (m: { files: SyntheticFile[] }) => m.files.reduce((s, f) => s + f.body.length, 0);
+    // A budget one byte short of both models, and no grace: staging the second needs the first gone.
+    const budget = sizeOf(a) + sizeOf(b) - 1;
+    const { d, kubelet } = await daemon(n, ["--max-bytes", String(budget), "--in-use-grace", "0"]);
+    const p = pod();
+    const target = await Kubelet.targetFor(n.pods, p);
+    expect(await kubelet.publish("csi-ev", target, { model: "held", source: a.source }, p)).toMatchObject({
+      ok: true,
+    });
+    const del = await api(d, "DELETE", "/v1/models/held");
+    expect(del.status).toBe(409);
+    expect(del.body).toMatchObject({ error: { code: "CS_MODEL_IN_USE" } });
+    // Eviction pressure: the second model waits for room the mounted one holds.
+    await api(d, "PUT", "/v1/models/second", { source: b.source });
+    await waitFor(
+      async () => ((await api(d, "GET", "/v1/models/second")).body as { waiting?: unknown }).waiting,
+    );
+    expect(((await api(d, "GET", "/v1/models/held")).body as { state: string }).state).toBe("ready");
+    expect(await digests(join(target, "model"), a.files)).toEqual(expectedDigests(a.files));
+
+    expect(await kubelet.unpublish("csi-ev", target)).toMatchObject({ ok: true });
+    expect(await isMounted(target)).toBe(false);
+    await expect(access(target)).rejects.toMatchObject({ code: "ENOENT" });
+    expect(await readdir(join(n.root, "csi"))).toEqual([]);
+    // Released: eviction takes it for the model that waited.
+    await waitFor(
+      async () => ((await api(d, "GET", "/v1/models/second")).body as { state: string }).state === "ready",
+    );
+    expect((await api(d, "GET", "/v1/models/held")).status).toBe(404);
+  });
+
+  it("is idempotent: publish and unpublish twice, and refuses another volume at a used target", async () => {
+    const n = await node();
+    const { kubelet } = await daemon(n);
+    const a = await model(1);
+    const p = pod();
+    const target = await Kubelet.targetFor(n.pods, p);
+    const attrs = { model: "twice", source: a.source };
+    expect(await kubelet.publish("csi-tw", target, attrs, p)).toMatchObject({ ok: true });
+    expect(await kubelet.publish("csi-tw", target, attrs, p)).toMatchObject({ ok: true });
+    const other = await kubelet.publish("csi-other", target, attrs, p);
+    expect(other).toMatchObject({ ok: false, code: status.ALREADY_EXISTS });
+    expect(other.details).toContain("CS_CSI_TARGET_BUSY");
+    expect(await kubelet.unpublish("csi-tw", target)).toMatchObject({ ok: true });
+    expect(await kubelet.unpublish("csi-tw", target)).toMatchObject({ ok: true });
+    expect(await isMounted(target)).toBe(false);
+  });
+
+  it("stages a model once for ten pods publishing it at the same moment", async () => {
+    const n = await node();
+    const { kubelet } = await daemon(n);
+    const a = await model();
+    const g = gate();
+    fx.proxy.addRule({
+      match: { method: "GET", hasRange: true },
+      action: { kind: "hook", fn: () => g.opened },
+    });
+    const volumes = await Promise.all(
+      Array.from({ length: 10 }, async (_, i) => {
+        const p = pod();
+        return { id: `csi-ten-${i}`, p, target: await Kubelet.targetFor(n.pods, p) };
+      }),
+    );
+    const calls = volumes.map((v) =>
+      kubelet.publish(v.id, v.target, { model: "shared", source: a.source }, v.p),
+    );
+    // Every call is in (held) before a byte comes: they all join one staging.
+    await waitFor(() => fx.proxy.requests.some((r) => r.method === "GET" && r.headers.range !== undefined));
+    g.open();
+    const results = await Promise.all(calls);
+    expect(results.every((r) => r.ok)).toBe(true);
+    // Every byte of every file crossed the wire once (listings aside).
+    const served = fx.proxy.bytesServed().byPath;
+    for (const f of a.files) expect(served.get(`/${a.bucket}/m/${f.relPath}`)).toBe(f.body.length);
+    for (const v of volumes)
+      expect(await digests(join(v.target, "model"), a.files)).toEqual(expectedDigests(a.files));
+  });
+
+  it("answers a failed staging with its cause, and refuses bad attributes naming the field", async () => {
+    const n = await node();
+    const { kubelet } = await daemon(n);
+    const bucket = await freshBucket(fx.client, "cs-csi");
+    const p = pod();
+    const target = await Kubelet.targetFor(n.pods, p);
+    const failed = await kubelet.publish(
+      "csi-f",
+      target,
+      { model: "empty", source: `s3://${bucket}/none/` },
+      p,
+    );
+    expect(failed).toMatchObject({ ok: false, code: status.FAILED_PRECONDITION });
+    expect(failed.details).toMatch(/^CS_MODEL_FAILED: model empty failed to stage: CS_NO_OBJECTS: /);
+    expect(await isMounted(target)).toBe(false);
+
+    const typo = await kubelet.publish(
+      "csi-t",
+      target,
+      { modle: "x", model: "x", source: `s3://${bucket}/m/` },
+      p,
+    );
+    expect(typo).toMatchObject({ ok: false, code: status.INVALID_ARGUMENT });
+    expect(typo.details).toContain("volumeAttributes.modle");
+    const noCap = await kubelet.publishRaw({ volumeId: "csi-r", targetPath: target, volumeContext: {} });
+    expect(noCap).toMatchObject({ ok: false, code: status.INVALID_ARGUMENT });
+    expect(noCap.details).toContain("volume_capability");
+  });
+
+  it("refuses a namespace no rule allows with PermissionDenied, and mounts and stages nothing", async () => {
+    const n = await node();
+    const { d, kubelet } = await daemon(n);
+    const a = await model(1);
+    const p = pod("team-b");
+    const target = await Kubelet.targetFor(n.pods, p);
+    const res = await kubelet.publish("csi-d", target, { model: "denied", source: a.source }, p);
+    expect(res).toMatchObject({ ok: false, code: status.PERMISSION_DENIED });
+    expect(res.details).toBe(
+      `CS_CSI_NAMESPACE_DENIED: namespace team-b may not mount ${a.source}: no csi.allow rule matches both`,
+    );
+    expect(await isMounted(target)).toBe(false);
+    expect((await api(d, "GET", "/v1/models/denied")).status).toBe(404);
+    expect(fx.proxy.requests).toEqual([]);
+  });
+
+  it("holds a publish while its model stages, so the call in flight at readiness mounts it", async () => {
+    const n = await node();
+    const { kubelet } = await daemon(n);
+    const a = await model();
+    const g = gate();
+    fx.proxy.addRule({
+      match: { method: "GET", hasRange: true },
+      action: { kind: "hook", fn: () => g.opened },
+    });
+    const p = pod();
+    const target = await Kubelet.targetFor(n.pods, p);
+    // The kubelet's loop: a call, and after each failure its backoff before the next.
+    const attempts: { started: number; ended: number; ok: boolean }[] = [];
+    const kubeletLoop = (async () => {
+      for (let failures = 0; ; ) {
+        const started = Date.now();
+        const r = await kubelet.publish("csi-hold", target, { model: "held-call", source: a.source }, p);
+        attempts.push({ started, ended: Date.now(), ok: r.ok });
+        if (r.ok) return;
+        failures++;
+        await new Promise((resolve) => setTimeout(resolve, kubeletBackoffMs(failures) + 100));
+      }
+    })();
+    await waitFor(() => fx.proxy.requests.some((r) => r.method === "GET" && r.headers.range !== undefined));
+    const readyFrom = Date.now();
+    g.open();
+    await kubeletLoop;
+    // One call: it was waiting when the model became ready, so no retry backoff came in between.
+    expect(attempts).toHaveLength(1);
+    expect(attempts[0]?.started).toBeLessThan(readyFrom);
+    expect(await isMounted(target)).toBe(true);
+  });
+
+  it("answers a publish still staging at its bound with UNAVAILABLE and the progress", async () => {
+    const n = await node();
+    const { kubelet } = await daemon(n, ["--csi-publish-wait", "0"]);
+    const a = await model();
+    const g = gate();
+    fx.proxy.addRule({
+      match: { method: "GET", hasRange: true },
+      action: { kind: "hook", fn: () => g.opened },
+    });
+    const p = pod();
+    const target = await Kubelet.targetFor(n.pods, p);
+    const res = await kubelet.publish("csi-u", target, { model: "slow", source: a.source }, p);
+    g.open();
+    expect(res).toMatchObject({ ok: false, code: status.UNAVAILABLE });
+    expect(res.details).toMatch(
+      /^CS_NOT_READY: model slow is (pending|staging): .* GiB of .* GiB \(\d+%\).*; the kubelet retries$/,
+    );
+    expect(await isMounted(target)).toBe(false);
+  });
+
+  it("keeps the mounts and their holds across a SIGKILL and restart of the daemon", async () => {
+    const n = await node();
+    const first = await daemon(n, ["--in-use-grace", "0"]);
+    const a = await model();
+    const p = pod();
+    const target = await Kubelet.targetFor(n.pods, p);
+    expect(
+      await first.kubelet.publish("csi-k", target, { model: "survivor", source: a.source }, p),
+    ).toMatchObject({
+      ok: true,
+    });
+    first.d.child.kill("SIGKILL");
+    await first.d.exited;
+    // The pod reads on while no daemon runs.
+    expect(await digests(join(target, "model"), a.files)).toEqual(expectedDigests(a.files));
+
+    const second = await daemon(n, ["--in-use-grace", "0"]);
+    const status1 = (await api(second.d, "GET", "/v1/models/survivor")).body as {
+      state: string;
+      mounts: number;
+    };
+    expect(status1).toMatchObject({ state: "ready", mounts: 1 });
+    expect((await api(second.d, "DELETE", "/v1/models/survivor")).status).toBe(409);
+    const stats = await second.kubelet.stats("csi-k", target);
+    expect(stats).toMatchObject({ ok: true });
+    expect((await second.kubelet.stats("csi-nope", target)).code).toBe(status.NOT_FOUND);
+
+    expect(await second.kubelet.unpublish("csi-k", target)).toMatchObject({ ok: true });
+    expect(await isMounted(target)).toBe(false);
+    expect(((await api(second.d, "GET", "/v1/models/survivor")).body as { mounts: number }).mounts).toBe(0);
+    expect((await api(second.d, "DELETE", "/v1/models/survivor")).status).toBe(204);
+  });
+});
