@@ -397,6 +397,61 @@ describe("deploy/", () => {
     },
   );
 
+  it.skipIf(!hasKubectl())(
+    "the CSI component: the CSIDriver for inline volumes, the kubelet's directories, the daemon's config",
+    async () => {
+      const overlay = await mkdtemp(join(tmpdir(), "cs-overlay-"));
+      try {
+        const rel = relative(overlay, deploy);
+        await writeFile(
+          join(overlay, "kustomization.yaml"),
+          `resources: [${rel}]\ncomponents: [${rel}/components/csi-driver]\n`,
+        );
+        const { stdout } = await promisify(execFile)("kubectl", ["kustomize", overlay]);
+        const rendered = parseAllDocuments(stdout).map((d) => d.toJS() as K8sObject);
+        for (const o of rendered) {
+          const Model = await modelFor(o.apiVersion, o.kind);
+          expect(() => new Model(o).validate(), `rendered ${o.kind}`).not.toThrow();
+        }
+        const driver = rendered.find((o) => o.kind === "CSIDriver");
+        expect(driver?.metadata.name).toBe("models.coldstart.io");
+        expect(driver?.spec).toEqual({
+          attachRequired: false,
+          podInfoOnMount: true,
+          volumeLifecycleModes: ["Ephemeral"],
+          fsGroupPolicy: "None",
+          requiresRepublish: false,
+        });
+        const pod = rendered.find((o) => o.kind === "DaemonSet")?.spec.template.spec;
+        const c = pod.containers[0];
+        const env = Object.fromEntries(
+          c.env.filter((e: K8sObject) => e.value).map((e: K8sObject) => [e.name, e.value]),
+        );
+        const cm = rendered.find((o) => o.kind === "ConfigMap");
+        const config = loadConfig({ env: { ...cm?.data, ...env, NODE_NAME: "n" } });
+        // The socket and the registration directory where the kubelet looks, at the same paths inside.
+        expect(config.csi.socketPath).toBe("/var/lib/kubelet/plugins/models.coldstart.io/csi.sock");
+        expect(config.csi.registrationDir).toBe("/var/lib/kubelet/plugins_registry");
+        expect(config.csi.allow.length).toBeGreaterThan(0);
+        const mountOf = (path: string) => c.volumeMounts.find((m: K8sObject) => m.mountPath === path);
+        const hostPathOf = (name: string) =>
+          pod.volumes.find((v: K8sObject) => v.name === name)?.hostPath?.path;
+        for (const path of [
+          "/var/lib/kubelet/plugins/models.coldstart.io",
+          "/var/lib/kubelet/plugins_registry",
+          "/var/lib/kubelet/pods",
+        ]) {
+          expect(hostPathOf(mountOf(path)?.name), path).toBe(path);
+        }
+        // The daemon's mounts reach the pods only with Bidirectional propagation, which needs privileged.
+        expect(mountOf("/var/lib/kubelet/pods").mountPropagation).toBe("Bidirectional");
+        expect(c.securityContext).toMatchObject({ privileged: true, readOnlyRootFilesystem: true });
+      } finally {
+        await rm(overlay, { recursive: true, force: true });
+      }
+    },
+  );
+
   it("the admission policy, evaluated as the API server would (CEL), confines each daemon to its own Node", async () => {
     const objs = await all();
     const policy = find(objs, "ValidatingAdmissionPolicy", "coldstart-own-node-only").spec;
