@@ -277,6 +277,7 @@ async function compose(
     ? await recoverCsiDriver({
         config,
         models: manager,
+        caches: compileCaches,
         advice: () => ({
           loadFormat: facts.gds.loadFormat,
           gds: facts.gds.verdict,

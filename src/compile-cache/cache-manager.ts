@@ -54,6 +54,8 @@ export class CompileCacheManager {
   #scanning: Promise<void> = Promise.resolve();
   #stopped = false;
   readonly #stop = new AbortController();
+  /** Keys mounted into pods (CSI volumes), by holder (the volume's target path). */
+  readonly #holds = new Map<string, string>();
 
   readonly #layout: RootLayout;
 
@@ -325,6 +327,32 @@ export class CompileCacheManager {
       }));
   }
 
+  /**
+   * A CSI volume mounted the keyed directory into a pod (`holder`: its target path): neither eviction
+   * nor DELETE takes it until `release(holder)`, which starts the in-use grace once more.
+   */
+  hold(key: string, holder: string): void {
+    this.#holds.set(holder, key);
+    const r = this.#records.get(key);
+    if (r) this.#handedOver(r);
+  }
+
+  release(holder: string): void {
+    const key = this.#holds.get(holder);
+    if (key === undefined) return;
+    this.#holds.delete(holder);
+    const r = this.#records.get(key);
+    if (r) {
+      this.#handedOver(r);
+      void this.#records.put(r).catch(() => {});
+    }
+  }
+
+  #mounted(key: string): boolean {
+    for (const held of this.#holds.values()) if (held === key) return true;
+    return false;
+  }
+
   /** DELETE: removes the local copy now (the remote keeps its own). */
   async remove(keyIn: string): Promise<void> {
     const r = this.#records.require(keyIn);
@@ -333,6 +361,9 @@ export class CompileCacheManager {
         "CS_CACHE_BUSY",
         `compile cache ${r.key} is being restored, published or evicted`,
       );
+    }
+    if (this.#mounted(r.key)) {
+      throw new ColdstartError("CS_CACHE_BUSY", `compile cache ${r.key} is mounted into a pod (CSI volume)`);
     }
     if (r.inUseUntil && Date.parse(r.inUseUntil) > this.#now()) {
       throw new ColdstartError(
@@ -370,10 +401,11 @@ export class CompileCacheManager {
     return true;
   }
 
-  /** Not handed to a pod within the grace, and not written within the quiet period. */
+  /** Not mounted, not handed to a pod within the grace, and not written within the quiet period. */
   #idle(r: CacheRecord): boolean {
     const now = this.#now();
     return (
+      !this.#mounted(r.key) &&
       !(r.inUseUntil && Date.parse(r.inUseUntil) > now) &&
       now - Date.parse(r.changedAt ?? r.createdAt) >= this.#o.config.compileCache.quietPeriodMs
     );

@@ -3,6 +3,8 @@
  * (model id, source, filters: exactly what the API's PUT takes) and the pod facts the kubelet adds
  * with `podInfoOnMount`. Every key is checked: a misspelt attribute is refused, not ignored.
  */
+
+import type { Identity } from "../compile-cache/types.js";
 import { ColdstartError } from "../errors.js";
 import { validateModelId } from "../models/model-id.js";
 import { parseS3Uri } from "../s3/uri.js";
@@ -14,17 +16,45 @@ export const POD_UID = "csi.storage.k8s.io/pod.uid";
 export const POD_SERVICE_ACCOUNT = "csi.storage.k8s.io/serviceAccount.name";
 export const EPHEMERAL = "csi.storage.k8s.io/ephemeral";
 
-/** The attributes a pod may set. */
-const ATTRIBUTES = ["model", "source", "include", "exclude"] as const;
+/** The attributes a pod may set, by volume kind (`kind`, default `model`). */
+const ATTRIBUTES = {
+  model: ["kind", "model", "source", "include", "exclude"],
+  "compile-cache": ["kind", "torch", "torchCuda", "triton", "vllm", "tenant", "extra", "remote"],
+} as const;
 
-export interface VolumeSpec {
+export type VolumeKind = keyof typeof ATTRIBUTES;
+
+export interface PodInfo {
+  namespace: string;
+  name: string;
+  uid: string;
+  serviceAccount: string;
+}
+
+/** A model, read-only: what the API's PUT takes. */
+export interface ModelVolumeSpec {
+  kind: "model";
   modelId: string;
   /** s3://bucket/prefix/ as the API normalises it. */
   source: string;
   include: string[];
   exclude: string[];
-  pod: { namespace: string; name: string; uid: string; serviceAccount: string };
+  pod: PodInfo;
 }
+
+/**
+ * The compile cache keyed by this node's GPU and the pod's framework identity, read-write: what
+ * `coldstart wait --compile-cache` restores. The identity is checked by the key (CS_CACHE_KEY_INVALID).
+ */
+export interface CacheVolumeSpec {
+  kind: "compile-cache";
+  identity: Identity;
+  /** Another remote than compileCache.remote (it must be in compileCache.allow). */
+  remote: string | undefined;
+  pod: PodInfo;
+}
+
+export type VolumeSpec = ModelVolumeSpec | CacheVolumeSpec;
 
 /** A field of the request is missing or wrong: INVALID_ARGUMENT, naming the field and the value. */
 export function invalid(field: string, value: unknown, why: string): ColdstartError {
@@ -36,12 +66,17 @@ export function invalid(field: string, value: unknown, why: string): ColdstartEr
 }
 
 export function volumeSpec(context: Record<string, string>): VolumeSpec {
+  const kind = context.kind ?? "model";
+  if (!Object.hasOwn(ATTRIBUTES, kind)) {
+    throw invalid("volumeAttributes.kind", kind, `must be one of ${Object.keys(ATTRIBUTES).join(", ")}`);
+  }
+  const known: readonly string[] = ATTRIBUTES[kind as VolumeKind];
   for (const key of Object.keys(context)) {
-    if (!key.startsWith("csi.storage.k8s.io/") && !(ATTRIBUTES as readonly string[]).includes(key)) {
+    if (!key.startsWith("csi.storage.k8s.io/") && !known.includes(key)) {
       throw invalid(
         `volumeAttributes.${key}`,
         undefined,
-        `is not an attribute (known: ${ATTRIBUTES.join(", ")})`,
+        `is not an attribute of a ${kind} volume (known: ${known.join(", ")})`,
       );
     }
   }
@@ -56,23 +91,57 @@ export function volumeSpec(context: Record<string, string>): VolumeSpec {
   const namespace = context[POD_NAMESPACE];
   if (!namespace)
     throw invalid(POD_NAMESPACE, namespace, "is missing (the CSIDriver must set podInfoOnMount: true)");
+  const pod = {
+    namespace,
+    name: context[POD_NAME] ?? "",
+    uid: context[POD_UID] ?? "",
+    serviceAccount: context[POD_SERVICE_ACCOUNT] ?? "",
+  };
+  if (kind === "compile-cache") {
+    const identity: Identity = {};
+    for (const f of ["torch", "torchCuda", "triton", "vllm", "tenant"] as const) {
+      if (context[f] !== undefined) identity[f] = context[f];
+    }
+    if (context.extra !== undefined) identity.extra = extraOf(context.extra);
+    let remote: string | undefined;
+    if (context.remote) {
+      const r = parseS3Uri(context.remote, "volumeAttributes.remote");
+      remote = `s3://${r.bucket}/${r.prefix}`;
+    }
+    return { kind: "compile-cache", identity, remote, pod };
+  }
   const model = context.model;
   if (!model) throw invalid("volumeAttributes.model", model, "is required: the model id");
   const source = context.source;
   if (!source) throw invalid("volumeAttributes.source", source, "is required: s3://bucket/prefix/");
   const { bucket, prefix } = parseS3Uri(source, "volumeAttributes.source");
   return {
+    kind: "model",
     modelId: validateModelId(model),
     source: `s3://${bucket}/${prefix}`,
     include: globs(context, "include"),
     exclude: globs(context, "exclude"),
-    pod: {
-      namespace,
-      name: context[POD_NAME] ?? "",
-      uid: context[POD_UID] ?? "",
-      serviceAccount: context[POD_SERVICE_ACCOUNT] ?? "",
-    },
+    pod,
   };
+}
+
+/** `extra`: a JSON object of strings (`'{"image": "vllm/vllm-openai:v0.11.0"}'`), as wait's --extra. */
+function extraOf(raw: string): Record<string, string> {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(raw);
+  } catch {
+    throw invalid("volumeAttributes.extra", raw, "must be a JSON object of strings");
+  }
+  if (
+    parsed === null ||
+    typeof parsed !== "object" ||
+    Array.isArray(parsed) ||
+    !Object.values(parsed).every((v) => typeof v === "string")
+  ) {
+    throw invalid("volumeAttributes.extra", raw, "must be a JSON object of strings");
+  }
+  return parsed as Record<string, string>;
 }
 
 /**

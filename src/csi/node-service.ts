@@ -12,13 +12,14 @@
 import { mkdir, rm, rmdir, statfs } from "node:fs/promises";
 import { join } from "node:path";
 import type { Logger } from "pino";
+import type { CompileCacheManager } from "../compile-cache/cache-manager.js";
 import { ColdstartError, isColdstartError, toColdstartError } from "../errors.js";
 import type { CsiPublishOutcome, Metrics } from "../metrics/metrics.js";
 import type { ModelManager } from "../models/model-manager.js";
 import type { ModelStatus } from "../models/status.js";
 import { writeFileAtomic } from "../store/atomic-file.js";
 import type { AccessPolicy } from "./access.js";
-import { invalid, volumeSpec } from "./attributes.js";
+import { type CacheVolumeSpec, invalid, volumeSpec } from "./attributes.js";
 import type { Mounter } from "./mounts.js";
 import type { PublishedVolume, VolumeStore } from "./volumes.js";
 
@@ -27,6 +28,9 @@ export type ModelVolumes = Pick<
   ModelManager,
   "request" | "waitReady" | "hold" | "release" | "modelPath" | "get"
 >;
+
+/** What the node service needs of the compile caches: the handshake's restore, and holds. */
+export type CacheVolumes = Pick<CompileCacheManager, "restore" | "hold" | "release">;
 
 /** What a pod's loader should know of this node (the same facts `coldstart wait` writes). */
 export interface LoaderAdvice {
@@ -39,6 +43,10 @@ export interface CsiNodeOptions {
   root: string;
   nodeId: string;
   models: ModelVolumes;
+  /** Absent: compile-cache volumes are refused. */
+  caches?: CacheVolumes | undefined;
+  /** compileCache.remote: what a compile-cache volume without its own `remote` is checked against. */
+  defaultCacheRemote?: string | null | undefined;
   volumes: VolumeStore;
   mounter: Mounter;
   access: AccessPolicy;
@@ -117,7 +125,9 @@ export class CsiNode {
     }
     if (existing && (await o.mounter.isMounted(req.targetPath))) return;
 
-    const spec = volumeSpec(req.volumeContext ?? {});
+    const parsed = volumeSpec(req.volumeContext ?? {});
+    if (parsed.kind === "compile-cache") return this.#publishCache(req, parsed, deadline);
+    const spec = parsed;
     o.access.check(spec.pod.namespace, spec.source);
     await o.models.request(
       spec.modelId,
@@ -138,6 +148,7 @@ export class CsiNode {
 
     const dir = o.volumes.dirFor(req.targetPath);
     const volume: PublishedVolume = {
+      kind: "model",
       volumeId: req.volumeId,
       targetPath: req.targetPath,
       modelId: spec.modelId,
@@ -170,6 +181,68 @@ export class CsiNode {
     o.logger.info(
       { model: spec.modelId, target: req.targetPath, namespace: spec.pod.namespace, pod: spec.pod.name },
       "published a model volume",
+    );
+  }
+
+  /**
+   * A compile-cache volume: the keyed directory for this node's GPU and the pod's identity, restored
+   * from the remote first (within the publish bound), mounted read-write. Like the handshake, a node
+   * without a key (no GPU yet, two kinds) or a slow remote does not stop the pod: it gets a scratch
+   * directory of its own (removed with the volume) and compiles.
+   */
+  async #publishCache(req: PublishRequest, spec: CacheVolumeSpec, deadline: number): Promise<void> {
+    const o = this.#o;
+    if (!o.caches) throw invalid("volumeAttributes.kind", "compile-cache", "is not served on this node");
+    const remote = spec.remote ?? o.defaultCacheRemote ?? null;
+    // What csi.allow checks for a cache: where it is shared (its remote), or "compile-cache" when local.
+    o.access.check(spec.pod.namespace, remote ?? "compile-cache");
+    const holdMs = Math.max(Math.min(o.publishWaitMs, deadline - Date.now() - DEADLINE_MARGIN_MS), 1_000);
+    const restored = await o.caches.restore({
+      identity: spec.identity,
+      remote: spec.remote,
+      timeoutMs: holdMs,
+    });
+    const dir = o.volumes.dirFor(req.targetPath);
+    const volume: PublishedVolume = {
+      kind: "compile-cache",
+      volumeId: req.volumeId,
+      targetPath: req.targetPath,
+      modelId: "",
+      cacheKey: restored.path ? restored.key : undefined,
+      source: restored.remote ?? "",
+      include: [],
+      exclude: [],
+      namespace: spec.pod.namespace,
+      podName: spec.pod.name,
+      podUid: spec.pod.uid,
+      dir,
+      publishedAt: new Date().toISOString(),
+    };
+    if (restored.path) o.caches.hold(restored.key, req.targetPath);
+    try {
+      await o.volumes.put(volume);
+      let source = restored.path;
+      if (!source) {
+        source = join(dir, "scratch");
+        await mkdir(source, { recursive: true, mode: 0o777 });
+        o.logger.warn(
+          { target: req.targetPath, code: restored.error?.code, err: restored.error?.message },
+          "no compile-cache key on this node: the pod gets a scratch directory and compiles",
+        );
+      }
+      await mkdir(req.targetPath).catch((e: NodeJS.ErrnoException) => {
+        if (e.code !== "EEXIST") throw e;
+      });
+      await o.mounter.bind(source, req.targetPath, { readOnly: false });
+    } catch (err) {
+      await this.#teardown(volume).catch((e) =>
+        o.logger.error({ err: String(e), target: req.targetPath }, "cleaning up a failed publish"),
+      );
+      throw toColdstartError(err, "CS_CSI_MOUNT_FAILED");
+    }
+    o.logger.info(
+      { key: restored.key, outcome: restored.outcome, target: req.targetPath, namespace: spec.pod.namespace },
+      "published a compile-cache volume",
     );
   }
 
@@ -223,7 +296,7 @@ export class CsiNode {
     });
   }
 
-  /** Bytes and inodes of the filesystem the model lives on (NodeGetVolumeStats). */
+  /** Bytes and inodes of the filesystem the volume's files live on (NodeGetVolumeStats). */
   async stats(req: { volumeId: string; volumePath: string }): Promise<{ bytes: Usage; inodes: Usage }> {
     requireString(req.volumeId, "volume_id");
     requireString(req.volumePath, "volume_path");
@@ -235,7 +308,7 @@ export class CsiNode {
         { details: { field: "volume_path", value: req.volumePath } },
       );
     }
-    const s = await statfs(this.#o.models.modelPath(v.modelId));
+    const s = await statfs(req.volumePath);
     const bytes = (n: number | bigint) => Number(n) * Number(s.bsize);
     return {
       bytes: {
@@ -255,6 +328,10 @@ export class CsiNode {
     const o = this.#o;
     for (const v of o.volumes.all()) {
       if (await o.mounter.isMounted(v.targetPath)) {
+        if (v.kind === "compile-cache") {
+          if (v.cacheKey) o.caches?.hold(v.cacheKey, v.targetPath);
+          continue;
+        }
         const held = await o.models.hold(v.modelId, v.targetPath);
         if (!held)
           o.logger.warn(
@@ -273,6 +350,15 @@ export class CsiNode {
   /** Removes a volume's directory (never recursively: only what publish made), forgets it, releases. */
   async #teardown(v: PublishedVolume): Promise<void> {
     const o = this.#o;
+    if (v.kind === "compile-cache") {
+      // The pod's scratch directory goes whole; checked unmounted first, so nothing is followed.
+      const scratch = join(v.dir, "scratch");
+      if (!(await o.mounter.isMounted(v.targetPath))) await rm(scratch, { recursive: true, force: true });
+      await removeDir(v.dir);
+      await o.volumes.delete(v.targetPath);
+      o.caches?.release(v.targetPath);
+      return;
+    }
     const modelDir = join(v.dir, "model");
     await o.mounter.unmount(modelDir);
     await removeDir(modelDir);

@@ -11,16 +11,25 @@ import { writeFileAtomic } from "../store/atomic-file.js";
 import { RootLayout } from "../store/root-layout.js";
 
 export interface PublishedVolume {
+  /** Absent in records written before compile-cache volumes: a model. */
+  kind?: "model" | "compile-cache";
   volumeId: string;
   targetPath: string;
+  /** The model of a model volume ("" for a compile cache). */
   modelId: string;
+  /** A compile-cache volume's key; absent when the node had none and the pod got a scratch directory. */
+  cacheKey?: string | undefined;
+  /** The model's source, or a compile cache's remote ("" when local only). */
   source: string;
   include: string[];
   exclude: string[];
   namespace: string;
   podName: string;
   podUid: string;
-  /** The volume's directory under <root>/csi/: coldstart.json, coldstart.env and model/. */
+  /**
+   * The volume's directory under <root>/csi/: for a model, coldstart.json, coldstart.env and model/;
+   * for a compile cache without a key on this node, scratch/ (mounted instead, removed with it).
+   */
   dir: string;
   publishedAt: string;
 }

@@ -8,10 +8,11 @@ import type { Logger } from "pino";
 import type { Config } from "../config/schema.js";
 import { AccessPolicy, parseAccessRule } from "../csi/access.js";
 import { SystemMounter } from "../csi/mounts.js";
-import { CsiNode, type LoaderAdvice, type ModelVolumes } from "../csi/node-service.js";
+import { type CacheVolumes, CsiNode, type LoaderAdvice, type ModelVolumes } from "../csi/node-service.js";
 import { type CsiServer, startCsiServer } from "../csi/server.js";
 import { VolumeStore } from "../csi/volumes.js";
 import type { Metrics } from "../metrics/metrics.js";
+import { parseS3Uri } from "../s3/uri.js";
 
 export interface CsiDriver {
   /** Starts the gRPC services (and the kubelet registration, when configured). */
@@ -19,8 +20,9 @@ export interface CsiDriver {
 }
 
 export async function recoverCsiDriver(o: {
-  config: Pick<Config, "csi" | "kube" | "daemon">;
+  config: Pick<Config, "csi" | "kube" | "daemon" | "compileCache">;
   models: ModelVolumes;
+  caches?: CacheVolumes | undefined;
   advice: () => LoaderAdvice;
   version: string;
   logger: Logger;
@@ -33,6 +35,8 @@ export async function recoverCsiDriver(o: {
     root: o.config.daemon.root,
     nodeId: o.config.kube.nodeName ?? hostname(),
     models: o.models,
+    caches: o.caches,
+    defaultCacheRemote: o.config.compileCache.remote ? normalizedUri(o.config.compileCache.remote) : null,
     volumes: await VolumeStore.open(o.config.daemon.root),
     mounter: new SystemMounter(),
     // The schema checked each rule's form.
@@ -53,4 +57,9 @@ export async function recoverCsiDriver(o: {
         logger,
       }),
   };
+}
+
+function normalizedUri(uri: string): string {
+  const { bucket, prefix } = parseS3Uri(uri, "compileCache.remote");
+  return `s3://${bucket}/${prefix}`;
 }

@@ -22,6 +22,7 @@ describe("volume attributes", () => {
       exclude: "*.{bin,pt}",
     });
     expect(spec).toEqual({
+      kind: "model",
       modelId: "meta/llama",
       // Normalised as the API's PUT normalises it: the prefix is a directory.
       source: "s3://models/llama/",
@@ -52,6 +53,39 @@ describe("volume attributes", () => {
     );
     expect(err.details.field).toBe(field);
     expect(err.message).toContain(field);
+  });
+
+  it("reads a compile-cache volume's identity and remote, and refuses model attributes on it", () => {
+    const spec = volumeSpec({
+      ...POD,
+      kind: "compile-cache",
+      vllm: "0.11.0",
+      torch: "2.8.0",
+      extra: '{"image": "vllm/vllm-openai:v0.11.0"}',
+      remote: "s3://caches/cc",
+    });
+    expect(spec).toMatchObject({
+      kind: "compile-cache",
+      identity: { vllm: "0.11.0", torch: "2.8.0", extra: { image: "vllm/vllm-openai:v0.11.0" } },
+      remote: "s3://caches/cc/",
+    });
+    const onCache = expectColdstartError(
+      thrownBy(() => volumeSpec({ ...POD, kind: "compile-cache", model: "m" })),
+      "CS_CSI_VOLUME_INVALID",
+    );
+    expect(onCache.message).toContain("volumeAttributes.model is not an attribute of a compile-cache volume");
+    for (const extra of ['["a"]', '{"a": 1}', "{"]) {
+      const err = expectColdstartError(
+        thrownBy(() => volumeSpec({ ...POD, kind: "compile-cache", extra })),
+        "CS_CSI_VOLUME_INVALID",
+      );
+      expect(err.details.field).toBe("volumeAttributes.extra");
+    }
+    const kind = expectColdstartError(
+      thrownBy(() => volumeSpec({ ...POD, kind: "cache", model: "m", source: "s3://bkt/p/" })),
+      "CS_CSI_VOLUME_INVALID",
+    );
+    expect(kind.message).toBe('volumeAttributes.kind must be one of model, compile-cache, got "cache"');
   });
 
   it("refuses a model id or a source the API would refuse, with the API's codes", () => {

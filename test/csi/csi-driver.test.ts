@@ -10,7 +10,8 @@ import { status } from "@grpc/grpc-js";
 import { afterEach, describe, expect, it } from "vitest";
 import { callDaemon } from "../../src/api/client.js";
 import { isMounted, Kubelet, kubeletBackoffMs, type Pod, unmountUnder } from "../support/kubelet.js";
-import { type DaemonProcess, startDaemonProcess } from "../support/processes.js";
+import { builtAddon, fakeLibraries } from "../support/native-doubles.js";
+import { type DaemonProcess, NO_GPU_FLAGS, startDaemonProcess } from "../support/processes.js";
 import { freshBucket, putFiles } from "../support/s3.js";
 import { useS3Fixture } from "../support/s3-fixture.js";
 import { digests, expectedDigests } from "../support/stage.js";
@@ -52,7 +53,11 @@ async function node(): Promise<Node> {
   };
 }
 
-async function daemon(n: Node, extra: string[] = []): Promise<{ d: DaemonProcess; kubelet: Kubelet }> {
+async function daemon(
+  n: Node,
+  extra: string[] = [],
+  env: Record<string, string> = {},
+): Promise<{ d: DaemonProcess; kubelet: Kubelet }> {
   const d = await startDaemonProcess(
     [
       "--root",
@@ -67,6 +72,8 @@ async function daemon(n: Node, extra: string[] = []): Promise<{ d: DaemonProcess
       n.csiSocket,
       "--csi-allow",
       "ml-*=s3://cs-csi-*/**",
+      "--csi-allow",
+      "ml-*=compile-cache",
       "--endpoint",
       fx.proxy.url,
       "--path-style",
@@ -77,6 +84,7 @@ async function daemon(n: Node, extra: string[] = []): Promise<{ d: DaemonProcess
       ...extra,
     ],
     fx.s3,
+    env,
   );
   daemons.push(d);
   const kubelet = new Kubelet(n.csiSocket);
@@ -332,6 +340,74 @@ describe("the CSI driver", () => {
       /^CS_NOT_READY: model slow is (pending|staging): .* GiB of .* GiB \(\d+%\).*; the kubelet retries$/,
     );
     expect(await isMounted(target)).toBe(false);
+  });
+
+  it("mounts the keyed compile cache read-write for the pod's identity, held while mounted", async () => {
+    const n = await node();
+    builtAddon();
+    // Two H100s through the NVML test double (a C library standing in for libnvidia-ml.so.1).
+    const gpu = { COLDSTART_NVML_LIBRARY: fakeLibraries().nvml, FAKE_NVML: "h100x2" };
+    const { d, kubelet } = await daemon(n, ["--gds", "off", "--nvidia-smi", "/nonexistent"], gpu);
+    const identity = {
+      kind: "compile-cache",
+      vllm: "0.11.0",
+      torch: "2.8.0",
+      torchCuda: "12.8",
+      triton: "3.4.0",
+    };
+    const [p1, p2] = [pod(), pod()];
+    const [t1, t2] = [
+      await Kubelet.targetFor(n.pods, p1, "cache"),
+      await Kubelet.targetFor(n.pods, p2, "cache"),
+    ];
+    expect(await kubelet.publish("csi-c1", t1, identity, p1)).toMatchObject({ ok: true });
+    const caches = (await api(d, "GET", "/v1/compile-caches")).body as {
+      caches: { key: string; path: string }[];
+    };
+    expect(caches.caches).toHaveLength(1);
+    const keyed = caches.caches[0] as { key: string; path: string };
+    // Exactly the keyed directory, writable: what one pod compiles, the next of its kind finds.
+    await writeFile(join(t1, "compiled.bin"), "artifact");
+    expect(await readFile(join(keyed.path, "compiled.bin"), "utf8")).toBe("artifact");
+    expect(await kubelet.publish("csi-c2", t2, identity, p2)).toMatchObject({ ok: true });
+    expect(await readFile(join(t2, "compiled.bin"), "utf8")).toBe("artifact");
+    const busy = await api(d, "DELETE", `/v1/compile-caches/${keyed.key}`);
+    expect(busy.body).toMatchObject({ error: { code: "CS_CACHE_BUSY" } });
+    // Another identity is another key: nothing of this one is visible there.
+    const p3 = pod();
+    const t3 = await Kubelet.targetFor(n.pods, p3, "cache");
+    expect(await kubelet.publish("csi-c3", t3, { ...identity, vllm: "0.10.2" }, p3)).toMatchObject({
+      ok: true,
+    });
+    expect(await readdir(t3)).toEqual([]);
+    for (const [id, t] of [
+      ["csi-c1", t1],
+      ["csi-c2", t2],
+      ["csi-c3", t3],
+    ] as const) {
+      expect(await kubelet.unpublish(id, t)).toMatchObject({ ok: true });
+      expect(await isMounted(t)).toBe(false);
+    }
+    // The keyed directory stays on the node for the next pod (and the publisher).
+    expect(await readFile(join(keyed.path, "compiled.bin"), "utf8")).toBe("artifact");
+  });
+
+  it("gives a pod a scratch compile-cache directory on a node without a key, removed with the volume", async () => {
+    const n = await node();
+    const { kubelet } = await daemon(n, NO_GPU_FLAGS);
+    const p = pod();
+    const target = await Kubelet.targetFor(n.pods, p, "cache");
+    expect(
+      await kubelet.publish("csi-s", target, { kind: "compile-cache", vllm: "0.11.0" }, p),
+    ).toMatchObject({
+      ok: true,
+    });
+    await writeFile(join(target, "compiled.bin"), "artifact");
+    expect(await kubelet.unpublish("csi-s", target)).toMatchObject({ ok: true });
+    expect(await readdir(join(n.root, "csi"))).toEqual([]);
+    const typo = await kubelet.publish("csi-s2", target, { kind: "compile-cache", vlm: "0.11.0" }, p);
+    expect(typo).toMatchObject({ ok: false, code: status.INVALID_ARGUMENT });
+    expect(typo.details).toContain("volumeAttributes.vlm is not an attribute of a compile-cache volume");
   });
 
   it("keeps the mounts and their holds across a SIGKILL and restart of the daemon", async () => {
