@@ -7,6 +7,8 @@
 //     (COLDSTART_NATIVE_BUILD=required, as CI sets it, makes a broken addon fail here).
 //  3. The native addon: built (warnings as errors) if the build is missing, e.g. because cmake was
 //     only installed by step 2.
+//  4. Kubernetes test tools that exist only as Go modules (csi-sanity, psa-check): scripts/go-tools.mjs
+//     builds them pinned into ~/.cache/coldstart/go-tools when `go` is on PATH (skips what is there).
 // Node built-ins only: it runs before node_modules exists.
 import { spawnSync } from "node:child_process";
 import { existsSync, statSync } from "node:fs";
@@ -50,3 +52,5 @@ if (!existsSync(join(root, "build", "Release", "coldstart_native.node"))) {
   say("native addon not built: building it (npm run build:native, warnings as errors)");
   run(process.execPath, [join(root, "scripts/build-native.mjs")], { COLDSTART_NATIVE_BUILD: "required" });
 }
+
+run(process.execPath, [join(root, "scripts/go-tools.mjs")]);
