@@ -29,6 +29,8 @@ import { BlobRelay } from "./mirror/relay.js";
 import { TagResolver } from "./mirror/tags.js";
 import { ModelManager } from "./models/model-manager.js";
 import { ModelRegistry } from "./models/model-registry.js";
+import { PageCacheWarmer } from "./models/page-cache.js";
+import { memoryRoom, warmBudget } from "./node/memory.js";
 import {
   collectNodeFacts,
   factLabels,
@@ -210,6 +212,14 @@ async function compose(
     extra: compileCaches,
   });
   publishNodeFacts(metrics, facts);
+  const pageCache = new PageCacheWarmer({
+    mode: config.pageCache.warm,
+    budget: async () => warmBudget(await memoryRoom(config.node.hostRoot), config.pageCache.reserveBytes),
+    // fastsafetensors over GDS reads with O_DIRECT: pages read in now would only take memory.
+    bypassed: () => facts.gds.loadFormat === "fastsafetensors",
+    logger: logger.child({ component: "page-cache" }),
+    metrics,
+  });
   const contentStore = config.mirror.listen
     ? new ContentStore(
         config.mirror.contentDir ??
@@ -228,6 +238,7 @@ async function compose(
     bodyLimitBytes: d.bodyLimitBytes,
     isReady: () => ready,
     nodeFacts: () => facts,
+    pageCache,
     mirrorCheck: () => mirrorWatch?.current(),
     peerUploadLimiter:
       config.peers.maxUploadBytesPerSecond > 0
@@ -278,6 +289,7 @@ async function compose(
         config,
         models: manager,
         caches: compileCaches,
+        pageCache,
         advice: () => ({
           loadFormat: facts.gds.loadFormat,
           gds: facts.gds.verdict,

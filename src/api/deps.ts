@@ -5,6 +5,7 @@ import type { MirrorCheck } from "../mirror/containerd-check.js";
 import type { ImageResolver } from "../mirror/containerd-images.js";
 import type { ContentStore } from "../mirror/content-store.js";
 import type { ModelManager } from "../models/model-manager.js";
+import type { PageCacheWarmer } from "../models/page-cache.js";
 import type { NodeFacts } from "../node/node-facts.js";
 import type { RateLimiter } from "../staging/rate-limiter.js";
 import type { TokenFile } from "./auth.js";
@@ -33,4 +34,6 @@ export interface AppDeps {
   peerUploadLimiter?: RateLimiter | undefined;
   /** The node's facts (GPUs, GDS, placement), when collected. */
   nodeFacts?: () => NodeFacts;
+  /** Reads a ready model into the page cache before a handshake answers ready (pageCache.warm). */
+  pageCache?: Pick<PageCacheWarmer, "warm"> | undefined;
 }

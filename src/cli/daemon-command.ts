@@ -18,6 +18,7 @@ const GROUPS = new Set([
   "peers",
   "mirror",
   "csi",
+  "pageCache",
   "log",
   // Not retention nor upload grace: those are `cache prune`'s, which runs apart from the daemons.
   "compileCache.remote",

@@ -695,6 +695,22 @@ export const schema = {
       help: "How long a NodePublishVolume call is held while its model stages before answering UNAVAILABLE with the progress; kept under the kubelet's 2-minute deadline for the call, so the pod starts the moment the model is ready instead of after a retry backoff.",
     }),
   },
+  pageCache: {
+    warm: option({
+      schema: z.enum(["auto", "on", "off"]),
+      default: "auto",
+      env: ["COLDSTART_PAGE_CACHE_WARM"],
+      flag: "--page-cache-warm <mode>",
+      help: "Read a ready model into the page cache before its gate opens (wait handshake, CSI publish). auto: unless the node's loader bypasses the page cache (fastsafetensors with GDS enabled); on: always; off: never.",
+    }),
+    reserveBytes: option({
+      schema: byteSizeIn(0),
+      default: 2 * 1024 * MiB,
+      env: ["COLDSTART_PAGE_CACHE_RESERVE"],
+      flag: "--page-cache-reserve <size>",
+      help: "Host memory a warm leaves free for the node's pods: it reads at most MemAvailable less this, and never past the daemon's own cgroup limit (pages it reads are charged to it).",
+    }),
+  },
   placement: {
     require: option({
       schema: stringList.pipe(z.array(z.enum(PLACEMENTS))),

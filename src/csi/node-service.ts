@@ -16,6 +16,7 @@ import type { CompileCacheManager } from "../compile-cache/cache-manager.js";
 import { ColdstartError, isColdstartError, toColdstartError } from "../errors.js";
 import type { CsiPublishOutcome, Metrics } from "../metrics/metrics.js";
 import type { ModelManager } from "../models/model-manager.js";
+import type { PageCacheWarmer } from "../models/page-cache.js";
 import type { ModelStatus } from "../models/status.js";
 import { writeFileAtomic } from "../store/atomic-file.js";
 import type { AccessPolicy } from "./access.js";
@@ -53,6 +54,8 @@ export interface CsiNodeOptions {
   /** The longest a publish call is held while its model stages (csi.publishWaitMs). */
   publishWaitMs: number;
   advice: () => LoaderAdvice;
+  /** Reads the model into the page cache before the publish returns (pageCache.warm). */
+  pageCache?: Pick<PageCacheWarmer, "warm"> | undefined;
   logger: Logger;
   metrics?: Metrics | undefined;
 }
@@ -172,6 +175,8 @@ export class CsiNode {
         if (e.code !== "EEXIST") throw e;
       });
       await o.mounter.bind(dir, req.targetPath, { readOnly: true, recursive: true });
+      // Held, so eviction cannot take it while its pages are read in; the pod starts after.
+      await o.pageCache?.warm(spec.modelId, o.models.modelPath(spec.modelId));
     } catch (err) {
       await this.#teardown(volume).catch((e) =>
         o.logger.error({ err: String(e), target: req.targetPath }, "cleaning up a failed publish"),

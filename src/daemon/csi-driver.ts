@@ -12,6 +12,7 @@ import { type CacheVolumes, CsiNode, type LoaderAdvice, type ModelVolumes } from
 import { type CsiServer, startCsiServer } from "../csi/server.js";
 import { VolumeStore } from "../csi/volumes.js";
 import type { Metrics } from "../metrics/metrics.js";
+import type { PageCacheWarmer } from "../models/page-cache.js";
 import { parseS3Uri } from "../s3/uri.js";
 
 export interface CsiDriver {
@@ -24,6 +25,7 @@ export async function recoverCsiDriver(o: {
   models: ModelVolumes;
   caches?: CacheVolumes | undefined;
   advice: () => LoaderAdvice;
+  pageCache?: Pick<PageCacheWarmer, "warm"> | undefined;
   version: string;
   logger: Logger;
   metrics?: Metrics | undefined;
@@ -43,6 +45,7 @@ export async function recoverCsiDriver(o: {
     access: new AccessPolicy(c.allow.flatMap((r) => parseAccessRule(r) ?? [])),
     publishWaitMs: c.publishWaitMs,
     advice: o.advice,
+    pageCache: o.pageCache,
     logger,
     metrics: o.metrics,
   });

@@ -148,6 +148,13 @@ export class Metrics {
   /** coldstart_csi_volumes: CSI volumes published on this node now. */
   readonly csiVolumes: Gauge;
 
+  /** coldstart_page_cache_warms_total{outcome}: page-cache warms before a gate opened. */
+  readonly pageCacheWarms: Counter<"outcome">;
+  /** coldstart_page_cache_warm_bytes_total: model bytes read into the page cache by warms. */
+  readonly pageCacheWarmBytes: Counter;
+  /** coldstart_page_cache_warm_duration_seconds: how long each warm that read anything took. */
+  readonly pageCacheWarmDuration: Histogram;
+
   constructor(registry?: Registry, options: MetricsOptions = {}) {
     const { defaultMetrics = true } = options;
     this.registry = registry ?? new Registry();
@@ -383,6 +390,24 @@ export class Metrics {
       registers,
     });
 
+    this.pageCacheWarms = new Counter({
+      name: "coldstart_page_cache_warms_total",
+      help: "Page-cache warms before a gate opened (wait handshake, CSI publish), by outcome: warmed, partial (memory bound or a read failed), skipped_bypass (the loader bypasses the page cache), skipped_memory, off.",
+      labelNames: ["outcome"] as const,
+      registers,
+    });
+    this.pageCacheWarmBytes = new Counter({
+      name: "coldstart_page_cache_warm_bytes_total",
+      help: "Model bytes read into the page cache before a gate opened.",
+      registers,
+    });
+    this.pageCacheWarmDuration = new Histogram({
+      name: "coldstart_page_cache_warm_duration_seconds",
+      help: "How long each page-cache warm that read anything held the gate.",
+      buckets: [...HANDSHAKE_WAIT_BUCKETS],
+      registers,
+    });
+
     // Export every value of the small closed label sets from the start, so that rate() and absent-vs-zero
     // alerts work before the first event (a series that appears late loses its first increase).
     for (const state of MODEL_STATES) this.models.set({ state }, 0);
@@ -399,12 +424,23 @@ export class Metrics {
     for (const reason of PEER_FALLBACK_REASONS) this.peerFallbacks.inc({ reason }, 0);
     for (const outcome of ["local", "peer", "miss"]) this.mirrorTagResolutions.inc({ outcome }, 0);
     for (const outcome of CSI_PUBLISH_OUTCOMES) this.csiPublishes.inc({ outcome }, 0);
+    for (const outcome of PAGE_CACHE_WARM_OUTCOMES) this.pageCacheWarms.inc({ outcome }, 0);
   }
 }
 
 /** How a NodePublishVolume call ended (coldstart_csi_publishes_total{outcome}). */
 export const CSI_PUBLISH_OUTCOMES = ["ok", "not_ready", "failed", "denied", "invalid", "error"] as const;
 export type CsiPublishOutcome = (typeof CSI_PUBLISH_OUTCOMES)[number];
+
+/** How a page-cache warm ended (coldstart_page_cache_warms_total{outcome}). */
+export const PAGE_CACHE_WARM_OUTCOMES = [
+  "warmed",
+  "partial",
+  "skipped_bypass",
+  "skipped_memory",
+  "off",
+] as const;
+export type PageCacheWarmOutcome = (typeof PAGE_CACHE_WARM_OUTCOMES)[number];
 
 /** Names of all coldstart_* metrics registered by `m` (default process metrics left out). */
 export function metricNames(m: Metrics): string[] {

@@ -158,6 +158,11 @@ describe("the CSI driver", () => {
     const tree = await readdir(target, { recursive: true });
     expect(tree.some((f) => f.includes("other"))).toBe(false);
     expect(((await api(d, "GET", "/v1/models/llama")).body as { mounts: number }).mounts).toBe(1);
+    // Read into the page cache before the publish returned: every byte of the model, once.
+    const metrics = await (await fetch(`${d.metrics}/metrics`)).text();
+    const size = a.files.reduce((n, f) => n + f.body.length, 0);
+    expect(metrics).toContain(`coldstart_page_cache_warm_bytes_total ${size}`);
+    expect(metrics).toContain('coldstart_page_cache_warms_total{outcome="warmed"} 1');
     // The staged model itself was not written into.
     await expect(access(join(n.root, "models", "llama", "coldstart.json"))).rejects.toThrow();
   });

@@ -44,6 +44,9 @@ const EXPECTED = {
   csiPublishes: ["coldstart_csi_publishes_total", Counter, ["outcome"]],
   csiPublishDuration: ["coldstart_csi_publish_duration_seconds", Histogram, ["outcome"]],
   csiVolumes: ["coldstart_csi_volumes", Gauge, []],
+  pageCacheWarms: ["coldstart_page_cache_warms_total", Counter, ["outcome"]],
+  pageCacheWarmBytes: ["coldstart_page_cache_warm_bytes_total", Counter, []],
+  pageCacheWarmDuration: ["coldstart_page_cache_warm_duration_seconds", Histogram, []],
 } as const;
 
 type MetricField = keyof typeof EXPECTED;

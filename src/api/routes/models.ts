@@ -88,6 +88,8 @@ async function longPoll(deps: AppDeps, req: FastifyRequest, reply: FastifyReply,
   if (outcome === "ready") {
     const handed = await deps.manager.markInUse(id);
     if (handed) {
+      // Held in use now, so eviction cannot take it while its pages are read in.
+      await deps.pageCache?.warm(id, handed.status.path);
       deps.metrics?.handshakeWaits.inc({ outcome: "ready" });
       deps.metrics?.handshakeWaitDuration.observe(handed.waitedSeconds);
       return reply.code(200).send(handed.status);
