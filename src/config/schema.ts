@@ -663,6 +663,13 @@ export const schema = {
       flag: "--csi-socket <path>",
       help: "Unix socket of the CSI node plugin (driver models.coldstart.io), at the same path on the host and in the pod, e.g. /var/lib/kubelet/plugins/models.coldstart.io/csi.sock. Unset: no CSI driver.",
     }),
+    kubeletDir: option({
+      schema: absolutePath,
+      default: "/var/lib/kubelet",
+      env: ["COLDSTART_CSI_KUBELET_DIR"],
+      flag: "--csi-kubelet-dir <dir>",
+      help: "The kubelet's root directory (--root-dir): the driver mounts only at target paths below its pods/ directory.",
+    }),
     registrationDir: option({
       schema: absolutePath.optional(),
       default: undefined,

@@ -19,7 +19,8 @@ export const EPHEMERAL = "csi.storage.k8s.io/ephemeral";
 /** The attributes a pod may set, by volume kind (`kind`, default `model`). */
 const ATTRIBUTES = {
   model: ["kind", "model", "source", "include", "exclude"],
-  "compile-cache": ["kind", "torch", "torchCuda", "triton", "vllm", "tenant", "extra", "remote"],
+  // No tenant: the pod's namespace is the tenant (node-service.ts), never one the pod names.
+  "compile-cache": ["kind", "torch", "torchCuda", "triton", "vllm", "extra", "remote"],
 } as const;
 
 export type VolumeKind = keyof typeof ATTRIBUTES;
@@ -99,7 +100,7 @@ export function volumeSpec(context: Record<string, string>): VolumeSpec {
   };
   if (kind === "compile-cache") {
     const identity: Identity = {};
-    for (const f of ["torch", "torchCuda", "triton", "vllm", "tenant"] as const) {
+    for (const f of ["torch", "torchCuda", "triton", "vllm"] as const) {
       if (context[f] !== undefined) identity[f] = context[f];
     }
     if (context.extra !== undefined) identity.extra = extraOf(context.extra);

@@ -74,7 +74,10 @@ export class SystemMounter implements Mounter {
     try {
       await this.#cmd("mount", ["-o", "remount,bind,ro", target], target);
     } catch (err) {
-      await this.unmount(target).catch(() => {});
+      // Never leave it mounted read-write: if that unmount fails too, say both.
+      await this.unmount(target).catch((e: Error) => {
+        (err as Error).message += `; and unmounting it again failed: ${e.message}`;
+      });
       throw err;
     }
   }

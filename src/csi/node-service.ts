@@ -9,8 +9,8 @@
  * target path. The pod sees its model and the advice, nothing else of the staging root, and writes
  * nothing into the model.
  */
-import { mkdir, rm, rmdir, statfs } from "node:fs/promises";
-import { join } from "node:path";
+import { lstat, mkdir, realpath, rm, rmdir, statfs } from "node:fs/promises";
+import { dirname, isAbsolute, join, normalize, relative } from "node:path";
 import type { Logger } from "pino";
 import type { CompileCacheManager } from "../compile-cache/cache-manager.js";
 import { ColdstartError, isColdstartError, toColdstartError } from "../errors.js";
@@ -42,6 +42,8 @@ export interface LoaderAdvice {
 
 export interface CsiNodeOptions {
   root: string;
+  /** The kubelet's directory: every target path lies below its pods/ (csi.kubeletDir). */
+  kubeletDir: string;
   nodeId: string;
   models: ModelVolumes;
   /** Absent: compile-cache volumes are refused. */
@@ -76,6 +78,10 @@ export class CsiNode {
   readonly #o: CsiNodeOptions;
   /** One operation at a time per target path: a retried call waits for the one still held. */
   readonly #busy = new Map<string, Promise<unknown>>();
+  /** The publish of each target still waiting or running: an unpublish of the target ends it. */
+  readonly #publishing = new Map<string, AbortController>();
+  /** The kubelet's pods directory, symlinks resolved (where a target's parent must resolve to). */
+  #realPods: Promise<string> | undefined;
 
   constructor(options: CsiNodeOptions) {
     this.#o = options;
@@ -104,7 +110,20 @@ export class CsiNode {
       if (!req.volumeCapability.mount) {
         throw invalid("volume_capability", "block", "must be a mount volume: the driver serves directories");
       }
-      await this.#serial(req.targetPath, () => this.#publish(req, signal, deadline));
+      const target = await this.#validTarget(req.targetPath, true);
+      // An unpublish of the target, or the caller giving up, ends this publish (waiting or queued).
+      const mine = new AbortController();
+      this.#publishing.get(target)?.abort(cancelled("a newer publish of the target"));
+      this.#publishing.set(target, mine);
+      const stop = AbortSignal.any([signal, mine.signal]);
+      try {
+        await this.#serial(target, () => {
+          if (stop.aborted) throw toColdstartError(stop.reason, "CS_ABORTED");
+          return this.#publish({ ...req, targetPath: target }, stop, deadline);
+        });
+      } finally {
+        if (this.#publishing.get(target) === mine) this.#publishing.delete(target);
+      }
       outcome = "ok";
     } catch (err) {
       outcome = publishOutcome(err);
@@ -118,18 +137,24 @@ export class CsiNode {
 
   async #publish(req: PublishRequest, signal: AbortSignal, deadline: number): Promise<void> {
     const o = this.#o;
-    const existing = o.volumes.get(req.targetPath);
-    if (existing && existing.volumeId !== req.volumeId) {
-      throw new ColdstartError(
-        "CS_CSI_TARGET_BUSY",
-        `target ${req.targetPath} holds volume ${existing.volumeId}; refusing ${req.volumeId}`,
-        { details: { field: "target_path", value: req.targetPath } },
-      );
-    }
-    if (existing && (await o.mounter.isMounted(req.targetPath))) return;
-
     const parsed = volumeSpec(req.volumeContext ?? {});
-    if (parsed.kind === "compile-cache") return this.#publishCache(req, parsed, deadline);
+    const existing = o.volumes.get(req.targetPath);
+    if (existing) {
+      const same =
+        existing.volumeId === req.volumeId &&
+        (existing.kind ?? "model") === parsed.kind &&
+        (parsed.kind === "compile-cache" ||
+          (existing.modelId === parsed.modelId && existing.source === parsed.source));
+      if (!same) {
+        throw new ColdstartError(
+          "CS_CSI_TARGET_BUSY",
+          `target ${req.targetPath} holds volume ${existing.volumeId} (${existing.kind ?? "model"} ${existing.modelId || existing.cacheKey || ""}); refusing ${req.volumeId}`,
+          { details: { field: "target_path", value: req.targetPath } },
+        );
+      }
+      if (await o.mounter.isMounted(req.targetPath)) return;
+    }
+    if (parsed.kind === "compile-cache") return this.#publishCache(req, parsed, signal, deadline);
     const spec = parsed;
     o.access.check(spec.pod.namespace, spec.source);
     await o.models.request(
@@ -171,18 +196,18 @@ export class CsiNode {
       // Recorded before the target's mount: a crash after it leaves a mount the restart finds.
       await o.volumes.put(volume);
       await this.#prepareDir(volume, held);
-      await mkdir(req.targetPath).catch((e: NodeJS.ErrnoException) => {
-        if (e.code !== "EEXIST") throw e;
-      });
+      await makeTarget(req.targetPath);
       await o.mounter.bind(dir, req.targetPath, { readOnly: true, recursive: true });
-      // Held, so eviction cannot take it while its pages are read in; the pod starts after.
-      await o.pageCache?.warm(spec.modelId, o.models.modelPath(spec.modelId));
     } catch (err) {
       await this.#teardown(volume).catch((e) =>
         o.logger.error({ err: String(e), target: req.targetPath }, "cleaning up a failed publish"),
       );
       throw toColdstartError(err, "CS_CSI_MOUNT_FAILED");
     }
+    // Held, so eviction cannot take it while its pages are read in. The gate waits for the warm
+    // only within the call's deadline; a warm still running then goes on without holding the pod.
+    const warm = o.pageCache?.warm(spec.modelId, o.models.modelPath(spec.modelId));
+    if (warm) await within(warm, deadline - Date.now() - DEADLINE_MARGIN_MS, signal);
     o.logger.info(
       { model: spec.modelId, target: req.targetPath, namespace: spec.pod.namespace, pod: spec.pod.name },
       "published a model volume",
@@ -195,18 +220,25 @@ export class CsiNode {
    * without a key (no GPU yet, two kinds) or a slow remote does not stop the pod: it gets a scratch
    * directory of its own (removed with the volume) and compiles.
    */
-  async #publishCache(req: PublishRequest, spec: CacheVolumeSpec, deadline: number): Promise<void> {
+  async #publishCache(
+    req: PublishRequest,
+    spec: CacheVolumeSpec,
+    signal: AbortSignal,
+    deadline: number,
+  ): Promise<void> {
     const o = this.#o;
     if (!o.caches) throw invalid("volumeAttributes.kind", "compile-cache", "is not served on this node");
     const remote = spec.remote ?? o.defaultCacheRemote ?? null;
     // What csi.allow checks for a cache: where it is shared (its remote), or "compile-cache" when local.
     o.access.check(spec.pod.namespace, remote ?? "compile-cache");
     const holdMs = Math.max(Math.min(o.publishWaitMs, deadline - Date.now() - DEADLINE_MARGIN_MS), 1_000);
+    // The namespace is the tenant: pods of one namespace share a key's compiled code, never another's.
     const restored = await o.caches.restore({
-      identity: spec.identity,
+      identity: { ...spec.identity, tenant: spec.pod.namespace },
       remote: spec.remote,
       timeoutMs: holdMs,
     });
+    if (signal.aborted) throw toColdstartError(signal.reason, "CS_ABORTED");
     const dir = o.volumes.dirFor(req.targetPath);
     const volume: PublishedVolume = {
       kind: "compile-cache",
@@ -235,10 +267,9 @@ export class CsiNode {
           "no compile-cache key on this node: the pod gets a scratch directory and compiles",
         );
       }
-      await mkdir(req.targetPath).catch((e: NodeJS.ErrnoException) => {
-        if (e.code !== "EEXIST") throw e;
-      });
-      await o.mounter.bind(source, req.targetPath, { readOnly: false });
+      await makeTarget(req.targetPath);
+      // Read-write unless the pod mounts it read-only (a pod that only reads what others compiled).
+      await o.mounter.bind(source, req.targetPath, { readOnly: req.readonly === true });
     } catch (err) {
       await this.#teardown(volume).catch((e) =>
         o.logger.error({ err: String(e), target: req.targetPath }, "cleaning up a failed publish"),
@@ -286,17 +317,30 @@ export class CsiNode {
 
   /**
    * Unmounts the target and removes what publish made there and under <root>/csi/, then releases the
-   * model. Idempotent: a target that is not mounted or not known is not an error.
+   * model. Idempotent: a target already gone is not an error. A target this driver has no record of
+   * is not touched beyond removing it if it is an empty directory: nothing is unmounted that publish
+   * did not mount.
    */
   async unpublish(req: { volumeId: string; targetPath: string }): Promise<void> {
     requireString(req.volumeId, "volume_id");
     requireString(req.targetPath, "target_path");
-    await this.#serial(req.targetPath, async () => {
+    const target = await this.#validTarget(req.targetPath, false);
+    this.#publishing.get(target)?.abort(cancelled("the volume was unpublished"));
+    await this.#serial(target, async () => {
       const o = this.#o;
-      await o.mounter.unmount(req.targetPath);
-      await removeDir(req.targetPath);
-      const v = o.volumes.get(req.targetPath);
-      if (v) await this.#teardown(v);
+      const v = o.volumes.get(target);
+      if (!v) {
+        if (!(await o.mounter.isMounted(target))) await removeDir(target).catch(() => {});
+        return;
+      }
+      if (v.volumeId !== req.volumeId) {
+        throw new ColdstartError(
+          "CS_CSI_VOLUME_NOT_FOUND",
+          `target ${target} holds volume ${v.volumeId}, not ${req.volumeId}`,
+          { details: { field: "volume_id", value: req.volumeId } },
+        );
+      }
+      await this.#teardown(v);
       o.metrics?.csiVolumes.set(o.volumes.all().length);
     });
   }
@@ -337,7 +381,7 @@ export class CsiNode {
           if (v.cacheKey) o.caches?.hold(v.cacheKey, v.targetPath);
           continue;
         }
-        const held = await o.models.hold(v.modelId, v.targetPath);
+        const held = await o.models.hold(v.modelId, v.targetPath, { evenIfNotReady: true });
         if (!held)
           o.logger.warn(
             { model: v.modelId, target: v.targetPath },
@@ -352,26 +396,58 @@ export class CsiNode {
     o.metrics?.csiVolumes.set(o.volumes.all().length);
   }
 
-  /** Removes a volume's directory (never recursively: only what publish made), forgets it, releases. */
+  /**
+   * Unmounts the target and the volume's own mounts, and only once nothing is mounted there any more
+   * removes the target directory and the volume's directory (ours, under <root>/csi/, named by the
+   * target), then forgets the volume and releases what it held. Whatever publish left half-made (a
+   * temp file of a crashed write, a scratch directory) goes too, so a retry cannot wedge on it.
+   */
   async #teardown(v: PublishedVolume): Promise<void> {
     const o = this.#o;
-    if (v.kind === "compile-cache") {
-      // The pod's scratch directory goes whole; checked unmounted first, so nothing is followed.
-      const scratch = join(v.dir, "scratch");
-      if (!(await o.mounter.isMounted(v.targetPath))) await rm(scratch, { recursive: true, force: true });
-      await removeDir(v.dir);
-      await o.volumes.delete(v.targetPath);
-      o.caches?.release(v.targetPath);
-      return;
-    }
     const modelDir = join(v.dir, "model");
+    await o.mounter.unmount(v.targetPath);
     await o.mounter.unmount(modelDir);
-    await removeDir(modelDir);
-    await rm(join(v.dir, "coldstart.json"), { force: true });
-    await rm(join(v.dir, "coldstart.env"), { force: true });
-    await removeDir(v.dir);
+    for (const p of [v.targetPath, modelDir]) {
+      if (await o.mounter.isMounted(p)) {
+        throw new ColdstartError("CS_CSI_MOUNT_FAILED", `${p} is still mounted after umount`, {
+          details: { field: "target_path", value: v.targetPath },
+        });
+      }
+    }
+    await removeDir(v.targetPath).catch((e) =>
+      o.logger.warn({ err: String(e), target: v.targetPath }, "could not remove the target directory"),
+    );
+    await rm(v.dir, { recursive: true, force: true });
     await o.volumes.delete(v.targetPath);
-    await o.models.release(v.targetPath);
+    if (v.kind === "compile-cache") o.caches?.release(v.targetPath);
+    else await o.models.release(v.targetPath);
+  }
+
+  /**
+   * A target path the kubelet could have sent: absolute, normalised, below <kubeletDir>/pods/, not
+   * in the staging root, and reached through real directories only (a symlink on the way would send
+   * the mount elsewhere). For an unpublish, a parent that is gone means there is nothing to do.
+   */
+  async #validTarget(path: string, publishing: boolean): Promise<string> {
+    const o = this.#o;
+    const pods = join(o.kubeletDir, "pods");
+    if (!isAbsolute(path) || normalize(path) !== path || path.endsWith("/") || !path.startsWith(`${pods}/`)) {
+      throw invalid("target_path", path, `must be a normalised absolute path below ${pods}/`);
+    }
+    if (path === o.root || path.startsWith(`${o.root}/`) || o.root.startsWith(`${path}/`)) {
+      throw invalid("target_path", path, `must not be inside (or around) the staging root ${o.root}`);
+    }
+    this.#realPods ??= realpath(pods).catch(() => pods);
+    const expected = join(await this.#realPods, relative(pods, dirname(path)));
+    const real = await realpath(dirname(path)).catch(() => undefined);
+    if (real === expected || (real === undefined && !publishing)) return path;
+    throw invalid(
+      "target_path",
+      path,
+      real === undefined
+        ? "must have an existing parent directory (the kubelet makes it)"
+        : `must be reached through real directories, but its parent resolves to ${real}`,
+    );
   }
 
   #serial<T>(target: string, op: () => Promise<T>): Promise<T> {
@@ -390,6 +466,38 @@ export interface Usage {
   total: number;
   available: number;
   used: number;
+}
+
+/** Makes the target directory (its parent is the kubelet's), and refuses anything but a directory there. */
+async function makeTarget(path: string): Promise<void> {
+  await mkdir(path).catch((e: NodeJS.ErrnoException) => {
+    if (e.code !== "EEXIST") throw e;
+  });
+  const st = await lstat(path);
+  if (!st.isDirectory()) {
+    throw invalid("target_path", path, "must be a directory (not a symlink or a file) if it exists");
+  }
+}
+
+/** Waits for `p` at most `ms` (and not past `signal`); `p` goes on either way. */
+async function within(p: Promise<unknown>, ms: number, signal: AbortSignal): Promise<void> {
+  if (ms <= 0 || signal.aborted) return;
+  let timer: NodeJS.Timeout | undefined;
+  let onAbort: (() => void) | undefined;
+  await Promise.race([
+    p.catch(() => {}),
+    new Promise<void>((resolve) => {
+      timer = setTimeout(resolve, ms);
+      onAbort = resolve;
+      signal.addEventListener("abort", onAbort, { once: true });
+    }),
+  ]);
+  clearTimeout(timer);
+  if (onAbort) signal.removeEventListener("abort", onAbort);
+}
+
+function cancelled(why: string): ColdstartError {
+  return new ColdstartError("CS_ABORTED", `publish ended: ${why}`);
 }
 
 function requireString(v: unknown, field: string): void {

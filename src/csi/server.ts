@@ -3,7 +3,8 @@
  * when a registration directory is configured, the kubelet's plugin registration service beside
  * them (the daemon registers itself; no node-driver-registrar sidecar: docs/deploy.md says why).
  */
-import { lstat, mkdir, rm } from "node:fs/promises";
+import { chmod, lstat, mkdir, rm } from "node:fs/promises";
+import { connect } from "node:net";
 import { dirname, join } from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import type { Logger } from "pino";
@@ -90,9 +91,10 @@ export async function startCsiServer(node: CsiNode, o: CsiServerOptions): Promis
     }),
   });
   const servers = [server];
-  const sockets = [o.socketPath];
+  /** Each socket this daemon made, by its inode: closing removes only those, never a successor's. */
+  const sockets: { path: string; ino: number }[] = [];
   try {
-    await bindUnix(server, o.socketPath);
+    sockets.push(await bindUnix(server, o.socketPath));
     if (o.registrationDir) {
       const reg = new grpc.Server();
       reg.addService(services.Registration, {
@@ -112,8 +114,7 @@ export async function startCsiServer(node: CsiNode, o: CsiServerOptions): Promis
       });
       const regSocket = join(o.registrationDir, `${CSI_DRIVER_NAME}-reg.sock`);
       servers.push(reg);
-      sockets.push(regSocket);
-      await bindUnix(reg, regSocket);
+      sockets.push(await bindUnix(reg, regSocket));
     }
   } catch (err) {
     for (const s of servers) s.forceShutdown();
@@ -135,13 +136,18 @@ export async function startCsiServer(node: CsiNode, o: CsiServerOptions): Promis
           });
         });
       }
-      for (const p of sockets) await rm(p, { force: true });
+      for (const { path, ino } of sockets) {
+        if ((await lstat(path).catch(() => undefined))?.ino === ino) await rm(path, { force: true });
+      }
     },
   };
 }
 
-/** Binds to a unix socket, replacing a stale socket file (a previous daemon's), never anything else. */
-async function bindUnix(server: grpc.Server, path: string): Promise<void> {
+/**
+ * Binds to a unix socket (mode 0600: the kubelet connects as root), replacing a stale socket file a
+ * killed predecessor left, never a live one (another daemon answering there) nor anything else.
+ */
+async function bindUnix(server: grpc.Server, path: string): Promise<{ path: string; ino: number }> {
   await mkdir(dirname(path), { recursive: true, mode: 0o750 });
   const st = await lstat(path).catch(() => undefined);
   if (st) {
@@ -154,6 +160,15 @@ async function bindUnix(server: grpc.Server, path: string): Promise<void> {
         },
       );
     }
+    if (await answers(path)) {
+      throw new ColdstartError(
+        "CS_CONFIG_INVALID",
+        `another process is serving ${path}; refusing to replace it`,
+        {
+          details: { field: "csi.socketPath", value: path },
+        },
+      );
+    }
     await rm(path);
   }
   await new Promise<void>((resolve, reject) =>
@@ -161,4 +176,20 @@ async function bindUnix(server: grpc.Server, path: string): Promise<void> {
       err ? reject(err) : resolve(),
     ),
   );
+  await chmod(path, 0o600);
+  return { path, ino: (await lstat(path)).ino };
+}
+
+/** Whether something accepts connections on the unix socket at `path` (within a second). */
+function answers(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const c = connect(path);
+    const done = (live: boolean) => {
+      c.destroy();
+      resolve(live);
+    };
+    c.setTimeout(1_000, () => done(false));
+    c.once("connect", () => done(true));
+    c.once("error", () => done(false));
+  });
 }

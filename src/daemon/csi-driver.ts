@@ -35,6 +35,7 @@ export async function recoverCsiDriver(o: {
   const logger = o.logger.child({ component: "csi" });
   const node = new CsiNode({
     root: o.config.daemon.root,
+    kubeletDir: c.kubeletDir,
     nodeId: o.config.kube.nodeName ?? hostname(),
     models: o.models,
     caches: o.caches,

@@ -271,11 +271,17 @@ export class ModelManager {
   /**
    * A volume mounted the model into a pod (`holder`: the volume's target path): no eviction and no
    * DELETE takes it until `release(holder)`. Returns undefined if the model is not ready (evicted in
-   * between): the caller must not mount it. Runs in the eviction queue, like markInUse.
+   * between): the caller must not mount it. Runs in the eviction queue, like markInUse. At start, a
+   * volume found still mounted holds its model `evenIfNotReady`: a pod is reading it whatever its state.
    */
-  async hold(id: string, holder: string): Promise<ModelStatus | undefined> {
+  async hold(
+    id: string,
+    holder: string,
+    o: { evenIfNotReady?: boolean } = {},
+  ): Promise<ModelStatus | undefined> {
     const held = await this.#eviction.exclusive(async () => {
       const r = this.#o.registry.get(id);
+      if (o.evenIfNotReady && r) this.#holds.set(holder, id);
       if (r?.state !== "ready") return undefined;
       this.#holds.set(holder, id);
       r.lastUsedAt = new Date(this.#now()).toISOString();

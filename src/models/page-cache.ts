@@ -36,6 +36,8 @@ export class PageCacheWarmer {
   readonly #o: PageCacheOptions;
   /** One warm per model at a time; a second gate opening for it shares the first's. */
   readonly #running = new Map<string, Promise<WarmResult>>();
+  /** Bytes the warms running now will read: each new warm's budget leaves them out. */
+  #planned = 0;
 
   constructor(options: PageCacheOptions) {
     this.#o = options;
@@ -77,15 +79,17 @@ export class PageCacheWarmer {
       return done("partial");
     }
     const total = files.reduce((n, f) => n + f.size, 0);
-    if (budget <= 0 && total > 0) return done("skipped_memory");
+    if (budget - this.#planned <= 0 && total > 0) return done("skipped_memory");
     // In load order as far as one can tell: the small files (config, tokenizer, index), then shards.
-    let left = budget;
+    let left = budget - this.#planned;
     const take: { path: string; bytes: number }[] = [];
     for (const f of files) {
       if (left <= 0) break;
       take.push({ path: f.path, bytes: Math.min(f.size, left) });
       left -= f.size;
     }
+    const planned = take.reduce((n, f) => n + f.bytes, 0);
+    this.#planned += planned;
     let bytes = 0;
     try {
       let next = 0;
@@ -111,6 +115,8 @@ export class PageCacheWarmer {
       // Warming is an optimisation: a file that vanished or failed to read never fails the gate.
       o.logger.warn({ model: id, err: String(err) }, "page-cache warm stopped early");
       return done("partial", bytes);
+    } finally {
+      this.#planned -= planned;
     }
     const result = done(bytes < total ? "partial" : "warmed", bytes);
     o.logger.info({ model: id, bytes, totalBytes: total, seconds: result.seconds }, "page cache warmed");

@@ -4,8 +4,10 @@
  * temporary target directories (the tests run as root, as CI does), RGW behind the fault proxy.
  */
 
-import { access, mkdir, readdir, readFile, writeFile } from "node:fs/promises";
+import { execFile } from "node:child_process";
+import { access, mkdir, readdir, readFile, symlink, writeFile } from "node:fs/promises";
 import { join } from "node:path";
+import { promisify } from "node:util";
 import { status } from "@grpc/grpc-js";
 import { afterEach, describe, expect, it } from "vitest";
 import { callDaemon } from "../../src/api/client.js";
@@ -70,6 +72,8 @@ async function daemon(
       "s3://cs-csi-*/**",
       "--csi-socket",
       n.csiSocket,
+      "--csi-kubelet-dir",
+      join(fx.work, "kubelet"),
       "--csi-allow",
       "ml-*=s3://cs-csi-*/**",
       "--csi-allow",
@@ -395,6 +399,21 @@ describe("the CSI driver", () => {
     }
     // The keyed directory stays on the node for the next pod (and the publisher).
     expect(await readFile(join(keyed.path, "compiled.bin"), "utf8")).toBe("artifact");
+
+    // Another namespace is another tenant: it never sees, nor writes, this namespace's compiled code.
+    const other = pod("ml-other");
+    const t4 = await Kubelet.targetFor(n.pods, other, "cache");
+    expect(await kubelet.publish("csi-c4", t4, identity, other)).toMatchObject({ ok: true });
+    expect(await readdir(t4)).toEqual([]);
+    // Mounted read-only when the pod asks (csi.readOnly): it reads what others compiled.
+    const ro = pod();
+    const t5 = await Kubelet.targetFor(n.pods, ro, "cache");
+    expect(await kubelet.publish("csi-c5", t5, identity, ro, { readonly: true })).toMatchObject({ ok: true });
+    expect(await readFile(join(t5, "compiled.bin"), "utf8")).toBe("artifact");
+    await expectReadOnly(join(t5, "planted"));
+    const tenant = await kubelet.publish("csi-c6", t5, { ...identity, tenant: "ml-serving" }, ro);
+    expect(tenant).toMatchObject({ ok: false, code: status.INVALID_ARGUMENT });
+    expect(tenant.details).toContain("volumeAttributes.tenant");
   });
 
   it("gives a pod a scratch compile-cache directory on a node without a key, removed with the volume", async () => {
@@ -413,6 +432,76 @@ describe("the CSI driver", () => {
     const typo = await kubelet.publish("csi-s2", target, { kind: "compile-cache", vlm: "0.11.0" }, p);
     expect(typo).toMatchObject({ ok: false, code: status.INVALID_ARGUMENT });
     expect(typo.details).toContain("volumeAttributes.vlm is not an attribute of a compile-cache volume");
+  });
+
+  it("mounts only at a target the kubelet could have sent, and unmounts only what it mounted", async () => {
+    const n = await node();
+    const { d, kubelet } = await daemon(n);
+    const a = await model(1);
+    const p = pod();
+    const attrs = { model: "guarded", source: a.source };
+    // Outside the kubelet's pods directory, relative, or inside the staging root: refused, naming it.
+    for (const target of [
+      join(fx.work, "elsewhere", "mount"),
+      "kubelet/pods/x/mount",
+      join(n.root, "models", "x"),
+    ]) {
+      const r = await kubelet.publish("csi-g", target, attrs, p);
+      expect(r, target).toMatchObject({ ok: false, code: status.INVALID_ARGUMENT });
+      expect(r.details).toContain("target_path");
+    }
+    // A symlink on the way would send the mount elsewhere: refused, and nothing lands there.
+    const decoy = join(fx.work, "decoy");
+    await mkdir(decoy);
+    await mkdir(join(n.pods, "linked"), { recursive: true });
+    await symlink(decoy, join(n.pods, "linked", "volumes"));
+    const linked = join(n.pods, "linked", "volumes", "mount");
+    const r = await kubelet.publish("csi-g", linked, attrs, p);
+    expect(r).toMatchObject({ ok: false, code: status.INVALID_ARGUMENT });
+    expect(r.details).toContain("resolves to");
+    expect(await readdir(decoy)).toEqual([]);
+    expect((await api(d, "GET", "/v1/models/guarded")).status).toBe(404);
+    // A mount below the pods directory that the driver did not make: an unpublish leaves it alone.
+    const foreign = await Kubelet.targetFor(n.pods, pod(), "foreign");
+    await mkdir(foreign);
+    await promisify(execFile)("mount", ["-t", "tmpfs", "tmpfs", foreign]);
+    expect(await kubelet.unpublish("csi-foreign", foreign)).toMatchObject({ ok: true });
+    expect(await isMounted(foreign)).toBe(true);
+  });
+
+  it("unpublishes whatever a publish left half-made, and ends a publish still waiting", async () => {
+    const n = await node();
+    const { d, kubelet } = await daemon(n);
+    const a = await model(1);
+    const p = pod();
+    const target = await Kubelet.targetFor(n.pods, p);
+    expect(await kubelet.publish("csi-h", target, { model: "half", source: a.source }, p)).toMatchObject({
+      ok: true,
+    });
+    // A write that crashed mid-way leaves its temp file in the volume's directory.
+    const [volumeDir] = await readdir(join(n.root, "csi"));
+    await writeFile(join(n.root, "csi", volumeDir as string, "coldstart.json.1a2b3c4d.tmp"), "{");
+    expect(await kubelet.unpublish("csi-h", target)).toMatchObject({ ok: true });
+    expect(await readdir(join(n.root, "csi"))).toEqual([]);
+    expect(((await api(d, "GET", "/v1/models/half")).body as { mounts: number }).mounts).toBe(0);
+
+    // The pod is deleted while its publish waits for staging: the unpublish ends the wait.
+    const b = await model();
+    const g = gate();
+    fx.proxy.addRule({
+      match: { method: "GET", hasRange: true },
+      action: { kind: "hook", fn: () => g.opened },
+    });
+    const p2 = pod();
+    const t2 = await Kubelet.targetFor(n.pods, p2);
+    const waiting = kubelet.publish("csi-w", t2, { model: "waiting", source: b.source }, p2);
+    await waitFor(() => fx.proxy.requests.some((r) => r.method === "GET" && r.headers.range !== undefined));
+    expect(await kubelet.unpublish("csi-w", t2)).toMatchObject({ ok: true });
+    const ended = await waiting;
+    g.open();
+    expect(ended).toMatchObject({ ok: false, code: status.CANCELLED });
+    expect(ended.details).toContain("unpublished");
+    expect(await isMounted(t2)).toBe(false);
   });
 
   it("keeps the mounts and their holds across a SIGKILL and restart of the daemon", async () => {

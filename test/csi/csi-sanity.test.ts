@@ -163,6 +163,8 @@ describe("csi-sanity", () => {
         "s3://cs-sanity-*/**",
         "--csi-socket",
         csiSocket,
+        "--csi-kubelet-dir",
+        join(fx.work, "kubelet"),
         "--csi-allow",
         "ml-*=s3://cs-sanity-*/**",
         "--endpoint",
@@ -189,7 +191,9 @@ describe("csi-sanity", () => {
     // csi-sanity makes mountdir and stagingdir itself (and fails if they exist); target = mountdir/target.
     const sanityDir = join(fx.work, "sanity");
     await mkdir(sanityDir);
-    const mountDir = join(sanityDir, "mount");
+    // Where the kubelet would mount: the driver mounts nowhere else.
+    await mkdir(join(fx.work, "kubelet", "pods"), { recursive: true });
+    const mountDir = join(fx.work, "kubelet", "pods", "sanity-pod");
     const junit = join(sanityDir, "junit.xml");
     const run = await new Promise<{ code: number | null; output: string }>((resolve) => {
       execFile(

@@ -60,7 +60,7 @@ export class Kubelet {
     targetPath: string,
     attributes: Record<string, string>,
     pod: Pod,
-    timeoutMs = KUBELET_CALL_TIMEOUT_MS,
+    o: { timeoutMs?: number; readonly?: boolean } = {},
   ): Promise<CallResult> {
     return this.#call(
       this.#node,
@@ -72,7 +72,7 @@ export class Kubelet {
           mount: { fsType: "", mountFlags: [] },
           accessMode: { mode: "SINGLE_NODE_WRITER" },
         },
-        readonly: false,
+        readonly: o.readonly ?? false,
         volumeContext: {
           ...attributes,
           "csi.storage.k8s.io/pod.name": pod.name,
@@ -82,7 +82,7 @@ export class Kubelet {
           "csi.storage.k8s.io/ephemeral": "true",
         },
       },
-      timeoutMs,
+      o.timeoutMs ?? KUBELET_CALL_TIMEOUT_MS,
     );
   }
 
