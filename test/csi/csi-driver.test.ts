@@ -113,6 +113,21 @@ function api(d: DaemonProcess, method: string, path: string, body?: unknown) {
   return callDaemon({ url: d.api, token: TOKEN }, method, path, body);
 }
 
+/** Holds every ranged GET (the model's bytes) until the gate opens: staging that waits on the test. */
+function holdRangedGets(): ReturnType<typeof gate> {
+  const g = gate();
+  fx.proxy.addRule({
+    match: { method: "GET", hasRange: true },
+    action: { kind: "hook", fn: () => g.opened },
+  });
+  return g;
+}
+
+/** Resolves once the first of the model's bytes were asked for: the publish is in, holding. */
+function firstRangedGet(): Promise<unknown> {
+  return waitFor(() => fx.proxy.requests.some((r) => r.method === "GET" && r.headers.range !== undefined));
+}
+
 async function expectReadOnly(path: string): Promise<void> {
   await expect(writeFile(path, "x")).rejects.toMatchObject({ code: "EROFS" });
 }
@@ -227,11 +242,7 @@ describe("the CSI driver", () => {
     const n = await node();
     const { kubelet } = await daemon(n);
     const a = await model();
-    const g = gate();
-    fx.proxy.addRule({
-      match: { method: "GET", hasRange: true },
-      action: { kind: "hook", fn: () => g.opened },
-    });
+    const g = holdRangedGets();
     const volumes = await Promise.all(
       Array.from({ length: 10 }, async (_, i) => {
         const p = pod();
@@ -242,7 +253,7 @@ describe("the CSI driver", () => {
       kubelet.publish(v.id, v.target, { model: "shared", source: a.source }, v.p),
     );
     // Every call is in (held) before a byte comes: they all join one staging.
-    await waitFor(() => fx.proxy.requests.some((r) => r.method === "GET" && r.headers.range !== undefined));
+    await firstRangedGet();
     g.open();
     const results = await Promise.all(calls);
     expect(results.every((r) => r.ok)).toBe(true);
@@ -302,11 +313,7 @@ describe("the CSI driver", () => {
     const n = await node();
     const { kubelet } = await daemon(n);
     const a = await model();
-    const g = gate();
-    fx.proxy.addRule({
-      match: { method: "GET", hasRange: true },
-      action: { kind: "hook", fn: () => g.opened },
-    });
+    const g = holdRangedGets();
     const p = pod();
     const target = await Kubelet.targetFor(n.pods, p);
     // The kubelet's loop: a call, and after each failure its backoff before the next.
@@ -321,7 +328,7 @@ describe("the CSI driver", () => {
         await new Promise((resolve) => setTimeout(resolve, kubeletBackoffMs(failures) + 100));
       }
     })();
-    await waitFor(() => fx.proxy.requests.some((r) => r.method === "GET" && r.headers.range !== undefined));
+    await firstRangedGet();
     const readyFrom = Date.now();
     g.open();
     await kubeletLoop;
@@ -335,11 +342,7 @@ describe("the CSI driver", () => {
     const n = await node();
     const { kubelet } = await daemon(n, ["--csi-publish-wait", "0"]);
     const a = await model();
-    const g = gate();
-    fx.proxy.addRule({
-      match: { method: "GET", hasRange: true },
-      action: { kind: "hook", fn: () => g.opened },
-    });
+    const g = holdRangedGets();
     const p = pod();
     const target = await Kubelet.targetFor(n.pods, p);
     const res = await kubelet.publish("csi-u", target, { model: "slow", source: a.source }, p);
@@ -487,15 +490,11 @@ describe("the CSI driver", () => {
 
     // The pod is deleted while its publish waits for staging: the unpublish ends the wait.
     const b = await model();
-    const g = gate();
-    fx.proxy.addRule({
-      match: { method: "GET", hasRange: true },
-      action: { kind: "hook", fn: () => g.opened },
-    });
+    const g = holdRangedGets();
     const p2 = pod();
     const t2 = await Kubelet.targetFor(n.pods, p2);
     const waiting = kubelet.publish("csi-w", t2, { model: "waiting", source: b.source }, p2);
-    await waitFor(() => fx.proxy.requests.some((r) => r.method === "GET" && r.headers.range !== undefined));
+    await firstRangedGet();
     expect(await kubelet.unpublish("csi-w", t2)).toMatchObject({ ok: true });
     const ended = await waiting;
     g.open();
