@@ -9,8 +9,8 @@
  * target path. The pod sees its model and the advice, nothing else of the staging root, and writes
  * nothing into the model.
  */
-import { lstat, mkdir, realpath, rm, rmdir, statfs } from "node:fs/promises";
-import { dirname, isAbsolute, join, normalize, relative } from "node:path";
+import { mkdir, rm, statfs } from "node:fs/promises";
+import { join } from "node:path";
 import type { Logger } from "pino";
 import type { CompileCacheManager } from "../compile-cache/cache-manager.js";
 import { ColdstartError, isColdstartError, toColdstartError } from "../errors.js";
@@ -18,10 +18,11 @@ import type { CsiPublishOutcome, Metrics } from "../metrics/metrics.js";
 import type { ModelManager } from "../models/model-manager.js";
 import type { PageCacheWarmer } from "../models/page-cache.js";
 import type { ModelStatus } from "../models/status.js";
-import { writeFileAtomic } from "../store/atomic-file.js";
 import type { AccessPolicy } from "./access.js";
+import { type LoaderAdvice, writeAdvice } from "./advice.js";
 import { type CacheVolumeSpec, invalid, volumeSpec } from "./attributes.js";
 import type { Mounter } from "./mounts.js";
+import { makeTarget, removeDir, TargetPaths } from "./targets.js";
 import type { PublishedVolume, VolumeStore } from "./volumes.js";
 
 /** What the node service needs of the models: the manager's single flight, waits and holds. */
@@ -32,13 +33,6 @@ export type ModelVolumes = Pick<
 
 /** What the node service needs of the compile caches: the handshake's restore, and holds. */
 export type CacheVolumes = Pick<CompileCacheManager, "restore" | "hold" | "release">;
-
-/** What a pod's loader should know of this node (the same facts `coldstart wait` writes). */
-export interface LoaderAdvice {
-  loadFormat: string;
-  gds: string;
-  gpuProduct: string;
-}
 
 export interface CsiNodeOptions {
   root: string;
@@ -80,11 +74,11 @@ export class CsiNode {
   readonly #busy = new Map<string, Promise<unknown>>();
   /** The publish of each target still waiting or running: an unpublish of the target ends it. */
   readonly #publishing = new Map<string, AbortController>();
-  /** The kubelet's pods directory, symlinks resolved (where a target's parent must resolve to). */
-  #realPods: Promise<string> | undefined;
+  readonly #targets: TargetPaths;
 
   constructor(options: CsiNodeOptions) {
     this.#o = options;
+    this.#targets = new TargetPaths(options.kubeletDir, options.root);
   }
 
   get nodeId(): string {
@@ -110,7 +104,7 @@ export class CsiNode {
       if (!req.volumeCapability.mount) {
         throw invalid("volume_capability", "block", "must be a mount volume: the driver serves directories");
       }
-      const target = await this.#validTarget(req.targetPath, true);
+      const target = await this.#targets.check(req.targetPath, true);
       // An unpublish of the target, or the caller giving up, ends this publish (waiting or queued).
       const mine = new AbortController();
       this.#publishing.get(target)?.abort(cancelled("a newer publish of the target"));
@@ -287,29 +281,7 @@ export class CsiNode {
     const o = this.#o;
     const modelDir = join(v.dir, "model");
     await mkdir(modelDir, { recursive: true });
-    const advice = o.advice();
-    const facts = {
-      modelId: v.modelId,
-      source: v.source,
-      modelDir: "model",
-      bytes: status.bytesTotal,
-      files: status.filesTotal,
-      readyAt: status.readyAt,
-      loadFormat: advice.loadFormat,
-      gds: advice.gds,
-      gpuProduct: advice.gpuProduct,
-      node: o.nodeId,
-    };
-    await writeFileAtomic(join(v.dir, "coldstart.json"), `${JSON.stringify(facts, null, 2)}\n`);
-    const quote = (s: string) => `'${s.replaceAll("'", `'\\''`)}'`;
-    const env = [
-      `COLDSTART_MODEL_ID=${quote(v.modelId)}`,
-      `COLDSTART_MODEL_SUBDIR=${quote("model")}`,
-      `COLDSTART_LOAD_FORMAT=${quote(advice.loadFormat)}`,
-      `COLDSTART_GDS=${quote(advice.gds)}`,
-      `COLDSTART_GPU_PRODUCT=${quote(advice.gpuProduct)}`,
-    ];
-    await writeFileAtomic(join(v.dir, "coldstart.env"), `${env.join("\n")}\n`);
+    await writeAdvice(v, status, o.advice(), o.nodeId);
     if (!(await o.mounter.isMounted(modelDir))) {
       await o.mounter.bind(o.models.modelPath(v.modelId), modelDir, { readOnly: true });
     }
@@ -324,7 +296,7 @@ export class CsiNode {
   async unpublish(req: { volumeId: string; targetPath: string }): Promise<void> {
     requireString(req.volumeId, "volume_id");
     requireString(req.targetPath, "target_path");
-    const target = await this.#validTarget(req.targetPath, false);
+    const target = await this.#targets.check(req.targetPath, false);
     this.#publishing.get(target)?.abort(cancelled("the volume was unpublished"));
     await this.#serial(target, async () => {
       const o = this.#o;
@@ -423,33 +395,6 @@ export class CsiNode {
     else await o.models.release(v.targetPath);
   }
 
-  /**
-   * A target path the kubelet could have sent: absolute, normalised, below <kubeletDir>/pods/, not
-   * in the staging root, and reached through real directories only (a symlink on the way would send
-   * the mount elsewhere). For an unpublish, a parent that is gone means there is nothing to do.
-   */
-  async #validTarget(path: string, publishing: boolean): Promise<string> {
-    const o = this.#o;
-    const pods = join(o.kubeletDir, "pods");
-    if (!isAbsolute(path) || normalize(path) !== path || path.endsWith("/") || !path.startsWith(`${pods}/`)) {
-      throw invalid("target_path", path, `must be a normalised absolute path below ${pods}/`);
-    }
-    if (path === o.root || path.startsWith(`${o.root}/`) || o.root.startsWith(`${path}/`)) {
-      throw invalid("target_path", path, `must not be inside (or around) the staging root ${o.root}`);
-    }
-    this.#realPods ??= realpath(pods).catch(() => pods);
-    const expected = join(await this.#realPods, relative(pods, dirname(path)));
-    const real = await realpath(dirname(path)).catch(() => undefined);
-    if (real === expected || (real === undefined && !publishing)) return path;
-    throw invalid(
-      "target_path",
-      path,
-      real === undefined
-        ? "must have an existing parent directory (the kubelet makes it)"
-        : `must be reached through real directories, but its parent resolves to ${real}`,
-    );
-  }
-
   #serial<T>(target: string, op: () => Promise<T>): Promise<T> {
     const before = this.#busy.get(target) ?? Promise.resolve();
     const next = before.then(op, op);
@@ -466,17 +411,6 @@ export interface Usage {
   total: number;
   available: number;
   used: number;
-}
-
-/** Makes the target directory (its parent is the kubelet's), and refuses anything but a directory there. */
-async function makeTarget(path: string): Promise<void> {
-  await mkdir(path).catch((e: NodeJS.ErrnoException) => {
-    if (e.code !== "EEXIST") throw e;
-  });
-  const st = await lstat(path);
-  if (!st.isDirectory()) {
-    throw invalid("target_path", path, "must be a directory (not a symlink or a file) if it exists");
-  }
 }
 
 /** Waits for `p` at most `ms` (and not past `signal`); `p` goes on either way. */
@@ -502,15 +436,6 @@ function cancelled(why: string): ColdstartError {
 
 function requireString(v: unknown, field: string): void {
   if (typeof v !== "string" || v === "") throw invalid(field, undefined, "is required");
-}
-
-/** rmdir, not rm -r: a directory that still holds anything (a mount that did not go) stays. */
-async function removeDir(path: string): Promise<void> {
-  try {
-    await rmdir(path);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
-  }
 }
 
 function gib(n: number): string {
