@@ -4,6 +4,9 @@ export interface GoToolBuild {
   cwd: string;
   env: Record<string, string>;
 }
-export const GO_TOOLS: Record<string, { version(): string; build(bin: string): GoToolBuild }>;
+export const GO_TOOLS: Record<
+  string,
+  { version(): string; build(bin: string): GoToolBuild; timeoutMs?: number }
+>;
 export function goToolsCache(env?: NodeJS.ProcessEnv): string;
 export function goToolPath(name: string, env?: NodeJS.ProcessEnv): string;

@@ -5,6 +5,14 @@
 //   psa-check   test/tools/psa-check: the Pod Security admission evaluator over manifests, run by
 //               test/deploy/pod-security.test.ts. Its version carries a hash of its sources, so an
 //               edit to main.go, go.mod or go.sum builds a new binary instead of reusing a stale one.
+//   etcd        test/tools/etcd: etcd's server (go.etcd.io/etcd/server/v3), for the real control plane
+//               that test/support/kube-control-plane.ts starts (envtest-style).
+//   kube-apiserver
+//               test/tools/kube-apiserver: the API server of k8s.io/kubernetes, pinned by a wrapper
+//               module (upstream's go.mod replaces its staging modules with local paths, so `go install`
+//               is refused). The slow one: 4 minutes cold on two cores (all four tools from empty
+//               Go caches: 5.3 minutes, 0.8 GB of modules, 3.2 GB of build cache); 5 s to relink.
+//   etcd and kube-apiserver are versioned like psa-check: release plus a hash of the wrapper's sources.
 // Run by scripts/test-setup.mjs (npm test's pretest) and on its own: `node scripts/go-tools.mjs`.
 // Without `go` on PATH it builds nothing and says so: the tests that need a tool skip on a developer
 // machine and fail under CI. A failed build fails the run under CI and only warns elsewhere.
@@ -18,16 +26,66 @@ import { fileURLToPath, pathToFileURL } from "node:url";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const PSA_CHECK_DIR = join(root, "test", "tools", "psa-check");
+const ETCD_DIR = join(root, "test", "tools", "etcd");
+const KUBE_APISERVER_DIR = join(root, "test", "tools", "kube-apiserver");
 const CSI_SANITY = "github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity";
 
-/** A short hash of the psa-check sources (every file of its directory, by name and content). */
-function sourceHash(dir) {
+/**
+ * A short hash of a wrapper module's sources (every file of its directory, by name and content) and of
+ * anything else its binary depends on (`extra`: build flags).
+ */
+function sourceHash(dir, ...extra) {
   const h = createHash("sha256");
   for (const name of readdirSync(dir).sort()) h.update(`${name}\0`).update(readFileSync(join(dir, name)));
+  for (const e of extra) h.update(`\0${e}`);
   return h.digest("hex").slice(0, 12);
 }
 
-/** The pinned tools: how each is built into `bin` (a fresh directory), given the cache's env. */
+/** The version that `dir`/go.mod requires of `module` (the one pin; nothing here repeats it). */
+function required(dir, module) {
+  const gomod = readFileSync(join(dir, "go.mod"), "utf8");
+  const line = gomod.split("\n").find((l) =>
+    l
+      .trim()
+      .replace(/^require\s+/, "")
+      .startsWith(`${module} v`),
+  );
+  if (!line) throw new Error(`${join(dir, "go.mod")} requires no ${module}`);
+  return line.trim().split(/\s+/).at(-1);
+}
+
+/** kube-apiserver's version stamp, as the release's own build sets it (GET /version reports it). */
+function kubeVersionFlags() {
+  const version = required(KUBE_APISERVER_DIR, "k8s.io/kubernetes");
+  const [major, minor] = version.slice(1).split(".");
+  const pkg = "k8s.io/component-base/version";
+  return [`-X ${pkg}.gitVersion=${version}`, `-X ${pkg}.gitMajor=${major}`, `-X ${pkg}.gitMinor=${minor}`];
+}
+
+/**
+ * A wrapper module in `dir` built into `bin/<name>`. go.sum is checked in: resolve nothing new, verify
+ * what is downloaded against it. -trimpath and no symbol table: a smaller binary, no local paths.
+ */
+function wrapperBuild(name, dir, ldflags = () => []) {
+  return (bin) => ({
+    cmd: [
+      "go",
+      "build",
+      "-trimpath",
+      `-ldflags=${["-s", "-w", ...ldflags()].join(" ")}`,
+      "-o",
+      join(bin, name),
+      ".",
+    ],
+    cwd: dir,
+    env: { GOFLAGS: "-mod=readonly -buildvcs=false" },
+  });
+}
+
+/**
+ * The pinned tools: how each is built into `bin` (a fresh directory), given the cache's env, and how
+ * long a build may take before it is abandoned (default 15 minutes).
+ */
 export const GO_TOOLS = {
   "csi-sanity": {
     version: () => "v5.6.0",
@@ -46,6 +104,20 @@ export const GO_TOOLS = {
       // go.sum is checked in: resolve nothing new, verify what is downloaded against it.
       env: { GOFLAGS: "-mod=readonly -buildvcs=false" },
     }),
+  },
+  etcd: {
+    // go.etcd.io/etcd/server/v3's release, as test/tools/etcd/go.mod pins it.
+    version: () => `${required(ETCD_DIR, "go.etcd.io/etcd/server/v3")}-${sourceHash(ETCD_DIR)}`,
+    build: wrapperBuild("etcd", ETCD_DIR),
+  },
+  "kube-apiserver": {
+    // k8s.io/kubernetes's release, as test/tools/kube-apiserver/go.mod pins it (with its staging
+    // modules at the matching v0.X.Y). A plain go build would report v0.0.0-master from GET /version.
+    version: () =>
+      `${required(KUBE_APISERVER_DIR, "k8s.io/kubernetes")}-${sourceHash(KUBE_APISERVER_DIR, ...kubeVersionFlags())}`,
+    build: wrapperBuild("kube-apiserver", KUBE_APISERVER_DIR, kubeVersionFlags),
+    // About 2,000 packages: 4 minutes cold on an idle 2-core machine; a loaded CI machine gets headroom.
+    timeoutMs: 40 * 60_000,
   },
 };
 
@@ -87,7 +159,7 @@ function main() {
       cwd,
       stdio: "inherit",
       env: { ...process.env, ...env },
-      timeout: 15 * 60_000,
+      timeout: GO_TOOLS[name].timeoutMs ?? 15 * 60_000,
     });
     if (r.status !== 0 || !existsSync(join(tmp, name))) {
       rmSync(tmp, { recursive: true, force: true });

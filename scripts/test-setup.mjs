@@ -7,8 +7,10 @@
 //     (COLDSTART_NATIVE_BUILD=required, as CI sets it, makes a broken addon fail here).
 //  3. The native addon: built (warnings as errors) if the build is missing, e.g. because cmake was
 //     only installed by step 2.
-//  4. Kubernetes test tools that exist only as Go modules (csi-sanity, psa-check): scripts/go-tools.mjs
-//     builds them pinned into ~/.cache/coldstart/go-tools when `go` is on PATH (skips what is there).
+//  4. Kubernetes test tools that exist only as Go modules (csi-sanity, psa-check, and etcd and
+//     kube-apiserver for the real control plane): scripts/go-tools.mjs builds them pinned into
+//     ~/.cache/coldstart/go-tools when `go` is on PATH (skips what is there; kube-apiserver takes
+//     minutes cold, see that script).
 // Node built-ins only: it runs before node_modules exists.
 import { spawnSync } from "node:child_process";
 import { existsSync, statSync } from "node:fs";

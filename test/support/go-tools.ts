@@ -1,7 +1,8 @@
 /**
- * The Kubernetes test tools built from Go modules by scripts/go-tools.mjs (csi-sanity, psa-check),
- * found in the cache it builds them into. A test that needs one calls requireGoTool(): under CI a
- * missing tool fails the test, naming the build command; elsewhere (a machine without Go) it skips.
+ * The Kubernetes test tools built from Go modules by scripts/go-tools.mjs (csi-sanity, psa-check, etcd,
+ * kube-apiserver), found in the cache it builds them into. A test that needs one calls
+ * requireGoTool(): under CI a missing tool fails the test, naming the build command; elsewhere (a
+ * machine without Go) it skips.
  */
 import { existsSync } from "node:fs";
 import { goToolPath } from "../../scripts/go-tools.mjs";
