@@ -364,7 +364,7 @@ export function simulate(policy: Policy, p: SimParams): SimResult {
   };
 }
 
-const PRESETS: Record<string, Omit<SimParams, "nodes" | "seed">> = {
+export const PRESETS: Record<"lab" | "eks", Omit<SimParams, "nodes" | "seed">> = {
   // bench/RESULTS-fanout.md: 60 Mbit/s per node to S3, 10 Mbit/s per connection, 20 ms, a LAN of
   // about 10 Gbit/s, 512 MiB in 8 MiB parts, 32 in flight; discovery lag fitted to the lab's egress.
   lab: {
@@ -411,7 +411,9 @@ async function main(): Promise<void> {
       json: { type: "string" },
     },
   });
-  const preset = PRESETS[values.preset as string];
+  const preset = (PRESETS as Record<string, Omit<SimParams, "nodes" | "seed"> | undefined>)[
+    values.preset as string
+  ];
   if (!preset) throw new Error(`--preset must be one of ${Object.keys(PRESETS).join(", ")}`);
   const base = {
     ...preset,

@@ -1,23 +1,8 @@
 import { describe, expect, it } from "vitest";
-import { owner, type SimParams, simulate } from "../../bench/fleet-sim.js";
+import { owner, PRESETS, type SimParams, simulate } from "../../bench/fleet-sim.js";
 
-/** The lab preset's network (bench/RESULTS-fanout.md), a smaller model so the test is quick. */
-const LAB: Omit<SimParams, "nodes"> = {
-  modelBytes: 128 * 2 ** 20,
-  partBytes: 8 * 2 ** 20,
-  concurrency: 32,
-  peerConcurrency: 16,
-  s3Gbps: 0.06,
-  connGbps: 0.01,
-  peerGbps: 10,
-  rttMs: 20,
-  prefixGetsPerSecond: 5500,
-  discoveryLagMs: 250,
-  startSpreadMs: 1000,
-  pieceWaitMs: 30_000,
-  stepMs: 20,
-  seed: 1,
-};
+/** The lab preset (the fan-out lab's network), a smaller model so the test is quick. */
+const LAB: Omit<SimParams, "nodes"> = { ...PRESETS.lab, modelBytes: 128 * 2 ** 20, seed: 1 };
 
 describe("the fleet simulation (bench:fleet-sim)", () => {
   it("accounts for every byte: each node ends with the model, from S3 or from peers", () => {
