@@ -2,7 +2,7 @@
  * The metrics listener: /metrics, /livez and /readyz for Prometheus and the kubelet's probes. Nothing
  * here reads or changes models, so nothing here asks for a token.
  */
-import Fastify from "fastify";
+import Fastify, { LogController } from "fastify";
 import type { Logger } from "pino";
 import type { Metrics } from "../metrics/metrics.js";
 import type { MirrorCheck } from "../mirror/containerd-check.js";
@@ -19,7 +19,7 @@ export function buildMetricsApp(deps: MetricsAppDeps) {
   const app = Fastify({
     loggerInstance: deps.logger.child({ component: "metrics" }),
     // A scrape every 15 s is not news; failures are still logged.
-    disableRequestLogging: true,
+    logController: new LogController({ disableRequestLogging: true }),
     forceCloseConnections: true,
   });
   app.setErrorHandler(answerCatalogError);
