@@ -92,12 +92,11 @@ describe("retry reasons", () => {
     const dest = join(fx.work, "d");
     const metrics = await stageWithMetrics(bucket, dest, 4);
     expect(await digests(dest, files)).toEqual(expectedDigests(files));
-    expect(await retriesByReason(metrics)).toEqual({
-      "get/reset": faults.reset,
-      "get/truncated": faults.truncate,
-      "get/stall": faults.stall,
-      "get/slowdown": faults.status,
-    });
+    const got = await retriesByReason(metrics);
+    expect(Object.keys(got).filter((k) => !/^get\/(reset|truncated|stall|slowdown)$/.test(k))).toEqual([]);
+    expectResetsAndTruncations(got, faults.reset, faults.truncate);
+    expect(got["get/stall"]).toBe(faults.stall);
+    expect(got["get/slowdown"]).toBe(faults.status);
   });
 
   it("a mix of 60 faults on random requests at random offsets: every fault that fired is one retry of its reason", async () => {
@@ -121,11 +120,22 @@ describe("retry reasons", () => {
     const fired = fx.proxy.faultsFired();
     expect(fired.reset + fired.truncate + fired.stall).toBeGreaterThan(10);
     const got = await retriesByReason(metrics);
-    expect({
-      reset: got["get/reset"] ?? 0,
-      truncate: got["get/truncated"] ?? 0,
-      stall: got["get/stall"] ?? 0,
-      other: Object.keys(got).filter((k) => !/^get\/(reset|truncated|stall)$/.test(k)),
-    }).toEqual({ ...fired, other: [] });
+    expectResetsAndTruncations(got, fired.reset, fired.truncate);
+    expect(got["get/stall"] ?? 0).toBe(fired.stall);
+    expect(Object.keys(got).filter((k) => !/^get\/(reset|truncated|stall)$/.test(k))).toEqual([]);
   });
 });
+
+/**
+ * Every reset and truncation that fired is one retry, under its own reason, with one allowance: an
+ * RST that reaches a client still holding unread bytes is reported by libuv as a plain end of
+ * stream (the proxy gives the client RESET_GRACE_MS to drain first, which a loaded machine can
+ * outrun), so a reset may count as a truncation, never the other way round. Both are retried alike.
+ */
+function expectResetsAndTruncations(got: Record<string, number>, resets: number, truncations: number): void {
+  const reset = got["get/reset"] ?? 0;
+  const truncated = got["get/truncated"] ?? 0;
+  expect(reset + truncated).toBe(resets + truncations);
+  expect(reset).toBeLessThanOrEqual(resets);
+  expect(truncated).toBeGreaterThanOrEqual(truncations);
+}
