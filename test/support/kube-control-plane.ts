@@ -20,6 +20,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { freePort } from "./processes.js";
+import { waitFor } from "./wait.js";
 
 const run = promisify(execFile);
 
@@ -149,8 +150,8 @@ function get(url: string, options: https.RequestOptions = {}): Promise<{ status:
 }
 
 /**
- * Polls `probe` until it answers true; fails at once when one of `processes` exits, and after
- * `deadline` (performance.now()) with the last answer and the processes' logs.
+ * Polls `probe` (test/support/wait.ts's waitFor) until it answers true; fails at once when one of
+ * `processes` exits, and after `deadline` (performance.now()) with the last answer and the logs.
  */
 async function until(
   what: string,
@@ -158,27 +159,26 @@ async function until(
   processes: LoggedProcess[],
   deadline: number,
 ): Promise<void> {
+  const logs = () => processes.map((p) => p.tail()).join("\n");
   let last = "no answer yet";
-  for (;;) {
-    const dead = processes.find((p) => p.exit !== undefined);
-    if (dead) {
-      throw new Error(
-        `${dead.name} exited (${dead.exit}) while waiting for ${what}\n${processes.map((p) => p.tail()).join("\n")}`,
-      );
-    }
-    try {
-      const answer = await probe();
-      if (answer === true) return;
-      last = answer;
-    } catch (err) {
-      last = (err as Error).message;
-    }
-    if (performance.now() > deadline) {
-      throw new Error(
-        `${what} not reached in time; last: ${last}\n${processes.map((p) => p.tail()).join("\n")}`,
-      );
-    }
-    await new Promise((resolve) => setTimeout(resolve, 100));
+  let exited: string | undefined;
+  try {
+    await waitFor(
+      async () => {
+        const dead = processes.find((p) => p.exit !== undefined);
+        if (dead) {
+          exited = `${dead.name} exited (${dead.exit}) while waiting for ${what}`;
+          throw new Error(exited);
+        }
+        const answer = await probe().catch((err: Error) => err.message);
+        if (answer === true) return true;
+        last = answer;
+        return false;
+      },
+      { timeoutMs: Math.max(deadline - performance.now(), 0), intervalMs: 100, what },
+    );
+  } catch {
+    throw new Error(`${exited ?? `${what} not reached in time; last: ${last}`}\n${logs()}`);
   }
 }
 
