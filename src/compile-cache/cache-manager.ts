@@ -6,7 +6,7 @@ import type { Logger } from "pino";
 import type { Config } from "../config/schema.js";
 import { ColdstartError, toColdstartError } from "../errors.js";
 import type { Metrics } from "../metrics/metrics.js";
-import { parseS3Uri } from "../s3/uri.js";
+import { normalizeS3Uri } from "../s3/uri.js";
 import type { Evictable } from "../store/eviction.js";
 import { ioError } from "../store/paths.js";
 import { RootLayout } from "../store/root-layout.js";
@@ -79,8 +79,7 @@ export class CompileCacheManager {
       iso: () => this.#iso(),
     };
     const uri = options.config.compileCache.remote;
-    const loc = uri ? parseS3Uri(uri, "compileCache.remote") : undefined;
-    this.#defaultRemote = loc ? `s3://${loc.bucket}/${loc.prefix}` : null;
+    this.#defaultRemote = uri ? normalizeS3Uri(uri, "compileCache.remote") : null;
     const patterns = options.config.compileCache.allow;
     const match = patterns.length ? picomatch([...patterns], { dot: true }) : () => false;
     this.#allowed = (uri) => uri === this.#defaultRemote || match(uri);
@@ -167,7 +166,7 @@ export class CompileCacheManager {
     const started = this.#now();
     // The identity alone first, against a stand-in GPU: its errors are the pod's (400).
     cacheKey({ ...req.identity, ...STAND_IN_GPU });
-    const remote = this.#resolveRemote(req.remote);
+    const remote = this.remoteFor(req.remote);
     let key: string;
     let canonical: string;
     try {
@@ -441,10 +440,13 @@ export class CompileCacheManager {
     r.inUseUntil = new Date(now + this.#o.config.eviction.inUseGraceMs).toISOString();
   }
 
-  #resolveRemote(requested: string | undefined): string | null {
+  /**
+   * The remote a restore asking for `requested` uses: compileCache.remote when absent (null: none),
+   * else `requested`, which must be compileCache.remote or in compileCache.allow (CS_SOURCE_NOT_ALLOWED).
+   */
+  remoteFor(requested: string | undefined): string | null {
     if (requested === undefined) return this.#defaultRemote;
-    const { bucket, prefix } = parseS3Uri(requested, "remote");
-    const uri = `s3://${bucket}/${prefix}`;
+    const uri = normalizeS3Uri(requested, "remote");
     if (!this.#allowed(uri)) {
       throw new ColdstartError(
         "CS_SOURCE_NOT_ALLOWED",

@@ -7,7 +7,7 @@
 import type { Identity } from "../compile-cache/types.js";
 import { ColdstartError } from "../errors.js";
 import { validateModelId } from "../models/model-id.js";
-import { parseS3Uri } from "../s3/uri.js";
+import { normalizeS3Uri } from "../s3/uri.js";
 
 /** The keys the kubelet sets (podInfoOnMount); its values win over a pod's own volumeAttributes. */
 export const POD_NAMESPACE = "csi.storage.k8s.io/pod.namespace";
@@ -104,22 +104,17 @@ export function volumeSpec(context: Record<string, string>): VolumeSpec {
       if (context[f] !== undefined) identity[f] = context[f];
     }
     if (context.extra !== undefined) identity.extra = extraOf(context.extra);
-    let remote: string | undefined;
-    if (context.remote) {
-      const r = parseS3Uri(context.remote, "volumeAttributes.remote");
-      remote = `s3://${r.bucket}/${r.prefix}`;
-    }
+    const remote = context.remote ? normalizeS3Uri(context.remote, "volumeAttributes.remote") : undefined;
     return { kind: "compile-cache", identity, remote, pod };
   }
   const model = context.model;
   if (!model) throw invalid("volumeAttributes.model", model, "is required: the model id");
   const source = context.source;
   if (!source) throw invalid("volumeAttributes.source", source, "is required: s3://bucket/prefix/");
-  const { bucket, prefix } = parseS3Uri(source, "volumeAttributes.source");
   return {
     kind: "model",
     modelId: validateModelId(model),
-    source: `s3://${bucket}/${prefix}`,
+    source: normalizeS3Uri(source, "volumeAttributes.source"),
     include: globs(context, "include"),
     exclude: globs(context, "exclude"),
     pod,

@@ -32,7 +32,7 @@ export type ModelVolumes = Pick<
 >;
 
 /** What the node service needs of the compile caches: the handshake's restore, and holds. */
-export type CacheVolumes = Pick<CompileCacheManager, "restore" | "hold" | "release">;
+export type CacheVolumes = Pick<CompileCacheManager, "restore" | "hold" | "release" | "remoteFor">;
 
 export interface CsiNodeOptions {
   root: string;
@@ -42,8 +42,6 @@ export interface CsiNodeOptions {
   models: ModelVolumes;
   /** Absent: compile-cache volumes are refused. */
   caches?: CacheVolumes | undefined;
-  /** compileCache.remote: what a compile-cache volume without its own `remote` is checked against. */
-  defaultCacheRemote?: string | null | undefined;
   volumes: VolumeStore;
   mounter: Mounter;
   access: AccessPolicy;
@@ -222,7 +220,8 @@ export class CsiNode {
   ): Promise<void> {
     const o = this.#o;
     if (!o.caches) throw invalid("volumeAttributes.kind", "compile-cache", "is not served on this node");
-    const remote = spec.remote ?? o.defaultCacheRemote ?? null;
+    // The remote the restore will use (compileCache.allow is checked there); null: node-local.
+    const remote = o.caches.remoteFor(spec.remote);
     // What csi.allow checks for a cache: where it is shared (its remote), or "compile-cache" when local.
     o.access.check(spec.pod.namespace, remote ?? "compile-cache");
     const holdMs = Math.max(Math.min(o.publishWaitMs, deadline - Date.now() - DEADLINE_MARGIN_MS), 1_000);
@@ -347,8 +346,9 @@ export class CsiNode {
    */
   async recover(): Promise<void> {
     const o = this.#o;
+    const mounted = await o.mounter.mountPoints();
     for (const v of o.volumes.all()) {
-      if (await o.mounter.isMounted(v.targetPath)) {
+      if (mounted.has(v.targetPath)) {
         if (v.kind === "compile-cache") {
           if (v.cacheKey) o.caches?.hold(v.cacheKey, v.targetPath);
           continue;
@@ -379,8 +379,9 @@ export class CsiNode {
     const modelDir = join(v.dir, "model");
     await o.mounter.unmount(v.targetPath);
     await o.mounter.unmount(modelDir);
+    const mounted = await o.mounter.mountPoints();
     for (const p of [v.targetPath, modelDir]) {
-      if (await o.mounter.isMounted(p)) {
+      if (mounted.has(p)) {
         throw new ColdstartError("CS_CSI_MOUNT_FAILED", `${p} is still mounted after umount`, {
           details: { field: "target_path", value: v.targetPath },
         });

@@ -14,7 +14,6 @@ import { type CsiServer, startCsiServer } from "../csi/server.js";
 import { VolumeStore } from "../csi/volumes.js";
 import type { Metrics } from "../metrics/metrics.js";
 import type { PageCacheWarmer } from "../models/page-cache.js";
-import { parseS3Uri } from "../s3/uri.js";
 
 export interface CsiDriver {
   /** Starts the gRPC services (and the kubelet registration, when configured). */
@@ -22,7 +21,7 @@ export interface CsiDriver {
 }
 
 export async function recoverCsiDriver(o: {
-  config: Pick<Config, "csi" | "kube" | "daemon" | "compileCache">;
+  config: Pick<Config, "csi" | "kube" | "daemon">;
   models: ModelVolumes;
   caches?: CacheVolumes | undefined;
   advice: () => LoaderAdvice;
@@ -40,7 +39,6 @@ export async function recoverCsiDriver(o: {
     nodeId: o.config.kube.nodeName ?? hostname(),
     models: o.models,
     caches: o.caches,
-    defaultCacheRemote: o.config.compileCache.remote ? normalizedUri(o.config.compileCache.remote) : null,
     volumes: await VolumeStore.open(o.config.daemon.root),
     mounter: new SystemMounter(),
     // The schema checked each rule's form.
@@ -62,9 +60,4 @@ export async function recoverCsiDriver(o: {
         logger,
       }),
   };
-}
-
-function normalizedUri(uri: string): string {
-  const { bucket, prefix } = parseS3Uri(uri, "compileCache.remote");
-  return `s3://${bucket}/${prefix}`;
 }

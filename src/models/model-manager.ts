@@ -3,7 +3,7 @@ import { join } from "node:path";
 import picomatch from "picomatch";
 import type { Config } from "../config/schema.js";
 import { ColdstartError } from "../errors.js";
-import { parseS3Uri } from "../s3/uri.js";
+import { normalizeS3Uri } from "../s3/uri.js";
 import type { EvictableStore } from "../store/eviction.js";
 import { RootLayout } from "../store/root-layout.js";
 import { inUseGrace, ModelEviction } from "./eviction.js";
@@ -152,8 +152,7 @@ export class ModelManager {
   ): Promise<{ status: ModelStatus; created: boolean }> {
     const id = validateModelId(idIn);
     this.#refuseWhenDraining();
-    const { bucket, prefix } = parseS3Uri(req.source);
-    const source = `s3://${bucket}/${prefix}`;
+    const source = normalizeS3Uri(req.source);
     if (!this.#allowed(source)) {
       throw new ColdstartError("CS_SOURCE_NOT_ALLOWED", `source ${source} is not in sources.allow`, {
         details: { field: "source", value: req.source },

@@ -9,6 +9,12 @@ export interface S3Location {
 // Lenient on purpose: S3-compatible stores (Ceph, MinIO) accept names AWS would not (uppercase, _).
 const BUCKET = /^[A-Za-z0-9][A-Za-z0-9._-]{1,254}$/;
 
+/** `s3://BUCKET/PREFIX/`, as parseS3Uri normalises it (the one spelling compared against allowlists). */
+export function normalizeS3Uri(uri: string, field = "source"): string {
+  const { bucket, prefix } = parseS3Uri(uri, field);
+  return `s3://${bucket}/${prefix}`;
+}
+
 /** Parses `s3://BUCKET/PREFIX`. The prefix is treated as a directory, as `aws s3 cp --recursive` does. */
 export function parseS3Uri(uri: string, field = "source"): S3Location {
   const m = /^s3:\/\/([^/]+)(?:\/(.*))?$/.exec(uri);
