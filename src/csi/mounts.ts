@@ -56,6 +56,8 @@ export interface Mounter {
   unmount(target: string): Promise<void>;
   /** True when something is mounted exactly at `target`. */
   isMounted(target: string): Promise<boolean>;
+  /** Every mount point now: one look at the mount table for a question about many paths. */
+  mountPoints(): Promise<Set<string>>;
 }
 
 export class SystemMounter implements Mounter {
@@ -88,7 +90,11 @@ export class SystemMounter implements Mounter {
   }
 
   async isMounted(target: string): Promise<boolean> {
-    return (await this.#table()).some((e) => e.mountPoint === target);
+    return (await this.mountPoints()).has(target);
+  }
+
+  async mountPoints(): Promise<Set<string>> {
+    return new Set((await this.#table()).map((e) => e.mountPoint));
   }
 
   async #cmd(cmd: string, args: string[], target: string): Promise<void> {

@@ -5,7 +5,7 @@
  * callback per 8 MiB. Bounded by the memory the page cache may take (src/node/memory.ts), skipped
  * where the pod's loader bypasses the page cache (fastsafetensors over GDS reads with O_DIRECT).
  */
-import { open, readdir } from "node:fs/promises";
+import { lstat, open, readdir } from "node:fs/promises";
 import { join } from "node:path";
 import type { Logger } from "pino";
 import type { Metrics, PageCacheWarmOutcome } from "../metrics/metrics.js";
@@ -132,14 +132,7 @@ async function modelFiles(dir: string): Promise<{ path: string; size: number }[]
       if (e.name === STATE_DIR && d === dir) continue;
       const p = join(d, e.name);
       if (e.isDirectory()) await walk(p);
-      else if (e.isFile()) {
-        const fh = await open(p, "r");
-        try {
-          out.push({ path: p, size: (await fh.stat()).size });
-        } finally {
-          await fh.close();
-        }
-      }
+      else if (e.isFile()) out.push({ path: p, size: (await lstat(p)).size });
     }
   };
   await walk(dir);
