@@ -16,7 +16,13 @@ import {
 import { afterEach, describe, expect, it } from "vitest";
 import { callDaemon } from "../../src/api/client.js";
 import { builtAddon, fakeLibraries } from "../support/native-doubles.js";
-import { coldstart, type DaemonProcess, finish, startDaemonProcess } from "../support/processes.js";
+import {
+  coldstart,
+  type DaemonProcess,
+  finish,
+  killDaemons,
+  startDaemonProcess,
+} from "../support/processes.js";
 import { freshBucket, putFiles } from "../support/s3.js";
 import { useS3Fixture } from "../support/s3-fixture.js";
 import { gate } from "../support/wait.js";
@@ -33,10 +39,7 @@ const daemons: DaemonProcess[] = [];
 const DAEMONS = { timeout: 180_000 };
 
 afterEach(async () => {
-  for (const d of daemons.splice(0)) {
-    if (d.child.exitCode === null && d.child.signalCode === null) d.child.kill("SIGKILL");
-    await d.exited.catch(() => {});
-  }
+  await killDaemons(daemons);
 });
 
 interface Node {

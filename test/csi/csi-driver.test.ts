@@ -13,7 +13,7 @@ import { afterEach, describe, expect, it } from "vitest";
 import { callDaemon } from "../../src/api/client.js";
 import { isMounted, Kubelet, type Pod, unmountUnder } from "../support/kubelet.js";
 import { builtAddon, fakeLibraries } from "../support/native-doubles.js";
-import { type DaemonProcess, NO_GPU_FLAGS, startDaemonProcess } from "../support/processes.js";
+import { type DaemonProcess, killDaemons, NO_GPU_FLAGS, startDaemonProcess } from "../support/processes.js";
 import { freshBucket, putFiles } from "../support/s3.js";
 import { useS3Fixture } from "../support/s3-fixture.js";
 import { digests, expectedDigests } from "../support/stage.js";
@@ -27,10 +27,7 @@ const kubelets: Kubelet[] = [];
 
 afterEach(async () => {
   for (const k of kubelets.splice(0)) k.close();
-  for (const d of daemons.splice(0)) {
-    if (d.child.exitCode === null && d.child.signalCode === null) d.child.kill("SIGKILL");
-    await d.exited.catch(() => {});
-  }
+  await killDaemons(daemons);
   // Before the fixture removes the work directory: nothing may stay mounted below it.
   await unmountUnder(fx.work);
 });

@@ -20,7 +20,7 @@ import { mountTable } from "../../src/csi/mounts.js";
 import { csiServices } from "../../src/csi/protos.js";
 import { requireGoTool } from "../support/go-tools.js";
 import { unmountUnder } from "../support/kubelet.js";
-import { type DaemonProcess, startDaemonProcess } from "../support/processes.js";
+import { type DaemonProcess, killDaemons, startDaemonProcess } from "../support/processes.js";
 import { freshBucket, putFiles } from "../support/s3.js";
 import { useS3Fixture } from "../support/s3-fixture.js";
 import { syntheticModel } from "../support/synthetic-model.js";
@@ -34,10 +34,7 @@ const servers: grpc.Server[] = [];
 
 afterEach(async () => {
   for (const s of servers.splice(0)) s.forceShutdown();
-  for (const d of daemons.splice(0)) {
-    if (d.child.exitCode === null && d.child.signalCode === null) d.child.kill("SIGKILL");
-    await d.exited.catch(() => {});
-  }
+  await killDaemons(daemons);
   // Before the fixture removes the work directory: nothing may stay mounted below it.
   await unmountUnder(fx.work);
 });

@@ -10,6 +10,7 @@ import {
   type DaemonProcess,
   finish,
   jsonLines,
+  killDaemons,
   type Outcome,
   startDaemonProcess,
 } from "../support/processes.js";
@@ -28,10 +29,7 @@ const waiters: ChildProcess[] = [];
 
 afterEach(async () => {
   for (const w of waiters.splice(0)) if (w.exitCode === null && w.signalCode === null) w.kill("SIGKILL");
-  for (const d of daemons.splice(0)) {
-    if (d.child.exitCode === null && d.child.signalCode === null) d.child.kill("SIGKILL");
-    await d.exited.catch(() => {});
-  }
+  await killDaemons(daemons);
 });
 
 interface Paths {

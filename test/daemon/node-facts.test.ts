@@ -11,7 +11,13 @@ import type { NodeFacts } from "../../src/node/node-facts.js";
 import * as hosts from "../support/fake-host.js";
 import { KubeApiServerDouble, writeKubeconfig } from "../support/kube-api-double.js";
 import { builtAddon, type FakeLibraries, fakeLibraries } from "../support/native-doubles.js";
-import { coldstart, type DaemonProcess, finish, startDaemonProcess } from "../support/processes.js";
+import {
+  coldstart,
+  type DaemonProcess,
+  finish,
+  killDaemons,
+  startDaemonProcess,
+} from "../support/processes.js";
 import { freshBucket, putFiles } from "../support/s3.js";
 import { useS3Fixture } from "../support/s3-fixture.js";
 import { waitFor } from "../support/wait.js";
@@ -27,10 +33,7 @@ beforeAll(() => {
   builtAddon();
 });
 afterEach(async () => {
-  for (const d of daemons.splice(0)) {
-    if (d.child.exitCode === null && d.child.signalCode === null) d.child.kill("SIGKILL");
-    await d.exited.catch(() => {});
-  }
+  await killDaemons(daemons);
   for (const c of cleanups.splice(0)) await c();
 });
 

@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import { callDaemon } from "../../src/api/client.js";
 import type { RecordedRequest } from "../support/fault-proxy.js";
-import { type DaemonProcess, NO_GPU_FLAGS, startDaemonProcess } from "../support/processes.js";
+import { type DaemonProcess, killDaemons, NO_GPU_FLAGS, startDaemonProcess } from "../support/processes.js";
 import { freshBucket, putFiles } from "../support/s3.js";
 import { useS3Fixture } from "../support/s3-fixture.js";
 import { digests, expectedDigests } from "../support/stage.js";
@@ -19,10 +19,7 @@ const TOKEN = "shutdown-test-token";
 const daemons: DaemonProcess[] = [];
 
 afterEach(async () => {
-  for (const d of daemons.splice(0)) {
-    if (d.child.exitCode === null && d.child.signalCode === null) d.child.kill("SIGKILL");
-    await d.exited.catch(() => {});
-  }
+  await killDaemons(daemons);
 });
 
 describe("SIGTERM", () => {

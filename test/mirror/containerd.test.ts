@@ -17,7 +17,7 @@ import {
   startContainerd,
   writeHostsToml,
 } from "../support/containerd.js";
-import { type DaemonProcess, NO_GPU_FLAGS, startDaemonProcess } from "../support/processes.js";
+import { type DaemonProcess, killDaemons, NO_GPU_FLAGS, startDaemonProcess } from "../support/processes.js";
 import { useS3Fixture } from "../support/s3-fixture.js";
 
 const fx = useS3Fixture("cs-ctrd-");
@@ -30,10 +30,7 @@ const running: Containerd[] = [];
 const daemons: DaemonProcess[] = [];
 
 afterEach(async () => {
-  for (const d of daemons.splice(0)) {
-    if (d.child.exitCode === null && d.child.signalCode === null) d.child.kill("SIGKILL");
-    await d.exited.catch(() => {});
-  }
+  await killDaemons(daemons);
   for (const c of running.splice(0)) await c.stop();
 });
 afterAll(() => rmSync(dir, { recursive: true, force: true }));

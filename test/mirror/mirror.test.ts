@@ -8,7 +8,7 @@ import { mkdir, readdir, readlink, rm, symlink, writeFile } from "node:fs/promis
 import { type IncomingHttpHeaders, request } from "node:http";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
-import { type DaemonProcess, NO_GPU_FLAGS, startDaemonProcess } from "../support/processes.js";
+import { type DaemonProcess, killDaemons, NO_GPU_FLAGS, startDaemonProcess } from "../support/processes.js";
 import { useS3Fixture } from "../support/s3-fixture.js";
 
 const fx = useS3Fixture("cs-mirror-");
@@ -16,10 +16,7 @@ const TOKEN = "mirror-token";
 const auth = { authorization: `Bearer ${TOKEN}` };
 const daemons: DaemonProcess[] = [];
 afterEach(async () => {
-  for (const d of daemons.splice(0)) {
-    if (d.child.exitCode === null && d.child.signalCode === null) d.child.kill("SIGKILL");
-    await d.exited.catch(() => {});
-  }
+  await killDaemons(daemons);
 });
 
 const digestOf = (b: Buffer) => `sha256:${createHash("sha256").update(b).digest("hex")}`;

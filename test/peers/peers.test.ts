@@ -10,7 +10,13 @@ import { HeadObjectCommand } from "@aws-sdk/client-s3";
 import { afterEach, describe, expect, it } from "vitest";
 import { callDaemon } from "../../src/api/client.js";
 import { type FaultProxy, type RecordedRequest, startFaultProxy } from "../support/fault-proxy.js";
-import { type DaemonProcess, freePort, NO_GPU_FLAGS, startDaemonProcess } from "../support/processes.js";
+import {
+  type DaemonProcess,
+  freePort,
+  killDaemons,
+  NO_GPU_FLAGS,
+  startDaemonProcess,
+} from "../support/processes.js";
 import { freshBucket, putFiles } from "../support/s3.js";
 import { useS3Fixture } from "../support/s3-fixture.js";
 import { digests, expectedDigests } from "../support/stage.js";
@@ -25,10 +31,7 @@ const daemons: DaemonProcess[] = [];
 const proxies: FaultProxy[] = [];
 
 afterEach(async () => {
-  for (const d of daemons.splice(0)) {
-    if (d.child.exitCode === null && d.child.signalCode === null) d.child.kill("SIGKILL");
-    await d.exited.catch(() => {});
-  }
+  await killDaemons(daemons);
   for (const p of proxies.splice(0)) await p.close();
 });
 

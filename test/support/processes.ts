@@ -127,6 +127,14 @@ export async function startDaemonProcess(
 }
 
 /** A loopback port free now, so daemons can be told each other's address before they start. */
+/** SIGKILLs every daemon of `daemons` still running and waits for each to exit; empties the list. */
+export async function killDaemons(daemons: DaemonProcess[]): Promise<void> {
+  for (const d of daemons.splice(0)) {
+    if (d.child.exitCode === null && d.child.signalCode === null) d.child.kill("SIGKILL");
+    await d.exited.catch(() => {});
+  }
+}
+
 export async function freePort(): Promise<number> {
   const server = createServer();
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
