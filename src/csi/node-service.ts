@@ -11,6 +11,7 @@
  */
 import { mkdir, rm, statfs } from "node:fs/promises";
 import { join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
 import type { Logger } from "pino";
 import type { CompileCacheManager } from "../compile-cache/cache-manager.js";
 import { ColdstartError, isColdstartError, toColdstartError } from "../errors.js";
@@ -417,18 +418,12 @@ export interface Usage {
 /** Waits for `p` at most `ms` (and not past `signal`); `p` goes on either way. */
 async function within(p: Promise<unknown>, ms: number, signal: AbortSignal): Promise<void> {
   if (ms <= 0 || signal.aborted) return;
-  let timer: NodeJS.Timeout | undefined;
-  let onAbort: (() => void) | undefined;
+  const done = new AbortController();
   await Promise.race([
     p.catch(() => {}),
-    new Promise<void>((resolve) => {
-      timer = setTimeout(resolve, ms);
-      onAbort = resolve;
-      signal.addEventListener("abort", onAbort, { once: true });
-    }),
+    sleep(ms, undefined, { signal: AbortSignal.any([signal, done.signal]) }).catch(() => {}),
   ]);
-  clearTimeout(timer);
-  if (onAbort) signal.removeEventListener("abort", onAbort);
+  done.abort(); // the timer goes with it
 }
 
 function cancelled(why: string): ColdstartError {
