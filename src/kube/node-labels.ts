@@ -1,25 +1,17 @@
 import { existsSync } from "node:fs";
-import http from "node:http";
-import https from "node:https";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import {
   ApiException,
   CoreV1Api,
-  createConfiguration,
   KubeConfig,
   PatchStrategy,
-  type PromiseHttpLibrary,
-  type RequestContext,
-  ResponseContext,
-  SelfDecodingBody,
-  ServerConfiguration,
   setHeaderOptions,
-  wrapHttpLibrary,
 } from "@kubernetes/client-node";
 import { type Logger, pino } from "pino";
 import { ColdstartError } from "../errors.js";
 import { backoffDelayMs } from "../lib/backoff.js";
+import { apiClient, reasonOf } from "./transport.js";
 
 export {
   GDS_LABEL,
@@ -103,10 +95,12 @@ export class NodeLabeler {
     });
     this.#retry = options.retry ?? DEFAULT_RETRY;
     this.#sleep = options.sleep ?? ((ms, signal) => sleep(ms, undefined, { signal, ref: false }));
-    this.#api = makeCoreApi(
+    this.#api = apiClient(
+      CoreV1Api,
       options.kubeConfig,
       options.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS,
       this.#closed.signal,
+      "coldstart-node-labels",
     );
   }
 
@@ -293,95 +287,8 @@ function planPatch(
   return { body: { metadata }, added, removed };
 }
 
-function reasonOf(err: unknown): string {
-  if (err instanceof ApiException) {
-    const body: unknown = err.body;
-    if (typeof body === "string") {
-      try {
-        const message = (JSON.parse(body) as { message?: unknown }).message;
-        if (typeof message === "string") return message;
-      } catch {
-        // Not a Kubernetes Status object: fall through to the raw text.
-      }
-      return body.slice(0, 200) || "empty response body";
-    }
-    return String((body as { message?: unknown } | undefined)?.message ?? "no response body");
-  }
-  return err instanceof Error ? err.message : String(err);
-}
-
 function closedError(): ColdstartError {
   return new ColdstartError("CS_ABORTED", "the node labeler was closed before the labels were applied");
-}
-
-/**
- * A CoreV1Api like `kubeConfig.makeApiClient(CoreV1Api)`, but over a transport with a deadline per
- * request and an abort on close. @kubernetes/client-node 1.x's default transport (node-fetch) takes no
- * signal, so a request to an API server that never answers would stall the sync loop for good, and an
- * abandoned PATCH could still land after a newer one.
- */
-function makeCoreApi(kubeConfig: KubeConfig, requestTimeoutMs: number, closed: AbortSignal): CoreV1Api {
-  const cluster = kubeConfig.getCurrentCluster();
-  if (!cluster) {
-    throw new ColdstartError("CS_CONFIG_INVALID", "the kubeconfig names no current cluster", {
-      details: { field: "kubeConfig" },
-    });
-  }
-  return new CoreV1Api(
-    createConfiguration({
-      baseServer: new ServerConfiguration(cluster.server, {}),
-      authMethods: { default: kubeConfig },
-      httpApi: wrapHttpLibrary(deadlineHttpLibrary(requestTimeoutMs, closed)),
-    }),
-  );
-}
-
-function deadlineHttpLibrary(timeoutMs: number, closed: AbortSignal): PromiseHttpLibrary {
-  return {
-    send: (request: RequestContext) =>
-      new Promise<ResponseContext>((resolve, reject) => {
-        const url = new URL(request.getUrl());
-        const signal = AbortSignal.any([closed, AbortSignal.timeout(timeoutMs)]);
-        const body = request.getBody();
-        if (body !== undefined && typeof body !== "string" && !Buffer.isBuffer(body)) {
-          reject(new Error("node-labels transport sends only string or Buffer bodies"));
-          return;
-        }
-        const send = url.protocol === "https:" ? https.request : http.request;
-        const req = send(
-          url,
-          {
-            method: request.getHttpMethod(),
-            headers: { "User-Agent": "coldstart-node-labels", ...request.getHeaders() },
-            agent: request.getAgent(),
-            signal,
-          },
-          (res) => {
-            const chunks: Buffer[] = [];
-            res.on("data", (chunk: Buffer) => chunks.push(chunk));
-            res.on("error", reject);
-            res.on("end", () => {
-              const headers: Record<string, string> = {};
-              for (const [name, value] of Object.entries(res.headers)) {
-                if (value !== undefined) headers[name] = Array.isArray(value) ? value.join(", ") : value;
-              }
-              const bytes = Promise.resolve(Buffer.concat(chunks));
-              resolve(new ResponseContext(res.statusCode ?? 0, headers, new SelfDecodingBody(bytes)));
-            });
-          },
-        );
-        req.on("error", (err) => {
-          reject(
-            signal.aborted && !closed.aborted
-              ? new Error(`${request.getHttpMethod()} ${url.pathname} timed out after ${timeoutMs} ms`, {
-                  cause: err,
-                })
-              : err,
-          );
-        });
-        req.end(body);
-      }),
-  };
 }
 
 /**
