@@ -3,7 +3,7 @@ import type { Config } from "../config/schema.js";
 import { ColdstartError } from "../errors.js";
 import type { EvictionReason, Metrics } from "../metrics/metrics.js";
 import type { Evictable, EvictableStore } from "../store/eviction.js";
-import type { ModelRecord } from "./model-registry.js";
+import { isPinned, type ModelRecord } from "./model-registry.js";
 
 /** What eviction needs of the models it may take: the model manager gives it. */
 export interface EvictionHost {
@@ -237,7 +237,7 @@ export class ModelEviction {
     let unpinnedReady = 0;
     for (const r of this.#host.records()) {
       if (r.id === forId || r.state !== "ready") continue;
-      if (r.pinned) pinnedReady += r.bytesTotal;
+      if (isPinned(r)) pinnedReady += r.bytesTotal;
       else unpinnedReady += r.bytesTotal;
     }
     let pinnedOthersToWrite = 0;
@@ -248,7 +248,8 @@ export class ModelEviction {
       // (counting them, two waiting jobs could each wait for the other for ever).
       if (id === forId || !this.#reserved.has(id)) continue;
       const reserved = this.#reserved.get(id) ?? 0;
-      if (this.#host.record(id)?.pinned) {
+      const other = this.#host.record(id);
+      if (other && isPinned(other)) {
         pinnedOthersToWrite += stillToWrite(reserved, p);
         pinnedOthersTotal += p.bytesTotal;
       } else unpinnedOthersOnDisk += p.bytesDone;
@@ -274,7 +275,7 @@ export class ModelEviction {
     const now = this.#now();
     let next = now + 30_000;
     for (const r of this.#host.records()) {
-      if (r.state !== "ready" || r.pinned) continue;
+      if (r.state !== "ready" || isPinned(r)) continue;
       for (const end of [
         r.inUseUntil && Date.parse(r.inUseUntil),
         r.readyAt && Date.parse(r.readyAt) + grace,
@@ -368,7 +369,7 @@ export class ModelEviction {
     return (
       this.#host.record(r.id) === r &&
       r.state === "ready" &&
-      !r.pinned &&
+      !isPinned(r) &&
       !fresh &&
       !this.#host.isRunning(r.id) &&
       !this.#host.mounted(r.id) &&

@@ -9,7 +9,7 @@ import { RootLayout } from "../store/root-layout.js";
 import { inUseGrace, ModelEviction } from "./eviction.js";
 import { HeldPieces } from "./held-pieces.js";
 import { validateModelId } from "./model-id.js";
-import type { ModelRecord, ModelState } from "./model-registry.js";
+import { isPinned, type ModelRecord, type ModelState } from "./model-registry.js";
 import { ModelRemoval } from "./removal.js";
 import { StageRunner, type StageRunnerOptions } from "./stage-runner.js";
 import { countByState, type ModelStatus, modelStatus } from "./status.js";
@@ -19,6 +19,8 @@ export interface ModelRequest {
   include?: string[] | undefined;
   exclude?: string[] | undefined;
   pin?: boolean | undefined;
+  /** Against other prefetches (a ModelCache's spec.priority, -100 to 100); the API leaves it. */
+  priority?: number | undefined;
 }
 
 export type WaitOutcome = "ready" | "failed" | "timeout";
@@ -181,6 +183,7 @@ export class ModelManager {
         existing.pinned = req.pin;
         await this.#o.registry.put(existing);
       }
+      if (req.priority !== undefined) await this.setPriority(id, req.priority);
       if (existing.state === "failed") this.#jobs.start(existing, opts.waited);
       if (opts.waited) this.#jobs.waited(id);
       return { status: this.#status(existing), created: false };
@@ -191,6 +194,7 @@ export class ModelManager {
       include,
       exclude,
       pinned: req.pin ?? false,
+      ...(req.priority ? { priority: req.priority } : {}),
       state: "pending",
       bytesTotal: 0,
       filesTotal: 0,
@@ -325,6 +329,33 @@ export class ModelManager {
     return this.#status(r);
   }
 
+  /**
+   * Pins the model for `holder` (a ModelCache resource, "modelcache/<name>") or, `pinned` false,
+   * takes that holder's pin away: the model stays pinned while the API or any other holder pins it.
+   */
+  async pinFor(id: string, holder: string, pinned: boolean): Promise<void> {
+    const r = this.#o.registry.get(id);
+    if (!r) return;
+    const holders = new Set(r.pinnedBy ?? []);
+    if (holders.has(holder) === pinned) return;
+    if (pinned) holders.add(holder);
+    else holders.delete(holder);
+    r.pinnedBy = [...holders].sort();
+    if (r.pinnedBy.length === 0) delete r.pinnedBy;
+    await this.#o.registry.put(r);
+    if (!isPinned(r)) this.#eviction.wake();
+    this.#changed(id);
+  }
+
+  /** A prefetch's priority against the others (a ModelCache's spec.priority), kept with the model. */
+  async setPriority(id: string, priority: number): Promise<void> {
+    const r = this.#o.registry.get(id);
+    if (!r || (r.priority ?? 0) === priority) return;
+    r.priority = priority === 0 ? undefined : priority;
+    this.#jobs.setBasePriority(id, priority);
+    await this.#o.registry.put(r);
+  }
+
   /** DELETE: evicts now, unless pinned, being staged, or within the in-use grace period. */
   async remove(id: string): Promise<void> {
     return this.#eviction.exclusive(() => this.#remove(id));
@@ -336,6 +367,11 @@ export class ModelManager {
       throw new ColdstartError(
         "CS_MODEL_PINNED",
         `model ${id} is pinned; unpin it (PATCH {"pin":false}) first`,
+      );
+    if (isPinned(r))
+      throw new ColdstartError(
+        "CS_MODEL_PINNED",
+        `model ${id} is pinned by ${r.pinnedBy?.join(", ")} (ModelCache resources that select this node); it is unpinned when they no longer do`,
       );
     const mounts = this.mounts(id);
     if (mounts > 0) {

@@ -14,7 +14,12 @@ export interface ModelRecord {
   source: string;
   include: string[];
   exclude: string[];
+  /** Pinned through the API (PUT or PATCH {"pin": true}). */
   pinned: boolean;
+  /** Pinned by these ModelCache resources while they select this node ("modelcache/<name>"). */
+  pinnedBy?: string[] | undefined;
+  /** Against other prefetches (a ModelCache's spec.priority); a waited-for model goes first regardless. */
+  priority?: number | undefined;
   state: ModelState;
   error?: { code: string; message: string } | undefined;
   bytesTotal: number;
@@ -24,6 +29,11 @@ export interface ModelRecord {
   lastUsedAt?: string | undefined;
   /** Not evicted before this time: the model was handed to a pod (coldstart wait). */
   inUseUntil?: string | undefined;
+}
+
+/** Whether eviction and DELETE must leave the model alone: pinned by the API or by a resource. */
+export function isPinned(r: Pick<ModelRecord, "pinned" | "pinnedBy">): boolean {
+  return r.pinned || (r.pinnedBy?.length ?? 0) > 0;
 }
 
 /**

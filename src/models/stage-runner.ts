@@ -1,6 +1,7 @@
 import type { Logger } from "pino";
 import { ColdstartError, toColdstartError } from "../errors.js";
 import type { Metrics } from "../metrics/metrics.js";
+import type { Cohorts } from "../peers/cohort.js";
 import type { ObjectSource } from "../s3/object-source.js";
 import { parseS3Uri } from "../s3/uri.js";
 import type { StageProgress, StageSettings } from "../staging/job-types.js";
@@ -36,6 +37,8 @@ export interface StageRunnerOptions {
   runPart?: PartRunner | undefined;
   /** Peers are asked for pieces: each job takes its model's parts in a random order (see StageJob). */
   spreadParts?: boolean | undefined;
+  /** Nodes staging a model together: each job takes the parts this node owns first. */
+  cohorts?: Cohorts | undefined;
   /** What config.download decides for every job (src/wiring/staging.ts). */
   stage: StageSettings;
   logger: Logger;
@@ -43,15 +46,19 @@ export interface StageRunnerOptions {
   now?: (() => number) | undefined;
 }
 
-/** A model a pod is waiting for goes ahead of background prefetches. */
-const PRIORITY_WAITED = 10;
-const PRIORITY_PREFETCH = 0;
+/**
+ * A model a pod is waiting for goes ahead of every background prefetch, whatever the prefetch's own
+ * priority (a ModelCache's spec.priority, -100 to 100).
+ */
+const PRIORITY_WAITED = 1_000;
 
 /** How long a model stays at the waited-for priority after its last waiter's poll ended. */
 const WAITED_PRIORITY_LINGER_MS = 15_000;
 
 interface Running {
   job: StageJob;
+  /** The priority without waiters (the model's own). */
+  base: number;
   done: Promise<void>;
   waiters: number;
   /** Lowers the priority again some time after the last waiter left. */
@@ -112,7 +119,7 @@ export class StageRunner {
       dest: this.#host.modelPath(record.id),
       ...this.#o.stage,
       scheduler: this.#o.scheduler,
-      priority: waited ? PRIORITY_WAITED : PRIORITY_PREFETCH,
+      priority: waited ? PRIORITY_WAITED : (record.priority ?? 0),
       filters: { include: record.include, exclude: record.exclude },
       logger: this.#o.logger.child({ model: record.id }),
       metrics: this.#o.metrics,
@@ -124,12 +131,13 @@ export class StageRunner {
       makeRoom: (need, signal) => this.#host.makeRoom(record.id, need, signal),
       // With peers, nodes staging a model at once each start elsewhere in it (see StageJob).
       spreadParts: this.#o.spreadParts,
+      owns: this.#o.cohorts ? (key, start) => this.#o.cohorts?.owns(bucket, key, start) ?? true : undefined,
     });
     record.state = "staging";
     record.startedAt = new Date(this.#now()).toISOString();
     delete record.error;
     delete record.readyAt;
-    const running: Running = { job, waiters: 0, done: Promise.resolve() };
+    const running: Running = { job, base: record.priority ?? 0, waiters: 0, done: Promise.resolve() };
     this.#running.set(record.id, running);
     this.#o.registry.set(record);
     running.done = this.#run(record, job);
@@ -142,6 +150,14 @@ export class StageRunner {
     await this.#o.registry.put(record);
   }
 
+  /** The model's own priority changed: its job runs at it whenever no pod waits for the model. */
+  setBasePriority(id: string, priority: number): void {
+    const running = this.#running.get(id);
+    if (!running) return;
+    running.base = priority;
+    if (running.job.priority !== PRIORITY_WAITED) running.job.setPriority(priority);
+  }
+
   /** Raises the model's priority now and keeps it up for a while after the last waiter's poll. */
   waited(id: string): void {
     const running = this.#running.get(id);
@@ -149,7 +165,7 @@ export class StageRunner {
     running.job.setPriority(PRIORITY_WAITED);
     clearTimeout(running.decay);
     running.decay = setTimeout(() => {
-      if (running.waiters === 0) running.job.setPriority(PRIORITY_PREFETCH);
+      if (running.waiters === 0) running.job.setPriority(running.base);
     }, WAITED_PRIORITY_LINGER_MS);
     running.decay.unref();
   }

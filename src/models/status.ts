@@ -1,6 +1,6 @@
 import type { StageProgress } from "../staging/job-types.js";
 import type { SpaceWait } from "./eviction.js";
-import type { ModelRecord, ModelState } from "./model-registry.js";
+import { isPinned, type ModelRecord, type ModelState } from "./model-registry.js";
 
 /** A model as the API shows it. */
 export interface ModelStatus {
@@ -8,7 +8,9 @@ export interface ModelStatus {
   source: string;
   state: ModelState;
   path: string;
+  /** Pinned by the API or by a ModelCache resource (pinnedBy names the resources). */
   pinned: boolean;
+  pinnedBy: string[];
   bytesTotal: number;
   bytesDone: number;
   filesTotal: number;
@@ -57,7 +59,8 @@ export function modelStatus(r: ModelRecord, facts: StatusFacts): ModelStatus {
     source: r.source,
     state: liveState(r, p),
     path: facts.path,
-    pinned: r.pinned,
+    pinned: isPinned(r),
+    pinnedBy: [...(r.pinnedBy ?? [])],
     bytesTotal,
     bytesDone,
     filesTotal: p && p.phase !== "listing" ? p.filesTotal : r.filesTotal,
