@@ -42,6 +42,7 @@ export const PEER_FALLBACK_REASONS = [
   "large",
   "not_held",
   "pending",
+  "owner_timeout",
 ] as const;
 
 /** Buckets for stage durations: 10 ms (a commit rename) up to 1 h (a large model over a slow link). */

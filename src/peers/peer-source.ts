@@ -19,6 +19,7 @@
  * This file chooses the peer and judges it; who holds what is locator.ts, one piece is piece-client.ts.
  */
 import { Readable } from "node:stream";
+import { setTimeout as sleep } from "node:timers/promises";
 import pLimit, { type LimitFunction } from "p-limit";
 import { ColdstartError } from "../errors.js";
 import type { PEER_FALLBACK_REASONS } from "../metrics/metrics.js";
@@ -30,6 +31,7 @@ import type {
   ObjectSource,
   ResolvedGet,
 } from "../s3/object-source.js";
+import type { Cohorts } from "./cohort.js";
 import { type Held, type LocatorOptions, PeerLocator, pieceOf } from "./locator.js";
 import { PieceClient, type PieceClientOptions, type PieceWant } from "./piece-client.js";
 
@@ -38,7 +40,15 @@ export interface PeerOptions extends LocatorOptions, PieceClientOptions {
   maxInFlight: number;
   /** Pieces asked of any one peer at once, so a node's parts spread over every peer that holds them. */
   maxInFlightPerPeer: number;
+  /** The nodes staging a model together (the cooperative first wave), if this node takes part. */
+  cohorts?: Cohorts | undefined;
+  /** How long a part another member of the cohort reads from S3 is waited for before S3 (default 30 s). */
+  cohortWaitMs?: number | undefined;
 }
+
+/** Between two looks at whether the part's owner has it or reads it now. */
+const OWNER_POLL_MS = 100;
+const DEFAULT_COHORT_WAIT_MS = 30_000;
 
 /** Why a piece came from S3 after all (label values of coldstart_peer_fallbacks_total). */
 export type PeerFallbackReason = (typeof PEER_FALLBACK_REASONS)[number];
@@ -124,6 +134,19 @@ export class PeerAwareSource implements ObjectSource {
       // Peers staging it said "not this piece" a while ago: they may have it, or fetch it, by now.
       if (choice.why === "pending" && this.#locator.recheckDue(bucket, key, etag))
         choice = this.#choose(await this.#locator.locate(bucket, key, etag, options.signal, true), want);
+      // In a cohort, a part another member owns is that member's to read from S3: wait for it to
+      // have it or to read it now (then the usual wait for a piece in flight), within a bound.
+      if (!choice.pick && choice.why !== "unaligned" && choice.why !== "large") {
+        const owner = this.#otherOwner(bucket, key, options);
+        if (owner) {
+          const deadline = Date.now() + (this.#o.cohortWaitMs ?? DEFAULT_COHORT_WAIT_MS);
+          while (!choice.pick && Date.now() < deadline && this.#locator.live(owner)) {
+            await sleep(OWNER_POLL_MS, undefined, { signal: options.signal });
+            choice = this.#choose(await this.#locator.locate(bucket, key, etag, options.signal, true), want);
+          }
+          if (!choice.pick && this.#locator.live(owner)) choice = { why: "owner_timeout" };
+        }
+      }
       if (choice.why) this.#fallback(choice.why);
       else if (choice.pick) {
         options.onSource?.(true);
@@ -133,6 +156,13 @@ export class PeerAwareSource implements ObjectSource {
     }
     options.onSource?.(false);
     return undefined;
+  }
+
+  /** The live cohort member, not this node, that reads this part from S3, if there is one. */
+  #otherOwner(bucket: string, key: string, options: GetOptions): string | undefined {
+    const cohorts = this.#o.cohorts;
+    const owner = cohorts?.owner(bucket, key, options.range?.start ?? 0, (u) => this.#locator.live(u));
+    return owner !== undefined && owner !== cohorts?.self ? owner : undefined;
   }
 
   /**

@@ -53,6 +53,12 @@ export interface StageJobOptions {
   /** Take the model's parts in a random order (set when peers are configured). */
   spreadParts?: boolean | undefined;
   /**
+   * Whether this node reads the part (the object's bytes from `start`) from S3 itself, in a cohort
+   * staging the model together (src/peers/cohort.ts): those parts go first, the others are left to
+   * their owners for as long as possible.
+   */
+  owns?: ((key: string, start: number) => boolean) | undefined;
+  /**
    * The staging root `dest` lies below (the daemon's): every directory between them must be a real
    * directory, never a symlink (CS_PATH_UNSAFE). The CLI's destination has none.
    */

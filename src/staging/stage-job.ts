@@ -258,6 +258,13 @@ export class StageJob implements TaskOwner {
     // (src/peers/peer-source.ts). A random order beats each node starting at a random point: two
     // nodes that start near each other would race for the same parts all the way.
     if (o.spreadParts) shuffle(work);
+    if (o.owns) {
+      const owns = o.owns;
+      const mine = (w: Work) =>
+        "single" in w ? owns(w.single.key, 0) : owns(w.fs.plan.key, w.fs.plan.bounds[w.p] as number);
+      const ordered = [...work.filter(mine), ...work.filter((w) => !mine(w))];
+      work.splice(0, work.length, ...ordered);
+    }
     this.#partsLeft = work.length;
     this.#p.phase = work.length > 0 ? "downloading" : "verifying";
     this.#downloadStarted = Date.now();
