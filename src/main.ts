@@ -18,8 +18,11 @@ import type { Config } from "./config/schema.js";
 import { watchContainerd } from "./daemon/containerd-watch.js";
 import { recoverCsiDriver } from "./daemon/csi-driver.js";
 import { Lifecycle } from "./daemon/lifecycle.js";
+import { ModelCacheReconciler } from "./daemon/model-caches.js";
 import { reprobeNodeFacts } from "./daemon/node-reprobe.js";
 import { ColdstartError } from "./errors.js";
+import { ModelCacheStatusWriter } from "./kube/model-cache-status.js";
+import { ModelCacheWatch } from "./kube/model-caches.js";
 import { loadKubeConfig, NodeLabeler } from "./kube/node-labels.js";
 import { createLogger } from "./log.js";
 import { Metrics } from "./metrics/metrics.js";
@@ -39,6 +42,7 @@ import {
   policyViolations,
   publishNodeFacts,
 } from "./node/node-facts.js";
+import { Cohorts } from "./peers/cohort.js";
 import { PeerDirectory } from "./peers/discovery.js";
 import { PeerAwareSource } from "./peers/peer-source.js";
 import { parseS3Uri } from "./s3/uri.js";
@@ -133,11 +137,15 @@ async function compose(
           logger: logger.child({ component: "peers" }),
         })
       : undefined;
+  // A ModelCache's first wave splits the model's parts over the nodes staging it (src/peers/cohort.ts).
+  const cohorts = peers && config.kube.modelCaches === "on" ? new Cohorts(undefined) : undefined;
   const source = life.add(
     "object source",
     peers
       ? new PeerAwareSource(s3, {
-          urls: () => peers.urls(),
+          urls: () => peerUrls(peers.urls(), cohorts?.others() ?? []),
+          cohorts,
+          cohortWaitMs: config.peers.cohortWaitMs,
           token: () => tokens?.first,
           timeoutMs: config.peers.timeoutMs,
           maxInFlight: config.peers.maxInFlight,
@@ -193,6 +201,7 @@ async function compose(
     nodeName: config.kube.nodeName,
     version: VERSION,
   });
+  let modelCaches: ModelCacheReconciler | undefined;
   const manager: ModelManager = new ModelManager({
     root: d.root,
     registry,
@@ -201,6 +210,7 @@ async function compose(
     rateLimiter: rateLimiterFrom(config.download),
     stage: stageSettingsFrom(config.download),
     spreadParts: peers !== undefined,
+    cohorts,
     runPart: workers?.run,
     config,
     logger: logger.child({ component: "models" }),
@@ -208,6 +218,7 @@ async function compose(
     onReadyChanged: (ids) => labeler?.set(ids),
     onStateChanged: () => {
       for (const [state, n] of Object.entries(manager.countByState())) metrics.models.set({ state }, n);
+      modelCaches?.kick();
     },
     extra: compileCaches,
   });
@@ -310,6 +321,8 @@ async function compose(
     "daemon.listen",
     d.listen,
   );
+  if (cohorts) cohorts.self = selfPeerUrl(config.peers.selfAddress ?? host, apiAddress);
+  modelCaches = startModelCaches(config, manager, compileCaches, cohorts, logger, life);
   const [mHost, mPort] = splitHostPort(d.metricsListen);
   const metricsAddress = await listen(
     () => metricsApp.listen({ host: mHost, port: Number(mPort) }),
@@ -428,6 +441,75 @@ function nodeLabeler(config: Config, logger: Logger, log: Logger): NodeLabeler |
     return undefined;
   }
   return new NodeLabeler({ nodeName, kubeConfig: kc, logger: logger.child({ component: "labels" }) });
+}
+
+/** Reconciles the ModelCache resources that select this node, when kube.modelCaches is on. */
+function startModelCaches(
+  config: Config,
+  models: ModelManager,
+  compileCaches: CompileCacheManager,
+  cohorts: Cohorts | undefined,
+  logger: Logger,
+  life: Lifecycle,
+): ModelCacheReconciler | undefined {
+  const { nodeName, kubeconfig, modelCaches } = config.kube;
+  if (modelCaches === "off") return undefined;
+  const kubeConfig = nodeName ? loadKubeConfig(environment(), kubeconfig) : undefined;
+  if (!nodeName || !kubeConfig) {
+    throw new ColdstartError(
+      "CS_CONFIG_INVALID",
+      "kube.modelCaches on needs kube.nodeName and Kubernetes credentials",
+      { details: { field: "kube.modelCaches", value: modelCaches } },
+    );
+  }
+  const log = logger.child({ component: "modelcaches" });
+  const status = new ModelCacheStatusWriter({ kubeConfig, nodeName, logger: log });
+  let reconciler: ModelCacheReconciler | undefined;
+  const watch = new ModelCacheWatch({
+    kubeConfig,
+    nodeName,
+    logger: log,
+    onChange: () => reconciler?.kick(),
+  });
+  reconciler = new ModelCacheReconciler({
+    nodeName,
+    watch,
+    status,
+    models,
+    cohorts,
+    // As a pod's handshake would, bounded the same way; a miss or a slow remote is only logged.
+    restoreCompileCache: (identity) => compileCaches.restore({ identity, timeoutMs: 600_000 }),
+    logger: log,
+  });
+  watch.start();
+  const r = reconciler;
+  life.defer("model caches", async () => {
+    r.stop();
+    watch.stop();
+    // The last state written, within a moment: a stop must not hang on an API server that is gone.
+    await Promise.race([status.flush(), new Promise((resolve) => setTimeout(resolve, 2_000).unref())]);
+    status.close();
+  });
+  return reconciler;
+}
+
+/** This node's peer URL as the others reach it: the pod IP (or the listen host) and the API port. */
+function selfPeerUrl(address: string, apiAddress: string): string | undefined {
+  if (address === "0.0.0.0" || address === "::" || address === "") return undefined;
+  const port = new URL(apiAddress.includes("://") ? apiAddress : `http://${apiAddress}`).port;
+  return new URL(`http://${address.includes(":") ? `[${address}]` : address}:${port}`).origin;
+}
+
+/** The peers to ask: discovery's, and the first waves' members (possibly not resolved yet). */
+function peerUrls(discovered: string[], members: string[]): string[] {
+  const origin = (u: string) => {
+    try {
+      return new URL(u).origin;
+    } catch {
+      return u;
+    }
+  };
+  return [...new Set([...discovered.map(origin), ...members])];
 }
 
 /** A listen() whose address problems are configuration errors naming the option. */

@@ -362,6 +362,13 @@ export const schema = {
       flag: "--peer-timeout <duration>",
       help: "How long a peer may take to say whether it holds an object; a dead peer costs at most this, then S3.",
     }),
+    cohortWaitMs: option({
+      schema: durationIn(0, 600_000),
+      default: 30_000,
+      env: ["COLDSTART_PEER_COHORT_WAIT"],
+      flag: "--peer-cohort-wait <duration>",
+      help: "In a ModelCache's first wave, how long a part another node of the wave reads from S3 is waited for before this node reads it from S3 itself (0: never wait).",
+    }),
     maxInFlight: option({
       schema: int(1, 256),
       default: 16,
@@ -528,6 +535,13 @@ export const schema = {
       env: ["COLDSTART_KUBECONFIG"],
       flag: "--kubeconfig <path>",
       help: "Kubeconfig to use instead of the in-cluster service account (outside a cluster, for tests).",
+    }),
+    modelCaches: option({
+      schema: z.enum(["on", "off"]),
+      default: "off",
+      env: ["COLDSTART_MODEL_CACHES"],
+      flag: "--model-caches <mode>",
+      help: "on: stage, pin and report the ModelCache resources that select this node (needs kube.nodeName, credentials, and the CRD of deploy/components/modelcache); off: ignore them.",
     }),
   },
   wait: {
