@@ -158,7 +158,11 @@ describe("deploy/", () => {
 
   it("RBAC grants exactly what docs/deploy.md says, and nothing else asks for more", async () => {
     const objs = await all();
-    const roles = objs.filter((o) => o.obj.kind === "ClusterRole" || o.obj.kind === "Role").map((o) => o.obj);
+    // The base's; a component's grants come with the component (components/modelcache: its own test).
+    const roles = objs
+      .filter((o) => !o.file.startsWith(join(deploy, "components")))
+      .filter((o) => o.obj.kind === "ClusterRole" || o.obj.kind === "Role")
+      .map((o) => o.obj);
     expect(roles.map((r) => r.metadata.name)).toEqual(["coldstart-node-labels"]);
     const granted = roles.flatMap((r) =>
       (r.rules as { apiGroups: string[]; resources: string[]; verbs: string[] }[]).flatMap((rule) =>
@@ -182,7 +186,7 @@ describe("deploy/", () => {
 
     const binding = find(objs, "ClusterRoleBinding", "coldstart-node-labels");
     expect(binding.subjects).toEqual([{ kind: "ServiceAccount", name: "coldstart", namespace: "coldstart" }]);
-    expect(find(objs, "ValidatingAdmissionPolicyBinding").spec).toEqual({
+    expect(find(objs, "ValidatingAdmissionPolicyBinding", "coldstart-own-node-only").spec).toEqual({
       policyName: "coldstart-own-node-only",
       validationActions: ["Deny"],
     });
@@ -455,7 +459,7 @@ describe("deploy/", () => {
   it("the admission policy, evaluated as the API server would (CEL), confines each daemon to its own Node", async () => {
     const objs = await all();
     const policy = find(objs, "ValidatingAdmissionPolicy", "coldstart-own-node-only").spec;
-    expect(find(objs, "ValidatingAdmissionPolicyBinding").spec).toEqual({
+    expect(find(objs, "ValidatingAdmissionPolicyBinding", "coldstart-own-node-only").spec).toEqual({
       policyName: "coldstart-own-node-only",
       validationActions: ["Deny"],
     });
@@ -525,6 +529,203 @@ describe("deploy/", () => {
     expect(admit("system:serviceaccount:kube-system:coldstart", claim, other, other)).toHaveLength(1);
     expect(admit("system:serviceaccount:kube-system:node-problem-detector", {}, other, old)).toEqual([]);
   });
+  it("the ModelCache component: its kustomization lists its files, and its RBAC grants its daemon's reads, status patches and events, nothing more", async () => {
+    const dir = join(deploy, "components/modelcache");
+    const [k] = await load(join(dir, "kustomization.yaml"));
+    const files = (await readdir(dir)).filter((f) => f.endsWith(".yaml") && f !== "kustomization.yaml");
+    expect([...(k?.resources ?? [])].sort()).toEqual(files.sort());
+
+    const everything = await all();
+    const objs = everything.filter((o) => o.file.startsWith(`${dir}/`));
+    const roles = objs.filter((o) => o.obj.kind === "ClusterRole" || o.obj.kind === "Role").map((o) => o.obj);
+    expect(roles.map((r) => `${r.kind} ${r.metadata.namespace ?? ""}/${r.metadata.name}`)).toEqual([
+      "ClusterRole /coldstart-modelcaches",
+      "Role default/coldstart-modelcache-events",
+    ]);
+    const granted = (role: K8sObject) =>
+      (role.rules as { apiGroups: string[]; resources: string[]; verbs: string[] }[]).flatMap((rule) =>
+        rule.apiGroups.flatMap((g) =>
+          rule.resources.flatMap((res) => rule.verbs.map((v) => `${g || "core"} ${res} ${v}`)),
+        ),
+      );
+    // Read ModelCaches (the informer), patch their status (server-side apply), list and watch Nodes
+    // (its own, by field selector, which RBAC cannot narrow): never the spec, never a PUT of the status.
+    expect(granted(roles[0] as K8sObject).sort()).toEqual([
+      "coldstart.io modelcaches get",
+      "coldstart.io modelcaches list",
+      "coldstart.io modelcaches watch",
+      "coldstart.io modelcaches/status patch",
+      "core nodes list",
+      "core nodes watch",
+    ]);
+    // Events about a cluster-scoped ModelCache live in default (test/kube/modelcache-admission.test.ts).
+    expect(granted(roles[1] as K8sObject)).toEqual(["core events create"]);
+    const daemon = [{ kind: "ServiceAccount", name: "coldstart", namespace: "coldstart" }];
+    const clusterBinding = find(objs, "ClusterRoleBinding", "coldstart-modelcaches");
+    expect(clusterBinding.roleRef).toEqual({
+      apiGroup: "rbac.authorization.k8s.io",
+      kind: "ClusterRole",
+      name: "coldstart-modelcaches",
+    });
+    expect(clusterBinding.subjects).toEqual(daemon);
+    const binding = find(objs, "RoleBinding", "coldstart-modelcache-events");
+    expect(binding.metadata.namespace).toBe("default");
+    expect(binding.roleRef).toEqual({
+      apiGroup: "rbac.authorization.k8s.io",
+      kind: "Role",
+      name: "coldstart-modelcache-events",
+    });
+    expect(binding.subjects).toEqual(daemon);
+    for (const { obj } of objs) {
+      if (isKustomization(obj) || obj.kind === "Role" || obj.kind === "RoleBinding") continue;
+      expect(obj.metadata.namespace, `${obj.kind} ${obj.metadata.name}`).toBeUndefined();
+    }
+
+    const policy = find(objs, "ValidatingAdmissionPolicy", "coldstart-modelcache-own-entry").spec;
+    expect(policy.failurePolicy).toBe("Fail");
+    expect(policy.matchConstraints.resourceRules).toEqual([
+      {
+        apiGroups: ["coldstart.io"],
+        apiVersions: ["v1alpha1"],
+        operations: ["UPDATE"],
+        resources: ["modelcaches/status"],
+      },
+    ]);
+    // The same daemon as the base's Node policy.
+    const nodePolicy = find(everything, "ValidatingAdmissionPolicy", "coldstart-own-node-only");
+    expect(policy.matchConditions).toEqual(nodePolicy.spec.matchConditions);
+    expect(find(objs, "ValidatingAdmissionPolicyBinding", "coldstart-modelcache-own-entry").spec).toEqual({
+      policyName: "coldstart-modelcache-own-entry",
+      validationActions: ["Deny"],
+    });
+  });
+
+  it("the ModelCache admission policy, evaluated as the API server would (CEL), keeps each daemon to its own status entry", async () => {
+    const policy = find(await all(), "ValidatingAdmissionPolicy", "coldstart-modelcache-own-entry").spec;
+    const DAEMON = "system:serviceaccount:coldstart:coldstart";
+    const OWN_ENTRY_ONLY =
+      "the coldstart daemon may only add, change or remove its own node's entry of status.nodes";
+    const NO_CLAIM =
+      "the coldstart daemon's token must name its node (a pod-bound service account token carries authentication.kubernetes.io/node-name)";
+    const SPEC = "the coldstart daemon may not change a ModelCache's spec or metadata";
+    type Entry = { node: string; state: string; bytesDone?: number };
+    type ModelCache = { metadata: Record<string, unknown>; spec: Record<string, unknown>; status?: object };
+    const mc = (status?: { nodes?: Entry[]; selectedNodes?: number; readyNodes?: number }): ModelCache => ({
+      metadata: { name: "m", labels: { team: "ml" } },
+      spec: { model: "m", source: "s3://models/m/", pin: true, priority: 0 },
+      ...(status ? { status } : {}),
+    });
+    const a = (state: string): Entry => ({ node: "gpu-a", state, bytesDone: 1 });
+    const b = (state: string): Entry => ({ node: "gpu-b", state, bytesDone: 2 });
+    const old = mc({ nodes: [a("staging"), b("staging")], selectedNodes: 2, readyNodes: 0 });
+    const claimA = { "authentication.kubernetes.io/node-name": ["gpu-a"] };
+    /** The failed validations' messages; [] when admitted (or when the policy does not apply). */
+    const admit = (
+      user: string,
+      extra: Record<string, string[]>,
+      object: ModelCache,
+      oldObject: ModelCache = old,
+    ) => {
+      const request = { userInfo: { username: user, extra } };
+      const base = { request, object, oldObject };
+      if (!policy.matchConditions.every((c: K8sObject) => celEvaluate(c.expression, base) === true))
+        return [];
+      const variables: Record<string, unknown> = {};
+      for (const v of policy.variables) variables[v.name] = celEvaluate(v.expression, { ...base, variables });
+      return policy.validations
+        .filter((v: K8sObject) => celEvaluate(v.expression, { ...base, variables }) !== true)
+        .map((v: K8sObject) => v.message);
+    };
+    const asA = (object: ModelCache, oldObject?: ModelCache) => admit(DAEMON, claimA, object, oldObject);
+
+    // Its own entry: changed, removed, added; the counts; and a first status on a new ModelCache.
+    expect(asA(mc({ nodes: [a("ready"), b("staging")], selectedNodes: 2, readyNodes: 0 }))).toEqual([]);
+    expect(asA(mc({ nodes: [b("staging")], selectedNodes: 2, readyNodes: 0 }))).toEqual([]);
+    expect(asA(mc({ nodes: [b("staging"), a("pending")] }), mc({ nodes: [b("staging")] }))).toEqual([]);
+    expect(asA(mc({ nodes: [a("staging"), b("staging")], selectedNodes: 2, readyNodes: 2 }))).toEqual([]);
+    expect(asA(mc({ nodes: [a("pending")] }), mc())).toEqual([]);
+    // Another node's entry: changed, dropped, added.
+    expect(asA(mc({ nodes: [a("staging"), b("failed")], selectedNodes: 2, readyNodes: 0 }))).toEqual([
+      OWN_ENTRY_ONLY,
+    ]);
+    expect(asA(mc({ nodes: [a("staging")], selectedNodes: 2, readyNodes: 0 }))).toEqual([OWN_ENTRY_ONLY]);
+    expect(asA(mc({ nodes: [a("staging"), b("staging"), { node: "gpu-c", state: "ready" }] }))).toEqual([
+      OWN_ENTRY_ONLY,
+    ]);
+    expect(asA(mc())).toEqual([OWN_ENTRY_ONLY]);
+    // No node claim (fail closed): no entry is its own, and the claim's absence is named.
+    expect(admit(DAEMON, {}, mc({ nodes: [a("staging"), b("staging")], selectedNodes: 3 }))).toEqual([
+      NO_CLAIM,
+    ]);
+    expect(admit(DAEMON, {}, mc({ nodes: [a("ready"), b("staging")] }))).toEqual([NO_CLAIM, OWN_ENTRY_ONLY]);
+    // Spec and metadata (the status subresource resets them before admission; belt and braces).
+    const unpinned = { ...old, spec: { ...old.spec, pin: false } };
+    expect(asA(unpinned)).toEqual([SPEC]);
+    expect(asA({ ...old, metadata: { ...old.metadata, finalizers: ["x/block"] } })).toEqual([SPEC]);
+    // Moved to another namespace, still policed; anyone else is not this policy's business.
+    expect(admit("system:serviceaccount:kube-system:coldstart", claimA, mc())).toEqual([OWN_ENTRY_ONLY]);
+    expect(admit("system:serviceaccount:ops:controller", {}, mc())).toEqual([]);
+
+    // The CRD's 5000 entries: linear (filter, list equality), the rule holds at the far end.
+    const others = Array.from({ length: 4999 }, (_, i) => ({ node: `n-${i}`, state: "ready" }));
+    const full = mc({ nodes: [...others, a("staging")] });
+    expect(asA(mc({ nodes: [...others, a("ready")] }), full)).toEqual([]);
+    const lastChanged = [...others.slice(0, -1), { node: "n-4998", state: "failed" }, a("staging")];
+    expect(asA(mc({ nodes: lastChanged }), full)).toEqual([OWN_ENTRY_ONLY]);
+  });
+
+  it.skipIf(!hasKubectl())(
+    "the ModelCache component renders: the CRD, its RBAC and policy, and the daemon's switch and namespace",
+    async () => {
+      const overlay = await mkdtemp(join(tmpdir(), "cs-overlay-"));
+      try {
+        const rel = relative(overlay, deploy);
+        await writeFile(
+          join(overlay, "kustomization.yaml"),
+          `resources: [${rel}]\ncomponents: [${rel}/components/modelcache]\n`,
+        );
+        const { stdout } = await promisify(execFile)("kubectl", ["kustomize", overlay]);
+        const rendered = parseAllDocuments(stdout).map((d) => d.toJS() as K8sObject);
+        for (const o of rendered) {
+          const Model = await modelFor(o.apiVersion, o.kind);
+          expect(() => new Model(o).validate(), `rendered ${o.kind}`).not.toThrow();
+        }
+        const names = rendered.map((o) => `${o.kind} ${o.metadata.name}`);
+        expect(names).toEqual(
+          expect.arrayContaining([
+            "CustomResourceDefinition modelcaches.coldstart.io",
+            "ClusterRole coldstart-modelcaches",
+            "ClusterRoleBinding coldstart-modelcaches",
+            "Role coldstart-modelcache-events",
+            "RoleBinding coldstart-modelcache-events",
+            "ValidatingAdmissionPolicy coldstart-modelcache-own-entry",
+            "ValidatingAdmissionPolicyBinding coldstart-modelcache-own-entry",
+            // The base's, untouched.
+            "ClusterRole coldstart-node-labels",
+            "ValidatingAdmissionPolicy coldstart-own-node-only",
+          ]),
+        );
+        const c = rendered.find((o) => o.kind === "DaemonSet")?.spec.template.spec.containers[0];
+        expect(c.name).toBe("coldstart");
+        expect(c.env).toContainEqual({ name: "COLDSTART_MODEL_CACHES", value: "on" });
+        const downward = c.env
+          .filter((e: K8sObject) => e.valueFrom?.fieldRef)
+          .map((e: K8sObject) => [e.name, e.valueFrom.fieldRef.fieldPath]);
+        expect(downward).toEqual([
+          ["NODE_NAME", "spec.nodeName"],
+          ["HOST_IP", "status.hostIP"],
+          ["POD_IP", "status.podIP"],
+        ]);
+        // The daemon takes the component's settings.
+        const env = Object.fromEntries(
+          c.env.filter((e: K8sObject) => "value" in e).map((e: K8sObject) => [e.name, e.value]),
+        );
+        expect(loadConfig({ env: { ...env, NODE_NAME: "n" } }).kube.modelCaches).toBe("on");
+      } finally {
+        await rm(overlay, { recursive: true, force: true });
+      }
+    },
+  );
 });
 
 function hasKubectl(): boolean {
