@@ -18,7 +18,7 @@ import type { Config } from "./config/schema.js";
 import { watchContainerd } from "./daemon/containerd-watch.js";
 import { recoverCsiDriver } from "./daemon/csi-driver.js";
 import { Lifecycle } from "./daemon/lifecycle.js";
-import { ModelCacheReconciler } from "./daemon/model-caches.js";
+import { ModelCacheReconciler, releaseModelCachePins } from "./daemon/model-caches.js";
 import { reprobeNodeFacts } from "./daemon/node-reprobe.js";
 import { ColdstartError } from "./errors.js";
 import { ModelCacheStatusWriter } from "./kube/model-cache-status.js";
@@ -138,7 +138,7 @@ async function compose(
         })
       : undefined;
   // A ModelCache's first wave splits the model's parts over the nodes staging it (src/peers/cohort.ts).
-  const cohorts = peers && config.kube.modelCaches === "on" ? new Cohorts(undefined) : undefined;
+  const cohorts = peers ? new Cohorts(undefined) : undefined;
   const source = life.add(
     "object source",
     peers
@@ -312,6 +312,7 @@ async function compose(
       })
     : undefined;
   await manager.start();
+  if (config.kube.modelCaches === "off") await releaseModelCachePins(manager, log);
   await compileCaches.start();
   // After the manager has told the labeler which models are ready: a sync before that would see no
   // ready models and strip the node's model labels on every restart.

@@ -3,7 +3,7 @@ import { join } from "node:path";
 import picomatch from "picomatch";
 import type { Config } from "../config/schema.js";
 import { ColdstartError } from "../errors.js";
-import { normalizeS3Uri } from "../s3/uri.js";
+import { normalizeS3Uri, parseS3Uri } from "../s3/uri.js";
 import type { EvictableStore } from "../store/eviction.js";
 import { RootLayout } from "../store/root-layout.js";
 import { inUseGrace, ModelEviction } from "./eviction.js";
@@ -21,7 +21,15 @@ export interface ModelRequest {
   pin?: boolean | undefined;
   /** Against other prefetches (a ModelCache's spec.priority, -100 to 100); the API leaves it. */
   priority?: number | undefined;
+  /**
+   * The peer URLs of the nodes asked to stage this model at the same moment, this node's own among
+   * them: the cooperative first wave (src/peers/cohort.ts) without a ModelCache resource.
+   */
+  cohort?: string[] | undefined;
 }
+
+/** The cohort a PUT with `cohort` sets is kept under this prefix and the model id. */
+const API_COHORT_PREFIX = "api/";
 
 export type WaitOutcome = "ready" | "failed" | "timeout";
 
@@ -160,6 +168,7 @@ export class ModelManager {
         details: { field: "source", value: req.source },
       });
     }
+    const cohort = req.cohort ? this.#cohortOf(req.cohort) : undefined;
     const include = [...(req.include ?? [])];
     const exclude = [...(req.exclude ?? [])];
     const existing = this.#o.registry.get(id);
@@ -199,6 +208,10 @@ export class ModelManager {
       bytesTotal: 0,
       filesTotal: 0,
     };
+    if (cohort) {
+      const { bucket, prefix } = parseS3Uri(source);
+      this.#o.cohorts?.set(`${API_COHORT_PREFIX}${id}`, bucket, prefix, cohort);
+    }
     // The job is registered before anything is awaited (single flight; a racing DELETE sees it),
     // and persists the record itself: a failed write fails the job, visibly, instead of stranding it.
     this.#jobs.start(record, opts.waited);
@@ -430,7 +443,47 @@ export class ModelManager {
   }
 
   /** A model's job settled (its outcome persisted): waiters, labels and eviction learn of it. */
+  /** A PUT's cohort, checked: URLs, and this node's own among them. */
+  #cohortOf(urls: string[]): string[] {
+    const self = this.#o.cohorts?.self;
+    if (!self) {
+      throw new ColdstartError(
+        "CS_REQUEST_INVALID",
+        "cohort needs peers (peers.urls or peers.dns) and this node's own peer address (peers.selfAddress)",
+        { details: { field: "cohort" } },
+      );
+    }
+    const members = urls.map((u) => {
+      let url: URL | undefined;
+      try {
+        url = new URL(u);
+      } catch {
+        url = undefined;
+      }
+      if (!url || (url.protocol !== "http:" && url.protocol !== "https:") || url.pathname !== "/") {
+        throw new ColdstartError(
+          "CS_REQUEST_INVALID",
+          `cohort entries are peer base URLs (http://IP:PORT), got ${u}`,
+          {
+            details: { field: "cohort", value: u },
+          },
+        );
+      }
+      return url.origin;
+    });
+    if (!members.includes(self)) {
+      throw new ColdstartError(
+        "CS_REQUEST_INVALID",
+        `cohort must list this node's own peer URL, ${self}, among the nodes staging the model together`,
+        { details: { field: "cohort", value: urls.slice(0, 8) } },
+      );
+    }
+    return members;
+  }
+
   async #settled(record: ModelRecord): Promise<void> {
+    if (record.state === "ready" || record.state === "failed")
+      this.#o.cohorts?.delete(`${API_COHORT_PREFIX}${record.id}`);
     if (record.state !== "ready" && record.state !== "staging") this.#waitingSince.delete(record.id);
     this.#changed(record.id);
     if (record.state === "ready") {

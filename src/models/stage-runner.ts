@@ -131,7 +131,7 @@ export class StageRunner {
       makeRoom: (need, signal) => this.#host.makeRoom(record.id, need, signal),
       // With peers, nodes staging a model at once each start elsewhere in it (see StageJob).
       spreadParts: this.#o.spreadParts,
-      owns: this.#o.cohorts ? (key, start) => this.#o.cohorts?.owns(bucket, key, start) ?? true : undefined,
+      ownership: this.#o.cohorts?.ownership(bucket),
     });
     record.state = "staging";
     record.startedAt = new Date(this.#now()).toISOString();

@@ -27,6 +27,8 @@ export class Cohorts {
   /** This node's peer URL as its cohorts list it (http://<pod IP>:<port>), if it has one. */
   self: string | undefined;
   readonly #byId = new Map<string, Cohort>();
+  /** Counts membership changes: a job orders its parts not started yet again when it moves. */
+  #version = 0;
 
   constructor(self: string | undefined) {
     this.self = self;
@@ -39,10 +41,18 @@ export class Cohorts {
   set(id: string, bucket: string, prefix: string, members: readonly string[]): void {
     const unique = [...new Set(members)].sort();
     if (!this.self || unique.length < 2 || !unique.includes(this.self)) {
-      this.#byId.delete(id);
+      this.delete(id);
       return;
     }
+    const was = this.#byId.get(id);
+    if (was && was.bucket === bucket && was.prefix === prefix && was.members.join() === unique.join()) return;
     this.#byId.set(id, { bucket, prefix, members: unique });
+    this.#version++;
+  }
+
+  /** What a staging job of the bucket asks: does this node read the part from S3 itself? */
+  ownership(bucket: string): { owns(key: string, start: number): boolean; version(): number } {
+    return { owns: (key, start) => this.owns(bucket, key, start), version: () => this.#version };
   }
 
   /** Every member of every cohort but this node: peers to ask even before discovery lists them. */
@@ -53,7 +63,7 @@ export class Cohorts {
   }
 
   delete(id: string): void {
-    this.#byId.delete(id);
+    if (this.#byId.delete(id)) this.#version++;
   }
 
   /** The cohort staging the object (the longest source prefix that covers it), if any. */

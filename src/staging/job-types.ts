@@ -53,11 +53,12 @@ export interface StageJobOptions {
   /** Take the model's parts in a random order (set when peers are configured). */
   spreadParts?: boolean | undefined;
   /**
-   * Whether this node reads the part (the object's bytes from `start`) from S3 itself, in a cohort
-   * staging the model together (src/peers/cohort.ts): those parts go first, the others are left to
-   * their owners for as long as possible.
+   * Which parts this node reads from S3 itself, in a cohort staging the model together
+   * (src/peers/cohort.ts): those go first, the others are left to their owners for as long as
+   * possible. The answer changes as members come and go (`version` counts the changes): the parts
+   * not started yet are ordered again then.
    */
-  owns?: ((key: string, start: number) => boolean) | undefined;
+  ownership?: PartOwnership | undefined;
   /**
    * The staging root `dest` lies below (the daemon's): every directory between them must be a real
    * directory, never a symlink (CS_PATH_UNSAFE). The CLI's destination has none.
@@ -94,3 +95,9 @@ export type StageSettings = Pick<
   StageJobOptions,
   "partSizeBytes" | "concurrency" | "retry" | "requestTimeoutMs" | "lowSpeed"
 >;
+
+/** Whether this node owns a part (the object's bytes from `start`), and how often that changed. */
+export interface PartOwnership {
+  owns(key: string, start: number): boolean;
+  version(): number;
+}

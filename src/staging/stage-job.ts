@@ -258,13 +258,21 @@ export class StageJob implements TaskOwner {
     // (src/peers/peer-source.ts). A random order beats each node starting at a random point: two
     // nodes that start near each other would race for the same parts all the way.
     if (o.spreadParts) shuffle(work);
-    if (o.owns) {
-      const owns = o.owns;
+    // In a cohort, this node's own parts first; ordered again when the members change.
+    let ownedAt = Number.NaN;
+    const order = (from: number) => {
+      const ownership = o.ownership;
+      if (!ownership || ownership.version() === ownedAt) return;
+      ownedAt = ownership.version();
       const mine = (w: Work) =>
-        "single" in w ? owns(w.single.key, 0) : owns(w.fs.plan.key, w.fs.plan.bounds[w.p] as number);
-      const ordered = [...work.filter(mine), ...work.filter((w) => !mine(w))];
-      work.splice(0, work.length, ...ordered);
-    }
+        "single" in w
+          ? ownership.owns(w.single.key, 0)
+          : ownership.owns(w.fs.plan.key, w.fs.plan.bounds[w.p] as number);
+      const rest = work.slice(from);
+      const flags = rest.map(mine);
+      work.splice(from, rest.length, ...rest.filter((_, i) => flags[i]), ...rest.filter((_, i) => !flags[i]));
+    };
+    order(0);
     this.#partsLeft = work.length;
     this.#p.phase = work.length > 0 ? "downloading" : "verifying";
     this.#downloadStarted = Date.now();
@@ -288,6 +296,7 @@ export class StageJob implements TaskOwner {
     let next = 0;
     const worker = async () => {
       while (next < work.length && !signal.aborted && !this.#stopping) {
+        order(next);
         const item = work[next++] as Work;
         const fs = "single" in item ? this.#startSingle(item.single) : item.fs;
         await this.#runPart(fs, "single" in item ? 0 : item.p, limit);

@@ -88,9 +88,12 @@ async function seed(
 }
 
 /** Stages the model on a node through its API and waits until it is ready (or failed). */
-async function stage(n: Node, source: string): Promise<void> {
+async function stage(n: Node, source: string, cohort?: string[]): Promise<void> {
   const ep = { url: n.daemon.api, token: TOKEN };
-  const put = await callDaemon(ep, "PUT", `/v1/models/${encodeURIComponent(MODEL)}`, { source });
+  const put = await callDaemon(ep, "PUT", `/v1/models/${encodeURIComponent(MODEL)}`, {
+    source,
+    ...(cohort ? { cohort } : {}),
+  });
   expect(put.status, JSON.stringify(put.body)).toBeLessThan(300);
   const ready = await callDaemon(
     ep,
@@ -181,6 +184,57 @@ describe("model pieces from peers", { timeout: 180_000 }, () => {
     expect(fromS3 + fromPeers - 3 * bytes).toBeGreaterThanOrEqual(0);
     expect(fromS3 + fromPeers - 3 * bytes).toBeLessThan(64 * 1024);
     expect(fromS3).toBeLessThan(1.5 * bytes);
+  });
+
+  it("nodes given one cohort read each part from S3 once (the first wave without a resource), and a bad cohort is refused", async () => {
+    const { source, files, bytes } = await seed(12 * MiB);
+    fx.proxy.addRule({ match: { method: "GET" }, action: { kind: "delay", ms: 150 } });
+    const ports = await Promise.all([freePort(), freePort(), freePort()]);
+    const urls = ports.map((p) => `http://127.0.0.1:${p}`);
+    const nodes = await Promise.all(
+      ["a", "b", "c"].map((name, i) =>
+        node(
+          name,
+          urls.filter((_, j) => j !== i),
+          ["--listen", `127.0.0.1:${ports[i]}`, "--peer-self", "127.0.0.1"],
+        ),
+      ),
+    );
+    const [a] = nodes as [Node];
+    const path = `/v1/models/${encodeURIComponent(MODEL)}`;
+    // Refused, naming the field, and nothing registered: a cohort without this node, a URL that is
+    // none, and a cohort over the handshake socket without the token.
+    const withoutSelf = await callDaemon({ url: a.daemon.api, token: TOKEN }, "PUT", path, {
+      source,
+      cohort: urls.slice(1),
+    });
+    expect(withoutSelf.status).toBe(400);
+    expect(withoutSelf.body).toMatchObject({
+      error: { code: "CS_REQUEST_INVALID", details: { field: "cohort" } },
+    });
+    expect(JSON.stringify(withoutSelf.body)).toContain(urls[0]);
+    const notUrl = await callDaemon({ url: a.daemon.api, token: TOKEN }, "PUT", path, {
+      source,
+      cohort: [urls[0], "10.0.0.9:8476"],
+    });
+    expect(notUrl.body).toMatchObject({
+      error: { code: "CS_REQUEST_INVALID", details: { value: "10.0.0.9:8476" } },
+    });
+    const socket = await callDaemon({ socketPath: join(fx.work, "a.sock") }, "PUT", path, {
+      source,
+      cohort: urls,
+    });
+    expect(socket.status).toBe(401);
+    expect((await callDaemon({ url: a.daemon.api, token: TOKEN }, "GET", path)).status).toBe(404);
+
+    fx.proxy.resetStats();
+    await Promise.all(nodes.map((n) => stage(n, source, urls)));
+    for (const n of nodes) expect(await digests(modelDir(n), files)).toEqual(expectedDigests(files));
+    // Each of the 36 parts has one owner among the three, which alone reads it from S3 (the LIST
+    // answers and the small single-part files, read by every node, are a few KiB).
+    const fromS3 = fx.proxy.bytesServed().total;
+    expect(fromS3).toBeGreaterThanOrEqual(bytes);
+    expect(fromS3).toBeLessThan(1.05 * bytes);
   });
 
   it("a node staging a model serves the parts it has, waits for one it fetches from S3, and no other", async () => {

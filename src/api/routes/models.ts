@@ -15,6 +15,14 @@ const modelBody = {
     include: { type: "array", maxItems: 100, items: { type: "string", minLength: 1, maxLength: 512 } },
     exclude: { type: "array", maxItems: 100, items: { type: "string", minLength: 1, maxLength: 512 } },
     pin: { type: "boolean" },
+    // The nodes asked to stage the model at the same moment (peer base URLs, this node's among them).
+    cohort: {
+      type: "array",
+      minItems: 2,
+      maxItems: 1000,
+      uniqueItems: true,
+      items: { type: "string", minLength: 1, maxLength: 256 },
+    },
   },
 } as const;
 
@@ -41,6 +49,9 @@ export const modelRoutes: FastifyPluginAsync<{ deps: AppDeps; surface: Surface }
     if (req.body.pin !== undefined && !req.authenticated) {
       // The tokenless handshake may ask for a model, not change what protects other models.
       throw new ColdstartError("CS_UNAUTHORIZED", "pin needs a bearer token; the handshake cannot set it");
+    }
+    if (req.body.cohort !== undefined && !req.authenticated) {
+      throw new ColdstartError("CS_UNAUTHORIZED", "cohort needs a bearer token; the handshake cannot set it");
     }
     const { status, created } = await deps.manager.request(id, req.body, { waited: surface === "socket" });
     return reply.code(status.state === "ready" && !created ? 200 : 202).send(status);
