@@ -45,8 +45,8 @@ export interface ModelCacheReconcilerOptions {
   ) => Promise<{ outcome: string; error?: { code: string; message: string } | undefined }>;
   logger: Logger;
   /**
-   * Before a first wave starts, the members' list must have been still this long (default 1 s), and
-   * no start waits longer than maxMs (default 5 s) after the resource was seen.
+   * Before a first wave starts, the members' list must have been still this long (default 300 ms), and
+   * no start waits longer than maxMs (default 3 s) after the resource was seen.
    */
   gather?: { quietMs: number; maxMs: number };
   /** How often progress is looked at while a model stages (default 1 s). */
@@ -61,8 +61,13 @@ interface Tracked {
   /** The first-wave members as last seen, and since when they are unchanged. */
   members: string;
   membersSince: number;
+  /** The spec generation acted on: a change of the spec tries again what failed or was evicted. */
+  generation: number;
   /** The model was asked of the manager (staging, or joined). */
   requested: boolean;
+  /** Failed or refused attempts in a row, and when the next may start. */
+  attempts: number;
+  retryAt: number;
   /** Why it could not be (an error for the status), if it could not. */
   refused?: { code: string; message: string } | undefined;
   /** The state last reported, for Events on transitions. */
@@ -75,6 +80,8 @@ interface Tracked {
 }
 
 const MEMBER_STATES = new Set(["pending", "staging", "verifying"]);
+const RETRY_BASE_MS = 30_000;
+const RETRY_MAX_MS = 10 * 60_000;
 
 export class ModelCacheReconciler {
   readonly #o: ModelCacheReconcilerOptions;
@@ -124,13 +131,21 @@ export class ModelCacheReconciler {
     if (!w.synced || labels === undefined) return;
     const caches = w.caches();
     const seen = new Set<string>();
+    // Two resources may want one model: it stages at the higher of their priorities.
+    const priorities = new Map<string, number>();
+    for (const mc of caches) {
+      if ("invalid" in mc.spec || !selects(mc.spec.nodeSelector, labels)) continue;
+      const p = priorities.get(mc.spec.model);
+      priorities.set(mc.spec.model, p === undefined ? mc.spec.priority : Math.max(p, mc.spec.priority));
+    }
     for (const mc of caches) {
       seen.add(mc.name);
       if ("invalid" in mc.spec) {
         this.#refuseInvalid(mc, mc.spec.invalid);
         continue;
       }
-      if (selects(mc.spec.nodeSelector, labels)) await this.#want(mc, mc.spec);
+      if (selects(mc.spec.nodeSelector, labels))
+        await this.#want(mc, mc.spec, priorities.get(mc.spec.model) ?? 0);
       else await this.#unwant(mc);
       this.#o.status.counts(mc);
     }
@@ -142,7 +157,7 @@ export class ModelCacheReconciler {
   }
 
   /** The resource selects this node: stage, pin, report. */
-  async #want(mc: ModelCache, spec: ModelCacheSpec): Promise<void> {
+  async #want(mc: ModelCache, spec: ModelCacheSpec, priority: number): Promise<void> {
     const m = this.#o.models;
     const now = this.#now();
     let t = this.#tracked.get(mc.name);
@@ -157,7 +172,10 @@ export class ModelCacheReconciler {
         seenAt: now,
         members: "",
         membersSince: now,
+        generation: mc.generation,
         requested: false,
+        attempts: 0,
+        retryAt: 0,
         evicted: false,
         pinned: false,
         caches: new Set(),
@@ -171,6 +189,16 @@ export class ModelCacheReconciler {
       t.membersSince = now;
     }
     let status = this.#statusOf(spec.model);
+    if (mc.generation !== t.generation) {
+      // The spec changed: what was refused, failed or evicted is tried again (a changed source of a
+      // model already here is refused as a conflict, visibly).
+      t.generation = mc.generation;
+      if (t.refused || t.evicted || status?.state === "failed") this.#retry(t, 0);
+    }
+    if ((t.refused || status?.state === "failed") && t.retryAt > 0 && now >= t.retryAt) {
+      // Failed (S3 down, a transient refusal): tried again with backoff, as long as it selects us.
+      this.#retry(t, t.retryAt);
+    }
     if (!t.requested && !t.refused && !t.evicted) {
       if (!status && !this.#gathered(mc, t, members, now)) {
         this.#o.status.set(mc.name, {
@@ -186,13 +214,14 @@ export class ModelCacheReconciler {
         this.#setCohort(mc.name, bucket, prefix, members);
         await m.request(
           spec.model,
-          { source: spec.source, include: spec.include, exclude: spec.exclude, priority: spec.priority },
+          { source: spec.source, include: spec.include, exclude: spec.exclude, priority },
           { waited: false },
         );
         t.requested = true;
       } catch (err) {
         const e = toColdstartError(err);
         t.refused = { code: e.code, message: e.message };
+        this.#backoff(t, now);
         this.#o.logger.warn({ resource: mc.name, code: e.code, err: e.message }, "ModelCache refused");
         this.#o.status.event(mc, "Warning", "StagingFailed", `${e.code}: ${e.message}`);
       }
@@ -214,14 +243,15 @@ export class ModelCacheReconciler {
           mc,
           "Normal",
           "Evicted",
-          `model ${spec.model} was removed from this node (evicted or deleted); it is staged again when the resource changes`,
+          `model ${spec.model} was removed from this node (evicted or deleted); it is staged again when the resource's spec changes`,
         );
       }
       this.#o.cohorts?.delete(mc.name);
       this.#o.status.set(mc.name, {
         node: this.#o.nodeName,
         state: "pending",
-        message: "removed from this node (evicted or deleted); not staged again until the resource changes",
+        message:
+          "removed from this node (evicted or deleted); not staged again until the resource's spec changes",
       });
       return;
     }
@@ -229,14 +259,31 @@ export class ModelCacheReconciler {
       await m.pinFor(spec.model, holder(mc.name), spec.pin);
       t.pinned = spec.pin;
     }
-    await m.setPriority(spec.model, spec.priority);
+    await m.setPriority(spec.model, priority);
     this.#warmCompileCaches(mc, t, spec);
+    if (status.state === "failed" && t.retryAt === 0) this.#backoff(t, now);
+    if (status.state === "ready") t.attempts = 0;
     if (status.state === "ready" || status.state === "failed") this.#o.cohorts?.delete(mc.name);
     else {
       const { bucket, prefix } = parseS3Uri(spec.source, "spec.source");
       this.#setCohort(mc.name, bucket, prefix, members);
     }
     this.#report(mc, t, status);
+  }
+
+  /** Clears a refusal, an eviction or a failure so that the next pass asks for the model again. */
+  #retry(t: Tracked, at: number): void {
+    t.refused = undefined;
+    t.evicted = false;
+    t.requested = false;
+    if (at === 0) t.attempts = 0;
+    t.retryAt = 0;
+  }
+
+  /** The next attempt after a failure: 30 s, doubling to 10 minutes. */
+  #backoff(t: Tracked, now: number): void {
+    t.attempts++;
+    t.retryAt = now + Math.min(RETRY_BASE_MS * 2 ** (t.attempts - 1), RETRY_MAX_MS);
   }
 
   /** Each compile-cache identity the resource names, restored once for this node's GPU. */
@@ -270,7 +317,7 @@ export class ModelCacheReconciler {
     const cohorts = this.#o.cohorts;
     if (!cohorts?.self) return true;
     if (mc.nodes.some((n) => n.state === "ready")) return true;
-    const g = this.#o.gather ?? { quietMs: 1_000, maxMs: 5_000 };
+    const g = this.#o.gather ?? { quietMs: 300, maxMs: 3_000 };
     if (now - t.seenAt >= g.maxMs) return true;
     return members.includes(cohorts.self) && now - t.membersSince >= g.quietMs;
   }
@@ -386,4 +433,18 @@ export class ModelCacheReconciler {
 
 function holder(name: string): string {
   return `${PIN_HOLDER_PREFIX}${name}`;
+}
+
+/**
+ * With kube.modelCaches off, no resource can pin anything here: pins an earlier run took for
+ * resources are taken away, so that they neither hold the disk nor block DELETE for good.
+ */
+export async function releaseModelCachePins(models: ModelManager, logger: Logger): Promise<void> {
+  for (const s of models.list()) {
+    for (const h of s.pinnedBy) {
+      if (!h.startsWith(PIN_HOLDER_PREFIX)) continue;
+      await models.pinFor(s.id, h, false);
+      logger.info({ model: s.id, holder: h }, "ModelCache pin released: kube.modelCaches is off");
+    }
+  }
 }

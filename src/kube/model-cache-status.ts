@@ -42,7 +42,7 @@ export interface StatusWriterOptions {
   kubeConfig: KubeConfig;
   nodeName: string;
   logger: Logger;
-  /** Progress-only updates of one entry at most this often (default 2 s). */
+  /** Progress-only updates of one entry at most this often (default 5 s). */
   progressIntervalMs?: number;
   /** How long counts may stay wrong before a daemon other than the first steps in (default 30 s). */
   countsGraceMs?: number;
@@ -234,7 +234,7 @@ export class ModelCacheStatusWriter {
       return;
     }
     const stateChanged = (slot.desired?.state ?? "absent") !== slot.appliedState;
-    const wait = stateChanged ? 0 : slot.lastWriteAt + (this.#o.progressIntervalMs ?? 2_000) - Date.now();
+    const wait = stateChanged ? 0 : slot.lastWriteAt + (this.#o.progressIntervalMs ?? 5_000) - Date.now();
     if (wait <= 0) {
       void this.#write(name, slot);
       return;

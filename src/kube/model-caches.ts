@@ -89,6 +89,8 @@ export interface ModelCache {
   name: string;
   uid: string;
   resourceVersion: string;
+  /** metadata.generation: moves with every change of the spec. */
+  generation: number;
   /** The validated spec, or why it is refused (the field and the value). */
   spec: ModelCacheSpec | { invalid: string };
   nodes: StatusEntry[];
@@ -108,7 +110,13 @@ export function toModelCache(o: ModelCacheObject): ModelCache {
     ? parsed.data
     : {
         invalid: parsed.error.issues
-          .map((i) => `spec.${i.path.join(".")}: ${i.message}`)
+          .map((i) => {
+            const at = ["spec", ...i.path.map(String)].join(".");
+            // An unknown field is named by its own path: the issue itself sits on the object.
+            if (i.code === "unrecognized_keys")
+              return i.keys.map((k) => `${at}.${k}: unknown field`).join("; ");
+            return `${at}: ${i.message}`;
+          })
           .join("; ")
           .slice(0, 900),
       };
@@ -119,6 +127,7 @@ export function toModelCache(o: ModelCacheObject): ModelCache {
     name: o.metadata?.name ?? "",
     uid: o.metadata?.uid ?? "",
     resourceVersion: o.metadata?.resourceVersion ?? "",
+    generation: o.metadata?.generation ?? 0,
     spec,
     nodes,
     selectedNodes: o.status?.selectedNodes,

@@ -18,11 +18,13 @@ import {
   CoreV1Api,
   CustomObjectsApi,
   KubeConfig,
+  type KubernetesObject,
+  KubernetesObjectApi,
   PatchStrategy,
   setHeaderOptions,
 } from "@kubernetes/client-node";
 import { afterAll, afterEach, beforeAll, describe, expect, it, type TestContext } from "vitest";
-import { parse } from "yaml";
+import { parse, parseAllDocuments } from "yaml";
 import { callDaemon } from "../../src/api/client.js";
 import { modelLabelKey } from "../../src/kube/node-labels.js";
 import { goTool, requireGoTool } from "../support/go-tools.js";
@@ -44,6 +46,8 @@ import { digests, expectedDigests } from "../support/stage.js";
 import { type SyntheticFile, syntheticModel } from "../support/synthetic-model.js";
 import { waitFor } from "../support/wait.js";
 
+const DEPLOY = join(resolve(import.meta.dirname, "../.."), "deploy");
+const NAMESPACE = "coldstart";
 const CRD_FILE = join(
   resolve(import.meta.dirname, "../.."),
   "deploy/components/modelcache/modelcache-crd.yaml",
@@ -73,6 +77,24 @@ beforeAll(async () => {
   admin.loadFromFile(cp.kubeconfig);
   core = admin.makeApiClient(CoreV1Api);
   custom = admin.makeApiClient(CustomObjectsApi);
+  // The daemons run as the DaemonSet's service account, under deploy/'s RBAC and admission policies
+  // and the component's: what they need is exactly what is granted.
+  await core.createNamespace({ body: { metadata: { name: NAMESPACE } } });
+  await core.createNamespacedServiceAccount({
+    namespace: NAMESPACE,
+    body: { metadata: { name: "coldstart" } },
+  });
+  const objects = admin.makeApiClient(KubernetesObjectApi);
+  for (const file of [
+    "rbac.yaml",
+    "admission-policy.yaml",
+    "components/modelcache/modelcache-rbac.yaml",
+    "components/modelcache/modelcache-admission-policy.yaml",
+  ]) {
+    for (const doc of parseAllDocuments(await readFile(join(DEPLOY, file), "utf8"))) {
+      await objects.create(doc.toJS() as KubernetesObject);
+    }
+  }
   const crd = parse(await readFile(CRD_FILE, "utf8"));
   // As JSON, not through client-node's typed model, whose serializer drops "x-kubernetes-*" keys.
   const created = await postJson(cp, "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", crd);
@@ -98,6 +120,7 @@ afterEach(async () => {
   for (const mc of await listCaches())
     await custom.deleteClusterCustomObject({ ...GROUP, name: mc.metadata.name });
   for (const n of (await core.listNode()).items) await core.deleteNode({ name: n.metadata?.name ?? "" });
+  await core.deleteCollectionNamespacedPod({ namespace: NAMESPACE, gracePeriodSeconds: 0 });
 });
 
 function plane(ctx: TestContext): KubeControlPlane {
@@ -190,7 +213,7 @@ async function daemon(
   await writeKubeconfig(kubeconfig, {
     url: o.apiUrl ?? p.url,
     caFile: p.caFile,
-    token: p.adminToken,
+    token: await daemonToken(name),
     user: name,
   });
   const tokens = join(fx.work, "tokens");
@@ -231,6 +254,46 @@ async function daemon(
   );
   daemons.push(d);
   return { name, root, daemon: d };
+}
+
+/**
+ * A token of the daemon's service account bound to a Pod on `node` (which never runs: there is no
+ * scheduler or kubelet), so that it carries the node-name claim the admission policies check.
+ */
+async function daemonToken(node: string): Promise<string> {
+  const name = `coldstart-${node}`;
+  const pod = await core.createNamespacedPod({
+    namespace: NAMESPACE,
+    body: {
+      metadata: { name },
+      spec: {
+        nodeName: node,
+        serviceAccountName: "coldstart",
+        containers: [{ name: "coldstart", image: "coldstart:test" }],
+      },
+    },
+  });
+  const request = await core.createNamespacedServiceAccountToken({
+    name: "coldstart",
+    namespace: NAMESPACE,
+    body: {
+      spec: {
+        audiences: [],
+        expirationSeconds: 3600,
+        boundObjectRef: { apiVersion: "v1", kind: "Pod", name, uid: pod.metadata?.uid },
+      },
+    },
+  });
+  return request.status?.token ?? "";
+}
+
+/** What the API server refused a daemon (RBAC or admission): the grants must cover every write. */
+function refusals(): unknown[] {
+  return daemons.flatMap((d) =>
+    d.logs
+      .filter((l) => [401, 403, 422].includes(l.status as number))
+      .map((l) => ({ msg: l.msg, reason: l.reason ?? l.err })),
+  );
 }
 
 async function model(n: Node, id: string): Promise<{ status: number; body: Record<string, unknown> }> {
@@ -339,6 +402,8 @@ describe("the ModelCache resource on a real API server", { timeout: 300_000 }, (
       const mc = await getCache("llama");
       return mc.status?.readyNodes === 3 && mc.status.selectedNodes === 3;
     }, SLOW);
+
+    expect(refusals()).toEqual([]);
 
     // Deleted: every node unpins, and keeps the bytes for eviction to take.
     await custom.deleteClusterCustomObject({ ...GROUP, name: "llama" });
