@@ -11,7 +11,8 @@ import { readFile } from "node:fs/promises";
 import { request } from "node:https";
 import { join, resolve } from "node:path";
 import { afterAll, beforeAll, describe, expect, it, type TestContext } from "vitest";
-import { parse } from "yaml";
+import { parse, parseAllDocuments } from "yaml";
+import { toModelCache } from "../../src/kube/model-caches.js";
 import { goTool, requireGoTool } from "../support/go-tools.js";
 import { type KubeControlPlane, startKubeControlPlane } from "../support/kube-control-plane.js";
 import { waitFor } from "../support/wait.js";
@@ -20,6 +21,7 @@ const CRD_FILE = join(
   resolve(import.meta.dirname, "../.."),
   "deploy/components/modelcache/modelcache-crd.yaml",
 );
+const EXAMPLES_FILE = join(resolve(import.meta.dirname, "../.."), "deploy/examples/modelcache.yaml");
 const BASE = "/apis/coldstart.io/v1alpha1/modelcaches";
 
 let cp: KubeControlPlane | undefined;
@@ -142,6 +144,19 @@ describe("the ModelCache CRD on a real API server", () => {
     const update = await api(p, "PUT", `${BASE}/llama`, changed);
     expect(update.status).toBe(422);
     expect(String(update.body.message)).toContain("model is immutable");
+  });
+
+  it("accepts deploy/examples/modelcache.yaml as it is, under strict field validation", async (ctx) => {
+    const p = plane(ctx);
+    await waitFor(async () => (await api(p, "GET", BASE)).status === 200);
+    const examples = parseAllDocuments(await readFile(EXAMPLES_FILE, "utf8")).map((d) => d.toJS());
+    expect(examples.length).toBeGreaterThan(0);
+    for (const example of examples) {
+      const r = await api(p, "POST", `${BASE}?fieldValidation=Strict&dryRun=All`, example);
+      expect(r.status, JSON.stringify(r.body)).toBe(201);
+      // And the daemon's own check of the spec agrees.
+      expect(toModelCache(example).spec).not.toHaveProperty("invalid");
+    }
   });
 
   it("keeps each node's status entry its own under server-side apply, and shows the printer columns", async (ctx) => {
