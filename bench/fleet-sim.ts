@@ -88,12 +88,17 @@ function rng(seed: number): () => number {
   };
 }
 
-/** Rendezvous (highest random weight) hashing: the node that fetches part `p` from S3. */
+/** Rendezvous (highest random weight) hashing: node `n`'s weight for part `p`. */
+function weight(n: number, p: number): number {
+  return createHash("sha256").update(`${n}/${p}`).digest().readUInt32BE(0);
+}
+
+/** The node among the first `nodes` that fetches part `p` from S3 (rendezvous hashing). */
 export function owner(p: number, nodes: number): number {
   let best = 0;
   let bestScore = -1;
   for (let n = 0; n < nodes; n++) {
-    const score = createHash("sha256").update(`${n}/${p}`).digest().readUInt32BE(0);
+    const score = weight(n, p);
     if (score > bestScore) {
       best = n;
       bestScore = score;
@@ -128,7 +133,7 @@ export function simulate(policy: Policy, p: SimParams): SimResult {
   const parts = Math.ceil(p.modelBytes / p.partBytes);
   const size = (part: number) => Math.min(p.partBytes, p.modelBytes - part * p.partBytes);
   const dt = p.stepMs / 1000;
-  // have[n][part]: 0 missing, 1 in flight from S3, 2 in flight from a peer, 3 done
+  // have[n][part]: 0 missing, 1 in flight from S3, 2 in flight from a peer, 3 done, 4 waited for
   const have = Array.from({ length: p.nodes }, () => new Uint8Array(parts));
   /** The nodes that hold each part, in the order they got it (a node never loses a part). */
   const holders: number[][] = Array.from({ length: parts }, () => []);
@@ -138,25 +143,35 @@ export function simulate(policy: Policy, p: SimParams): SimResult {
   const seenHolders = new Uint32Array(parts);
   const seenFetching = new Uint32Array(parts);
   const queue: number[][] = [];
-  const owners = policy === "cooperative" ? Array.from({ length: parts }, (_, i) => owner(i, p.nodes)) : [];
   for (let n = 0; n < p.nodes; n++) {
     const order = Array.from({ length: parts }, (_, i) => i);
     for (let i = order.length - 1; i > 0; i--) {
       const j = Math.floor(random() * (i + 1));
       [order[i], order[j]] = [order[j] as number, order[i] as number];
     }
-    // Cooperative: the node's own parts first, the others after (by then mostly held by someone).
-    queue.push(
-      policy === "cooperative"
-        ? [...order.filter((x) => owners[x] === n), ...order.filter((x) => owners[x] !== n)]
-        : order,
-    );
+    queue.push(order);
   }
   const next = new Uint32Array(p.nodes);
-  /** How many of a node's queue are its own parts (cooperative: they come first). */
-  const ownCount = queue.map((q, n) =>
-    policy === "cooperative" ? q.filter((x) => owners[x] === n).length : 0,
-  );
+  // Cooperative: each part's owner among the nodes that have joined so far (rendezvous over the
+  // members, as every node sees them), and each node's own parts not taken yet, which it takes
+  // before any other. A node that joins takes over the parts it outweighs the owner on: only those
+  // move (src/peers/cohort.ts), and the others reorder what they have not started.
+  const owners = new Int32Array(parts).fill(-1);
+  const ownerWeight = new Float64Array(parts).fill(-1);
+  const owned: Set<number>[] = Array.from({ length: p.nodes }, () => new Set<number>());
+  const joined = new Uint8Array(p.nodes);
+  const join = (n: number) => {
+    joined[n] = 1;
+    for (let part = 0; part < parts; part++) {
+      const w = weight(n, part);
+      if (w <= (ownerWeight[part] as number)) continue;
+      const was = owners[part] as number;
+      if (was >= 0) (owned[was] as Set<number>).delete(part);
+      owners[part] = n;
+      ownerWeight[part] = w;
+      if ((have[n] as Uint8Array)[part] === 0) (owned[n] as Set<number>).add(part);
+    }
+  };
   /** Each node's S3 transfers in flight. */
   const s3ByNode = new Uint32Array(p.nodes);
   const startAt = Array.from(
@@ -230,6 +245,8 @@ export function simulate(policy: Policy, p: SimParams): SimResult {
     if (owners[part] === node && at(fetchingFromS3, part) === 0 && holder(part, false) < 0)
       return void startS3(node, part);
     inc(inFlight, node, -1);
+    // Taken: neither its own-parts list nor its queue hands it out again.
+    (have[node] as Uint8Array)[part] = 4;
     waiting.push({ node, part, until: t + p.pieceWaitMs / 1000 });
   };
 
@@ -267,7 +284,7 @@ export function simulate(policy: Policy, p: SimParams): SimResult {
         // then takes the part from this node. (No node fails here, so an owner's fetch never stalls:
         // the fallback to S3 for a failed owner is the fan-out lab's to measure.)
         const free = at(inFlight, w.node) < p.concurrency;
-        const ownWorkDone = at(next, w.node) >= (ownCount[w.node] as number) && at(s3ByNode, w.node) === 0;
+        const ownWorkDone = (owned[w.node] as Set<number>).size === 0 && at(s3ByNode, w.node) === 0;
         const unstarted = at(fetchingFromS3, w.part) === 0;
         if (from >= 0 && at(peerInFlight, w.node) < p.peerConcurrency) {
           inc(peerInFlight, w.node);
@@ -284,9 +301,20 @@ export function simulate(policy: Policy, p: SimParams): SimResult {
       for (const w of stillWaiting) waiting.push(w);
     };
     const takeQueue = () => {
-      // Free slots take the next parts.
+      // Free slots take the next parts: in a first wave, the node's own parts first.
       for (let n = 0; n < p.nodes; n++) {
         if (t < (startAt[n] as number)) continue;
+        if (policy === "cooperative") {
+          if (!joined[n]) join(n);
+          const mine = owned[n] as Set<number>;
+          for (const part of mine) {
+            if (at(inFlight, n) >= p.concurrency) break;
+            mine.delete(part);
+            if ((have[n] as Uint8Array)[part] !== 0) continue;
+            inc(inFlight, n);
+            place(n, part);
+          }
+        }
         const q = queue[n] as number[];
         while (at(inFlight, n) < p.concurrency && at(next, n) < q.length) {
           const part = q[next[n] as number] as number;

@@ -7,6 +7,9 @@
  *   - together:    N daemons that know each other as peers stage at once (each takes the parts in its
  *                  own random order and waits for pieces a peer is fetching from S3);
  *   - staggered:   the first stages alone, then the other N-1 at once, with every other node as a peer.
+ *   - cooperative: as together, and every PUT names the N nodes as its cohort (the first wave a
+ *                  ModelCache resource starts): each part has one node that reads it from S3, and
+ *                  the others take it from that node (src/peers/cohort.ts).
  *
  * Measured per run: S3 egress (object bytes RGW served, counted by a proxy in the server namespace,
  * the only way to RGW), the time from the first stage request until every node is ready (the daemons
@@ -55,7 +58,7 @@ const MODEL = "bench/model";
 const TOKEN = "bench-fanout-token";
 /** A run that takes longer than this has failed. */
 const RUN_DEADLINE_MS = 15 * 60_000;
-const MODES = ["independent", "together", "staggered"] as const;
+const MODES = ["independent", "together", "staggered", "cooperative"] as const;
 type Mode = (typeof MODES)[number];
 
 const list = (v: string) =>
@@ -121,6 +124,8 @@ interface Daemon {
   root: string;
   /** The tail of its log, for an error message. */
   log: () => string;
+  /** The nodes its PUT names as staging the model together (cooperative mode). */
+  cohort?: string[] | undefined;
 }
 
 interface Sample {
@@ -198,7 +203,7 @@ try {
     for (let run = 0; run < opts.runs; run++) {
       for (const n of opts.nodes) {
         for (const mode of opts.modes) {
-          // With one node there is no peer: together and staggered are independent.
+          // With one node there is no peer: the other modes are independent.
           if (n === 1 && mode !== "independent") continue;
           const dir = join(work, `n${n}-${mode}-${run}`);
           await mkdir(dir, { recursive: true });
@@ -208,6 +213,8 @@ try {
               const peers = peersOf(mode, i, n);
               daemons.push(await startDaemon(i, peers, dir, model.bucket, counter.url, env));
             }
+            const cohort = mode === "cooperative" ? daemons.map((d) => peerUrl(d.node)) : undefined;
+            for (const d of daemons) d.cohort = cohort;
             const got = await measureRun(mode, daemons, `s3://${model.bucket}/${model.prefix}`, counter);
             for (const d of daemons) killGroup(d.child, "SIGKILL");
             const why = await checkNodes(daemons, model.files);
@@ -237,7 +244,7 @@ try {
 }
 if (failures.length) process.exitCode = 1;
 
-/** independent: none; together: every other node; staggered: none for the first, every other for the rest. */
+/** independent: none; together, cooperative: every other node; staggered: none for the first, every other for the rest. */
 function peersOf(mode: Mode, node: number, n: number): number[] {
   if (mode === "independent" || (mode === "staggered" && node === 1)) return [];
   return Array.from({ length: n }, (_, i) => i + 1).filter((j) => j !== node);
@@ -362,7 +369,9 @@ async function startDaemon(
     ...(opts.concurrency ? ["--concurrency", String(opts.concurrency)] : []),
     // info: the ready line.
     ...["--log-level", "info"],
-    ...peers.flatMap((p) => ["--peer", `http://${lanIp(p)}:${API_PORT}`]),
+    ...peers.flatMap((p) => ["--peer", peerUrl(p)]),
+    // Its own URL among the cohort's (cooperative mode).
+    ...["--peer-self", lanIp(node)],
   ];
   const started = startInNs(nodeNs(node), process.execPath, args, /"msg":"coldstart daemon ready"/, env);
   const { child } = await Promise.race([
@@ -378,13 +387,18 @@ async function startDaemon(
   child.stdout?.on("data", keep);
   child.stderr?.on("data", keep);
   // The handshake socket: the bench runs outside the node's namespace, and a unix socket is a file.
-  return { node, child, ep: { socketPath: socket }, root, log: () => tail };
+  // With the token: a cohort is only taken from an authenticated caller.
+  return { node, child, ep: { socketPath: socket, token: TOKEN }, root, log: () => tail };
+}
+
+function peerUrl(node: number): string {
+  return `http://${lanIp(node)}:${API_PORT}`;
 }
 
 /** Asks a daemon for the model and waits until it is ready. */
 async function stage(d: Daemon, source: string, deadline: number): Promise<void> {
   const path = `/v1/models/${encodeURIComponent(MODEL)}`;
-  const put = await callDaemon(d.ep, "PUT", path, { source });
+  const put = await callDaemon(d.ep, "PUT", path, { source, ...(d.cohort ? { cohort: d.cohort } : {}) });
   if (put.status !== 200 && put.status !== 202)
     throw new Error(`node ${d.node}: PUT answered ${put.status}: ${JSON.stringify(put.body)}`);
   while (Date.now() < deadline) {

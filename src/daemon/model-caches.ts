@@ -11,8 +11,8 @@
  *
  * The first wave: when no node holds the model yet, the nodes the resource selects stage it
  * together, each reading its share from S3 (src/peers/cohort.ts). Each writes its entry first, with
- * its peer URL, and starts once the list of members has been quiet a moment (or a bound passed), so
- * that they all split the parts over the same members.
+ * its peer URL, and starts once it sees itself among the members (or a bound passed); a member that
+ * comes later takes over only its share of the parts nobody has started.
  */
 import type { Logger } from "pino";
 import { ColdstartError, toColdstartError } from "../errors.js";
@@ -45,8 +45,10 @@ export interface ModelCacheReconcilerOptions {
   ) => Promise<{ outcome: string; error?: { code: string; message: string } | undefined }>;
   logger: Logger;
   /**
-   * Before a first wave starts, the members' list must have been still this long (default 300 ms), and
-   * no start waits longer than maxMs (default 3 s) after the resource was seen.
+   * Before a first wave starts, this node's own entry must be in the members' list (so the others
+   * count it) and the list must have been still for quietMs (default 0: each job orders its parts
+   * again as members come, src/peers/cohort.ts); no start waits longer than maxMs (default 3 s)
+   * after the resource was seen.
    */
   gather?: { quietMs: number; maxMs: number };
   /** How often progress is looked at while a model stages (default 1 s). */
@@ -317,7 +319,7 @@ export class ModelCacheReconciler {
     const cohorts = this.#o.cohorts;
     if (!cohorts?.self) return true;
     if (mc.nodes.some((n) => n.state === "ready")) return true;
-    const g = this.#o.gather ?? { quietMs: 300, maxMs: 3_000 };
+    const g = this.#o.gather ?? { quietMs: 0, maxMs: 3_000 };
     if (now - t.seenAt >= g.maxMs) return true;
     return members.includes(cohorts.self) && now - t.membersSince >= g.quietMs;
   }
