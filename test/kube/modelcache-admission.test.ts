@@ -16,7 +16,13 @@ import { join, resolve } from "node:path";
 import { afterAll, beforeAll, describe, expect, it, type TestContext } from "vitest";
 import { parseAllDocuments } from "yaml";
 import { goTool, requireGoTool } from "../support/go-tools.js";
-import { type KubeControlPlane, startKubeControlPlane } from "../support/kube-control-plane.js";
+import {
+  type KubeClient,
+  type KubeControlPlane,
+  type KubeReply,
+  kubeClient,
+  startKubeControlPlane,
+} from "../support/kube-control-plane.js";
 import { settles, waitFor } from "../support/wait.js";
 
 const deploy = join(resolve(import.meta.dirname, "../.."), "deploy");
@@ -67,53 +73,11 @@ function plane(ctx: TestContext): KubeControlPlane {
   return p;
 }
 
-interface Reply {
-  status: number;
-  // biome-ignore lint/suspicious/noExplicitAny: API objects and Status replies, read freely
-  body: Record<string, any>;
-}
-
-/** A client for one bearer token: one request, JSON in (or YAML, which JSON is, for an apply) and out. */
-type Client = (
-  method: string,
-  path: string,
-  body?: unknown,
-  headers?: Record<string, string>,
-) => Promise<Reply>;
+type Reply = KubeReply;
+type Client = KubeClient;
 
 function client(p: KubeControlPlane, token: string): Client {
-  return (method, path, body, headers = {}) =>
-    new Promise((done, fail) => {
-      const req = request(
-        new URL(path, p.url),
-        {
-          method,
-          ca,
-          headers: {
-            authorization: `Bearer ${token}`,
-            accept: "application/json",
-            ...(body === undefined ? {} : { "content-type": "application/json" }),
-            ...headers,
-          },
-        },
-        (res) => {
-          let text = "";
-          res.setEncoding("utf8");
-          res.on("data", (c) => (text += c));
-          res.on("end", () => {
-            let parsed: Record<string, unknown> = {};
-            try {
-              parsed = text ? JSON.parse(text) : {};
-            } catch {
-              parsed = { text }; // "404 page not found" before the CRD is served
-            }
-            done({ status: res.statusCode ?? 0, body: parsed });
-          });
-        },
-      );
-      req.on("error", fail);
-      req.end(body === undefined ? undefined : JSON.stringify(body));
-    });
+  return kubeClient(p, token);
 }
 
 /**

@@ -8,13 +8,17 @@
  * Tier: integration
  */
 import { readFile } from "node:fs/promises";
-import { request } from "node:https";
 import { join, resolve } from "node:path";
 import { afterAll, beforeAll, describe, expect, it, type TestContext } from "vitest";
 import { parse, parseAllDocuments } from "yaml";
 import { toModelCache } from "../../src/kube/model-caches.js";
 import { goTool, requireGoTool } from "../support/go-tools.js";
-import { type KubeControlPlane, startKubeControlPlane } from "../support/kube-control-plane.js";
+import {
+  type KubeControlPlane,
+  type KubeReply,
+  kubeClient,
+  startKubeControlPlane,
+} from "../support/kube-control-plane.js";
 import { waitFor } from "../support/wait.js";
 
 const CRD_FILE = join(
@@ -25,14 +29,14 @@ const EXAMPLES_FILE = join(resolve(import.meta.dirname, "../.."), "deploy/exampl
 const BASE = "/apis/coldstart.io/v1alpha1/modelcaches";
 
 let cp: KubeControlPlane | undefined;
-let ca = "";
+let _ca = "";
 
 beforeAll(async () => {
   const etcd = goTool("etcd");
   const kubeApiServer = goTool("kube-apiserver");
   if (!etcd || !kubeApiServer) return;
   cp = await startKubeControlPlane({ etcd, kubeApiServer });
-  ca = await readFile(cp.caFile, "utf8");
+  _ca = await readFile(cp.caFile, "utf8");
 }, 240_000);
 
 afterAll(async () => {
@@ -57,39 +61,8 @@ function api(
   path: string,
   body?: unknown,
   headers: Record<string, string> = {},
-): Promise<{ status: number; body: Record<string, unknown> }> {
-  return new Promise((done, fail) => {
-    const url = new URL(path, p.url);
-    const req = request(
-      url,
-      {
-        method,
-        ca,
-        headers: {
-          authorization: `Bearer ${p.adminToken}`,
-          accept: "application/json",
-          ...(body === undefined ? {} : { "content-type": "application/json" }),
-          ...headers,
-        },
-      },
-      (res) => {
-        let text = "";
-        res.setEncoding("utf8");
-        res.on("data", (c) => (text += c));
-        res.on("end", () => {
-          let parsed: Record<string, unknown> = {};
-          try {
-            parsed = text ? JSON.parse(text) : {};
-          } catch {
-            parsed = { text }; // "404 page not found" before the CRD is served
-          }
-          done({ status: res.statusCode ?? 0, body: parsed });
-        });
-      },
-    );
-    req.on("error", fail);
-    req.end(body === undefined ? undefined : JSON.stringify(body));
-  });
+): Promise<KubeReply> {
+  return kubeClient(p)(method, path, body, headers);
 }
 
 const APPLY = { "content-type": "application/apply-patch+yaml" };

@@ -11,7 +11,6 @@
  */
 import { once } from "node:events";
 import { readFile, writeFile } from "node:fs/promises";
-import { request as httpsRequest } from "node:https";
 import { connect, createServer, type Server, type Socket } from "node:net";
 import { join, resolve } from "node:path";
 import {
@@ -30,6 +29,7 @@ import { modelLabelKey } from "../../src/kube/node-labels.js";
 import { goTool, requireGoTool } from "../support/go-tools.js";
 import {
   type KubeControlPlane,
+  kubeClient,
   startKubeControlPlane,
   writeKubeconfig,
 } from "../support/kube-control-plane.js";
@@ -97,8 +97,12 @@ beforeAll(async () => {
   }
   const crd = parse(await readFile(CRD_FILE, "utf8"));
   // As JSON, not through client-node's typed model, whose serializer drops "x-kubernetes-*" keys.
-  const created = await postJson(cp, "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", crd);
-  expect(created, "the CRD is created").toBe(201);
+  const created = await kubeClient(cp)(
+    "POST",
+    "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+    crd,
+  );
+  expect(created.status, "the CRD is created").toBe(201);
   await waitFor(async () => {
     try {
       await custom.listClusterCustomObject(GROUP);
@@ -499,27 +503,6 @@ describe("the ModelCache resource on a real API server", { timeout: 300_000 }, (
     }
   });
 });
-
-/** POSTs `body` as the admin, as JSON; the HTTP status. */
-async function postJson(p: KubeControlPlane, path: string, body: unknown): Promise<number> {
-  const ca = await readFile(p.caFile, "utf8");
-  return new Promise((done, fail) => {
-    const req = httpsRequest(
-      new URL(path, p.url),
-      {
-        method: "POST",
-        ca,
-        headers: { authorization: `Bearer ${p.adminToken}`, "content-type": "application/json" },
-      },
-      (res) => {
-        res.resume();
-        res.on("end", () => done(res.statusCode ?? 0));
-      },
-    );
-    req.on("error", fail);
-    req.end(JSON.stringify(body));
-  });
-}
 
 /** Compacts etcd at its current revision (etcd's JSON gateway): every older revision is gone. */
 async function compact(etcdUrl: string): Promise<void> {

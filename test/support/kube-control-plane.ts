@@ -341,3 +341,59 @@ export async function startKubeControlPlane(options: KubeControlPlaneOptions): P
     throw err;
   }
 }
+
+/** An API server's answer: the status, and the JSON body (or `{ text }` when it is not JSON). */
+export interface KubeReply {
+  status: number;
+  // biome-ignore lint/suspicious/noExplicitAny: API objects and Status replies, read freely
+  body: Record<string, any>;
+}
+
+/** One request with one bearer token: JSON in (or YAML, which JSON is, for an apply) and out. */
+export type KubeClient = (
+  method: string,
+  path: string,
+  body?: unknown,
+  headers?: Record<string, string>,
+) => Promise<KubeReply>;
+
+/**
+ * Raw requests to the control plane as `token` (default: the admin), trusting its CA. For what
+ * client-node's typed models would lose (its serializer drops "x-kubernetes-*" keys of a CRD) or
+ * cannot say (a server-side apply with a field manager, a dry run, a Table).
+ */
+export function kubeClient(p: KubeControlPlane, token: string = p.adminToken): KubeClient {
+  const ca = readFileSync(p.caFile);
+  return (method, path, body, headers = {}) =>
+    new Promise((done, fail) => {
+      const req = https.request(
+        new URL(path, p.url),
+        {
+          method,
+          ca,
+          headers: {
+            authorization: `Bearer ${token}`,
+            accept: "application/json",
+            ...(body === undefined ? {} : { "content-type": "application/json" }),
+            ...headers,
+          },
+        },
+        (res) => {
+          let text = "";
+          res.setEncoding("utf8");
+          res.on("data", (c) => (text += c));
+          res.on("end", () => {
+            let parsed: Record<string, unknown> = {};
+            try {
+              parsed = text ? JSON.parse(text) : {};
+            } catch {
+              parsed = { text }; // "404 page not found" before a CRD is served
+            }
+            done({ status: res.statusCode ?? 0, body: parsed });
+          });
+        },
+      );
+      req.on("error", fail);
+      req.end(body === undefined ? undefined : JSON.stringify(body));
+    });
+}
