@@ -1,19 +1,26 @@
 /**
  * deploy/ offline: every manifest and example parses and validates against the Kubernetes API schemas
- * (kubernetes-models, generated from the API server's OpenAPI), the kustomizations name files that
- * exist, the RBAC grants exactly what docs/deploy.md says, and the wiring the docs promise (paths,
- * ports, probes, labels) is what the YAML holds.
+ * (kubernetes-models, generated from the API server's OpenAPI) with no field the schema does not
+ * define, the kustomizations name files that exist, the RBAC grants exactly what docs/deploy.md
+ * says, the wiring the docs promise (paths, ports, probes, labels) is what the YAML holds, the host
+ * views the DaemonSet mounts are all the node probes need, and the NetworkPolicy admits what the
+ * docs say.
  */
 import { execFile, execFileSync } from "node:child_process";
-import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { lstat, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join, relative, resolve } from "node:path";
 import { promisify } from "node:util";
+import * as k8s from "@kubernetes/client-node";
 import { evaluate as celEvaluate } from "@marcbachmann/cel-js";
 import { describe, expect, it } from "vitest";
-import { parseAllDocuments } from "yaml";
+import { parse, parseAllDocuments } from "yaml";
 import { loadConfig } from "../../src/config/load.js";
 import { modelLabelKey } from "../../src/kube/node-labels.js";
+import { readIommu, readNvidiaFs } from "../../src/node/host-facts.js";
+import { memoryRoom } from "../../src/node/memory.js";
+import { probePlacement } from "../../src/node/placement.js";
+import { type FakeScenario, scenarios } from "../support/fake-host.js";
 
 const root = resolve(import.meta.dirname, "../..");
 const deploy = join(root, "deploy");
@@ -57,6 +64,121 @@ async function modelFor(apiVersion: string, kind: string) {
 }
 
 const isKustomization = (o: K8sObject) => o.apiVersion?.startsWith("kustomize.config.k8s.io/");
+
+/** An object's path as ajv reports it (`instancePath`): a JSON pointer. */
+const pointer = (path: (string | number)[]) =>
+  path.map((p) => `/${String(p).replaceAll("~", "~0").replaceAll("/", "~1")}`).join("");
+
+type AttributeTypeMap = { baseName: string; type: string }[];
+const clientModels = k8s as unknown as Record<string, { getAttributeTypeMap?: () => AttributeTypeMap }>;
+const LEAF_TYPES = new Set(["string", "number", "boolean", "Date", "IntOrString"]);
+
+/**
+ * The type of a field that the client models call `any` because the API says "one of": a CRD schema's
+ * `items` (JSONSchemaPropsOrArray), `additionalProperties` and `additionalItems` (JSONSchemaPropsOrBool).
+ * Left `any`, every nested schema of a CRD would go unchecked.
+ */
+function oneOfType(owner: string, field: string, value: unknown): string | undefined {
+  if (owner !== "V1JSONSchemaProps" || typeof value !== "object" || value === null) return undefined;
+  if (field === "items") return Array.isArray(value) ? "Array<V1JSONSchemaProps>" : "V1JSONSchemaProps";
+  if (field === "additionalProperties" || field === "additionalItems") return "V1JSONSchemaProps";
+  return undefined;
+}
+
+/**
+ * Walks `value` against the Kubernetes client's model of `type` (@kubernetes/client-node: every
+ * field of every built-in kind, by its wire name, generated from the API's OpenAPI) and collects the
+ * fields the model does not have. Free-form fields (`any`: a CRD schema's defaults and examples,
+ * RawExtension) are not looked into; types and required fields are validate()'s job.
+ */
+function unknownByModel(type: string, value: unknown, path: (string | number)[], out: string[]): void {
+  if (value === null || value === undefined || LEAF_TYPES.has(type) || type === "any" || type === "object")
+    return;
+  const array = /^Array<(.+)>$/.exec(type);
+  if (array) {
+    if (Array.isArray(value))
+      for (const [i, v] of value.entries()) unknownByModel(array[1] as string, v, [...path, i], out);
+    return;
+  }
+  const map = /^\{ \[key: string\]: (.+); \}$/.exec(type);
+  if (map) {
+    if (typeof value === "object")
+      for (const [k, v] of Object.entries(value)) unknownByModel(map[1] as string, v, [...path, k], out);
+    return;
+  }
+  const attributes = clientModels[type]?.getAttributeTypeMap?.();
+  if (!attributes) throw new Error(`no client model ${type} (at ${pointer(path) || "/"})`);
+  if (typeof value !== "object" || Array.isArray(value)) return;
+  const fields = new Map(attributes.map((a) => [a.baseName, a.type]));
+  for (const [k, v] of Object.entries(value)) {
+    const t = fields.get(k);
+    if (t === undefined) out.push(pointer([...path, k]));
+    else unknownByModel(oneOfType(type, k, v) ?? t, v, [...path, k], out);
+  }
+}
+
+/**
+ * For kinds the client has no model of (CRD-defined: the Prometheus Operator's), the
+ * kubernetes-models schema is asked field by field: each field in turn is replaced by a value no
+ * schema admits (a Symbol). A field the schema defines then fails at its own path; one it does not
+ * define passes, because the generated schemas ignore what they do not name. That is also why
+ * validate() alone accepts `imagePullPolicyy`.
+ */
+function unknownByProbe(Model: new (o: unknown) => { validate(): void }, obj: K8sObject): string[] {
+  const root = structuredClone(obj);
+  const out: string[] = [];
+  const errorsAt = (path: string) => {
+    try {
+      new Model(root).validate();
+      return false;
+    } catch (e) {
+      const errors = (e as { errors?: { instancePath: string }[] }).errors;
+      if (!errors) throw e;
+      return errors.some((x) => x.instancePath === path || x.instancePath.startsWith(`${path}/`));
+    }
+  };
+  const visit = (node: unknown, path: (string | number)[]) => {
+    if (Array.isArray(node)) for (const [i, v] of node.entries()) visit(v, [...path, i]);
+    else if (node !== null && typeof node === "object") {
+      const o = node as Record<string, unknown>;
+      for (const key of Object.keys(o)) {
+        const saved = o[key];
+        o[key] = Symbol("unknown-field probe");
+        const known = errorsAt(pointer([...path, key]));
+        o[key] = saved;
+        if (known) visit(saved, [...path, key]);
+        else out.push(pointer([...path, key]));
+      }
+    }
+  };
+  visit(root, []);
+  return out;
+}
+
+/**
+ * Fields of `obj` that its kind's schema does not define, as JSON pointers: what the API server's
+ * strict field validation (kubectl's default) refuses, and what validate() lets through. Built-in
+ * kinds are walked against the client's models rather than probed, because kubernetes-models'
+ * generated schemas drop every property named `description` and most of a CRD's nested schema:
+ * probed, real fields there would look unknown.
+ */
+async function unknownFields(obj: K8sObject): Promise<string[]> {
+  const version = String(obj.apiVersion).split("/").at(-1) as string;
+  const type = `${version.charAt(0).toUpperCase()}${version.slice(1)}${obj.kind}`;
+  if (clientModels[type]?.getAttributeTypeMap) {
+    const out: string[] = [];
+    unknownByModel(type, obj, [], out);
+    return out;
+  }
+  return unknownByProbe(await modelFor(obj.apiVersion, obj.kind), obj);
+}
+
+/** validate() against the kind's schema, and no field the schema does not define. */
+async function expectValid(obj: K8sObject, label: string): Promise<void> {
+  const Model = await modelFor(obj.apiVersion, obj.kind);
+  expect(() => new Model(obj).validate(), label).not.toThrow();
+  expect(await unknownFields(obj), `${label}: fields its schema does not define`).toEqual([]);
+}
 
 async function all(): Promise<{ file: string; obj: K8sObject }[]> {
   const out: { file: string; obj: K8sObject }[] = [];
@@ -102,7 +224,7 @@ function serviceLinks(services: K8sObject[]): Record<string, string> {
 }
 
 describe("deploy/", () => {
-  it("every manifest and example validates against the Kubernetes schemas", async () => {
+  it("every manifest and example validates against the Kubernetes schemas, with no unknown field", async () => {
     const objs = await all();
     expect(objs.length).toBeGreaterThan(12);
     for (const { file, obj } of objs) {
@@ -110,16 +232,13 @@ describe("deploy/", () => {
       // Our own kind has no model here: the real API server checks it against the CRD
       // (test/kube/modelcache-crd.test.ts, the examples included).
       if (String(obj.apiVersion).startsWith("coldstart.io/")) continue;
-      const Model = await modelFor(obj.apiVersion, obj.kind);
-      expect(
-        () => new Model(obj).validate(),
-        `${relative(root, file)}: ${obj.kind} ${obj.metadata.name}`,
-      ).not.toThrow();
+      await expectValid(obj, `${relative(root, file)}: ${obj.kind} ${obj.metadata.name}`);
     }
   });
 
-  it("the validation has teeth: a wrong type or a missing required field is refused", async () => {
-    const ds = find(await all(), "DaemonSet", "coldstart");
+  it("the validation has teeth: a wrong type, a missing required field or an unknown field is refused", async () => {
+    const objs = await all();
+    const ds = find(objs, "DaemonSet", "coldstart");
     const Model = await modelFor("apps/v1", "DaemonSet");
     const broken = structuredClone(ds);
     broken.spec.template.spec.containers[0].ports[0].containerPort = "8476";
@@ -127,6 +246,40 @@ describe("deploy/", () => {
     const noSelector = structuredClone(ds);
     delete noSelector.spec.selector;
     expect(() => new Model(noSelector).validate()).toThrow(/selector/);
+
+    // A misspelt field: validate() alone lets it through (the generated schemas ignore what they do
+    // not name), the strict check names it, wherever it is.
+    const typo = structuredClone(ds);
+    typo.spec.template.spec.containers[0].imagePullPolicyy = "Always";
+    typo.spec.template.spec.hostNetwrok = true;
+    typo.spec.template.spec.volumes[0].hostPath.typ = "Directory";
+    expect(() => new Model(typo).validate()).not.toThrow();
+    expect((await unknownFields(typo)).sort()).toEqual([
+      "/spec/template/spec/containers/0/imagePullPolicyy",
+      "/spec/template/spec/hostNetwrok",
+      "/spec/template/spec/volumes/0/hostPath/typ",
+    ]);
+    await expect(expectValid(typo, "typo")).rejects.toThrow(/typo: fields its schema does not define/);
+    // Maps take any key: labels, annotations, a ConfigMap's data are not fields.
+    const labelled = structuredClone(ds);
+    labelled.metadata.labels = { ...labelled.metadata.labels, "example.com/anything": "x" };
+    labelled.spec.template.metadata.annotations = { "example.com/whatever": "y" };
+    expect(await unknownFields(labelled)).toEqual([]);
+
+    // Inside a CRD's schema (nested schemas under items and properties), and in a kind the client
+    // has no model of (the Prometheus Operator's ServiceMonitor, asked field by field).
+    const crd = structuredClone(find(objs, "CustomResourceDefinition", "modelcaches.coldstart.io"));
+    const spec = crd.spec.versions[0].schema.openAPIV3Schema.properties.spec;
+    spec.properties.model["x-kubernetes-validation"] = [];
+    spec.properties.include.items.minLenght = 1;
+    expect((await unknownFields(crd)).sort()).toEqual([
+      "/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/include/items/minLenght",
+      "/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/model/x-kubernetes-validation",
+    ]);
+    const monitor = structuredClone(find(objs, "ServiceMonitor", "coldstart"));
+    monitor.spec.endpoints[0].intervall = "30s";
+    monitor.spec.selektor = {};
+    expect((await unknownFields(monitor)).sort()).toEqual(["/spec/endpoints/0/intervall", "/spec/selektor"]);
   });
 
   it("the base kustomization lists every base manifest, and each kustomization names files that exist", async () => {
@@ -212,15 +365,29 @@ describe("deploy/", () => {
     const hostPaths = Object.fromEntries(
       pod.volumes.filter((v: K8sObject) => v.hostPath).map((v: K8sObject) => [v.name, v.hostPath]),
     );
+    // Of the host's proc and sys, only what the node probes read ("the host views" test below), and
+    // only paths every node has: never a type that would let the kubelet create one.
     expect(hostPaths).toEqual({
       staging: { path: "/var/lib/coldstart", type: "DirectoryOrCreate" },
       "socket-dir": { path: "/run/coldstart", type: "DirectoryOrCreate" },
-      "host-proc": { path: "/proc", type: "Directory" },
-      "host-sys": { path: "/sys", type: "Directory" },
+      "host-proc-modules": { path: "/proc/modules", type: "File" },
+      "host-proc-cmdline": { path: "/proc/cmdline", type: "File" },
+      "host-proc-meminfo": { path: "/proc/meminfo", type: "File" },
+      "host-proc-init-mountinfo": { path: "/proc/1/mountinfo", type: "File" },
+      "host-proc-driver": { path: "/proc/driver", type: "Directory" },
+      "host-sys-devices": { path: "/sys/devices", type: "Directory" },
+      "host-sys-dev-block": { path: "/sys/dev/block", type: "Directory" },
+      "host-sys-class-block": { path: "/sys/class/block", type: "Directory" },
+      "host-sys-class-iommu": { path: "/sys/class/iommu", type: "Directory" },
+      "host-sys-iommu-groups": { path: "/sys/kernel/iommu_groups", type: "Directory" },
     });
     const mounts = Object.fromEntries(c.volumeMounts.map((m: K8sObject) => [m.name, m]));
-    expect(mounts["host-proc"]).toMatchObject({ mountPath: "/host/proc", readOnly: true });
-    expect(mounts["host-sys"]).toMatchObject({ mountPath: "/host/sys", readOnly: true });
+    for (const [name, hostPath] of Object.entries(hostPaths) as [string, { path: string }][]) {
+      if (!/^\/(proc|sys)\//.test(hostPath.path)) continue;
+      // At its own place under the host root, so the code reads the paths it always read.
+      expect(mounts[name], name).toMatchObject({ mountPath: `/host${hostPath.path}`, readOnly: true });
+      expect(mounts[name].mountPropagation, name).toBeUndefined();
+    }
     expect(pod.enableServiceLinks).toBe(false);
     // Every hostPath is justified in the docs.
     const doc = await readFile(join(root, "docs/deploy.md"), "utf8");
@@ -279,6 +446,169 @@ describe("deploy/", () => {
     );
   });
 
+  it("the host views: the node probes find on the mounted paths alone what they find on the whole host", async () => {
+    const c = find(await all(), "DaemonSet", "coldstart").spec.template.spec.containers[0];
+    const hostRoot = c.env.find((e: K8sObject) => e.name === "COLDSTART_HOST_ROOT").value as string;
+    // What the pod sees of the host's proc and sys, relative to the host root: "proc/modules", ...
+    const views = (c.volumeMounts as { mountPath: string }[])
+      .map((m) => relative(hostRoot, m.mountPath))
+      .filter((r) => /^(proc|sys)\//.test(r));
+    expect(views.length).toBeGreaterThan(0);
+    const covers = (rel: string) => views.some((v) => rel === v || rel.startsWith(`${v}/`));
+    // The facts src/node gathers under the host root, without the notes on what could not be read.
+    const facts = async (s: FakeScenario) =>
+      JSON.parse(
+        JSON.stringify(
+          {
+            nvidiaFs: await readNvidiaFs(s.hostRoot),
+            iommu: await readIommu(s.hostRoot),
+            placement: await probePlacement(s),
+            memory: await memoryRoom(s.hostRoot, join(s.hostRoot, "no-cgroup")),
+          },
+          (key, value) => (key === "notes" ? undefined : value),
+        ),
+      );
+    const write = async (top: string, rel: string, text: string) => {
+      await mkdir(join(top, rel, ".."), { recursive: true });
+      await writeFile(join(top, rel), text);
+    };
+    /** Removes every path under `top` that no kept path is, is inside, or leads to (no symlink followed). */
+    const prune = async (top: string, keep: string[], rel = ""): Promise<void> => {
+      for (const e of await readdir(join(top, rel), { withFileTypes: true })) {
+        const r = rel ? `${rel}/${e.name}` : e.name;
+        if (keep.some((k) => r === k || r.startsWith(`${k}/`))) continue;
+        if (e.isDirectory() && keep.some((k) => k.startsWith(`${r}/`))) await prune(top, keep, r);
+        else await rm(join(top, r), { recursive: true, force: true });
+      }
+    };
+    // Besides the library's hosts: IOMMU units with every group passthrough by the kernel's default
+    // (nothing on the command line says so; sys/kernel/iommu_groups does).
+    const iommuPassthroughByDefault = async () => {
+      const s = await scenarios.gdsReady();
+      await mkdir(join(s.hostRoot, "sys/class/iommu/dmar0"), { recursive: true });
+      for (const g of ["0", "1"]) await write(s.hostRoot, `sys/kernel/iommu_groups/${g}/type`, "identity\n");
+      return s;
+    };
+    const hosts = { ...scenarios, iommuPassthroughByDefault };
+    const pruned: Record<string, K8sObject> = {};
+    for (const [name, make] of Object.entries(hosts)) {
+      const s = await make();
+      try {
+        // A fuller host: memory, and what must stay out of view (a process's command line and
+        // environment, firmware tables, debugfs, cgroups).
+        await write(
+          s.hostRoot,
+          "proc/meminfo",
+          "MemTotal:       2097152000 kB\nMemAvailable:   1887436800 kB\n",
+        );
+        const hidden = [
+          "proc/4242/cmdline",
+          "proc/4242/environ",
+          "sys/firmware/dmi/tables/DMI",
+          "sys/kernel/debug/x",
+          "sys/fs/cgroup/cpu.max",
+        ];
+        for (const h of hidden) await write(s.hostRoot, h, "secret\n");
+        const whole = await facts(s);
+        // The DaemonSet's hosts see nothing of the host but the views. The others stand for a host
+        // whose staging root lies under the host root: their files stay, their proc and sys are cut
+        // to the views, and their dev goes (the pod has no view of the host's /dev: a device-mapper
+        // volume is found by number in sys/dev/block, not by its /dev/mapper name). The container's
+        // own mount table stays too (the real pod reads its /proc/self/mountinfo, the same table): a
+        // test cannot fake this process's.
+        const rest = name.startsWith("daemonSet")
+          ? []
+          : (await readdir(s.hostRoot)).filter((e) => !["proc", "sys", "dev"].includes(e));
+        await prune(s.hostRoot, [...views, "proc/self/mountinfo", ...rest]);
+        for (const h of hidden) {
+          expect(covers(h), h).toBe(false);
+          await expect(lstat(join(s.hostRoot, h)), h).rejects.toThrow();
+        }
+        const seen = await facts(s);
+        expect(seen, name).toEqual(whole);
+        pruned[name] = seen;
+      } finally {
+        await s.cleanup();
+      }
+    }
+    // The comparison saw real facts, not two empty answers.
+    expect(pruned.daemonSetOnInstanceStore?.placement).toMatchObject({
+      placement: "nvme-instance-store",
+      sharesRootVolume: false,
+    });
+    expect(pruned.daemonSetOnRootVolume?.placement.placement).toBe("root-volume");
+    expect(pruned.lvmOverPartitions?.placement.disks.length).toBeGreaterThan(0);
+    expect(pruned.gdsReady?.nvidiaFs).toEqual({
+      loaded: true,
+      version: { major: 2, minor: 17 },
+      devcount: 2,
+    });
+    expect(pruned.iommuOn?.iommu).toMatchObject({ enabled: true, units: ["dmar0", "dmar1"] });
+    expect(pruned.iommuPassthroughByDefault?.iommu).toMatchObject({ enabled: false, passthrough: true });
+    expect(pruned.gdsReady?.memory.hostAvailable).toBe(1887436800 * 1024);
+  });
+
+  it("the NetworkPolicy: the daemon's pods; the API (and peers) from this namespace or one let in, metrics from anywhere, the mirror from its node only", async () => {
+    const objs = await all();
+    const policy = find(objs, "NetworkPolicy", "coldstart");
+    const template = find(objs, "DaemonSet", "coldstart").spec.template;
+    expect(policy.metadata.namespace).toBe("coldstart");
+    expect(selects(policy.spec.podSelector, template.metadata.labels)).toBe(true);
+    expect(policy.spec.policyTypes).toEqual(["Ingress"]);
+    const ports: Record<string, number> = Object.fromEntries(
+      template.spec.containers[0].ports.map((p: K8sObject) => [p.name, p.containerPort]),
+    );
+    // The mirror's port, from the component that opens it.
+    const [mirrorComponent] = await load(join(deploy, "components/oci-mirror/kustomization.yaml"));
+    const mirror = (parse(mirrorComponent?.patches[0].patch) as K8sObject[]).find((op) =>
+      String(op.path).endsWith("/ports/-"),
+    )?.value.containerPort as number;
+    expect([ports.api, ports.metrics, mirror]).toEqual([8476, 9476, 8477]);
+    // Exactly these ports appear, each by number; no address blocks.
+    const listed = (policy.spec.ingress as K8sObject[]).flatMap((r) =>
+      (r.ports as K8sObject[]).map((p) => `${p.protocol}/${p.port}`),
+    );
+    expect(listed.sort()).toEqual(["TCP/8476", "TCP/9476"]);
+    expect(JSON.stringify(policy.spec)).not.toContain("ipBlock");
+
+    const ns = (name: string, labels: Record<string, string> = {}) => ({
+      namespace: name,
+      namespaceLabels: { "kubernetes.io/metadata.name": name, ...labels },
+    });
+    const prefetch = find(objs, "Job");
+    expect(prefetch.metadata.generateName).toBe("coldstart-prefetch-");
+    const sources: Record<string, Source> = {
+      // Another daemon, as the coldstart-peers records name it.
+      peer: { ...ns("coldstart"), podLabels: template.metadata.labels },
+      // examples/prefetch-job.yaml, in its namespace, with the labels the Job controller gives it.
+      prefetchJob: {
+        ...ns(prefetch.metadata.namespace as string),
+        podLabels: { "batch.kubernetes.io/job-name": "x" },
+      },
+      inferencePod: { ...ns("inference"), podLabels: { app: "vllm" } },
+      letInNamespace: { ...ns("ml-ops", { "coldstart.io/api-client": "true" }), podLabels: {} },
+      // Another node (its containerd, its host-network pods) or anything outside the cluster's pods.
+      otherAddress: { ip: "10.0.7.12" },
+    };
+    const peersService = find(objs, "Service", "coldstart-peers");
+    expect(selects({ matchLabels: peersService.spec.selector }, template.metadata.labels)).toBe(true);
+    const admitted = Object.fromEntries(
+      Object.entries(sources).map(([name, src]) => [
+        name,
+        [ports.api, ports.metrics, mirror].filter((port) => admits(policy, src, port as number, ports)),
+      ]),
+    );
+    // The pod's own node is admitted to every port whatever the policy says (containerd to the
+    // mirror, the kubelet's probes): not modelled here, and nothing else reaches the mirror.
+    expect(admitted).toEqual({
+      peer: [8476, 9476],
+      prefetchJob: [8476, 9476],
+      inferencePod: [9476],
+      letInNamespace: [8476, 9476],
+      otherAddress: [9476],
+    });
+  });
+
   it("the vLLM example waits over the socket directory, sources the env file, and prefers nodes with its model", async () => {
     const objs = await load(join(deploy, "examples/vllm-deployment.yaml"));
     const pod = find(
@@ -335,8 +665,7 @@ describe("deploy/", () => {
       expect(objs.find((o) => o.kind === "ValidatingAdmissionPolicy")?.metadata.namespace).toBeUndefined();
       for (const o of objs) {
         if (isKustomization(o)) continue;
-        const Model = await modelFor(o.apiVersion, o.kind);
-        expect(() => new Model(o).validate(), `rendered ${o.kind}`).not.toThrow();
+        await expectValid(o, `rendered ${o.kind} ${o.metadata.name}`);
       }
 
       const overlay = await mkdtemp(join(tmpdir(), "cs-overlay-"));
@@ -395,8 +724,7 @@ describe("deploy/", () => {
         });
         for (const o of rendered) {
           if (isKustomization(o)) continue;
-          const Model = await modelFor(o.apiVersion, o.kind);
-          expect(() => new Model(o).validate(), `rendered ${o.kind}`).not.toThrow();
+          await expectValid(o, `rendered ${o.kind} ${o.metadata.name}`);
         }
       } finally {
         await rm(overlay, { recursive: true, force: true });
@@ -416,10 +744,7 @@ describe("deploy/", () => {
         );
         const { stdout } = await promisify(execFile)("kubectl", ["kustomize", overlay]);
         const rendered = parseAllDocuments(stdout).map((d) => d.toJS() as K8sObject);
-        for (const o of rendered) {
-          const Model = await modelFor(o.apiVersion, o.kind);
-          expect(() => new Model(o).validate(), `rendered ${o.kind}`).not.toThrow();
-        }
+        for (const o of rendered) await expectValid(o, `rendered ${o.kind} ${o.metadata.name}`);
         const driver = rendered.find((o) => o.kind === "CSIDriver");
         expect(driver?.metadata.name).toBe("models.coldstart.io");
         expect(driver?.spec).toEqual({
@@ -689,10 +1014,7 @@ describe("deploy/", () => {
         );
         const { stdout } = await promisify(execFile)("kubectl", ["kustomize", overlay]);
         const rendered = parseAllDocuments(stdout).map((d) => d.toJS() as K8sObject);
-        for (const o of rendered) {
-          const Model = await modelFor(o.apiVersion, o.kind);
-          expect(() => new Model(o).validate(), `rendered ${o.kind}`).not.toThrow();
-        }
+        for (const o of rendered) await expectValid(o, `rendered ${o.kind} ${o.metadata.name}`);
         const names = rendered.map((o) => `${o.kind} ${o.metadata.name}`);
         expect(names).toEqual(
           expect.arrayContaining([
@@ -730,6 +1052,64 @@ describe("deploy/", () => {
     },
   );
 });
+
+interface LabelSelector {
+  matchLabels?: Record<string, string>;
+  matchExpressions?: { key: string; operator: string; values?: string[] }[];
+}
+
+/** A label selector (matchLabels, matchExpressions) against a set of labels, as the API defines it. */
+function selects(selector: LabelSelector | undefined, labels: Record<string, string> = {}): boolean {
+  if (!selector) return true;
+  const exact = Object.entries(selector.matchLabels ?? {}).every(([k, v]) => labels[k] === v);
+  const expressions = (selector.matchExpressions ?? []).every((e) => {
+    const has = e.key in labels;
+    const value = labels[e.key] as string;
+    if (e.operator === "In") return has && (e.values ?? []).includes(value);
+    if (e.operator === "NotIn") return !has || !(e.values ?? []).includes(value);
+    if (e.operator === "Exists") return has;
+    if (e.operator === "DoesNotExist") return !has;
+    throw new Error(`selector operator ${e.operator}`);
+  });
+  return exact && expressions;
+}
+
+/** Where a connection comes from: a pod (its namespace, that namespace's labels, its labels), or an address that is no pod. */
+type Source =
+  | { namespace: string; namespaceLabels: Record<string, string>; podLabels: Record<string, string> }
+  | { ip: string };
+
+/**
+ * Whether a NetworkPolicy's ingress rules admit a TCP connection from `source` to `port` of a pod it
+ * selects, by the API's rules: a rule admits when its ports (none: all) and its peers (none: all) both
+ * match; a peer with only a podSelector means pods of the policy's namespace, a namespaceSelector
+ * without a podSelector every pod of the matching namespaces. Address blocks are not evaluated.
+ */
+function admits(policy: K8sObject, source: Source, port: number, named: Record<string, number>): boolean {
+  return ((policy.spec.ingress ?? []) as K8sObject[]).some((rule) => {
+    const ports = (rule.ports ?? []) as K8sObject[];
+    const portOk =
+      ports.length === 0 ||
+      ports.some(
+        (p) =>
+          (p.protocol ?? "TCP") === "TCP" &&
+          (typeof p.port === "number" ? p.port : named[p.port]) === port &&
+          p.endPort === undefined,
+      );
+    const from = (rule.from ?? []) as K8sObject[];
+    const fromOk =
+      from.length === 0 ||
+      from.some((peer) => {
+        if (peer.ipBlock) throw new Error("ipBlock is not evaluated here");
+        if ("ip" in source) return false;
+        const nsOk = peer.namespaceSelector
+          ? selects(peer.namespaceSelector, source.namespaceLabels)
+          : source.namespace === policy.metadata.namespace;
+        return nsOk && selects(peer.podSelector, source.podLabels);
+      });
+    return portOk && fromOk;
+  });
+}
 
 function hasKubectl(): boolean {
   try {
