@@ -4,12 +4,14 @@
 # bookworm ships Ceph 16.2), and the native addon's toolchain (cmake, a C++
 # compiler, make, python3 for node-gyp, libasan for the sanitizer run), and
 # iproute2 (ip, tc) for the benchmark lab's network test, and containerd
-# (containerd, ctr; 1.6 on bookworm) for the image-pull harness. Needs
+# (containerd, ctr; 1.6 on bookworm) for the image-pull harness, and
+# Prometheus (prometheus, promtool; 2.42 on bookworm) for the alert rules'
+# unit tests and the dashboard's queries against a real server. Needs
 # root and apt. Idempotent: does nothing if the binaries are already installed.
 set -euo pipefail
 
-PKGS=(radosgw ceph-mon ceph-osd ceph-common cmake g++ make python3 libasan8 iproute2 procps containerd)
-BINS=(radosgw radosgw-admin ceph-mon ceph-osd ceph monmaptool ceph-authtool cmake g++ cc make python3 ip tc pgrep containerd ctr)
+PKGS=(radosgw ceph-mon ceph-osd ceph-common cmake g++ make python3 libasan8 iproute2 procps containerd prometheus)
+BINS=(radosgw radosgw-admin ceph-mon ceph-osd ceph monmaptool ceph-authtool cmake g++ cc make python3 ip tc pgrep containerd ctr prometheus promtool)
 
 missing() {
   local b out=()

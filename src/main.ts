@@ -126,6 +126,7 @@ async function compose(
       ? life.add("tokens", new TokenFile(d.tokenFile, { logger }), (t) => t.close())
       : undefined;
   const metrics = new Metrics();
+  metrics.buildInfo.set({ version: VERSION, node_version: process.version }, 1);
   const s3 = s3SourceFromConfig(config, { metrics });
   // With peers, a staging job asks them for verified pieces first; S3 stays the authority.
   const peers =
@@ -222,6 +223,7 @@ async function compose(
     },
     extra: compileCaches,
   });
+  metrics.stagingFrom(() => manager.staging());
   publishNodeFacts(metrics, facts);
   const pageCache = new PageCacheWarmer({
     mode: config.pageCache.warm,

@@ -55,6 +55,20 @@ export const HANDSHAKE_WAIT_BUCKETS: readonly number[] = [
   0.01, 0.1, 0.5, 1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600,
 ];
 
+/** Values of `gate` on `coldstart_gate_wait_seconds`: the wait handshake, a CSI publish. */
+export const GATES = ["handshake", "csi"] as const;
+export type Gate = (typeof GATES)[number];
+
+/** One model being staged now, as the per-model staging gauges show it. */
+export interface ModelStagingProgress {
+  /** The model id: bounded by the models the node holds. */
+  model: string;
+  /** Bytes of the model not in place yet. */
+  remainingBytes: number;
+  /** Seconds to go at the current rate; null while unknown (no bytes arrived yet). */
+  etaSeconds: number | null;
+}
+
 export interface MetricsOptions {
   /** Also register prom-client's process_* and nodejs_* metrics into the registry. Default true. */
   defaultMetrics?: boolean;
@@ -92,8 +106,18 @@ export class Metrics {
   readonly evictedBytes: Counter;
   /** coldstart_handshake_waits_total{outcome}: finished pod handshake long-polls, by outcome. */
   readonly handshakeWaits: Counter<"outcome">;
-  /** coldstart_handshake_wait_duration_seconds: how long each handshake long-poll was held open. */
+  /** coldstart_handshake_wait_duration_seconds: how long a handshake that ended ready waited for its model. */
   readonly handshakeWaitDuration: Histogram;
+  /** coldstart_gate_wait_seconds{gate}: how long pods waited at the gate (handshake, csi) for their model. */
+  readonly gateWait: Histogram<"gate">;
+  /** coldstart_gate_waiters: long-polls (handshakes, CSI publishes) waiting for a model now. */
+  readonly gateWaiters: Gauge;
+  /** coldstart_model_remaining_bytes{model}: bytes each model staging now still needs. */
+  readonly modelRemainingBytes: Gauge<"model">;
+  /** coldstart_model_eta_seconds{model}: seconds to go for each model staging now, once known. */
+  readonly modelEtaSeconds: Gauge<"model">;
+  /** coldstart_build_info{version,node_version}: 1, labelled with the running build. */
+  readonly buildInfo: Gauge<"version" | "node_version">;
   /** coldstart_http_requests_total{route,method,status}: API requests; `route` is the route pattern. */
   readonly httpRequests: Counter<"route" | "method" | "status">;
   /** coldstart_gds_info{verdict,mode,load_format}: 1 for the node's current GDS verdict. */
@@ -155,6 +179,9 @@ export class Metrics {
   readonly pageCacheWarmBytes: Counter;
   /** coldstart_page_cache_warm_duration_seconds: how long each warm that read anything took. */
   readonly pageCacheWarmDuration: Histogram;
+
+  /** What the per-model staging gauges read at each scrape; none until the daemon sets it. */
+  #staging: () => Iterable<ModelStagingProgress> = () => [];
 
   constructor(registry?: Registry, options: MetricsOptions = {}) {
     const { defaultMetrics = true } = options;
@@ -233,8 +260,48 @@ export class Metrics {
     });
     this.handshakeWaitDuration = new Histogram({
       name: "coldstart_handshake_wait_duration_seconds",
-      help: "How long each handshake long-poll was held open by the daemon.",
+      help: 'How long each wait handshake that ended ready waited for its model (the same as coldstart_gate_wait_seconds{gate="handshake"}).',
       buckets: [...HANDSHAKE_WAIT_BUCKETS],
+      registers,
+    });
+    this.gateWait = new Histogram({
+      name: "coldstart_gate_wait_seconds",
+      help: "How long pods waited at the gate for their model, from the first wait that found it not ready to its hand-over, by gate (handshake, csi).",
+      labelNames: ["gate"] as const,
+      buckets: [...HANDSHAKE_WAIT_BUCKETS],
+      registers,
+    });
+    this.gateWaiters = new Gauge({
+      name: "coldstart_gate_waiters",
+      help: "Long-polls (wait handshakes, CSI publishes) waiting for a model to be ready now: pods held at the gate.",
+      registers,
+    });
+    // Read at each scrape from what the jobs report, so a model leaves these gauges as its staging ends.
+    const staging = () => this.#staging();
+    this.modelRemainingBytes = new Gauge({
+      name: "coldstart_model_remaining_bytes",
+      help: "Bytes each model being staged now still needs (label: the model id); no series once it is not staging.",
+      labelNames: ["model"] as const,
+      registers,
+      collect() {
+        this.reset();
+        for (const p of staging()) this.set({ model: p.model }, p.remainingBytes);
+      },
+    });
+    this.modelEtaSeconds = new Gauge({
+      name: "coldstart_model_eta_seconds",
+      help: "Seconds until each model being staged now is in place at its current rate (label: the model id); no series while unknown or once it is not staging.",
+      labelNames: ["model"] as const,
+      registers,
+      collect() {
+        this.reset();
+        for (const p of staging()) if (p.etaSeconds !== null) this.set({ model: p.model }, p.etaSeconds);
+      },
+    });
+    this.buildInfo = new Gauge({
+      name: "coldstart_build_info",
+      help: "1, labelled with the coldstart version and the Node.js version that runs it.",
+      labelNames: ["version", "node_version"] as const,
       registers,
     });
     this.httpRequests = new Counter({
@@ -426,6 +493,15 @@ export class Metrics {
     for (const outcome of ["local", "peer", "miss"]) this.mirrorTagResolutions.inc({ outcome }, 0);
     for (const outcome of CSI_PUBLISH_OUTCOMES) this.csiPublishes.inc({ outcome }, 0);
     for (const outcome of PAGE_CACHE_WARM_OUTCOMES) this.pageCacheWarms.inc({ outcome }, 0);
+    for (const gate of GATES) this.gateWait.zero({ gate });
+  }
+
+  /**
+   * Where coldstart_model_remaining_bytes and coldstart_model_eta_seconds read from, at each scrape:
+   * the models being staged now (the daemon's model manager).
+   */
+  stagingFrom(source: () => Iterable<ModelStagingProgress>): void {
+    this.#staging = source;
   }
 }
 

@@ -3,6 +3,7 @@ import { join } from "node:path";
 import picomatch from "picomatch";
 import type { Config } from "../config/schema.js";
 import { ColdstartError } from "../errors.js";
+import type { ModelStagingProgress } from "../metrics/metrics.js";
 import { normalizeS3Uri, parseS3Uri } from "../s3/uri.js";
 import type { EvictableStore } from "../store/eviction.js";
 import { RootLayout } from "../store/root-layout.js";
@@ -233,6 +234,7 @@ export class ModelManager {
     if (settled(r.state)) return { outcome: r.state as WaitOutcome, status: this.#status(r) };
     if (!this.#waitingSince.has(id)) this.#waitingSince.set(id, this.#now());
     const leave = this.#jobs.join(id);
+    this.#o.metrics?.gateWaiters.inc();
     try {
       await new Promise<void>((resolve) => {
         const set = this.#listeners.get(id) ?? new Set();
@@ -253,6 +255,7 @@ export class ModelManager {
       });
     } finally {
       leave();
+      this.#o.metrics?.gateWaiters.dec();
     }
     const now = this.#o.registry.get(id);
     if (!now) throw new ColdstartError("CS_MODEL_NOT_FOUND", `model ${id} was removed while waiting`);
@@ -277,7 +280,9 @@ export class ModelManager {
       r.inUseUntil = new Date(now + this.#o.config.eviction.inUseGraceMs).toISOString();
       const since = this.#waitingSince.get(id);
       this.#waitingSince.delete(id);
-      return { status: this.#status(r), waitedSeconds: since === undefined ? 0 : (now - since) / 1000 };
+      const waitedSeconds = since === undefined ? 0 : (now - since) / 1000;
+      this.#o.metrics?.gateWait.observe({ gate: "handshake" }, waitedSeconds);
+      return { status: this.#status(r), waitedSeconds };
     });
     // Persisted outside the queue, coalesced with the other hand-overs of the moment.
     if (handed) await this.#o.registry.flush();
@@ -300,7 +305,13 @@ export class ModelManager {
       if (o.evenIfNotReady && r) this.#holds.set(holder, id);
       if (r?.state !== "ready") return undefined;
       this.#holds.set(holder, id);
-      r.lastUsedAt = new Date(this.#now()).toISOString();
+      const now = this.#now();
+      r.lastUsedAt = new Date(now).toISOString();
+      // A volume found mounted at start is no pod passing the gate.
+      if (!o.evenIfNotReady) {
+        const since = this.#waitingSince.get(id);
+        this.#o.metrics?.gateWait.observe({ gate: "csi" }, since === undefined ? 0 : (now - since) / 1000);
+      }
       this.#waitingSince.delete(id);
       return this.#status(r);
     });
@@ -426,6 +437,22 @@ export class ModelManager {
       freeBytes: Number(s.bavail) * Number(s.bsize),
       modelBytes: this.#o.registry.all().reduce((n, r) => n + (r.state === "ready" ? r.bytesTotal : 0), 0),
     };
+  }
+
+  /** Each model being staged now, once its listing is done: bytes to go and the ETA (metrics). */
+  staging(): ModelStagingProgress[] {
+    const out: ModelStagingProgress[] = [];
+    for (const [id, p] of this.#jobs.progress()) {
+      const r = this.#o.registry.get(id);
+      if (!r || (p.phase !== "downloading" && p.phase !== "verifying")) continue;
+      const s = this.#status(r);
+      out.push({
+        model: id,
+        remainingBytes: Math.max(s.bytesTotal - s.bytesDone, 0),
+        etaSeconds: s.etaSeconds,
+      });
+    }
+    return out;
   }
 
   /** Models by state (metrics). */
