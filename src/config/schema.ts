@@ -615,7 +615,7 @@ export const schema = {
       default: "/",
       env: ["COLDSTART_HOST_ROOT"],
       flag: "--host-root <dir>",
-      help: "Where the host's / is visible (a DaemonSet mounts it at /host): proc, sys and etc/cufile.json are read under it.",
+      help: "Where the host's files the probes read are visible: proc, sys and etc/cufile.json under it (the DaemonSet mounts exactly those read-only at /host).",
     }),
     addonPath: option({
       schema: absolutePath.optional(),

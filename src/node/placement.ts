@@ -129,8 +129,9 @@ export async function probePlacement(options: {
 }): Promise<PlacementFacts> {
   const { hostRoot } = options;
   const notes: string[] = [];
-  // In a DaemonSet hostRoot is a recursive bind of the host's "/" including its procfs, so
-  // <hostRoot>/proc/self is this process: the table is this container's view, with its paths.
+  // This process's own mount table, with the paths it sees: <hostRoot>/proc/self/mountinfo where a
+  // test's fake host tree has one, else /proc/self/mountinfo (the DaemonSet mounts only the files
+  // the probes read under hostRoot, and "self" of the host's procfs would be some other process).
   const mounts = await readMountTable(hostRoot, notes);
   const probe: Probe = { hostRoot, mounts, notes };
 
@@ -337,13 +338,16 @@ function unescapeOctal(s: string): string {
 
 async function readMountTable(hostRoot: string, notes: string[]): Promise<MountFacts[]> {
   const hostTable = join(hostRoot, "proc/self/mountinfo");
+  const tried: string[] = [];
   for (const file of new Set([hostTable, "/proc/self/mountinfo"])) {
     try {
       return parseMountinfo(await readFile(file, "utf8"));
     } catch (e) {
-      notes.push(`${file}: ${errCode(e)}`);
+      tried.push(`${file}: ${errCode(e)}`);
     }
   }
+  // Only a table that could not be read at all is worth a note: the first missing is the usual case.
+  notes.push(...tried);
   return [];
 }
 

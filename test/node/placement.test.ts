@@ -430,7 +430,8 @@ describe("probePlacement: edge cases", () => {
   it("falls back to this process's /proc/self/mountinfo when the host tree has none", async () => {
     const h = await host();
     const f = await probePlacement({ hostRoot: h.root, stagingRoot: h.path("x") });
-    expect(f.notes[0]).toBe(`${h.root}/proc/self/mountinfo: ENOENT`);
+    // The usual case in a DaemonSet, which mounts only what the probes read: no note about it.
+    expect(f.notes.join("\n")).not.toContain("mountinfo");
     expect(f.mount).not.toBeNull();
   });
 
