@@ -40,6 +40,8 @@ export const errorCodes = {
     "The model is being staged, is mounted into a pod (CSI volume), or was handed to a pod within the grace period.",
   CS_SOURCE_NOT_ALLOWED: "The source is not in the daemon's allowlist (sources.allow).",
   CS_UNAUTHORIZED: "The request carries no valid bearer token.",
+  CS_FORBIDDEN:
+    "The bearer token is valid but scoped elsewhere: a peer's or the mirror's token on a route only the API token reaches.",
   CS_REQUEST_INVALID: "The request body or query does not match the API's schema, or is not valid JSON.",
   CS_REQUEST_TOO_LARGE: "The request body exceeds the API's size limit.",
   CS_UNSUPPORTED_MEDIA_TYPE: "The request body is not application/json.",

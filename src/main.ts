@@ -7,7 +7,7 @@ import { chmod, mkdir, rm } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import type { Logger } from "pino";
 import { buildApp } from "./api/app.js";
-import { TokenFile } from "./api/auth.js";
+import { mirrorToken, onTokensReloaded, peerToken, TokenFile } from "./api/auth.js";
 import { buildMetricsApp } from "./api/metrics-app.js";
 import { buildMirrorApp } from "./api/mirror-app.js";
 import { CompileCacheManager } from "./compile-cache/cache-manager.js";
@@ -90,6 +90,21 @@ export async function startDaemon(
       details: { field: "daemon.tokenFile" },
     });
   }
+  // A scoped token narrows what the API token reaches; with daemon.auth none nothing is checked.
+  for (const [field, path] of [
+    ["peers.tokenFile", config.peers.tokenFile],
+    ["mirror.tokenFile", config.mirror.tokenFile],
+  ] as const) {
+    if (path && d.auth === "none") {
+      throw new ColdstartError(
+        "CS_CONFIG_INVALID",
+        `${field} needs daemon.auth token, got daemon.auth none`,
+        {
+          details: { field, value: path },
+        },
+      );
+    }
+  }
   // Node facts first: gds.mode on and placement.require refuse to start before anything listens.
   const factsOptions = nodeFactsOptions(config);
   const facts = await collectNodeFacts(factsOptions);
@@ -121,10 +136,14 @@ async function compose(
   const d = config.daemon;
   const [host, portText] = splitHostPort(d.listen);
   let facts = initialFacts;
-  const tokens =
-    d.auth === "token" && d.tokenFile
-      ? life.add("tokens", new TokenFile(d.tokenFile, { logger }), (t) => t.close())
-      : undefined;
+  // The API's tokens reach everything; the peers' and the mirror's, when set, only their own routes.
+  const tokenFile = (field: string, path: string | undefined) =>
+    path ? life.add(field, new TokenFile(path, { logger, field }), (t) => t.close()) : undefined;
+  const credentials = {
+    tokens: d.auth === "token" ? tokenFile("daemon.tokenFile", d.tokenFile) : undefined,
+    peerTokens: tokenFile("peers.tokenFile", config.peers.tokenFile),
+    mirrorTokens: tokenFile("mirror.tokenFile", config.mirror.tokenFile),
+  };
   const metrics = new Metrics();
   metrics.buildInfo.set({ version: VERSION, node_version: process.version }, 1);
   const s3 = s3SourceFromConfig(config, { metrics });
@@ -147,7 +166,7 @@ async function compose(
           urls: () => peerUrls(peers.urls(), cohorts?.others() ?? []),
           cohorts,
           cohortWaitMs: config.peers.cohortWaitMs,
-          token: () => tokens?.first,
+          token: () => peerToken(credentials),
           timeoutMs: config.peers.timeoutMs,
           maxInFlight: config.peers.maxInFlight,
           maxInFlightPerPeer: config.peers.maxInFlightPerPeer,
@@ -247,7 +266,7 @@ async function compose(
     images,
     logger,
     metrics,
-    tokens,
+    ...credentials,
     bodyLimitBytes: d.bodyLimitBytes,
     isReady: () => ready,
     nodeFacts: () => facts,
@@ -265,7 +284,7 @@ async function compose(
         relay: peers
           ? new BlobRelay({
               urls: () => peers.urls(),
-              token: () => tokens?.first,
+              token: () => peerToken(credentials),
               timeoutMs: config.peers.timeoutMs,
               logger: logger.child({ component: "mirror" }),
             })
@@ -274,13 +293,13 @@ async function compose(
           ? new TagResolver({
               local: images,
               urls: () => peers?.urls() ?? [],
-              token: () => tokens?.first,
+              token: () => peerToken(credentials),
               timeoutMs: config.peers.timeoutMs,
               logger: logger.child({ component: "mirror" }),
             })
           : undefined,
         registries: config.mirror.registries,
-        tokens,
+        ...credentials,
         logger,
         metrics,
       })
@@ -346,7 +365,8 @@ async function compose(
       await watchContainerd({
         config,
         listenPort: Number(mirrorAddress.slice(mirrorAddress.lastIndexOf(":") + 1)),
-        token: tokens?.first,
+        token: () => mirrorToken(credentials),
+        onTokenChange: (listener) => onTokensReloaded(credentials, listener),
         log,
         metrics,
       }),

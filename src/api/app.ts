@@ -1,7 +1,7 @@
 import Fastify from "fastify";
 import { ColdstartError } from "../errors.js";
 import { peerRoutes } from "../peers/serve.js";
-import { bearerAccepted } from "./auth.js";
+import { authorize, type Scope } from "./auth.js";
 import type { AppDeps, Surface } from "./deps.js";
 import { answerCatalogError, answerNoRoute } from "./http-errors.js";
 import { compileCacheRoutes } from "./routes/compile-caches.js";
@@ -41,15 +41,19 @@ export function buildApp(deps: AppDeps, surface: Surface) {
 
   // Authorization, deny by default: only the probes and /metrics are public; on the socket the
   // handshake calls are free too. Decided on the matched route, never on the raw target (an
-  // absolute-form target such as `PUT http://x/v1/models/m` routes like `/v1/models/m`).
+  // absolute-form target such as `PUT http://x/v1/models/m` routes like `/v1/models/m`). The peer
+  // routes take a peer token (peers.tokenFile) too; everything else only an API token
+  // (daemon.tokenFile): a peer's or the mirror's token there is a 403, not a way in.
   app.decorateRequest("authenticated", false);
   app.addHook("onRequest", async (req) => {
     if (!req.url.startsWith("/")) {
       throw new ColdstartError("CS_REQUEST_INVALID", "the request target must be a path (origin-form)");
     }
-    req.authenticated = bearerAccepted(deps.tokens, req.headers.authorization);
     const route = req.routeOptions.url;
-    if (req.authenticated || (route !== undefined && PUBLIC_ROUTES.has(route))) return;
+    const scope = route?.startsWith("/v1/peer/") ? "peer" : "api";
+    const verdict = authorize(deps, req.headers.authorization, scope);
+    req.authenticated = verdict.ok;
+    if (verdict.ok || (route !== undefined && PUBLIC_ROUTES.has(route))) return;
     if (surface === "socket" && route === "/v1/models/*" && (req.method === "PUT" || req.method === "GET"))
       return;
     // The handshake reads the loader choice and GPU product for the pod's env file.
@@ -57,6 +61,12 @@ export function buildApp(deps: AppDeps, surface: Surface) {
     // And restores its compile cache, or publishes it (which the quiet period would do anyway).
     if (surface === "socket" && route !== undefined && SOCKET_CACHE_ROUTES.has(`${req.method} ${route}`))
       return;
+    if (verdict.reason === "forbidden") {
+      throw new ColdstartError(
+        "CS_FORBIDDEN",
+        `a ${verdict.scopes.join(" and ")} token reaches ${verdict.scopes.map(REACHES).join(" and ")} only; ${req.method} ${route ?? "this path"} needs ${scope === "peer" ? "a peer token (peers.tokenFile) or " : ""}an API token (daemon.tokenFile)`,
+      );
+    }
     throw new ColdstartError(
       "CS_UNAUTHORIZED",
       "missing or invalid bearer token (Authorization: Bearer <token>)",
@@ -85,12 +95,19 @@ const SOCKET_CACHE_ROUTES = new Set([
   "GET /v1/compile-caches",
 ]);
 
+/** What a scoped token reaches, for the 403's message. */
+const REACHES = (scope: Scope) =>
+  scope === "peer" ? "/v1/peer/*" : scope === "mirror" ? "the mirror" : "/v1";
+
 /** Routes anyone may call: probes and metrics, nothing that reads or changes models. */
 const PUBLIC_ROUTES = new Set(["/livez", "/readyz", "/metrics"]);
 
 declare module "fastify" {
   interface FastifyRequest {
-    /** The request carried a valid bearer token (always true with `daemon.auth: none`). */
+    /**
+     * The request carried a bearer token that reaches its route: an API token, or a peer token on a
+     * peer route (always true with `daemon.auth: none`).
+     */
     authenticated: boolean;
   }
 }

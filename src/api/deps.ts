@@ -17,8 +17,12 @@ export interface AppDeps {
   manager: ModelManager;
   logger: Logger;
   metrics?: Metrics;
-  /** Accepted bearer tokens; undefined means `daemon.auth: none` (local demos only). */
+  /** Accepted API tokens (daemon.tokenFile); undefined means `daemon.auth: none` (local demos only). */
   tokens: TokenFile | undefined;
+  /** peers.tokenFile, when set: tokens that reach the peer routes (`/v1/peer/*`) and nothing else. */
+  peerTokens?: TokenFile | undefined;
+  /** mirror.tokenFile, when set: known here only to answer them 403 rather than 401. */
+  mirrorTokens?: TokenFile | undefined;
   bodyLimitBytes: number;
   /** True once the store is loaded and the daemon is not draining. */
   isReady: () => boolean;

@@ -16,7 +16,7 @@ import { type InvalidPullPath, type Kind, parsePullPath } from "../mirror/refere
 import { type BlobRelay, digestMismatch, verifyingStream } from "../mirror/relay.js";
 import { imageRef, type TagResolver } from "../mirror/tags.js";
 import { VerifiedBlobs } from "../mirror/verified-blobs.js";
-import { bearerAccepted, type TokenFile } from "./auth.js";
+import { authorize, type TokenFile } from "./auth.js";
 
 export interface MirrorDeps {
   store: ContentStore;
@@ -25,7 +25,12 @@ export interface MirrorDeps {
   tags?: TagResolver | undefined;
   /** Registries mirrored (containerd's ?ns=); empty: any. */
   registries: string[];
+  /** API tokens (daemon.tokenFile): they reach the mirror too. undefined: `daemon.auth: none`. */
   tokens: TokenFile | undefined;
+  /** mirror.tokenFile, when set: what containerd sends from hosts.toml, reaching the mirror only. */
+  mirrorTokens?: TokenFile | undefined;
+  /** peers.tokenFile, when set: known here only to answer them 403 DENIED rather than 401. */
+  peerTokens?: TokenFile | undefined;
   logger: Logger;
   metrics?: Metrics | undefined;
   /** Verdicts on local blobs' bytes (src/mirror/verified-blobs.ts); default: a new one per app. */
@@ -46,14 +51,16 @@ export function buildMirrorApp(deps: MirrorDeps) {
     // A target the router cannot decode (`%zz`) never reaches a route or a hook: answered here, in
     // the distribution spec's shape, after the same token check.
     frameworkErrors: (_err, req, reply) => {
-      if (!bearerAccepted(deps.tokens, req.headers.authorization)) return unauthorized(reply);
+      const refused = refusal(deps, req.headers.authorization);
+      if (refused) return refused(reply);
       const path = parsePullPath(req.raw.url ?? "");
       if (path && "invalid" in path) return invalid(reply, path);
       return notARoute(reply);
     },
   });
   app.addHook("onRequest", async (req, reply) => {
-    if (!bearerAccepted(deps.tokens, req.headers.authorization)) return unauthorized(reply);
+    const refused = refusal(deps, req.headers.authorization);
+    if (refused) return refused(reply);
   });
   // Anything that fails before the answer starts (a blob found wrong before its first byte went
   // out, a read error) is a 404: containerd then asks the next host instead of failing the pull.
@@ -307,8 +314,25 @@ function notARoute(reply: FastifyReply) {
   return reply.code(404).send(ociError("NAME_UNKNOWN", "not a pull route"));
 }
 
+/** How a request the token check refuses is answered; undefined: the token reaches the mirror. */
+function refusal(
+  deps: MirrorDeps,
+  header: string | undefined,
+): ((reply: FastifyReply) => unknown) | undefined {
+  const verdict = authorize(deps, header, "mirror");
+  if (verdict.ok) return undefined;
+  return verdict.reason === "forbidden" ? denied : unauthorized;
+}
+
 function unauthorized(reply: FastifyReply) {
   return reply.code(401).send(ociError("UNAUTHORIZED", "a bearer token is required (hosts.toml header)"));
+}
+
+/** 403: a valid token of another scope (a peer's): the mirror takes the mirror's or the API's. */
+function denied(reply: FastifyReply) {
+  return reply
+    .code(403)
+    .send(ociError("DENIED", "this token does not reach the mirror (mirror.tokenFile or daemon.tokenFile)"));
 }
 
 /** 400: a name or reference outside the spec's grammar is looked up nowhere. */

@@ -275,7 +275,7 @@ export const schema = {
       default: undefined,
       env: ["COLDSTART_TOKEN_FILE"],
       flag: "--token-file <path>",
-      help: "File of accepted API tokens, one per line (a mounted Secret); reloaded when it changes.",
+      help: "File of accepted API tokens, one per line (a mounted Secret); reloaded when it changes. They reach every route, the peer routes and the mirror included; the first is what peers and containerd are given unless peers.tokenFile or mirror.tokenFile is set.",
     }),
     bodyLimitBytes: option({
       schema: byteSizeIn(1024, MiB),
@@ -390,6 +390,13 @@ export const schema = {
       flag: "--peer-max-upload-bytes-per-second <size>",
       help: "Cap on the bytes this node serves to peers (0: none), so serving never starves the node's own inference traffic.",
     }),
+    tokenFile: option({
+      schema: z.string().min(1).optional(),
+      default: undefined,
+      env: ["COLDSTART_PEER_TOKEN_FILE"],
+      flag: "--peer-token-file <path>",
+      help: "File of peer tokens, one per line (a mounted Secret); reloaded when it changes. Its first token is what this daemon presents to peers, and its tokens reach the peer routes (/v1/peer/*) only, never the rest of the API. Unset: peers use the API token (daemon.tokenFile).",
+    }),
   },
   mirror: {
     listen: option({
@@ -450,6 +457,13 @@ export const schema = {
       env: ["COLDSTART_MIRROR_CONTAINERD_NAMESPACE"],
       flag: "--mirror-containerd-namespace <name>",
       help: "The containerd namespace whose images are looked up: kubelet's is k8s.io.",
+    }),
+    tokenFile: option({
+      schema: z.string().min(1).optional(),
+      default: undefined,
+      env: ["COLDSTART_MIRROR_TOKEN_FILE"],
+      flag: "--mirror-token-file <path>",
+      help: "File of mirror tokens, one per line (a mounted Secret); reloaded when it changes. Its first token is what containerd sends (managed hosts.toml), and its tokens reach the mirror only, never the API. Unset: the mirror takes the API token (daemon.tokenFile).",
     }),
   },
   compileCache: {
@@ -734,12 +748,16 @@ export const schema = {
   },
   placement: {
     require: option({
-      schema: stringList.pipe(z.array(z.enum(PLACEMENTS))),
+      schema: stringList
+        .pipe(z.array(z.enum([...PLACEMENTS, "auto"])))
+        .refine((l) => !l.includes("auto") || l.length === 1, {
+          error: "must be auto alone or a list of placements, not both",
+        }),
       default: [],
       env: ["COLDSTART_PLACEMENT_REQUIRE"],
       flag: "--require-placement <placement>",
       repeatable: true,
-      help: `Placements of the staging root the daemon may start on (${PLACEMENTS.join(", ")}); empty: any, with a warning on the root volume.`,
+      help: `Placements of the staging root the daemon may start on (${PLACEMENTS.join(", ")}); empty: any, with a warning on the root volume; auto: refuse the root volume where the node has local instance-store NVMe, allow any placement elsewhere (the deploy/ base sets auto).`,
     }),
   },
   log: {

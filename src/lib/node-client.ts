@@ -3,7 +3,7 @@
  * mirror's relay and tags (src/mirror).
  */
 
-/** The shared bearer token as request headers; none without a token (`daemon.auth: none`). */
+/** A bearer token (the peer token) as request headers; none without a token (`daemon.auth: none`). */
 export function bearerHeaders(token: string | undefined): Record<string, string> {
   return token ? { authorization: `Bearer ${token}` } : {};
 }

@@ -126,6 +126,8 @@ export class Metrics {
   readonly gdsReasons: Gauge<"code">;
   /** coldstart_placement_info{placement,fstype,device}: 1 for where the staging root lives. */
   readonly placementInfo: Gauge<"placement" | "fstype" | "device">;
+  /** coldstart_placement_warnings{code}: 1 per placement warning (staging_on_root_volume, instance_store_unused, ...). */
+  readonly placementWarnings: Gauge<"code">;
   /** coldstart_gpu_info{index,uuid,name,compute_capability,driver_version}: 1 per GPU. */
   readonly gpuInfo: Gauge<"index" | "uuid" | "name" | "compute_capability" | "driver_version">;
   /** coldstart_native_addon_available: 1 when the native probes can run. */
@@ -327,6 +329,12 @@ export class Metrics {
       name: "coldstart_placement_info",
       help: "1 for where the staging root lives: placement, filesystem type and block device.",
       labelNames: ["placement", "fstype", "device"] as const,
+      registers,
+    });
+    this.placementWarnings = new Gauge({
+      name: "coldstart_placement_warnings",
+      help: "1 per placement warning code for the staging root, e.g. instance_store_unused: on the root volume of a node with instance storage (docs/node-facts.md).",
+      labelNames: ["code"] as const,
       registers,
     });
     this.gpuInfo = new Gauge({

@@ -11,6 +11,7 @@ import { anySignal, bearerHeaders } from "../lib/node-client.js";
 
 export interface RelayOptions {
   urls: () => string[];
+  /** Presented to peers as a bearer token: the peer token (peers.tokenFile), else the API token. */
   token: () => string | undefined;
   timeoutMs: number;
   logger: Logger;

@@ -18,6 +18,7 @@ export interface TagResolverOptions {
   /** This node's containerd, when its socket is configured. */
   local?: ImageResolver | undefined;
   urls: () => string[];
+  /** Presented to peers as a bearer token: the peer token (peers.tokenFile), else the API token. */
   token: () => string | undefined;
   timeoutMs: number;
   logger: Logger;

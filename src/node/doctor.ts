@@ -143,10 +143,12 @@ export function doctorChecks(f: NodeFacts, policy: NodePolicy): Check[] {
   });
 
   const refused = violations.find((v) => v.code === "CS_PLACEMENT_REFUSED");
+  // Instance-store disks the staging root could be on and is not (placement.require auto's question).
+  const unused = p.placement === "nvme-instance-store" ? [] : p.instanceStore.spare;
   add({
     id: "staging.placement",
     title: "Staging placement",
-    value: `${p.placement}: ${p.path} is ${placementSummary(p)}${p.sharesRootVolume ? ", shared with the root volume" : ""}`,
+    value: `${p.placement}: ${p.path} is ${placementSummary(p)}${p.sharesRootVolume ? ", shared with the root volume" : ""}${unused.length ? `; instance store unused: ${unused.join(", ")}` : ""}`,
     status: refused ? "fail" : GOOD_PLACEMENTS.has(p.placement) && p.warnings.length === 0 ? "pass" : "warn",
     advice: refused
       ? `${refused.message}.`

@@ -18,7 +18,7 @@ import {
   readNvidiaFs,
 } from "./host-facts.js";
 import { type CufileProbe, type GpuProbe, type ProbeOutcome, runProbe } from "./native.js";
-import { type Placement, type PlacementFacts, probePlacement } from "./placement.js";
+import { type Placement, type PlacementFacts, probePlacement, spareInstanceStore } from "./placement.js";
 
 export interface NodeFactsOptions {
   hostRoot: string;
@@ -152,7 +152,11 @@ function nativeFacts(...outcomes: (ProbeOutcome<unknown> | null)[]): NativeFacts
 
 export interface NodePolicy {
   gdsMode: GdsMode;
-  placementRequire: readonly Placement[];
+  /**
+   * placement.require: the placements the daemon may start on ([] any), or ["auto"]: any but the
+   * root volume of a node that has instance-store disks of its own.
+   */
+  placementRequire: readonly (Placement | "auto")[];
 }
 
 /** The errors that make these facts unacceptable under the policy (empty: fine to run). */
@@ -171,11 +175,23 @@ export function policyViolations(facts: NodeFacts, policy: NodePolicy): Coldstar
     );
   }
   const p = facts.placement.placement;
-  if (policy.placementRequire.length > 0 && !policy.placementRequire.includes(p)) {
+  const allowed = policy.placementRequire;
+  const spare = spareInstanceStore(facts.placement);
+  if (allowed.includes("auto")) {
+    if (p === "root-volume" && spare) {
+      out.push(
+        new ColdstartError(
+          "CS_PLACEMENT_REFUSED",
+          `staging root ${facts.placement.path} is on root-volume (${placementSummary(facts.placement)}), and placement.require auto refuses the root volume on a node with instance storage: ${spare.found}. ${spare.fix}`,
+          { details: { field: "placement.require", value: p } },
+        ),
+      );
+    }
+  } else if (allowed.length > 0 && !allowed.includes(p)) {
     out.push(
       new ColdstartError(
         "CS_PLACEMENT_REFUSED",
-        `staging root ${facts.placement.path} is on ${p} (${placementSummary(facts.placement)}); placement.require allows ${policy.placementRequire.join(", ")}`,
+        `staging root ${facts.placement.path} is on ${p} (${placementSummary(facts.placement)}); placement.require allows ${allowed.join(", ")}`,
         { details: { field: "placement.require", value: p } },
       ),
     );
@@ -211,6 +227,8 @@ export function publishNodeFacts(metrics: Metrics, facts: NodeFacts): void {
     { placement: p.placement, fstype: p.mount?.fsType ?? "unknown", device: p.chain[0] ?? "unknown" },
     1,
   );
+  metrics.placementWarnings.reset();
+  for (const w of p.warnings) metrics.placementWarnings.set({ code: w.code }, 1);
   metrics.gpuInfo.reset();
   for (const g of facts.gpus.gpus) {
     metrics.gpuInfo.set(

@@ -40,6 +40,8 @@ export interface Finding {
 export interface MountFacts {
   /** Where it is mounted, in this process's mount namespace. */
   mountPoint: string;
+  /** The directory of the filesystem mounted there: "/" for a whole filesystem, "/kubelet" for a bind of a subdirectory. */
+  root: string;
   /** e.g. "ext4", "xfs", "overlay", "nfs4", "fuse.s3fs". */
   fsType: string;
   /** The mount source, e.g. "/dev/md0", "overlay", "server:/export". */
@@ -50,6 +52,28 @@ export interface MountFacts {
   superOptions: string[];
   /** "major:minor" of the filesystem's device. */
   device: string;
+}
+
+/** A filesystem that lives on instance-store disks only, where the host mounts it whole. */
+export interface InstanceStoreMount {
+  /** In the host's mount namespace (its init process's table), e.g. "/mnt/k8s-disks/0". */
+  mountPoint: string;
+  /** e.g. "xfs". */
+  fsType: string;
+  /** The block device mounted, e.g. "md127" (a RAID0) or "nvme1n1". */
+  device: string;
+  /** The instance-store disks below it. */
+  disks: string[];
+}
+
+/** The node's local instance-store NVMe, whatever the staging root is on. */
+export interface InstanceStoreFacts {
+  /** Every whole instance-store disk in sys/class/block (the models diskKind calls "instance-store"). */
+  disks: DiskFacts[];
+  /** Filesystems on those disks alone, mounted whole (binds of their subdirectories left out). */
+  mounts: InstanceStoreMount[];
+  /** Instance-store disks that are not the root volume's: where staging could go instead of "/". */
+  spare: string[];
 }
 
 /** What is known about where the staging root lives, and what that means for staging and GDS. */
@@ -68,6 +92,8 @@ export interface PlacementFacts {
   rootDisks: string[];
   /** Whether the staging root shares a disk (or the filesystem) with the host's "/"; null if unknown. */
   sharesRootVolume: boolean | null;
+  /** The node's instance-store disks and their mounts, for placement.require auto and the advice. */
+  instanceStore: InstanceStoreFacts;
   /** Placement warnings (see the codes in `probePlacement`). */
   warnings: Finding[];
   /** Why GDS cannot work on this filesystem; [] for ext4 (data=ordered) or xfs on NVMe. */
@@ -104,6 +130,8 @@ const MAX_DEPTH = 16;
 interface Probe {
   hostRoot: string;
   mounts: MountFacts[];
+  /** The host init's mount table (<hostRoot>/proc/1/mountinfo) where hostRoot is not "/" and it reads. */
+  hostMounts: MountFacts[] | null;
   notes: string[];
 }
 
@@ -117,8 +145,9 @@ interface Located {
 }
 
 /**
- * Finds the mount, block devices and disks behind the staging root and classifies its placement.
- * Warning codes: staging_on_root_volume, staging_on_overlayfs, staging_on_tmpfs,
+ * Finds the mount, block devices and disks behind the staging root and classifies its placement, and
+ * the node's instance-store disks and where the host mounts them.
+ * Warning codes: staging_on_root_volume, instance_store_unused, staging_on_overlayfs, staging_on_tmpfs,
  * staging_on_network_fs, staging_on_remote_disk, not_nvme, root_volume_unknown, placement_unknown. GDS blocker codes:
  * fs_unsupported:<fstype>, fs_unsupported:ext4-data=<mode>, not_nvme, placement_unknown.
  * Never throws: what cannot be read ends up in `notes` and, where it matters, as placement_unknown.
@@ -133,13 +162,14 @@ export async function probePlacement(options: {
   // test's fake host tree has one, else /proc/self/mountinfo (the DaemonSet mounts only the files
   // the probes read under hostRoot, and "self" of the host's procfs would be some other process).
   const mounts = await readMountTable(hostRoot, notes);
-  const probe: Probe = { hostRoot, mounts, notes };
+  const probe: Probe = { hostRoot, mounts, hostMounts: await readHostInitTable(hostRoot, notes), notes };
 
   const path = await resolveExisting(options.stagingRoot);
   const here = await locate(probe, path, 0);
   const root = await locateHostRoot(probe, hostRoot);
   const rootDisks = root.disks.map((d) => d.name);
   const disks = await Promise.all(here.disks.map((d) => diskFacts(d.name, d.dir)));
+  const instanceStore = await findInstanceStore(probe, rootDisks);
 
   const backingType = here.backing?.fsType ?? "";
   const onRam = TMPFS.has(backingType);
@@ -170,6 +200,7 @@ export async function probePlacement(options: {
     disks,
     rootDisks,
     sharesRootVolume,
+    instanceStore,
     warnings: [],
     gdsBlockers: [],
     notes,
@@ -212,6 +243,8 @@ function placementWarnings(f: PlacementFacts): Finding[] {
         `downloads compete with the OS, images and logs for space and I/O, and filling it can evict ` +
         `pods. Point it at a separate local NVMe (instance store) mount.`,
     });
+  if (f.placement === "root-volume" && f.instanceStore.spare.length > 0)
+    out.push({ code: "instance_store_unused", message: instanceStoreUnused(f) });
   const remote = f.disks.filter((d) => d.kind === "ebs");
   if (remote.length > 0)
     out.push({
@@ -316,12 +349,14 @@ export function parseMountinfo(text: string): MountFacts[] {
   for (const line of text.split("\n")) {
     const f = line.split(" ");
     const sep = f.indexOf("-", 6);
-    const [, , device, , mountPoint, options] = f;
+    const [, , device, root, mountPoint, options] = f;
     const [fsType, source, superOptions] = sep > 0 ? f.slice(sep + 1) : [];
-    if (device === undefined || mountPoint === undefined || options === undefined) continue;
+    if (device === undefined || root === undefined || mountPoint === undefined || options === undefined)
+      continue;
     if (fsType === undefined || source === undefined) continue;
     out.push({
       mountPoint: unescapeOctal(mountPoint),
+      root: unescapeOctal(root),
       fsType,
       source: unescapeOctal(source),
       options: options.split(","),
@@ -358,17 +393,113 @@ async function readMountTable(hostRoot: string, notes: string[]): Promise<MountF
  * finds no disk, the mount in this table that holds hostRoot.
  */
 async function locateHostRoot(probe: Probe, hostRoot: string): Promise<Located> {
-  if (resolve(hostRoot) !== "/") {
-    const file = join(hostRoot, "proc/1/mountinfo");
-    try {
-      const mounts = parseMountinfo(await readFile(file, "utf8"));
-      const found = await locate({ ...probe, mounts }, "/", 0);
-      if (found.disks.length > 0) return found;
-    } catch (e) {
-      if (errCode(e) !== "ENOENT") probe.notes.push(`${file}: ${errCode(e)}`);
-    }
+  if (probe.hostMounts) {
+    const found = await locate({ ...probe, mounts: probe.hostMounts }, "/", 0);
+    if (found.disks.length > 0) return found;
   }
   return locate(probe, await resolveExisting(hostRoot), 0);
+}
+
+/** <hostRoot>/proc/1/mountinfo, the host init's mount table, where hostRoot is not "/"; else null. */
+async function readHostInitTable(hostRoot: string, notes: string[]): Promise<MountFacts[] | null> {
+  if (resolve(hostRoot) === "/") return null;
+  const file = join(hostRoot, "proc/1/mountinfo");
+  try {
+    return parseMountinfo(await readFile(file, "utf8"));
+  } catch (e) {
+    if (errCode(e) !== "ENOENT") notes.push(`${file}: ${errCode(e)}`);
+    return null;
+  }
+}
+
+/** Kernel names of NVMe namespaces (nvme1n1), not their partitions or multipath paths (nvme0c0n1). */
+const NVME_NAMESPACE = /^nvme\d+n\d+$/;
+
+/**
+ * The node's instance-store disks, from <hostRoot>/sys/class/block and each disk's model (the
+ * disks the staging root is on are found the same way), and the filesystems that live on them alone
+ * as the host mounts them: its init's table where there is one, else this process's. A mount of a
+ * subdirectory (the EKS AMI binds /var/lib/kubelet from its RAID0) is left out: the suggestion is the
+ * array's own mount. Nothing here is noted: a node without instance storage is the common case.
+ */
+async function findInstanceStore(probe: Probe, rootDisks: string[]): Promise<InstanceStoreFacts> {
+  const classBlock = join(probe.hostRoot, "sys/class/block");
+  const names = (await readdir(classBlock).catch(() => [] as string[])).filter((n) => NVME_NAMESPACE.test(n));
+  const found = await Promise.all(
+    names.sort(byKernelName).map(async (name) => {
+      const dir = await realpath(join(classBlock, name)).catch(() => null);
+      return dir === null ? null : diskFacts(name, dir);
+    }),
+  );
+  const disks = found.filter((d): d is DiskFacts => d?.kind === "instance-store");
+  if (disks.length === 0) return { disks, mounts: [], spare: [] };
+  const local = new Set(disks.map((d) => d.name));
+  const quiet: Probe = { ...probe, notes: [] };
+  const mounts: InstanceStoreMount[] = [];
+  const seen = new Set<string>();
+  for (const m of probe.hostMounts ?? probe.mounts) {
+    const blockLike = m.source.startsWith("/dev/") || !m.device.startsWith("0:");
+    if (m.root !== "/" || !blockLike || seen.has(m.mountPoint)) continue;
+    if (TMPFS.has(m.fsType) || isNetworkFs(m.fsType) || m.fsType === "overlay") continue;
+    const dir = await deviceDir(quiet, m);
+    if (dir === null) continue;
+    const chain: string[] = [];
+    const below: Located["disks"] = [];
+    await walk(quiet, dir, chain, below, []);
+    if (below.length === 0 || !below.every((d) => local.has(d.name))) continue;
+    seen.add(m.mountPoint);
+    mounts.push({
+      mountPoint: m.mountPoint,
+      fsType: m.fsType,
+      device: chain[0] ?? basename(dir),
+      disks: below.map((d) => d.name),
+    });
+  }
+  return { disks, mounts, spare: disks.map((d) => d.name).filter((n) => !rootDisks.includes(n)) };
+}
+
+/** nvme2n1 before nvme10n1. */
+function byKernelName(a: string, b: string): number {
+  return a.localeCompare(b, "en", { numeric: true });
+}
+
+/** Where the EKS AMI mounts the RAID0 of instance-store disks (nodeadm localStorage strategy RAID0). */
+export const EKS_INSTANCE_STORE_MOUNT = "/mnt/k8s-disks/0";
+
+/**
+ * The instance-store disks that staging could use instead of the root volume, where they are
+ * mounted, and what to do: `found` ("nvme1n1, nvme2n1 ("Amazon EC2 NVMe Instance Storage") mounted at
+ * /mnt/k8s-disks/0 (xfs on md127)") and `fix` (a sentence). Null where there are none.
+ */
+export function spareInstanceStore(f: PlacementFacts): { found: string; fix: string } | null {
+  const is = f.instanceStore;
+  const spare = is.disks.filter((d) => is.spare.includes(d.name));
+  if (spare.length === 0) return null;
+  const usable = is.mounts.filter((m) => m.disks.some((d) => is.spare.includes(d)));
+  const where =
+    usable.length > 0
+      ? `mounted at ${usable.map((m) => `${m.mountPoint} (${m.fsType} on ${m.device})`).join(", ")}`
+      : "not mounted";
+  const found = `${spare.map((d) => d.name).join(", ")} ("${spare[0]?.model}") ${where}`;
+  const at = usable[0]?.mountPoint;
+  const component = "kustomize component deploy/components/instance-store";
+  const fix =
+    at === undefined
+      ? `Mount them (on EKS, instanceStorePolicy: RAID0 in the Karpenter EC2NodeClass, or nodeadm's ` +
+        `localStorage strategy RAID0, makes them one RAID0 at ${EKS_INSTANCE_STORE_MOUNT}) and point the ` +
+        `staging root there: the DaemonSet's staging hostPath ${EKS_INSTANCE_STORE_MOUNT}/coldstart (${component})`
+      : `Point the staging root at the instance-store mount: the DaemonSet's staging hostPath ` +
+        `${join(at, "coldstart")} (${at === EKS_INSTANCE_STORE_MOUNT ? component : `as the ${component} does for ${EKS_INSTANCE_STORE_MOUNT}`})`;
+  return { found, fix };
+}
+
+function instanceStoreUnused(f: PlacementFacts): string {
+  const spare = spareInstanceStore(f);
+  const root = f.rootDisks.join(", ") || f.mount?.source || "unknown";
+  return (
+    `this node has local instance-store NVMe ${spare?.found}, and staging root ${f.path} is on the root ` +
+    `volume (${root}) instead. ${spare?.fix}.`
+  );
 }
 
 /** The mount holding `path`: the longest mount point that is a component-wise prefix, the last one on a tie. */

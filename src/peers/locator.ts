@@ -13,7 +13,7 @@ import type { GetOptions } from "../s3/object-source.js";
 export interface LocatorOptions {
   /** Base URLs of peers' TCP APIs, asked each time (discovery may change them). */
   urls: () => string[];
-  /** Presented as a bearer token: the DaemonSet's shared API token. */
+  /** Presented as a bearer token: the peer token (peers.tokenFile), else the API token. */
   token: () => string | undefined;
   /** Deadline of "do you hold this?" (and of a piece's first byte: piece-client.ts). */
   timeoutMs: number;

@@ -17,7 +17,7 @@ import type { Held } from "./locator.js";
 import { PIECE_DIGEST_HEADER } from "./protocol.js";
 
 export interface PieceClientOptions {
-  /** Presented as a bearer token: the DaemonSet's shared API token. */
+  /** Presented as a bearer token: the peer token (peers.tokenFile), else the API token. */
   token: () => string | undefined;
   /** Deadline of a piece's first byte, after any wait (then STALL_MS between bytes). */
   timeoutMs: number;

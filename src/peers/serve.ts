@@ -1,8 +1,10 @@
 /**
  * The peer protocol's serving half (its client: locator.ts and piece-client.ts), a fastify plugin
  * the API mounts: what this node holds verified, one piece of it, and for peers' image mirrors a
- * blob of this node's containerd content store and what a tag points at. TCP with a token only;
- * served from this node's own files, never relayed from elsewhere, so answers cannot loop.
+ * blob of this node's containerd content store and what a tag points at. TCP with a token only: a
+ * peer token (peers.tokenFile) or the API token, checked by the API for every `/v1/peer/*` route (a
+ * route mounted here under another prefix would need the API token). Served from this node's own
+ * files, never relayed from elsewhere, so answers cannot loop.
  */
 import type { FileHandle } from "node:fs/promises";
 import { pipeline, Readable, Transform } from "node:stream";

@@ -108,6 +108,63 @@ describe("coldstart doctor", () => {
     });
   });
 
+  it("placement.require auto fails on the root volume beside instance storage: the device, the disks, the fix", async () => {
+    const out = await doctor(hosts.daemonSetOnRootVolumeBesideInstanceStore, ["--require-placement", "auto"]);
+    expect(out.code).toBe(1);
+    const lines = out.stdout.split("\n");
+    const at = lines.findIndex((l) => /^ {2}FAIL {2}Staging placement /.test(l));
+    expect(lines[at]).toMatch(
+      / {2}root-volume: \/var\/lib\/coldstart is ext4 on nvme0n1p1 \(nvme0n1\), shared with the root volume; instance store unused: nvme1n1, nvme2n1$/,
+    );
+    expect(lines[at + 1]?.trim()).toBe(
+      "→ staging root /var/lib/coldstart is on root-volume (ext4 on nvme0n1p1 (nvme0n1)), and placement.require " +
+        'auto refuses the root volume on a node with instance storage: nvme1n1, nvme2n1 ("Amazon EC2 NVMe ' +
+        'Instance Storage") mounted at /mnt/k8s-disks/0 (xfs on md127). Point the staging root at the ' +
+        "instance-store mount: the DaemonSet's staging hostPath /mnt/k8s-disks/0/coldstart (kustomize component " +
+        "deploy/components/instance-store).",
+    );
+    expect(out.stdout).toMatch(/ 1 failed\.\n$/);
+
+    const json = await doctor(hosts.daemonSetOnRootVolumeBesideInstanceStore, [
+      "--require-placement",
+      "auto",
+      "--json",
+    ]);
+    expect(json.code).toBe(1);
+    const report = JSON.parse(json.stdout);
+    expect(report.checks.find((c: { id: string }) => c.id === "staging.placement")).toMatchObject({
+      status: "fail",
+      codes: ["staging_on_root_volume", "instance_store_unused", "staging_on_remote_disk"],
+      advice: expect.stringContaining("/mnt/k8s-disks/0/coldstart"),
+    });
+    expect(report.facts.placement.instanceStore).toEqual({
+      disks: [
+        { name: "nvme1n1", nvme: true, model: "Amazon EC2 NVMe Instance Storage", kind: "instance-store" },
+        { name: "nvme2n1", nvme: true, model: "Amazon EC2 NVMe Instance Storage", kind: "instance-store" },
+      ],
+      mounts: [
+        { mountPoint: "/mnt/k8s-disks/0", fsType: "xfs", device: "md127", disks: ["nvme1n1", "nvme2n1"] },
+      ],
+      spare: ["nvme1n1", "nvme2n1"],
+    });
+  });
+
+  it("placement.require auto passes on the instance-store RAID0, and only warns on a root volume without instance storage", async () => {
+    const onArray = await doctor(hosts.daemonSetOnEksInstanceStore, ["--require-placement", "auto"]);
+    expect(onArray.code).toBe(0);
+    expect(onArray.stdout).toMatch(
+      /^ {2}PASS {2}Staging placement +nvme-instance-store: \/var\/lib\/coldstart is xfs on md127 \(nvme1n1, nvme2n1\)$/m,
+    );
+    const root = await doctor(hosts.daemonSetOnRootVolume, ["--require-placement", "auto", "--json"]);
+    expect(root.code).toBe(0);
+    expect(
+      JSON.parse(root.stdout).checks.find((c: { id: string }) => c.id === "staging.placement"),
+    ).toMatchObject({
+      status: "warn",
+      codes: ["staging_on_root_volume", "staging_on_remote_disk"],
+    });
+  });
+
   it("exits 2 naming the option for a bad value", async () => {
     const out = await doctor(hosts.gdsReady, ["--gds", "maybe"]);
     expect(out.code).toBe(2);

@@ -64,6 +64,8 @@ async function modelFor(apiVersion: string, kind: string) {
 }
 
 const isKustomization = (o: K8sObject) => o.apiVersion?.startsWith("kustomize.config.k8s.io/");
+/** Karpenter's API groups (karpenter.sh, karpenter.k8s.aws). */
+const KARPENTER = /^karpenter\.(sh|k8s\.aws)\//;
 
 /** An object's path as ajv reports it (`instancePath`): a JSON pointer. */
 const pointer = (path: (string | number)[]) =>
@@ -232,6 +234,9 @@ describe("deploy/", () => {
       // Our own kind has no model here: the real API server checks it against the CRD
       // (test/kube/modelcache-crd.test.ts, the examples included).
       if (String(obj.apiVersion).startsWith("coldstart.io/")) continue;
+      // Karpenter's kinds (examples/karpenter-gpu.yaml) have no model here either: the recipe's test
+      // below checks them against the DaemonSet they serve.
+      if (KARPENTER.test(String(obj.apiVersion))) continue;
       await expectValid(obj, `${relative(root, file)}: ${obj.kind} ${obj.metadata.name}`);
     }
   });
@@ -537,6 +542,11 @@ describe("deploy/", () => {
       sharesRootVolume: false,
     });
     expect(pruned.daemonSetOnRootVolume?.placement.placement).toBe("root-volume");
+    // placement.require auto sees the EKS AMI's instance-store RAID0 through the same views.
+    expect(pruned.daemonSetOnRootVolumeBesideInstanceStore?.placement.instanceStore).toMatchObject({
+      mounts: [{ mountPoint: "/mnt/k8s-disks/0", device: "md127", disks: ["nvme1n1", "nvme2n1"] }],
+      spare: ["nvme1n1", "nvme2n1"],
+    });
     expect(pruned.lvmOverPartitions?.placement.disks.length).toBeGreaterThan(0);
     expect(pruned.gdsReady?.nvidiaFs).toEqual({
       loaded: true,
@@ -778,6 +788,102 @@ describe("deploy/", () => {
         // The daemon's mounts reach the pods only with Bidirectional propagation, which needs privileged.
         expect(mountOf("/var/lib/kubelet/pods").mountPropagation).toBe("Bidirectional");
         expect(c.securityContext).toMatchObject({ privileged: true, readOnlyRootFilesystem: true });
+      } finally {
+        await rm(overlay, { recursive: true, force: true });
+      }
+    },
+  );
+
+  it("the Karpenter recipe: RAID0 instance store, GPU nodes with local NVMe the DaemonSet selects and tolerates", async () => {
+    const objs = await all();
+    const recipe = await load(join(deploy, "examples/karpenter-gpu.yaml"));
+    const nodeClass = recipe.find((o) => o.kind === "EC2NodeClass");
+    const pool = recipe.find((o) => o.kind === "NodePool");
+    expect([nodeClass?.apiVersion, pool?.apiVersion]).toEqual(["karpenter.k8s.aws/v1", "karpenter.sh/v1"]);
+    expect(nodeClass?.spec.instanceStorePolicy).toBe("RAID0");
+    expect(nodeClass?.spec.amiSelectorTerms).toEqual([{ alias: "al2023@latest" }]);
+    const template = pool?.spec.template;
+    expect(template.spec.nodeClassRef).toEqual({
+      group: "karpenter.k8s.aws",
+      kind: "EC2NodeClass",
+      name: nodeClass?.metadata.name,
+    });
+    const requirement = (key: string) =>
+      (template.spec.requirements as { key: string; values?: string[] }[]).find((r) => r.key === key);
+    expect(requirement("karpenter.k8s.aws/instance-local-nvme")).toEqual({
+      key: "karpenter.k8s.aws/instance-local-nvme",
+      operator: "Gt",
+      values: ["0"],
+    });
+    expect(requirement("karpenter.k8s.aws/instance-gpu-manufacturer")?.values).toEqual(["nvidia"]);
+    expect(pool?.spec.disruption.consolidateAfter).toBeDefined();
+    // The DaemonSet lands on these nodes: one of its node selector terms matches the pool's labels,
+    // and it tolerates every taint the pool sets.
+    const pod = find(objs, "DaemonSet", "coldstart").spec.template.spec;
+    const terms = pod.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms;
+    expect(terms.some((t: LabelSelector) => selects(t, template.metadata.labels))).toBe(true);
+    for (const taint of template.spec.taints as { key: string; value?: string; effect: string }[]) {
+      const tolerated = (
+        pod.tolerations as { key?: string; operator?: string; value?: string; effect?: string }[]
+      ).some(
+        (t) =>
+          (t.key === undefined || t.key === taint.key) &&
+          (t.operator === "Exists" || t.value === taint.value) &&
+          (t.effect === undefined || t.effect === taint.effect),
+      );
+      expect(tolerated, `${taint.key}:${taint.effect}`).toBe(true);
+    }
+    // The inference examples tolerate them too.
+    for (const file of ["vllm-deployment.yaml", "vllm-csi-restricted.yaml"]) {
+      const [workload] = (await load(join(deploy, "examples", file))).filter((o) => o.kind === "Deployment");
+      expect(workload?.spec.template.spec.tolerations, file).toContainEqual({
+        key: "nvidia.com/gpu",
+        operator: "Exists",
+        effect: "NoSchedule",
+      });
+    }
+  });
+
+  it.skipIf(!hasKubectl())(
+    "the instance-store component: the staging hostPath on the EKS AMI's RAID0, and nvme-instance-store required",
+    async () => {
+      const overlay = await mkdtemp(join(tmpdir(), "cs-overlay-"));
+      try {
+        const rel = relative(overlay, deploy);
+        await writeFile(
+          join(overlay, "kustomization.yaml"),
+          `resources: [${rel}]\ncomponents: [${rel}/components/instance-store]\n`,
+        );
+        const { stdout } = await promisify(execFile)("kubectl", ["kustomize", overlay]);
+        const rendered = parseAllDocuments(stdout).map((d) => d.toJS() as K8sObject);
+        for (const o of rendered) await expectValid(o, `rendered ${o.kind} ${o.metadata.name}`);
+        const pod = rendered.find((o) => o.kind === "DaemonSet")?.spec.template.spec;
+        const c = pod.containers[0];
+        expect(pod.volumes.find((v: K8sObject) => v.name === "staging")).toEqual({
+          name: "staging",
+          hostPath: { path: "/mnt/k8s-disks/0/coldstart", type: "DirectoryOrCreate" },
+        });
+        // The container path, and so every model path pods are told, stays the base's.
+        expect(c.volumeMounts.find((m: K8sObject) => m.name === "staging")?.mountPath).toBe(
+          "/var/lib/coldstart",
+        );
+        const env = Object.fromEntries(
+          c.env.filter((e: K8sObject) => "value" in e).map((e: K8sObject) => [e.name, e.value]),
+        );
+        const cm = rendered.find((o) => o.kind === "ConfigMap");
+        // The base's config says auto; the container's own variable wins over the ConfigMap's.
+        expect(loadConfig({ env: { ...cm?.data, NODE_NAME: "n" } }).placement.require).toEqual(["auto"]);
+        const config = loadConfig({ env: { ...cm?.data, ...env, NODE_NAME: "n" } });
+        expect(config.placement.require).toEqual(["nvme-instance-store"]);
+        expect(config.daemon.root).toBe("/var/lib/coldstart");
+        // The array is the kubelet's too: models are evicted before its image GC (85% used) starts.
+        expect([config.eviction.highWatermarkPercent, config.eviction.lowWatermarkPercent]).toEqual([75, 65]);
+        // Nothing else of the base changed.
+        const { stdout: base } = await promisify(execFile)("kubectl", ["kustomize", deploy]);
+        const baseObjs = parseAllDocuments(base).map((d) => d.toJS() as K8sObject);
+        expect(rendered.map((o) => `${o.kind} ${o.metadata.name}`)).toEqual(
+          baseObjs.map((o) => `${o.kind} ${o.metadata.name}`),
+        );
       } finally {
         await rm(overlay, { recursive: true, force: true });
       }

@@ -28,6 +28,7 @@ const EXPECTED = {
   gdsInfo: ["coldstart_gds_info", Gauge, ["verdict", "mode", "load_format"]],
   gdsReasons: ["coldstart_gds_reasons", Gauge, ["code"]],
   placementInfo: ["coldstart_placement_info", Gauge, ["placement", "fstype", "device"]],
+  placementWarnings: ["coldstart_placement_warnings", Gauge, ["code"]],
   gpuInfo: ["coldstart_gpu_info", Gauge, ["index", "uuid", "name", "compute_capability", "driver_version"]],
   nativeAvailable: ["coldstart_native_addon_available", Gauge, []],
   compileCacheRestores: ["coldstart_compile_cache_restores_total", Counter, ["outcome"]],

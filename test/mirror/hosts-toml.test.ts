@@ -11,6 +11,7 @@ import { checkContainerd } from "../../src/mirror/containerd-check.js";
 import { manageHostsToml } from "../../src/mirror/hosts-toml.js";
 import { NO_GPU_FLAGS, startDaemonProcess } from "../support/processes.js";
 import { useS3Fixture } from "../support/s3-fixture.js";
+import { waitFor } from "../support/wait.js";
 
 const fx = useS3Fixture("cs-hosts-");
 let host: string;
@@ -127,9 +128,11 @@ describe("managed hosts.toml", () => {
     const written = parse(
       await readFile(join(host, "etc/containerd/certs.d/nvcr.io/hosts.toml"), "utf8"),
     ) as {
-      host: Record<string, unknown>;
+      host: Record<string, { header?: unknown }>;
     };
     expect(Object.keys(written.host)[0]).toBe(`http://10.0.0.5:${port}`);
+    // Without mirror.tokenFile, containerd sends the API token, as before scoped tokens existed.
+    expect(written.host[`http://10.0.0.5:${port}`]?.header).toEqual({ Authorization: ["Bearer mirror-tok"] });
     const node = (await (
       await fetch(`${d.api}/v1/node`, { headers: { authorization: "Bearer mirror-tok" } })
     ).json()) as {
@@ -144,5 +147,63 @@ describe("managed hosts.toml", () => {
     d.child.kill("SIGTERM");
     expect((await d.exited).code).toBe(0);
     expect(await readFile(join(host, "etc/containerd/certs.d/nvcr.io/hosts.toml"), "utf8")).toBe(NODE_OWN);
+  });
+
+  it("with mirror.tokenFile, hosts.toml carries the mirror token, never the API token, and follows its rotation", async () => {
+    const file = join(host, "etc/containerd/certs.d/nvcr.io/hosts.toml");
+    await writeFile(file, NODE_OWN);
+    await writeFile(join(host, "api-tokens"), "api-tok-that-can-delete\n");
+    await writeFile(join(host, "mirror-tokens"), "mirror-tok-1\n");
+    const d = await startDaemonProcess(
+      [
+        "--root",
+        join(host, "root"),
+        "--socket",
+        join(host, "d.sock"),
+        "--token-file",
+        join(host, "api-tokens"),
+        "--mirror-token-file",
+        join(host, "mirror-tokens"),
+        ...NO_GPU_FLAGS,
+        "--host-root",
+        host,
+        "--mirror-listen",
+        "127.0.0.1:0",
+        "--mirror-content-dir",
+        join(host, "content"),
+        "--mirror-registry",
+        "nvcr.io",
+        "--mirror-manage-hosts-toml",
+      ],
+      fx.s3,
+    );
+    const mirror = String(d.logs.find((l) => l.msg === "coldstart daemon ready")?.mirror);
+    const headerOf = async () => {
+      const doc = parse(await readFile(file, "utf8")) as { host: Record<string, { header?: unknown }> };
+      return Object.values(doc.host)[0]?.header;
+    };
+    expect(await headerOf()).toEqual({ Authorization: ["Bearer mirror-tok-1"] });
+    expect(await readFile(file, "utf8")).not.toContain("api-tok-that-can-delete");
+    // What containerd sends is what the mirror takes; the API refuses it.
+    const sent = { authorization: "Bearer mirror-tok-1" };
+    expect((await fetch(`${mirror}/v2/`, { headers: sent })).status).toBe(200);
+    const del = await fetch(`${d.api}/v1/models/org%2Fm`, { method: "DELETE", headers: sent });
+    expect([del.status, ((await del.json()) as { error: { code: string } }).error.code]).toEqual([
+      403,
+      "CS_FORBIDDEN",
+    ]);
+    // Rotation: the new token first, the old one kept while containerd moves over; the file follows.
+    await writeFile(join(host, "mirror-tokens"), "mirror-tok-2\nmirror-tok-1\n");
+    await waitFor(async () => JSON.stringify(await headerOf()).includes("mirror-tok-2"), {
+      what: "hosts.toml rewritten with the rotated mirror token",
+    });
+    expect(await headerOf()).toEqual({ Authorization: ["Bearer mirror-tok-2"] });
+    expect((await stat(file)).mode & 0o777).toBe(0o600);
+    expect((await fetch(`${mirror}/v2/`, { headers: { authorization: "Bearer mirror-tok-2" } })).status).toBe(
+      200,
+    );
+    d.child.kill("SIGTERM");
+    expect((await d.exited).code).toBe(0);
+    expect(await readFile(file, "utf8")).toBe(NODE_OWN);
   });
 });

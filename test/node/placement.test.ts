@@ -72,6 +72,7 @@ describe("probePlacement: scenarios", () => {
       path: `${root}/mnt/md0/coldstart`,
       mount: {
         mountPoint: `${root}/mnt/md0`,
+        root: "/",
         fsType: "ext4",
         source: "/dev/md0",
         options: ["rw", "relatime"],
@@ -82,6 +83,13 @@ describe("probePlacement: scenarios", () => {
       disks: [instanceStore("nvme1n1"), instanceStore("nvme2n1")],
       rootDisks: ["nvme0n1"],
       sharesRootVolume: false,
+      instanceStore: {
+        disks: [instanceStore("nvme1n1"), instanceStore("nvme2n1")],
+        mounts: [
+          { mountPoint: `${root}/mnt/md0`, fsType: "ext4", device: "md0", disks: ["nvme1n1", "nvme2n1"] },
+        ],
+        spare: ["nvme1n1", "nvme2n1"],
+      },
       warnings: [],
       gdsBlockers: [],
       notes: [],
@@ -323,6 +331,111 @@ describe("probePlacement: the DaemonSet's host view (proc and sys only)", () => 
   });
 });
 
+describe("probePlacement: the node's instance store (placement.require auto)", () => {
+  const eksRaid0 = {
+    mountPoint: "/mnt/k8s-disks/0",
+    fsType: "xfs",
+    device: "md127",
+    disks: ["nvme1n1", "nvme2n1"],
+  };
+
+  it("the EKS AMI's RAID0 beside a staging root on the root volume: found, mounted whole, and warned about", async () => {
+    const s = await hosts.daemonSetOnRootVolumeBesideInstanceStore();
+    cleanups.push(s.cleanup);
+    const f = await probePlacement(s);
+    expect([f.placement, f.rootDisks, f.sharesRootVolume]).toEqual(["root-volume", ["nvme0n1"], true]);
+    // The array's own mount, not the binds of /var/lib/kubelet, /var/lib/containerd, /var/log/pods.
+    expect(f.instanceStore).toEqual({
+      disks: [instanceStore("nvme1n1"), instanceStore("nvme2n1")],
+      mounts: [eksRaid0],
+      spare: ["nvme1n1", "nvme2n1"],
+    });
+    expect(codes(f).warnings).toEqual([
+      "staging_on_root_volume",
+      "instance_store_unused",
+      "staging_on_remote_disk",
+    ]);
+    expect(f.warnings[1]?.message).toBe(
+      `this node has local instance-store NVMe nvme1n1, nvme2n1 ("${INSTANCE_STORE}") mounted at /mnt/k8s-disks/0 ` +
+        "(xfs on md127), and staging root /var/lib/coldstart is on the root volume (nvme0n1) instead. Point the " +
+        "staging root at the instance-store mount: the DaemonSet's staging hostPath /mnt/k8s-disks/0/coldstart " +
+        "(kustomize component deploy/components/instance-store).",
+    );
+    expect(f.notes).toEqual([]);
+  });
+
+  it("a staging root on that RAID0 (deploy/components/instance-store) is nvme-instance-store, without warnings", async () => {
+    const s = await hosts.daemonSetOnEksInstanceStore();
+    cleanups.push(s.cleanup);
+    const f = await probePlacement(s);
+    expect(f.placement).toBe("nvme-instance-store");
+    expect(f.mount).toMatchObject({ mountPoint: "/var/lib/coldstart", root: "/coldstart", fsType: "xfs" });
+    expect(f.chain).toEqual(["md127", "nvme1n1", "nvme2n1"]);
+    expect(f.instanceStore.mounts).toEqual([eksRaid0]);
+    expect(codes(f)).toEqual({ warnings: [], gdsBlockers: [] });
+  });
+
+  it("a node without instance storage has none: the root volume is only warned about", async () => {
+    const s = await hosts.daemonSetOnRootVolume();
+    cleanups.push(s.cleanup);
+    const f = await probePlacement(s);
+    expect(f.instanceStore).toEqual({ disks: [], mounts: [], spare: [] });
+    expect(codes(f).warnings).toEqual(["staging_on_root_volume", "staging_on_remote_disk"]);
+  });
+
+  it("instance-store disks nothing mounts: the advice says how to mount them on EKS", async () => {
+    const h = await host();
+    const base = await ec2Node(h);
+    await h.nvme({ ctrl: 1, minor: 3, model: INSTANCE_STORE, pci: "0000:00:1f.0" });
+    await h.mountinfo(base);
+    await h.dir("var/lib/coldstart");
+    const f = await probePlacement({ hostRoot: h.root, stagingRoot: h.path("var/lib/coldstart") });
+    expect(f.instanceStore).toEqual({ disks: [instanceStore("nvme1n1")], mounts: [], spare: ["nvme1n1"] });
+    expect(f.warnings.find((w) => w.code === "instance_store_unused")?.message).toBe(
+      `this node has local instance-store NVMe nvme1n1 ("${INSTANCE_STORE}") not mounted, and staging root ` +
+        `${h.root}/var/lib/coldstart is on the root volume (nvme0n1) instead. Mount them (on EKS, ` +
+        "instanceStorePolicy: RAID0 in the Karpenter EC2NodeClass, or nodeadm's localStorage strategy RAID0, " +
+        "makes them one RAID0 at /mnt/k8s-disks/0) and point the staging root there: the DaemonSet's staging " +
+        "hostPath /mnt/k8s-disks/0/coldstart (kustomize component deploy/components/instance-store).",
+    );
+  });
+
+  it("an instance-store disk that holds the root volume itself is no spare: nothing better to point at", async () => {
+    const h = await host();
+    await h.nvme({
+      ctrl: 0,
+      minor: 0,
+      model: INSTANCE_STORE,
+      pci: "0000:00:04.0",
+      partitions: [{ n: 1, minor: 1 }],
+    });
+    await h.mountinfo([{ mountPoint: h.root, fsType: "ext4", source: "/dev/nvme0n1p1", device: "259:1" }]);
+    const f = await probePlacement({ hostRoot: h.root, stagingRoot: h.path("var/lib/coldstart") });
+    expect(f.placement).toBe("root-volume");
+    expect(f.instanceStore.disks.map((d) => d.name)).toEqual(["nvme0n1"]);
+    expect(f.instanceStore.spare).toEqual([]);
+    expect(codes(f).warnings).toEqual(["staging_on_root_volume"]);
+  });
+
+  it("counts namespaces once: partitions and multipath paths (nvme1c1n1) are not disks; EBS is not instance store", async () => {
+    const h = await host();
+    const base = await ec2Node(h);
+    await h.nvme({
+      ctrl: 1,
+      minor: 3,
+      model: INSTANCE_STORE,
+      pci: "0000:00:1f.0",
+      partitions: [{ n: 1, minor: 5 }],
+    });
+    await h.nvme({ ctrl: 10, minor: 7, model: INSTANCE_STORE, pci: "0000:00:1c.0" });
+    await h.nvme({ ctrl: 2, minor: 4, model: EBS, pci: "0000:00:1e.0" });
+    await h.link("sys/class/block/nvme1c1n1", "sys/devices/pci0000:00/0000:00:1f.0/nvme/nvme1/nvme1n1");
+    await h.mountinfo(base);
+    const f = await probePlacement({ hostRoot: h.root, stagingRoot: h.path("var/lib/coldstart") });
+    expect(f.instanceStore.disks.map((d) => d.name)).toEqual(["nvme1n1", "nvme10n1"]);
+  });
+});
+
 describe("probePlacement: edge cases", () => {
   it("the fake tree pads model strings like sysfs; the probe trims them", async () => {
     const { root, f } = await probe(gdsReady);
@@ -464,6 +577,7 @@ describe("parseMountinfo", () => {
     expect(parseMountinfo(text)).toEqual([
       {
         mountPoint: "/mnt/a b",
+        root: "/mnt1",
         fsType: "ext3",
         source: "/dev/root",
         options: ["rw", "noatime"],
@@ -472,6 +586,7 @@ describe("parseMountinfo", () => {
       },
       {
         mountPoint: "/x\ty\nz\\w",
+        root: "/",
         fsType: "tmpfs",
         source: "tmp fs",
         options: ["rw"],

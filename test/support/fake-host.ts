@@ -595,7 +595,11 @@ export async function unknownDevice(): Promise<FakeScenario> {
  * and the staging root a hostPath bind at /var/lib/coldstart. The host's "/" is found through
  * proc/1/mountinfo (the host's init), which says nvme0n1p1 (259:1).
  */
-async function daemonSetView(h: FakeHost, staging: FakeMount): Promise<FakeScenario> {
+async function daemonSetView(
+  h: FakeHost,
+  staging: FakeMount,
+  hostMounts: FakeMount[] = [],
+): Promise<FakeScenario> {
   const base = await ec2Node(h);
   const container = base.filter((m) => !m.mountPoint.startsWith(h.root));
   await h.mountinfo([
@@ -607,7 +611,7 @@ async function daemonSetView(h: FakeHost, staging: FakeMount): Promise<FakeScena
   const init = base
     .filter((m) => m.mountPoint.startsWith(h.root))
     .map((m) => ({ ...m, mountPoint: m.mountPoint.slice(h.root.length) || "/" }));
-  await h.mountinfo(init, "proc/1/mountinfo");
+  await h.mountinfo([...init, ...hostMounts], "proc/1/mountinfo");
   return { hostRoot: h.root, stagingRoot: "/var/lib/coldstart", cleanup: () => h.cleanup() };
 }
 
@@ -629,6 +633,63 @@ export async function daemonSetOnInstanceStore(): Promise<FakeScenario> {
   const h = await FakeHost.create();
   const md0 = await raid0(h);
   return daemonSetView(h, { ...md0, mountPoint: "/var/lib/coldstart", root: "/" });
+}
+
+/**
+ * The EKS AMI's instance-store RAID0 (nodeadm's localStorage strategy RAID0, which Karpenter's
+ * `instanceStorePolicy: RAID0` asks for): instance-store disks nvme1n1 (259:3) and nvme2n1 (259:4) as
+ * md127 (9:127, /dev/md/kubernetes), xfs mounted at /mnt/k8s-disks/0, and containerd's, the kubelet's
+ * and the pod logs' directories bind-mounted from it. The host init's mount lines.
+ */
+async function eksInstanceStoreRaid0(h: FakeHost): Promise<FakeMount[]> {
+  await h.nvme({ ctrl: 1, minor: 3, model: INSTANCE_STORE, pci: "0000:00:1f.0" });
+  await h.nvme({ ctrl: 2, minor: 4, model: INSTANCE_STORE, pci: "0000:00:1e.0" });
+  await h.md("md127", 127, "raid0", ["nvme1n1", "nvme2n1"]);
+  const array = {
+    fsType: "xfs",
+    source: "/dev/md127",
+    device: "9:127",
+    options: "rw,noatime",
+    superOptions: "rw,attr2,inode64,logbufs=8,logbsize=32k,sunit=1024,swidth=2048,noquota",
+  };
+  return [
+    { ...array, mountPoint: "/mnt/k8s-disks/0" },
+    { ...array, mountPoint: "/var/lib/containerd", root: "/containerd" },
+    { ...array, mountPoint: "/var/log/pods", root: "/pods" },
+    { ...array, mountPoint: "/var/lib/kubelet", root: "/kubelet" },
+  ];
+}
+
+/**
+ * An EKS node with the instance-store RAID0 at /mnt/k8s-disks/0, and the DaemonSet's staging hostPath
+ * left at /var/lib/coldstart: on the root EBS volume beside it (what placement.require auto refuses).
+ */
+export async function daemonSetOnRootVolumeBesideInstanceStore(): Promise<FakeScenario> {
+  const h = await FakeHost.create();
+  const raid = await eksInstanceStoreRaid0(h);
+  return daemonSetView(
+    h,
+    {
+      mountPoint: "/var/lib/coldstart",
+      root: "/var/lib/coldstart",
+      fsType: "ext4",
+      source: "/dev/nvme0n1p1",
+      device: "259:1",
+      superOptions: "rw,discard,errors=remount-ro,commit=30",
+    },
+    raid,
+  );
+}
+
+/**
+ * The same node with deploy/components/instance-store: the staging hostPath /mnt/k8s-disks/0/coldstart,
+ * a directory of the RAID0's xfs, at /var/lib/coldstart in the pod.
+ */
+export async function daemonSetOnEksInstanceStore(): Promise<FakeScenario> {
+  const h = await FakeHost.create();
+  const raid = await eksInstanceStoreRaid0(h);
+  const [array] = raid as [FakeMount];
+  return daemonSetView(h, { ...array, mountPoint: "/var/lib/coldstart", root: "/coldstart" }, raid);
 }
 
 /** Every named scenario, for tests that want to run a check over all of them. */
@@ -653,4 +714,6 @@ export const scenarios = {
   unknownDevice,
   daemonSetOnRootVolume,
   daemonSetOnInstanceStore,
+  daemonSetOnRootVolumeBesideInstanceStore,
+  daemonSetOnEksInstanceStore,
 } satisfies Record<string, () => Promise<FakeScenario>>;
