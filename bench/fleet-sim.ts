@@ -51,6 +51,13 @@ export interface SimParams {
   discoveryLagMs: number;
   /** Nodes "starting together" start spread uniformly over this long (requests, listings). */
   startSpreadMs: number;
+  /**
+   * Cooperative: a node writes its entry when its start comes and begins fetching once no member
+   * has joined for this long (or gatherMaxMs after it joined); members joining later still take
+   * over their share of what nobody has started.
+   */
+  gatherQuietMs: number;
+  gatherMaxMs: number;
   /** How long a node waits for a part a peer is fetching before it reads it from S3 itself. */
   pieceWaitMs: number;
   stepMs: number;
@@ -178,6 +185,13 @@ export function simulate(policy: Policy, p: SimParams): SimResult {
     { length: p.nodes },
     (_, n) => (n === 0 ? 0 : random() * p.startSpreadMs) / 1000,
   );
+  // When each node begins fetching: the daemons' gather (src/daemon/model-caches.ts).
+  const joins = [...startAt].sort((a, b) => a - b);
+  const begins = startAt.map((own) => {
+    let at = own + p.gatherQuietMs / 1000;
+    for (const j of joins) if (j > own && j <= at) at = j + p.gatherQuietMs / 1000;
+    return policy === "cooperative" ? Math.min(at, own + p.gatherMaxMs / 1000) : own;
+  });
   const inFlight = new Uint32Array(p.nodes);
   /** Cooperative only: peer pieces in flight (their own budget, no download slot). */
   const peerInFlight = new Uint32Array(p.nodes);
@@ -293,7 +307,8 @@ export function simulate(policy: Policy, p: SimParams): SimResult {
           // Its own S3 work done, the node's download slots serve peers' parts too.
           inc(inFlight, w.node);
           startPeer(w.node, w.part, from);
-        } else if (from < 0 && free && unstarted && ownWorkDone) {
+        } else if (from < 0 && free && ((unstarted && ownWorkDone) || t >= w.until)) {
+          // (Past the wait's bound, peers.cohortWaitMs, it reads S3 even if the owner has started.)
           inc(inFlight, w.node);
           startS3(w.node, w.part);
         } else stillWaiting.push(w);
@@ -306,6 +321,7 @@ export function simulate(policy: Policy, p: SimParams): SimResult {
         if (t < (startAt[n] as number)) continue;
         if (policy === "cooperative") {
           if (!joined[n]) join(n);
+          if (t < (begins[n] as number)) continue;
           const mine = owned[n] as Set<number>;
           for (const part of mine) {
             if (at(inFlight, n) >= p.concurrency) break;
@@ -407,6 +423,8 @@ export const PRESETS: Record<"lab" | "eks", Omit<SimParams, "nodes" | "seed">> =
     prefixGetsPerSecond: 5500,
     discoveryLagMs: 250,
     startSpreadMs: 1000,
+    gatherQuietMs: 300,
+    gatherMaxMs: 3000,
     pieceWaitMs: 30_000,
     stepMs: 20,
   },
@@ -422,6 +440,8 @@ export const PRESETS: Record<"lab" | "eks", Omit<SimParams, "nodes" | "seed">> =
     prefixGetsPerSecond: 5500,
     discoveryLagMs: 250,
     startSpreadMs: 1000,
+    gatherQuietMs: 300,
+    gatherMaxMs: 3000,
     pieceWaitMs: 30_000,
     // A peer piece takes about 10 ms here: a coarser step would round every one up to the next step.
     stepMs: 2,

@@ -11,8 +11,9 @@
  *
  * The first wave: when no node holds the model yet, the nodes the resource selects stage it
  * together, each reading its share from S3 (src/peers/cohort.ts). Each writes its entry first, with
- * its peer URL, and starts once it sees itself among the members (or a bound passed); a member that
- * comes later takes over only its share of the parts nobody has started.
+ * its peer URL, and starts once the members' list has been quiet a moment (or a bound passed): a
+ * node that started alone would read from S3 what the others were about to own, and on slow links
+ * they would wait on it. A member that comes later takes over its share of what nobody started.
  */
 import type { Logger } from "pino";
 import { ColdstartError, toColdstartError } from "../errors.js";
@@ -46,9 +47,9 @@ export interface ModelCacheReconcilerOptions {
   logger: Logger;
   /**
    * Before a first wave starts, this node's own entry must be in the members' list (so the others
-   * count it) and the list must have been still for quietMs (default 0: each job orders its parts
-   * again as members come, src/peers/cohort.ts); no start waits longer than maxMs (default 3 s)
-   * after the resource was seen.
+   * count it) and the list must have been still for quietMs (default 300 ms); no start waits longer
+   * than maxMs (default 3 s) after the resource was seen. Members that come later still take over
+   * their share of the parts nobody has started (each job reorders, src/peers/cohort.ts).
    */
   gather?: { quietMs: number; maxMs: number };
   /** How often progress is looked at while a model stages (default 1 s). */
@@ -319,7 +320,7 @@ export class ModelCacheReconciler {
     const cohorts = this.#o.cohorts;
     if (!cohorts?.self) return true;
     if (mc.nodes.some((n) => n.state === "ready")) return true;
-    const g = this.#o.gather ?? { quietMs: 0, maxMs: 3_000 };
+    const g = this.#o.gather ?? { quietMs: 300, maxMs: 3_000 };
     if (now - t.seenAt >= g.maxMs) return true;
     return members.includes(cohorts.self) && now - t.membersSince >= g.quietMs;
   }
