@@ -188,8 +188,12 @@ export function simulate(policy: Policy, p: SimParams): SimResult {
   // When each node begins fetching: the daemons' gather (src/daemon/model-caches.ts).
   const joins = [...startAt].sort((a, b) => a - b);
   const begins = startAt.map((own) => {
-    let at = own + p.gatherQuietMs / 1000;
-    for (const j of joins) if (j > own && j <= at) at = j + p.gatherQuietMs / 1000;
+    const quiet = p.gatherQuietMs / 1000;
+    // Alone so far, a node waits for a second member (up to gatherMaxMs), then for the quiet.
+    const second = joins[1];
+    const alone = joins.filter((j) => j <= own).length < 2;
+    let at = alone && second !== undefined ? Math.max(own, second) + quiet : own + quiet;
+    for (const j of joins) if (j > own && j <= at) at = j + quiet;
     return policy === "cooperative" ? Math.min(at, own + p.gatherMaxMs / 1000) : own;
   });
   const inFlight = new Uint32Array(p.nodes);
@@ -307,8 +311,11 @@ export function simulate(policy: Policy, p: SimParams): SimResult {
           // Its own S3 work done, the node's download slots serve peers' parts too.
           inc(inFlight, w.node);
           startPeer(w.node, w.part, from);
-        } else if (from < 0 && free && ((unstarted && ownWorkDone) || t >= w.until)) {
-          // (Past the wait's bound, peers.cohortWaitMs, it reads S3 even if the owner has started.)
+        } else if (from < 0 && free && unstarted && (ownWorkDone || t >= w.until)) {
+          // Past the wait's bound (peers.cohortWaitMs) too, if the owner has not started it. A part
+          // being fetched is waited for: the daemon asks for it only once a download slot frees (its
+          // own parts first), not from the start as this waiter list does, so its 30 s piece wait
+          // begins near the end of the owner's fetch.
           inc(inFlight, w.node);
           startS3(w.node, w.part);
         } else stillWaiting.push(w);

@@ -46,9 +46,9 @@ export interface ModelCacheReconcilerOptions {
   ) => Promise<{ outcome: string; error?: { code: string; message: string } | undefined }>;
   logger: Logger;
   /**
-   * Before a first wave starts, this node's own entry must be in the members' list (so the others
-   * count it) and the list must have been still for quietMs (default 300 ms); no start waits longer
-   * than maxMs (default 3 s) after the resource was seen. Members that come later still take over
+   * Before a first wave starts, this node's own entry and another's must be in the members' list
+   * and the list must have been still for quietMs (default 300 ms); no start waits longer than
+   * maxMs (default 3 s) after the resource was seen (a resource that selects one node waits that). Members that come later still take over
    * their share of the parts nobody has started (each job reorders, src/peers/cohort.ts).
    */
   gather?: { quietMs: number; maxMs: number };
@@ -322,6 +322,9 @@ export class ModelCacheReconciler {
     if (mc.nodes.some((n) => n.state === "ready")) return true;
     const g = this.#o.gather ?? { quietMs: 300, maxMs: 3_000 };
     if (now - t.seenAt >= g.maxMs) return true;
+    // Alone so far: the others' entries may be a moment behind (their watch, their write), and a
+    // node that started alone would own every part. A resource that selects one node pays maxMs.
+    if (members.length < 2) return false;
     return members.includes(cohorts.self) && now - t.membersSince >= g.quietMs;
   }
 
