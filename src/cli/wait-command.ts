@@ -131,7 +131,9 @@ async function wait(id: string, config: Config, identity?: ReturnType<typeof ide
     const left = Math.floor((deadline - Date.now()) / 1000);
     if (left <= 0) throw new ColdstartError("CS_NOT_READY", `model ${id} not ready after ${secs(started)}s`);
     const t = Math.min(left, pollSeconds);
-    const res = await call("GET", `${path}/ready?timeoutSeconds=${t}`, undefined, t * 1000);
+    // The last poll says so: if it ends not ready, the daemon counts this handshake as timed out.
+    const last = t === left ? "&last=1" : "";
+    const res = await call("GET", `${path}/ready?timeoutSeconds=${t}${last}`, undefined, t * 1000);
     if (res.status === 200) {
       const status = res.body as ModelStatus;
       const cache = restore ? await restore.result() : undefined;

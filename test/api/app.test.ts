@@ -27,6 +27,7 @@ const MiB = 1024 * 1024;
 interface Harness {
   root: string;
   manager: ModelManager;
+  metrics: Metrics;
   tcp: ReturnType<typeof buildApp>;
   sock: ReturnType<typeof buildApp>;
   close: () => Promise<void>;
@@ -69,10 +70,11 @@ async function harness(env: Record<string, string> = {}, root = join(fx.work, "r
   });
   await manager.start();
   const tokens = new TokenFile(tokenFile);
+  const metrics = new Metrics(undefined, { defaultMetrics: false });
   const deps = {
     manager,
     logger,
-    metrics: new Metrics(undefined, { defaultMetrics: false }),
+    metrics,
     tokens,
     bodyLimitBytes: 4096,
     isReady: () => true,
@@ -82,6 +84,7 @@ async function harness(env: Record<string, string> = {}, root = join(fx.work, "r
   return {
     root,
     manager,
+    metrics,
     tcp,
     sock,
     close: async () => {
@@ -271,11 +274,31 @@ describe("HTTP API v1", () => {
     });
     const { bucket } = await seedModel();
     await put("tcp", "slow", { source: `s3://${bucket}/m/` });
+    const timeouts = async () =>
+      (await h.metrics.registry.getSingleMetricAsString("coldstart_handshake_waits_total")).match(
+        /outcome="timeout"} (\d+)/,
+      )?.[1];
     try {
       const pending = await h.tcp.inject({ url: "/v1/models/slow/ready?timeoutSeconds=0", headers: auth });
       expect(pending.statusCode).toBe(503);
       expect(pending.headers["retry-after"]).toBe("5");
       expect(pending.json()).toMatchObject({ id: "slow" });
+      // A poll that may be followed by another is no timed-out handshake; the client's last one is.
+      expect(await timeouts()).toBe("0");
+      const last = await h.tcp.inject({
+        url: "/v1/models/slow/ready?timeoutSeconds=0&last=1",
+        headers: auth,
+      });
+      expect(last.statusCode).toBe(503);
+      expect(await timeouts()).toBe("1");
+      const badLast = await h.tcp.inject({
+        url: "/v1/models/slow/ready?timeoutSeconds=0&last=yes",
+        headers: auth,
+      });
+      expect([badLast.statusCode, badLast.json().error.details]).toEqual([
+        400,
+        { field: "last", value: "yes" },
+      ]);
     } finally {
       s3Held.open();
     }

@@ -192,7 +192,7 @@ describe("coldstart daemon + coldstart wait", () => {
     timeout: 120_000,
   }, async () => {
     const p = await paths();
-    await daemon(p);
+    const d = await daemon(p);
     const { source } = await seed();
     // Every part waits at the proxy until the waiter has given up: the model cannot be ready in time,
     // however slow the machine.
@@ -204,6 +204,9 @@ describe("coldstart daemon + coldstart wait", () => {
     try {
       const slow = await finish(wait(p, "slow", ["--source", source, "--timeout", "2s"]));
       expect([slow.code, slow.stderr]).toEqual([3, expect.stringMatching(/CS_NOT_READY/)]);
+      // Its last poll said so (last=1): the daemon counts one handshake that timed out.
+      const text = await (await fetch(`${d.metrics}/metrics`)).text();
+      expect(text).toContain('coldstart_handshake_waits_total{outcome="timeout"} 1');
     } finally {
       held.open();
     }

@@ -74,8 +74,17 @@ export const modelRoutes: FastifyPluginAsync<{ deps: AppDeps; surface: Surface }
 };
 
 async function longPoll(deps: AppDeps, req: FastifyRequest, reply: FastifyReply, id: string) {
-  const raw = (req.query as Record<string, unknown>).timeoutSeconds ?? "30";
+  const query = req.query as Record<string, unknown>;
+  const raw = query.timeoutSeconds ?? "30";
   const timeoutSeconds = Number(raw);
+  // last=1: the client's final poll (it gives up when this one ends not ready), so that a handshake
+  // that runs out can be counted as such; a poll without it may be followed by another.
+  const last = query.last ?? "0";
+  if (last !== "0" && last !== "1") {
+    throw new ColdstartError("CS_REQUEST_INVALID", `last must be 0 or 1, got ${JSON.stringify(last)}`, {
+      details: { field: "last", value: last },
+    });
+  }
   if (typeof raw !== "string" || !/^\d+$/.test(raw) || timeoutSeconds > MAX_WAIT_SECONDS) {
     throw new ColdstartError(
       "CS_REQUEST_INVALID",
@@ -120,6 +129,7 @@ async function longPoll(deps: AppDeps, req: FastifyRequest, reply: FastifyReply,
       status,
     });
   }
+  if (last === "1" && !gone.signal.aborted) deps.metrics?.handshakeWaits.inc({ outcome: "timeout" });
   return reply
     .code(503)
     .header("retry-after", "5")
