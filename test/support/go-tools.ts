@@ -1,6 +1,6 @@
 /**
  * The Kubernetes test tools built from Go modules by scripts/go-tools.mjs (csi-sanity, psa-check, etcd,
- * kube-apiserver), found in the cache it builds them into. A test that needs one calls
+ * kube-apiserver, helm), found in the cache it builds them into. A test that needs one calls
  * requireGoTool(): under CI a missing tool fails the test, naming the build command; elsewhere (a
  * machine without Go) it skips.
  */
