@@ -70,12 +70,12 @@ describe("token files", () => {
     const off = onTokensReloaded({ tokens: undefined, peerTokens: t, mirrorTokens: other }, () => calls++);
     expect(calls).toBe(0);
     await writeFile(join(dir, "peer"), "p2\np1\n");
-    await waitFor(() => t.first === "p2", { timeoutMs: 10_000 });
-    await waitFor(() => calls === 1, { timeoutMs: 10_000 });
+    await waitFor(() => t.first === "p2");
+    await waitFor(() => calls === 1);
     expect(t.accepts("p1") && t.accepts("p2")).toBe(true);
     off();
     await writeFile(join(dir, "mirror"), "m2\n");
-    await waitFor(() => other.first === "m2", { timeoutMs: 10_000 });
+    await waitFor(() => other.first === "m2");
     expect(calls).toBe(1);
   });
 });

@@ -44,7 +44,7 @@ import { freshBucket, putFiles } from "../support/s3.js";
 import { useS3Fixture } from "../support/s3-fixture.js";
 import { digests, expectedDigests } from "../support/stage.js";
 import { type SyntheticFile, syntheticModel } from "../support/synthetic-model.js";
-import { waitFor } from "../support/wait.js";
+import { gate, waitFor } from "../support/wait.js";
 
 const DEPLOY = join(resolve(import.meta.dirname, "../.."), "deploy");
 const NAMESPACE = "coldstart";
@@ -58,7 +58,7 @@ const EVENTS_NAMESPACE = "default";
 const TOKEN = "modelcache-test-token";
 const MiB = 1024 * 1024;
 /** Several daemons and a control plane on two loaded cores: conditions, generously bounded. */
-const SLOW = { timeoutMs: 40_000, intervalMs: 100 };
+const SLOW = { timeoutMs: 120_000, intervalMs: 100 };
 const MERGE = setHeaderOptions("Content-Type", PatchStrategy.MergePatch);
 
 const fx = useS3Fixture("cs-modelcache-");
@@ -439,23 +439,30 @@ describe("the ModelCache resource on a real API server", { timeout: 300_000 }, (
     expect(fromS3).toBeGreaterThanOrEqual(bytes);
     expect(fromS3).toBeLessThanOrEqual(1.1 * bytes);
 
-    // Again with a slow S3, and one node killed mid-transfer: the other two finish, byte-identical.
+    // Again, and one node killed mid-transfer: S3 holds every part until gpu-c has GETs of its own
+    // in flight, so it dies with its share started and not delivered; the other two finish,
+    // byte-identical.
     const second = await seed(3, 16 * MiB);
+    const s3Held = gate();
     fx.proxy.addRule({
       match: { method: "GET", hasRange: true },
-      action: { kind: "drip", bytes: 256 * 1024, everyMs: 40 },
+      action: { kind: "hook", fn: () => s3Held.opened },
     });
     await createCache("wave-2", { model: "org/wave-2", source: second.source });
     const [a, b, c] = nodes as [Node, Node, Node];
-    await waitFor(
-      async () => {
-        const m = await model(c, "org/wave-2");
-        return m.status === 200 && Number(m.body.bytesDone) > 0;
-      },
-      { ...SLOW, what: "gpu-c has bytes" },
-    );
-    c.daemon.child.kill("SIGKILL");
-    await c.daemon.exited;
+    try {
+      await waitFor(
+        async () => {
+          const text = await (await fetch(`${c.daemon.metrics}/metrics`)).text();
+          return Number(/^coldstart_s3_requests_in_flight (\S+)$/m.exec(text)?.[1] ?? 0) > 0;
+        },
+        { ...SLOW, what: "gpu-c reading its share from S3" },
+      );
+      c.daemon.child.kill("SIGKILL");
+      await c.daemon.exited;
+    } finally {
+      s3Held.open();
+    }
     await waitFor(
       async () => {
         const e = await entries("wave-2");

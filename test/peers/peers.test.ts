@@ -188,7 +188,6 @@ describe("model pieces from peers", { timeout: 180_000 }, () => {
 
   it("nodes given one cohort read each part from S3 once (the first wave without a resource), and a bad cohort is refused", async () => {
     const { source, files, bytes } = await seed(12 * MiB);
-    fx.proxy.addRule({ match: { method: "GET" }, action: { kind: "delay", ms: 150 } });
     const ports = await Promise.all([freePort(), freePort(), freePort()]);
     const urls = ports.map((p) => `http://127.0.0.1:${p}`);
     const nodes = await Promise.all(
