@@ -24,10 +24,10 @@ import {
 import { afterAll, beforeAll, describe, expect, it, type TestContext } from "vitest";
 import { parseAllDocuments } from "yaml";
 import { modelLabelKey, NodeLabeler } from "../../src/kube/node-labels.js";
-import { goTool, requireGoTool } from "../support/go-tools.js";
 import {
+  controlPlaneFor,
   type KubeControlPlane,
-  startKubeControlPlane,
+  startBuiltControlPlane,
   writeKubeconfig,
 } from "../support/kube-control-plane.js";
 import { settles, waitFor } from "../support/wait.js";
@@ -46,19 +46,8 @@ let cp: KubeControlPlane | undefined;
 let scratch = "";
 let startMs = 0;
 
-/**
- * The running control plane; skips (fails under CI) when the binaries are not built. A failing test
- * prints the last lines of etcd's and kube-apiserver's logs.
- */
 function controlPlane(ctx: TestContext): KubeControlPlane {
-  requireGoTool("etcd", ctx.skip);
-  requireGoTool("kube-apiserver", ctx.skip);
-  const plane = cp;
-  if (!plane) throw new Error("the control plane did not start (see beforeAll's error)");
-  ctx.onTestFailed(() => {
-    process.stderr.write(`${plane.logs()}\n`);
-  });
-  return plane;
+  return controlPlaneFor(cp, ctx);
 }
 
 function kubeConfig(path: string): KubeConfig {
@@ -97,12 +86,9 @@ function labelPatch(key: string, value: string | null) {
 
 beforeAll(async () => {
   scratch = await mkdtemp(join(tmpdir(), "control-plane-test-"));
-  const etcd = goTool("etcd");
-  const kubeApiServer = goTool("kube-apiserver");
   // Missing binaries: each test calls controlPlane(), which skips or (under CI) fails.
-  if (!etcd || !kubeApiServer) return;
   const started = performance.now();
-  cp = await startKubeControlPlane({ etcd, kubeApiServer, readyTimeoutMs: READY_TIMEOUT_MS });
+  cp = await startBuiltControlPlane({ readyTimeoutMs: READY_TIMEOUT_MS });
   startMs = performance.now() - started;
 }, READY_TIMEOUT_MS + 30_000);
 

@@ -15,13 +15,13 @@ import { request } from "node:https";
 import { join, resolve } from "node:path";
 import { afterAll, beforeAll, describe, expect, it, type TestContext } from "vitest";
 import { parseAllDocuments } from "yaml";
-import { goTool, requireGoTool } from "../support/go-tools.js";
 import {
+  controlPlaneFor,
   type KubeClient,
   type KubeControlPlane,
   type KubeReply,
   kubeClient,
-  startKubeControlPlane,
+  startBuiltControlPlane,
 } from "../support/kube-control-plane.js";
 import { settles, waitFor } from "../support/wait.js";
 
@@ -46,31 +46,17 @@ let cp: KubeControlPlane | undefined;
 let ca = "";
 
 beforeAll(async () => {
-  const etcd = goTool("etcd");
-  const kubeApiServer = goTool("kube-apiserver");
   // Missing binaries: each test calls plane(), which skips or (under CI) fails.
-  if (!etcd || !kubeApiServer) return;
-  cp = await startKubeControlPlane({ etcd, kubeApiServer, readyTimeoutMs: READY_TIMEOUT_MS });
-  ca = await readFile(cp.caFile, "utf8");
+  cp = await startBuiltControlPlane({ readyTimeoutMs: READY_TIMEOUT_MS });
+  if (cp) ca = await readFile(cp.caFile, "utf8");
 }, READY_TIMEOUT_MS + 30_000);
 
 afterAll(async () => {
   await cp?.stop();
 });
 
-/**
- * The running control plane; skips (fails under CI) when the binaries are not built. A failing test
- * prints the last lines of etcd's and kube-apiserver's logs.
- */
 function plane(ctx: TestContext): KubeControlPlane {
-  requireGoTool("etcd", ctx.skip);
-  requireGoTool("kube-apiserver", ctx.skip);
-  if (!cp) throw new Error("the control plane did not start (see beforeAll's error)");
-  const p = cp;
-  ctx.onTestFailed(() => {
-    process.stderr.write(`${p.logs()}\n`);
-  });
-  return p;
+  return controlPlaneFor(cp, ctx);
 }
 
 type Reply = KubeReply;

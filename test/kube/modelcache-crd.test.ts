@@ -12,12 +12,12 @@ import { join, resolve } from "node:path";
 import { afterAll, beforeAll, describe, expect, it, type TestContext } from "vitest";
 import { parse, parseAllDocuments } from "yaml";
 import { toModelCache } from "../../src/kube/model-caches.js";
-import { goTool, requireGoTool } from "../support/go-tools.js";
 import {
+  controlPlaneFor,
   type KubeControlPlane,
   type KubeReply,
   kubeClient,
-  startKubeControlPlane,
+  startBuiltControlPlane,
 } from "../support/kube-control-plane.js";
 import { waitFor } from "../support/wait.js";
 
@@ -29,14 +29,9 @@ const EXAMPLES_FILE = join(resolve(import.meta.dirname, "../.."), "deploy/exampl
 const BASE = "/apis/coldstart.io/v1alpha1/modelcaches";
 
 let cp: KubeControlPlane | undefined;
-let _ca = "";
 
 beforeAll(async () => {
-  const etcd = goTool("etcd");
-  const kubeApiServer = goTool("kube-apiserver");
-  if (!etcd || !kubeApiServer) return;
-  cp = await startKubeControlPlane({ etcd, kubeApiServer });
-  _ca = await readFile(cp.caFile, "utf8");
+  cp = await startBuiltControlPlane();
 }, 240_000);
 
 afterAll(async () => {
@@ -44,14 +39,7 @@ afterAll(async () => {
 });
 
 function plane(ctx: TestContext): KubeControlPlane {
-  requireGoTool("etcd", ctx.skip);
-  requireGoTool("kube-apiserver", ctx.skip);
-  if (!cp) throw new Error("the control plane did not start (see beforeAll's error)");
-  const p = cp;
-  ctx.onTestFailed(() => {
-    process.stderr.write(`${p.logs()}\n`);
-  });
-  return p;
+  return controlPlaneFor(cp, ctx);
 }
 
 /** One API request as the admin; the body is JSON (or YAML for an apply). */

@@ -26,11 +26,11 @@ import { afterAll, afterEach, beforeAll, describe, expect, it, type TestContext 
 import { parse, parseAllDocuments } from "yaml";
 import { callDaemon } from "../../src/api/client.js";
 import { modelLabelKey } from "../../src/kube/node-labels.js";
-import { goTool, requireGoTool } from "../support/go-tools.js";
 import {
+  controlPlaneFor,
   type KubeControlPlane,
   kubeClient,
-  startKubeControlPlane,
+  startBuiltControlPlane,
   writeKubeconfig,
 } from "../support/kube-control-plane.js";
 import {
@@ -69,10 +69,8 @@ let core: CoreV1Api;
 let custom: CustomObjectsApi;
 
 beforeAll(async () => {
-  const etcd = goTool("etcd");
-  const kubeApiServer = goTool("kube-apiserver");
-  if (!etcd || !kubeApiServer) return;
-  cp = await startKubeControlPlane({ etcd, kubeApiServer, apiServerArgs: ["--watch-cache=false"] });
+  cp = await startBuiltControlPlane({ apiServerArgs: ["--watch-cache=false"] });
+  if (!cp) return;
   admin = new KubeConfig();
   admin.loadFromFile(cp.kubeconfig);
   core = admin.makeApiClient(CoreV1Api);
@@ -128,25 +126,19 @@ afterEach(async () => {
 });
 
 function plane(ctx: TestContext): KubeControlPlane {
-  requireGoTool("etcd", ctx.skip);
-  requireGoTool("kube-apiserver", ctx.skip);
-  if (!cp) throw new Error("the control plane did not start (see beforeAll's error)");
-  const p = cp;
-  ctx.onTestFailed(async () => {
-    process.stderr.write(`${p.logs()}\n`);
-    for (const mc of await listCaches().catch(() => []))
-      process.stderr.write(`${JSON.stringify(mc.status)}\n`);
+  // On failure, also the resources' status and each daemon's reconciler lines and warnings.
+  return controlPlaneFor(cp, ctx, async () => {
+    let out = "";
+    for (const mc of await listCaches().catch(() => [])) out += `${JSON.stringify(mc.status)}\n`;
     for (const d of daemons) {
       const lines = d.logs.filter((l) => l.component === "modelcaches" || (l.level as number) >= 40);
-      process.stderr.write(
-        `--- daemon ${d.api} ---\n${lines
-          .slice(-40)
-          .map((l) => JSON.stringify(l))
-          .join("\n")}\n`,
-      );
+      out += `--- daemon ${d.api} ---\n${lines
+        .slice(-40)
+        .map((l) => JSON.stringify(l))
+        .join("\n")}\n`;
     }
+    return out;
   });
-  return p;
 }
 
 interface Entry {

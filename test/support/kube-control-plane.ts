@@ -19,6 +19,8 @@ import https from "node:https";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
+import type { TestContext } from "vitest";
+import { goTool, requireGoTool } from "./go-tools.js";
 import { freePort } from "./processes.js";
 import { waitFor } from "./wait.js";
 
@@ -396,4 +398,35 @@ export function kubeClient(p: KubeControlPlane, token: string = p.adminToken): K
       req.on("error", fail);
       req.end(body === undefined ? undefined : JSON.stringify(body));
     });
+}
+
+/**
+ * startKubeControlPlane with the pinned binaries, when scripts/go-tools.mjs has built them; undefined
+ * when not (each test then asks controlPlaneFor, which skips, or fails under CI).
+ */
+export async function startBuiltControlPlane(
+  options: Omit<KubeControlPlaneOptions, "etcd" | "kubeApiServer"> = {},
+): Promise<KubeControlPlane | undefined> {
+  const etcd = goTool("etcd");
+  const kubeApiServer = goTool("kube-apiserver");
+  if (!etcd || !kubeApiServer) return undefined;
+  return startKubeControlPlane({ ...options, etcd, kubeApiServer });
+}
+
+/**
+ * The file's running control plane for one test: skips (fails under CI) when the binaries are not
+ * built. A failing test prints the last lines of etcd's and kube-apiserver's logs, then `more`'s.
+ */
+export function controlPlaneFor(
+  cp: KubeControlPlane | undefined,
+  ctx: TestContext,
+  more?: () => Promise<string> | string,
+): KubeControlPlane {
+  requireGoTool("etcd", ctx.skip);
+  requireGoTool("kube-apiserver", ctx.skip);
+  if (!cp) throw new Error("the control plane did not start (see beforeAll's error)");
+  ctx.onTestFailed(async () => {
+    process.stderr.write(`${cp.logs()}\n${more ? await more() : ""}`);
+  });
+  return cp;
 }
