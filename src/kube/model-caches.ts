@@ -179,6 +179,8 @@ export class ModelCacheWatch {
   readonly #caches: ListWatch<ModelCacheObject>;
   readonly #node: ListWatch<V1Node>;
   readonly #listed = { modelcaches: false, node: false };
+  /** The last validation of each object (by uid): the reconciler asks every second. */
+  #parsed = new Map<string, ModelCache>();
   #queued = false;
 
   constructor(options: ModelCacheWatchOptions) {
@@ -227,8 +229,18 @@ export class ModelCacheWatch {
     return this.#listed.modelcaches && this.#listed.node;
   }
 
+  /** Every ModelCache, validated; an object is validated again only when its resourceVersion moves. */
   caches(): ModelCache[] {
-    return this.#caches.list().map(toModelCache);
+    const seen = new Map<string, ModelCache>();
+    const out = this.#caches.list().map((o) => {
+      const uid = o.metadata?.uid ?? "";
+      const was = this.#parsed.get(uid);
+      const mc = was && was.resourceVersion === (o.metadata?.resourceVersion ?? "") ? was : toModelCache(o);
+      seen.set(uid, mc);
+      return mc;
+    });
+    this.#parsed = seen;
+    return out;
   }
 
   /** This node's labels (undefined until its Node is listed, or when it has none). */

@@ -12,6 +12,8 @@
  * read a part (a little extra egress) or both wait for the other (bounded), never anything worse.
  */
 
+import type { PartOwnership } from "../staging/job-types.js";
+
 export interface CohortView {
   /** The members' peer URLs, this node's own among them. */
   members: readonly string[];
@@ -51,7 +53,7 @@ export class Cohorts {
   }
 
   /** What a staging job of the bucket asks: does this node read the part from S3 itself? */
-  ownership(bucket: string): { owns(key: string, start: number): boolean; version(): number } {
+  ownership(bucket: string): PartOwnership {
     return { owns: (key, start) => this.owns(bucket, key, start), version: () => this.#version };
   }
 
