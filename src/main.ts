@@ -3,8 +3,7 @@
  * order things start and stop in.
  */
 import { readFileSync } from "node:fs";
-import { chmod, mkdir, rm } from "node:fs/promises";
-import { dirname, join } from "node:path";
+import { join } from "node:path";
 import type { Logger } from "pino";
 import { buildApp } from "./api/app.js";
 import { mirrorToken, onTokensReloaded, peerToken, TokenFile } from "./api/auth.js";
@@ -18,8 +17,10 @@ import type { Config } from "./config/schema.js";
 import { watchContainerd } from "./daemon/containerd-watch.js";
 import { recoverCsiDriver } from "./daemon/csi-driver.js";
 import { Lifecycle } from "./daemon/lifecycle.js";
+import { isLoopback, listen, listenSocket, splitHostPort } from "./daemon/listen.js";
 import { ModelCacheReconciler, releaseModelCachePins } from "./daemon/model-caches.js";
 import { reprobeNodeFacts } from "./daemon/node-reprobe.js";
+import { holdWhileRefused } from "./daemon/refusal.js";
 import { ColdstartError } from "./errors.js";
 import { ModelCacheStatusWriter } from "./kube/model-cache-status.js";
 import { ModelCacheWatch } from "./kube/model-caches.js";
@@ -68,12 +69,62 @@ export interface Daemon {
   stop(graceMs: number, hurry?: AbortSignal): Promise<void>;
 }
 
+export interface StartOptions {
+  /** Facts already collected and accepted (holdUntilNodeAccepted's); collected here without. */
+  facts?: NodeFacts | undefined;
+}
+
+/**
+ * The node's facts once the policy accepts them: at once, or (daemon.onRefusal serve) after serving
+ * the refusal until a re-probe passes; undefined when `signal` aborts first. Under exit, throws.
+ */
+export async function holdUntilNodeAccepted(
+  config: Config,
+  logger: Logger,
+  signal: AbortSignal,
+): Promise<NodeFacts | undefined> {
+  checkDaemonConfig(config);
+  const options = nodeFactsOptions(config);
+  const policy = nodePolicy(config);
+  return holdWhileRefused(await collectNodeFacts(options), {
+    config,
+    logger,
+    version: VERSION,
+    probe: (previous, s) => collectNodeFacts(options, { previous, signal: s }),
+    violations: (f) => policyViolations(f, policy),
+    signal,
+  });
+}
+
 export async function startDaemon(
   config: Config,
   // Redacting (src/log.ts), and without a component of its own: each component's child names its own.
   logger: Logger = createLogger(config.log.level),
+  options: StartOptions = {},
 ): Promise<Daemon> {
+  checkDaemonConfig(config);
   const log = logger.child({ component: "daemon" });
+  // Node facts first: gds.mode on and placement.require refuse to start before anything listens.
+  const factsOptions = nodeFactsOptions(config);
+  const facts = options.facts ?? (await collectNodeFacts(factsOptions));
+  const violation = policyViolations(facts, nodePolicy(config))[0];
+  if (violation) throw violation;
+  logNodeFacts(log, facts);
+  // Opened next: nothing else has started yet if the state is unreadable.
+  const registry = await ModelRegistry.open(config.daemon.root);
+  // From here on every component registers how it stops as it starts: a failed start and a shutdown
+  // run those in reverse, so a half-started daemon never keeps serving while its command fails.
+  const life = new Lifecycle(log);
+  try {
+    return await compose(config, logger, log, life, registry, facts, factsOptions);
+  } catch (err) {
+    await life.close({ graceMs: 0 });
+    throw err;
+  }
+}
+
+/** The settings that only make sense together, checked before anything probes or listens. */
+function checkDaemonConfig(config: Config): void {
   const d = config.daemon;
   const [host] = splitHostPort(d.listen);
   if (d.auth === "none" && !isLoopback(host)) {
@@ -104,23 +155,6 @@ export async function startDaemon(
         },
       );
     }
-  }
-  // Node facts first: gds.mode on and placement.require refuse to start before anything listens.
-  const factsOptions = nodeFactsOptions(config);
-  const facts = await collectNodeFacts(factsOptions);
-  const violation = policyViolations(facts, nodePolicy(config))[0];
-  if (violation) throw violation;
-  logNodeFacts(log, facts);
-  // Opened next: nothing else has started yet if the state is unreadable.
-  const registry = await ModelRegistry.open(d.root);
-  // From here on every component registers how it stops as it starts: a failed start and a shutdown
-  // run those in reverse, so a half-started daemon never keeps serving while its command fails.
-  const life = new Lifecycle(log);
-  try {
-    return await compose(config, logger, log, life, registry, facts, factsOptions);
-  } catch (err) {
-    await life.close({ graceMs: 0 });
-    throw err;
   }
 }
 
@@ -373,10 +407,7 @@ async function compose(
       (w) => w.stop(),
     );
   }
-  await mkdir(dirname(d.socketPath), { recursive: true, mode: 0o750 });
-  await rm(d.socketPath, { force: true }); // a socket file left by a killed predecessor
-  await listen(() => sock.listen({ path: d.socketPath }), "daemon.socketPath", d.socketPath);
-  await chmod(d.socketPath, 0o660);
+  await listenSocket((path) => sock.listen({ path }), d.socketPath);
   if (csi) {
     // Closed before the drain: the kubelet sends no new publish to a daemon that is going.
     life.add("csi driver", await csi.serve({ ready: () => ready }), (s) => s.close());
@@ -533,29 +564,4 @@ function peerUrls(discovered: string[], members: string[]): string[] {
     }
   };
   return [...new Set([...discovered.map(origin), ...members])];
-}
-
-/** A listen() whose address problems are configuration errors naming the option. */
-async function listen(start: () => Promise<string>, field: string, value: string): Promise<string> {
-  try {
-    return await start();
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    if (code === "EADDRINUSE" || code === "EADDRNOTAVAIL" || code === "EACCES") {
-      throw new ColdstartError("CS_CONFIG_INVALID", `${field} ${value} cannot be used: ${code}`, {
-        cause: e,
-        details: { field, value },
-      });
-    }
-    throw e;
-  }
-}
-
-function splitHostPort(hp: string): [string, string] {
-  const i = hp.lastIndexOf(":");
-  return [hp.slice(0, i).replace(/^\[|\]$/g, ""), hp.slice(i + 1)];
-}
-
-function isLoopback(host: string): boolean {
-  return host === "localhost" || host === "::1" || /^127\./.test(host);
 }

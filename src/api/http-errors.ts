@@ -26,6 +26,9 @@ export const httpStatusOf: Partial<Record<ErrorCode, number>> = {
   CS_CACHE_REMOTE_INVALID: 502,
   CS_SHUTTING_DOWN: 503,
   CS_CONTAINERD_UNAVAILABLE: 503,
+  // A daemon that refuses the node (daemon.onRefusal serve) answers every call with why.
+  CS_PLACEMENT_REFUSED: 503,
+  CS_GDS_UNAVAILABLE: 503,
   CS_INSUFFICIENT_SPACE: 507,
 };
 
@@ -53,7 +56,7 @@ function asCatalogError(err: unknown): ColdstartError {
 }
 
 /** The control API's error body: `{"error":{"code","message","details"?}}` (docs/api.md). */
-function errorBody(e: ColdstartError): { error: Record<string, unknown> } {
+export function errorBody(e: ColdstartError): { error: Record<string, unknown> } {
   // details (which key, field, value) when there are any: automation acts on them.
   const details = Object.keys(e.details).length > 0 ? { details: e.details } : {};
   return { error: { code: e.code, message: e.message, ...details } };

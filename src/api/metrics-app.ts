@@ -4,15 +4,18 @@
  */
 import Fastify, { LogController } from "fastify";
 import type { Logger } from "pino";
+import type { ColdstartError } from "../errors.js";
 import type { Metrics } from "../metrics/metrics.js";
 import type { MirrorCheck } from "../mirror/containerd-check.js";
-import { answerCatalogError, answerNoRoute } from "./http-errors.js";
+import { answerCatalogError, answerNoRoute, errorBody } from "./http-errors.js";
 
 export interface MetricsAppDeps {
   metrics: Metrics;
   logger: Logger;
   isReady: () => boolean;
   mirrorCheck: () => MirrorCheck | undefined;
+  /** Why the daemon refuses this node (daemon.onRefusal serve); empty or absent when it does not. */
+  refusals?: () => readonly ColdstartError[];
 }
 
 export function buildMetricsApp(deps: MetricsAppDeps) {
@@ -29,8 +32,10 @@ export function buildMetricsApp(deps: MetricsAppDeps) {
   // stages models and serves its peers.
   app.get("/readyz", async (_req, reply) => {
     const mirror = deps.mirrorCheck();
+    const refused = deps.refusals?.() ?? [];
     return reply.code(deps.isReady() ? 200 : 503).send({
       ready: deps.isReady(),
+      ...(refused.length > 0 ? { refused: refused.map((e) => errorBody(e).error) } : {}),
       ...(mirror ? { mirror: { status: mirror.status, problems: mirror.problems.map((p) => p.code) } } : {}),
     });
   });

@@ -45,8 +45,22 @@ export function daemonCommand(setExit: (code: number) => void): Command {
       const root = createLogger(config.log.level);
       const logger = root.child({ component: "daemon" });
       // The daemon's modules (fastify, the AWS SDK, the Kubernetes client) load only for this command.
-      const { startDaemon } = await import("../main.js");
-      const daemon = await startDaemon(config, root);
+      const { holdUntilNodeAccepted, startDaemon } = await import("../main.js");
+      // A refused node (daemon.onRefusal serve) is served until it passes; a signal there just ends it.
+      const refusing = new AbortController();
+      const endRefusal = () => refusing.abort();
+      process.once("SIGTERM", endRefusal);
+      process.once("SIGINT", endRefusal);
+      const facts = await holdUntilNodeAccepted(config, root, refusing.signal).finally(() => {
+        process.off("SIGTERM", endRefusal);
+        process.off("SIGINT", endRefusal);
+      });
+      if (!facts) {
+        logger.info("stopped while refusing the node");
+        setExit(EXIT.ok);
+        return;
+      }
+      const daemon = await startDaemon(config, root, { facts });
       await new Promise<void>((resolve) => {
         const hurry = new AbortController();
         let stopping = false;

@@ -77,6 +77,7 @@ async function wait(id: string, config: Config, identity?: ReturnType<typeof ide
   const pollSeconds = Math.max(1, Math.round(config.output.progressIntervalMs / 1000));
   let reached = false;
   let lastError = "";
+  let told = "";
   let backoff = 100;
 
   /** One call, retried while the daemon is unreachable or draining, until the deadline. */
@@ -91,7 +92,12 @@ async function wait(id: string, config: Config, identity?: ReturnType<typeof ide
         const res = await callDaemon(ep, method, p, body, { timeoutMs: (timeoutMs ?? 10_000) + 5_000 });
         reached = true;
         if (res.status !== 503 || isStatus(res.body)) return res;
-        lastError = `daemon answered 503: ${describeBody(res.body)}`;
+        // Said once per reason (a draining daemon, a refused node): the pod's log shows why it waits.
+        if (describeBody(res.body) !== told) {
+          told = describeBody(res.body);
+          waiting(res.body, config.output.json);
+        }
+        lastError = `daemon answered 503: ${told}`;
       } catch (err) {
         lastError = `${(err as NodeJS.ErrnoException).code ?? ""} ${(err as Error).message}`.trim();
       }
@@ -326,6 +332,13 @@ function pick(s: ModelStatus) {
 
 function isStatus(body: unknown): body is ModelStatus {
   return typeof body === "object" && body !== null && "state" in body && "id" in body;
+}
+
+/** A 503 that is not a model's status: the daemon is draining or refuses the node, and is asked again. */
+function waiting(body: unknown, json: boolean): void {
+  const error = (body as { error?: unknown } | undefined)?.error;
+  if (json) process.stdout.write(`${JSON.stringify({ event: "waiting", error: error ?? body })}\n`);
+  else process.stderr.write(`coldstart: waiting: the daemon answered 503: ${describeBody(body)}\n`);
 }
 
 function describeBody(body: unknown): string {

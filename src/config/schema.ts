@@ -291,6 +291,13 @@ export const schema = {
       flag: "--shutdown-grace <duration>",
       help: "On SIGTERM, how long in-flight parts may run to completion before the daemon aborts them (journals keep the rest).",
     }),
+    onRefusal: option({
+      schema: z.enum(["exit", "serve"]),
+      default: "exit",
+      env: ["COLDSTART_ON_REFUSAL"],
+      flag: "--on-refusal <mode>",
+      help: "When the node breaks gds.mode on or placement.require: exit (code 1), or serve: stay up not ready, staging nothing, with the reason on /readyz, in coldstart_policy_refused and in every API answer (503), and start once a re-probe finds the node fixed.",
+    }),
   },
   sources: {
     allow: option({

@@ -128,6 +128,11 @@ export class Metrics {
   readonly placementInfo: Gauge<"placement" | "fstype" | "device">;
   /** coldstart_placement_warnings{code}: 1 per placement warning (staging_on_root_volume, instance_store_unused, ...). */
   readonly placementWarnings: Gauge<"code">;
+  /**
+   * coldstart_policy_refused{code,field,value}: 1 while the node breaks gds.mode on or
+   * placement.require and the daemon (daemon.onRefusal serve) stages nothing.
+   */
+  readonly policyRefused: Gauge<"code" | "field" | "value">;
   /** coldstart_gpu_info{index,uuid,name,compute_capability,driver_version}: 1 per GPU. */
   readonly gpuInfo: Gauge<"index" | "uuid" | "name" | "compute_capability" | "driver_version">;
   /** coldstart_native_addon_available: 1 when the native probes can run. */
@@ -335,6 +340,12 @@ export class Metrics {
       name: "coldstart_placement_warnings",
       help: "1 per placement warning code for the staging root, e.g. instance_store_unused: on the root volume of a node with instance storage (docs/node-facts.md).",
       labelNames: ["code"] as const,
+      registers,
+    });
+    this.policyRefused = new Gauge({
+      name: "coldstart_policy_refused",
+      help: "1 while the daemon refuses to stage because the node breaks a policy: code CS_PLACEMENT_REFUSED (field placement.require, value the staging root's placement) or CS_GDS_UNAVAILABLE (field gds.mode); the reason is on /readyz (docs/node-facts.md).",
+      labelNames: ["code", "field", "value"] as const,
       registers,
     });
     this.gpuInfo = new Gauge({

@@ -29,6 +29,7 @@ const EXPECTED = {
   gdsReasons: ["coldstart_gds_reasons", Gauge, ["code"]],
   placementInfo: ["coldstart_placement_info", Gauge, ["placement", "fstype", "device"]],
   placementWarnings: ["coldstart_placement_warnings", Gauge, ["code"]],
+  policyRefused: ["coldstart_policy_refused", Gauge, ["code", "field", "value"]],
   gpuInfo: ["coldstart_gpu_info", Gauge, ["index", "uuid", "name", "compute_capability", "driver_version"]],
   nativeAvailable: ["coldstart_native_addon_available", Gauge, []],
   compileCacheRestores: ["coldstart_compile_cache_restores_total", Counter, ["outcome"]],

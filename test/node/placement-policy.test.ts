@@ -6,26 +6,40 @@
  * on instance store it starts clean. Fake host trees (test/support/fake-host.ts), the real command as
  * child processes, and the metric the running daemon exports.
  */
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Registry } from "prom-client";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { loadConfig } from "../../src/config/load.js";
+import { holdWhileRefused } from "../../src/daemon/refusal.js";
 import { Metrics } from "../../src/metrics/metrics.js";
-import { type NodeFacts, policyViolations, publishNodeFacts } from "../../src/node/node-facts.js";
+import {
+  collectNodeFacts,
+  type NodeFacts,
+  policyViolations,
+  publishNodeFacts,
+} from "../../src/node/node-facts.js";
 import { probePlacement } from "../../src/node/placement.js";
 import { expectColdstartError, thrownBy } from "../support/expect-error.js";
 import * as hosts from "../support/fake-host.js";
-import { ec2Node, FakeHost, type FakeScenario, INSTANCE_STORE } from "../support/fake-host.js";
+import {
+  ec2Node,
+  FakeHost,
+  type FakeMount,
+  type FakeScenario,
+  INSTANCE_STORE,
+} from "../support/fake-host.js";
 import {
   coldstart,
   type DaemonProcess,
   finish,
+  jsonLines,
   killDaemons,
   NO_GPU_FLAGS,
   startDaemonProcess,
 } from "../support/processes.js";
+import { waitFor } from "../support/wait.js";
 
 const NO_S3 = { endpoint: "http://127.0.0.1:1", accessKeyId: "x", secretAccessKey: "x", region: "us-east-1" };
 const cleanups: (() => Promise<void>)[] = [];
@@ -48,17 +62,34 @@ afterAll(async () => {
  * <host>/mnt/k8s-disks/0 as the EKS AMI mounts it; the staging root `stagingRel` inside the tree.
  */
 async function eksNode(stagingRel: string): Promise<FakeScenario> {
+  return (await eksHost(stagingRel)).scenario;
+}
+
+/** eksNode, with a way to mount the RAID0 at the staging root later (an operator fixing the node). */
+async function eksHost(stagingRel: string) {
   const h = await FakeHost.create();
   const base = await ec2Node(h);
   await h.nvme({ ctrl: 1, minor: 3, model: INSTANCE_STORE, pci: "0000:00:1f.0" });
   await h.nvme({ ctrl: 2, minor: 4, model: INSTANCE_STORE, pci: "0000:00:1e.0" });
   await h.md("md127", 127, "raid0", ["nvme1n1", "nvme2n1"]);
-  await h.mountinfo([
-    ...base,
-    { mountPoint: h.path("mnt/k8s-disks/0"), fsType: "xfs", source: "/dev/md127", device: "9:127" },
-  ]);
+  const raid = (mountPoint: string): FakeMount => ({
+    mountPoint,
+    fsType: "xfs",
+    source: "/dev/md127",
+    device: "9:127",
+  });
+  await h.mountinfo([...base, raid(h.path("mnt/k8s-disks/0"))]);
   await h.dir(stagingRel);
-  return { hostRoot: h.root, stagingRoot: h.path(stagingRel), cleanup: () => h.cleanup() };
+  const scenario: FakeScenario = {
+    hostRoot: h.root,
+    stagingRoot: h.path(stagingRel),
+    cleanup: () => h.cleanup(),
+  };
+  return {
+    scenario,
+    mountRaidAtStagingRoot: () =>
+      h.mountinfo([...base, raid(h.path("mnt/k8s-disks/0")), raid(h.path(stagingRel))]),
+  };
 }
 const rootVolumeBesideInstanceStore = () => eksNode("var/lib/coldstart");
 const onInstanceStore = () => eksNode("mnt/k8s-disks/0/coldstart");
@@ -206,5 +237,194 @@ describe("the daemon under placement.require auto", { timeout: 120_000 }, () => 
       'coldstart_placement_info{placement="nvme-instance-store",fstype="xfs",device="md127"} 1',
     );
     expect(metrics).not.toContain("coldstart_placement_warnings{");
+  });
+});
+
+/**
+ * daemon.onRefusal serve (the deploy's setting): the refused daemon stays up where Prometheus and the
+ * kubelet see it, with the reason on /readyz, in coldstart_policy_refused and in every API answer, and
+ * stages nothing; a re-probe that finds the node fixed starts it.
+ */
+describe("a refused daemon under daemon.onRefusal serve", { timeout: 120_000 }, () => {
+  it("stays up not ready, says why on every surface, touches nothing, and exits 0 on SIGTERM", async () => {
+    const s = await scenario(rootVolumeBesideInstanceStore);
+    const socket = join(work, "serve.sock");
+    const child = coldstart(
+      [
+        "daemon",
+        ...daemonArgs(s, "serve"),
+        "--socket",
+        socket,
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "127.0.0.1:0",
+      ],
+      NO_S3,
+      { COLDSTART_HOST_ROOT: s.hostRoot, COLDSTART_PLACEMENT_REQUIRE: "auto", COLDSTART_ON_REFUSAL: "serve" },
+    );
+    const exited = finish(child);
+    const lines = jsonLines(child);
+    cleanups.push(async () => {
+      child.kill("SIGKILL");
+      await exited;
+    });
+    const refusing = await waitFor(
+      () => lines().find((l) => String(l.msg).startsWith("coldstart daemon refusing the node")),
+      { what: "the refusing log line", timeoutMs: 90_000 },
+    );
+    const api = String(refusing.api);
+    const metricsUrl = String(refusing.metrics);
+    expect(refusing.codes).toEqual(["CS_PLACEMENT_REFUSED"]);
+
+    const reason = expect.stringMatching(
+      new RegExp(`^staging root ${s.stagingRoot} is on root-volume .*placement.require auto refuses`),
+    );
+    expect((await fetch(`${metricsUrl}/livez`)).status).toBe(200);
+    const ready = await fetch(`${metricsUrl}/readyz`);
+    expect(ready.status).toBe(503);
+    expect(await ready.json()).toEqual({
+      ready: false,
+      refused: [
+        {
+          code: "CS_PLACEMENT_REFUSED",
+          message: reason,
+          details: { field: "placement.require", value: "root-volume" },
+        },
+      ],
+    });
+    const text = await (await fetch(`${metricsUrl}/metrics`)).text();
+    expect(text).toContain(
+      'coldstart_policy_refused{code="CS_PLACEMENT_REFUSED",field="placement.require",value="root-volume"} 1',
+    );
+    expect(text).toContain('coldstart_placement_warnings{code="instance_store_unused"} 1');
+    expect(text).toMatch(/^coldstart_build_info\{version="[^"]+",node_version="v\d+/m);
+
+    // The API refuses every call, with or without a token, and says why.
+    for (const headers of [{}, { authorization: "Bearer placement-policy-token" }] as Record<
+      string,
+      string
+    >[]) {
+      const put = await fetch(`${api}/v1/models/org%2Fm`, {
+        method: "PUT",
+        headers: { ...headers, "content-type": "application/json" },
+        body: JSON.stringify({ source: "s3://b/m/" }),
+      });
+      expect(put.status).toBe(503);
+      expect(put.headers.get("retry-after")).toBe("60");
+      expect(await put.json()).toMatchObject({ error: { code: "CS_PLACEMENT_REFUSED", message: reason } });
+    }
+    // A pod's handshake keeps waiting and says why, once.
+    const wait = await finish(
+      coldstart(["wait", "org/m", "--socket", socket, "--source", "s3://b/m/", "--timeout", "3s"], NO_S3),
+    );
+    expect(wait.code).toBe(3);
+    const told = wait.stderr.split("\n").filter((l) => l.startsWith("coldstart: waiting:"));
+    expect(told).toEqual([
+      expect.stringMatching(
+        /^coldstart: waiting: the daemon answered 503: CS_PLACEMENT_REFUSED: staging root .* is on root-volume/,
+      ),
+    ]);
+    expect(wait.stderr).toMatch(/coldstart: CS_NOT_READY: .*last: daemon answered 503: CS_PLACEMENT_REFUSED/);
+
+    // Logged once, and nothing under the staging root: the registry was never opened.
+    expect(lines().filter((l) => String(l.msg).startsWith("refusing to stage: "))).toHaveLength(1);
+    expect(await readdir(s.stagingRoot)).toEqual([]);
+
+    child.kill("SIGTERM");
+    const out = await exited;
+    expect(out.code).toBe(0);
+  });
+
+  it("starts once a re-probe finds the node fixed, its listeners handed back", async () => {
+    const host = await eksHost("var/lib/coldstart");
+    cleanups.push(host.scenario.cleanup);
+    const s = host.scenario;
+    const config = loadConfig({
+      env: {
+        COLDSTART_ROOT: s.stagingRoot,
+        COLDSTART_HOST_ROOT: s.hostRoot,
+        COLDSTART_SOCKET: join(work, "recover.sock"),
+        COLDSTART_LISTEN: "127.0.0.1:0",
+        COLDSTART_METRICS_LISTEN: "127.0.0.1:0",
+        COLDSTART_PLACEMENT_REQUIRE: "auto",
+        COLDSTART_ON_REFUSAL: "serve",
+        COLDSTART_GDS_MODE: "off",
+        COLDSTART_NVML_LIBRARY: "/nonexistent",
+        COLDSTART_NVIDIA_SMI: "/nonexistent",
+      },
+    });
+    const options = {
+      hostRoot: s.hostRoot,
+      stagingRoot: s.stagingRoot,
+      gdsMode: "off" as const,
+      probeTimeoutMs: 10_000,
+      nvidiaSmi: "/nonexistent",
+      nvmlLibrary: "/nonexistent",
+      env: {},
+    };
+    const logs: Record<string, unknown>[] = [];
+    const logger = (await import("pino")).pino(
+      { level: "info" },
+      { write: (l: string) => logs.push(JSON.parse(l)) },
+    );
+    const policy = { gdsMode: "off" as const, placementRequire: ["auto" as const] };
+    let probes = 0;
+    const stop = new AbortController();
+    const held = holdWhileRefused(await collectNodeFacts(options), {
+      config,
+      logger,
+      version: "test",
+      probe: (previous, signal) => {
+        probes++;
+        return collectNodeFacts(options, { previous, signal });
+      },
+      violations: (f) => policyViolations(f, policy),
+      signal: stop.signal,
+      intervalMs: 20,
+    });
+    cleanups.push(async () => {
+      stop.abort();
+      await held.catch(() => {});
+    });
+    const refusing = await waitFor(() =>
+      logs.find((l) => String(l.msg).startsWith("coldstart daemon refusing the node")),
+    );
+    const metricsUrl = `http://${String(refusing.metrics).replace(/^http:\/\//, "")}`;
+    // Still refused after several re-probes: the same reason, logged once.
+    await waitFor(() => probes >= 3);
+    expect((await fetch(`${metricsUrl}/readyz`)).status).toBe(503);
+    expect(logs.filter((l) => String(l.msg).startsWith("refusing to stage: "))).toHaveLength(1);
+
+    await host.mountRaidAtStagingRoot();
+    const facts = await held;
+    expect(facts?.placement.placement).toBe("nvme-instance-store");
+    expect(logs.map((l) => l.msg)).toContain("the node now passes the policy: starting");
+    // Closed, so the real daemon can take the same ports and socket.
+    await expect(fetch(`${metricsUrl}/livez`)).rejects.toThrow();
+  });
+
+  it("under daemon.onRefusal exit (the default) throws the reason, serving nothing", async () => {
+    const s = await scenario(rootVolumeBesideInstanceStore);
+    const facts = await collectNodeFacts({
+      hostRoot: s.hostRoot,
+      stagingRoot: s.stagingRoot,
+      gdsMode: "off",
+      probeTimeoutMs: 10_000,
+      nvidiaSmi: "/nonexistent",
+      nvmlLibrary: "/nonexistent",
+      env: {},
+    });
+    const config = loadConfig({ env: { COLDSTART_ROOT: s.stagingRoot } });
+    expect(config.daemon.onRefusal).toBe("exit");
+    const err = await holdWhileRefused(facts, {
+      config,
+      logger: (await import("pino")).pino({ level: "silent" }),
+      version: "test",
+      probe: () => Promise.reject(new Error("must not probe")),
+      violations: (f) => policyViolations(f, { gdsMode: "off", placementRequire: ["auto"] }),
+      signal: new AbortController().signal,
+    }).catch((e: unknown) => e);
+    expectColdstartError(err, "CS_PLACEMENT_REFUSED");
   });
 });
