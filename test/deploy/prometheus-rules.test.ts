@@ -53,6 +53,7 @@ const ALERTS = [
   "ColdstartMirrorMisconfigured", // mirror misconfigured
   "ColdstartCompileCacheSilentMisses", // silent compile-cache misses
   "ColdstartHandshakeTimeouts", // handshake timeouts
+  "ColdstartPolicyRefused", // placement.require (or gds.mode on) refuses the node: "the reason in the metric"
 ];
 
 let work: string;
