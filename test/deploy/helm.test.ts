@@ -12,8 +12,10 @@
  *   the base's `labels` transformer does not reach component resources, the chart labels everything.
  * - blank lines inside multi-line strings (kustomize adds one to a folded scalar's more-indented line).
  * Both renders are parsed as YAML 1.1, as the API server reads them (`defaultMode: 0400` is octal).
- * Then the chart is packaged (scripts/helm-package.sh) and installed into a real API server (etcd and
- * kube-apiserver from scripts/go-tools.mjs), the way docs/deploy.md, "Helm", says.
+ * The token Secrets the chart generates are checked too. Then the chart is packaged
+ * (scripts/helm-package.sh) and installed into a real API server (etcd and kube-apiserver from
+ * scripts/go-tools.mjs), the way docs/deploy.md, "Helm", says; an upgrade keeps the generated tokens.
+ * values.schema.json has its own file, helm-values.test.ts.
  * Tier: integration (helm is built from the Go module proxy by scripts/go-tools.mjs).
  */
 import { execFile, execFileSync } from "node:child_process";
@@ -132,6 +134,9 @@ function hasKubectl(): boolean {
   }
 }
 
+/** The Secrets the chart generates when no existing ones are named, API token first. */
+const TOKEN_SECRETS = ["coldstart-api-tokens", "coldstart-peer-tokens", "coldstart-mirror-tokens"];
+
 const find = (objs: K8sObject[], kind: string, name?: string) => {
   const o = objs.find((x) => x.kind === kind && (name === undefined || x.metadata.name === name));
   if (!o) throw new Error(`no ${kind} ${name ?? ""}`);
@@ -231,6 +236,45 @@ describe("the Helm chart", () => {
     },
   );
 
+  it.skipIf(!hasKubectl())(
+    "with scoped tokens and no existing Secrets, generates the API, peer and mirror tokens where scoped-tokens mounts them",
+    async (ctx) => {
+      const bin = requireGoTool("helm", ctx.skip);
+      const fromHelm = await helmTemplate(bin, [
+        "tokens.existingSecret=",
+        "tokens.scoped.enabled=true",
+        "tokens.scoped.peerExistingSecret=",
+        "tokens.scoped.mirrorExistingSecret=",
+      ]);
+      const secrets = fromHelm.filter((o) => o.kind === "Secret");
+      expect(secrets.map((o) => o.metadata.name).sort()).toEqual(TOKEN_SECRETS.toSorted());
+      const tokens = secrets.map((o) => {
+        expect(o.metadata.namespace, o.metadata.name).toBe("coldstart");
+        expect(o.type, o.metadata.name).toBe("Opaque");
+        expect(Object.keys(o.data), o.metadata.name).toEqual(["tokens"]);
+        const token = Buffer.from(o.data.tokens, "base64").toString();
+        expect(token, o.metadata.name).toMatch(/^[0-9a-f]{64}$/);
+        return token;
+      });
+      expect(new Set(tokens).size).toBe(3);
+      // Apart from the Secrets (kustomize leaves them to the user), the base plus components/scoped-tokens:
+      // the DaemonSet mounts exactly the generated Secrets, where the component mounts its own.
+      await expectSameObjects(
+        fromHelm.filter((o) => o.kind !== "Secret"),
+        await kustomize(["scoped-tokens"]),
+      );
+      const volumes = find(fromHelm, "DaemonSet").spec.template.spec.volumes as {
+        name: string;
+        secret?: { secretName: string };
+      }[];
+      expect(volumes.flatMap((v) => (v.secret ? [[v.name, v.secret.secretName]] : []))).toEqual([
+        ["tokens", "coldstart-api-tokens"],
+        ["peer-tokens", "coldstart-peer-tokens"],
+        ["mirror-tokens", "coldstart-mirror-tokens"],
+      ]);
+    },
+  );
+
   it("packages into a chart that renders as the directory does, the linked files inside it", async (ctx) => {
     const bin = requireGoTool("helm", ctx.skip);
     const dist = await mkdtemp(join(tmpdir(), "cs-helm-dist-"));
@@ -319,6 +363,12 @@ describe("the Helm chart", () => {
           "--set",
           "tokens.existingSecret=",
           "--set",
+          "tokens.scoped.enabled=true",
+          "--set",
+          "tokens.scoped.peerExistingSecret=",
+          "--set",
+          "tokens.scoped.mirrorExistingSecret=",
+          "--set",
           "modelCache.enabled=true",
           ...kc,
         ]);
@@ -331,8 +381,15 @@ describe("the Helm chart", () => {
         });
         const ds = await get(["-n", "coldstart", "daemonset", "coldstart"]);
         expect(ds.spec.template.spec.containers[0].image).toBe("ghcr.io/coldstart-dev/coldstart:0.1.0");
-        const secret = await get(["-n", "coldstart", "secret", "coldstart-api-tokens"]);
-        // An upgrade keeps the generated token (lookup), and the ConfigMap the DaemonSet names exists.
+        const secrets = async () =>
+          Promise.all(
+            TOKEN_SECRETS.map(async (name) => (await get(["-n", "coldstart", "secret", name])).data),
+          );
+        const installed = await secrets();
+        const tokens = installed.map((d) => Buffer.from(d?.tokens ?? "", "base64").toString());
+        for (const t of tokens) expect(t).toMatch(/^[0-9a-f]{64}$/);
+        expect(new Set(tokens).size).toBe(3);
+        // An upgrade keeps the generated tokens (lookup), and the ConfigMap the DaemonSet names exists.
         await helm(bin, [
           "upgrade",
           "coldstart",
@@ -344,7 +401,7 @@ describe("the Helm chart", () => {
           "config.logLevel=debug",
           ...kc,
         ]);
-        expect((await get(["-n", "coldstart", "secret", "coldstart-api-tokens"])).data).toEqual(secret.data);
+        expect(await secrets()).toEqual(installed);
         const cm = (await get(["-n", "coldstart", "daemonset", "coldstart"])).spec.template.spec.containers[0]
           .envFrom[0].configMapRef.name;
         expect((await get(["-n", "coldstart", "configmap", cm])).data.COLDSTART_LOG_LEVEL).toBe("debug");

@@ -13,12 +13,16 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 {{/* The shared settings, as the ConfigMap's data (deploy/coldstart.env's keys). */}}
 {{- define "coldstart.configData" -}}
 {{- $c := .Values.config -}}
+{{- /* Helm reads an unquoted `gdsMode: on` as YAML 1.1's true: the daemon wants on. */}}
+{{- $gdsMode := $c.gdsMode -}}
+{{- if kindIs "bool" $gdsMode }}{{ $gdsMode = ternary "on" "off" $gdsMode }}{{ end -}}
 {{- $data := dict
   "COLDSTART_SOURCES_ALLOW" (join "," .Values.sources.allow)
   "COLDSTART_COMPILE_CACHE_REMOTE" (toString $c.compileCacheRemote)
   "AWS_REGION" (toString $c.awsRegion)
-  "COLDSTART_GDS_MODE" (toString $c.gdsMode)
+  "COLDSTART_GDS_MODE" (toString $gdsMode)
   "COLDSTART_PLACEMENT_REQUIRE" (toString $c.placementRequire)
+  "COLDSTART_ON_REFUSAL" (toString $c.onRefusal)
   "COLDSTART_EVICTION_HIGH_WATERMARK" (toString $c.evictionHighWatermark)
   "COLDSTART_EVICTION_LOW_WATERMARK" (toString $c.evictionLowWatermark)
   "COLDSTART_LOG_LEVEL" (toString $c.logLevel)
