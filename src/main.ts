@@ -93,6 +93,7 @@ export async function holdUntilNodeAccepted(
     probe: (previous, s) => collectNodeFacts(options, { previous, signal: s }),
     violations: (f) => policyViolations(f, policy),
     signal,
+    labeler: () => nodeLabeler(config, logger, logger.child({ component: "daemon" })),
   });
 }
 

@@ -14,9 +14,9 @@ import { buildMetricsApp } from "../api/metrics-app.js";
 import { buildRefusalApp } from "../api/refusal-app.js";
 import type { Config } from "../config/schema.js";
 import type { ColdstartError } from "../errors.js";
+import type { NodeLabeler } from "../kube/node-labels.js";
 import { Metrics } from "../metrics/metrics.js";
-import type { NodeFacts } from "../node/node-facts.js";
-import { publishNodeFacts } from "../node/node-facts.js";
+import { factLabels, type NodeFacts, publishNodeFacts } from "../node/node-facts.js";
 import { listen, listenSocket, splitHostPort } from "./listen.js";
 
 export interface RefusalOptions {
@@ -32,6 +32,11 @@ export interface RefusalOptions {
   signal: AbortSignal;
   /** Between probes; a minute by default. */
   intervalMs?: number;
+  /**
+   * This node's labeler, made only if the node is refused: its model labels come off (nothing is
+   * served here) and coldstart.io/refused names the setting, so the scheduler stops preferring it.
+   */
+  labeler?: () => NodeLabeler | undefined;
 }
 
 /**
@@ -45,15 +50,20 @@ export async function holdWhileRefused(facts: NodeFacts, o: RefusalOptions): Pro
   const log = o.logger.child({ component: "daemon" });
   const metrics = new Metrics();
   metrics.buildInfo.set({ version: o.version, node_version: process.version }, 1);
-  const publish = (f: NodeFacts) => {
+  const labeler = o.labeler?.();
+  /** Metrics and labels for these facts; the reasons logged when `news`. */
+  const publish = (f: NodeFacts, news: boolean) => {
     publishNodeFacts(metrics, f);
+    labeler?.set([]);
+    labeler?.setFacts(factLabels(f, refused));
     metrics.policyRefused.reset();
     for (const e of refused) {
       metrics.policyRefused.set({ code: e.code, field: fieldOf(e), value: String(e.details.value ?? "") }, 1);
     }
+    if (!news) return;
     for (const e of refused) log.error({ code: e.code, ...e.details }, `refusing to stage: ${e.message}`);
   };
-  publish(facts);
+  publish(facts, true);
 
   const d = o.config.daemon;
   const metricsApp = buildMetricsApp({
@@ -102,11 +112,15 @@ export async function holdWhileRefused(facts: NodeFacts, o: RefusalOptions): Pro
         return facts;
       }
       // Logged again only when the reason changed: a refused node is not news every minute.
-      if (refused.map((e) => e.message).join("\n") !== was) publish(facts);
-      else publishNodeFacts(metrics, facts);
+      publish(facts, refused.map((e) => e.message).join("\n") !== was);
     }
   } finally {
     await closeAll();
+    if (labeler) {
+      // The labels written so far, within a moment: the API server must not hold up the start.
+      await Promise.race([labeler.flush().catch(() => {}), sleep(2_000, undefined, { ref: false })]);
+      labeler.close();
+    }
   }
 }
 

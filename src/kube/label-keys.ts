@@ -17,6 +17,12 @@ export const GDS_LABEL = `${LABEL_PREFIX}gds`;
 /** Node label with the GPU product key, e.g. NVIDIA-H100-80GB-HBM3; absent without GPUs. */
 export const GPU_PRODUCT_LABEL = `${LABEL_PREFIX}gpu-product`;
 /**
+ * Node label while the daemon refuses the node (daemon.onRefusal serve): the setting that refuses,
+ * placement.require or gds.mode. Absent on a node the daemon stages on; pods can avoid refused nodes
+ * with `coldstart.io/refused DoesNotExist`.
+ */
+export const REFUSED_LABEL = `${LABEL_PREFIX}refused`;
+/**
  * Hex characters of SHA-256 kept in a label key: 56 (224 bits), the most that fits, since the name
  * part `model.<hash>` may hold at most 63 characters. At 224 bits an accidental collision among even
  * 10^9 model ids has odds below 10^-49, and finding one on purpose costs about 2^112 hashes, so a

@@ -5,7 +5,7 @@
  * choice to pods through `coldstart wait --env-file`. `coldstart doctor` prints it as checks.
  */
 import { ColdstartError } from "../errors.js";
-import { GDS_LABEL, GPU_PRODUCT_LABEL } from "../kube/label-keys.js";
+import { GDS_LABEL, GPU_PRODUCT_LABEL, REFUSED_LABEL } from "../kube/label-keys.js";
 import type { Metrics } from "../metrics/metrics.js";
 import { assessGds, type CufileFacts, cufileFacts, type GdsAssessment, type GdsMode } from "./gds.js";
 import { type GpuFacts, gpuFacts } from "./gpus.js";
@@ -207,9 +207,20 @@ export function placementSummary(p: PlacementFacts): string {
   return `${p.mount.fsType} on ${via || p.mount.source}`;
 }
 
-/** The node-fact labels: the GDS verdict and the GPU product (removed when there is none). */
-export function factLabels(facts: NodeFacts): Record<string, string | null> {
-  return { [GDS_LABEL]: facts.gds.verdict, [GPU_PRODUCT_LABEL]: facts.gpus.product };
+/**
+ * The node-fact labels: the GDS verdict, the GPU product (removed when there is none), and which
+ * setting refuses the node (removed when none does: a daemon that stages).
+ */
+export function factLabels(
+  facts: NodeFacts,
+  refused: readonly ColdstartError[] = [],
+): Record<string, string | null> {
+  const field = refused[0]?.details.field;
+  return {
+    [GDS_LABEL]: facts.gds.verdict,
+    [GPU_PRODUCT_LABEL]: facts.gpus.product,
+    [REFUSED_LABEL]: typeof field === "string" ? field : null,
+  };
 }
 
 /** Replaces the node-fact metrics with these facts (old label sets are dropped, not left at 1). */

@@ -70,7 +70,14 @@ describe("GDS verdict", () => {
     expect(factLabels(f)).toEqual({
       "coldstart.io/gds": "enabled",
       "coldstart.io/gpu-product": "NVIDIA-H100-80GB-HBM3",
+      "coldstart.io/refused": null,
     });
+    // A refused node names the setting that refuses it.
+    expect(
+      factLabels(f, policyViolations(f, { gdsMode: "auto", placementRequire: ["root-volume"] }))[
+        "coldstart.io/refused"
+      ],
+    ).toBe("placement.require");
   });
 
   it("compat when nvidia-fs is missing but compat mode lets every cuFile call succeed", async () => {
@@ -208,7 +215,11 @@ describe("GDS verdict", () => {
     expect(codes(f)).toEqual(["no_gpus", "native_unavailable"]);
     expect(f.gds.verdict).toBe("unavailable");
     expect(f.gpus.product).toBeNull();
-    expect(factLabels(f)).toEqual({ "coldstart.io/gds": "unavailable", "coldstart.io/gpu-product": null });
+    expect(factLabels(f)).toEqual({
+      "coldstart.io/gds": "unavailable",
+      "coldstart.io/gpu-product": null,
+      "coldstart.io/refused": null,
+    });
   });
 
   it("reads the cuFile config it hands to the probe: CUFILE_ENV_PATH_JSON points at the same file", async () => {
