@@ -36,7 +36,7 @@ export interface ModelCacheSource {
 export interface ModelCacheReconcilerOptions {
   nodeName: string;
   watch: ModelCacheSource;
-  status: Pick<ModelCacheStatusWriter, "set" | "remove" | "counts" | "event">;
+  status: Pick<ModelCacheStatusWriter, "set" | "remove" | "counts" | "retainCounts" | "event">;
   models: ModelManager;
   /** The cooperative first wave; absent: every node reads S3 for itself (and peers as today). */
   cohorts?: Cohorts | undefined;
@@ -156,6 +156,7 @@ export class ModelCacheReconciler {
       if (!seen.has(name)) await this.#drop(name, "deleted");
     }
     for (const name of [...this.#invalid.keys()]) if (!seen.has(name)) this.#invalid.delete(name);
+    this.#o.status.retainCounts(seen);
     await this.#unpinOrphans(new Set(this.#tracked.keys()));
   }
 

@@ -118,6 +118,13 @@ export class ModelCacheStatusWriter {
     this.#schedule(name, slot);
   }
 
+  /** Forgets the count bookkeeping of resources not in `names` (deleted ones), which would pile up. */
+  retainCounts(names: ReadonlySet<string>): void {
+    for (const map of [this.#countsWrongSince, this.#countsWritten]) {
+      for (const name of map.keys()) if (!names.has(name)) map.delete(name);
+    }
+  }
+
   /** Brings the resource's counts in line with its entries, if it is this daemon's turn. */
   counts(mc: ModelCache): void {
     if (this.#closed.signal.aborted) return;
