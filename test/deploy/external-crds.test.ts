@@ -12,14 +12,13 @@
  *
  * Tier: integration
  */
-import { execFile, execFileSync } from "node:child_process";
+import { execFile } from "node:child_process";
 import { createHash } from "node:crypto";
-import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
-import { join, relative, resolve } from "node:path";
+import { readFile } from "node:fs/promises";
+import { join, resolve } from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it, type TestContext } from "vitest";
-import { parseAllDocuments } from "yaml";
+import { deploy, hasKubectl, kustomize, parseObjects } from "../support/deploy-render.js";
 import { requireGoTool } from "../support/go-tools.js";
 import {
   controlPlaneFor,
@@ -31,7 +30,6 @@ import {
 import { waitFor } from "../support/wait.js";
 
 const root = resolve(import.meta.dirname, "../..");
-const deploy = join(root, "deploy");
 const fixtures = join(root, "test/fixtures/crds");
 const run = promisify(execFile);
 
@@ -81,17 +79,8 @@ function api(p: KubeControlPlane, method: string, path: string, body?: unknown):
   return kubeClient(p)(method, path, body);
 }
 
-function parseObjects(text: string): K8sObject[] {
-  return parseAllDocuments(text, { version: "1.1" })
-    .map((d) => {
-      expect(d.errors).toEqual([]);
-      return d.toJS() as K8sObject | null;
-    })
-    .filter((o): o is K8sObject => o !== null);
-}
-
 async function load(file: string): Promise<K8sObject[]> {
-  return parseObjects(await readFile(file, "utf8"));
+  return parseObjects<K8sObject>(await readFile(file, "utf8"));
 }
 
 async function one(file: string): Promise<K8sObject> {
@@ -193,30 +182,6 @@ async function expectRefused(
   if (because) expect(message).toContain(because);
 }
 
-function hasKubectl(): boolean {
-  try {
-    execFileSync("kubectl", ["version", "--client"], { stdio: "ignore" });
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-/** The base with `components`, through an overlay outside deploy/ (kustomize refuses one inside). */
-async function kustomize(components: string[]): Promise<K8sObject[]> {
-  const overlay = await mkdtemp(join(tmpdir(), "cs-crd-overlay-"));
-  try {
-    const rel = relative(overlay, deploy);
-    await writeFile(
-      join(overlay, "kustomization.yaml"),
-      `resources: [${rel}]\ncomponents: [${components.map((c) => `${rel}/components/${c}`).join(", ")}]\n`,
-    );
-    return parseObjects((await run("kubectl", ["kustomize", overlay], { maxBuffer: 64 << 20 })).stdout);
-  } finally {
-    await rm(overlay, { recursive: true, force: true });
-  }
-}
-
 const ofKind = (objs: K8sObject[], kind: string): K8sObject => {
   const found = objs.filter((o) => o.kind === kind);
   expect(
@@ -263,7 +228,7 @@ describe("our Prometheus Operator objects against its CRDs (v0.93.0)", () => {
     "accepts the ServiceMonitor and PrometheusRule that kustomize renders (base + both components)",
     async (ctx) => {
       const p = plane(ctx);
-      const rendered = await kustomize(["servicemonitor", "prometheus-rules"]);
+      const rendered = await kustomize<K8sObject>(["servicemonitor", "prometheus-rules"]);
       await expectAccepted(p, ofKind(rendered, "ServiceMonitor"));
       await expectAccepted(p, ofKind(rendered, "PrometheusRule"));
     },
@@ -287,7 +252,7 @@ describe("our Prometheus Operator objects against its CRDs (v0.93.0)", () => {
       ],
       { maxBuffer: 64 << 20 },
     );
-    const rendered = parseObjects(stdout);
+    const rendered = parseObjects<K8sObject>(stdout);
     await expectAccepted(p, ofKind(rendered, "ServiceMonitor"));
     await expectAccepted(p, ofKind(rendered, "PrometheusRule"));
   });

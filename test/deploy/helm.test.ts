@@ -18,18 +18,18 @@
  * values.schema.json has its own file, helm-values.test.ts.
  * Tier: integration (helm is built from the Go module proxy by scripts/go-tools.mjs).
  */
-import { execFile, execFileSync } from "node:child_process";
-import { lstat, mkdtemp, readdir, readFile, realpath, rm, writeFile } from "node:fs/promises";
+import { execFile } from "node:child_process";
+import { lstat, mkdtemp, readdir, readFile, realpath, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
-import { join, relative, resolve } from "node:path";
+import { join, resolve } from "node:path";
 import { promisify } from "node:util";
 import { describe, expect, it } from "vitest";
-import { parse, parseAllDocuments } from "yaml";
+import { parse } from "yaml";
+import { deploy, hasKubectl, kustomize, parseObjects } from "../support/deploy-render.js";
 import { requireGoTool } from "../support/go-tools.js";
 import { startKubeControlPlane } from "../support/kube-control-plane.js";
 
 const root = resolve(import.meta.dirname, "../..");
-const deploy = join(root, "deploy");
 const chart = join(deploy, "helm", "coldstart");
 const run = promisify(execFile);
 
@@ -48,15 +48,6 @@ const HELM_LABELS = [
   "app.kubernetes.io/version",
 ];
 const CONFIG_NAME = /^coldstart-config-[0-9a-z]{10}$/;
-
-function parseObjects(text: string): K8sObject[] {
-  return parseAllDocuments(text, { version: "1.1" })
-    .map((d) => {
-      expect(d.errors).toEqual([]);
-      return d.toJS() as K8sObject | null;
-    })
-    .filter((o): o is K8sObject => o !== null);
-}
 
 /**
  * Every string equal to a ConfigMap name with its hash, with the hash replaced; and blank lines in
@@ -93,28 +84,14 @@ async function helm(bin: string, args: string[]): Promise<string> {
 
 async function helmTemplate(bin: string, set: string[] = [], namespace = "coldstart"): Promise<K8sObject[]> {
   const sets = set.flatMap((s) => ["--set", s]);
-  return parseObjects(await helm(bin, ["template", "coldstart", chart, "--namespace", namespace, ...sets]));
-}
-
-/** The base, or an overlay outside deploy/ (kustomize refuses one inside its base) with `components`. */
-async function kustomize(components: string[] = []): Promise<K8sObject[]> {
-  if (components.length === 0) return parseObjects((await run("kubectl", ["kustomize", deploy])).stdout);
-  const overlay = await mkdtemp(join(tmpdir(), "cs-helm-overlay-"));
-  try {
-    const rel = relative(overlay, deploy);
-    await writeFile(
-      join(overlay, "kustomization.yaml"),
-      `resources: [${rel}]\ncomponents: [${components.map((c) => `${rel}/components/${c}`).join(", ")}]\n`,
-    );
-    return parseObjects((await run("kubectl", ["kustomize", overlay], { maxBuffer: 64 << 20 })).stdout);
-  } finally {
-    await rm(overlay, { recursive: true, force: true });
-  }
+  return parseObjects<K8sObject>(
+    await helm(bin, ["template", "coldstart", chart, "--namespace", namespace, ...sets]),
+  );
 }
 
 /** Object by object: the same set of kind/namespace/name, then each one deeply equal. */
 async function expectSameObjects(fromHelm: K8sObject[], fromKustomize: K8sObject[]): Promise<void> {
-  const base = new Set((await kustomize()).map(key));
+  const base = new Set((await kustomize<K8sObject>()).map(key));
   const h = new Map(fromHelm.map((o) => [key(o), o]));
   const k = new Map(fromKustomize.map((o) => [key(o), o]));
   expect([...h.keys()].sort()).toEqual([...k.keys()].sort());
@@ -122,15 +99,6 @@ async function expectSameObjects(fromHelm: K8sObject[], fromKustomize: K8sObject
     const mine = h.get(id);
     if (!mine) throw new Error(`helm did not render ${id}`);
     expect(normalise(mine, !base.has(id)), id).toEqual(normalise(o));
-  }
-}
-
-function hasKubectl(): boolean {
-  try {
-    execFileSync("kubectl", ["version", "--client"], { stdio: "ignore" });
-    return true;
-  } catch {
-    return false;
   }
 }
 
@@ -175,7 +143,7 @@ describe("the Helm chart", () => {
     async (ctx) => {
       const bin = requireGoTool("helm", ctx.skip);
       const fromHelm = await helmTemplate(bin);
-      const base = await kustomize();
+      const base = await kustomize<K8sObject>();
       await expectSameObjects(fromHelm, base);
       // The normalised hash is there on both sides and the DaemonSet names the ConfigMap it renders.
       const cm = find(fromHelm, "ConfigMap");
@@ -200,7 +168,7 @@ describe("the Helm chart", () => {
       ]);
       await expectSameObjects(
         fromHelm,
-        await kustomize(["servicemonitor", "prometheus-rules", "grafana-dashboard"]),
+        await kustomize<K8sObject>(["servicemonitor", "prometheus-rules", "grafana-dashboard"]),
       );
       // The alerts' own {{ $labels.node }} reach the PrometheusRule untouched (data, not a template).
       const rule = find(fromHelm, "PrometheusRule");
@@ -223,7 +191,7 @@ describe("the Helm chart", () => {
       ]);
       await expectSameObjects(
         fromHelm,
-        await kustomize([
+        await kustomize<K8sObject>([
           "csi-driver",
           "modelcache",
           "oci-mirror",
@@ -261,7 +229,7 @@ describe("the Helm chart", () => {
       // the DaemonSet mounts exactly the generated Secrets, where the component mounts its own.
       await expectSameObjects(
         fromHelm.filter((o) => o.kind !== "Secret"),
-        await kustomize(["scoped-tokens"]),
+        await kustomize<K8sObject>(["scoped-tokens"]),
       );
       const volumes = find(fromHelm, "DaemonSet").spec.template.spec.volumes as {
         name: string;

@@ -6,11 +6,8 @@
  * views the DaemonSet mounts are all the node probes need, and the NetworkPolicy admits what the
  * docs say.
  */
-import { execFile, execFileSync } from "node:child_process";
-import { lstat, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { lstat, mkdir, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { join, relative, resolve } from "node:path";
-import { promisify } from "node:util";
 import * as k8s from "@kubernetes/client-node";
 import { evaluate as celEvaluate } from "@marcbachmann/cel-js";
 import { describe, expect, it } from "vitest";
@@ -20,18 +17,10 @@ import { modelLabelKey } from "../../src/kube/node-labels.js";
 import { readIommu, readNvidiaFs } from "../../src/node/host-facts.js";
 import { memoryRoom } from "../../src/node/memory.js";
 import { probePlacement } from "../../src/node/placement.js";
+import { deploy, hasKubectl, type K8sObject, kustomize } from "../support/deploy-render.js";
 import { type FakeScenario, scenarios } from "../support/fake-host.js";
 
 const root = resolve(import.meta.dirname, "../..");
-const deploy = join(root, "deploy");
-
-interface K8sObject {
-  apiVersion: string;
-  kind: string;
-  metadata: { name?: string; generateName?: string; namespace?: string; labels?: Record<string, string> };
-  // biome-ignore lint/suspicious/noExplicitAny: manifests are checked against the schemas, then read freely
-  [key: string]: any;
-}
 
 async function yamlFiles(dir: string): Promise<string[]> {
   const out: string[] = [];
@@ -664,9 +653,7 @@ describe("deploy/", () => {
   it.skipIf(!hasKubectl())(
     "renders with kustomize: the base, and an overlay with both components",
     async () => {
-      const run = promisify(execFile);
-      const { stdout: base } = await run("kubectl", ["kustomize", deploy]);
-      const objs = parseAllDocuments(base).map((d) => d.toJS() as K8sObject);
+      const objs = await kustomize();
       const cm = objs.find((o) => o.kind === "ConfigMap");
       expect(cm?.metadata.name).toMatch(/^coldstart-config-[a-z0-9]{10}$/);
       const ds = objs.find((o) => o.kind === "DaemonSet");
@@ -680,66 +667,60 @@ describe("deploy/", () => {
         await expectValid(o, `rendered ${o.kind} ${o.metadata.name}`);
       }
 
-      const overlay = await mkdtemp(join(tmpdir(), "cs-overlay-"));
-      try {
-        const rel = relative(overlay, deploy);
-        await writeFile(
-          join(overlay, "kustomization.yaml"),
-          `resources: [${rel}]\ncomponents: [${rel}/components/servicemonitor, ${rel}/components/host-cufile-json, ${rel}/components/oci-mirror, ${rel}/components/oci-mirror-tags]\n`,
-        );
-        const { stdout } = await run("kubectl", ["kustomize", overlay]);
-        const rendered = parseAllDocuments(stdout).map((d) => d.toJS() as K8sObject);
-        expect(rendered.map((o) => o.kind)).toContain("ServiceMonitor");
-        const pod = rendered.find((o) => o.kind === "DaemonSet")?.spec.template.spec;
-        expect(pod.volumes).toContainEqual({
-          name: "host-cufile-json",
-          hostPath: { path: "/etc/cufile.json", type: "File" },
-        });
-        expect(pod.containers[0].volumeMounts).toContainEqual({
-          name: "host-cufile-json",
-          mountPath: "/host/etc/cufile.json",
-          readOnly: true,
-        });
-        // The mirror: a host port for containerd, and the content store and config read-only where
-        // the daemon's defaults look for them under node.hostRoot.
-        const c = pod.containers[0];
-        expect(c.ports).toContainEqual({
-          name: "mirror",
-          containerPort: 8477,
-          hostPort: 8477,
-          protocol: "TCP",
-        });
-        const env = Object.fromEntries(
-          c.env.filter((e: K8sObject) => e.value).map((e: K8sObject) => [e.name, e.value]),
-        );
-        const config = loadConfig({ env: { ...env, NODE_NAME: "n" } });
-        expect(config.mirror.listen).toBe("0.0.0.0:8477");
-        expect(c.volumeMounts).toContainEqual({
-          name: "containerd-content",
-          mountPath: `${config.node.hostRoot}/var/lib/containerd/io.containerd.content.v1.content`,
-          readOnly: true,
-        });
-        expect(c.volumeMounts).toContainEqual({
-          name: "containerd-config",
-          mountPath: `${config.node.hostRoot}/etc/containerd`,
-          readOnly: true,
-        });
-        // Tags: containerd's socket, where the config looks for it.
-        expect(config.mirror.resolveTags).toBe(true);
-        expect(c.volumeMounts).toContainEqual({
-          name: "containerd-socket",
-          mountPath: config.mirror.containerdSocket,
-        });
-        expect(pod.volumes).toContainEqual({
-          name: "containerd-socket",
-          hostPath: { path: "/run/containerd/containerd.sock", type: "Socket" },
-        });
-        for (const o of rendered) {
-          if (isKustomization(o)) continue;
-          await expectValid(o, `rendered ${o.kind} ${o.metadata.name}`);
-        }
-      } finally {
-        await rm(overlay, { recursive: true, force: true });
+      const rendered = await kustomize([
+        "servicemonitor",
+        "host-cufile-json",
+        "oci-mirror",
+        "oci-mirror-tags",
+      ]);
+      expect(rendered.map((o) => o.kind)).toContain("ServiceMonitor");
+      const pod = rendered.find((o) => o.kind === "DaemonSet")?.spec.template.spec;
+      expect(pod.volumes).toContainEqual({
+        name: "host-cufile-json",
+        hostPath: { path: "/etc/cufile.json", type: "File" },
+      });
+      expect(pod.containers[0].volumeMounts).toContainEqual({
+        name: "host-cufile-json",
+        mountPath: "/host/etc/cufile.json",
+        readOnly: true,
+      });
+      // The mirror: a host port for containerd, and the content store and config read-only where
+      // the daemon's defaults look for them under node.hostRoot.
+      const c = pod.containers[0];
+      expect(c.ports).toContainEqual({
+        name: "mirror",
+        containerPort: 8477,
+        hostPort: 8477,
+        protocol: "TCP",
+      });
+      const env = Object.fromEntries(
+        c.env.filter((e: K8sObject) => e.value).map((e: K8sObject) => [e.name, e.value]),
+      );
+      const config = loadConfig({ env: { ...env, NODE_NAME: "n" } });
+      expect(config.mirror.listen).toBe("0.0.0.0:8477");
+      expect(c.volumeMounts).toContainEqual({
+        name: "containerd-content",
+        mountPath: `${config.node.hostRoot}/var/lib/containerd/io.containerd.content.v1.content`,
+        readOnly: true,
+      });
+      expect(c.volumeMounts).toContainEqual({
+        name: "containerd-config",
+        mountPath: `${config.node.hostRoot}/etc/containerd`,
+        readOnly: true,
+      });
+      // Tags: containerd's socket, where the config looks for it.
+      expect(config.mirror.resolveTags).toBe(true);
+      expect(c.volumeMounts).toContainEqual({
+        name: "containerd-socket",
+        mountPath: config.mirror.containerdSocket,
+      });
+      expect(pod.volumes).toContainEqual({
+        name: "containerd-socket",
+        hostPath: { path: "/run/containerd/containerd.sock", type: "Socket" },
+      });
+      for (const o of rendered) {
+        if (isKustomization(o)) continue;
+        await expectValid(o, `rendered ${o.kind} ${o.metadata.name}`);
       }
     },
   );
@@ -747,52 +728,41 @@ describe("deploy/", () => {
   it.skipIf(!hasKubectl())(
     "the CSI component: the CSIDriver for inline volumes, the kubelet's directories, the daemon's config",
     async () => {
-      const overlay = await mkdtemp(join(tmpdir(), "cs-overlay-"));
-      try {
-        const rel = relative(overlay, deploy);
-        await writeFile(
-          join(overlay, "kustomization.yaml"),
-          `resources: [${rel}]\ncomponents: [${rel}/components/csi-driver]\n`,
-        );
-        const { stdout } = await promisify(execFile)("kubectl", ["kustomize", overlay]);
-        const rendered = parseAllDocuments(stdout).map((d) => d.toJS() as K8sObject);
-        for (const o of rendered) await expectValid(o, `rendered ${o.kind} ${o.metadata.name}`);
-        const driver = rendered.find((o) => o.kind === "CSIDriver");
-        expect(driver?.metadata.name).toBe("models.coldstart.io");
-        expect(driver?.spec).toEqual({
-          attachRequired: false,
-          podInfoOnMount: true,
-          volumeLifecycleModes: ["Ephemeral"],
-          fsGroupPolicy: "None",
-          requiresRepublish: false,
-        });
-        const pod = rendered.find((o) => o.kind === "DaemonSet")?.spec.template.spec;
-        const c = pod.containers[0];
-        const env = Object.fromEntries(
-          c.env.filter((e: K8sObject) => e.value).map((e: K8sObject) => [e.name, e.value]),
-        );
-        const cm = rendered.find((o) => o.kind === "ConfigMap");
-        const config = loadConfig({ env: { ...cm?.data, ...env, NODE_NAME: "n" } });
-        // The socket and the registration directory where the kubelet looks, at the same paths inside.
-        expect(config.csi.socketPath).toBe("/var/lib/kubelet/plugins/models.coldstart.io/csi.sock");
-        expect(config.csi.registrationDir).toBe("/var/lib/kubelet/plugins_registry");
-        expect(config.csi.allow.length).toBeGreaterThan(0);
-        const mountOf = (path: string) => c.volumeMounts.find((m: K8sObject) => m.mountPath === path);
-        const hostPathOf = (name: string) =>
-          pod.volumes.find((v: K8sObject) => v.name === name)?.hostPath?.path;
-        for (const path of [
-          "/var/lib/kubelet/plugins/models.coldstart.io",
-          "/var/lib/kubelet/plugins_registry",
-          "/var/lib/kubelet/pods",
-        ]) {
-          expect(hostPathOf(mountOf(path)?.name), path).toBe(path);
-        }
-        // The daemon's mounts reach the pods only with Bidirectional propagation, which needs privileged.
-        expect(mountOf("/var/lib/kubelet/pods").mountPropagation).toBe("Bidirectional");
-        expect(c.securityContext).toMatchObject({ privileged: true, readOnlyRootFilesystem: true });
-      } finally {
-        await rm(overlay, { recursive: true, force: true });
+      const rendered = await kustomize(["csi-driver"]);
+      for (const o of rendered) await expectValid(o, `rendered ${o.kind} ${o.metadata.name}`);
+      const driver = rendered.find((o) => o.kind === "CSIDriver");
+      expect(driver?.metadata.name).toBe("models.coldstart.io");
+      expect(driver?.spec).toEqual({
+        attachRequired: false,
+        podInfoOnMount: true,
+        volumeLifecycleModes: ["Ephemeral"],
+        fsGroupPolicy: "None",
+        requiresRepublish: false,
+      });
+      const pod = rendered.find((o) => o.kind === "DaemonSet")?.spec.template.spec;
+      const c = pod.containers[0];
+      const env = Object.fromEntries(
+        c.env.filter((e: K8sObject) => e.value).map((e: K8sObject) => [e.name, e.value]),
+      );
+      const cm = rendered.find((o) => o.kind === "ConfigMap");
+      const config = loadConfig({ env: { ...cm?.data, ...env, NODE_NAME: "n" } });
+      // The socket and the registration directory where the kubelet looks, at the same paths inside.
+      expect(config.csi.socketPath).toBe("/var/lib/kubelet/plugins/models.coldstart.io/csi.sock");
+      expect(config.csi.registrationDir).toBe("/var/lib/kubelet/plugins_registry");
+      expect(config.csi.allow.length).toBeGreaterThan(0);
+      const mountOf = (path: string) => c.volumeMounts.find((m: K8sObject) => m.mountPath === path);
+      const hostPathOf = (name: string) =>
+        pod.volumes.find((v: K8sObject) => v.name === name)?.hostPath?.path;
+      for (const path of [
+        "/var/lib/kubelet/plugins/models.coldstart.io",
+        "/var/lib/kubelet/plugins_registry",
+        "/var/lib/kubelet/pods",
+      ]) {
+        expect(hostPathOf(mountOf(path)?.name), path).toBe(path);
       }
+      // The daemon's mounts reach the pods only with Bidirectional propagation, which needs privileged.
+      expect(mountOf("/var/lib/kubelet/pods").mountPropagation).toBe("Bidirectional");
+      expect(c.securityContext).toMatchObject({ privileged: true, readOnlyRootFilesystem: true });
     },
   );
 
@@ -849,46 +819,34 @@ describe("deploy/", () => {
   it.skipIf(!hasKubectl())(
     "the instance-store component: the staging hostPath on the EKS AMI's RAID0, and nvme-instance-store required",
     async () => {
-      const overlay = await mkdtemp(join(tmpdir(), "cs-overlay-"));
-      try {
-        const rel = relative(overlay, deploy);
-        await writeFile(
-          join(overlay, "kustomization.yaml"),
-          `resources: [${rel}]\ncomponents: [${rel}/components/instance-store]\n`,
-        );
-        const { stdout } = await promisify(execFile)("kubectl", ["kustomize", overlay]);
-        const rendered = parseAllDocuments(stdout).map((d) => d.toJS() as K8sObject);
-        for (const o of rendered) await expectValid(o, `rendered ${o.kind} ${o.metadata.name}`);
-        const pod = rendered.find((o) => o.kind === "DaemonSet")?.spec.template.spec;
-        const c = pod.containers[0];
-        expect(pod.volumes.find((v: K8sObject) => v.name === "staging")).toEqual({
-          name: "staging",
-          hostPath: { path: "/mnt/k8s-disks/0/coldstart", type: "DirectoryOrCreate" },
-        });
-        // The container path, and so every model path pods are told, stays the base's.
-        expect(c.volumeMounts.find((m: K8sObject) => m.name === "staging")?.mountPath).toBe(
-          "/var/lib/coldstart",
-        );
-        const env = Object.fromEntries(
-          c.env.filter((e: K8sObject) => "value" in e).map((e: K8sObject) => [e.name, e.value]),
-        );
-        const cm = rendered.find((o) => o.kind === "ConfigMap");
-        // The base's config says auto; the container's own variable wins over the ConfigMap's.
-        expect(loadConfig({ env: { ...cm?.data, NODE_NAME: "n" } }).placement.require).toEqual(["auto"]);
-        const config = loadConfig({ env: { ...cm?.data, ...env, NODE_NAME: "n" } });
-        expect(config.placement.require).toEqual(["nvme-instance-store"]);
-        expect(config.daemon.root).toBe("/var/lib/coldstart");
-        // The array is the kubelet's too: models are evicted before its image GC (85% used) starts.
-        expect([config.eviction.highWatermarkPercent, config.eviction.lowWatermarkPercent]).toEqual([75, 65]);
-        // Nothing else of the base changed.
-        const { stdout: base } = await promisify(execFile)("kubectl", ["kustomize", deploy]);
-        const baseObjs = parseAllDocuments(base).map((d) => d.toJS() as K8sObject);
-        expect(rendered.map((o) => `${o.kind} ${o.metadata.name}`)).toEqual(
-          baseObjs.map((o) => `${o.kind} ${o.metadata.name}`),
-        );
-      } finally {
-        await rm(overlay, { recursive: true, force: true });
-      }
+      const rendered = await kustomize(["instance-store"]);
+      for (const o of rendered) await expectValid(o, `rendered ${o.kind} ${o.metadata.name}`);
+      const pod = rendered.find((o) => o.kind === "DaemonSet")?.spec.template.spec;
+      const c = pod.containers[0];
+      expect(pod.volumes.find((v: K8sObject) => v.name === "staging")).toEqual({
+        name: "staging",
+        hostPath: { path: "/mnt/k8s-disks/0/coldstart", type: "DirectoryOrCreate" },
+      });
+      // The container path, and so every model path pods are told, stays the base's.
+      expect(c.volumeMounts.find((m: K8sObject) => m.name === "staging")?.mountPath).toBe(
+        "/var/lib/coldstart",
+      );
+      const env = Object.fromEntries(
+        c.env.filter((e: K8sObject) => "value" in e).map((e: K8sObject) => [e.name, e.value]),
+      );
+      const cm = rendered.find((o) => o.kind === "ConfigMap");
+      // The base's config says auto; the container's own variable wins over the ConfigMap's.
+      expect(loadConfig({ env: { ...cm?.data, NODE_NAME: "n" } }).placement.require).toEqual(["auto"]);
+      const config = loadConfig({ env: { ...cm?.data, ...env, NODE_NAME: "n" } });
+      expect(config.placement.require).toEqual(["nvme-instance-store"]);
+      expect(config.daemon.root).toBe("/var/lib/coldstart");
+      // The array is the kubelet's too: models are evicted before its image GC (85% used) starts.
+      expect([config.eviction.highWatermarkPercent, config.eviction.lowWatermarkPercent]).toEqual([75, 65]);
+      // Nothing else of the base changed.
+      const baseObjs = await kustomize();
+      expect(rendered.map((o) => `${o.kind} ${o.metadata.name}`)).toEqual(
+        baseObjs.map((o) => `${o.kind} ${o.metadata.name}`),
+      );
     },
   );
 
@@ -1113,50 +1071,39 @@ describe("deploy/", () => {
   it.skipIf(!hasKubectl())(
     "the ModelCache component renders: the CRD, its RBAC and policy, and the daemon's switch and namespace",
     async () => {
-      const overlay = await mkdtemp(join(tmpdir(), "cs-overlay-"));
-      try {
-        const rel = relative(overlay, deploy);
-        await writeFile(
-          join(overlay, "kustomization.yaml"),
-          `resources: [${rel}]\ncomponents: [${rel}/components/modelcache]\n`,
-        );
-        const { stdout } = await promisify(execFile)("kubectl", ["kustomize", overlay]);
-        const rendered = parseAllDocuments(stdout).map((d) => d.toJS() as K8sObject);
-        for (const o of rendered) await expectValid(o, `rendered ${o.kind} ${o.metadata.name}`);
-        const names = rendered.map((o) => `${o.kind} ${o.metadata.name}`);
-        expect(names).toEqual(
-          expect.arrayContaining([
-            "CustomResourceDefinition modelcaches.coldstart.io",
-            "ClusterRole coldstart-modelcaches",
-            "ClusterRoleBinding coldstart-modelcaches",
-            "Role coldstart-modelcache-events",
-            "RoleBinding coldstart-modelcache-events",
-            "ValidatingAdmissionPolicy coldstart-modelcache-own-entry",
-            "ValidatingAdmissionPolicyBinding coldstart-modelcache-own-entry",
-            // The base's, untouched.
-            "ClusterRole coldstart-node-labels",
-            "ValidatingAdmissionPolicy coldstart-own-node-only",
-          ]),
-        );
-        const c = rendered.find((o) => o.kind === "DaemonSet")?.spec.template.spec.containers[0];
-        expect(c.name).toBe("coldstart");
-        expect(c.env).toContainEqual({ name: "COLDSTART_MODEL_CACHES", value: "on" });
-        const downward = c.env
-          .filter((e: K8sObject) => e.valueFrom?.fieldRef)
-          .map((e: K8sObject) => [e.name, e.valueFrom.fieldRef.fieldPath]);
-        expect(downward).toEqual([
-          ["NODE_NAME", "spec.nodeName"],
-          ["HOST_IP", "status.hostIP"],
-          ["POD_IP", "status.podIP"],
-        ]);
-        // The daemon takes the component's settings.
-        const env = Object.fromEntries(
-          c.env.filter((e: K8sObject) => "value" in e).map((e: K8sObject) => [e.name, e.value]),
-        );
-        expect(loadConfig({ env: { ...env, NODE_NAME: "n" } }).kube.modelCaches).toBe("on");
-      } finally {
-        await rm(overlay, { recursive: true, force: true });
-      }
+      const rendered = await kustomize(["modelcache"]);
+      for (const o of rendered) await expectValid(o, `rendered ${o.kind} ${o.metadata.name}`);
+      const names = rendered.map((o) => `${o.kind} ${o.metadata.name}`);
+      expect(names).toEqual(
+        expect.arrayContaining([
+          "CustomResourceDefinition modelcaches.coldstart.io",
+          "ClusterRole coldstart-modelcaches",
+          "ClusterRoleBinding coldstart-modelcaches",
+          "Role coldstart-modelcache-events",
+          "RoleBinding coldstart-modelcache-events",
+          "ValidatingAdmissionPolicy coldstart-modelcache-own-entry",
+          "ValidatingAdmissionPolicyBinding coldstart-modelcache-own-entry",
+          // The base's, untouched.
+          "ClusterRole coldstart-node-labels",
+          "ValidatingAdmissionPolicy coldstart-own-node-only",
+        ]),
+      );
+      const c = rendered.find((o) => o.kind === "DaemonSet")?.spec.template.spec.containers[0];
+      expect(c.name).toBe("coldstart");
+      expect(c.env).toContainEqual({ name: "COLDSTART_MODEL_CACHES", value: "on" });
+      const downward = c.env
+        .filter((e: K8sObject) => e.valueFrom?.fieldRef)
+        .map((e: K8sObject) => [e.name, e.valueFrom.fieldRef.fieldPath]);
+      expect(downward).toEqual([
+        ["NODE_NAME", "spec.nodeName"],
+        ["HOST_IP", "status.hostIP"],
+        ["POD_IP", "status.podIP"],
+      ]);
+      // The daemon takes the component's settings.
+      const env = Object.fromEntries(
+        c.env.filter((e: K8sObject) => "value" in e).map((e: K8sObject) => [e.name, e.value]),
+      );
+      expect(loadConfig({ env: { ...env, NODE_NAME: "n" } }).kube.modelCaches).toBe("on");
     },
   );
 });
@@ -1217,13 +1164,4 @@ function admits(policy: K8sObject, source: Source, port: number, named: Record<s
       });
     return portOk && fromOk;
   });
-}
-
-function hasKubectl(): boolean {
-  try {
-    execFileSync("kubectl", ["version", "--client"], { stdio: "ignore" });
-    return true;
-  } catch {
-    return false;
-  }
 }

@@ -10,12 +10,12 @@
 import { execFile } from "node:child_process";
 import { copyFile, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
-import { join, relative, resolve } from "node:path";
+import { join, resolve } from "node:path";
 import { promisify } from "node:util";
 import { PrometheusRule } from "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/PrometheusRule";
 import { Registry } from "prom-client";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { parse, parseAllDocuments, stringify } from "yaml";
+import { parse, stringify } from "yaml";
 import { Metrics } from "../../src/metrics/metrics.js";
 import {
   alertRules,
@@ -24,7 +24,6 @@ import {
   exportedNames,
   loadDashboard,
   loadPrometheusRule,
-  onPath,
   panels,
   promqlNames,
   RULES_FILE,
@@ -32,10 +31,10 @@ import {
   ruleExpressions,
   unknownNames,
 } from "../metrics/promql.js";
+import { deploy, hasKubectl, kustomize } from "../support/deploy-render.js";
 
 const run = promisify(execFile);
 const root = resolve(import.meta.dirname, "../..");
-const deploy = join(root, "deploy");
 const UNIT_TESTS = join(import.meta.dirname, "prometheus-rules.promtool.yml");
 /** How every panel and query names its data source: Grafana's data source variable. */
 const DATASOURCE = { type: "prometheus", uid: "$" + "{datasource}" };
@@ -263,24 +262,10 @@ describe("the names in the queries", () => {
 });
 
 describe("the components", () => {
-  it.skipIf(!onPath("kubectl"))(
+  it.skipIf(!hasKubectl())(
     "render with kustomize beside the ServiceMonitor, which adds the node label the rules and panels group by",
     async () => {
-      const rel = relative(work, deploy);
-      await writeFile(
-        join(work, "kustomization.yaml"),
-        `resources: [${rel}]\ncomponents: [${rel}/components/servicemonitor, ${rel}/components/prometheus-rules, ${rel}/components/grafana-dashboard]\n`,
-      );
-      const { stdout } = await run("kubectl", ["kustomize", work], { maxBuffer: 64 * 1024 * 1024 });
-      const objs = parseAllDocuments(stdout).map(
-        (d) =>
-          d.toJS() as {
-            kind: string;
-            metadata: { name: string; namespace?: string; labels?: Record<string, string> };
-            // biome-ignore lint/suspicious/noExplicitAny: read freely after the schema checks above
-            [k: string]: any;
-          },
-      );
+      const objs = await kustomize(["servicemonitor", "prometheus-rules", "grafana-dashboard"]);
       const rule = objs.find((o) => o.kind === "PrometheusRule");
       expect(rule?.metadata.namespace).toBe("coldstart");
       expect(rule?.spec).toEqual(loadPrometheusRule().spec);

@@ -5,44 +5,16 @@
  * DaemonSet validates against its schema, and what the component adds is compared whole, so no field
  * the schema lacks slips in.
  */
-import { execFile, execFileSync } from "node:child_process";
-import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
-import { dirname, join, relative, resolve } from "node:path";
-import { promisify } from "node:util";
+import { readFile } from "node:fs/promises";
+import { dirname, join, resolve } from "node:path";
 import { describe, expect, it } from "vitest";
-import { parseAllDocuments } from "yaml";
 import { loadConfig } from "../../src/config/load.js";
+import { hasKubectl, kustomize } from "../support/deploy-render.js";
 
 const root = resolve(import.meta.dirname, "../..");
-const deploy = join(root, "deploy");
 
 // biome-ignore lint/suspicious/noExplicitAny: rendered manifests, read freely after kustomize built them
 type Obj = Record<string, any>;
-
-function hasKubectl(): boolean {
-  try {
-    execFileSync("kubectl", ["version", "--client"], { stdio: "ignore" });
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-async function render(components: string[]): Promise<Obj[]> {
-  const overlay = await mkdtemp(join(tmpdir(), "cs-scoped-overlay-"));
-  try {
-    const rel = relative(overlay, deploy);
-    await writeFile(
-      join(overlay, "kustomization.yaml"),
-      `resources: [${rel}]\ncomponents: [${components.map((c) => `${rel}/components/${c}`).join(", ")}]\n`,
-    );
-    const { stdout } = await promisify(execFile)("kubectl", ["kustomize", overlay]);
-    return parseAllDocuments(stdout).map((d) => d.toJS() as Obj);
-  } finally {
-    await rm(overlay, { recursive: true, force: true });
-  }
-}
 
 /** The daemon's config as the container gets it: the ConfigMap's settings and the container's env. */
 function configOf(objs: Obj[]) {
@@ -56,7 +28,7 @@ function configOf(objs: Obj[]) {
 
 describe.skipIf(!hasKubectl())("deploy/components/scoped-tokens", () => {
   it("mounts the peer and mirror Secrets read-only where peers.tokenFile and mirror.tokenFile point; the base keeps one token", async () => {
-    const base = await render([]);
+    const base = await kustomize<Obj>([]);
     const plain = configOf(base);
     expect([plain.daemon.tokenFile, plain.peers.tokenFile, plain.mirror.tokenFile]).toEqual([
       "/etc/coldstart/tokens/tokens",
@@ -64,7 +36,7 @@ describe.skipIf(!hasKubectl())("deploy/components/scoped-tokens", () => {
       undefined,
     ]);
 
-    const objs = await render(["oci-mirror", "scoped-tokens"]);
+    const objs = await kustomize<Obj>(["oci-mirror", "scoped-tokens"]);
     const ds = objs.find((o) => o.kind === "DaemonSet");
     const { DaemonSet } = await import("kubernetes-models/apps/v1/DaemonSet");
     expect(() => new DaemonSet(ds as never).validate()).not.toThrow();
