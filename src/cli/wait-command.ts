@@ -1,3 +1,4 @@
+import { randomUUID } from "node:crypto";
 import { setTimeout as sleep } from "node:timers/promises";
 import { Command } from "commander";
 import { callDaemon, type DaemonEndpoint, type JsonResponse } from "../api/client.js";
@@ -78,6 +79,8 @@ async function wait(id: string, config: Config, identity?: ReturnType<typeof ide
   let reached = false;
   let lastError = "";
   let told = "";
+  // Names this handshake to the daemon across its polls: the gate wait it counts is this pod's own.
+  const waiter = randomUUID();
   let backoff = 100;
 
   /** One call, retried while the daemon is unreachable or draining, until the deadline. */
@@ -139,7 +142,12 @@ async function wait(id: string, config: Config, identity?: ReturnType<typeof ide
     const t = Math.min(left, pollSeconds);
     // The last poll says so: if it ends not ready, the daemon counts this handshake as timed out.
     const last = t === left ? "&last=1" : "";
-    const res = await call("GET", `${path}/ready?timeoutSeconds=${t}${last}`, undefined, t * 1000);
+    const res = await call(
+      "GET",
+      `${path}/ready?timeoutSeconds=${t}${last}&waiter=${waiter}`,
+      undefined,
+      t * 1000,
+    );
     if (res.status === 200) {
       const status = res.body as ModelStatus;
       const cache = restore ? await restore.result() : undefined;

@@ -156,7 +156,8 @@ export class CsiNode {
       { waited: true },
     );
     const holdMs = Math.max(Math.min(o.publishWaitMs, deadline - Date.now() - DEADLINE_MARGIN_MS), 0);
-    const { outcome, status } = await o.models.waitReady(spec.modelId, holdMs, signal);
+    // The target path names this pod's volume across the kubelet's retries: its own gate wait.
+    const { outcome, status } = await o.models.waitReady(spec.modelId, holdMs, signal, req.targetPath);
     if (signal.aborted) throw toColdstartError(signal.reason, "CS_ABORTED");
     if (outcome === "failed") {
       throw new ColdstartError(

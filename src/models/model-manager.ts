@@ -61,8 +61,16 @@ export class ModelManager {
   readonly #allowed: (source: string) => boolean;
   readonly #layout: RootLayout;
   readonly #listeners = new Map<string, Set<() => void>>();
-  /** When the current wait for a model began (first poll while not ready): handshake durations. */
+  /**
+   * When the current wait for a model began (first poll while not ready): the gate wait of a client
+   * that does not say who it is.
+   */
   readonly #waitingSince = new Map<string, number>();
+  /**
+   * Per model, when each named waiter (a handshake's `waiter`, a CSI volume's target path) first
+   * found it not ready: each pod's own wait, however many wait for the same model.
+   */
+  readonly #waiterSince = new Map<string, Map<string, number>>();
   readonly #jobs: StageRunner;
   readonly #eviction: ModelEviction;
   readonly #removal: ModelRemoval;
@@ -228,11 +236,14 @@ export class ModelManager {
     id: string,
     timeoutMs: number,
     signal?: AbortSignal,
+    waiter?: string,
   ): Promise<{ outcome: WaitOutcome; status: ModelStatus }> {
     const r = this.#record(id);
     const settled = (s: ModelState) => s === "ready" || s === "failed";
     if (settled(r.state)) return { outcome: r.state as WaitOutcome, status: this.#status(r) };
-    if (!this.#waitingSince.has(id)) this.#waitingSince.set(id, this.#now());
+    const startedAt = this.#now();
+    if (!this.#waitingSince.has(id)) this.#waitingSince.set(id, startedAt);
+    if (waiter !== undefined) this.#noteWaiter(id, waiter, startedAt);
     const leave = this.#jobs.join(id);
     this.#o.metrics?.gateWaiters.inc();
     try {
@@ -270,7 +281,10 @@ export class ModelManager {
    * if it is not ready any more (evicted in between): the caller must not report it ready. Runs in
    * the eviction queue, so an eviction that picked the model has either finished or not started.
    */
-  async markInUse(id: string): Promise<{ status: ModelStatus; waitedSeconds: number } | undefined> {
+  async markInUse(
+    id: string,
+    waiter?: string,
+  ): Promise<{ status: ModelStatus; waitedSeconds: number } | undefined> {
     const handed = await this.#eviction.exclusive(async () => {
       const r = this.#o.registry.get(id);
       if (r?.state !== "ready") return undefined;
@@ -278,9 +292,7 @@ export class ModelManager {
       // In memory first, under the queue: an eviction queued after this sees the grace period.
       r.lastUsedAt = new Date(now).toISOString();
       r.inUseUntil = new Date(now + this.#o.config.eviction.inUseGraceMs).toISOString();
-      const since = this.#waitingSince.get(id);
-      this.#waitingSince.delete(id);
-      const waitedSeconds = since === undefined ? 0 : (now - since) / 1000;
+      const waitedSeconds = this.#waited(id, waiter, now);
       this.#o.metrics?.gateWait.observe({ gate: "handshake" }, waitedSeconds);
       return { status: this.#status(r), waitedSeconds };
     });
@@ -308,11 +320,8 @@ export class ModelManager {
       const now = this.#now();
       r.lastUsedAt = new Date(now).toISOString();
       // A volume found mounted at start is no pod passing the gate.
-      if (!o.evenIfNotReady) {
-        const since = this.#waitingSince.get(id);
-        this.#o.metrics?.gateWait.observe({ gate: "csi" }, since === undefined ? 0 : (now - since) / 1000);
-      }
-      this.#waitingSince.delete(id);
+      if (!o.evenIfNotReady)
+        this.#o.metrics?.gateWait.observe({ gate: "csi" }, this.#waited(id, holder, now));
       return this.#status(r);
     });
     if (held) await this.#o.registry.flush();
@@ -508,10 +517,40 @@ export class ModelManager {
     return members;
   }
 
+  /** A named waiter's first wait for `id`; waiters that never came back (pods gone) expire in a day. */
+  #noteWaiter(id: string, waiter: string, now: number): void {
+    const waiters = this.#waiterSince.get(id) ?? new Map<string, number>();
+    if (!waiters.has(waiter)) {
+      for (const [w, since] of waiters) if (now - since > 86_400_000) waiters.delete(w);
+      waiters.set(waiter, now);
+    }
+    this.#waiterSince.set(id, waiters);
+  }
+
+  /**
+   * Seconds a pod waited at the gate for `id`, ending its wait: a named waiter's own; else since the
+   * model's current wait began, which only the first pod handed the model takes (the next get 0).
+   */
+  #waited(id: string, waiter: string | undefined, now: number): number {
+    const waiters = this.#waiterSince.get(id);
+    let since = waiter === undefined ? undefined : waiters?.get(waiter);
+    if (since !== undefined && waiter !== undefined && waiters) {
+      waiters.delete(waiter);
+      if (waiters.size === 0) this.#waiterSince.delete(id);
+    } else {
+      since = this.#waitingSince.get(id);
+    }
+    this.#waitingSince.delete(id);
+    return since === undefined ? 0 : (now - since) / 1000;
+  }
+
   async #settled(record: ModelRecord): Promise<void> {
     if (record.state === "ready" || record.state === "failed")
       this.#o.cohorts?.delete(`${API_COHORT_PREFIX}${record.id}`);
-    if (record.state !== "ready" && record.state !== "staging") this.#waitingSince.delete(record.id);
+    if (record.state !== "ready" && record.state !== "staging") {
+      this.#waitingSince.delete(record.id);
+      this.#waiterSince.delete(record.id);
+    }
     this.#changed(record.id);
     if (record.state === "ready") {
       await this.enforceWatermarks().catch((e) =>

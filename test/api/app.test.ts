@@ -299,6 +299,18 @@ describe("HTTP API v1", () => {
         400,
         { field: "last", value: "yes" },
       ]);
+      const badWaiter = await h.tcp.inject({
+        url: "/v1/models/slow/ready?timeoutSeconds=0&waiter=a%20b",
+        headers: auth,
+      });
+      expect([badWaiter.statusCode, badWaiter.json().error]).toEqual([
+        400,
+        {
+          code: "CS_REQUEST_INVALID",
+          message: 'waiter must be 1 to 64 letters, digits or dashes, got "a b"',
+          details: { field: "waiter", value: "a b" },
+        },
+      ]);
     } finally {
       s3Held.open();
     }

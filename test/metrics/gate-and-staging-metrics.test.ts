@@ -134,6 +134,27 @@ describe("the model manager sets them", () => {
     expect(await sample(metrics, 'coldstart_gate_wait_seconds_sum{gate="handshake"}')).toBe(42);
   });
 
+  it("each named waiter's wait is its own: two pods on one model, by handshake and by CSI volume", async () => {
+    await manager.request("org/w", { source: model("org/w") }, { waited: true });
+    const a = manager.waitReady("org/w", 60_000, undefined, "pod-a");
+    now += 30_000;
+    const b = manager.waitReady("org/w", 60_000, undefined, "pod-b");
+    // A CSI volume whose first publish gives up at its bound; the kubelet's retry keeps its start.
+    expect((await manager.waitReady("org/w", 10, undefined, "/pods/c/volume")).outcome).toBe("timeout");
+    now += 12_000;
+    source.release("org/w/b.bin");
+    expect([(await a).outcome, (await b).outcome]).toEqual(["ready", "ready"]);
+    expect((await manager.markInUse("org/w", "pod-b"))?.waitedSeconds).toBe(12);
+    expect((await manager.markInUse("org/w", "pod-a"))?.waitedSeconds).toBe(42);
+    // One that never found it not ready waited nothing (the model's own wait went to the first pod).
+    expect((await manager.markInUse("org/w", "pod-d"))?.waitedSeconds).toBe(0);
+    expect((await manager.waitReady("org/w", 60_000, undefined, "/pods/c/volume")).outcome).toBe("ready");
+    await manager.hold("org/w", "/pods/c/volume");
+    expect(await sample(metrics, 'coldstart_gate_wait_seconds_sum{gate="handshake"}')).toBe(54);
+    expect(await sample(metrics, 'coldstart_gate_wait_seconds_count{gate="handshake"}')).toBe(3);
+    expect(await sample(metrics, 'coldstart_gate_wait_seconds_sum{gate="csi"}')).toBe(12);
+  });
+
   it("a CSI publish's wait, across the kubelet's retries, lands under gate csi; a volume found at start does not", async () => {
     await manager.request("org/c", { source: model("org/c") }, { waited: true });
     // The first publish gives up at its bound (the kubelet retries) while the model stages.

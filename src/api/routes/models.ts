@@ -85,6 +85,15 @@ async function longPoll(deps: AppDeps, req: FastifyRequest, reply: FastifyReply,
       details: { field: "last", value: last },
     });
   }
+  // waiter: the handshake's own id (coldstart wait sends one), so each pod's gate wait is its own.
+  const waiter = query.waiter;
+  if (waiter !== undefined && (typeof waiter !== "string" || !/^[A-Za-z0-9-]{1,64}$/.test(waiter))) {
+    throw new ColdstartError(
+      "CS_REQUEST_INVALID",
+      `waiter must be 1 to 64 letters, digits or dashes, got ${JSON.stringify(waiter)}`,
+      { details: { field: "waiter", value: String(waiter).slice(0, 80) } },
+    );
+  }
   if (typeof raw !== "string" || !/^\d+$/.test(raw) || timeoutSeconds > MAX_WAIT_SECONDS) {
     throw new ColdstartError(
       "CS_REQUEST_INVALID",
@@ -99,14 +108,14 @@ async function longPoll(deps: AppDeps, req: FastifyRequest, reply: FastifyReply,
   reply.raw.once("close", onClose);
   let result: Awaited<ReturnType<ModelManager["waitReady"]>>;
   try {
-    result = await deps.manager.waitReady(id, timeoutSeconds * 1000, gone.signal);
+    result = await deps.manager.waitReady(id, timeoutSeconds * 1000, gone.signal, waiter);
   } finally {
     reply.raw.off("close", onClose);
   }
   const { outcome, status } = result;
   // Metrics count handshakes, not polls: only a terminal answer ends one.
   if (outcome === "ready") {
-    const handed = await deps.manager.markInUse(id);
+    const handed = await deps.manager.markInUse(id, waiter);
     if (handed) {
       // Held in use now, so eviction cannot take it while its pages are read in.
       await deps.pageCache?.warm(id, handed.status.path);
