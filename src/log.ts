@@ -15,6 +15,8 @@ const REDACTED = "[redacted]";
  */
 const SHOWN_PARAMS = new Set([
   "timeoutSeconds",
+  "last",
+  "waiter",
   "bucket",
   "key",
   "etag",

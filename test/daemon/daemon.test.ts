@@ -207,6 +207,15 @@ describe("coldstart daemon + coldstart wait", () => {
       // Its last poll said so (last=1): the daemon counts one handshake that timed out.
       const text = await (await fetch(`${d.metrics}/metrics`)).text();
       expect(text).toContain('coldstart_handshake_waits_total{outcome="timeout"} 1');
+      // Every poll of that handshake named it with one waiter id: its gate wait is its own.
+      const polls = d.logs
+        .map((l) => String((l.req as { url?: unknown } | undefined)?.url ?? ""))
+        .filter((u) => u.startsWith("/v1/models/slow/ready?"));
+      expect(polls.length).toBeGreaterThan(0);
+      const waiters = new Set(polls.map((u) => new URL(u, "http://x").searchParams.get("waiter")));
+      expect([...waiters]).toEqual([
+        expect.stringMatching(/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/),
+      ]);
     } finally {
       held.open();
     }
