@@ -70,6 +70,14 @@ function exitFor(code: ErrorCode): number {
 
 async function wait(id: string, config: Config, identity?: ReturnType<typeof identityOf>): Promise<number> {
   const w = config.wait;
+  if (!w.source && (w.include.length > 0 || w.exclude.length > 0)) {
+    const field = w.include.length > 0 ? "wait.include" : "wait.exclude";
+    throw new ColdstartError(
+      "CS_CONFIG_INVALID",
+      "--include and --exclude need --source: without it the daemon is only asked for a model it holds",
+      { details: { field, value: (w.include.length > 0 ? w.include : w.exclude).join(",") } },
+    );
+  }
   const ep = await daemonEndpoint(w);
   const where = w.url ?? ep.socketPath;
   const started = Date.now();
@@ -120,10 +128,16 @@ async function wait(id: string, config: Config, identity?: ReturnType<typeof ide
     }
   };
 
+  // The filters are part of the model's identity on the node: another set for the same id is a 409.
+  const stageBody = {
+    source: w.source,
+    ...(w.include.length > 0 ? { include: w.include } : {}),
+    ...(w.exclude.length > 0 ? { exclude: w.exclude } : {}),
+  };
   /** Asks for the model (staging it with --source). An eviction in progress is waited out. */
   const request = async (): Promise<void> => {
     for (;;) {
-      const res = w.source ? await call("PUT", path, { source: w.source }) : await call("GET", path);
+      const res = w.source ? await call("PUT", path, stageBody) : await call("GET", path);
       if (res.status < 400) return progress(res.body as ModelStatus, config.output.json, started);
       const e = fromResponse(res, id);
       if (e.code !== "CS_MODEL_IN_USE" || Date.now() + 1000 > deadline) throw e;

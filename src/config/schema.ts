@@ -573,6 +573,22 @@ export const schema = {
       flag: "--source <uri>",
       help: "s3://bucket/prefix/ of the model: stage it on demand if the daemon does not hold it.",
     }),
+    include: option({
+      schema: stringList,
+      default: [],
+      env: ["COLDSTART_WAIT_INCLUDE"],
+      flag: "--include <glob>",
+      repeatable: true,
+      help: "With --source: stage only keys (relative to the prefix) matching one of these globs, as a CSI volume's include attribute and a ModelCache's spec.include do; every pod and resource of one model id must send the same. Repeatable.",
+    }),
+    exclude: option({
+      schema: stringList,
+      default: [],
+      env: ["COLDSTART_WAIT_EXCLUDE"],
+      flag: "--exclude <glob>",
+      repeatable: true,
+      help: "With --source: skip keys matching any of these globs; wins over --include. Repeatable.",
+    }),
     socket: option({
       schema: z.string().min(1).optional(),
       default: undefined,

@@ -17,7 +17,7 @@ import {
 import { freshBucket, putFiles } from "../support/s3.js";
 import { useS3Fixture } from "../support/s3-fixture.js";
 import { digests, expectedDigests } from "../support/stage.js";
-import { syntheticModel } from "../support/synthetic-model.js";
+import { file, syntheticModel } from "../support/synthetic-model.js";
 import { gate, waitFor } from "../support/wait.js";
 
 const fx = useS3Fixture("cs-daemon-");
@@ -134,6 +134,47 @@ describe("coldstart daemon + coldstart wait", () => {
     );
     expect(await digests(modelPath, files)).toEqual(expectedDigests(files));
     expect((await stat(p.socket)).mode & 0o777).toBe(0o660);
+  });
+
+  it("wait --include/--exclude stages only the matching files; other filters for the id are a conflict", async () => {
+    const p = await paths();
+    await daemon(p);
+    const { source, bucket, files } = await seed();
+    // One file the filters must leave in S3: matched by no include.
+    await putFiles(fx.client, bucket, "m/", [file("original/consolidated.00.pth", Buffer.alloc(4096, 7))]);
+
+    const out = await finish(
+      wait(p, "org/filtered", [
+        "--source",
+        source,
+        "--include",
+        "*.safetensors",
+        "--include",
+        "*.json",
+        "--exclude",
+        "generation_config.json",
+      ]),
+    );
+    expect(out.code, out.stderr).toBe(0);
+    const kept = files.filter((f) => f.relPath !== "generation_config.json");
+    const modelPath = join(p.root, "models", "org", "filtered");
+    expect(await digests(modelPath, kept)).toEqual(expectedDigests(kept));
+    expect(lastJson(out)).toMatchObject({ state: "ready", filesTotal: kept.length });
+    await expect(stat(join(modelPath, "generation_config.json"))).rejects.toThrow(/ENOENT/);
+    await expect(stat(join(modelPath, "original"))).rejects.toThrow(/ENOENT/);
+
+    // The same id with other filters is another model: refused, naming the conflict, nothing staged.
+    const other = await finish(wait(p, "org/filtered", ["--source", source]));
+    expect([other.code, other.stderr]).toEqual([
+      2,
+      expect.stringMatching(/^coldstart: CS_MODEL_SOURCE_CONFLICT: /),
+    ]);
+    // Filters without a source have nothing to filter.
+    const alone = await finish(wait(p, "org/filtered", ["--include", "*.json"]));
+    expect([alone.code, alone.stderr]).toEqual([
+      2,
+      "coldstart: CS_CONFIG_INVALID: --include and --exclude need --source: without it the daemon is only asked for a model it holds\n",
+    ]);
   });
 
   it("20 concurrent waits of one model: one download, every waiter answered as soon as it is ready", {

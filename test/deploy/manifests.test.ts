@@ -650,6 +650,60 @@ describe("deploy/", () => {
     });
   });
 
+  it("the examples ask for one model id with one source and one set of filters (else CS_MODEL_SOURCE_CONFLICT)", async () => {
+    /** `--flag value` pairs of a `coldstart wait` command line, repeatable ones gathered. */
+    const flags = (args: string[], name: string) =>
+      args.flatMap((a, i) => (a === name && args[i + 1] !== undefined ? [args[i + 1] as string] : []));
+    const asks = new Map<string, { where: string; source: string; include: string[]; exclude: string[] }[]>();
+    const ask = (where: string, id: string, source: string, include: string[] = [], exclude: string[] = []) =>
+      asks.set(id, [
+        ...(asks.get(id) ?? []),
+        { where, source, include: [...include].sort(), exclude: [...exclude].sort() },
+      ]);
+    for (const file of [
+      "vllm-deployment.yaml",
+      "vllm-csi-restricted.yaml",
+      "modelcache.yaml",
+      "prefetch-job.yaml",
+    ]) {
+      for (const obj of await load(join(deploy, "examples", file))) {
+        if (obj.kind === "ModelCache") {
+          ask(file, obj.spec.model, obj.spec.source, obj.spec.include, obj.spec.exclude);
+          continue;
+        }
+        const pod = obj.spec?.template?.spec?.template?.spec ?? obj.spec?.template?.spec;
+        for (const c of [...(pod?.initContainers ?? []), ...(pod?.containers ?? [])]) {
+          const args: string[] = c.args ?? [];
+          if (args[0] !== "wait" || !flags(args, "--source")[0]) continue;
+          ask(
+            file,
+            args[1] as string,
+            flags(args, "--source")[0] as string,
+            flags(args, "--include"),
+            flags(args, "--exclude"),
+          );
+        }
+        for (const v of pod?.volumes ?? []) {
+          const a = v.csi?.driver === "models.coldstart.io" ? v.csi.volumeAttributes : undefined;
+          if (!a?.model) continue;
+          const list = (s?: string) => (s ? (JSON.parse(s) as string[]) : []);
+          ask(file, a.model, a.source, list(a.include), list(a.exclude));
+        }
+      }
+    }
+    const llama = asks.get("meta-llama/Llama-3.1-8B-Instruct") ?? [];
+    expect(llama.map((a) => a.where).sort()).toEqual([
+      "modelcache.yaml",
+      "vllm-csi-restricted.yaml",
+      "vllm-deployment.yaml",
+    ]);
+    for (const [id, all] of asks) {
+      const [first, ...rest] = all;
+      for (const a of rest)
+        expect({ ...a, where: "" }, `${id} in ${a.where}`).toEqual({ ...first, where: "" });
+    }
+  });
+
   it.skipIf(!hasKubectl())(
     "renders with kustomize: the base, and an overlay with both components",
     async () => {
