@@ -36,7 +36,7 @@ export interface ModelCacheSource {
 export interface ModelCacheReconcilerOptions {
   nodeName: string;
   watch: ModelCacheSource;
-  status: Pick<ModelCacheStatusWriter, "set" | "remove" | "counts" | "retainCounts" | "event">;
+  status: Pick<ModelCacheStatusWriter, "set" | "remove" | "seen" | "counts" | "retainCounts" | "event">;
   models: ModelManager;
   /** The cooperative first wave; absent: every node reads S3 for itself (and peers as today). */
   cohorts?: Cohorts | undefined;
@@ -147,9 +147,13 @@ export class ModelCacheReconciler {
         this.#refuseInvalid(mc, mc.spec.invalid);
         continue;
       }
-      if (selects(mc.spec.nodeSelector, labels))
+      if (selects(mc.spec.nodeSelector, labels)) {
+        this.#o.status.seen(
+          mc.name,
+          mc.nodes.some((n) => n.node === this.#o.nodeName),
+        );
         await this.#want(mc, mc.spec, priorities.get(mc.spec.model) ?? 0);
-      else await this.#unwant(mc);
+      } else await this.#unwant(mc);
       this.#o.status.counts(mc);
     }
     for (const name of [...this.#tracked.keys()]) {

@@ -118,6 +118,19 @@ export class ModelCacheStatusWriter {
     this.#schedule(name, slot);
   }
 
+  /**
+   * The resource as last seen has (or lacks) this node's entry. One this daemon wrote and that is
+   * gone (an admin's or a client's update of the status took it out) is written again: coalescing
+   * alone would wait for the next change of state. A stale view just costs one idempotent apply.
+   */
+  seen(name: string, hasEntry: boolean): void {
+    const slot = this.#slots.get(name);
+    if (hasEntry || !slot || slot.writing || slot.desired === undefined || slot.applied === undefined) return;
+    slot.applied = undefined;
+    slot.appliedState = "absent"; // as it is: written again at once, not at the next progress tick
+    this.#schedule(name, slot);
+  }
+
   /** Forgets the count bookkeeping of resources not in `names` (deleted ones), which would pile up. */
   retainCounts(names: ReadonlySet<string>): void {
     for (const map of [this.#countsWrongSince, this.#countsWritten]) {

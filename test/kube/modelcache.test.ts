@@ -401,6 +401,22 @@ describe("the ModelCache resource on a real API server", { timeout: 300_000 }, (
 
     expect(refusals()).toEqual([]);
 
+    // An admin's update of the status drops gpu-1's entry: gpu-1 writes it again, though nothing changed.
+    await custom.patchClusterCustomObjectStatus(
+      {
+        ...GROUP,
+        name: "llama",
+        body: {
+          status: { nodes: (await getCache("llama")).status?.nodes?.filter((n) => n.node !== "gpu-1") },
+        },
+      },
+      MERGE,
+    );
+    await waitFor(async () => (await entries("llama"))["gpu-1"] === "ready", {
+      ...SLOW,
+      what: "gpu-1's entry written again",
+    });
+
     // Deleted: every node unpins, and keeps the bytes for eviction to take.
     await custom.deleteClusterCustomObject({ ...GROUP, name: "llama" });
     for (const n of [n1, n3, n4]) {
