@@ -17,15 +17,14 @@ import { createHash } from "node:crypto";
 import { readFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { promisify } from "node:util";
-import { afterAll, beforeAll, describe, expect, it, type TestContext } from "vitest";
+import { describe, expect, it } from "vitest";
 import { deploy, hasKubectl, kustomize, parseObjects } from "../support/deploy-render.js";
 import { requireGoTool } from "../support/go-tools.js";
 import {
-  controlPlaneFor,
   type KubeControlPlane,
   type KubeReply,
   kubeClient,
-  startBuiltControlPlane,
+  useControlPlane,
 } from "../support/kube-control-plane.js";
 import { waitFor } from "../support/wait.js";
 
@@ -60,20 +59,8 @@ interface Served {
   namespaced: boolean;
 }
 
-let cp: KubeControlPlane | undefined;
+const { plane } = useControlPlane();
 let installing: Promise<Map<string, Served>> | undefined;
-
-beforeAll(async () => {
-  cp = await startBuiltControlPlane();
-}, 240_000);
-
-afterAll(async () => {
-  await cp?.stop();
-});
-
-function plane(ctx: TestContext): KubeControlPlane {
-  return controlPlaneFor(cp, ctx);
-}
 
 function api(p: KubeControlPlane, method: string, path: string, body?: unknown): Promise<KubeReply> {
   return kubeClient(p)(method, path, body);

@@ -21,15 +21,10 @@ import {
   setHeaderOptions,
   VersionApi,
 } from "@kubernetes/client-node";
-import { afterAll, beforeAll, describe, expect, it, type TestContext } from "vitest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parseAllDocuments } from "yaml";
 import { modelLabelKey, NodeLabeler } from "../../src/kube/node-labels.js";
-import {
-  controlPlaneFor,
-  type KubeControlPlane,
-  startBuiltControlPlane,
-  writeKubeconfig,
-} from "../support/kube-control-plane.js";
+import { type KubeControlPlane, useControlPlane, writeKubeconfig } from "../support/kube-control-plane.js";
 import { settles, waitFor } from "../support/wait.js";
 
 const deploy = join(resolve(import.meta.dirname, "../.."), "deploy");
@@ -38,17 +33,24 @@ const NODE_B = "gpu-node-b";
 const NAMESPACE = "coldstart";
 const SERVICE_ACCOUNT = "coldstart";
 const POLICY = "coldstart-own-node-only";
-/** Bounds a failed start only: an idle 2-core machine is ready in seconds. */
-const READY_TIMEOUT_MS = 180_000;
 const MERGE_PATCH = setHeaderOptions("Content-Type", PatchStrategy.MergePatch);
 
-let cp: KubeControlPlane | undefined;
 let scratch = "";
+let started = 0;
 let startMs = 0;
 
-function controlPlane(ctx: TestContext): KubeControlPlane {
-  return controlPlaneFor(cp, ctx);
-}
+// Times useControlPlane's start, between the hooks before and after it.
+beforeAll(() => {
+  started = performance.now();
+});
+const { plane: controlPlane } = useControlPlane();
+beforeAll(async () => {
+  startMs = performance.now() - started;
+  scratch = await mkdtemp(join(tmpdir(), "control-plane-test-"));
+});
+afterAll(async () => {
+  if (scratch) await rm(scratch, { recursive: true, force: true });
+});
 
 function kubeConfig(path: string): KubeConfig {
   const kc = new KubeConfig();
@@ -83,19 +85,6 @@ async function refusal(request: Promise<unknown>): Promise<{ code: number; messa
 function labelPatch(key: string, value: string | null) {
   return { metadata: { labels: { [key]: value } } };
 }
-
-beforeAll(async () => {
-  scratch = await mkdtemp(join(tmpdir(), "control-plane-test-"));
-  // Missing binaries: each test calls controlPlane(), which skips or (under CI) fails.
-  const started = performance.now();
-  cp = await startBuiltControlPlane({ readyTimeoutMs: READY_TIMEOUT_MS });
-  startMs = performance.now() - started;
-}, READY_TIMEOUT_MS + 30_000);
-
-afterAll(async () => {
-  await cp?.stop();
-  if (scratch) await rm(scratch, { recursive: true, force: true });
-});
 
 describe("real control plane (etcd + kube-apiserver)", () => {
   it("serves the pinned Kubernetes version and stores a Node", async (ctx) => {

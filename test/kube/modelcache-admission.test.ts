@@ -13,15 +13,14 @@
 import { readFile } from "node:fs/promises";
 import { request } from "node:https";
 import { join, resolve } from "node:path";
-import { afterAll, beforeAll, describe, expect, it, type TestContext } from "vitest";
+import { beforeAll, describe, expect, it } from "vitest";
 import { parseAllDocuments } from "yaml";
 import {
-  controlPlaneFor,
   type KubeClient,
   type KubeControlPlane,
   type KubeReply,
   kubeClient,
-  startBuiltControlPlane,
+  useControlPlane,
 } from "../support/kube-control-plane.js";
 import { settles, waitFor } from "../support/wait.js";
 
@@ -39,25 +38,13 @@ const BASE = "/apis/coldstart.io/v1alpha1/modelcaches";
 const CRD = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/modelcaches.coldstart.io";
 const APPLY = { "content-type": "application/apply-patch+yaml" };
 const MERGE = { "content-type": "application/merge-patch+json" };
-/** Bounds a failed start only: an idle 2-core machine is ready in seconds. */
-const READY_TIMEOUT_MS = 180_000;
-
-let cp: KubeControlPlane | undefined;
+const { plane, current } = useControlPlane();
 let ca = "";
 
 beforeAll(async () => {
-  // Missing binaries: each test calls plane(), which skips or (under CI) fails.
-  cp = await startBuiltControlPlane({ readyTimeoutMs: READY_TIMEOUT_MS });
+  const cp = current();
   if (cp) ca = await readFile(cp.caFile, "utf8");
-}, READY_TIMEOUT_MS + 30_000);
-
-afterAll(async () => {
-  await cp?.stop();
 });
-
-function plane(ctx: TestContext): KubeControlPlane {
-  return controlPlaneFor(cp, ctx);
-}
 
 type Reply = KubeReply;
 type Client = KubeClient;

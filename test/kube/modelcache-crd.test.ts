@@ -9,15 +9,14 @@
  */
 import { readFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
-import { afterAll, beforeAll, describe, expect, it, type TestContext } from "vitest";
+import { describe, expect, it } from "vitest";
 import { parse, parseAllDocuments } from "yaml";
 import { toModelCache } from "../../src/kube/model-caches.js";
 import {
-  controlPlaneFor,
   type KubeControlPlane,
   type KubeReply,
   kubeClient,
-  startBuiltControlPlane,
+  useControlPlane,
 } from "../support/kube-control-plane.js";
 import { waitFor } from "../support/wait.js";
 
@@ -28,19 +27,7 @@ const CRD_FILE = join(
 const EXAMPLES_FILE = join(resolve(import.meta.dirname, "../.."), "deploy/examples/modelcache.yaml");
 const BASE = "/apis/coldstart.io/v1alpha1/modelcaches";
 
-let cp: KubeControlPlane | undefined;
-
-beforeAll(async () => {
-  cp = await startBuiltControlPlane();
-}, 240_000);
-
-afterAll(async () => {
-  await cp?.stop();
-});
-
-function plane(ctx: TestContext): KubeControlPlane {
-  return controlPlaneFor(cp, ctx);
-}
+const { plane } = useControlPlane();
 
 /** One API request as the admin; the body is JSON (or YAML for an apply). */
 function api(

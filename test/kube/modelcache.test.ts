@@ -22,15 +22,14 @@ import {
   PatchStrategy,
   setHeaderOptions,
 } from "@kubernetes/client-node";
-import { afterAll, afterEach, beforeAll, describe, expect, it, type TestContext } from "vitest";
+import { afterEach, beforeAll, describe, expect, it, type TestContext } from "vitest";
 import { parse, parseAllDocuments } from "yaml";
 import { callDaemon } from "../../src/api/client.js";
 import { modelLabelKey } from "../../src/kube/node-labels.js";
 import {
-  controlPlaneFor,
   type KubeControlPlane,
   kubeClient,
-  startBuiltControlPlane,
+  useControlPlane,
   writeKubeconfig,
 } from "../support/kube-control-plane.js";
 import {
@@ -63,13 +62,13 @@ const MERGE = setHeaderOptions("Content-Type", PatchStrategy.MergePatch);
 
 const fx = useS3Fixture("cs-modelcache-");
 const daemons: DaemonProcess[] = [];
-let cp: KubeControlPlane | undefined;
+const controlPlane = useControlPlane({ apiServerArgs: ["--watch-cache=false"] });
 let admin: KubeConfig;
 let core: CoreV1Api;
 let custom: CustomObjectsApi;
 
 beforeAll(async () => {
-  cp = await startBuiltControlPlane({ apiServerArgs: ["--watch-cache=false"] });
+  const cp = controlPlane.current();
   if (!cp) return;
   admin = new KubeConfig();
   admin.loadFromFile(cp.kubeconfig);
@@ -111,13 +110,9 @@ beforeAll(async () => {
   }, SLOW);
 }, 300_000);
 
-afterAll(async () => {
-  await cp?.stop();
-});
-
 afterEach(async () => {
   await killDaemons(daemons);
-  if (!cp) return;
+  if (!controlPlane.current()) return;
   // Each test starts from no resources and no Nodes.
   for (const mc of await listCaches())
     await custom.deleteClusterCustomObject({ ...GROUP, name: mc.metadata.name });
@@ -127,7 +122,7 @@ afterEach(async () => {
 
 function plane(ctx: TestContext): KubeControlPlane {
   // On failure, also the resources' status and each daemon's reconciler lines and warnings.
-  return controlPlaneFor(cp, ctx, async () => {
+  return controlPlane.plane(ctx, async () => {
     let out = "";
     for (const mc of await listCaches().catch(() => [])) out += `${JSON.stringify(mc.status)}\n`;
     for (const d of daemons) {
@@ -204,7 +199,7 @@ async function daemon(
   name: string,
   o: { port?: number; peers?: string[]; apiUrl?: string; extra?: string[] } = {},
 ): Promise<Node> {
-  const p = cp as KubeControlPlane;
+  const p = controlPlane.current() as KubeControlPlane;
   const kubeconfig = join(fx.work, `${name}.kubeconfig`);
   await writeKubeconfig(kubeconfig, {
     url: o.apiUrl ?? p.url,

@@ -12,7 +12,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { CoreV1Api, KubeConfig } from "@kubernetes/client-node";
 import { pino } from "pino";
-import { afterAll, afterEach, beforeAll, describe, expect, it, type TestContext } from "vitest";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { loadConfig } from "../../src/config/load.js";
 import { holdWhileRefused } from "../../src/daemon/refusal.js";
 import { MODELS_ANNOTATION, modelLabelKey, NodeLabeler } from "../../src/kube/node-labels.js";
@@ -23,46 +23,28 @@ import {
   policyViolations,
 } from "../../src/node/node-facts.js";
 import * as hosts from "../support/fake-host.js";
-import {
-  controlPlaneFor,
-  type KubeControlPlane,
-  startBuiltControlPlane,
-} from "../support/kube-control-plane.js";
+import { useControlPlane } from "../support/kube-control-plane.js";
 import { settles, waitFor } from "../support/wait.js";
 
 const NODE = "gpu-refused";
-let cp: KubeControlPlane | undefined;
+const { plane } = useControlPlane();
 let work: string;
 const cleanups: (() => Promise<void>)[] = [];
 
 beforeAll(async () => {
-  cp = await startBuiltControlPlane();
   work = await mkdtemp(join(tmpdir(), "cs-refused-node-"));
-}, 240_000);
+});
 afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c();
 });
 afterAll(async () => {
-  await cp?.stop();
   await rm(work, { recursive: true, force: true });
 });
-
-function plane(ctx: TestContext): KubeControlPlane {
-  return controlPlaneFor(cp, ctx);
-}
 
 async function factsOptions(make: () => Promise<hosts.FakeScenario>): Promise<NodeFactsOptions> {
   const s = await make();
   cleanups.push(s.cleanup);
-  return {
-    hostRoot: s.hostRoot,
-    stagingRoot: s.stagingRoot,
-    gdsMode: "off",
-    probeTimeoutMs: 10_000,
-    nvidiaSmi: "/nonexistent",
-    nvmlLibrary: "/nonexistent",
-    env: {},
-  };
+  return hosts.noGpuFactsOptions(s);
 }
 
 describe("the labels of a refused node", { timeout: 120_000 }, () => {

@@ -29,6 +29,7 @@ import {
   type FakeMount,
   type FakeScenario,
   INSTANCE_STORE,
+  noGpuFactsOptions,
 } from "../support/fake-host.js";
 import {
   coldstart,
@@ -354,15 +355,7 @@ describe("a refused daemon under daemon.onRefusal serve", { timeout: 120_000 }, 
         COLDSTART_NVIDIA_SMI: "/nonexistent",
       },
     });
-    const options = {
-      hostRoot: s.hostRoot,
-      stagingRoot: s.stagingRoot,
-      gdsMode: "off" as const,
-      probeTimeoutMs: 10_000,
-      nvidiaSmi: "/nonexistent",
-      nvmlLibrary: "/nonexistent",
-      env: {},
-    };
+    const options = noGpuFactsOptions(s);
     const logs: Record<string, unknown>[] = [];
     const logger = (await import("pino")).pino(
       { level: "info" },
@@ -406,15 +399,7 @@ describe("a refused daemon under daemon.onRefusal serve", { timeout: 120_000 }, 
 
   it("under daemon.onRefusal exit (the default) throws the reason, serving nothing", async () => {
     const s = await scenario(rootVolumeBesideInstanceStore);
-    const facts = await collectNodeFacts({
-      hostRoot: s.hostRoot,
-      stagingRoot: s.stagingRoot,
-      gdsMode: "off",
-      probeTimeoutMs: 10_000,
-      nvidiaSmi: "/nonexistent",
-      nvmlLibrary: "/nonexistent",
-      env: {},
-    });
+    const facts = await collectNodeFacts(noGpuFactsOptions(s));
     const config = loadConfig({ env: { COLDSTART_ROOT: s.stagingRoot } });
     expect(config.daemon.onRefusal).toBe("exit");
     const err = await holdWhileRefused(facts, {

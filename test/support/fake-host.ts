@@ -1,6 +1,7 @@
 import { mkdir, mkdtemp, realpath, rm, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { basename, dirname, join, relative } from "node:path";
+import type { NodeFactsOptions } from "../../src/node/node-facts.js";
 
 /**
  * Fake host trees (proc, sys, etc) for the node probes, laid out like the real kernel's: block
@@ -41,6 +42,22 @@ export interface FakeScenario {
   stagingRoot: string;
   /** Removes the tree. */
   cleanup: () => Promise<void>;
+}
+
+/**
+ * collectNodeFacts options that probe scenario `s` on a node without a GPU: no NVML, no nvidia-smi,
+ * GDS off, an empty environment.
+ */
+export function noGpuFactsOptions(s: FakeScenario): NodeFactsOptions {
+  return {
+    hostRoot: s.hostRoot,
+    stagingRoot: s.stagingRoot,
+    gdsMode: "off",
+    probeTimeoutMs: 10_000,
+    nvidiaSmi: "/nonexistent",
+    nvmlLibrary: "/nonexistent",
+    env: {},
+  };
 }
 
 /** Builds a fake host tree in a fresh temp directory; every path argument is relative to `root`. */

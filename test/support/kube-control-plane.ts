@@ -19,7 +19,7 @@ import https from "node:https";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
-import type { TestContext } from "vitest";
+import { afterAll, beforeAll, type TestContext } from "vitest";
 import { goTool, requireGoTool } from "./go-tools.js";
 import { freePort } from "./processes.js";
 import { waitFor } from "./wait.js";
@@ -402,7 +402,7 @@ export function kubeClient(p: KubeControlPlane, token: string = p.adminToken): K
 
 /**
  * startKubeControlPlane with the pinned binaries, when scripts/go-tools.mjs has built them; undefined
- * when not (each test then asks controlPlaneFor, which skips, or fails under CI).
+ * when not (each test then asks useControlPlane's plane(), which skips, or fails under CI).
  */
 export async function startBuiltControlPlane(
   options: Omit<KubeControlPlaneOptions, "etcd" | "kubeApiServer"> = {},
@@ -413,20 +413,44 @@ export async function startBuiltControlPlane(
   return startKubeControlPlane({ ...options, etcd, kubeApiServer });
 }
 
+/** A test file's control plane, from useControlPlane. */
+export interface UsedControlPlane {
+  /**
+   * The running control plane for one test: skips (fails under CI) when the binaries are not built.
+   * A failing test prints the last lines of etcd's and kube-apiserver's logs, then `more`'s.
+   */
+  plane(ctx: TestContext, more?: () => Promise<string> | string): KubeControlPlane;
+  /** The control plane outside a test (a later beforeAll, an afterEach); undefined when not started. */
+  current(): KubeControlPlane | undefined;
+}
+
 /**
- * The file's running control plane for one test: skips (fails under CI) when the binaries are not
- * built. A failing test prints the last lines of etcd's and kube-apiserver's logs, then `more`'s.
+ * One control plane for the calling test file: started (startBuiltControlPlane with `options`) in a
+ * beforeAll, stopped in an afterAll. Call it before registering hooks that use the plane: beforeAll
+ * hooks run in registration order, afterAll hooks in reverse, so the plane outlives their cleanup.
  */
-export function controlPlaneFor(
-  cp: KubeControlPlane | undefined,
-  ctx: TestContext,
-  more?: () => Promise<string> | string,
-): KubeControlPlane {
-  requireGoTool("etcd", ctx.skip);
-  requireGoTool("kube-apiserver", ctx.skip);
-  if (!cp) throw new Error("the control plane did not start (see beforeAll's error)");
-  ctx.onTestFailed(async () => {
-    process.stderr.write(`${cp.logs()}\n${more ? await more() : ""}`);
+export function useControlPlane(
+  options: Omit<KubeControlPlaneOptions, "etcd" | "kubeApiServer"> = {},
+): UsedControlPlane {
+  let cp: KubeControlPlane | undefined;
+  beforeAll(async () => {
+    // Missing binaries: each test calls plane(), which skips or (under CI) fails.
+    cp = await startBuiltControlPlane(options);
+  }, 240_000);
+  afterAll(async () => {
+    await cp?.stop();
   });
-  return cp;
+  return {
+    plane: (ctx, more) => {
+      requireGoTool("etcd", ctx.skip);
+      requireGoTool("kube-apiserver", ctx.skip);
+      const running = cp;
+      if (!running) throw new Error("the control plane did not start (see beforeAll's error)");
+      ctx.onTestFailed(async () => {
+        process.stderr.write(`${running.logs()}\n${more ? await more() : ""}`);
+      });
+      return running;
+    },
+    current: () => cp,
+  };
 }
