@@ -55,8 +55,9 @@ export function daemonCommand(setExit: (code: number) => void): Command {
         process.off("SIGTERM", endRefusal);
         process.off("SIGINT", endRefusal);
       });
-      if (!facts) {
-        logger.info("stopped while refusing the node");
+      // A signal during the first probe, on a node that passes, still stops it before it starts.
+      if (!facts || refusing.signal.aborted) {
+        logger.info(facts ? "stopped before starting" : "stopped while refusing the node");
         setExit(EXIT.ok);
         return;
       }
