@@ -1,12 +1,19 @@
 // Regression (issue 15, defect 2): with a model half staged, 7-8 new ranged GETs began after SIGTERM
 // and the daemon took nearly its whole grace period to exit. After SIGTERM no part may start; the
 // parts in flight finish (journaled) and the daemon exits as soon as none is left.
-import { readFile, writeFile } from "node:fs/promises";
+import { readFile, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import { callDaemon } from "../../src/api/client.js";
 import type { RecordedRequest } from "../support/fault-proxy.js";
-import { type DaemonProcess, killDaemons, NO_GPU_FLAGS, startDaemonProcess } from "../support/processes.js";
+import {
+  coldstart,
+  type DaemonProcess,
+  finish,
+  killDaemons,
+  NO_GPU_FLAGS,
+  startDaemonProcess,
+} from "../support/processes.js";
 import { freshBucket, putFiles } from "../support/s3.js";
 import { useS3Fixture } from "../support/s3-fixture.js";
 import { digests, expectedDigests } from "../support/stage.js";
@@ -110,5 +117,64 @@ describe("SIGTERM", () => {
       0,
     );
     expect(again.length).toBe(parts - 4);
+  });
+
+  it("during the first node probe stops the daemon before it starts: exit 0, nothing listening", {
+    timeout: 120_000,
+  }, async () => {
+    // A stand-in nvidia-smi (the GPU fallback probe) that says it started, then holds the probe until
+    // the test lets it go: the signal lands while the daemon is still looking at its node.
+    const smi = join(fx.work, "held-nvidia-smi");
+    const started = join(fx.work, "smi-started");
+    const go = join(fx.work, "smi-go");
+    await writeFile(
+      smi,
+      `#!/bin/sh\ntouch '${started}'\nwhile [ ! -e '${go}' ]; do sleep 0.05; done\nexit 1\n`,
+      {
+        mode: 0o755,
+      },
+    );
+    const child = coldstart(
+      [
+        "daemon",
+        "--root",
+        join(fx.work, "early-root"),
+        "--socket",
+        join(fx.work, "early.sock"),
+        "--auth",
+        "none",
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--gds",
+        "off",
+        "--nvml-library",
+        "/nonexistent",
+        "--nvidia-smi",
+        smi,
+      ],
+      fx.s3,
+    );
+    const exited = finish(child);
+    try {
+      await waitFor(
+        () =>
+          stat(started).then(
+            () => true,
+            () => false,
+          ),
+        { what: "the probe to start" },
+      );
+      child.kill("SIGTERM");
+      await writeFile(go, "");
+      const out = await settles(exited, { what: "the daemon to exit", timeoutMs: 60_000 });
+      expect(out.code, out.stderr).toBe(0);
+      expect(out.stdout).toContain("stopped before starting");
+      expect(out.stdout).not.toContain("coldstart daemon ready");
+    } finally {
+      child.kill("SIGKILL");
+      await writeFile(go, "");
+    }
   });
 });
