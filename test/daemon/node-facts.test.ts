@@ -15,6 +15,7 @@ import {
   coldstart,
   type DaemonProcess,
   finish,
+  jsonLines,
   killDaemons,
   startDaemonProcess,
 } from "../support/processes.js";
@@ -172,6 +173,53 @@ describe("node facts in the daemon", { timeout: 120_000 }, () => {
     );
     expect(placement.code).toBe(1);
     expect(placement.stderr).toMatch(/^coldstart: CS_PLACEMENT_REFUSED: staging root .* is on root-volume/);
+  });
+});
+
+describe("gds.mode on under daemon.onRefusal serve", () => {
+  it("serves the refusal with the verdict's reasons, and the metric names gds.mode", async () => {
+    const compat = await setup(hosts.compatOnly, {
+      COLDSTART_GDS_MODE: "on",
+      FAKE_CUFILE_NVFS: "0.0",
+      COLDSTART_ON_REFUSAL: "serve",
+    });
+    const child = coldstart(
+      ["daemon", ...compat.args, "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"],
+      fx.s3,
+      compat.env,
+    );
+    const lines = jsonLines(child);
+    const exited = finish(child);
+    try {
+      const refusing = await waitFor(
+        () => lines().find((l) => String(l.msg).startsWith("coldstart daemon refusing the node")),
+        { what: "the refusing log line", timeoutMs: 90_000 },
+      );
+      const metrics = String(refusing.metrics);
+      const ready = await fetch(`${metrics}/readyz`);
+      expect(ready.status).toBe(503);
+      expect(await ready.json()).toEqual({
+        ready: false,
+        refused: [
+          {
+            code: "CS_GDS_UNAVAILABLE",
+            message:
+              "gds.mode is on but GDS is compat here: compat_mode_only, nvfs_version_zero, nvidia_fs_not_loaded",
+            details: { field: "gds.mode", value: "on" },
+          },
+        ],
+      });
+      const text = await (await fetch(`${metrics}/metrics`)).text();
+      expect(text).toContain(
+        'coldstart_policy_refused{code="CS_GDS_UNAVAILABLE",field="gds.mode",value="on"} 1',
+      );
+      expect(text).toContain('coldstart_gds_info{verdict="compat",mode="on",load_format="safetensors"} 1');
+      child.kill("SIGTERM");
+      expect((await exited).code).toBe(0);
+    } finally {
+      child.kill("SIGKILL");
+      await exited;
+    }
   });
 });
 
