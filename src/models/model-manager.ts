@@ -521,24 +521,40 @@ export class ModelManager {
   #noteWaiter(id: string, waiter: string, now: number): void {
     const waiters = this.#waiterSince.get(id) ?? new Map<string, number>();
     if (!waiters.has(waiter)) {
-      for (const [w, since] of waiters) if (now - since > 86_400_000) waiters.delete(w);
+      this.#expireWaiters(now);
       waiters.set(waiter, now);
     }
     this.#waiterSince.set(id, waiters);
   }
 
+  /** A named waiter that gave up (its handshake's last poll timed out): its wait is over. */
+  forgetWaiter(id: string, waiter: string): void {
+    const waiters = this.#waiterSince.get(id);
+    waiters?.delete(waiter);
+    if (waiters?.size === 0) this.#waiterSince.delete(id);
+  }
+
+  /** Drops waiters older than a day (a pod deleted mid-wait never comes back), every model's. */
+  #expireWaiters(now: number): void {
+    for (const [id, waiters] of this.#waiterSince) {
+      for (const [w, since] of waiters) if (now - since > 86_400_000) waiters.delete(w);
+      if (waiters.size === 0) this.#waiterSince.delete(id);
+    }
+  }
+
   /**
-   * Seconds a pod waited at the gate for `id`, ending its wait: a named waiter's own; else since the
-   * model's current wait began, which only the first pod handed the model takes (the next get 0).
+   * Seconds a pod waited at the gate for `id`, ending its wait: a named waiter's own (0 if it never
+   * found the model not ready); an unnamed one since the model's current wait began, which only the
+   * first pod handed the model takes (the next get 0).
    */
   #waited(id: string, waiter: string | undefined, now: number): number {
-    const waiters = this.#waiterSince.get(id);
-    let since = waiter === undefined ? undefined : waiters?.get(waiter);
-    if (since !== undefined && waiter !== undefined && waiters) {
-      waiters.delete(waiter);
-      if (waiters.size === 0) this.#waiterSince.delete(id);
-    } else {
+    let since: number | undefined;
+    if (waiter === undefined) {
       since = this.#waitingSince.get(id);
+    } else {
+      since = this.#waiterSince.get(id)?.get(waiter);
+      this.forgetWaiter(id, waiter);
+      this.#expireWaiters(now);
     }
     this.#waitingSince.delete(id);
     return since === undefined ? 0 : (now - since) / 1000;
@@ -597,6 +613,11 @@ export class ModelManager {
   }
 
   #changed(id?: string): void {
+    // Removed (evicted, deleted): nobody waits for it any more.
+    if (id && !this.#o.registry.get(id)) {
+      this.#waitingSince.delete(id);
+      this.#waiterSince.delete(id);
+    }
     if (id) for (const l of this.#listeners.get(id) ?? []) l();
     this.#eviction.wake();
     this.#o.onStateChanged?.();

@@ -144,10 +144,11 @@ describe("the model manager sets them", () => {
     now += 12_000;
     source.release("org/w/b.bin");
     expect([(await a).outcome, (await b).outcome]).toEqual(["ready", "ready"]);
+    // A pod that finds it ready waited nothing, though it is the first handed the model.
+    expect((await manager.waitReady("org/w", 60_000, undefined, "pod-d")).outcome).toBe("ready");
+    expect((await manager.markInUse("org/w", "pod-d"))?.waitedSeconds).toBe(0);
     expect((await manager.markInUse("org/w", "pod-b"))?.waitedSeconds).toBe(12);
     expect((await manager.markInUse("org/w", "pod-a"))?.waitedSeconds).toBe(42);
-    // One that never found it not ready waited nothing (the model's own wait went to the first pod).
-    expect((await manager.markInUse("org/w", "pod-d"))?.waitedSeconds).toBe(0);
     expect((await manager.waitReady("org/w", 60_000, undefined, "/pods/c/volume")).outcome).toBe("ready");
     await manager.hold("org/w", "/pods/c/volume");
     expect(await sample(metrics, 'coldstart_gate_wait_seconds_sum{gate="handshake"}')).toBe(54);
@@ -158,10 +159,10 @@ describe("the model manager sets them", () => {
   it("a CSI publish's wait, across the kubelet's retries, lands under gate csi; a volume found at start does not", async () => {
     await manager.request("org/c", { source: model("org/c") }, { waited: true });
     // The first publish gives up at its bound (the kubelet retries) while the model stages.
-    expect((await manager.waitReady("org/c", 10)).outcome).toBe("timeout");
+    expect((await manager.waitReady("org/c", 10, undefined, "/pods/a/volume")).outcome).toBe("timeout");
     now += 90_000;
     source.release("org/c/b.bin");
-    expect((await manager.waitReady("org/c", 60_000)).outcome).toBe("ready");
+    expect((await manager.waitReady("org/c", 60_000, undefined, "/pods/a/volume")).outcome).toBe("ready");
     expect(await manager.hold("org/c", "/pods/a/volume")).toBeDefined();
     expect(await sample(metrics, 'coldstart_gate_wait_seconds_sum{gate="csi"}')).toBe(90);
     expect(await sample(metrics, 'coldstart_gate_wait_seconds_count{gate="handshake"}')).toBe(0);

@@ -138,7 +138,10 @@ async function longPoll(deps: AppDeps, req: FastifyRequest, reply: FastifyReply,
       status,
     });
   }
-  if (last === "1" && !gone.signal.aborted) deps.metrics?.handshakeWaits.inc({ outcome: "timeout" });
+  if (last === "1" && !gone.signal.aborted) {
+    deps.metrics?.handshakeWaits.inc({ outcome: "timeout" });
+    if (waiter !== undefined) deps.manager.forgetWaiter(id, waiter);
+  }
   return reply
     .code(503)
     .header("retry-after", "5")
