@@ -4,9 +4,10 @@
  * serve it stays up instead, so that Prometheus and the kubelet see why: /livez answers, /readyz is
  * 503 with the reasons, coldstart_policy_refused is 1 per reason, and the API and the handshake socket
  * answer every call 503 with the reason (a `coldstart wait` prints it and keeps waiting). Nothing is
- * staged and nothing under the staging root is opened. The node is probed again every minute (the
- * GPU Operator loads nvidia-fs minutes into a node's life; an operator may mount the disks): once it
- * passes, the listeners close and the real daemon starts in their place.
+ * staged and nothing under the staging root is opened. The node is probed again every minute for
+ * half an hour, then every ten (the GPU Operator loads nvidia-fs minutes into a node's life; an
+ * operator may mount the disks): once it passes, the listeners close and the real daemon starts in
+ * their place.
  */
 import { setTimeout as sleep } from "node:timers/promises";
 import type { Logger } from "pino";
@@ -47,8 +48,10 @@ export async function holdWhileRefused(facts: NodeFacts, o: RefusalOptions): Pro
   let refused = o.violations(facts);
   if (refused.length === 0) return facts;
   if (o.config.daemon.onRefusal === "exit") throw refused[0];
+  if (o.signal.aborted) return undefined;
   const log = o.logger.child({ component: "daemon" });
-  const metrics = new Metrics();
+  // No process metrics: their monitors would outlive the refusal once the daemon takes over.
+  const metrics = new Metrics(undefined, { defaultMetrics: false });
   metrics.buildInfo.set({ version: o.version, node_version: process.version }, 1);
   const labeler = o.labeler?.();
   /** Metrics and labels for these facts; the reasons logged when `news`. */
@@ -95,9 +98,12 @@ export async function holdWhileRefused(facts: NodeFacts, o: RefusalOptions): Pro
       "coldstart daemon refusing the node: not ready, staging nothing",
     );
 
+    // As the running daemon re-probes: every minute for half an hour, then every ten.
     const intervalMs = o.intervalMs ?? 60_000;
+    const since = performance.now();
     for (;;) {
-      if (!(await pause(intervalMs, o.signal))) return undefined;
+      const late = performance.now() - since > 30 * 60_000;
+      if (!(await pause(late ? Math.max(intervalMs, 600_000) : intervalMs, o.signal))) return undefined;
       try {
         facts = await o.probe(facts, o.signal);
       } catch (e) {
@@ -105,6 +111,8 @@ export async function holdWhileRefused(facts: NodeFacts, o: RefusalOptions): Pro
         log.error({ err: String(e) }, "node facts");
         continue;
       }
+      // A probe cut short by the signal reports what it could not see: not facts to publish.
+      if (o.signal.aborted) return undefined;
       const was = refused.map((e) => e.message).join("\n");
       refused = o.violations(facts);
       if (refused.length === 0) {
