@@ -1,3 +1,4 @@
+import { once } from "node:events";
 import { Command } from "commander";
 import { loadConfigFromProcess } from "../config/load.js";
 import { toColdstartError } from "../errors.js";
@@ -46,38 +47,33 @@ export function daemonCommand(setExit: (code: number) => void): Command {
       const logger = root.child({ component: "daemon" });
       // The daemon's modules (fastify, the AWS SDK, the Kubernetes client) load only for this command.
       const { holdUntilNodeAccepted, startDaemon } = await import("../main.js");
-      // A refused node (daemon.onRefusal serve) is served until it passes; a signal there just ends it.
-      const refusing = new AbortController();
-      const endRefusal = () => refusing.abort();
-      process.once("SIGTERM", endRefusal);
-      process.once("SIGINT", endRefusal);
-      const facts = await holdUntilNodeAccepted(config, root, refusing.signal).finally(() => {
-        process.off("SIGTERM", endRefusal);
-        process.off("SIGINT", endRefusal);
-      });
+      // One signal handler for the whole life of the command: a first signal ends a refusal, stops
+      // a daemon that is still starting as soon as it has started, or drains a running one; a
+      // second one skips the drain's grace.
+      const stop = new AbortController();
+      const hurry = new AbortController();
+      process.on("SIGTERM", onSignal);
+      process.on("SIGINT", onSignal);
+      function onSignal(sig: NodeJS.Signals) {
+        if (stop.signal.aborted) {
+          logger.warn({ signal: sig }, "second signal: stopping now");
+          hurry.abort();
+          return;
+        }
+        logger.info({ signal: sig, graceMs: config.daemon.shutdownGraceMs }, "draining");
+        stop.abort();
+      }
+      // A refused node (daemon.onRefusal serve) is served until it passes.
+      const facts = await holdUntilNodeAccepted(config, root, stop.signal);
       // A signal during the first probe, on a node that passes, still stops it before it starts.
-      if (!facts || refusing.signal.aborted) {
+      if (!facts || stop.signal.aborted) {
         logger.info(facts ? "stopped before starting" : "stopped while refusing the node");
         setExit(EXIT.ok);
         return;
       }
       const daemon = await startDaemon(config, root, { facts });
-      await new Promise<void>((resolve) => {
-        const hurry = new AbortController();
-        let stopping = false;
-        const onSignal = (sig: NodeJS.Signals) => {
-          if (stopping) {
-            logger.warn({ signal: sig }, "second signal: stopping now");
-            hurry.abort();
-            return;
-          }
-          stopping = true;
-          logger.info({ signal: sig, graceMs: config.daemon.shutdownGraceMs }, "draining");
-          daemon.stop(config.daemon.shutdownGraceMs, hurry.signal).then(resolve, resolve);
-        };
-        process.on("SIGTERM", onSignal);
-        process.on("SIGINT", onSignal);
-      });
+      if (!stop.signal.aborted) await once(stop.signal, "abort");
+      await daemon.stop(config.daemon.shutdownGraceMs, hurry.signal);
       setExit(EXIT.ok);
     } catch (err) {
       const e = toColdstartError(err);
