@@ -59,6 +59,11 @@ interface Slot {
   writing: boolean;
   timer?: NodeJS.Timeout;
   attempt: number;
+  /**
+   * The watch has shown this node's entry since the last write: only then does a view without it
+   * mean someone took it out (before, it may just predate the write).
+   */
+  confirmed?: boolean;
 }
 
 const APPLY = setHeaderOptions("Content-Type", PatchStrategy.ServerSideApply);
@@ -121,11 +126,18 @@ export class ModelCacheStatusWriter {
   /**
    * The resource as last seen has (or lacks) this node's entry. One this daemon wrote and that is
    * gone (an admin's or a client's update of the status took it out) is written again: coalescing
-   * alone would wait for the next change of state. A stale view just costs one idempotent apply.
+   * alone would wait for the next change of state. Only after the watch has shown the entry since
+   * the last write: a view from before that write lacks it too, and must not start a write loop.
    */
   seen(name: string, hasEntry: boolean): void {
     const slot = this.#slots.get(name);
-    if (hasEntry || !slot || slot.writing || slot.desired === undefined || slot.applied === undefined) return;
+    if (!slot) return;
+    if (hasEntry) {
+      slot.confirmed = true;
+      return;
+    }
+    if (!slot.confirmed || slot.writing || slot.desired === undefined || slot.applied === undefined) return;
+    slot.confirmed = false;
     slot.applied = undefined;
     slot.appliedState = "absent"; // as it is: written again at once, not at the next progress tick
     this.#schedule(name, slot);
@@ -290,6 +302,7 @@ export class ModelCacheStatusWriter {
       slot.applied = json;
       slot.appliedState = entry?.state ?? "absent";
       slot.attempt = 0;
+      slot.confirmed = false;
     } catch (err) {
       if (this.#closed.signal.aborted) return;
       const status = statusOf(err);
