@@ -350,6 +350,14 @@ async function compose(
   life.defer("staging", ({ graceMs, hurry }) =>
     Promise.all([manager.drain(graceMs, hurry), compileCaches.stop()]),
   );
+  // First of the listeners: /livez answers while the model store loads (the kubelet's liveness probe
+  // may already run, after a refusal handed over), /readyz says not ready until the end.
+  const [mHost, mPort] = splitHostPort(d.metricsListen);
+  const metricsAddress = await listen(
+    () => metricsApp.listen({ host: mHost, port: Number(mPort) }),
+    "daemon.metricsListen",
+    d.metricsListen,
+  );
   // Before the models start: a volume still mounted into a pod holds its model from the outset.
   const csi = config.csi.socketPath
     ? await recoverCsiDriver({
@@ -380,12 +388,6 @@ async function compose(
   );
   if (cohorts) cohorts.self = selfPeerUrl(config.peers.selfAddress ?? host, apiAddress);
   modelCaches = startModelCaches(config, manager, compileCaches, cohorts, logger, life);
-  const [mHost, mPort] = splitHostPort(d.metricsListen);
-  const metricsAddress = await listen(
-    () => metricsApp.listen({ host: mHost, port: Number(mPort) }),
-    "daemon.metricsListen",
-    d.metricsListen,
-  );
   let mirrorAddress: string | undefined;
   if (mirrorApp && config.mirror.listen) {
     const [mh, mp] = splitHostPort(config.mirror.listen);
