@@ -35,7 +35,7 @@ export interface KubeControlPlaneOptions {
   /** The kube-apiserver binary (goTool("kube-apiserver")). */
   kubeApiServer: string;
   /**
-   * How long both may take to become ready before the start fails (default 180 s: it only bounds a
+   * How long each may take to become ready before the start fails (default 180 s: it only bounds a
    * failure; the API server's post-start hooks take several seconds on an idle 2-core machine).
    */
   readyTimeoutMs?: number;
@@ -153,13 +153,13 @@ function get(url: string, options: https.RequestOptions = {}): Promise<{ status:
 
 /**
  * Polls `probe` (test/support/wait.ts's waitFor) until it answers true; fails at once when one of
- * `processes` exits, and after `deadline` (performance.now()) with the last answer and the logs.
+ * `processes` exits, and after `timeoutMs` (it bounds a failure only) with the last answer and the logs.
  */
 async function until(
   what: string,
   probe: () => Promise<string | true>,
   processes: LoggedProcess[],
-  deadline: number,
+  timeoutMs: number,
 ): Promise<void> {
   const logs = () => processes.map((p) => p.tail()).join("\n");
   let last = "no answer yet";
@@ -177,7 +177,7 @@ async function until(
         last = answer;
         return false;
       },
-      { timeoutMs: Math.max(deadline - performance.now(), 0), intervalMs: 100, what },
+      { timeoutMs, intervalMs: 100, what },
     );
   } catch {
     throw new Error(`${exited ?? `${what} not reached in time; last: ${last}`}\n${logs()}`);
@@ -227,7 +227,7 @@ async function makeCertificates(dir: string): Promise<Record<"ca" | "cert" | "ke
  * logs' last lines.
  */
 export async function startKubeControlPlane(options: KubeControlPlaneOptions): Promise<KubeControlPlane> {
-  const deadline = performance.now() + (options.readyTimeoutMs ?? 180_000);
+  const readyTimeoutMs = options.readyTimeoutMs ?? 180_000;
   const dir = await mkdtemp(join(tmpdir(), "kube-cp-"));
   const processes: LoggedProcess[] = [];
   let stopped: Promise<void> | undefined;
@@ -280,7 +280,7 @@ export async function startKubeControlPlane(options: KubeControlPlaneOptions): P
         return r.status === 200 && /"health":\s*"true"/.test(r.body) ? true : `${r.status} ${r.body}`;
       },
       processes,
-      deadline,
+      readyTimeoutMs,
     );
 
     const adminToken = randomBytes(24).toString("hex");
@@ -323,7 +323,7 @@ export async function startKubeControlPlane(options: KubeControlPlaneOptions): P
         return r.status === 200 ? true : `${r.status} ${r.body.slice(-600)}`;
       },
       processes,
-      deadline,
+      readyTimeoutMs,
     );
 
     const kubeconfig = join(dir, "admin.kubeconfig");
