@@ -19,6 +19,7 @@ import type { Logger } from "pino";
 import { ColdstartError, toColdstartError } from "../errors.js";
 import type { ModelCacheStatusWriter } from "../kube/model-cache-status.js";
 import { type ModelCache, type ModelCacheSpec, type StatusEntry, selects } from "../kube/model-caches.js";
+import { validateModelId } from "../models/model-id.js";
 import type { ModelManager } from "../models/model-manager.js";
 import type { ModelStatus } from "../models/status.js";
 import type { Cohorts } from "../peers/cohort.js";
@@ -136,23 +137,24 @@ export class ModelCacheReconciler {
     const seen = new Set<string>();
     // Two resources may want one model: it stages at the higher of their priorities.
     const priorities = new Map<string, number>();
-    for (const mc of caches) {
-      if ("invalid" in mc.spec || !selects(mc.spec.nodeSelector, labels)) continue;
-      const p = priorities.get(mc.spec.model);
-      priorities.set(mc.spec.model, p === undefined ? mc.spec.priority : Math.max(p, mc.spec.priority));
+    const checked = caches.map((mc) => ({ mc, spec: checkedSpec(mc) }));
+    for (const { spec } of checked) {
+      if ("invalid" in spec || !selects(spec.nodeSelector, labels)) continue;
+      const p = priorities.get(spec.model);
+      priorities.set(spec.model, p === undefined ? spec.priority : Math.max(p, spec.priority));
     }
-    for (const mc of caches) {
+    for (const { mc, spec } of checked) {
       seen.add(mc.name);
-      if ("invalid" in mc.spec) {
-        this.#refuseInvalid(mc, mc.spec.invalid);
+      if ("invalid" in spec) {
+        this.#refuseInvalid(mc, spec.invalid);
         continue;
       }
-      if (selects(mc.spec.nodeSelector, labels)) {
+      if (selects(spec.nodeSelector, labels)) {
         this.#o.status.seen(
           mc.name,
           mc.nodes.some((n) => n.node === this.#o.nodeName),
         );
-        await this.#want(mc, mc.spec, priorities.get(mc.spec.model) ?? 0);
+        await this.#want(mc, spec, priorities.get(spec.model) ?? 0);
       } else await this.#unwant(mc);
       this.#o.status.counts(mc);
     }
@@ -428,11 +430,7 @@ export class ModelCacheReconciler {
     try {
       return this.#o.models.get(id);
     } catch (err) {
-      if (
-        err instanceof ColdstartError &&
-        (err.code === "CS_MODEL_NOT_FOUND" || err.code === "CS_REQUEST_INVALID")
-      )
-        return undefined;
+      if (err instanceof ColdstartError && err.code === "CS_MODEL_NOT_FOUND") return undefined;
       throw err;
     }
   }
@@ -458,4 +456,25 @@ export async function releaseModelCachePins(models: ModelManager, logger: Logger
       logger.info({ model: s.id, holder: h }, "ModelCache pin released: kube.modelCaches is off");
     }
   }
+}
+
+/**
+ * The spec to act on, or why it is refused: the schema's reason, or what the API refuses in the same
+ * values (a model id with a ".." segment, a source that is no s3:// URI), which a CRD of another
+ * version, or none, lets through: refused by name here, not thrown from the model store mid-pass.
+ */
+export function checkedSpec(mc: ModelCache): ModelCache["spec"] {
+  if ("invalid" in mc.spec) return mc.spec;
+  const { model, source } = mc.spec;
+  for (const [field, check] of [
+    ["spec.model", () => validateModelId(model)],
+    ["spec.source", () => parseS3Uri(source, "spec.source")],
+  ] as const) {
+    try {
+      check();
+    } catch (err) {
+      return { invalid: `${field}: ${(err as Error).message}` };
+    }
+  }
+  return mc.spec;
 }

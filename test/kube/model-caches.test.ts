@@ -5,9 +5,12 @@
  * hand-made object). The informers themselves are exercised against a real API server in
  * test/kube/modelcache.test.ts.
  *
+ * The reconciler's own check of what the API refuses (checkedSpec) is here too.
+ *
  * Tier: unit
  */
 import { describe, expect, it } from "vitest";
+import { checkedSpec } from "../../src/daemon/model-caches.js";
 import { type LabelSelector, type ModelCache, selects, toModelCache } from "../../src/kube/model-caches.js";
 
 const LABELS = { "gpu.vendor": "nvidia", "topology.zone": "a", pool: "inference" } as const;
@@ -177,6 +180,22 @@ describe("toModelCache", () => {
         ),
       ),
     ).toMatch(/^spec\.nodeSelector\.matchExpressions\.0\.operator: /);
+  });
+
+  it("refuses, by the reconciler's check, what the API would: a .. segment in the model, no s3:// source", () => {
+    expect(checkedSpec(toModelCache(raw(VALID)))).toEqual({ ...VALID, pin: true, priority: 0 });
+    expect(
+      invalidOf({ spec: checkedSpec(toModelCache(raw({ ...VALID, model: "a/../b" }))) } as ModelCache),
+    ).toBe('spec.model: model id "a/../b" must not have a ".." segment');
+    expect(
+      invalidOf({
+        spec: checkedSpec(toModelCache(raw({ ...VALID, source: "https://weights/llama/" }))),
+      } as ModelCache),
+    ).toMatch(/^spec\.source: .*https:\/\/weights\/llama\//);
+    // The schema's own reason comes first, as it was.
+    expect(invalidOf({ spec: checkedSpec(toModelCache(raw({ ...VALID, replicas: 3 }))) } as ModelCache)).toBe(
+      "spec.replicas: unknown field",
+    );
   });
 
   it("refuses a spec without a source, naming spec.source", () => {
