@@ -6,6 +6,8 @@
  * server down, a 403) it stops, and this restarts it with backoff. Every spec is validated here again
  * (the CRD's schema is the first check; an older CRD or a hand-made object must not reach staging).
  */
+
+import { setTimeout as sleep } from "node:timers/promises";
 import {
   CoreV1Api,
   CustomObjectsApi,
@@ -289,13 +291,9 @@ export class ModelCacheWatch {
     informer: ListWatch<T>,
     delayMs: number,
   ): Promise<void> {
-    if (delayMs > 0) {
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, delayMs);
-        timer.unref();
-        this.#closed.signal.addEventListener("abort", () => resolve(), { once: true });
-      });
-    }
+    // Ended early by stop(); a listener per retry on the long-lived signal would pile up otherwise.
+    if (delayMs > 0)
+      await sleep(delayMs, undefined, { signal: this.#closed.signal, ref: false }).catch(() => {});
     if (this.#closed.signal.aborted) return;
     try {
       await informer.start();
