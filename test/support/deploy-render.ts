@@ -33,7 +33,11 @@ export interface K8sObject {
 
 let kubectl: boolean | undefined;
 
-/** Whether `kubectl` runs here (asked once). */
+/**
+ * Whether `kubectl` runs here (asked once), for `it.skipIf(!hasKubectl())`. Under CI a missing kubectl
+ * throws instead, as requireGoTool does: the machines CI runs on carry it (/usr/bin/kubectl), and a
+ * skip there would hide the helm-versus-kustomize comparison and every rendered-manifest check.
+ */
 export function hasKubectl(): boolean {
   if (kubectl === undefined) {
     try {
@@ -42,6 +46,9 @@ export function hasKubectl(): boolean {
     } catch {
       kubectl = false;
     }
+  }
+  if (!kubectl && process.env.CI) {
+    throw new Error("kubectl is not on PATH: under CI the kustomize renders must run, not skip");
   }
   return kubectl;
 }
