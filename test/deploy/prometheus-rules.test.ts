@@ -192,6 +192,7 @@ describe("the Grafana dashboard", () => {
       definition: "label_values(coldstart_build_info, node)",
     });
     let perNode = false;
+    let perNodeTargets = 0;
     for (const p of all) {
       if (p.type === "row") {
         perNode = p.title.includes("$node");
@@ -202,8 +203,11 @@ describe("the Grafana dashboard", () => {
       for (const t of p.targets ?? []) {
         expect(t.datasource, `${p.title} ${t.refId}`).toEqual(DATASOURCE);
         if (perNode) expect(t.expr, `${p.title} ${t.refId}`).toContain('node=~"$node"');
+        if (perNode) perNodeTargets++;
       }
     }
+    // A renamed "$node" row must not leave the check above with nothing to check.
+    expect(perNodeTargets).toBeGreaterThan(10);
   });
 
   it("covers what issue 20 asks for, per node and across the fleet", () => {

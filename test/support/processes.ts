@@ -126,7 +126,6 @@ export async function startDaemonProcess(
   return { child, api, metrics, logs, exited };
 }
 
-/** A loopback port free now, so daemons can be told each other's address before they start. */
 /** SIGKILLs every daemon of `daemons` still running and waits for each to exit; empties the list. */
 export async function killDaemons(daemons: DaemonProcess[]): Promise<void> {
   for (const d of daemons.splice(0)) {
@@ -135,6 +134,7 @@ export async function killDaemons(daemons: DaemonProcess[]): Promise<void> {
   }
 }
 
+/** A loopback port free now, so daemons can be told each other's address before they start. */
 export async function freePort(): Promise<number> {
   const server = createServer();
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
