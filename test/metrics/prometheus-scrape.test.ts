@@ -23,7 +23,7 @@ import {
 import { freshBucket, putFiles } from "../support/s3.js";
 import { useS3Fixture } from "../support/s3-fixture.js";
 import { syntheticModel } from "../support/synthetic-model.js";
-import { waitFor } from "../support/wait.js";
+import { gate, waitFor } from "../support/wait.js";
 import {
   alertRules,
   dashboardExpressions,
@@ -167,9 +167,6 @@ describe("the dashboard and the alerts against a real Prometheus scraping a real
         "--path-style",
         "--part-size",
         "1MiB",
-        // A few seconds of staging, so that scrapes see the model's bytes to go while it stages.
-        "--max-bytes-per-second",
-        "1MiB",
         ...NO_GPU_FLAGS,
       ],
       fx.s3,
@@ -186,8 +183,25 @@ describe("the dashboard and the alerts against a real Prometheus scraping a real
     await putFiles(fx.client, bucket, "m/", syntheticModel({ shards: 4, shardBytes: 2 * MiB }));
     const ep = { url: daemon.api, token: TOKEN };
     const path = `/v1/models/${encodeURIComponent(MODEL)}`;
+    // The shards' ranged GETs wait at the proxy until Prometheus has scraped the bytes to go: the
+    // model is seen staging however fast or slow the machine.
+    const held = gate();
+    fx.proxy.addRule({
+      match: { method: "GET", hasRange: true },
+      action: { kind: "hook", fn: () => held.opened },
+    });
     const put = await callDaemon(ep, "PUT", path, { source: `s3://${bucket}/m/` });
     expect(put.status, JSON.stringify(put.body)).toBeLessThan(300);
+    try {
+      await waitFor(
+        async () =>
+          (await query(prom, `coldstart_model_remaining_bytes{node="${NODE}"} > 0`)).data?.result.length ===
+          1,
+        { what: "the bytes to go scraped while the model stages", timeoutMs: 60_000 },
+      );
+    } finally {
+      held.open();
+    }
     const ready = await callDaemon(ep, "GET", `${path}/ready?timeoutSeconds=120`, undefined, {
       timeoutMs: 125_000,
     });
