@@ -140,7 +140,7 @@ describe("the model manager sets them", () => {
     now += 30_000;
     const b = manager.waitReady("org/w", 60_000, undefined, "pod-b");
     // A CSI volume whose first publish gives up at its bound; the kubelet's retry keeps its start.
-    expect((await manager.waitReady("org/w", 10, undefined, "/pods/c/volume")).outcome).toBe("timeout");
+    expect((await manager.waitReady("org/w", 0, undefined, "/pods/c/volume")).outcome).toBe("timeout");
     now += 12_000;
     source.release("org/w/b.bin");
     expect([(await a).outcome, (await b).outcome]).toEqual(["ready", "ready"]);
@@ -159,7 +159,7 @@ describe("the model manager sets them", () => {
   it("a CSI publish's wait, across the kubelet's retries, lands under gate csi; a volume found at start does not", async () => {
     await manager.request("org/c", { source: model("org/c") }, { waited: true });
     // The first publish gives up at its bound (the kubelet retries) while the model stages.
-    expect((await manager.waitReady("org/c", 10, undefined, "/pods/a/volume")).outcome).toBe("timeout");
+    expect((await manager.waitReady("org/c", 0, undefined, "/pods/a/volume")).outcome).toBe("timeout");
     now += 90_000;
     source.release("org/c/b.bin");
     expect((await manager.waitReady("org/c", 60_000, undefined, "/pods/a/volume")).outcome).toBe("ready");
