@@ -22,7 +22,7 @@ export function reprobeNodeFacts(o: {
   let timer: NodeJS.Timeout | undefined;
   const next = () => {
     if (stopped.signal.aborted) return;
-    const delay = now() - startedAt < 30 * 60_000 ? 60_000 : 10 * 60_000;
+    const delay = reprobeDelayMs(now() - startedAt);
     timer = setTimeout(() => {
       if (facts.gds.verdict === "enabled" && facts.gpus.gpus.length > 0) return;
       collectNodeFacts(o.options, { previous: facts, signal: stopped.signal })
@@ -45,4 +45,12 @@ export function reprobeNodeFacts(o: {
       clearTimeout(timer);
     },
   };
+}
+
+/**
+ * How long to wait before probing a node again, `elapsedMs` into the daemon's (or a refusal's) life:
+ * `firstMs` (a minute) for half an hour, while drivers and disks are still arriving, then ten minutes.
+ */
+export function reprobeDelayMs(elapsedMs: number, firstMs = 60_000): number {
+  return elapsedMs < 30 * 60_000 ? firstMs : Math.max(firstMs, 10 * 60_000);
 }

@@ -19,6 +19,7 @@ import type { NodeLabeler } from "../kube/node-labels.js";
 import { Metrics } from "../metrics/metrics.js";
 import { factLabels, type NodeFacts, publishNodeFacts } from "../node/node-facts.js";
 import { listen, listenSocket, splitHostPort } from "./listen.js";
+import { reprobeDelayMs } from "./node-reprobe.js";
 
 export interface RefusalOptions {
   config: Config;
@@ -31,7 +32,7 @@ export interface RefusalOptions {
   violations: (facts: NodeFacts) => ColdstartError[];
   /** Stops the wait: resolves undefined (SIGTERM while refusing). */
   signal: AbortSignal;
-  /** Between probes; a minute by default. */
+  /** Between probes for the first half hour (reprobeDelayMs); a minute by default. */
   intervalMs?: number;
   /**
    * This node's labeler, made only if the node is refused: its model labels come off (nothing is
@@ -98,12 +99,9 @@ export async function holdWhileRefused(facts: NodeFacts, o: RefusalOptions): Pro
       "coldstart daemon refusing the node: not ready, staging nothing",
     );
 
-    // As the running daemon re-probes: every minute for half an hour, then every ten.
-    const intervalMs = o.intervalMs ?? 60_000;
     const since = performance.now();
     for (;;) {
-      const late = performance.now() - since > 30 * 60_000;
-      if (!(await pause(late ? Math.max(intervalMs, 600_000) : intervalMs, o.signal))) return undefined;
+      if (!(await pause(reprobeDelayMs(performance.now() - since, o.intervalMs), o.signal))) return undefined;
       try {
         facts = await o.probe(facts, o.signal);
       } catch (e) {
