@@ -334,7 +334,8 @@ export class ModelCacheStatusWriter {
   }
 
   #settle(): void {
-    if (this.#busy()) return;
+    // Every set() ends here: look over every slot only when a flush() waits on it.
+    if (this.#idle.length === 0 || this.#busy()) return;
     const idle = this.#idle;
     this.#idle = [];
     for (const resolve of idle) resolve();
