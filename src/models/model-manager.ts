@@ -71,6 +71,7 @@ export class ModelManager {
    * found it not ready: each pod's own wait, however many wait for the same model.
    */
   readonly #waiterSince = new Map<string, Map<string, number>>();
+  #waitersSweptAt = 0;
   readonly #jobs: StageRunner;
   readonly #eviction: ModelEviction;
   readonly #removal: ModelRemoval;
@@ -478,7 +479,6 @@ export class ModelManager {
     return this.#jobs.drain(graceMs, hurry);
   }
 
-  /** A model's job settled (its outcome persisted): waiters, labels and eviction learn of it. */
   /** A PUT's cohort, checked: URLs, and this node's own among them. */
   #cohortOf(urls: string[]): string[] {
     const self = this.#o.cohorts?.self;
@@ -534,8 +534,13 @@ export class ModelManager {
     if (waiters?.size === 0) this.#waiterSince.delete(id);
   }
 
-  /** Drops waiters older than a day (a pod deleted mid-wait never comes back), every model's. */
+  /**
+   * Drops waiters older than a day (a pod deleted mid-wait never comes back), every model's; at most
+   * once an hour, since it runs on hand-overs.
+   */
   #expireWaiters(now: number): void {
+    if (now - this.#waitersSweptAt < 3_600_000) return;
+    this.#waitersSweptAt = now;
     for (const [id, waiters] of this.#waiterSince) {
       for (const [w, since] of waiters) if (now - since > 86_400_000) waiters.delete(w);
       if (waiters.size === 0) this.#waiterSince.delete(id);
@@ -560,6 +565,7 @@ export class ModelManager {
     return since === undefined ? 0 : (now - since) / 1000;
   }
 
+  /** A model's job settled (its outcome persisted): waiters, labels and eviction learn of it. */
   async #settled(record: ModelRecord): Promise<void> {
     if (record.state === "ready" || record.state === "failed")
       this.#o.cohorts?.delete(`${API_COHORT_PREFIX}${record.id}`);
