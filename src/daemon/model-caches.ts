@@ -26,7 +26,7 @@ import type { Cohorts } from "../peers/cohort.js";
 import { parseS3Uri } from "../s3/uri.js";
 
 /** The pin holder a resource's name is recorded under (ModelStatus.pinnedBy). */
-export const PIN_HOLDER_PREFIX = "modelcache/";
+const PIN_HOLDER_PREFIX = "modelcache/";
 
 export interface ModelCacheSource {
   readonly synced: boolean;

@@ -29,14 +29,14 @@ import {
 } from "./model-caches.js";
 import { apiClient, reasonOf, statusOf } from "./transport.js";
 
-export const NODE_FIELD_MANAGER_PREFIX = "coldstart-node/";
-export const AGGREGATE_FIELD_MANAGER = "coldstart-aggregate";
+const NODE_FIELD_MANAGER_PREFIX = "coldstart-node/";
+const AGGREGATE_FIELD_MANAGER = "coldstart-aggregate";
 /**
  * Where Events about a ModelCache go: the API server takes a core/v1 Event about a cluster-scoped
  * object only in "default" (or ""), which is where client-go's recorder puts them and where
  * `kubectl describe modelcache` finds them.
  */
-export const EVENT_NAMESPACE = "default";
+const EVENT_NAMESPACE = "default";
 
 export interface StatusWriterOptions {
   kubeConfig: KubeConfig;

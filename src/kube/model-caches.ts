@@ -26,7 +26,7 @@ import { apiClient, reasonOf, statusOf } from "./transport.js";
 export const MODELCACHE_GROUP = "coldstart.io";
 export const MODELCACHE_VERSION = "v1alpha1";
 export const MODELCACHE_PLURAL = "modelcaches";
-export const MODELCACHE_PATH = `/apis/${MODELCACHE_GROUP}/${MODELCACHE_VERSION}/${MODELCACHE_PLURAL}`;
+const MODELCACHE_PATH = `/apis/${MODELCACHE_GROUP}/${MODELCACHE_VERSION}/${MODELCACHE_PLURAL}`;
 
 /** The states a node's entry in status.nodes may have (the CRD's enum). */
 export type EntryState = "pending" | "staging" | "verifying" | "ready" | "failed" | "evicting";

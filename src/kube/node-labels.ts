@@ -1,17 +1,11 @@
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
-import {
-  ApiException,
-  CoreV1Api,
-  KubeConfig,
-  PatchStrategy,
-  setHeaderOptions,
-} from "@kubernetes/client-node";
+import { CoreV1Api, KubeConfig, PatchStrategy, setHeaderOptions } from "@kubernetes/client-node";
 import { type Logger, pino } from "pino";
 import { ColdstartError } from "../errors.js";
 import { backoffDelayMs } from "../lib/backoff.js";
-import { apiClient, reasonOf } from "./transport.js";
+import { apiClient, reasonOf, statusOf } from "./transport.js";
 
 export {
   GDS_LABEL,
@@ -229,7 +223,7 @@ export class NodeLabeler {
   }
 
   #logFailure(err: unknown, attempt: number, retryInMs: number): void {
-    const status = err instanceof ApiException ? err.code : undefined;
+    const status = statusOf(err);
     const reason = reasonOf(err);
     const hint =
       status === 403 || status === 401

@@ -56,8 +56,7 @@ export const HANDSHAKE_WAIT_BUCKETS: readonly number[] = [
 ];
 
 /** Values of `gate` on `coldstart_gate_wait_seconds`: the wait handshake, a CSI publish. */
-export const GATES = ["handshake", "csi"] as const;
-export type Gate = (typeof GATES)[number];
+const GATES = ["handshake", "csi"] as const;
 
 /** One model being staged now, as the per-model staging gauges show it. */
 export interface ModelStagingProgress {

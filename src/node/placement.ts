@@ -464,7 +464,7 @@ function byKernelName(a: string, b: string): number {
 }
 
 /** Where the EKS AMI mounts the RAID0 of instance-store disks (nodeadm localStorage strategy RAID0). */
-export const EKS_INSTANCE_STORE_MOUNT = "/mnt/k8s-disks/0";
+const EKS_INSTANCE_STORE_MOUNT = "/mnt/k8s-disks/0";
 
 /**
  * The instance-store disks that staging could use instead of the root volume, where they are
