@@ -93,7 +93,7 @@ export async function holdUntilNodeAccepted(
     probe: (previous, s) => collectNodeFacts(options, { previous, signal: s }),
     violations: (f) => policyViolations(f, policy),
     signal,
-    labeler: () => nodeLabeler(config, logger, logger.child({ component: "daemon" })),
+    labeler: () => nodeLabeler(config, kubeAccess(config), logger, logger.child({ component: "daemon" })),
   });
 }
 
@@ -218,7 +218,9 @@ async function compose(
   // The byte path: parts are received, hashed and written on these threads, not the event loop's.
   const workers = partWorkersFor(config.download.workers);
   if (workers) life.defer("part workers", () => workers.close());
-  const labeler = nodeLabeler(config, logger, log);
+  // Read once: the labeler and the ModelCache reconciler share this node's credentials.
+  const kube = kubeAccess(config);
+  const labeler = nodeLabeler(config, kube, logger, log);
   if (labeler) {
     life.defer("node labels", async () => {
       await labeler.flush().catch(() => {});
@@ -387,7 +389,7 @@ async function compose(
     d.listen,
   );
   if (cohorts) cohorts.self = selfPeerUrl(config.peers.selfAddress ?? host, apiAddress);
-  modelCaches = startModelCaches(config, manager, compileCaches, cohorts, logger, life);
+  modelCaches = startModelCaches(config, manager, compileCaches, cohorts, kube, logger, life);
   let mirrorAddress: string | undefined;
   if (mirrorApp && config.mirror.listen) {
     const [mh, mp] = splitHostPort(config.mirror.listen);
@@ -480,11 +482,24 @@ function logNodeFacts(logger: Logger, facts: NodeFacts): void {
   if (!facts.native.available) logger.warn({ reason: facts.native.reason }, "native addon unavailable");
 }
 
-function nodeLabeler(config: Config, logger: Logger, log: Logger): NodeLabeler | undefined {
-  const { nodeName, labels, kubeconfig } = config.kube;
+/** This node's name and Kubernetes credentials (kube.nodeName, the kubeconfig or the pod's own); undefined without either. */
+function kubeAccess(
+  config: Config,
+): { nodeName: string; kubeConfig: NonNullable<ReturnType<typeof loadKubeConfig>> } | undefined {
+  const { nodeName, kubeconfig } = config.kube;
+  const kubeConfig = nodeName ? loadKubeConfig(environment(), kubeconfig) : undefined;
+  return nodeName && kubeConfig ? { nodeName, kubeConfig } : undefined;
+}
+
+function nodeLabeler(
+  config: Config,
+  kube: ReturnType<typeof kubeAccess>,
+  logger: Logger,
+  log: Logger,
+): NodeLabeler | undefined {
+  const { labels } = config.kube;
   if (labels === "off") return undefined;
-  const kc = nodeName ? loadKubeConfig(environment(), kubeconfig) : undefined;
-  if (!nodeName || !kc) {
+  if (!kube) {
     if (labels === "on") {
       throw new ColdstartError(
         "CS_CONFIG_INVALID",
@@ -497,7 +512,7 @@ function nodeLabeler(config: Config, logger: Logger, log: Logger): NodeLabeler |
     log.info("node labels off: no node name or no Kubernetes credentials");
     return undefined;
   }
-  return new NodeLabeler({ nodeName, kubeConfig: kc, logger: logger.child({ component: "labels" }) });
+  return new NodeLabeler({ ...kube, logger: logger.child({ component: "labels" }) });
 }
 
 /** Reconciles the ModelCache resources that select this node, when kube.modelCaches is on. */
@@ -506,19 +521,20 @@ function startModelCaches(
   models: ModelManager,
   compileCaches: CompileCacheManager,
   cohorts: Cohorts | undefined,
+  kube: ReturnType<typeof kubeAccess>,
   logger: Logger,
   life: Lifecycle,
 ): ModelCacheReconciler | undefined {
-  const { nodeName, kubeconfig, modelCaches } = config.kube;
+  const { modelCaches } = config.kube;
   if (modelCaches === "off") return undefined;
-  const kubeConfig = nodeName ? loadKubeConfig(environment(), kubeconfig) : undefined;
-  if (!nodeName || !kubeConfig) {
+  if (!kube) {
     throw new ColdstartError(
       "CS_CONFIG_INVALID",
       "kube.modelCaches on needs kube.nodeName and Kubernetes credentials",
       { details: { field: "kube.modelCaches", value: modelCaches } },
     );
   }
+  const { nodeName, kubeConfig } = kube;
   const log = logger.child({ component: "modelcaches" });
   const status = new ModelCacheStatusWriter({ kubeConfig, nodeName, logger: log });
   let reconciler: ModelCacheReconciler | undefined;
