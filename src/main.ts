@@ -575,12 +575,5 @@ function selfPeerUrl(address: string, apiAddress: string): string | undefined {
 
 /** The peers to ask: discovery's, and the first waves' members (possibly not resolved yet). */
 function peerUrls(discovered: string[], members: string[]): string[] {
-  const origin = (u: string) => {
-    try {
-      return new URL(u).origin;
-    } catch {
-      return u;
-    }
-  };
-  return [...new Set([...discovered.map(origin), ...members])];
+  return [...new Set([...discovered, ...members])];
 }

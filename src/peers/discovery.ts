@@ -24,7 +24,8 @@ export class PeerDirectory {
   #timer: NodeJS.Timeout | undefined;
 
   constructor(options: DiscoveryOptions) {
-    this.#o = options;
+    // Origins, as the resolved ones are and as cohorts name nodes: once here, not on every ask.
+    this.#o = { ...options, static: options.static.map(origin) };
   }
 
   /** Resolves once now, then every refreshMs (30 s) in the background. */
@@ -59,5 +60,14 @@ export class PeerDirectory {
     if (next.join() !== this.#resolved.join())
       this.#o.logger.info({ peers: next.length, dns: name }, "peers");
     this.#resolved = next;
+  }
+}
+
+/** "http://10.0.0.7:8476/" -> "http://10.0.0.7:8476"; what is no URL stays as it is. */
+function origin(u: string): string {
+  try {
+    return new URL(u).origin;
+  } catch {
+    return u;
   }
 }

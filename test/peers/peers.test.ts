@@ -505,5 +505,11 @@ describe("peer discovery", () => {
     const withoutSelf = await directory("127.0.0.1");
     expect(withoutSelf).toContain("http://10.0.0.9:8476");
     expect(withoutSelf).not.toContain("http://127.0.0.1:8476");
+    // A static peer given with a path is asked by its origin, as cohorts and DNS name peers.
+    const written = new PeerDirectory({
+      static: ["http://10.0.0.9:8476/", "http://10.0.0.9:8476"],
+      logger: pino({ level: "silent" }),
+    });
+    expect(written.urls()).toEqual(["http://10.0.0.9:8476"]);
   });
 });
