@@ -96,6 +96,7 @@ export class ModelCacheReconciler {
   #running = false;
   #again = false;
   #stopped = false;
+  #orphansReleased = false;
 
   constructor(options: ModelCacheReconcilerOptions) {
     this.#o = options;
@@ -163,7 +164,12 @@ export class ModelCacheReconciler {
     }
     for (const name of [...this.#invalid.keys()]) if (!seen.has(name)) this.#invalid.delete(name);
     this.#o.status.retainCounts(seen);
-    await this.#unpinOrphans(new Set(this.#tracked.keys()));
+    // Pins of resources that no longer select this node can only come from an earlier run (a pass
+    // unpins what it drops): looked for once, after the first pass that saw every resource.
+    if (!this.#orphansReleased) {
+      this.#orphansReleased = true;
+      await releaseModelCachePins(this.#o.models, this.#o.logger, new Set(this.#tracked.keys()));
+    }
   }
 
   /** The resource selects this node: stage, pin, report. */
@@ -403,17 +409,6 @@ export class ModelCacheReconciler {
     }
   }
 
-  /** Pins of resources that no longer select this node (a restart in between): taken away. */
-  async #unpinOrphans(wanted: Set<string>): Promise<void> {
-    for (const s of this.#o.models.list()) {
-      for (const h of s.pinnedBy) {
-        if (h.startsWith(PIN_HOLDER_PREFIX) && !wanted.has(h.slice(PIN_HOLDER_PREFIX.length))) {
-          await this.#o.models.pinFor(s.id, h, false);
-        }
-      }
-    }
-  }
-
   #refuseInvalid(mc: ModelCache, why: string): void {
     if (this.#invalid.get(mc.name) === why) return;
     this.#invalid.set(mc.name, why);
@@ -445,15 +440,20 @@ function holder(name: string): string {
 }
 
 /**
- * With kube.modelCaches off, no resource can pin anything here: pins an earlier run took for
- * resources are taken away, so that they neither hold the disk nor block DELETE for good.
+ * Takes away the pins an earlier run took for resources other than `keep` (resource names), so that
+ * they neither hold the disk nor block DELETE for good: all of them with kube.modelCaches off, those
+ * of resources that no longer select this node at the reconciler's first pass.
  */
-export async function releaseModelCachePins(models: ModelManager, logger: Logger): Promise<void> {
+export async function releaseModelCachePins(
+  models: Pick<ModelManager, "list" | "pinFor">,
+  logger: Logger,
+  keep: ReadonlySet<string> = new Set(),
+): Promise<void> {
   for (const s of models.list()) {
     for (const h of s.pinnedBy) {
-      if (!h.startsWith(PIN_HOLDER_PREFIX)) continue;
+      if (!h.startsWith(PIN_HOLDER_PREFIX) || keep.has(h.slice(PIN_HOLDER_PREFIX.length))) continue;
       await models.pinFor(s.id, h, false);
-      logger.info({ model: s.id, holder: h }, "ModelCache pin released: kube.modelCaches is off");
+      logger.info({ model: s.id, holder: h }, "ModelCache pin released: no resource here holds it");
     }
   }
 }
