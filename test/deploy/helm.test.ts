@@ -122,7 +122,7 @@ describe("the Helm chart", () => {
     expect(out).toMatch(/1 chart\(s\) linted, 0 chart\(s\) failed/);
   });
 
-  it("shares the PrometheusRule, dashboard, CRD and policies with deploy/ through links, not copies", async () => {
+  it("shares the PrometheusRule, dashboard, CRD, RBAC, policies and NetworkPolicy with deploy/ through links, not copies", async () => {
     const files = join(chart, "files");
     const names = (await readdir(files)).sort();
     expect(names.length).toBeGreaterThan(0);
@@ -136,6 +136,9 @@ describe("the Helm chart", () => {
     }
     expect(names).toContain("prometheusrule.yaml");
     expect(names).toContain("coldstart-dashboard.json");
+    expect(names).toEqual(
+      expect.arrayContaining(["networkpolicy.yaml", "rbac.yaml", "modelcache-rbac.yaml"]),
+    );
   });
 
   it.skipIf(!hasKubectl())(
@@ -305,6 +308,19 @@ describe("the Helm chart", () => {
     expect(withPeers.data.COLDSTART_PEER_DNS).toBe("coldstart-peers.ml-infra.svc.cluster.local:8476");
     const edited = find(await helmTemplate(bin, ["config.logLevel=debug"], "ml-infra"), "ConfigMap");
     expect(edited.metadata.name).not.toBe(withPeers.metadata.name);
+
+    // Objects linked from deploy/ follow the release too: deploy/'s namespace in metadata and in RBAC
+    // subjects becomes the release's, while the ModelCache Events Role stays where Events go.
+    const modelCache = await helmTemplate(bin, ["modelCache.enabled=true"], "ml-infra");
+    expect(find(modelCache, "NetworkPolicy").metadata.namespace).toBe("ml-infra");
+    for (const o of modelCache.filter((x) => x.subjects)) {
+      expect(
+        o.subjects.map((x: { namespace?: string }) => x.namespace),
+        key(o),
+      ).toEqual(["ml-infra"]);
+    }
+    expect(find(modelCache, "Role", "coldstart-modelcache-events").metadata.namespace).toBe("default");
+    expect(find(modelCache, "RoleBinding", "coldstart-modelcache-events").metadata.namespace).toBe("default");
   });
 
   it.skipIf(!hasKubectl())(

@@ -77,7 +77,8 @@ data:
 {{/*
 The objects of a YAML file kept in deploy/ and linked under files/ (args: root context, path, extra
 labels), so the chart and the kustomize base share one source: each document with the chart's labels
-added and, if it has a namespace, the release's. Comments are lost; strings, numbers and the PromQL in
+added and deploy/'s namespace (coldstart, in metadata and in RBAC subjects) made the release's; any
+other namespace stays. Comments are lost; strings, numbers and the PromQL in
 them are kept as they are (the file is data here, never a template).
 */}}
 {{- define "coldstart.fromFile" -}}
@@ -89,8 +90,14 @@ them are kept as they are (the file is data here, never a template).
 {{- $meta := $obj.metadata }}
 {{- $labels := merge (dict) $extra (include "coldstart.labels" $ctx | fromYaml) ($meta.labels | default dict) }}
 {{- $_ := set $meta "labels" $labels }}
-{{- if hasKey $meta "namespace" }}
+{{- /* deploy/'s own namespace becomes the release's; any other (default, for Events) stays. */}}
+{{- if eq ($meta.namespace | default "") "coldstart" }}
 {{- $_ := set $meta "namespace" $ctx.Release.Namespace }}
+{{- end }}
+{{- range $obj.subjects | default list }}
+{{- if eq (.namespace | default "") "coldstart" }}
+{{- $_ := set . "namespace" $ctx.Release.Namespace }}
+{{- end }}
 {{- end }}
 ---
 {{ toYaml $obj }}
