@@ -9,7 +9,7 @@ import { parse } from "smol-toml";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { checkContainerd } from "../../src/mirror/containerd-check.js";
 import { manageHostsToml } from "../../src/mirror/hosts-toml.js";
-import { NO_GPU_FLAGS, startDaemonProcess } from "../support/processes.js";
+import { type DaemonProcess, killDaemons, NO_GPU_FLAGS, startDaemonProcess } from "../support/processes.js";
 import { useS3Fixture } from "../support/s3-fixture.js";
 import { waitFor } from "../support/wait.js";
 
@@ -23,9 +23,39 @@ beforeEach(async () => {
     'version = 2\n[plugins."io.containerd.grpc.v1.cri".registry]\n  config_path = "/etc/containerd/certs.d"\n',
   );
 });
+const daemons: DaemonProcess[] = [];
 afterEach(async () => {
+  // A failed assertion leaves its daemon running: gone before its directory is.
+  await killDaemons(daemons);
   await rm(host, { recursive: true, force: true });
 });
+
+/** A daemon that manages nvcr.io's hosts.toml under the fake host, with `tokenArgs` and `extra`. */
+async function mirroringDaemon(tokenArgs: string[], extra: string[] = []): Promise<DaemonProcess> {
+  const d = await startDaemonProcess(
+    [
+      "--root",
+      join(host, "root"),
+      "--socket",
+      join(host, "d.sock"),
+      ...tokenArgs,
+      ...NO_GPU_FLAGS,
+      "--host-root",
+      host,
+      "--mirror-listen",
+      "127.0.0.1:0",
+      "--mirror-content-dir",
+      join(host, "content"),
+      "--mirror-registry",
+      "nvcr.io",
+      "--mirror-manage-hosts-toml",
+      ...extra,
+    ],
+    fx.s3,
+  );
+  daemons.push(d);
+  return d;
+}
 
 const NODE_OWN =
   'server = "https://nvcr.io"\n\n[host."https://cache.internal"]\n  capabilities = ["pull", "resolve"]\n';
@@ -100,29 +130,7 @@ describe("managed hosts.toml", () => {
     await writeFile(join(host, "etc/containerd/certs.d/nvcr.io/hosts.toml"), NODE_OWN);
     const tokens = join(host, "tokens");
     await writeFile(tokens, "mirror-tok\n");
-    const d = await startDaemonProcess(
-      [
-        "--root",
-        join(host, "root"),
-        "--socket",
-        join(host, "d.sock"),
-        "--token-file",
-        tokens,
-        ...NO_GPU_FLAGS,
-        "--host-root",
-        host,
-        "--mirror-listen",
-        "127.0.0.1:0",
-        "--mirror-content-dir",
-        join(host, "content"),
-        "--mirror-registry",
-        "nvcr.io",
-        "--mirror-manage-hosts-toml",
-        "--mirror-host",
-        "10.0.0.5",
-      ],
-      fx.s3,
-    );
+    const d = await mirroringDaemon(["--token-file", tokens], ["--mirror-host", "10.0.0.5"]);
     const mirror = String(d.logs.find((l) => l.msg === "coldstart daemon ready")?.mirror);
     const port = mirror.slice(mirror.lastIndexOf(":") + 1);
     const written = parse(
@@ -154,29 +162,12 @@ describe("managed hosts.toml", () => {
     await writeFile(file, NODE_OWN);
     await writeFile(join(host, "api-tokens"), "api-tok-that-can-delete\n");
     await writeFile(join(host, "mirror-tokens"), "mirror-tok-1\n");
-    const d = await startDaemonProcess(
-      [
-        "--root",
-        join(host, "root"),
-        "--socket",
-        join(host, "d.sock"),
-        "--token-file",
-        join(host, "api-tokens"),
-        "--mirror-token-file",
-        join(host, "mirror-tokens"),
-        ...NO_GPU_FLAGS,
-        "--host-root",
-        host,
-        "--mirror-listen",
-        "127.0.0.1:0",
-        "--mirror-content-dir",
-        join(host, "content"),
-        "--mirror-registry",
-        "nvcr.io",
-        "--mirror-manage-hosts-toml",
-      ],
-      fx.s3,
-    );
+    const d = await mirroringDaemon([
+      "--token-file",
+      join(host, "api-tokens"),
+      "--mirror-token-file",
+      join(host, "mirror-tokens"),
+    ]);
     const mirror = String(d.logs.find((l) => l.msg === "coldstart daemon ready")?.mirror);
     const headerOf = async () => {
       const doc = parse(await readFile(file, "utf8")) as { host: Record<string, { header?: unknown }> };
