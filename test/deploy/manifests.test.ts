@@ -216,6 +216,24 @@ function serviceLinks(services: K8sObject[]): Record<string, string> {
   return out;
 }
 
+/**
+ * A ValidatingAdmissionPolicy evaluated offline, as the API server would (cel-js): for an update by
+ * `user` with `extra` claims, the failed validations' messages; [] when admitted or when the policy's
+ * match conditions leave the request alone.
+ */
+function admitter<T>(policy: K8sObject) {
+  return (user: string, extra: Record<string, string[]>, object: T, oldObject: T): string[] => {
+    const request = { userInfo: { username: user, extra } };
+    const base = { request, object, oldObject };
+    if (!policy.matchConditions.every((c: K8sObject) => celEvaluate(c.expression, base) === true)) return [];
+    const variables: Record<string, unknown> = {};
+    for (const v of policy.variables) variables[v.name] = celEvaluate(v.expression, { ...base, variables });
+    return policy.validations
+      .filter((v: K8sObject) => celEvaluate(v.expression, { ...base, variables }) !== true)
+      .map((v: K8sObject) => v.message);
+  };
+}
+
 describe("deploy/", () => {
   it("every manifest and example validates against the Kubernetes schemas, with no unknown field", async () => {
     const objs = await all();
@@ -926,23 +944,7 @@ describe("deploy/", () => {
       [`coldstart.io/model.${"a".repeat(56)}`]: "ready",
     });
     const claim = { "authentication.kubernetes.io/node-name": ["gpu-1"] };
-    /** The failed validations' messages; [] when admitted (or when the policy does not apply). */
-    const admit = (
-      user: string,
-      extra: Record<string, string[]>,
-      object: NodeObject,
-      oldObject: NodeObject,
-    ) => {
-      const request = { userInfo: { username: user, extra } };
-      const base = { request, object, oldObject };
-      if (!policy.matchConditions.every((c: K8sObject) => celEvaluate(c.expression, base) === true))
-        return [];
-      const variables: Record<string, unknown> = {};
-      for (const v of policy.variables) variables[v.name] = celEvaluate(v.expression, { ...base, variables });
-      return policy.validations
-        .filter((v: K8sObject) => celEvaluate(v.expression, { ...base, variables }) !== true)
-        .map((v: K8sObject) => v.message);
-    };
+    const admit = admitter<NodeObject>(policy);
     const own = (o: NodeObject) => admit(DAEMON, claim, o, old);
 
     // What the daemon really sends: coldstart.io/ labels and the models annotation on its own node.
@@ -1067,23 +1069,9 @@ describe("deploy/", () => {
     const b = (state: string): Entry => ({ node: "gpu-b", state, bytesDone: 2 });
     const old = mc({ nodes: [a("staging"), b("staging")], selectedNodes: 2, readyNodes: 0 });
     const claimA = { "authentication.kubernetes.io/node-name": ["gpu-a"] };
-    /** The failed validations' messages; [] when admitted (or when the policy does not apply). */
-    const admit = (
-      user: string,
-      extra: Record<string, string[]>,
-      object: ModelCache,
-      oldObject: ModelCache = old,
-    ) => {
-      const request = { userInfo: { username: user, extra } };
-      const base = { request, object, oldObject };
-      if (!policy.matchConditions.every((c: K8sObject) => celEvaluate(c.expression, base) === true))
-        return [];
-      const variables: Record<string, unknown> = {};
-      for (const v of policy.variables) variables[v.name] = celEvaluate(v.expression, { ...base, variables });
-      return policy.validations
-        .filter((v: K8sObject) => celEvaluate(v.expression, { ...base, variables }) !== true)
-        .map((v: K8sObject) => v.message);
-    };
+    const policyAdmits = admitter<ModelCache>(policy);
+    const admit = (user: string, extra: Record<string, string[]>, object: ModelCache, oldObject = old) =>
+      policyAdmits(user, extra, object, oldObject);
     const asA = (object: ModelCache, oldObject?: ModelCache) => admit(DAEMON, claimA, object, oldObject);
 
     // Its own entry: changed, removed, added; the counts; and a first status on a new ModelCache.
