@@ -13,6 +13,7 @@ import { callDaemon } from "../../src/api/client.js";
 import {
   coldstart,
   type DaemonProcess,
+  daemonMetric,
   finish,
   killDaemons,
   NO_GPU_FLAGS,
@@ -95,11 +96,7 @@ async function stage(api: string, token: string, source: string): Promise<void> 
   expect(ready.status, JSON.stringify(ready.body)).toBe(200);
 }
 
-async function metric(d: DaemonProcess, line: string): Promise<number> {
-  const text = await (await fetch(`${d.metrics}/metrics`)).text();
-  const found = text.split("\n").find((l) => l.startsWith(`${line} `));
-  return found === undefined ? Number.NaN : Number(found.split(" ").at(-1));
-}
+const metric = daemonMetric;
 
 const code = (r: { body: unknown }) => (r.body as { error?: { code?: string } }).error?.code;
 

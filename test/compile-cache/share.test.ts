@@ -19,6 +19,7 @@ import { builtAddon, fakeLibraries } from "../support/native-doubles.js";
 import {
   coldstart,
   type DaemonProcess,
+  daemonMetric,
   finish,
   killDaemons,
   startDaemonProcess,
@@ -230,12 +231,7 @@ async function remoteManifest(s: Shared, key: string) {
   return JSON.parse((await remoteBytes(s, `compile-cache/${key}/manifest.json`)).toString("utf8"));
 }
 
-async function metric(n: Node, line: string): Promise<number> {
-  const res = await fetch(`${n.daemon.metrics}/metrics`);
-  const text = await res.text();
-  const found = text.split("\n").find((l) => l.startsWith(`${line} `));
-  return found === undefined ? Number.NaN : Number(found.split(" ").at(-1));
-}
+const metric = (n: Node, series: string) => daemonMetric(n.daemon, series);
 
 describe("compile caches shared through one bucket", DAEMONS, () => {
   it("A publishes; B with the same GPU restores byte-identical; C with another GPU misses", async () => {

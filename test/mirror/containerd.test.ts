@@ -17,7 +17,13 @@ import {
   startContainerd,
   writeHostsToml,
 } from "../support/containerd.js";
-import { type DaemonProcess, killDaemons, NO_GPU_FLAGS, startDaemonProcess } from "../support/processes.js";
+import {
+  type DaemonProcess,
+  daemonMetric,
+  killDaemons,
+  NO_GPU_FLAGS,
+  startDaemonProcess,
+} from "../support/processes.js";
 import { useS3Fixture } from "../support/s3-fixture.js";
 
 const fx = useS3Fixture("cs-ctrd-");
@@ -64,11 +70,7 @@ async function daemon(name: string, contentDir: string, peers: string[], extra: 
   return { d, mirror: String(d.logs.find((l) => l.msg === "coldstart daemon ready")?.mirror) };
 }
 
-async function metric(d: DaemonProcess, line: string): Promise<number> {
-  const text = await (await fetch(`${d.metrics}/metrics`)).text();
-  const found = text.split("\n").find((l) => l.startsWith(`${line} `));
-  return found === undefined ? Number.NaN : Number(found.split(" ").at(-1));
-}
+const metric = daemonMetric;
 
 // Two containerds (30 s each to start), two daemons (30 s each) and ctr pulls (60 s each) per test:
 // on a loaded machine more than the default test timeout allows.

@@ -8,7 +8,13 @@ import { mkdir, readdir, readlink, rm, symlink, writeFile } from "node:fs/promis
 import { type IncomingHttpHeaders, request } from "node:http";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
-import { type DaemonProcess, killDaemons, NO_GPU_FLAGS, startDaemonProcess } from "../support/processes.js";
+import {
+  type DaemonProcess,
+  daemonMetric,
+  killDaemons,
+  NO_GPU_FLAGS,
+  startDaemonProcess,
+} from "../support/processes.js";
 import { useS3Fixture } from "../support/s3-fixture.js";
 
 const fx = useS3Fixture("cs-mirror-");
@@ -86,11 +92,7 @@ function image() {
   return { layer, config, manifest };
 }
 
-async function metric(d: DaemonProcess, line: string): Promise<number> {
-  const text = await (await fetch(`${d.metrics}/metrics`)).text();
-  const found = text.split("\n").find((l) => l.startsWith(`${line} `));
-  return found === undefined ? Number.NaN : Number(found.split(" ").at(-1));
-}
+const metric = daemonMetric;
 
 describe("the OCI mirror", () => {
   it("serves the local content store by digest, with ranges; 404s tags, misses and other registries", async () => {

@@ -12,6 +12,7 @@ import { callDaemon } from "../../src/api/client.js";
 import { type FaultProxy, type RecordedRequest, startFaultProxy } from "../support/fault-proxy.js";
 import {
   type DaemonProcess,
+  daemonMetric,
   freePort,
   killDaemons,
   NO_GPU_FLAGS,
@@ -107,11 +108,7 @@ async function stage(n: Node, source: string, cohort?: string[]): Promise<void> 
   expect(ready.status, JSON.stringify(ready.body)).toBe(200);
 }
 
-async function metric(n: Node, line: string): Promise<number> {
-  const text = await (await fetch(`${n.daemon.metrics}/metrics`)).text();
-  const found = text.split("\n").find((l) => l.startsWith(`${line} `));
-  return found === undefined ? Number.NaN : Number(found.split(" ").at(-1));
-}
+const metric = (n: Node, series: string) => daemonMetric(n.daemon, series);
 
 /** S3's ETag of each file, by relative path: what peers are asked about. */
 async function etagsOf(bucket: string, files: SyntheticFile[]): Promise<Map<string, string>> {

@@ -160,3 +160,10 @@ export function jsonLines(child: ChildProcess): () => Record<string, unknown>[] 
   });
   return () => lines;
 }
+
+/** One series' value from a daemon's /metrics (`name{labels}` as exported); NaN when it is absent. */
+export async function daemonMetric(d: Pick<DaemonProcess, "metrics">, series: string): Promise<number> {
+  const text = await (await fetch(`${d.metrics}/metrics`)).text();
+  const found = text.split("\n").find((l) => l.startsWith(`${series} `));
+  return found === undefined ? Number.NaN : Number(found.split(" ").at(-1));
+}
