@@ -21,7 +21,7 @@ import {
 } from "../support/processes.js";
 import { freshBucket, putFiles } from "../support/s3.js";
 import { useS3Fixture } from "../support/s3-fixture.js";
-import { digests, expectedDigests } from "../support/stage.js";
+import { digests, expectedDigests, stageThroughApi } from "../support/stage.js";
 import { syntheticModel } from "../support/synthetic-model.js";
 
 const fx = useS3Fixture("cs-scoped-");
@@ -85,15 +85,8 @@ async function node(name: string, apiToken: string, blobs: Buffer[], peers: stri
   return { d, mirror, root: join(dir, "root") };
 }
 
-async function stage(api: string, token: string, source: string): Promise<void> {
-  const ep = { url: api, token };
-  const id = encodeURIComponent(MODEL);
-  const put = await callDaemon(ep, "PUT", `/v1/models/${id}`, { source });
-  expect(put.status, JSON.stringify(put.body)).toBeLessThan(300);
-  const ready = await callDaemon(ep, "GET", `/v1/models/${id}/ready?timeoutSeconds=120`, undefined, {
-    timeoutMs: 125_000,
-  });
-  expect(ready.status, JSON.stringify(ready.body)).toBe(200);
+function stage(api: string, token: string, source: string): Promise<void> {
+  return stageThroughApi({ url: api, token }, MODEL, { source });
 }
 
 const metric = daemonMetric;

@@ -20,7 +20,7 @@ import {
 } from "../support/processes.js";
 import { freshBucket, putFiles } from "../support/s3.js";
 import { useS3Fixture } from "../support/s3-fixture.js";
-import { digests, expectedDigests } from "../support/stage.js";
+import { digests, expectedDigests, stageThroughApi } from "../support/stage.js";
 import { type SyntheticFile, syntheticModel } from "../support/synthetic-model.js";
 import { gate, settles, waitFor } from "../support/wait.js";
 
@@ -89,23 +89,11 @@ async function seed(
 }
 
 /** Stages the model on a node through its API and waits until it is ready (or failed). */
-async function stage(n: Node, source: string, cohort?: string[]): Promise<void> {
-  const ep = { url: n.daemon.api, token: TOKEN };
-  const put = await callDaemon(ep, "PUT", `/v1/models/${encodeURIComponent(MODEL)}`, {
+function stage(n: Node, source: string, cohort?: string[]): Promise<void> {
+  return stageThroughApi({ url: n.daemon.api, token: TOKEN }, MODEL, {
     source,
     ...(cohort ? { cohort } : {}),
   });
-  expect(put.status, JSON.stringify(put.body)).toBeLessThan(300);
-  const ready = await callDaemon(
-    ep,
-    "GET",
-    `/v1/models/${encodeURIComponent(MODEL)}/ready?timeoutSeconds=120`,
-    undefined,
-    {
-      timeoutMs: 125_000,
-    },
-  );
-  expect(ready.status, JSON.stringify(ready.body)).toBe(200);
 }
 
 const metric = (n: Node, series: string) => daemonMetric(n.daemon, series);

@@ -1,5 +1,6 @@
 import { readdir, readFile } from "node:fs/promises";
 import { join, relative } from "node:path";
+import { callDaemon, type DaemonEndpoint } from "../../src/api/client.js";
 import type { StageJobOptions, StageResult } from "../../src/staging/job-types.js";
 import type { RateLimiter } from "../../src/staging/rate-limiter.js";
 import { StageJob } from "../../src/staging/stage-job.js";
@@ -99,4 +100,21 @@ export async function digests(dest: string, files: SyntheticFile[]): Promise<Rec
 
 export function expectedDigests(files: SyntheticFile[]): Record<string, string> {
   return Object.fromEntries(files.map((f) => [f.relPath, f.sha256]));
+}
+
+/** PUT /v1/models/{id} with `body` on a daemon, then its ready long-poll: throws unless both succeed. */
+export async function stageThroughApi(
+  ep: DaemonEndpoint,
+  id: string,
+  body: Record<string, unknown>,
+): Promise<void> {
+  const path = `/v1/models/${encodeURIComponent(id)}`;
+  // Thrown, not expect()ed: the benchmarks import this file outside vitest.
+  const put = await callDaemon(ep, "PUT", path, body);
+  if (put.status >= 300) throw new Error(`PUT ${path} answered ${put.status}: ${JSON.stringify(put.body)}`);
+  const ready = await callDaemon(ep, "GET", `${path}/ready?timeoutSeconds=120`, undefined, {
+    timeoutMs: 125_000,
+  });
+  if (ready.status !== 200)
+    throw new Error(`${path} not ready: ${ready.status} ${JSON.stringify(ready.body)}`);
 }
